@@ -1,0 +1,171 @@
+"""The MigLayout resource: names, and the spec/status shapes that operator and agent share.
+
+The operator writes ``spec`` only; the node agent writes ``status`` only (through /status).
+The CRD in ``crds/`` is the schema's single source; this module builds and reads the objects.
+
+Must not import kopf, kubernetes or NVML: both halves and the simulator import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from cdmo.errors import InvalidLayout
+from cdmo.mig.catalog import is_profile_name
+from cdmo.mig.layouts import Instance, sort_layout
+
+GROUP = "cdmo.clear.ml"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "MigLayout"
+PLURAL = "miglayouts"
+SINGULAR = "miglayout"
+SHORT_NAMES = ("mgl",)
+
+#: Nodes opt in with this label and value.
+PARTITIONING_LABEL_KEY = "cdmo.clear.ml/gpu-partitioning"
+PARTITIONING_LABEL_VALUE = "mig"
+#: GPU feature discovery's product label (``NVIDIA-H100-80GB-HBM3``).
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+#: Label the operator puts on every MigLayout it manages.
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "cdmo"
+
+
+class Phase(StrEnum):
+    """``status.phase``: derived for display, never read as input."""
+
+    PENDING = "Pending"
+    APPLYING = "Applying"
+    READY = "Ready"
+    BLOCKED = "Blocked"
+    ERROR = "Error"
+
+
+class ConditionType(StrEnum):
+    MIG_MODE_ENABLED = "MigModeEnabled"
+    APPLIED = "Applied"
+    DEVICE_PLUGIN_REFRESHED = "DevicePluginRefreshed"
+    BLOCKED = "Blocked"
+
+
+@dataclass(frozen=True)
+class GpuLayout:
+    """The desired (or actual) instances of one GPU, by index."""
+
+    index: int
+    instances: tuple[Instance, ...]
+
+
+def build_spec(layouts: Mapping[int, Iterable[Instance]]) -> dict[str, Any]:
+    """``spec`` for a complete desired layout, GPUs by index, instances in canonical order."""
+    return {
+        "gpus": [
+            {
+                "index": index,
+                "instances": [{"profile": i.profile, "start": i.start} for i in sort_layout(layouts[index])],
+            }
+            for index in sorted(layouts)
+        ]
+    }
+
+
+def parse_spec(spec: Mapping[str, Any] | None) -> dict[int, tuple[Instance, ...]]:
+    """GPU index -> instances from a MigLayout ``spec``; raises InvalidLayout naming the bad field.
+
+    Checks the shape only (what the CRD also checks); whether a GPU can hold its layout is
+    for the catalog to say once the GPU's model is known.
+    """
+    if spec is None:
+        return {}
+    gpus = spec.get("gpus") or []
+    if not isinstance(gpus, list):
+        raise InvalidLayout("spec.gpus: must be a list")
+    result: dict[int, tuple[Instance, ...]] = {}
+    for gi, gpu in enumerate(gpus):
+        path = f"spec.gpus[{gi}]"
+        if not isinstance(gpu, Mapping):
+            raise InvalidLayout(f"{path}: must be an object with index and instances")
+        index = gpu.get("index")
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise InvalidLayout(f"{path}.index: must be a whole number >= 0, not {index!r}")
+        if index in result:
+            raise InvalidLayout(f"{path}.index: GPU {index} appears twice")
+        items = gpu.get("instances") or []
+        if not isinstance(items, list):
+            raise InvalidLayout(f"{path}.instances: must be a list")
+        instances = []
+        for ii, item in enumerate(items):
+            ipath = f"{path}.instances[{ii}]"
+            if not isinstance(item, Mapping):
+                raise InvalidLayout(f"{ipath}: must be an object with profile and start")
+            profile, start = item.get("profile"), item.get("start")
+            if not isinstance(profile, str) or not is_profile_name(profile):
+                raise InvalidLayout(f"{ipath}.profile: {profile!r} is not a MIG profile name")
+            if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+                raise InvalidLayout(f"{ipath}.start: must be a whole number >= 0, not {start!r}")
+            instances.append(Instance(profile, start))
+        result[index] = sort_layout(instances)
+    return result
+
+
+def build_miglayout(
+    node_name: str, layouts: Mapping[int, Iterable[Instance]], labels: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """A whole MigLayout object for ``node_name`` (cluster-scoped, named after the node)."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {
+            "name": node_name,
+            "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE, **(labels or {})},
+        },
+        "spec": build_spec(layouts),
+    }
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 in UTC, seconds precision, as Kubernetes writes times."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    conditions: Sequence[Mapping[str, Any]],
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    now: datetime,
+    observed_generation: int | None = None,
+) -> list[dict[str, Any]]:
+    """A new conditions list with ``type_`` set; lastTransitionTime moves only when status flips.
+
+    Mirrors apimachinery's SetStatusCondition; conditions stay sorted by type.
+    """
+    result = [dict(c) for c in conditions if c.get("type") != type_]
+    old = next((c for c in conditions if c.get("type") == type_), None)
+    changed = old is None or old.get("status") != status
+    cond: dict[str, Any] = {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": format_time(now)
+        if changed
+        else old.get("lastTransitionTime", format_time(now)),  # type: ignore[union-attr]
+    }
+    if observed_generation is not None:
+        cond["observedGeneration"] = observed_generation
+    result.append(cond)
+    return sorted(result, key=lambda c: str(c.get("type")))
+
+
+def get_condition(conditions: Iterable[Mapping[str, Any]] | None, type_: str) -> Mapping[str, Any] | None:
+    for c in conditions or ():
+        if c.get("type") == type_:
+            return c
+    return None

@@ -1,0 +1,91 @@
+"""The ``cdmo`` command: one registry of verbs, each in its own module under cdmo.commands.
+
+A verb module has ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported
+lazily so ``cdmo profiles`` does not pay for kopf or grpc. Known errors print one line on
+stderr and exit non-zero; tracebacks only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import sys
+import traceback
+from collections.abc import Sequence
+
+from cdmo import __version__, exit_codes
+from cdmo.errors import CdmoError, InvalidInput
+
+#: verb -> (module, one-line summary for --help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "profiles": ("cdmo.commands.profiles", "GPU models, their MIG profiles and placements; check a layout"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that suggests the closest verb when one is mistyped."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        if "invalid choice" in message and self.prog == "cdmo":
+            word = message.split("'")[1] if "'" in message else ""
+            close = difflib.get_close_matches(word, list(COMMANDS), n=1)
+            if close:
+                message += f"; did you mean {close[0]!r}?"
+        super().error(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cdmo", description="cdmo: dynamic MIG partitioning for Kubernetes")
+    parser.add_argument("--version", action="version", version=f"cdmo {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=argparse.ArgumentParser)
+    sub.required = True
+    for verb, (module_name, summary) in COMMANDS.items():
+        p = sub.add_parser(verb, help=summary, description=summary)
+        p.set_defaults(_module=module_name)
+        _LazyArgs(module_name).add(p)
+    return parser
+
+
+class _LazyArgs:
+    def __init__(self, module_name: str) -> None:
+        self.module_name = module_name
+
+    def add(self, parser: argparse.ArgumentParser) -> None:
+        # Argument definitions are light; the heavy imports happen inside run().
+        importlib.import_module(self.module_name).add_arguments(parser)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        module = importlib.import_module(args._module)
+        return int(module.run(args) or 0)
+    except InvalidInput as exc:
+        _report(exc, args.debug)
+        return exit_codes.USAGE
+    except CdmoError as exc:
+        _report(exc, args.debug)
+        return exit_codes.ERROR
+    except KeyboardInterrupt:
+        return exit_codes.ERROR
+    except Exception as exc:  # the edge: anything unexpected becomes one line plus a pointer
+        if args.debug:
+            traceback.print_exc()
+        print(
+            f"cdmo: unexpected error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return exit_codes.UNEXPECTED
+
+
+def _report(exc: CdmoError, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    print(f"cdmo: error: {exc}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``cdmo`` verb; the registry is ``cdmo.cli.COMMANDS``."""

@@ -1,0 +1,129 @@
+"""cdmo's knobs, in one place, fed by environment variables (the Helm chart sets them).
+
+Each field names its variable; CLI flags override the environment where a verb offers them.
+Pure: reads only the mapping it is given (``os.environ`` by default at the edge).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from cdmo.api import PARTITIONING_LABEL_KEY, PARTITIONING_LABEL_VALUE
+from cdmo.errors import InvalidInput
+
+
+def _field_env(cls: type, name: str) -> str:
+    return dict(cls.ENV)[name]  # type: ignore[attr-defined]
+
+
+def _convert(raw: str, default: Any, env: str) -> Any:
+    try:
+        if isinstance(default, bool):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise InvalidInput(
+            f"environment variable {env}={raw!r} is not a valid {type(default).__name__}"
+        ) from None
+    return raw
+
+
+def _from_env(cls: type, environ: Mapping[str, str] | None) -> Any:
+    env = os.environ if environ is None else environ
+    values = {}
+    for f in fields(cls):
+        var = _field_env(cls, f.name)
+        if var in env:
+            values[f.name] = _convert(env[var], f.default, var)
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Knobs of ``cdmo operator``."""
+
+    partition_label: str = f"{PARTITIONING_LABEL_KEY}={PARTITIONING_LABEL_VALUE}"
+    #: Plan after demand has been quiet this long ...
+    batch_idle_seconds: float = 5.0
+    #: ... or at the latest this long after the first change.
+    batch_max_seconds: float = 30.0
+    #: A node whose agent has not observed its spec for this long is marked Stale.
+    stale_timeout_seconds: float = 180.0
+    #: Pods pending this long without PodScheduled=False/Unschedulable count too (batch schedulers).
+    pending_grace_seconds: float = 60.0
+    metrics_port: int = 8080
+    health_port: int = 8081
+
+    ENV = (
+        ("partition_label", "CDMO_PARTITION_LABEL"),
+        ("batch_idle_seconds", "CDMO_BATCH_IDLE_SECONDS"),
+        ("batch_max_seconds", "CDMO_BATCH_MAX_SECONDS"),
+        ("stale_timeout_seconds", "CDMO_STALE_TIMEOUT_SECONDS"),
+        ("pending_grace_seconds", "CDMO_PENDING_GRACE_SECONDS"),
+        ("metrics_port", "CDMO_METRICS_PORT"),
+        ("health_port", "CDMO_HEALTH_PORT"),
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
+        return _from_env(cls, environ)
+
+    @property
+    def label_key(self) -> str:
+        return self.partition_label.split("=", 1)[0]
+
+    @property
+    def label_value(self) -> str:
+        return self.partition_label.split("=", 1)[1] if "=" in self.partition_label else ""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Knobs of ``cdmo agent``."""
+
+    node_name: str = ""
+    backend: str = "nvml"
+    sim_state: str = ""
+    sim_gpus: str = ""
+    pod_resources_socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock"
+    resync_seconds: float = 60.0
+    #: sighup | delete-pod | none
+    refresh_strategy: str = "sighup"
+    device_plugin_namespace: str = "gpu-operator"
+    device_plugin_selector: str = "app=nvidia-device-plugin-daemonset"
+    device_plugin_process: str = "nvidia-device-plugin"
+    refresh_timeout_seconds: float = 120.0
+    enable_mig: bool = False
+    metrics_port: int = 9464
+    log_format: str = "auto"
+
+    ENV = (
+        ("node_name", "NODE_NAME"),
+        ("backend", "CDMO_BACKEND"),
+        ("sim_state", "CDMO_SIM_STATE"),
+        ("sim_gpus", "CDMO_SIM_GPUS"),
+        ("pod_resources_socket", "CDMO_POD_RESOURCES_SOCKET"),
+        ("resync_seconds", "CDMO_RESYNC_SECONDS"),
+        ("refresh_strategy", "CDMO_REFRESH_STRATEGY"),
+        ("device_plugin_namespace", "CDMO_DEVICE_PLUGIN_NAMESPACE"),
+        ("device_plugin_selector", "CDMO_DEVICE_PLUGIN_SELECTOR"),
+        ("device_plugin_process", "CDMO_DEVICE_PLUGIN_PROCESS"),
+        ("refresh_timeout_seconds", "CDMO_REFRESH_TIMEOUT_SECONDS"),
+        ("enable_mig", "CDMO_ENABLE_MIG"),
+        ("metrics_port", "CDMO_METRICS_PORT"),
+        ("log_format", "CDMO_LOG_FORMAT"),
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AgentConfig:
+        return _from_env(cls, environ)

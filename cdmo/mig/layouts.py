@@ -1,0 +1,330 @@
+"""The layout engine: which sets of (profile, start) a GPU model can hold.
+
+Rules (see data/mig-profiles.yaml ``combination_rules``): every instance starts at one of its
+profile's legal starts; no two instances overlap on the placement axis; no profile beyond its
+``max_count``; at most one instance per exclusive group (``+me``); compute slices within the
+GPU's total. RTX PRO's ``+me.all`` additionally allows only ``-me`` profiles beside it (nvml.h).
+
+Pure: imports nothing of Kubernetes or NVML.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from cdmo.errors import InvalidInput, InvalidLayout
+from cdmo.mig.catalog import GpuModel, Profile, all_models, get_model, is_profile_name
+
+#: nvml.h: an ALL_ME instance "prevents allocation of all but _NO_ME profiles".
+_ALL_ME_GROUP = "media-all"
+
+
+@dataclass(frozen=True, order=True)
+class Instance:
+    """A GPU instance of ``profile`` at placement ``start`` (what a layout is made of)."""
+
+    profile: str
+    start: int
+
+    def __str__(self) -> str:
+        return f"{self.profile}@{self.start}"
+
+
+def _sort_key(inst: Instance) -> tuple[int, str]:
+    return (inst.start, inst.profile)
+
+
+def sort_layout(instances: Iterable[Instance]) -> tuple[Instance, ...]:
+    """Instances ordered by start, then profile: the canonical order of a layout."""
+    return tuple(sorted(instances, key=_sort_key))
+
+
+def validate_layout(model: GpuModel, instances: Iterable[Instance]) -> list[str]:
+    """Every reason why ``model`` cannot hold ``instances``; an empty list means valid."""
+    items = sort_layout(instances)
+    problems: list[str] = []
+    known: list[tuple[Instance, Profile]] = []
+    for inst in items:
+        if not model.has_profile(inst.profile):
+            problems.append(
+                f"{inst.profile} is not a MIG profile of {model.key}; "
+                f"its profiles are {', '.join(model.profile_names)}"
+            )
+            continue
+        prof = model.profile(inst.profile)
+        if inst.start not in prof.starts:
+            problems.append(
+                f"{inst.profile} cannot start at {inst.start} on {model.key}; "
+                f"legal starts are {', '.join(map(str, prof.starts))}"
+            )
+            continue
+        known.append((inst, prof))
+
+    for i, (a, pa) in enumerate(known):
+        for b, pb in known[i + 1 :]:
+            if pa.mask(a.start) & pb.mask(b.start):
+                units = sorted(set(pa.units(a.start)) & set(pb.units(b.start)))
+                problems.append(f"{a} overlaps {b} on placement units {_span(units)}")
+
+    counts = Counter(p.name for _, p in known)
+    for name, n in sorted(counts.items()):
+        limit = model.profile(name).max_count
+        if n > limit:
+            problems.append(f"{n} x {name} exceeds its max count of {limit} on {model.key}")
+
+    groups: dict[str, list[Instance]] = {}
+    for inst, prof in known:
+        if prof.exclusive_group:
+            groups.setdefault(prof.exclusive_group, []).append(inst)
+    for group, members in sorted(groups.items()):
+        if len(members) > 1:
+            problems.append(
+                f"{' and '.join(map(str, members))} share exclusive group {group}; "
+                "at most one such instance per GPU"
+            )
+    all_me = [inst for inst, p in known if p.exclusive_group == _ALL_ME_GROUP]
+    if all_me:
+        blocked = [i for i, p in known if p.exclusive_group != _ALL_ME_GROUP and not p.name.endswith("-me")]
+        if blocked:
+            problems.append(
+                f"{all_me[0]} allows only -me profiles beside it; remove " + ", ".join(map(str, blocked))
+            )
+
+    slices = sum(p.compute_slices for _, p in known)
+    if slices > model.compute_slices_total:
+        problems.append(f"{slices} compute slices exceed the {model.compute_slices_total} of {model.key}")
+    if len(known) > model.max_instances:
+        problems.append(f"{len(known)} instances exceed the {model.max_instances} of {model.key}")
+    return problems
+
+
+def _span(units: Sequence[int]) -> str:
+    return str(units[0]) if len(units) == 1 else f"{units[0]}-{units[-1]}"
+
+
+def is_valid_layout(model: GpuModel, instances: Iterable[Instance]) -> bool:
+    return not validate_layout(model, instances)
+
+
+def check_layout(model: GpuModel, instances: Iterable[Instance]) -> tuple[Instance, ...]:
+    """The layout in canonical order; raises InvalidLayout with every problem when invalid."""
+    items = sort_layout(instances)
+    problems = validate_layout(model, items)
+    if problems:
+        raise InvalidLayout(
+            f"{format_layout(items) or 'the empty layout'} is not valid on {model.key}: "
+            + "; ".join(problems),
+            problems,
+        )
+    return items
+
+
+def free_placements(
+    model: GpuModel, instances: Iterable[Instance], *, include_variants: bool = True
+) -> tuple[Instance, ...]:
+    """Every (profile, start) that can be added beside ``instances`` keeping the layout valid.
+
+    ``instances`` must be valid themselves; the result is in canonical order.
+    """
+    current = sort_layout(instances)
+    check_layout(model, current)
+    result = []
+    for prof in model.profiles:
+        if prof.is_variant and not include_variants:
+            continue
+        for start in prof.starts:
+            candidate = Instance(prof.name, start)
+            if not validate_layout(model, (*current, candidate)):
+                result.append(candidate)
+    return sort_layout(result)
+
+
+def _candidates(model: GpuModel, include_variants: bool) -> tuple[Instance, ...]:
+    return sort_layout(
+        Instance(p.name, s) for p in model.profiles if include_variants or not p.is_variant for s in p.starts
+    )
+
+
+@functools.cache
+def _enumerate(key: str, include_variants: bool) -> tuple[tuple[Instance, ...], ...]:
+    model = get_model(key)
+    cands = _candidates(model, include_variants)
+    profiles = {c.profile: model.profile(c.profile) for c in cands}
+    masks = [profiles[c.profile].mask(c.start) for c in cands]
+    out: list[tuple[Instance, ...]] = []
+
+    def extend(chosen: list[int], used: int, from_index: int) -> None:
+        for i in range(from_index, len(cands)):
+            if masks[i] & used:
+                continue
+            layout = [cands[j] for j in chosen] + [cands[i]]
+            # Overlap is checked by the mask; counts, groups and slices by the full rules.
+            if validate_layout(model, layout):
+                continue
+            out.append(sort_layout(layout))
+            extend([*chosen, i], used | masks[i], i + 1)
+
+    extend([], 0, 0)
+    return tuple(sorted(out, key=lambda lay: (len(lay), [(i.start, i.profile) for i in lay])))
+
+
+def enumerate_layouts(model: GpuModel, *, include_variants: bool = True) -> tuple[tuple[Instance, ...], ...]:
+    """Every non-empty valid layout of ``model`` (computed once per model, then cached)."""
+    return _enumerate(model.key, include_variants)
+
+
+def layout_multiset(instances: Iterable[Instance]) -> tuple[tuple[str, int], ...]:
+    """The profile counts of a layout, sorted by profile name."""
+    return tuple(sorted(Counter(i.profile for i in instances).items()))
+
+
+@functools.cache
+def _multisets(key: str, include_variants: bool) -> frozenset[tuple[tuple[str, int], ...]]:
+    return frozenset(layout_multiset(lay) for lay in _enumerate(key, include_variants))
+
+
+def feasible_multisets(
+    model: GpuModel, *, include_variants: bool = False
+) -> frozenset[tuple[tuple[str, int], ...]]:
+    """Every distinct profile multiset that some valid layout of ``model`` realises."""
+    return _multisets(model.key, include_variants)
+
+
+def maximal_multisets(
+    model: GpuModel, *, include_variants: bool = False
+) -> tuple[tuple[tuple[str, int], ...], ...]:
+    """Feasible multisets to which no further profile can be added in any placement."""
+    feasible = _multisets(model.key, include_variants)
+    names = [p.name for p in model.profiles if include_variants or not p.is_variant]
+    result = []
+    for ms in feasible:
+        counts = Counter(dict(ms))
+        grown = False
+        for name in names:
+            bigger = counts.copy()
+            bigger[name] += 1
+            if tuple(sorted(bigger.items())) in feasible:
+                grown = True
+                break
+        if not grown:
+            result.append(ms)
+    return tuple(sorted(result))
+
+
+def pack_layout(model: GpuModel, counts: Mapping[str, int]) -> tuple[Instance, ...] | None:
+    """A valid layout holding exactly ``counts`` of each profile, or None if none exists.
+
+    Deterministic: the first such layout in canonical (start, profile) order.
+    """
+    wanted = tuple(sorted((k, v) for k, v in counts.items() if v > 0))
+    for name, _ in wanted:
+        model.profile(name)  # raises UnknownProfile with the model's profiles
+    include_variants = any(model.profile(n).is_variant for n, _ in wanted)
+    best: tuple[Instance, ...] | None = None
+    for lay in _enumerate(model.key, include_variants):
+        if layout_multiset(lay) == wanted:
+            key = [(i.start, i.profile) for i in lay]
+            if best is None or key < [(i.start, i.profile) for i in best]:
+                best = lay
+    return best
+
+
+_LAYOUT_ITEM_RE = re.compile(r"^\s*(?P<profile>[^@\s]+)\s*@\s*(?P<start>-?\d+)\s*$")
+
+
+def parse_layout(text: str) -> tuple[Instance, ...]:
+    """Parse ``"4g.40gb@0,3g.40gb@4"``; raises InvalidInput naming the bad item."""
+    items = [t for t in (s.strip() for s in text.split(",")) if t]
+    result = []
+    for item in items:
+        m = _LAYOUT_ITEM_RE.match(item)
+        if not m:
+            raise InvalidInput(
+                f"cannot read {item!r} as PROFILE@START",
+                hint='write a layout like "4g.40gb@0,3g.40gb@4"',
+            )
+        if not is_profile_name(m["profile"]):
+            raise InvalidInput(
+                f"{m['profile']!r} is not a MIG profile name",
+                hint="profiles look like 1g.10gb, 3g.40gb or 1g.10gb+me",
+            )
+        result.append(Instance(m["profile"], int(m["start"])))
+    return tuple(result)
+
+
+def format_layout(instances: Iterable[Instance]) -> str:
+    """The ``profile@start,...`` form, in canonical order."""
+    return ",".join(str(i) for i in sort_layout(instances))
+
+
+# --- static named layouts (mig-parted's config-default.yaml) ---------------------------------
+
+#: Generic names for "every instance of the smallest profile with N compute slices".
+_GENERIC_SLICES = {"all-1g": 1, "all-2g": 2, "all-3g": 3, "all-4g": 4, "all-7g": 7}
+
+
+@functools.cache
+def _named_data() -> dict[str, Any]:
+    text = resources.files("cdmo.mig").joinpath("data/named-layouts.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _max_fill(model: GpuModel, prof: Profile) -> int:
+    n = 0
+    for lay in _enumerate(model.key, prof.is_variant):
+        if all(i.profile == prof.name for i in lay):
+            n = max(n, len(lay))
+    return n
+
+
+@functools.cache
+def _named_layouts(key: str) -> dict[str, tuple[Instance, ...]]:
+    model = get_model(key)
+    result: dict[str, tuple[Instance, ...]] = {}
+    # mig-parted ships all-<profile> (with + written as .) at the profile's fullest count.
+    for prof in model.base_profiles:
+        lay = pack_layout(model, {prof.name: _max_fill(model, prof)})
+        if lay:
+            result["all-" + prof.name.replace("+", ".")] = lay
+    for name, slices in _GENERIC_SLICES.items():
+        fits = [p for p in model.base_profiles if p.compute_slices == slices]
+        if fits:
+            smallest = min(fits, key=lambda p: (p.placement_size, p.name))
+            result[name] = result["all-" + smallest.name]
+    balanced = _named_data()["all_balanced"].get(key)
+    if balanced:
+        lay = pack_layout(model, balanced)
+        if lay is None:
+            raise ValueError(f"named-layouts.yaml: all-balanced of {key} does not fit")
+        result["all-balanced"] = lay
+    return dict(sorted(result.items()))
+
+
+def named_layouts(model: GpuModel) -> dict[str, tuple[Instance, ...]]:
+    """mig-parted's static layouts for ``model`` (all-1g, all-2g, ..., all-balanced, all-<profile>)."""
+    return _named_layouts(model.key)
+
+
+def named_layout(model: GpuModel, name: str) -> tuple[Instance, ...]:
+    """One named layout; raises InvalidInput listing the model's names."""
+    layouts = named_layouts(model)
+    if name not in layouts:
+        raise InvalidInput(
+            f"{model.key} has no named layout {name!r}",
+            hint="its named layouts are " + ", ".join(layouts),
+        )
+    return layouts[name]
+
+
+def check_catalog() -> None:
+    """Load every model and its named layouts; raises if the data files disagree with the rules."""
+    for model in all_models():
+        _named_layouts(model.key)

@@ -1,0 +1,4 @@
+"""The node agent: GPU backends (NVML, simulated), pod-resources client, reconcile, refresh.
+
+Must not import cdmo.operator; the two halves meet in cdmo.api and the CRD.
+"""

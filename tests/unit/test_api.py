@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from cdmo.api import build_miglayout, build_spec, get_condition, parse_spec, set_condition
+from cdmo.errors import InvalidLayout
+from cdmo.mig.layouts import Instance
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+T1 = datetime(2026, 1, 1, 12, 5, tzinfo=UTC)
+
+
+def test_spec_round_trips_in_canonical_order() -> None:
+    layouts = {1: [Instance("3g.40gb", 4), Instance("1g.10gb", 0)], 0: []}
+    spec = build_spec(layouts)
+    assert spec == {
+        "gpus": [
+            {"index": 0, "instances": []},
+            {
+                "index": 1,
+                "instances": [{"profile": "1g.10gb", "start": 0}, {"profile": "3g.40gb", "start": 4}],
+            },
+        ]
+    }
+    assert parse_spec(spec) == {0: (), 1: (Instance("1g.10gb", 0), Instance("3g.40gb", 4))}
+
+
+def test_build_miglayout_names_the_object_after_the_node() -> None:
+    obj = build_miglayout("gpu-node-1", {0: [Instance("7g.80gb", 0)]})
+    assert obj["apiVersion"] == "cdmo.clear.ml/v1alpha1"
+    assert obj["kind"] == "MigLayout"
+    assert obj["metadata"]["name"] == "gpu-node-1"
+    assert obj["spec"]["gpus"][0]["instances"] == [{"profile": "7g.80gb", "start": 0}]
+
+
+@pytest.mark.parametrize(
+    ("spec", "path"),
+    [
+        ({"gpus": [{"index": -1}]}, "spec.gpus[0].index"),
+        ({"gpus": [{"index": 0}, {"index": 0}]}, "spec.gpus[1].index"),
+        (
+            {"gpus": [{"index": 0, "instances": [{"profile": "big", "start": 0}]}]},
+            "spec.gpus[0].instances[0].profile",
+        ),
+        (
+            {"gpus": [{"index": 0, "instances": [{"profile": "1g.10gb", "start": -2}]}]},
+            "spec.gpus[0].instances[0].start",
+        ),
+        ({"gpus": "all"}, "spec.gpus"),
+    ],
+)
+def test_parse_spec_names_the_bad_field(spec: dict, path: str) -> None:
+    with pytest.raises(InvalidLayout, match=path.replace("[", r"\[").replace("]", r"\]")):
+        parse_spec(spec)
+
+
+def test_set_condition_moves_transition_time_only_on_a_flip() -> None:
+    conds = set_condition([], "Applied", "False", "Applying", "creating", T0, 1)
+    assert conds[0]["lastTransitionTime"] == "2026-01-01T12:00:00Z"
+    same = set_condition(conds, "Applied", "False", "Blocked", "in use", T1, 2)
+    assert same[0]["lastTransitionTime"] == "2026-01-01T12:00:00Z"
+    assert same[0]["reason"] == "Blocked" and same[0]["observedGeneration"] == 2
+    flipped = set_condition(same, "Applied", "True", "Applied", "done", T1, 2)
+    assert flipped[0]["lastTransitionTime"] == "2026-01-01T12:05:00Z"
+    both = set_condition(flipped, "MigModeEnabled", "True", "Enabled", "ok", T1)
+    assert [c["type"] for c in both] == ["Applied", "MigModeEnabled"]
+    assert get_condition(both, "MigModeEnabled")["status"] == "True"
+    assert get_condition(both, "Nope") is None

@@ -1,0 +1,237 @@
+"""The hardware rules, pinned: what an 8-slot GPU can and cannot hold."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cdmo.errors import InvalidInput, InvalidLayout
+from cdmo.mig.catalog import all_models, get_model
+from cdmo.mig.layouts import (
+    Instance,
+    check_layout,
+    enumerate_layouts,
+    feasible_multisets,
+    format_layout,
+    free_placements,
+    maximal_multisets,
+    named_layout,
+    named_layouts,
+    pack_layout,
+    parse_layout,
+    validate_layout,
+)
+
+EIGHT_SLOT = ["a100-40gb", "a100-80gb", "h100-80gb", "h100-94gb", "gh200-96gb", "h200-141gb", "b200-180gb"]
+
+
+def _base(model_key: str, slices: int, size: int | None = None) -> str:
+    model = get_model(model_key)
+    return next(
+        p.name
+        for p in model.base_profiles
+        if p.compute_slices == slices and (size is None or p.placement_size == size)
+    )
+
+
+@pytest.mark.parametrize("key", EIGHT_SLOT)
+def test_4g_plus_3g_is_valid_only_as_4g_at_0_and_3g_at_4(key: str) -> None:
+    model = get_model(key)
+    g4, g3 = _base(key, 4), _base(key, 3)
+    assert validate_layout(model, [Instance(g4, 0), Instance(g3, 4)]) == []
+    assert validate_layout(model, [Instance(g4, 0), Instance(g3, 0)])
+
+
+@pytest.mark.parametrize("key", EIGHT_SLOT)
+def test_3g_plus_3g_valid_4g_plus_4g_not(key: str) -> None:
+    model = get_model(key)
+    g3, g4 = _base(key, 3), _base(key, 4)
+    assert validate_layout(model, [Instance(g3, 0), Instance(g3, 4)]) == []
+    assert validate_layout(model, [Instance(g4, 0), Instance(g4, 4)])  # no legal start at 4
+    assert validate_layout(model, [Instance(g4, 0), Instance(g4, 0)])
+
+
+@pytest.mark.parametrize("key", EIGHT_SLOT)
+def test_nothing_fits_beside_7g(key: str) -> None:
+    model = get_model(key)
+    g7 = _base(key, 7)
+    assert free_placements(model, [Instance(g7, 0)]) == ()
+    for p in model.profiles:
+        for s in p.starts:
+            if p.name != g7:
+                assert validate_layout(model, [Instance(g7, 0), Instance(p.name, s)])
+
+
+@pytest.mark.parametrize("key", EIGHT_SLOT)
+def test_double_memory_1g_starts_only_at_0_2_4_6_and_2g_never_at_6(key: str) -> None:
+    model = get_model(key)
+    double = _base(key, 1, size=2)
+    assert model.profile(double).starts == (0, 2, 4, 6)
+    for start in (1, 3, 5, 7):
+        problems = validate_layout(model, [Instance(double, start)])
+        assert problems and "legal starts are 0, 2, 4, 6" in problems[0]
+    g2 = _base(key, 2)
+    assert model.profile(g2).starts == (0, 2, 4)
+    assert "legal starts are 0, 2, 4" in validate_layout(model, [Instance(g2, 6)])[0]
+
+
+@pytest.mark.parametrize("key", EIGHT_SLOT)
+def test_at_most_one_media_extension_instance(key: str) -> None:
+    model = get_model(key)
+    me = next(p.name for p in model.profiles if p.name.endswith("+me"))
+    assert validate_layout(model, [Instance(me, 0)]) == []
+    problems = validate_layout(model, [Instance(me, 0), Instance(me, 1)])
+    assert any("exclusive group media-ext" in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("key", "maximal", "multisets"), [(k, 28, 77) for k in EIGHT_SLOT] + [("a30-24gb", 4, 9)]
+)
+def test_maximal_layouts_match_the_shared_enumeration(key: str, maximal: int, multisets: int) -> None:
+    model = get_model(key)
+    assert len(feasible_multisets(model)) == multisets
+    assert len(maximal_multisets(model)) == maximal
+
+
+def test_maximal_sets_equal_the_team_file() -> None:
+    text = (Path(__file__).parents[1] / "data" / "mig-maximal-layouts.txt").read_text()
+    sections = re.split(r"^== ", text, flags=re.M)[1:]
+    checked = 0
+    for section in sections:
+        head, *lines = section.strip().splitlines()
+        key = head.split(":")[0]
+        expected = set()
+        for line in lines:
+            parts = [p.strip() for p in line.split("+")]
+            expected.add(tuple(sorted((p.split("x", 1)[1], int(p.split("x", 1)[0])) for p in parts)))
+        assert set(maximal_multisets(get_model(key))) == expected, key
+        checked += 1
+    assert checked == len(all_models())
+
+
+def test_compute_slice_budget_is_checked() -> None:
+    model = get_model("h100-80gb")
+    problems = validate_layout(model, [Instance("7g.80gb", 0), Instance("1g.10gb", 6)])
+    assert any("compute slices exceed the 7" in p for p in problems)
+
+
+def test_problems_say_exactly_what_is_wrong() -> None:
+    model = get_model("h100-80gb")
+    problems = validate_layout(
+        model,
+        [Instance("9g.99gb", 0), Instance("1g.20gb", 1), Instance("3g.40gb", 0), Instance("2g.20gb", 2)],
+    )
+    assert problems == [
+        "9g.99gb is not a MIG profile of h100-80gb; its profiles are "
+        "1g.10gb, 1g.10gb+me, 1g.20gb, 2g.20gb, 3g.40gb, 4g.40gb, 7g.80gb",
+        "1g.20gb cannot start at 1 on h100-80gb; legal starts are 0, 2, 4, 6",
+        "3g.40gb@0 overlaps 2g.20gb@2 on placement units 2-3",
+    ]
+
+
+def test_check_layout_raises_with_every_problem() -> None:
+    with pytest.raises(InvalidLayout) as info:
+        check_layout(get_model("a100-40gb"), [Instance("4g.20gb", 0), Instance("4g.20gb", 0)])
+    assert len(info.value.problems) == 3  # overlap, max count, compute slices
+
+
+def test_free_placements_beside_a_3g_at_4() -> None:
+    model = get_model("h100-80gb")
+    free = free_placements(model, [Instance("3g.40gb", 4)], include_variants=False)
+    assert format_layout(free) == (
+        "1g.10gb@0,1g.20gb@0,2g.20gb@0,3g.40gb@0,4g.40gb@0,1g.10gb@1,1g.10gb@2,1g.20gb@2,2g.20gb@2,1g.10gb@3"
+    )
+
+
+def test_free_placements_refuses_an_invalid_start() -> None:
+    with pytest.raises(InvalidLayout):
+        free_placements(get_model("h100-80gb"), [Instance("4g.40gb", 4)])
+
+
+def test_parse_and_format_round_trip() -> None:
+    layout = parse_layout(" 4g.40gb@0 , 3g.40gb@4 ")
+    assert layout == (Instance("4g.40gb", 0), Instance("3g.40gb", 4))
+    assert format_layout(layout) == "4g.40gb@0,3g.40gb@4"
+    assert parse_layout("") == ()
+
+
+@pytest.mark.parametrize("text", ["4g.40gb", "4g.40gb@x", "@0", "four@0"])
+def test_parse_refuses_what_is_not_profile_at_start(text: str) -> None:
+    with pytest.raises(InvalidInput):
+        parse_layout(text)
+
+
+def test_named_layouts_of_h100() -> None:
+    model = get_model("h100-80gb")
+    layouts = named_layouts(model)
+    assert format_layout(layouts["all-1g"]) == ",".join(f"1g.10gb@{i}" for i in range(7))
+    assert format_layout(layouts["all-1g.20gb"]) == "1g.20gb@0,1g.20gb@2,1g.20gb@4,1g.20gb@6"
+    assert format_layout(layouts["all-2g"]) == "2g.20gb@0,2g.20gb@2,2g.20gb@4"
+    assert format_layout(layouts["all-3g"]) == "3g.40gb@0,3g.40gb@4"
+    assert format_layout(layouts["all-4g"]) == "4g.40gb@0"
+    assert format_layout(layouts["all-7g"]) == "7g.80gb@0"
+    assert format_layout(layouts["all-balanced"]) == "1g.10gb@0,1g.10gb@1,2g.20gb@2,3g.40gb@4"
+    with pytest.raises(InvalidInput, match="all-balanced"):
+        named_layout(model, "all-9g")
+
+
+def test_every_named_layout_of_every_model_is_valid() -> None:
+    for model in all_models():
+        layouts = named_layouts(model)
+        assert "all-balanced" in layouts and "all-1g" in layouts
+        for lay in layouts.values():
+            assert validate_layout(model, lay) == []
+
+
+def test_pack_layout_finds_a_placement_or_none() -> None:
+    model = get_model("h100-80gb")
+    assert format_layout(pack_layout(model, {"4g.40gb": 1, "3g.40gb": 1}) or ()) == "4g.40gb@0,3g.40gb@4"
+    assert pack_layout(model, {"4g.40gb": 1, "1g.20gb": 3}) is None
+
+
+def test_enumeration_is_cached_and_complete_for_small_models() -> None:
+    model = get_model("a30-24gb")
+    assert enumerate_layouts(model) is enumerate_layouts(model)
+    layouts = set(enumerate_layouts(model, include_variants=False))
+    assert (Instance("4g.24gb", 0),) in layouts
+    assert len(layouts) == 25
+
+
+@pytest.mark.parametrize("key", [m.key for m in all_models()])
+def test_every_enumerated_layout_validates(key: str) -> None:
+    model = get_model(key)
+    for lay in enumerate_layouts(model):
+        assert validate_layout(model, lay) == []
+
+
+def _instances(draw: st.DrawFn, key: str) -> list[Instance]:
+    model = get_model(key)
+    pool = [Instance(p.name, s) for p in model.profiles for s in range(model.placement_axis_size)]
+    pool.append(Instance("9g.99gb", 0))
+    return draw(st.lists(st.sampled_from(pool), max_size=8))
+
+
+@st.composite
+def random_sets(draw: st.DrawFn) -> tuple[str, list[Instance]]:
+    key = draw(st.sampled_from([m.key for m in all_models()]))
+    return key, _instances(draw, key)
+
+
+@settings(max_examples=300, deadline=None)
+@given(random_sets())
+def test_a_random_set_validates_or_comes_with_a_reason(case: tuple[str, list[Instance]]) -> None:
+    key, instances = case
+    model = get_model(key)
+    problems = validate_layout(model, instances)
+    enumerated = {frozenset(lay) for lay in enumerate_layouts(model)}
+    as_set = frozenset(instances)
+    if problems:
+        assert all(isinstance(p, str) and p for p in problems)
+        assert len(as_set) < len(instances) or as_set not in enumerated
+    else:
+        assert len(as_set) == len(instances)
+        assert not instances or as_set in enumerated
