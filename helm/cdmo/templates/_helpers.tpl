@@ -1,0 +1,85 @@
+{{/* Names, labels and the few values that several templates share. */}}
+
+{{- define "cdmo.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "cdmo.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "cdmo.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels on every object. */}}
+{{- define "cdmo.labels" -}}
+helm.sh/chart: {{ include "cdmo.chart" . }}
+app.kubernetes.io/name: {{ include "cdmo.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: cdmo
+{{- end -}}
+
+{{/* Selector labels of one component (operator or agent): pass (list $ "operator"). */}}
+{{- define "cdmo.selectorLabels" -}}
+{{- $root := index . 0 -}}
+app.kubernetes.io/name: {{ include "cdmo.name" $root }}
+app.kubernetes.io/instance: {{ $root.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{- define "cdmo.componentLabels" -}}
+{{ include "cdmo.labels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{- define "cdmo.operatorServiceAccount" -}}
+{{- default (printf "%s-operator" (include "cdmo.fullname" .)) .Values.serviceAccount.operator.name -}}
+{{- end -}}
+
+{{- define "cdmo.agentServiceAccount" -}}
+{{- default (printf "%s-agent" (include "cdmo.fullname" .)) .Values.serviceAccount.agent.name -}}
+{{- end -}}
+
+{{- define "cdmo.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* KEY=VALUE of the partitioning label, as CDMO_PARTITION_LABEL wants it. */}}
+{{- define "cdmo.partitionLabel" -}}
+{{- printf "%s=%s" .Values.partitioning.labelKey .Values.partitioning.labelValue -}}
+{{- end -}}
+
+{{/* A number as an env value: floats keep their point (5.0, not 5), as cdmo.config parses either. */}}
+{{- define "cdmo.envNumber" -}}
+{{- . | toString | quote -}}
+{{- end -}}
+
+{{/* Whether the ValidatingAdmissionPolicy renders: true, false, or auto (the cluster serves v1). */}}
+{{- define "cdmo.admissionPolicyEnabled" -}}
+{{- $want := .Values.admissionPolicy.enabled -}}
+{{- if eq (toString $want) "auto" -}}
+{{- if .Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy" -}}true{{- end -}}
+{{- else if $want -}}true{{- end -}}
+{{- end -}}
+
+{{/* Refuse combinations that cannot work, with one line that says what to change. */}}
+{{- define "cdmo.validate" -}}
+{{- if and (gt (int .Values.operator.replicas) 1) (not .Values.operator.peering.enabled) -}}
+{{- fail (printf "operator.replicas is %d but operator.peering.enabled is false: several replicas need kopf peering; set operator.replicas=1 or operator.peering.enabled=true" (int .Values.operator.replicas)) -}}
+{{- end -}}
+{{- if and (eq .Values.agent.backend "simulated") (not (or .Values.agent.sim.gpus .Values.agent.sim.state)) -}}
+{{- fail "agent.backend is simulated but agent.sim.gpus and agent.sim.state are empty: say which GPUs to simulate (agent.sim.gpus=h100-80gb,h100-80gb)" -}}
+{{- end -}}
+{{- end -}}
