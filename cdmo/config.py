@@ -63,6 +63,15 @@ class OperatorConfig:
     pending_grace_seconds: float = 60.0
     metrics_port: int = 8080
     health_port: int = 8081
+    #: The planning loop also wakes this often without any change (pending grace, Stale timeout).
+    resync_seconds: float = 15.0
+    #: Watch requests: the API server ends each after this long, the client gives up a bit later.
+    #: Below kube-apiserver's own 30-60 min so that a silently dropped connection is noticed.
+    watch_server_timeout: float = 300.0
+    watch_client_timeout: float = 330.0
+    watch_connect_timeout: float = 10.0
+    #: kopf peering object for HA (two replicas, one active); the chart creates it.
+    peering_name: str = "cdmo"
 
     ENV = (
         ("partition_label", "CDMO_PARTITION_LABEL"),
@@ -72,6 +81,11 @@ class OperatorConfig:
         ("pending_grace_seconds", "CDMO_PENDING_GRACE_SECONDS"),
         ("metrics_port", "CDMO_METRICS_PORT"),
         ("health_port", "CDMO_HEALTH_PORT"),
+        ("resync_seconds", "CDMO_PLAN_RESYNC_SECONDS"),
+        ("watch_server_timeout", "CDMO_WATCH_SERVER_TIMEOUT"),
+        ("watch_client_timeout", "CDMO_WATCH_CLIENT_TIMEOUT"),
+        ("watch_connect_timeout", "CDMO_WATCH_CONNECT_TIMEOUT"),
+        ("peering_name", "CDMO_PEERING_NAME"),
     )
 
     @classmethod
@@ -103,9 +117,15 @@ class AgentConfig:
     device_plugin_selector: str = "app=nvidia-device-plugin-daemonset"
     device_plugin_process: str = "nvidia-device-plugin"
     refresh_timeout_seconds: float = 120.0
+    #: How often the delete-pod strategy looks for the new device plugin pod.
+    refresh_poll_seconds: float = 1.0
     enable_mig: bool = False
     metrics_port: int = 9464
     log_format: str = "auto"
+    #: A watch request lasts this long (server side) before the agent starts a new one.
+    watch_timeout_seconds: float = 300.0
+    #: After a failed or blocked pass, wait this long, doubling up to resync_seconds.
+    backoff_initial_seconds: float = 2.0
 
     ENV = (
         ("node_name", "NODE_NAME"),
@@ -119,9 +139,12 @@ class AgentConfig:
         ("device_plugin_selector", "CDMO_DEVICE_PLUGIN_SELECTOR"),
         ("device_plugin_process", "CDMO_DEVICE_PLUGIN_PROCESS"),
         ("refresh_timeout_seconds", "CDMO_REFRESH_TIMEOUT_SECONDS"),
+        ("refresh_poll_seconds", "CDMO_REFRESH_POLL_SECONDS"),
         ("enable_mig", "CDMO_ENABLE_MIG"),
         ("metrics_port", "CDMO_METRICS_PORT"),
         ("log_format", "CDMO_LOG_FORMAT"),
+        ("watch_timeout_seconds", "CDMO_WATCH_TIMEOUT_SECONDS"),
+        ("backoff_initial_seconds", "CDMO_BACKOFF_INITIAL_SECONDS"),
     )
 
     @classmethod

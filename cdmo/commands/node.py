@@ -1,0 +1,231 @@
+"""``cdmo node show`` and ``cdmo node apply LAYOUT.yaml``: this node's GPUs, without Kubernetes.
+
+``show`` lists what the GPUs hold, like ``nvidia-smi mig -lgi`` with placements and holders.
+``apply`` makes them hold a layout written as a MigLayout spec
+(``gpus: [{index, instances: [{profile, start}]}]``, or a whole MigLayout object), keeping
+used instances: it refuses, changing nothing, where the layout would destroy one.
+In use = pod-resources (when the kubelet socket exists) + NVML processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cdmo import exit_codes
+from cdmo.errors import InvalidInput
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from cdmo.node_agent.wiring import add_backend_arguments
+
+    sub = parser.add_subparsers(dest="node_command", metavar="COMMAND")
+    sub.required = True
+    show = sub.add_parser("show", help="what this node's GPUs hold: instances, placements, holders")
+    show.add_argument("--output", "-o", choices=("table", "json", "yaml"), default="table")
+    add_backend_arguments(show)
+    apply = sub.add_parser(
+        "apply", help="make this node's GPUs hold LAYOUT (a MigLayout spec), keeping used instances"
+    )
+    apply.add_argument("layout", metavar="LAYOUT.yaml", help="gpus: [{index, instances: [{profile, start}]}]")
+    apply.add_argument("--dry-run", action="store_true", help="say what would change; change nothing")
+    apply.add_argument(
+        "--enable-mig", action="store_true", help="switch MIG on where needed (Hopper and later)"
+    )
+    apply.add_argument("--output", "-o", choices=("table", "json", "yaml"), default="table")
+    add_backend_arguments(apply)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cdmo.logs import configure_logging
+
+    configure_logging("console" if sys.stderr.isatty() else "json", "warning" if not args.debug else "debug")
+    if args.node_command == "show":
+        return _show(args)
+    return _apply(args)
+
+
+def _open(args: argparse.Namespace) -> tuple[Any, Any]:
+    from cdmo.node_agent.wiring import build_backend, config_from_args, read_local_in_use
+
+    conf = config_from_args(args)
+    backend = build_backend(conf)
+    return backend, read_local_in_use(conf.pod_resources_socket)
+
+
+def _emit(data: Any, output: str) -> None:
+    from cdmo.output import print_json, print_yaml
+
+    (print_json if output == "json" else print_yaml)(data)
+
+
+def build_show(backend: Any, in_use: Any) -> dict[str, Any]:
+    """The ``node show`` document: status-shaped GPUs plus sizes and holders per instance."""
+    from cdmo.node_agent.status import build_gpu_entries
+
+    gpus = backend.list_gpus()
+    instances = {g.index: backend.list_instances(g.index) for g in gpus}
+    processes: dict[str, tuple[int, ...]] = {}
+    for g in gpus:
+        processes.update(backend.list_processes(g.index))
+    current = in_use.with_processes(processes)
+    entries = build_gpu_entries(gpus, instances, current)
+    for entry in entries:
+        by_gi = {i.gi_id: i for i in instances[entry["index"]]}
+        for item in entry["instances"]:
+            inst = by_gi[item["giId"]]
+            item["size"] = inst.size
+            item["holders"] = [str(h) for h in current.holders_of(inst.uuid)]
+    return {"gpus": entries}
+
+
+def _show(args: argparse.Namespace) -> int:
+    from cdmo.output import build_table, console
+
+    backend, in_use = _open(args)
+    try:
+        doc = build_show(backend, in_use)
+    finally:
+        backend.close()
+    if args.output != "table":
+        _emit(doc, args.output)
+        return exit_codes.SUCCESS
+    rows = []
+    for g in doc["gpus"]:
+        model = g["model"] or g["product"]
+        if not g["migEnabled"]:
+            pending = " (pending enable: reset needed)" if g.get("migPending") else ""
+            rows.append((g["index"], model, "", f"MIG off{pending}", "", "", "", ""))
+            continue
+        if not g["instances"]:
+            rows.append((g["index"], model, "", "(no instances)", "", "", "", ""))
+        for i in g["instances"]:
+            rows.append(
+                (
+                    g["index"],
+                    model,
+                    i["giId"],
+                    i["profile"],
+                    f"{i['start']}:{i['size']}",
+                    i.get("ciId", "none"),
+                    i.get("uuid", ""),
+                    ", ".join(i["holders"]) or "free",
+                )
+            )
+    console().print(
+        build_table(
+            "MIG instances", ("GPU", "MODEL", "GI", "PROFILE", "PLACEMENT", "CI", "MIG UUID", "HELD BY"), rows
+        )
+    )
+    return exit_codes.SUCCESS
+
+
+def read_layout_file(path: str) -> dict[int, Any]:
+    """GPU index -> instances from a MigLayout spec file (or a whole MigLayout object)."""
+    from cdmo.api import parse_spec
+
+    p = Path(path)
+    try:
+        doc = yaml.safe_load(p.read_text())
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "cannot parse it"
+        raise InvalidInput(f"{path} is not valid YAML{where}: {problem}") from None
+    if isinstance(doc, Mapping) and isinstance(doc.get("spec"), Mapping):
+        doc = doc["spec"]
+    if not isinstance(doc, Mapping) or "gpus" not in doc:
+        raise InvalidInput(
+            f"{path} is not a MigLayout spec",
+            hint="write gpus: [{index: 0, instances: [{profile: 3g.40gb, start: 0}]}]",
+        )
+    return parse_spec(doc)
+
+
+def _step_doc(step: Any) -> dict[str, Any]:
+    d = {"action": step.action, "gpu": step.gpu, "profile": step.profile, "start": step.start}
+    if step.gi_id is not None:
+        d["giId"] = step.gi_id
+    return d
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from cdmo.node_agent.backend import DEFAULT_RETRY
+    from cdmo.node_agent.reconcile import GpuState, execute_plan, plan_node
+
+    desired = read_layout_file(args.layout)
+    backend, in_use = _open(args)
+    try:
+        plan = plan_node(backend, desired, in_use, enable_mig=args.enable_mig, retry=DEFAULT_RETRY)
+        doc: dict[str, Any] = {
+            "applied": False,
+            "dryRun": bool(args.dry_run),
+            "steps": [_step_doc(s) for s in plan.steps],
+            "refused": [
+                {"gpu": g.index, "state": str(g.state), "reason": str(g.reason), "message": g.message}
+                for g in plan.refusals
+            ],
+        }
+        if plan.refusals:
+            _report(doc, args.output)
+            print(
+                "cdmo: error: nothing was changed: " + "; ".join(g.message for g in plan.refusals),
+                file=sys.stderr,
+            )
+            return exit_codes.ERROR
+        if args.dry_run:
+            _report(doc, args.output)
+            return exit_codes.SUCCESS
+        result = execute_plan(backend, plan, in_use, retry=DEFAULT_RETRY)
+        doc["applied"] = True
+        doc["created"] = [
+            {
+                "gpu": i.gpu,
+                "profile": i.profile,
+                "start": i.start,
+                "giId": i.gi_id,
+                "ciId": i.ci_id,
+                "uuid": i.uuid,
+            }
+            for i in result.created
+        ]
+        doc["destroyed"] = [
+            {"gpu": i.gpu, "profile": i.profile, "start": i.start, "giId": i.gi_id, "uuid": i.uuid}
+            for i in result.destroyed
+        ]
+        problems = [g for g in result.gpus if g.state not in (GpuState.READY, GpuState.UNMANAGED)]
+        doc["errors"] = [g.message for g in problems]
+        _report(doc, args.output)
+        if problems:
+            print("cdmo: error: " + "; ".join(g.message for g in problems), file=sys.stderr)
+            return exit_codes.ERROR
+        return exit_codes.SUCCESS
+    finally:
+        backend.close()
+
+
+def _report(doc: dict[str, Any], output: str) -> None:
+    if output != "table":
+        _emit(doc, output)
+        return
+    verb = "would" if doc["dryRun"] and not doc["applied"] else "did"
+    if doc["refused"]:
+        print("refused, nothing changed:")
+        for r in doc["refused"]:
+            print(f"  GPU {r['gpu']}: {r['reason']}: {r['message']}")
+        return
+    if not doc["steps"]:
+        print("nothing to do: the GPUs already hold the layout")
+        return
+    print(f"{'planned' if verb == 'would' else 'applied'}:")
+    for s in doc["steps"]:
+        print(f"  {s['action']} {s['profile']}@{s['start']} on GPU {s['gpu']}")
+    for e in doc.get("errors") or []:
+        print(f"  failed: {e}")

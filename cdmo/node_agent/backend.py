@@ -1,0 +1,245 @@
+"""What the node agent asks of a GPU backend, and the errors NVML's return codes become.
+
+Two backends implement :class:`GpuBackend`: ``nvml.NvmlBackend`` (pynvml, real GPUs) and
+``simulated.SimulatedBackend`` (GPUs in memory or in a state file, with NVML's behaviour).
+Everything above them (reconcile, status, the CLI) sees only the dataclasses here.
+
+Must not import pynvml, grpc or kubernetes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Protocol, TypeVar
+
+import tenacity
+
+from cdmo.errors import Fatal, NvmlError, Transient
+from cdmo.mig.layouts import Instance
+
+
+class NvmlReturn(IntEnum):
+    """NVML return codes (nvml.h ``NVML_ERROR_*``) that cdmo tells apart."""
+
+    SUCCESS = 0
+    UNINITIALIZED = 1
+    INVALID_ARGUMENT = 2
+    NOT_SUPPORTED = 3
+    NO_PERMISSION = 4
+    NOT_FOUND = 6
+    INSUFFICIENT_SIZE = 7
+    DRIVER_NOT_LOADED = 9
+    TIMEOUT = 10
+    IRQ_ISSUE = 11
+    GPU_IS_LOST = 15
+    RESET_REQUIRED = 16
+    IN_USE = 19
+    MEMORY = 20
+    INSUFFICIENT_RESOURCES = 23
+    NOT_READY = 27
+    UNKNOWN = 999
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """One physical GPU as NVML reports it."""
+
+    index: int
+    uuid: str
+    product: str
+    #: The catalog key (``h100-80gb``); None when cdmo does not know the model.
+    model_key: str | None
+    mig_current: bool
+    mig_pending: bool
+    pci_device_id: int | None = None
+
+
+@dataclass(frozen=True)
+class GpuInstanceInfo:
+    """A GPU instance and its compute instance: one MIG device when it is whole.
+
+    ``ci_id`` and ``uuid`` are None for a GPU instance without a compute instance (left by an
+    agent that died between the two creates). ``full`` is False when the compute instance does
+    not span the whole GPU instance; the device plugin refuses such devices.
+    """
+
+    gpu: int
+    profile: str
+    start: int
+    size: int
+    gi_id: int
+    ci_id: int | None
+    uuid: str | None
+    full: bool = True
+    #: Compute instances in this GPU instance (1 for a healthy MIG device).
+    ci_count: int = 1
+
+    @property
+    def instance(self) -> Instance:
+        return Instance(self.profile, self.start)
+
+    @property
+    def healthy(self) -> bool:
+        """One compute instance spanning the whole GPU instance, as the device plugin needs."""
+        return self.ci_id is not None and self.full and self.ci_count == 1
+
+    def __str__(self) -> str:
+        return f"GPU {self.gpu} {self.profile}@{self.start}"
+
+
+@dataclass(frozen=True)
+class MigModeChange:
+    """The MIG mode after a set: ``reset_needed`` when pending differs from current (Ampere)."""
+
+    gpu: int
+    current: bool
+    pending: bool
+
+    @property
+    def reset_needed(self) -> bool:
+        return self.current != self.pending
+
+
+class GpuBackend(Protocol):
+    """The GPUs of one node. Indexes are NVML's; profiles are catalog names."""
+
+    def list_gpus(self) -> list[GpuInfo]: ...
+
+    def list_instances(self, gpu: int) -> list[GpuInstanceInfo]:
+        """Every GPU instance of ``gpu`` with its compute instance; empty when MIG is off."""
+        ...
+
+    def list_processes(self, gpu: int) -> dict[str, tuple[int, ...]]:
+        """MIG device UUID -> pids of the compute processes running on it (only busy ones)."""
+        ...
+
+    def create_instance(self, gpu: int, profile: str, start: int) -> GpuInstanceInfo:
+        """A GPU instance at exactly ``start`` plus its full-size compute instance.
+
+        If the compute instance fails, the GPU instance just made is destroyed again.
+        """
+        ...
+
+    def destroy_instance(self, gpu: int, gi_id: int) -> None:
+        """Destroy the compute instances of GPU instance ``gi_id``, then the GPU instance.
+
+        Raises AlreadyGone when there is no such GPU instance.
+        """
+        ...
+
+    def set_mig_mode(self, gpu: int, enabled: bool) -> MigModeChange: ...
+
+    def close(self) -> None: ...
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+class InstanceBusy(NvmlError):
+    """NVML_ERROR_IN_USE: a process, a compute instance or a client (DCGM) holds it."""
+
+
+class PlacementTaken(NvmlError):
+    """NVML_ERROR_INSUFFICIENT_RESOURCES: the placement (or the profile's count) is taken."""
+
+
+class NotSupported(NvmlError):
+    """NVML_ERROR_NOT_SUPPORTED: MIG is off, or the GPU has no such profile."""
+
+
+class InvalidPlacement(NvmlError):
+    """NVML_ERROR_INVALID_ARGUMENT: a start that the profile does not offer, or a bad handle."""
+
+
+class AlreadyGone(NvmlError):
+    """NVML_ERROR_NOT_FOUND on destroy: the instance is not there (counts as destroyed)."""
+
+
+class NoPermission(NvmlError, Fatal):
+    """NVML_ERROR_NO_PERMISSION: the agent cannot change MIG; retrying will not help."""
+
+
+class TransientNvmlError(NvmlError, Transient):
+    """An NVML error that may pass (timeout, unknown, not ready): retried with backoff."""
+
+
+class NvmlFailure(NvmlError):
+    """Any other NVML error."""
+
+
+_TRANSIENT = frozenset(
+    {NvmlReturn.TIMEOUT, NvmlReturn.UNKNOWN, NvmlReturn.NOT_READY, NvmlReturn.MEMORY, NvmlReturn.IRQ_ISSUE}
+)
+
+PRIVILEGED_HINT = (
+    "the node agent must run privileged (securityContext.privileged: true) with the NVIDIA "
+    "driver's /dev/nvidia-caps visible; MIG changes need root"
+)
+
+
+def error_for_rc(rc: int, what: str) -> NvmlError:
+    """The cdmo error for NVML return code ``rc`` while doing ``what`` ("create 3g.40gb@4 on GPU 0")."""
+    try:
+        name = NvmlReturn(rc).name
+    except ValueError:
+        name = str(rc)
+    if rc == NvmlReturn.IN_USE:
+        return InstanceBusy(f"{what}: NVML says it is in use (IN_USE)", rc)
+    if rc == NvmlReturn.INSUFFICIENT_RESOURCES:
+        return PlacementTaken(f"{what}: NVML says the placement is taken (INSUFFICIENT_RESOURCES)", rc)
+    if rc == NvmlReturn.NOT_SUPPORTED:
+        return NotSupported(
+            f"{what}: NVML says not supported (NOT_SUPPORTED): MIG mode is off or the GPU has no such profile",
+            rc,
+        )
+    if rc == NvmlReturn.INVALID_ARGUMENT:
+        return InvalidPlacement(f"{what}: NVML refused the arguments (INVALID_ARGUMENT)", rc)
+    if rc == NvmlReturn.NOT_FOUND:
+        return AlreadyGone(f"{what}: NVML says it does not exist (NOT_FOUND)", rc)
+    if rc == NvmlReturn.NO_PERMISSION:
+        return NoPermission(f"{what}: NVML denied permission (NO_PERMISSION)", rc, hint=PRIVILEGED_HINT)
+    if rc in _TRANSIENT:
+        return TransientNvmlError(f"{what}: NVML error {name}, will retry", rc)
+    return NvmlFailure(f"{what}: NVML error {name}", rc)
+
+
+# --- retries ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries of transient NVML errors: ``attempts`` tries, exponential backoff.
+
+    ``initial_seconds=0`` turns the waits off (the simulator and tests use that).
+    """
+
+    attempts: int = 4
+    initial_seconds: float = 0.2
+    max_seconds: float = 2.0
+
+
+DEFAULT_RETRY = RetryPolicy()
+NO_WAIT_RETRY = RetryPolicy(attempts=4, initial_seconds=0.0, max_seconds=0.0)
+
+T = TypeVar("T")
+
+
+def call_with_retry(policy: RetryPolicy, fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)``, retried on TransientNvmlError as ``policy`` says; other errors pass through."""
+    wait = (
+        tenacity.wait_exponential(multiplier=policy.initial_seconds, max=policy.max_seconds)
+        if policy.initial_seconds > 0
+        else tenacity.wait_none()
+    )
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(TransientNvmlError),
+        stop=tenacity.stop_after_attempt(max(1, policy.attempts)),
+        wait=wait,
+        reraise=True,
+    )
+    return retrying(fn, *args)

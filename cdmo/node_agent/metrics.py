@@ -1,0 +1,73 @@
+"""The node agent's Prometheus metrics, in a registry of its own (several agents may share a process).
+
+- ``cdmo_agent_reconcile_duration_seconds`` (histogram): one pass, read to status write;
+- ``cdmo_agent_instances_created_total`` / ``..._destroyed_total`` (counters, by profile);
+- ``cdmo_agent_failures_total`` (counter, by reason: NvmlError, InstanceInUse, Fatal, ...);
+- ``cdmo_agent_blocked_gpus`` (gauge): GPUs blocked by an instance in use after the last pass;
+- ``cdmo_agent_device_plugin_refreshes_total`` (counter, by strategy and result).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+
+from cdmo.node_agent.reconcile import GpuState, ReconcileResult
+from cdmo.node_agent.refresh import RefreshOutcome
+
+_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class AgentMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.reconcile_seconds = Histogram(
+            "cdmo_agent_reconcile_duration_seconds",
+            "Duration of one reconcile pass",
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.created = Counter(
+            "cdmo_agent_instances_created", "MIG instances created", ["profile"], registry=r
+        )
+        self.destroyed = Counter(
+            "cdmo_agent_instances_destroyed", "MIG instances destroyed", ["profile"], registry=r
+        )
+        self.failures = Counter(
+            "cdmo_agent_failures", "Failed or refused reconcile work", ["reason"], registry=r
+        )
+        self.blocked_gpus = Gauge("cdmo_agent_blocked_gpus", "GPUs blocked by an instance in use", registry=r)
+        self.refreshes = Counter(
+            "cdmo_agent_device_plugin_refreshes",
+            "Device plugin refreshes",
+            ["strategy", "result"],
+            registry=r,
+        )
+
+    def observe_pass(self, result: ReconcileResult, seconds: float) -> None:
+        self.reconcile_seconds.observe(seconds)
+        for inst in result.created:
+            self.created.labels(profile=inst.profile).inc()
+        for inst in result.destroyed:
+            self.destroyed.labels(profile=inst.profile).inc()
+        for gpu in result.gpus:
+            if gpu.state in (GpuState.FAILED, GpuState.BLOCKED, GpuState.REFUSED, GpuState.MIG_OFF):
+                self.failures.labels(reason=str(gpu.reason)).inc()
+        self.blocked_gpus.set(len(result.blocked))
+
+    def observe_failure(self, reason: str) -> None:
+        self.failures.labels(reason=reason).inc()
+
+    def observe_refresh(self, strategy: str, outcome: RefreshOutcome) -> None:
+        self.refreshes.labels(strategy=strategy, result="ok" if outcome.ok else outcome.reason).inc()
+
+    def render(self) -> bytes:
+        """The text exposition format, as the endpoint serves it."""
+        return bytes(generate_latest(self.registry))
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> Any:
+        """Serve /metrics on ``port`` in a background thread; returns the HTTP server."""
+        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        return server

@@ -1,0 +1,356 @@
+"""The GpuBackend on real GPUs, through pynvml (the nvidia-ml-py package).
+
+Used as NVML wants it (nvml.h, and the NVIDIA DRA driver's nvlib.go):
+
+- a profile *constant* (``NVML_GPU_INSTANCE_PROFILE_3_SLICE``) goes to
+  ``nvmlDeviceGetGpuInstanceProfileInfo``; its ``.id`` is what placement, create and list
+  calls take;
+- GPU instances are created only with ``nvmlDeviceCreateGpuInstanceWithPlacement`` at the
+  planned start, never first-fit (``nvmlDeviceCreateGpuInstance`` is order-sensitive);
+- the compute instance spans the whole GPU instance: the catalog's default CI profile for the
+  GI profile (on H100 the 1g.20gb default is ``..._1_SLICE_REV1``), looked up with
+  ``nvmlGpuInstanceGetComputeInstanceProfileInfo``; if it fails, the GI just made is destroyed;
+- the MIG UUID comes from ``nvmlComputeInstanceGetInfo(ci).device``, the way NVIDIA's DRA
+  driver reads it. NVML's reference calls that field the "parent device"; when a driver
+  returns the parent GPU there, the MIG device is found by its GI and CI ids instead.
+
+Only this module imports pynvml, lazily, so tests can hand in a fake module instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+from types import ModuleType
+from typing import Any
+
+import structlog
+
+from cdmo.errors import UnknownProfile
+from cdmo.mig.catalog import GpuModel, find_model
+from cdmo.node_agent.backend import (
+    AlreadyGone,
+    GpuInfo,
+    GpuInstanceInfo,
+    InvalidPlacement,
+    MigModeChange,
+    NotSupported,
+    NvmlError,
+    NvmlFailure,
+    NvmlReturn,
+    error_for_rc,
+)
+
+log = structlog.get_logger("cdmo.node_agent.nvml")
+
+
+class NvmlBackend:
+    """MIG on the GPUs of this node through NVML. Needs a privileged pod to change anything."""
+
+    def __init__(self, nvml: ModuleType | None = None) -> None:
+        self._nvml = nvml if nvml is not None else _import_pynvml()
+        try:
+            self._nvml.nvmlInit()
+        except self._nvml.NVMLError as exc:
+            raise NvmlFailure(
+                f"cannot initialise NVML: {exc}",
+                getattr(exc, "value", None),
+                hint="run the agent on a node with the NVIDIA driver (privileged, with the NVIDIA "
+                "container runtime), or use --backend simulated",
+            ) from exc
+        self._models: dict[int, GpuModel | None] = {}
+        self._uuids: dict[int, str] = {}
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except self._nvml.NVMLError as exc:
+            raise error_for_rc(exc.value, what) from exc
+
+    def _handle(self, gpu: int) -> Any:
+        return self._call(f"open GPU {gpu}", self._nvml.nvmlDeviceGetHandleByIndex, gpu)
+
+    def _model(self, gpu: int, handle: Any) -> GpuModel | None:
+        if gpu not in self._models:
+            name = self._call(f"read the name of GPU {gpu}", self._nvml.nvmlDeviceGetName, handle)
+            pci = self._call(f"read the PCI info of GPU {gpu}", self._nvml.nvmlDeviceGetPciInfo, handle)
+            self._models[gpu] = find_model(name) or find_model(int(pci.pciDeviceId))
+            self._uuids[gpu] = self._call(f"read the UUID of GPU {gpu}", self._nvml.nvmlDeviceGetUUID, handle)
+        return self._models[gpu]
+
+    def _mig_mode(self, gpu: int, handle: Any) -> tuple[bool, bool]:
+        try:
+            cur, pend = self._call(f"read the MIG mode of GPU {gpu}", self._nvml.nvmlDeviceGetMigMode, handle)
+        except NotSupported:
+            return False, False  # a GPU without MIG
+        return bool(cur), bool(pend)
+
+    # --- GpuBackend ------------------------------------------------------------------------
+
+    def list_gpus(self) -> list[GpuInfo]:
+        nv = self._nvml
+        count = self._call("count the GPUs", nv.nvmlDeviceGetCount)
+        result = []
+        for gpu in range(count):
+            h = self._handle(gpu)
+            uuid = self._call(f"read the UUID of GPU {gpu}", nv.nvmlDeviceGetUUID, h)
+            product = self._call(f"read the name of GPU {gpu}", nv.nvmlDeviceGetName, h)
+            pci = self._call(f"read the PCI info of GPU {gpu}", nv.nvmlDeviceGetPciInfo, h)
+            model = find_model(product) or find_model(int(pci.pciDeviceId))
+            self._models[gpu] = model
+            self._uuids[gpu] = uuid
+            cur, pend = self._mig_mode(gpu, h)
+            result.append(
+                GpuInfo(gpu, uuid, product, model.key if model else None, cur, pend, int(pci.pciDeviceId))
+            )
+        return result
+
+    def _gi_profiles(self, gpu: int, h: Any) -> list[tuple[str, Any]]:
+        """(profile name, GpuInstanceProfileInfo) for each GI profile the GPU offers."""
+        nv = self._nvml
+        model = self._model(gpu, h)
+        if model is not None:
+            wanted = [(p.name, p.nvml_constant_value) for p in model.profiles]
+        else:  # an unknown model: list what is there under NVML's ids
+            wanted = [(f"profile-{c}", c) for c in range(nv.NVML_GPU_INSTANCE_PROFILE_COUNT)]
+        result: list[tuple[str, Any]] = []
+        seen: set[int] = set()
+        for name, constant in wanted:
+            try:
+                info = self._call(
+                    f"read profile {name} of GPU {gpu}", nv.nvmlDeviceGetGpuInstanceProfileInfo, h, constant
+                )
+            except (NotSupported, InvalidPlacement):
+                continue  # the GPU lacks this profile (go-nvlib skips these two codes too)
+            if info.id in seen:
+                continue
+            seen.add(info.id)
+            result.append((name if model is not None else f"profile-id-{info.id}", info))
+        return result
+
+    def _compute_instances(self, gpu: int, h: Any, gi: Any, gi_id: int) -> list[tuple[int, int, str | None]]:
+        """(CI id, compute slices, MIG UUID) of every compute instance in GPU instance ``gi``."""
+        nv = self._nvml
+        what = f"list the compute instances of GPU {gpu} GI {gi_id}"
+        result = []
+        seen: set[int] = set()
+        for constant in range(nv.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
+            try:
+                prof = self._call(
+                    what,
+                    nv.nvmlGpuInstanceGetComputeInstanceProfileInfo,
+                    gi,
+                    constant,
+                    nv.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
+                )
+            except (NotSupported, InvalidPlacement):
+                continue
+            if prof.id in seen or prof.instanceCount == 0:
+                continue
+            seen.add(prof.id)
+            handles = (nv.c_nvmlComputeInstance_t * prof.instanceCount)()
+            count = ctypes.c_uint(0)
+            self._call(what, nv.nvmlGpuInstanceGetComputeInstances, gi, prof.id, handles, ctypes.byref(count))
+            for k in range(count.value):
+                info = self._call(what, nv.nvmlComputeInstanceGetInfo, handles[k])
+                result.append((int(info.id), int(prof.sliceCount), self._mig_uuid(gpu, h, gi_id, info)))
+        return sorted(result)
+
+    def _mig_uuid(self, gpu: int, h: Any, gi_id: int, ci_info: Any) -> str | None:
+        nv = self._nvml
+        uuid = self._call(f"read a MIG device UUID on GPU {gpu}", nv.nvmlDeviceGetUUID, ci_info.device)
+        if uuid.startswith("MIG-") and uuid != self._uuids.get(gpu):
+            return str(uuid)
+        # The driver returned the parent GPU: find the MIG device with these GI and CI ids.
+        what = f"find the MIG device of GPU {gpu} GI {gi_id} CI {ci_info.id}"
+        for index in range(self._call(what, nv.nvmlDeviceGetMaxMigDeviceCount, h)):
+            try:
+                mig = self._call(what, nv.nvmlDeviceGetMigDeviceHandleByIndex, h, index)
+            except (AlreadyGone, InvalidPlacement):
+                continue
+            if (
+                self._call(what, nv.nvmlDeviceGetGpuInstanceId, mig) == gi_id
+                and self._call(what, nv.nvmlDeviceGetComputeInstanceId, mig) == ci_info.id
+            ):
+                return str(self._call(what, nv.nvmlDeviceGetUUID, mig))
+        return None
+
+    def _gpu_instances(self, gpu: int, h: Any) -> list[tuple[str, Any, Any]]:
+        """(profile name, GI handle, GpuInstanceInfo) of every GPU instance."""
+        nv = self._nvml
+        what = f"list the GPU instances of GPU {gpu}"
+        result = []
+        for name, info in self._gi_profiles(gpu, h):
+            if info.instanceCount == 0:
+                continue
+            handles = (nv.c_nvmlGpuInstance_t * info.instanceCount)()
+            count = ctypes.c_uint(0)
+            self._call(what, nv.nvmlDeviceGetGpuInstances, h, info.id, handles, ctypes.byref(count))
+            for k in range(count.value):
+                result.append((name, handles[k], self._call(what, nv.nvmlGpuInstanceGetInfo, handles[k])))
+        return result
+
+    def list_instances(self, gpu: int) -> list[GpuInstanceInfo]:
+        h = self._handle(gpu)
+        if not self._mig_mode(gpu, h)[0]:
+            return []
+        model = self._model(gpu, h)
+        result = []
+        for name, gi, info in self._gpu_instances(gpu, h):
+            gi_id = int(info.id)
+            cis = self._compute_instances(gpu, h, gi, gi_id)
+            slices = (
+                model.profile(name).compute_slices if model is not None and model.has_profile(name) else None
+            )
+            first = cis[0] if cis else None
+            result.append(
+                GpuInstanceInfo(
+                    gpu=gpu,
+                    profile=name,
+                    start=int(info.placement.start),
+                    size=int(info.placement.size),
+                    gi_id=gi_id,
+                    ci_id=first[0] if first else None,
+                    uuid=first[2] if first else None,
+                    full=first is not None and (slices is None or first[1] == slices),
+                    ci_count=len(cis),
+                )
+            )
+        return sorted(result, key=lambda i: (i.start, i.profile))
+
+    def list_processes(self, gpu: int) -> dict[str, tuple[int, ...]]:
+        nv = self._nvml
+        h = self._handle(gpu)
+        if not self._mig_mode(gpu, h)[0]:
+            return {}
+        what = f"list the processes on GPU {gpu}"
+        result: dict[str, tuple[int, ...]] = {}
+        for index in range(self._call(what, nv.nvmlDeviceGetMaxMigDeviceCount, h)):
+            try:
+                mig = self._call(what, nv.nvmlDeviceGetMigDeviceHandleByIndex, h, index)
+            except (AlreadyGone, InvalidPlacement):
+                continue  # no MIG device at this index
+            uuid = self._call(what, nv.nvmlDeviceGetUUID, mig)
+            procs = self._call(what, nv.nvmlDeviceGetComputeRunningProcesses, mig)
+            if procs:
+                result[str(uuid)] = tuple(sorted(int(p.pid) for p in procs))
+        return result
+
+    def create_instance(self, gpu: int, profile: str, start: int) -> GpuInstanceInfo:
+        nv = self._nvml
+        what = f"create {profile}@{start} on GPU {gpu}"
+        h = self._handle(gpu)
+        model = self._model(gpu, h)
+        if model is None:
+            raise NotSupported(f"{what}: cdmo does not know this GPU model", NvmlReturn.NOT_SUPPORTED)
+        try:
+            prof = model.profile(profile)
+        except UnknownProfile as exc:
+            raise NotSupported(f"{what}: {exc}", NvmlReturn.NOT_SUPPORTED) from None
+        info = self._call(what, nv.nvmlDeviceGetGpuInstanceProfileInfo, h, prof.nvml_constant_value)
+
+        # Possible placements: ask for the count first (NULL array), then fetch them all.
+        count = ctypes.c_uint(0)
+        self._call(what, nv.nvmlDeviceGetGpuInstancePossiblePlacements, h, info.id, None, ctypes.byref(count))
+        placements = (nv.c_nvmlGpuInstancePlacement_t * max(1, count.value))()
+        self._call(
+            what, nv.nvmlDeviceGetGpuInstancePossiblePlacements, h, info.id, placements, ctypes.byref(count)
+        )
+        match = [p for p in placements[: count.value] if p.start == start]
+        if not match:
+            legal = ", ".join(str(p.start) for p in placements[: count.value])
+            raise InvalidPlacement(
+                f"{what}: NVML offers {profile} only at starts {legal}", NvmlReturn.INVALID_ARGUMENT
+            )
+        placement = nv.c_nvmlGpuInstancePlacement_t(match[0].start, match[0].size)
+        gi = self._call(
+            what, nv.nvmlDeviceCreateGpuInstanceWithPlacement, h, info.id, ctypes.byref(placement)
+        )
+        try:
+            ci_prof = self._call(
+                what,
+                nv.nvmlGpuInstanceGetComputeInstanceProfileInfo,
+                gi,
+                prof.default_ci.value,
+                nv.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
+            )
+            ci = self._call(what, nv.nvmlGpuInstanceCreateComputeInstance, gi, ci_prof.id)
+        except NvmlError:
+            # No GPU instance without its compute instance may stay behind.
+            try:
+                nv.nvmlGpuInstanceDestroy(gi)
+            except nv.NVMLError as exc:
+                log.warning(
+                    "Failed to destroy GPU instance after a failed compute instance",
+                    gpu=gpu,
+                    profile=profile,
+                    start=start,
+                    nvml_rc=exc.value,
+                )
+            raise
+        gi_info = self._call(what, nv.nvmlGpuInstanceGetInfo, gi)
+        ci_info = self._call(what, nv.nvmlComputeInstanceGetInfo, ci)
+        return GpuInstanceInfo(
+            gpu=gpu,
+            profile=profile,
+            start=int(gi_info.placement.start),
+            size=int(gi_info.placement.size),
+            gi_id=int(gi_info.id),
+            ci_id=int(ci_info.id),
+            uuid=self._mig_uuid(gpu, h, int(gi_info.id), ci_info),
+        )
+
+    def destroy_instance(self, gpu: int, gi_id: int) -> None:
+        nv = self._nvml
+        what = f"destroy GPU instance {gi_id} on GPU {gpu}"
+        h = self._handle(gpu)
+        gi = self._call(what, nv.nvmlDeviceGetGpuInstanceById, h, gi_id)  # NOT_FOUND -> AlreadyGone
+        for constant in range(nv.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
+            try:
+                prof = self._call(
+                    what,
+                    nv.nvmlGpuInstanceGetComputeInstanceProfileInfo,
+                    gi,
+                    constant,
+                    nv.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
+                )
+            except (NotSupported, InvalidPlacement):
+                continue
+            if prof.instanceCount == 0:
+                continue
+            handles = (nv.c_nvmlComputeInstance_t * prof.instanceCount)()
+            count = ctypes.c_uint(0)
+            self._call(what, nv.nvmlGpuInstanceGetComputeInstances, gi, prof.id, handles, ctypes.byref(count))
+            for k in range(count.value):
+                with contextlib.suppress(AlreadyGone):  # gone meanwhile: that is what we wanted
+                    self._call(what, nv.nvmlComputeInstanceDestroy, handles[k])
+        self._call(what, nv.nvmlGpuInstanceDestroy, gi)
+
+    def set_mig_mode(self, gpu: int, enabled: bool) -> MigModeChange:
+        nv = self._nvml
+        what = f"switch MIG {'on' if enabled else 'off'} on GPU {gpu}"
+        h = self._handle(gpu)
+        mode = nv.NVML_DEVICE_MIG_ENABLE if enabled else nv.NVML_DEVICE_MIG_DISABLE
+        status = self._call(what, nv.nvmlDeviceSetMigMode, h, mode)
+        if status not in (NvmlReturn.SUCCESS, NvmlReturn.RESET_REQUIRED):
+            raise error_for_rc(status, what)
+        cur, pend = self._mig_mode(gpu, h)
+        return MigModeChange(gpu, cur, pend)
+
+    def close(self) -> None:
+        try:
+            self._nvml.nvmlShutdown()
+        except self._nvml.NVMLError as exc:
+            log.debug("Failed to shut down NVML", nvml_rc=exc.value)
+
+
+def _import_pynvml() -> ModuleType:
+    try:
+        return importlib.import_module("pynvml")
+    except ImportError as exc:  # pragma: no cover - nvidia-ml-py is a dependency
+        raise NvmlFailure(
+            "the pynvml module is missing", hint="install nvidia-ml-py (pip install nvidia-ml-py)"
+        ) from exc

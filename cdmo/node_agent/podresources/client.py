@@ -1,0 +1,112 @@
+"""A client of the kubelet pod-resources API: which pod holds which device.
+
+``List`` gives pods -> containers -> devices (``resource_name``, ``device_ids``); for the NVIDIA
+device plugin's MIG resources the device ids are MIG UUIDs (deviceIDStrategy=uuid, its
+default). ``GetAllocatableResources`` gives every device the kubelet knows. The socket is
+``/var/lib/kubelet/pod-resources/kubelet.sock``; mount the directory, not the socket, so that
+a kubelet restart does not strand the client. A channel is opened per call for the same reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from cdmo.errors import Transient
+from cdmo.node_agent.podresources import api_pb2, api_pb2_grpc
+
+DEFAULT_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
+
+T = TypeVar("T")
+
+
+class PodResourcesUnavailable(Transient):
+    """The kubelet's pod-resources socket is missing or does not answer."""
+
+
+@dataclass(frozen=True)
+class PodDevices:
+    """Devices of one resource that the kubelet gave one container of one pod."""
+
+    namespace: str
+    pod: str
+    container: str
+    resource_name: str
+    device_ids: tuple[str, ...]
+
+    @property
+    def pod_key(self) -> str:
+        return f"{self.namespace}/{self.pod}"
+
+
+@dataclass(frozen=True)
+class AllocatableDevices:
+    """Devices of one resource that the kubelet can hand out (from the device plugins)."""
+
+    resource_name: str
+    device_ids: tuple[str, ...]
+
+
+class PodResourcesClient:
+    """``List`` and ``GetAllocatableResources`` over the kubelet's unix socket."""
+
+    def __init__(self, socket_path: str = DEFAULT_SOCKET, *, timeout_seconds: float = 5.0) -> None:
+        self.socket_path = socket_path
+        self.timeout_seconds = timeout_seconds
+
+    def available(self) -> bool:
+        """Whether the socket exists (the kubelet may still not answer)."""
+        return bool(self.socket_path) and os.path.exists(self.socket_path)
+
+    def _call(self, method: Callable[[api_pb2_grpc.PodResourcesListerStub], T]) -> T:
+        if not self.available():
+            raise PodResourcesUnavailable(
+                f"the kubelet pod-resources socket {self.socket_path} does not exist",
+                hint="mount /var/lib/kubelet/pod-resources into the agent pod",
+            )
+        try:
+            with grpc.insecure_channel(f"unix://{self.socket_path}") as channel:
+                return method(api_pb2_grpc.PodResourcesListerStub(channel))
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            raise PodResourcesUnavailable(
+                f"the kubelet pod-resources API at {self.socket_path} failed: {code}"
+            ) from exc
+
+    def list(self) -> list[PodDevices]:
+        """Every device the kubelet gave a container, sorted by pod, container and resource."""
+        response: Any = self._call(
+            lambda stub: stub.List(api_pb2.ListPodResourcesRequest(), timeout=self.timeout_seconds)
+        )
+        return build_pod_devices(response.pod_resources)
+
+    def allocatable(self) -> list[AllocatableDevices]:
+        """Every device the kubelet can hand out, by resource name."""
+        response: Any = self._call(
+            lambda stub: stub.GetAllocatableResources(
+                api_pb2.AllocatableResourcesRequest(), timeout=self.timeout_seconds
+            )
+        )
+        merged: dict[str, list[str]] = {}
+        for dev in response.devices:
+            merged.setdefault(dev.resource_name, []).extend(dev.device_ids)
+        return [AllocatableDevices(name, tuple(sorted(ids))) for name, ids in sorted(merged.items())]
+
+
+def build_pod_devices(pod_resources: Sequence[Any]) -> list[PodDevices]:
+    """Flatten ``ListPodResourcesResponse.pod_resources`` into one row per container and resource."""
+    rows = []
+    for pod in pod_resources:
+        for container in pod.containers:
+            for dev in container.devices:
+                if dev.device_ids:
+                    rows.append(
+                        PodDevices(
+                            pod.namespace, pod.name, container.name, dev.resource_name, tuple(dev.device_ids)
+                        )
+                    )
+    return sorted(rows, key=lambda r: (r.namespace, r.pod, r.container, r.resource_name))

@@ -1,0 +1,755 @@
+"""Simulated GPUs that behave as NVML does, per catalog model, and a backend on top of them.
+
+:class:`SimulatedNode` holds the GPUs of one node and answers NVML-level calls (profile ids,
+placements, GI and CI ids, return codes): INSUFFICIENT_RESOURCES on an occupied placement,
+IN_USE when destroying a GPU instance that still has compute instances or a compute instance
+with processes, NOT_SUPPORTED for profiles the model lacks or while MIG is off, a new MIG UUID
+on every create, MIG mode current/pending (Ampere needs a reset, Hopper and later do not).
+Faults can be injected: fail the next N calls of an NVML function with a return code, or die
+(raise :class:`SimulatedCrash`) between creating a GPU instance and its compute instance.
+
+:class:`SimulatedBackend` is the :class:`~cdmo.node_agent.backend.GpuBackend` on a node kept
+in memory (fast: the cluster simulator drives it thousands of times) or in a JSON state file
+shared by separate commands (``--sim-state``), locked with ``flock`` while in use. The file
+format is documented in docs/node-agent.md.
+
+The fake ``pynvml`` module of the tests is backed by the same :class:`SimulatedNode`.
+Must not import pynvml, grpc or kubernetes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import threading
+import uuid as uuidlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cdmo.errors import InvalidInput
+from cdmo.mig.catalog import GpuModel, Profile, get_model, nvml_constants
+from cdmo.mig.layouts import Instance, validate_layout
+from cdmo.node_agent.backend import (
+    GpuInfo,
+    GpuInstanceInfo,
+    MigModeChange,
+    NvmlReturn,
+    error_for_rc,
+)
+
+STATE_VERSION = 1
+_UUID_NAMESPACE = uuidlib.UUID("6f1c1e0a-53c1-4f0b-9a57-63646d6f0001")
+
+#: NVML_COMPUTE_INSTANCE_PROFILE_* value -> compute slices (nvml.h; 8_SLICE/6_SLICE for completeness).
+CI_PROFILE_SLICES: dict[int, int] = {0: 1, 1: 2, 2: 3, 3: 4, 4: 7, 5: 8, 6: 6, 7: 1, 8: 7}
+_PLAIN_CI_PROFILES = (0, 1, 2, 3, 4)
+
+#: Every NVML function name a fault can be injected into ("*" matches all).
+FAULT_CALLS = (
+    "nvmlDeviceGetCount",
+    "nvmlDeviceGetHandleByIndex",
+    "nvmlDeviceGetMigMode",
+    "nvmlDeviceSetMigMode",
+    "nvmlDeviceGetGpuInstanceProfileInfo",
+    "nvmlDeviceGetGpuInstancePossiblePlacements",
+    "nvmlDeviceCreateGpuInstanceWithPlacement",
+    "nvmlDeviceGetGpuInstances",
+    "nvmlDeviceGetGpuInstanceById",
+    "nvmlGpuInstanceGetComputeInstanceProfileInfo",
+    "nvmlGpuInstanceCreateComputeInstance",
+    "nvmlGpuInstanceGetComputeInstances",
+    "nvmlComputeInstanceDestroy",
+    "nvmlGpuInstanceDestroy",
+    "nvmlDeviceGetComputeRunningProcesses",
+)
+
+
+class SimNvmlError(Exception):
+    """An NVML return code from the simulated GPUs."""
+
+    def __init__(self, rc: int, message: str = "") -> None:
+        super().__init__(message or NvmlReturn(rc).name)
+        self.rc = rc
+
+
+class SimulatedCrash(BaseException):
+    """The agent process 'died' between creating a GPU instance and its compute instance.
+
+    A BaseException so that no error handler in cdmo catches it: like a real crash, it ends
+    the pass; the hardware (the SimulatedNode) keeps the half-made GPU instance.
+    """
+
+
+@dataclass
+class SimComputeInstance:
+    ci_id: int
+    profile_id: int
+    uuid: str
+    processes: list[int] = field(default_factory=list)
+
+
+@dataclass
+class SimGpuInstance:
+    gi_id: int
+    profile: Profile
+    start: int
+    cis: dict[int, SimComputeInstance] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return self.profile.placement_size
+
+
+@dataclass
+class SimGpu:
+    index: int
+    model: GpuModel
+    uuid: str
+    mig_current: bool = True
+    mig_pending: bool = True
+    gis: dict[int, SimGpuInstance] = field(default_factory=dict)
+
+    @property
+    def product(self) -> str:
+        return self.model.product_names[0]
+
+    @property
+    def pci_device_id(self) -> int | None:
+        return self.model.pci_device_ids[0] if self.model.pci_device_ids else None
+
+
+@dataclass
+class Fault:
+    """Fail the next ``count`` calls of NVML function ``call`` (or "*") with ``rc``; -1 = always."""
+
+    call: str
+    rc: int
+    count: int = 1
+
+
+def _gi_id_for(model: GpuModel, profile: Profile, start: int) -> int:
+    """GI ids as drivers usually number them: one slot per placement, biggest sizes first.
+
+    On 8-unit GPUs: full GPU 0; 4-unit @0/@4 -> 1/2; 2-unit -> 3..6; 1-unit -> 7+start
+    (mig-profiles-notes.md §6). cdmo treats GI ids as opaque; this only makes them realistic.
+    """
+    sizes = sorted({p.placement_size for p in model.profiles}, reverse=True)
+    offset = 0
+    for size in sizes:
+        if size == profile.placement_size:
+            return offset + start // size
+        offset += max(1, model.placement_axis_size // size)
+    return offset + start  # pragma: no cover - every profile's size is in sizes
+
+
+def _ci_profiles_for(profile: Profile) -> tuple[int, ...]:
+    """The CI profiles a GPU instance of ``profile`` offers: its default (whole GI) and smaller ones."""
+    g = profile.compute_slices
+    smaller = [
+        c for c in _PLAIN_CI_PROFILES if CI_PROFILE_SLICES[c] < g and 2 * CI_PROFILE_SLICES[c] <= g + 1
+    ]
+    return tuple(sorted({profile.default_ci.value, *smaller}))
+
+
+class SimulatedNode:
+    """The GPUs of one simulated node, answering NVML-level calls. Thread-safe."""
+
+    def __init__(self, gpus: Sequence[SimGpu], *, seed: str = "sim-node", next_uuid: int = 0) -> None:
+        self.gpus = list(gpus)
+        self.seed = seed
+        self.next_uuid = next_uuid
+        self.faults: list[Fault] = []
+        self.crash_before_next_compute_instance = False
+        #: Every NVML call made, by function name (tests assert on what was never called).
+        self.calls: list[str] = []
+        self.lock = threading.RLock()
+
+    @classmethod
+    def from_models(
+        cls, models: Sequence[str], *, seed: str = "sim-node", mig_enabled: bool = True
+    ) -> SimulatedNode:
+        """A new node with one GPU per model (catalog key or product name), MIG on, no instances."""
+        gpus = []
+        for index, text in enumerate(models):
+            model = get_model(text)
+            gpu_uuid = "GPU-" + str(uuidlib.uuid5(_UUID_NAMESPACE, f"{seed}/gpu/{index}"))
+            gpus.append(SimGpu(index, model, gpu_uuid, mig_current=mig_enabled, mig_pending=mig_enabled))
+        return cls(gpus, seed=seed)
+
+    # --- fault injection and outside events ----------------------------------------------
+
+    def inject_fault(self, call: str, rc: int, count: int = 1) -> None:
+        """Fail the next ``count`` calls of ``call`` (an NVML function name, or "*") with ``rc``."""
+        if call != "*" and call not in FAULT_CALLS:
+            raise InvalidInput(
+                f"cannot inject a fault into {call!r}", hint="calls are " + ", ".join(FAULT_CALLS)
+            )
+        with self.lock:
+            self.faults.append(Fault(call, int(rc), count))
+
+    def check_fault(self, call: str) -> None:
+        """Record the call; raise the first matching injected fault."""
+        with self.lock:
+            self.calls.append(call)
+            for fault in self.faults:
+                if fault.call in (call, "*") and fault.count != 0:
+                    if fault.count > 0:
+                        fault.count -= 1
+                    self.faults = [f for f in self.faults if f.count != 0]
+                    raise SimNvmlError(fault.rc, f"injected fault in {call}")
+
+    def add_process(self, mig_uuid: str, pid: int) -> None:
+        """A compute process starts on the MIG device ``mig_uuid`` (it makes the instance busy)."""
+        with self.lock:
+            self._ci_by_uuid(mig_uuid).processes.append(pid)
+
+    def remove_process(self, mig_uuid: str, pid: int) -> None:
+        with self.lock:
+            ci = self._ci_by_uuid(mig_uuid)
+            ci.processes = [p for p in ci.processes if p != pid]
+
+    def _ci_by_uuid(self, mig_uuid: str) -> SimComputeInstance:
+        for gpu in self.gpus:
+            for gi in gpu.gis.values():
+                for ci in gi.cis.values():
+                    if ci.uuid == mig_uuid:
+                        return ci
+        raise InvalidInput(f"no simulated MIG device has UUID {mig_uuid}")
+
+    def reboot(self) -> None:
+        """A node reboot: every GPU and compute instance is gone.
+
+        Ampere keeps MIG mode across reboots (a pending change takes effect); Hopper and later
+        do not keep it (ARCHITECTURE.md, "Facts worth knowing"): MIG is off after the reboot.
+        """
+        with self.lock:
+            for gpu in self.gpus:
+                gpu.gis.clear()
+                if gpu.model.mig_mode_change_needs_reset:
+                    gpu.mig_current = gpu.mig_pending
+                else:
+                    gpu.mig_current = gpu.mig_pending = False
+
+    def reset_gpu(self, index: int) -> None:
+        """``nvidia-smi -r``: instances gone, a pending MIG mode takes effect."""
+        with self.lock:
+            gpu = self.gpu(index)
+            gpu.gis.clear()
+            gpu.mig_current = gpu.mig_pending
+
+    # --- NVML-level calls ------------------------------------------------------------------
+
+    def _new_mig_uuid(self) -> str:
+        self.next_uuid += 1
+        return "MIG-" + str(uuidlib.uuid5(_UUID_NAMESPACE, f"{self.seed}/mig/{self.next_uuid}"))
+
+    def gpu(self, index: int) -> SimGpu:
+        if not 0 <= index < len(self.gpus):
+            raise SimNvmlError(NvmlReturn.INVALID_ARGUMENT, f"no GPU {index}")
+        return self.gpus[index]
+
+    def get_mig_mode(self, index: int) -> tuple[bool, bool]:
+        with self.lock:
+            self.check_fault("nvmlDeviceGetMigMode")
+            gpu = self.gpu(index)
+            return gpu.mig_current, gpu.mig_pending
+
+    def set_mig_mode(self, index: int, enabled: bool) -> int:
+        """Returns the activation status: SUCCESS, or RESET_REQUIRED on Ampere."""
+        with self.lock:
+            self.check_fault("nvmlDeviceSetMigMode")
+            gpu = self.gpu(index)
+            if not enabled and gpu.gis:
+                raise SimNvmlError(NvmlReturn.IN_USE, "GPU instances exist")
+            gpu.mig_pending = enabled
+            if gpu.model.mig_mode_change_needs_reset and gpu.mig_current != enabled:
+                # Ampere: the driver's own reset attempt cannot run while clients hold the GPU.
+                return NvmlReturn.RESET_REQUIRED
+            gpu.mig_current = enabled
+            return NvmlReturn.SUCCESS
+
+    def gi_profile(self, index: int, constant: int) -> Profile:
+        """nvmlDeviceGetGpuInstanceProfileInfo: by NVML_GPU_INSTANCE_PROFILE_* constant."""
+        with self.lock:
+            self.check_fault("nvmlDeviceGetGpuInstanceProfileInfo")
+            gpu = self.gpu(index)
+            if (
+                not 0
+                <= constant
+                < nvml_constants()["gpu_instance_profiles"]["NVML_GPU_INSTANCE_PROFILE_COUNT"]
+            ):
+                raise SimNvmlError(NvmlReturn.INVALID_ARGUMENT, f"no profile constant {constant}")
+            if not gpu.mig_current:
+                raise SimNvmlError(NvmlReturn.NOT_SUPPORTED, "MIG mode is off")
+            for prof in gpu.model.profiles:
+                if prof.nvml_constant_value == constant:
+                    return prof
+            raise SimNvmlError(
+                NvmlReturn.NOT_SUPPORTED, f"{gpu.model.key} has no profile constant {constant}"
+            )
+
+    def profile_by_id(self, index: int, profile_id: int) -> Profile:
+        gpu = self.gpu(index)
+        for prof in gpu.model.profiles:
+            if prof.profile_id == profile_id:
+                return prof
+        raise SimNvmlError(NvmlReturn.INVALID_ARGUMENT, f"{gpu.model.key} has no profile id {profile_id}")
+
+    def possible_placements(self, index: int, profile_id: int) -> list[int]:
+        """Every placement start of the profile, occupied or not (as NVML returns them)."""
+        with self.lock:
+            self.check_fault("nvmlDeviceGetGpuInstancePossiblePlacements")
+            return list(self.profile_by_id(index, profile_id).starts)
+
+    def create_gpu_instance(self, index: int, profile_id: int, start: int, size: int) -> SimGpuInstance:
+        with self.lock:
+            self.check_fault("nvmlDeviceCreateGpuInstanceWithPlacement")
+            gpu = self.gpu(index)
+            if not gpu.mig_current:
+                raise SimNvmlError(NvmlReturn.NOT_SUPPORTED, "MIG mode is off")
+            prof = self.profile_by_id(index, profile_id)
+            if start not in prof.starts or size != prof.placement_size:
+                raise SimNvmlError(
+                    NvmlReturn.INVALID_ARGUMENT, f"{prof.name} has no placement {start}:{size}"
+                )
+            current = [Instance(gi.profile.name, gi.start) for gi in gpu.gis.values()]
+            if validate_layout(gpu.model, [*current, Instance(prof.name, start)]):
+                raise SimNvmlError(NvmlReturn.INSUFFICIENT_RESOURCES, f"{prof.name}@{start} does not fit")
+            gi_id = _gi_id_for(gpu.model, prof, start)
+            if gi_id in gpu.gis:  # pragma: no cover - the overlap check above already refuses this
+                raise SimNvmlError(NvmlReturn.INSUFFICIENT_RESOURCES, f"GI id {gi_id} taken")
+            gi = SimGpuInstance(gi_id, prof, start)
+            gpu.gis[gi_id] = gi
+            return gi
+
+    def gpu_instances(self, index: int, profile_id: int) -> list[SimGpuInstance]:
+        with self.lock:
+            self.check_fault("nvmlDeviceGetGpuInstances")
+            gpu = self.gpu(index)
+            if not gpu.mig_current:
+                raise SimNvmlError(NvmlReturn.NOT_SUPPORTED, "MIG mode is off")
+            self.profile_by_id(index, profile_id)
+            return [gi for _, gi in sorted(gpu.gis.items()) if gi.profile.profile_id == profile_id]
+
+    def gpu_instance(self, index: int, gi_id: int) -> SimGpuInstance:
+        with self.lock:
+            self.check_fault("nvmlDeviceGetGpuInstanceById")
+            gpu = self.gpu(index)
+            if not gpu.mig_current:
+                raise SimNvmlError(NvmlReturn.NOT_SUPPORTED, "MIG mode is off")
+            if gi_id not in gpu.gis:
+                raise SimNvmlError(NvmlReturn.NOT_FOUND, f"no GPU instance {gi_id}")
+            return gpu.gis[gi_id]
+
+    def _live_gi(self, index: int, gi_id: int) -> SimGpuInstance:
+        gpu = self.gpu(index)
+        if gi_id not in gpu.gis:
+            # A handle to a destroyed GPU instance.
+            raise SimNvmlError(NvmlReturn.INVALID_ARGUMENT, f"GPU instance {gi_id} was destroyed")
+        return gpu.gis[gi_id]
+
+    def ci_profile(self, index: int, gi_id: int, constant: int) -> tuple[int, int]:
+        """nvmlGpuInstanceGetComputeInstanceProfileInfo: (CI profile id, compute slices)."""
+        with self.lock:
+            self.check_fault("nvmlGpuInstanceGetComputeInstanceProfileInfo")
+            gi = self._live_gi(index, gi_id)
+            if constant not in CI_PROFILE_SLICES:
+                raise SimNvmlError(NvmlReturn.INVALID_ARGUMENT, f"no CI profile constant {constant}")
+            if constant not in _ci_profiles_for(gi.profile):
+                raise SimNvmlError(
+                    NvmlReturn.NOT_SUPPORTED, f"{gi.profile.name} has no CI profile {constant}"
+                )
+            # CI profile ids equal the NVML_COMPUTE_INSTANCE_PROFILE_* values (mig-profiles-notes.md §4).
+            return constant, CI_PROFILE_SLICES[constant]
+
+    def create_compute_instance(self, index: int, gi_id: int, ci_profile_id: int) -> SimComputeInstance:
+        with self.lock:
+            if self.crash_before_next_compute_instance:
+                self.crash_before_next_compute_instance = False
+                raise SimulatedCrash(f"simulated crash before the compute instance of GPU {index} GI {gi_id}")
+            self.check_fault("nvmlGpuInstanceCreateComputeInstance")
+            gi = self._live_gi(index, gi_id)
+            if ci_profile_id not in _ci_profiles_for(gi.profile):
+                raise SimNvmlError(
+                    NvmlReturn.NOT_SUPPORTED, f"{gi.profile.name} has no CI profile {ci_profile_id}"
+                )
+            used = sum(CI_PROFILE_SLICES[c.profile_id] for c in gi.cis.values())
+            if used + CI_PROFILE_SLICES[ci_profile_id] > gi.profile.compute_slices:
+                raise SimNvmlError(NvmlReturn.INSUFFICIENT_RESOURCES, "compute slices taken")
+            ci_id = next(i for i in range(len(gi.cis) + 1) if i not in gi.cis)
+            ci = SimComputeInstance(ci_id, ci_profile_id, self._new_mig_uuid())
+            gi.cis[ci_id] = ci
+            return ci
+
+    def compute_instances(self, index: int, gi_id: int, ci_profile_id: int) -> list[SimComputeInstance]:
+        with self.lock:
+            self.check_fault("nvmlGpuInstanceGetComputeInstances")
+            gi = self._live_gi(index, gi_id)
+            return [ci for _, ci in sorted(gi.cis.items()) if ci.profile_id == ci_profile_id]
+
+    def destroy_compute_instance(self, index: int, gi_id: int, ci_id: int) -> None:
+        with self.lock:
+            self.check_fault("nvmlComputeInstanceDestroy")
+            gi = self._live_gi(index, gi_id)
+            if ci_id not in gi.cis:
+                raise SimNvmlError(NvmlReturn.NOT_FOUND, f"no compute instance {ci_id}")
+            if gi.cis[ci_id].processes:
+                raise SimNvmlError(NvmlReturn.IN_USE, "processes run on it")
+            del gi.cis[ci_id]
+
+    def destroy_gpu_instance(self, index: int, gi_id: int) -> None:
+        with self.lock:
+            self.check_fault("nvmlGpuInstanceDestroy")
+            gpu = self.gpu(index)
+            if gi_id not in gpu.gis:
+                raise SimNvmlError(NvmlReturn.NOT_FOUND, f"no GPU instance {gi_id}")
+            if gpu.gis[gi_id].cis:
+                raise SimNvmlError(NvmlReturn.IN_USE, "compute instances exist")
+            del gpu.gis[gi_id]
+
+    def processes(self, index: int, mig_uuid: str) -> list[int]:
+        with self.lock:
+            self.check_fault("nvmlDeviceGetComputeRunningProcesses")
+            for gi in self.gpu(index).gis.values():
+                for ci in gi.cis.values():
+                    if ci.uuid == mig_uuid:
+                        return list(ci.processes)
+            raise SimNvmlError(NvmlReturn.NOT_FOUND, f"no MIG device {mig_uuid}")
+
+
+# --- the backend -----------------------------------------------------------------------------
+
+
+class SimulatedBackend:
+    """The GpuBackend on simulated GPUs: in memory, or in a state file shared by commands.
+
+    ``SimulatedBackend(node)`` keeps ``node`` in memory (no file I/O, no sleeps). With
+    ``state_file`` every call locks the file, loads the node, acts and saves it again, so that
+    separate processes see the same GPUs.
+    """
+
+    def __init__(
+        self,
+        node: SimulatedNode | None = None,
+        *,
+        state_file: str | os.PathLike[str] | None = None,
+        new_gpus: Sequence[str] = (),
+        seed: str = "sim-node",
+    ) -> None:
+        if node is None and state_file is None:
+            raise InvalidInput(
+                "a simulated backend needs GPUs", hint="give --sim-gpus h100-80gb,... or --sim-state FILE"
+            )
+        self._node = node
+        self._state_file = Path(state_file) if state_file is not None else None
+        self._new_gpus = tuple(new_gpus)
+        self._seed = seed
+        if self._state_file is not None:
+            with self._open():
+                pass  # create the file now, so that a bad --sim-gpus fails at once
+
+    @classmethod
+    def from_models(cls, models: Sequence[str], *, seed: str = "sim-node") -> SimulatedBackend:
+        return cls(SimulatedNode.from_models(models, seed=seed))
+
+    @property
+    def node(self) -> SimulatedNode:
+        """The in-memory node (not for a file-backed backend: use :func:`open_state`)."""
+        if self._node is None:
+            raise InvalidInput("this simulated backend keeps its GPUs in a state file")
+        return self._node
+
+    @contextlib.contextmanager
+    def _open(self) -> Iterator[SimulatedNode]:
+        if self._state_file is None:
+            assert self._node is not None
+            with self._node.lock:
+                yield self._node
+            return
+        with open_state(self._state_file, new_gpus=self._new_gpus, seed=self._seed) as node:
+            yield node
+
+    @staticmethod
+    def _nvml(what: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except SimNvmlError as exc:
+            raise error_for_rc(exc.rc, what) from exc
+
+    def list_gpus(self) -> list[GpuInfo]:
+        with self._open() as node:
+            self._nvml("count the GPUs", node.check_fault, "nvmlDeviceGetCount")
+            result = []
+            for gpu in node.gpus:
+                cur, pend = self._nvml(f"read the MIG mode of GPU {gpu.index}", node.get_mig_mode, gpu.index)
+                result.append(
+                    GpuInfo(gpu.index, gpu.uuid, gpu.product, gpu.model.key, cur, pend, gpu.pci_device_id)
+                )
+            return result
+
+    def list_instances(self, gpu: int) -> list[GpuInstanceInfo]:
+        with self._open() as node:
+            what = f"list the instances of GPU {gpu}"
+            sim = self._nvml(what, node.gpu, gpu)
+            if not sim.mig_current:
+                return []
+            result = []
+            for prof in sim.model.profiles:
+                for gi in self._nvml(what, node.gpu_instances, gpu, prof.profile_id):
+                    result.append(_instance_info(gpu, gi))
+            return sorted(result, key=lambda i: (i.start, i.profile))
+
+    def list_processes(self, gpu: int) -> dict[str, tuple[int, ...]]:
+        with self._open() as node:
+            what = f"list the processes on GPU {gpu}"
+            sim = self._nvml(what, node.gpu, gpu)
+            result: dict[str, tuple[int, ...]] = {}
+            for gi in sim.gis.values():
+                for ci in gi.cis.values():
+                    pids = self._nvml(what, node.processes, gpu, ci.uuid)
+                    if pids:
+                        result[ci.uuid] = tuple(pids)
+            return result
+
+    def create_instance(self, gpu: int, profile: str, start: int) -> GpuInstanceInfo:
+        with self._open() as node:
+            what = f"create {profile}@{start} on GPU {gpu}"
+            sim = self._nvml(what, node.gpu, gpu)
+            if not sim.model.has_profile(profile):
+                raise error_for_rc(NvmlReturn.NOT_SUPPORTED, what)
+            # As NVML wants it: constant -> profile info (.id) -> placements -> create at one.
+            prof = self._nvml(what, node.gi_profile, gpu, sim.model.profile(profile).nvml_constant_value)
+            if start not in self._nvml(what, node.possible_placements, gpu, prof.profile_id):
+                raise error_for_rc(NvmlReturn.INVALID_ARGUMENT, f"{what} ({profile} cannot start at {start})")
+            gi = self._nvml(what, node.create_gpu_instance, gpu, prof.profile_id, start, prof.placement_size)
+            try:
+                ci_id, _ = self._nvml(what, node.ci_profile, gpu, gi.gi_id, prof.default_ci.value)
+                self._nvml(what, node.create_compute_instance, gpu, gi.gi_id, ci_id)
+            except Exception:
+                # Leave no GPU instance without its compute instance behind.
+                with contextlib.suppress(SimNvmlError):
+                    node.destroy_gpu_instance(gpu, gi.gi_id)
+                raise
+            return _instance_info(gpu, gi)
+
+    def destroy_instance(self, gpu: int, gi_id: int) -> None:
+        with self._open() as node:
+            what = f"destroy GPU instance {gi_id} on GPU {gpu}"
+            gi = self._nvml(what, node.gpu_instance, gpu, gi_id)
+            for ci_id in sorted(gi.cis):
+                try:
+                    node.destroy_compute_instance(gpu, gi_id, ci_id)
+                except SimNvmlError as exc:
+                    if exc.rc != NvmlReturn.NOT_FOUND:
+                        raise error_for_rc(exc.rc, what) from exc
+            self._nvml(what, node.destroy_gpu_instance, gpu, gi_id)
+
+    def set_mig_mode(self, gpu: int, enabled: bool) -> MigModeChange:
+        with self._open() as node:
+            what = f"switch MIG {'on' if enabled else 'off'} on GPU {gpu}"
+            self._nvml(what, node.set_mig_mode, gpu, enabled)
+            cur, pend = self._nvml(what, node.get_mig_mode, gpu)
+            return MigModeChange(gpu, cur, pend)
+
+    def close(self) -> None:
+        """Nothing to release: the state file is saved after every call."""
+
+
+def _instance_info(gpu: int, gi: SimGpuInstance) -> GpuInstanceInfo:
+    cis = [ci for _, ci in sorted(gi.cis.items())]
+    first = cis[0] if cis else None
+    full = first is not None and CI_PROFILE_SLICES[first.profile_id] == gi.profile.compute_slices
+    return GpuInstanceInfo(
+        gpu=gpu,
+        profile=gi.profile.name,
+        start=gi.start,
+        size=gi.size,
+        gi_id=gi.gi_id,
+        ci_id=first.ci_id if first else None,
+        uuid=first.uuid if first else None,
+        full=full,
+        ci_count=len(cis),
+    )
+
+
+# --- the state file --------------------------------------------------------------------------
+
+
+def dump_state(node: SimulatedNode) -> dict[str, Any]:
+    """The JSON document of a node (docs/node-agent.md, "The simulated state file")."""
+    return {
+        "version": STATE_VERSION,
+        "seed": node.seed,
+        "next_uuid": node.next_uuid,
+        "gpus": [
+            {
+                "index": gpu.index,
+                "model": gpu.model.key,
+                "uuid": gpu.uuid,
+                "mig": {"current": gpu.mig_current, "pending": gpu.mig_pending},
+                "instances": [
+                    {
+                        "gi_id": gi.gi_id,
+                        "profile": gi.profile.name,
+                        "start": gi.start,
+                        "compute_instances": [
+                            {
+                                "ci_id": ci.ci_id,
+                                "profile_id": ci.profile_id,
+                                "uuid": ci.uuid,
+                                "processes": ci.processes,
+                            }
+                            for _, ci in sorted(gi.cis.items())
+                        ],
+                    }
+                    for _, gi in sorted(gpu.gis.items(), key=lambda kv: kv[1].start)
+                ],
+            }
+            for gpu in node.gpus
+        ],
+        "faults": [{"call": f.call, "rc": f.rc, "count": f.count} for f in node.faults],
+        "crash_before_next_compute_instance": node.crash_before_next_compute_instance,
+    }
+
+
+def _need(doc: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in doc or not isinstance(doc[key], kind) or (kind is int and isinstance(doc[key], bool)):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise InvalidInput(f"simulated state {where}.{key}: must be a {names}, not {doc.get(key)!r}")
+    return doc[key]
+
+
+def parse_state(doc: Any, source: str = "the state file") -> SimulatedNode:
+    """A node from its JSON document; raises InvalidInput naming the bad field."""
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"{source}: the simulated state must be a JSON object")
+    version = doc.get("version", STATE_VERSION)
+    if version != STATE_VERSION:
+        raise InvalidInput(f"{source}: simulated state version {version!r} is not {STATE_VERSION}")
+    gpus = []
+    for i, g in enumerate(_need(doc, "gpus", list, "")):
+        where = f"gpus[{i}]"
+        if not isinstance(g, dict):
+            raise InvalidInput(f"{source}: {where} must be an object")
+        model = get_model(_need(g, "model", str, where))
+        mig = g.get("mig", {"current": True, "pending": True})
+        gpu = SimGpu(
+            index=i,
+            model=model,
+            uuid=str(g.get("uuid") or "GPU-" + str(uuidlib.uuid5(_UUID_NAMESPACE, f"{source}/gpu/{i}"))),
+            mig_current=bool(mig.get("current", True)),
+            mig_pending=bool(mig.get("pending", mig.get("current", True))),
+        )
+        if g.get("index", i) != i:
+            raise InvalidInput(f"{source}: {where}.index must be {i} (GPUs are listed in index order)")
+        raws = g.get("instances") or []
+        parsed: list[tuple[str, dict[str, Any], Profile, int]] = []
+        for j, raw in enumerate(raws):
+            iwhere = f"{where}.instances[{j}]"
+            if not isinstance(raw, dict):
+                raise InvalidInput(f"{source}: {iwhere} must be an object")
+            parsed.append(
+                (
+                    iwhere,
+                    raw,
+                    model.profile(_need(raw, "profile", str, iwhere)),
+                    _need(raw, "start", int, iwhere),
+                )
+            )
+        problems = validate_layout(model, [Instance(prof.name, start) for _, _, prof, start in parsed])
+        if problems:
+            raise InvalidInput(
+                f"{source}: {where} holds instances no {model.key} can hold: " + "; ".join(problems)
+            )
+        for iwhere, raw, prof, start in parsed:
+            gi = SimGpuInstance(int(raw.get("gi_id", _gi_id_for(model, prof, start))), prof, start)
+            if gi.gi_id in gpu.gis:
+                raise InvalidInput(f"{source}: {iwhere}.gi_id {gi.gi_id} is used twice on GPU {i}")
+            for k, c in enumerate(raw.get("compute_instances") or []):
+                cwhere = f"{iwhere}.compute_instances[{k}]"
+                if not isinstance(c, dict):
+                    raise InvalidInput(f"{source}: {cwhere} must be an object")
+                ci = SimComputeInstance(
+                    ci_id=int(c.get("ci_id", k)),
+                    profile_id=int(c.get("profile_id", prof.default_ci.value)),
+                    uuid=_need(c, "uuid", str, cwhere),
+                    processes=[int(p) for p in c.get("processes") or []],
+                )
+                gi.cis[ci.ci_id] = ci
+            gpu.gis[gi.gi_id] = gi
+        gpus.append(gpu)
+    node = SimulatedNode(gpus, seed=str(doc.get("seed", "sim-node")), next_uuid=int(doc.get("next_uuid", 0)))
+    for k, f in enumerate(doc.get("faults") or []):
+        node.inject_fault(
+            _need(f, "call", str, f"faults[{k}]"), _need(f, "rc", int, f"faults[{k}]"), int(f.get("count", 1))
+        )
+    node.crash_before_next_compute_instance = bool(doc.get("crash_before_next_compute_instance", False))
+    return node
+
+
+def load_state(path: str | os.PathLike[str]) -> SimulatedNode:
+    """Read a state file (no locking: use :func:`open_state` where others may write)."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{p} is not valid JSON: {exc}") from None
+    return parse_state(doc, str(p))
+
+
+def save_state(node: SimulatedNode, path: str | os.PathLike[str]) -> None:
+    """Write a state file atomically (a temporary file, then a rename)."""
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(dump_state(node), indent=2) + "\n")
+    os.replace(tmp, p)
+
+
+def parse_models(text: str) -> tuple[str, ...]:
+    """``"h100-80gb,h100-80gb"`` -> catalog keys; raises UnknownModel for an unknown one."""
+    models = tuple(get_model(t.strip()).key for t in text.split(",") if t.strip())
+    if not models:
+        raise InvalidInput("--sim-gpus is empty", hint="give GPU models such as h100-80gb,h100-80gb")
+    return models
+
+
+@contextlib.contextmanager
+def open_state(
+    path: str | os.PathLike[str], *, new_gpus: Sequence[str] = (), seed: str = "sim-node"
+) -> Iterator[SimulatedNode]:
+    """Lock the state file, load it (or make a new node of ``new_gpus``), yield it, save it.
+
+    The node is saved even when the body raises: like real GPUs, the simulated ones keep what
+    was done before a failure or a (simulated) crash.
+    """
+    p = Path(path)
+    lock_path = p.with_name(p.name + ".lock")
+    with open(lock_path, "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            if p.exists():
+                node = load_state(p)
+                if new_gpus and tuple(g.model.key for g in node.gpus) != tuple(
+                    get_model(m).key for m in new_gpus
+                ):
+                    raise InvalidInput(
+                        f"{p} holds GPUs {','.join(g.model.key for g in node.gpus)}, not {','.join(new_gpus)}",
+                        hint="drop --sim-gpus to use the file as it is, or give a new file",
+                    )
+            elif new_gpus:
+                node = SimulatedNode.from_models(new_gpus, seed=seed)
+            else:
+                raise InvalidInput(
+                    f"simulated state {p} does not exist",
+                    hint="give --sim-gpus h100-80gb,h100-80gb to create a new simulated node",
+                )
+            try:
+                yield node
+            finally:
+                save_state(node, p)
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)

@@ -1,0 +1,108 @@
+"""How the CLI verbs build the node agent's parts from flags and AgentConfig.
+
+Backend choice: ``--backend`` when given; else ``simulated`` when ``--sim-state`` or
+``--sim-gpus`` is given; else ``CDMO_BACKEND`` (default nvml).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from typing import TYPE_CHECKING
+
+import structlog
+
+from cdmo.config import AgentConfig
+from cdmo.errors import InvalidInput
+
+if TYPE_CHECKING:  # the verbs' --help must not pay for grpc or pynvml
+    from cdmo.node_agent.backend import GpuBackend
+    from cdmo.node_agent.inuse import InUse
+
+log = structlog.get_logger("cdmo.node_agent")
+
+BACKENDS = ("nvml", "simulated")
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """--backend, --sim-state, --sim-gpus, --pod-resources-socket."""
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="nvml (real GPUs) or simulated; default: simulated with --sim-*, else $CDMO_BACKEND or nvml",
+    )
+    parser.add_argument(
+        "--sim-state",
+        metavar="FILE",
+        default=None,
+        help="keep simulated GPUs in this JSON file so that separate commands see the same GPUs",
+    )
+    parser.add_argument(
+        "--sim-gpus",
+        metavar="MODELS",
+        default=None,
+        help="models of a new simulated node, such as h100-80gb,h100-80gb",
+    )
+    parser.add_argument(
+        "--pod-resources-socket",
+        metavar="PATH",
+        default=None,
+        help="kubelet pod-resources socket (default $CDMO_POD_RESOURCES_SOCKET or "
+        "/var/lib/kubelet/pod-resources/kubelet.sock)",
+    )
+
+
+def config_from_args(args: argparse.Namespace, base: AgentConfig | None = None) -> AgentConfig:
+    """AgentConfig from the environment, overridden by the flags that were given."""
+    conf = base or AgentConfig.from_env()
+    changes = {}
+    for name in ("sim_state", "sim_gpus", "pod_resources_socket"):
+        value = getattr(args, name, None)
+        if value is not None:
+            changes[name] = value
+    backend = getattr(args, "backend", None)
+    if backend is None and (changes.get("sim_state") or changes.get("sim_gpus")):
+        backend = "simulated"
+    if backend is not None:
+        changes["backend"] = backend
+    return dataclasses.replace(conf, **changes)
+
+
+def build_backend(conf: AgentConfig) -> GpuBackend:
+    """The backend ``conf.backend`` names (pynvml is imported only for nvml)."""
+    if conf.backend == "nvml":
+        from cdmo.node_agent.nvml import NvmlBackend
+
+        return NvmlBackend()
+    if conf.backend == "simulated":
+        from cdmo.node_agent.simulated import SimulatedBackend, parse_models
+
+        models = parse_models(conf.sim_gpus) if conf.sim_gpus else ()
+        seed = conf.node_name or "sim-node"
+        if conf.sim_state:
+            return SimulatedBackend(state_file=conf.sim_state, new_gpus=models, seed=seed)
+        if not models:
+            raise InvalidInput(
+                "the simulated backend needs GPUs", hint="give --sim-gpus h100-80gb,... or --sim-state FILE"
+            )
+        return SimulatedBackend.from_models(models, seed=seed)
+    raise InvalidInput(f"unknown backend {conf.backend!r}", hint="backends are " + ", ".join(BACKENDS))
+
+
+def read_local_in_use(socket_path: str) -> InUse:
+    """Who holds what, without Kubernetes: pod-resources when its socket exists (NVML
+    processes are added by reconcile). A socket that exists but does not answer is an error."""
+    from cdmo.node_agent.inuse import build_in_use
+    from cdmo.node_agent.podresources.client import PodResourcesClient
+
+    client = PodResourcesClient(socket_path)
+    if not client.available():
+        log.debug("Skipped pod-resources: socket not found", socket=socket_path)
+        return build_in_use([], ())
+    return build_in_use(client.list(), ())
+
+
+def env_node_name() -> str:
+    return os.environ.get("NODE_NAME", "")

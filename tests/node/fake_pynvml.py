@@ -1,0 +1,412 @@
+"""A fake ``pynvml`` module backed by simulated GPUs, for testing the NVML backend's real call path.
+
+The functions have the signatures of nvidia-ml-py's (a test compares them with
+``inspect.signature``), take and return the real module's ctypes structs and handle types,
+and raise the real ``NVMLError`` subclasses with NVML's return codes. Where the C API takes a
+pointer, the fake insists on one (``ctypes.byref`` or ``ctypes.pointer``): a struct passed by
+value would be garbage to the real library. Arrays are checked for size as NVML does
+(INSUFFICIENT_SIZE). Handles are real ``c_nvmlDevice_t`` / ``c_nvmlGpuInstance_t`` /
+``c_nvmlComputeInstance_t`` pointers whose addresses encode (kind, GPU, GI, CI).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import types
+from typing import Any
+
+import pynvml as real
+
+from cdmo.node_agent.simulated import CI_PROFILE_SLICES, SimNvmlError, SimulatedNode
+
+_DEVICE, _MIG, _GI, _CI = 1, 2, 3, 4
+
+#: What the fake copies from the real module: constants, structs, handle types, errors, helpers.
+_COPIED_PREFIXES = ("NVML_", "NVMLError", "c_nvml", "struct_c_nvml", "nvmlPciInfo_t", "nvmlFriendlyObject")
+
+
+def _encode(kind: int, gpu: int, gi: int = 0, ci: int = 0) -> int:
+    return (kind << 40) | ((gpu + 1) << 24) | ((gi + 1) << 12) | (ci + 1)
+
+
+def _decode(handle: Any) -> tuple[int, int, int, int]:
+    addr = ctypes.cast(handle, ctypes.c_void_p).value
+    if not addr:
+        raise real.NVMLError(real.NVML_ERROR_INVALID_ARGUMENT)
+    return addr >> 40, ((addr >> 24) & 0xFFFF) - 1, ((addr >> 12) & 0xFFF) - 1, (addr & 0xFFF) - 1
+
+
+def _handle(ptr_type: Any, kind: int, gpu: int, gi: int = 0, ci: int = 0) -> Any:
+    return ctypes.cast(ctypes.c_void_p(_encode(kind, gpu, gi, ci)), ptr_type)
+
+
+def _deref(ref: Any, what: str) -> Any:
+    """The object behind ``byref(x)`` or ``pointer(x)``; a TypeError for anything else."""
+    if type(ref).__name__ == "CArgObject":
+        return ref._obj
+    if isinstance(ref, ctypes._Pointer):
+        return ref.contents
+    raise TypeError(f"{what} must be passed by reference (ctypes.byref), not {type(ref).__name__}")
+
+
+def make_fake_pynvml(node: SimulatedNode, *, ci_device_is_parent: bool = False) -> types.ModuleType:
+    """A module object that stands in for ``pynvml`` on ``node``.
+
+    ``ci_device_is_parent``: make ``nvmlComputeInstanceGetInfo(ci).device`` the parent GPU, as
+    NVML's reference describes the field, instead of the MIG device (what drivers return).
+    """
+    mod = types.ModuleType("pynvml")
+    for name in dir(real):
+        if name.startswith(_COPIED_PREFIXES):
+            setattr(mod, name, getattr(real, name))
+    mod.nvmlStructToFriendlyObject = real.nvmlStructToFriendlyObject
+    mod.calls = []  # every fake function called, in order
+    state = {"initialised": False}
+
+    def call(name: str, fn: Any) -> Any:
+        mod.calls.append(name)
+        if not state["initialised"] and name not in ("nvmlInit", "nvmlShutdown"):
+            raise real.NVMLError(real.NVML_ERROR_UNINITIALIZED)
+        try:
+            return fn()
+        except SimNvmlError as exc:
+            raise real.NVMLError(exc.rc) from None
+
+    def resolve(handle: Any, *kinds: int) -> tuple[int, int, int, int]:
+        kind, gpu, gi, ci = _decode(handle)
+        if kind not in kinds:
+            raise real.NVMLError(real.NVML_ERROR_INVALID_ARGUMENT)
+        node.gpu(gpu)
+        return kind, gpu, gi, ci
+
+    def mig_devices(gpu: int) -> list[tuple[int, int, Any]]:
+        return [
+            (gi.gi_id, ci.ci_id, ci)
+            for _, gi in sorted(node.gpu(gpu).gis.items())
+            for _, ci in sorted(gi.cis.items())
+        ]
+
+    # --- library ------------------------------------------------------------------------
+
+    def nvmlInit():
+        mod.calls.append("nvmlInit")
+        state["initialised"] = True
+
+    def nvmlShutdown():
+        mod.calls.append("nvmlShutdown")
+        state["initialised"] = False
+
+    # --- devices ------------------------------------------------------------------------
+
+    def nvmlDeviceGetCount():
+        def go() -> int:
+            node.check_fault("nvmlDeviceGetCount")
+            return len(node.gpus)
+
+        return call("nvmlDeviceGetCount", go)
+
+    def nvmlDeviceGetHandleByIndex(index):
+        def go() -> Any:
+            node.check_fault("nvmlDeviceGetHandleByIndex")
+            node.gpu(index)
+            return _handle(real.c_nvmlDevice_t, _DEVICE, index)
+
+        return call("nvmlDeviceGetHandleByIndex", go)
+
+    def nvmlDeviceGetUUID(handle):
+        def go() -> str:
+            kind, gpu, gi, ci = resolve(handle, _DEVICE, _MIG)
+            if kind == _DEVICE:
+                return node.gpu(gpu).uuid
+            gis = node.gpu(gpu).gis
+            if gi not in gis or ci not in gis[gi].cis:
+                raise SimNvmlError(real.NVML_ERROR_INVALID_ARGUMENT, "stale MIG device handle")
+            return gis[gi].cis[ci].uuid
+
+        return call("nvmlDeviceGetUUID", go)
+
+    def nvmlDeviceGetName(handle):
+        def go() -> str:
+            kind, gpu, gi, _ = resolve(handle, _DEVICE, _MIG)
+            sim = node.gpu(gpu)
+            if kind == _MIG:
+                return f"{sim.product} MIG {sim.gis[gi].profile.name}"
+            return sim.product
+
+        return call("nvmlDeviceGetName", go)
+
+    def nvmlDeviceGetPciInfo(handle):
+        def go() -> Any:
+            _, gpu, _, _ = resolve(handle, _DEVICE)
+            info = real.nvmlPciInfo_t()
+            info.pciDeviceId = node.gpu(gpu).pci_device_id or 0
+            info.bus = gpu + 1
+            info.busId = f"00000000:{gpu + 1:02X}:00.0".encode()
+            return info
+
+        return call("nvmlDeviceGetPciInfo", go)
+
+    def nvmlDeviceGetMigMode(device):
+        def go() -> list[int]:
+            _, gpu, _, _ = resolve(device, _DEVICE)
+            cur, pend = node.get_mig_mode(gpu)
+            return [int(cur), int(pend)]
+
+        return call("nvmlDeviceGetMigMode", go)
+
+    def nvmlDeviceSetMigMode(device, mode):
+        def go() -> int:
+            _, gpu, _, _ = resolve(device, _DEVICE)
+            if mode not in (real.NVML_DEVICE_MIG_ENABLE, real.NVML_DEVICE_MIG_DISABLE):
+                raise SimNvmlError(real.NVML_ERROR_INVALID_ARGUMENT)
+            return int(node.set_mig_mode(gpu, mode == real.NVML_DEVICE_MIG_ENABLE))
+
+        return call("nvmlDeviceSetMigMode", go)
+
+    # --- GPU instances ------------------------------------------------------------------
+
+    def nvmlDeviceGetGpuInstanceProfileInfo(device, profile, version=2):
+        def go() -> Any:
+            _, gpu, _, _ = resolve(device, _DEVICE)
+            prof = node.gi_profile(gpu, profile)
+            info = (
+                real.c_nvmlGpuInstanceProfileInfo_v2_t()
+                if version == 2
+                else real.c_nvmlGpuInstanceProfileInfo_t()
+            )
+            info.id = prof.profile_id
+            info.sliceCount = prof.compute_slices
+            info.instanceCount = prof.max_count
+            info.multiprocessorCount = prof.sm_count or 0
+            info.memorySizeMB = prof.memory_mib or 0
+            if version == 2:
+                info.name = prof.name.encode()
+            return info
+
+        return call("nvmlDeviceGetGpuInstanceProfileInfo", go)
+
+    def nvmlDeviceGetGpuInstancePossiblePlacements(device, profileId, placementsRef, countRef):
+        def go() -> int:
+            _, gpu, _, _ = resolve(device, _DEVICE)
+            count = _deref(countRef, "countRef")
+            starts = node.possible_placements(gpu, profileId)
+            size = node.profile_by_id(gpu, profileId).placement_size
+            if placementsRef is None:
+                count.value = len(starts)
+                return real.NVML_SUCCESS
+            if (
+                not isinstance(placementsRef, ctypes.Array)
+                or placementsRef._type_ is not real.c_nvmlGpuInstancePlacement_t
+            ):
+                raise TypeError("placementsRef must be an array of c_nvmlGpuInstancePlacement_t")
+            if len(placementsRef) < len(starts):
+                raise SimNvmlError(real.NVML_ERROR_INSUFFICIENT_SIZE)
+            for k, start in enumerate(starts):
+                placementsRef[k].start = start
+                placementsRef[k].size = size
+            count.value = len(starts)
+            return real.NVML_SUCCESS
+
+        return call("nvmlDeviceGetGpuInstancePossiblePlacements", go)
+
+    def nvmlDeviceCreateGpuInstanceWithPlacement(device, profileId, placement):
+        def go() -> Any:
+            _, gpu, _, _ = resolve(device, _DEVICE)
+            p = _deref(placement, "placement")
+            if not isinstance(p, real.c_nvmlGpuInstancePlacement_t):
+                raise TypeError("placement must point to a c_nvmlGpuInstancePlacement_t")
+            gi = node.create_gpu_instance(gpu, profileId, p.start, p.size)
+            return _handle(real.c_nvmlGpuInstance_t, _GI, gpu, gi.gi_id)
+
+        return call("nvmlDeviceCreateGpuInstanceWithPlacement", go)
+
+    def nvmlDeviceCreateGpuInstance(device, profileId):
+        mod.calls.append("nvmlDeviceCreateGpuInstance")
+        raise AssertionError("cdmo must never create GPU instances first-fit (nvmlDeviceCreateGpuInstance)")
+
+    def nvmlDeviceGetGpuInstances(device, profileId, gpuInstancesRef, countRef):
+        def go() -> int:
+            _, gpu, _, _ = resolve(device, _DEVICE)
+            count = _deref(countRef, "countRef")
+            gis = node.gpu_instances(gpu, profileId)
+            if (
+                not isinstance(gpuInstancesRef, ctypes.Array)
+                or gpuInstancesRef._type_ is not real.c_nvmlGpuInstance_t
+            ):
+                raise TypeError("gpuInstancesRef must be an array of c_nvmlGpuInstance_t")
+            if len(gpuInstancesRef) < len(gis):
+                raise SimNvmlError(real.NVML_ERROR_INSUFFICIENT_SIZE)
+            for k, gi in enumerate(gis):
+                gpuInstancesRef[k] = _handle(real.c_nvmlGpuInstance_t, _GI, gpu, gi.gi_id)
+            count.value = len(gis)
+            return real.NVML_SUCCESS
+
+        return call("nvmlDeviceGetGpuInstances", go)
+
+    def nvmlDeviceGetGpuInstanceById(device, gpuInstanceId):
+        def go() -> Any:
+            _, gpu, _, _ = resolve(device, _DEVICE)
+            gi = node.gpu_instance(gpu, gpuInstanceId)
+            return _handle(real.c_nvmlGpuInstance_t, _GI, gpu, gi.gi_id)
+
+        return call("nvmlDeviceGetGpuInstanceById", go)
+
+    def nvmlGpuInstanceGetInfo(gpuInstance):
+        def go() -> Any:
+            _, gpu, gi_id, _ = resolve(gpuInstance, _GI)
+            gi = node._live_gi(gpu, gi_id)
+            info = real.c_nvmlGpuInstanceInfo_t()
+            info.device = _handle(real.c_nvmlDevice_t, _DEVICE, gpu)
+            info.id = gi.gi_id
+            info.profileId = gi.profile.profile_id
+            info.placement = real.c_nvmlGpuInstancePlacement_t(gi.start, gi.size)
+            return info
+
+        return call("nvmlGpuInstanceGetInfo", go)
+
+    def nvmlGpuInstanceDestroy(gpuInstance):
+        def go() -> int:
+            _, gpu, gi_id, _ = resolve(gpuInstance, _GI)
+            node.destroy_gpu_instance(gpu, gi_id)
+            return real.NVML_SUCCESS
+
+        return call("nvmlGpuInstanceDestroy", go)
+
+    # --- compute instances --------------------------------------------------------------
+
+    def nvmlGpuInstanceGetComputeInstanceProfileInfo(device, profile, engProfile, version=2):
+        def go() -> Any:
+            _, gpu, gi_id, _ = resolve(device, _GI)
+            if engProfile != real.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED:
+                raise SimNvmlError(real.NVML_ERROR_INVALID_ARGUMENT)
+            ci_id, slices = node.ci_profile(gpu, gi_id, profile)
+            info = (
+                real.c_nvmlComputeInstanceProfileInfo_v2_t()
+                if version == 2
+                else real.c_nvmlComputeInstanceProfileInfo_t()
+            )
+            info.id = ci_id
+            info.sliceCount = slices
+            info.instanceCount = max(1, node._live_gi(gpu, gi_id).profile.compute_slices // slices)
+            return info
+
+        return call("nvmlGpuInstanceGetComputeInstanceProfileInfo", go)
+
+    def nvmlGpuInstanceCreateComputeInstance(gpuInstance, profileId):
+        def go() -> Any:
+            _, gpu, gi_id, _ = resolve(gpuInstance, _GI)
+            ci = node.create_compute_instance(gpu, gi_id, profileId)
+            return _handle(real.c_nvmlComputeInstance_t, _CI, gpu, gi_id, ci.ci_id)
+
+        return call("nvmlGpuInstanceCreateComputeInstance", go)
+
+    def nvmlGpuInstanceGetComputeInstances(gpuInstance, profileId, computeInstancesRef, countRef):
+        def go() -> int:
+            _, gpu, gi_id, _ = resolve(gpuInstance, _GI)
+            count = _deref(countRef, "countRef")
+            cis = node.compute_instances(gpu, gi_id, profileId)
+            if (
+                not isinstance(computeInstancesRef, ctypes.Array)
+                or computeInstancesRef._type_ is not real.c_nvmlComputeInstance_t
+            ):
+                raise TypeError("computeInstancesRef must be an array of c_nvmlComputeInstance_t")
+            if len(computeInstancesRef) < len(cis):
+                raise SimNvmlError(real.NVML_ERROR_INSUFFICIENT_SIZE)
+            for k, ci in enumerate(cis):
+                computeInstancesRef[k] = _handle(real.c_nvmlComputeInstance_t, _CI, gpu, gi_id, ci.ci_id)
+            count.value = len(cis)
+            return real.NVML_SUCCESS
+
+        return call("nvmlGpuInstanceGetComputeInstances", go)
+
+    def nvmlComputeInstanceGetInfo(computeInstance):
+        def go() -> Any:
+            _, gpu, gi_id, ci_id = resolve(computeInstance, _CI)
+            gi = node._live_gi(gpu, gi_id)
+            if ci_id not in gi.cis:
+                raise SimNvmlError(real.NVML_ERROR_INVALID_ARGUMENT, "stale compute instance handle")
+            ci = gi.cis[ci_id]
+            info = real.c_nvmlComputeInstanceInfo_t()
+            info.device = (
+                _handle(real.c_nvmlDevice_t, _DEVICE, gpu)
+                if ci_device_is_parent
+                else _handle(real.c_nvmlDevice_t, _MIG, gpu, gi_id, ci_id)
+            )
+            info.gpuInstance = _handle(real.c_nvmlGpuInstance_t, _GI, gpu, gi_id)
+            info.id = ci.ci_id
+            info.profileId = ci.profile_id
+            info.placement = real.c_nvmlComputeInstancePlacement_t(0, CI_PROFILE_SLICES[ci.profile_id])
+            return info
+
+        return call("nvmlComputeInstanceGetInfo", go)
+
+    def nvmlComputeInstanceDestroy(computeInstance):
+        def go() -> int:
+            _, gpu, gi_id, ci_id = resolve(computeInstance, _CI)
+            node.destroy_compute_instance(gpu, gi_id, ci_id)
+            return real.NVML_SUCCESS
+
+        return call("nvmlComputeInstanceDestroy", go)
+
+    # --- MIG devices and processes ------------------------------------------------------
+
+    def nvmlDeviceGetMaxMigDeviceCount(device):
+        def go() -> int:
+            _, gpu, _, _ = resolve(device, _DEVICE)
+            sim = node.gpu(gpu)
+            return sim.model.max_instances if sim.mig_current else 0
+
+        return call("nvmlDeviceGetMaxMigDeviceCount", go)
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(device, index):
+        def go() -> Any:
+            _, gpu, _, _ = resolve(device, _DEVICE)
+            devs = mig_devices(gpu)
+            if not 0 <= index < len(devs):
+                raise SimNvmlError(real.NVML_ERROR_NOT_FOUND)
+            gi_id, ci_id, _ = devs[index]
+            return _handle(real.c_nvmlDevice_t, _MIG, gpu, gi_id, ci_id)
+
+        return call("nvmlDeviceGetMigDeviceHandleByIndex", go)
+
+    def nvmlDeviceGetGpuInstanceId(device):
+        return call("nvmlDeviceGetGpuInstanceId", lambda: resolve(device, _MIG)[2])
+
+    def nvmlDeviceGetComputeInstanceId(device):
+        return call("nvmlDeviceGetComputeInstanceId", lambda: resolve(device, _MIG)[3])
+
+    def nvmlDeviceGetComputeRunningProcesses(handle):
+        def go() -> list[Any]:
+            kind, gpu, gi_id, ci_id = resolve(handle, _DEVICE, _MIG)
+            rows = []
+            for g, c, ci in mig_devices(gpu):
+                if kind == _MIG and (g, c) != (gi_id, ci_id):
+                    continue
+                for pid in node.processes(gpu, ci.uuid):
+                    info = real.c_nvmlProcessInfo_v3_t()
+                    info.pid = pid
+                    info.usedGpuMemory = 1 << 30
+                    info.gpuInstanceId = g
+                    info.computeInstanceId = c
+                    rows.append(real.nvmlStructToFriendlyObject(info))
+            return rows
+
+        return call("nvmlDeviceGetComputeRunningProcesses", go)
+
+    for fn in list(locals().values()):
+        if isinstance(fn, types.FunctionType) and fn.__name__.startswith("nvml"):
+            setattr(mod, fn.__name__, fn)
+    return mod
+
+
+#: The fake's functions, for the signature check against the real module.
+def fake_function_names(mod: types.ModuleType) -> list[str]:
+    return sorted(
+        n
+        for n in dir(mod)
+        if n.startswith("nvml")
+        and callable(getattr(mod, n))
+        and n != "nvmlStructToFriendlyObject"
+        and not n.startswith("nvmlPciInfo")
+        and not n.startswith("nvmlFriendly")
+    )

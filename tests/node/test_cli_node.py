@@ -1,0 +1,247 @@
+"""``cdmo node show|apply`` and ``cdmo teardown`` on simulated GPUs, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cdmo.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+LAYOUT = """\
+gpus:
+  - index: 0
+    instances:
+      - {profile: 3g.40gb, start: 0}
+      - {profile: 2g.20gb, start: 4}
+      - {profile: 1g.10gb, start: 6}
+  - index: 1
+    instances:
+      - {profile: 7g.80gb, start: 0}
+"""
+
+
+def cdmo(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def sim_args(state: Path, gpus: str | None = "h100-80gb,h100-80gb") -> list[str]:
+    return (
+        ["--sim-state", str(state)]
+        + (["--sim-gpus", gpus] if gpus else [])
+        + ["--pod-resources-socket", str(state.parent / "no-kubelet.sock")]
+    )
+
+
+def held_by_process(state: Path, gpu: int, start: int, pid: int) -> str:
+    """Mark an instance busy the documented way: a pid in its compute instance's processes."""
+    doc = json.loads(state.read_text())
+    inst = next(i for i in doc["gpus"][gpu]["instances"] if i["start"] == start)
+    inst["compute_instances"][0]["processes"] = [pid]
+    state.write_text(json.dumps(doc, indent=2))
+    return str(inst["compute_instances"][0]["uuid"])
+
+
+def test_apply_and_show_from_the_shell(tmp_path: Path) -> None:
+    (tmp_path / "layout.yaml").write_text(LAYOUT)
+    state = tmp_path / "node.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    applied = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cdmo.cli",
+            "node",
+            "apply",
+            str(tmp_path / "layout.yaml"),
+            "--output",
+            "json",
+            *sim_args(state),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert applied.returncode == 0, applied.stderr
+    doc = json.loads(applied.stdout)
+    assert doc["applied"] and len(doc["created"]) == 4 and doc["destroyed"] == [] and doc["refused"] == []
+    shown = subprocess.run(
+        [sys.executable, "-m", "cdmo.cli", "node", "show", "--output", "json", "--sim-state", str(state)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    gpus = json.loads(shown.stdout)["gpus"]
+    assert [[(i["profile"], i["start"], i["size"]) for i in g["instances"]] for g in gpus] == [
+        [("3g.40gb", 0, 4), ("2g.20gb", 4, 2), ("1g.10gb", 6, 1)],
+        [("7g.80gb", 0, 8)],
+    ]
+    assert {i["uuid"] for g in gpus for i in g["instances"]} == {c["uuid"] for c in doc["created"]}
+
+
+def test_apply_keeps_used_instances_and_refuses_to_destroy_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    layout = tmp_path / "layout.yaml"
+    layout.write_text(
+        "gpus: [{index: 0, instances: [{profile: 1g.10gb, start: 0}, {profile: 1g.10gb, start: 1}]}]\n"
+    )
+    state = tmp_path / "node.json"
+    assert cdmo(capsys, "node", "apply", str(layout), *sim_args(state))[0] == 0
+    uuid = held_by_process(state, 0, 1, 4242)
+
+    # Repack around the busy 1g.10gb@1: allowed, it stays.
+    layout.write_text(
+        "spec:\n  gpus: [{index: 0, instances: [{profile: 1g.10gb, start: 1}, {profile: 3g.40gb, start: 4}]}]\n"
+    )
+    code, out, err = cdmo(capsys, "node", "apply", str(layout), "-o", "json", *sim_args(state, None))
+    assert code == 0, err
+    doc = json.loads(out)
+    assert [(d["profile"], d["start"]) for d in doc["destroyed"]] == [("1g.10gb", 0)]
+
+    # A layout that would destroy it: refused, and nothing at all changes.
+    before = state.read_text()
+    layout.write_text("gpus: [{index: 0, instances: [{profile: 7g.80gb, start: 0}]}]\n")
+    code, out, err = cdmo(capsys, "node", "apply", str(layout), *sim_args(state, None))
+    assert code == 1
+    assert f"1g.10gb@1 ({uuid}) is held by process 4242" in err and "nothing was changed" in err
+    assert "refused, nothing changed" in out
+    assert json.loads(state.read_text())["gpus"] == json.loads(before)["gpus"]
+
+
+def test_apply_dry_run_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "layout.yaml").write_text(LAYOUT)
+    state = tmp_path / "node.json"
+    code, out, _ = cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), "--dry-run", *sim_args(state))
+    assert code == 0 and "planned:" in out and "create 7g.80gb@0 on GPU 1" in out
+    code, out, _ = cdmo(capsys, "node", "show", "-o", "json", *sim_args(state, None))
+    assert all(g["instances"] == [] for g in json.loads(out)["gpus"])
+
+
+def test_apply_again_has_nothing_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "layout.yaml").write_text(LAYOUT)
+    state = tmp_path / "node.json"
+    assert cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), *sim_args(state))[0] == 0
+    code, out, _ = cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), *sim_args(state, None))
+    assert code == 0 and "nothing to do" in out
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "gpus: [{index: 0, instances: [{profile: 3g.40gb, start: 0}, {profile: 4g.40gb, start: 0}]}]",
+            "overlaps",
+        ),
+        ("gpus: [{index: 4, instances: []}]", "this node has GPUs 0, 1"),
+    ],
+    ids=["invalid-layout", "unknown-gpu"],
+)
+def test_apply_refuses_bad_layouts_for_the_gpu(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    (tmp_path / "layout.yaml").write_text(text)
+    code, out, err = cdmo(
+        capsys, "node", "apply", str(tmp_path / "layout.yaml"), "-o", "json", *sim_args(tmp_path / "s.json")
+    )
+    assert code == 1 and message in err
+    assert json.loads(out)["refused"][0]["state"] == "Refused"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("nodes: []", "is not a MigLayout spec"),
+        ("gpus: [{index: 0, instances: [{profile: big, start: 0}]}]", "is not a MIG profile name"),
+        ("gpus: [", "not valid YAML"),
+    ],
+    ids=["not-a-spec", "bad-profile", "bad-yaml"],
+)
+def test_apply_bad_files_exit_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    (tmp_path / "layout.yaml").write_text(text)
+    code, _, err = cdmo(
+        capsys, "node", "apply", str(tmp_path / "layout.yaml"), *sim_args(tmp_path / "s.json")
+    )
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_apply_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cdmo(capsys, "node", "apply", str(tmp_path / "none.yaml"), *sim_args(tmp_path / "s.json"))
+    assert code == 2 and "cannot read" in err
+
+
+def test_apply_with_mig_off_says_how_to_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "node.json"
+    cdmo(capsys, "node", "show", *sim_args(state, "h100-80gb"))
+    doc = json.loads(state.read_text())
+    doc["gpus"][0]["mig"] = {"current": False, "pending": False}
+    state.write_text(json.dumps(doc))
+    (tmp_path / "layout.yaml").write_text("gpus: [{index: 0, instances: [{profile: 7g.80gb, start: 0}]}]\n")
+    code, out, err = cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), *sim_args(state, None))
+    assert code == 1 and "nvidia-smi -i 0 -mig 1" in err
+    code, out, err = cdmo(capsys, "node", "show", *sim_args(state, None))
+    assert code == 0 and "MIG off" in out
+    code, out, err = cdmo(
+        capsys, "node", "apply", str(tmp_path / "layout.yaml"), "--enable-mig", *sim_args(state, None)
+    )
+    assert code == 0, err
+
+
+def test_show_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "layout.yaml").write_text(LAYOUT)
+    state = tmp_path / "node.json"
+    cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), *sim_args(state))
+    held_by_process(state, 0, 4, 99)
+    code, out, _ = cdmo(capsys, "node", "show", *sim_args(state, None))
+    assert code == 0
+    assert "PLACEMENT" in out and "4:2" in out and "process 99" in out and "free" in out
+    code, out, _ = cdmo(capsys, "node", "show", "-o", "yaml", *sim_args(state, None))
+    assert "profile: 2g.20gb" in out
+
+
+def test_show_needs_gpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cdmo(capsys, "node", "show", "--backend", "simulated")
+    assert code == 2 and "--sim-gpus" in err
+
+
+def test_teardown_refuses_then_clears(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "layout.yaml").write_text(LAYOUT)
+    state = tmp_path / "node.json"
+    cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), *sim_args(state))
+    uuid = held_by_process(state, 1, 0, 7)
+    code, out, err = cdmo(capsys, "teardown", "--disable-mig", "-o", "json", *sim_args(state, None))
+    assert code == 1 and f"7g.80gb@0 ({uuid}) is held by process 7" in err
+    doc: dict[str, Any] = json.loads(out)
+    assert doc["refused"] and doc["destroyed"] == []
+    doc = json.loads(state.read_text())
+    doc["gpus"][1]["instances"][0]["compute_instances"][0]["processes"] = []
+    state.write_text(json.dumps(doc))
+    code, out, err = cdmo(capsys, "teardown", "--disable-mig", *sim_args(state, None))
+    assert code == 0, err
+    assert out.count("destroyed ") == 4 and "GPU 1: MIG mode is off" in out
+    code, out, _ = cdmo(capsys, "teardown", *sim_args(state, None))
+    assert code == 0 and "nothing to do" in out
+
+
+def test_teardown_on_ampere_says_reset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "node.json"
+    (tmp_path / "layout.yaml").write_text("gpus: [{index: 0, instances: [{profile: 7g.40gb, start: 0}]}]\n")
+    cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), *sim_args(state, "a100-40gb"))
+    code, out, _ = cdmo(capsys, "teardown", "--disable-mig", *sim_args(state, None))
+    assert code == 0 and "nvidia-smi -i 0 -r" in out

@@ -1,0 +1,107 @@
+"""Who holds what: pod-resources, NVML processes and bound pods merged."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cdmo.node_agent.inuse import BoundPod, Holder, InUse, build_bound_pods, build_in_use, mig_requests
+from cdmo.node_agent.podresources.client import PodDevices
+
+
+def pod(
+    name: str,
+    *,
+    limits: dict[str, Any] | None = None,
+    init: dict[str, Any] | None = None,
+    phase: str = "Pending",
+    deleting: bool = False,
+    requests: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    containers = [{"name": "main", "resources": {"limits": limits or {}, "requests": requests or {}}}]
+    spec: dict[str, Any] = {"nodeName": "gpu-1", "containers": containers}
+    if init:
+        spec["initContainers"] = [{"name": "init", "resources": {"limits": init}}]
+    meta: dict[str, Any] = {"name": name, "namespace": "ml"}
+    if deleting:
+        meta["deletionTimestamp"] = "2025-01-01T00:00:00Z"
+    return {"metadata": meta, "spec": spec, "status": {"phase": phase}}
+
+
+def test_mig_requests_sum_containers_and_take_the_largest_init() -> None:
+    p = pod(
+        "a",
+        limits={"nvidia.com/mig-1g.10gb": 2, "nvidia.com/mig-1g.10gb.me": "1", "cpu": "2"},
+        init={"nvidia.com/mig-1g.10gb": 3, "nvidia.com/mig-bogus": 1},
+    )
+    assert mig_requests(p) == {"1g.10gb": 3, "1g.10gb+me": 1}
+
+
+def test_mig_requests_read_requests_too() -> None:
+    assert mig_requests(pod("a", requests={"nvidia.com/mig-3g.40gb": 1})) == {"3g.40gb": 1}
+    assert mig_requests({"spec": {}}) == {}
+
+
+def test_bound_pods_skip_finished_and_non_mig_pods() -> None:
+    pods = [
+        pod("done", limits={"nvidia.com/mig-1g.10gb": 1}, phase="Succeeded"),
+        pod("cpu-only", limits={"cpu": 1}),
+        pod("waiting", limits={"nvidia.com/mig-1g.10gb": 1}),
+        pod("going", limits={"nvidia.com/mig-2g.20gb": 1}, phase="Running", deleting=True),
+    ]
+    assert build_bound_pods(pods) == [
+        BoundPod("ml", "going", {"2g.20gb": 1}, terminating=True),
+        BoundPod("ml", "waiting", {"1g.10gb": 1}),
+    ]
+
+
+def test_pod_devices_become_holders_and_admitted_pods_reserve_nothing() -> None:
+    devices = [
+        PodDevices("ml", "a", "main", "nvidia.com/mig-1g.10gb", ("MIG-1", "MIG-2")),
+        PodDevices("ml", "b", "main", "nvidia.com/gpu", ("GPU-1",)),
+        PodDevices("ml", "c", "main", "nvidia.com/mig-weird", ("MIG-9",)),
+    ]
+    bound = [BoundPod("ml", "a", {"1g.10gb": 2}), BoundPod("ml", "w", {"1g.10gb": 1, "3g.40gb": 2})]
+    in_use = build_in_use(devices, bound, {"MIG-2": [7], "MIG-5": [8, 9]})
+    assert in_use.holders == {
+        "MIG-1": (Holder("pod", "ml/a"),),
+        "MIG-2": (Holder("pod", "ml/a"), Holder("process", "7")),
+        "MIG-5": (Holder("process", "8"), Holder("process", "9")),
+    }
+    assert in_use.reservations == {"1g.10gb": ("ml/w",), "3g.40gb": ("ml/w", "ml/w")}
+    assert in_use.unknown == {}
+
+
+def test_terminating_pods_that_hold_nothing_reserve_nothing() -> None:
+    in_use = build_in_use([], [BoundPod("ml", "gone", {"1g.10gb": 1}, terminating=True)])
+    assert in_use.reservations == {}
+
+
+def test_without_pod_resources_every_instance_of_the_profile_is_unknown() -> None:
+    in_use = build_in_use(None, [BoundPod("ml", "a", {"1g.10gb": 1}), BoundPod("ml", "b", {"1g.10gb": 1})])
+    assert in_use.unknown == {"1g.10gb": ("ml/a", "ml/b")} and in_use.reservations == {}
+
+
+@pytest.mark.parametrize(
+    ("holder", "text"),
+    [
+        (Holder("pod", "ml/a"), "pod ml/a"),
+        (Holder("process", "42"), "process 42"),
+        (Holder("reservation", "ml/a"), "pod ml/a (bound to this node, not yet admitted)"),
+        (
+            Holder("unknown", "ml/a"),
+            "pod ml/a (pod-resources unreadable: it may hold any instance of this profile)",
+        ),
+    ],
+    ids=["pod", "process", "reservation", "unknown"],
+)
+def test_holders_explain_themselves(holder: Holder, text: str) -> None:
+    assert str(holder) == text
+    assert holder.pod == (None if holder.kind == "process" else "ml/a")
+
+
+def test_with_processes_does_not_duplicate() -> None:
+    once = InUse().with_processes({"MIG-1": [5]})
+    assert once.with_processes({"MIG-1": [5]}).holders == {"MIG-1": (Holder("process", "5"),)}
+    assert once.holders_of(None) == () and once.holders_of("MIG-x") == ()

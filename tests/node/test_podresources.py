@@ -1,0 +1,114 @@
+"""The pod-resources client against a real gRPC server on a unix socket in a temp dir."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cdmo.node_agent.podresources import api_pb2, api_pb2_grpc
+from cdmo.node_agent.podresources.client import (
+    AllocatableDevices,
+    PodDevices,
+    PodResourcesClient,
+    PodResourcesUnavailable,
+)
+
+
+class FakeKubelet(api_pb2_grpc.PodResourcesListerServicer):
+    """What a kubelet with the NVIDIA device plugin (mixed strategy) answers."""
+
+    def __init__(self) -> None:
+        self.fail = False
+
+    def List(self, request, context):
+        if self.fail:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "kubelet restarting")
+        return api_pb2.ListPodResourcesResponse(
+            pod_resources=[
+                api_pb2.PodResources(
+                    name="train-1",
+                    namespace="ml",
+                    containers=[
+                        api_pb2.ContainerResources(
+                            name="main",
+                            devices=[
+                                api_pb2.ContainerDevices(
+                                    resource_name="nvidia.com/mig-1g.10gb", device_ids=["MIG-a", "MIG-b"]
+                                ),
+                                api_pb2.ContainerDevices(
+                                    resource_name="nvidia.com/mig-3g.40gb", device_ids=[]
+                                ),
+                            ],
+                            cpu_ids=[1, 2],
+                        ),
+                        api_pb2.ContainerResources(name="sidecar"),
+                    ],
+                ),
+                api_pb2.PodResources(
+                    name="web", namespace="default", containers=[api_pb2.ContainerResources(name="c")]
+                ),
+            ]
+        )
+
+    def GetAllocatableResources(self, request, context):
+        return api_pb2.AllocatableResourcesResponse(
+            devices=[
+                api_pb2.ContainerDevices(resource_name="nvidia.com/mig-1g.10gb", device_ids=["MIG-b"]),
+                api_pb2.ContainerDevices(
+                    resource_name="nvidia.com/mig-1g.10gb", device_ids=["MIG-a", "MIG-c"]
+                ),
+                api_pb2.ContainerDevices(resource_name="nvidia.com/mig-3g.40gb", device_ids=["MIG-d"]),
+            ]
+        )
+
+
+@pytest.fixture
+def kubelet() -> Iterator[tuple[FakeKubelet, str]]:
+    # A short directory: unix socket paths are limited to about 107 bytes.
+    tmp = tempfile.mkdtemp(prefix="cdmo-pr-", dir="/tmp")
+    socket_path = str(Path(tmp) / "kubelet.sock")
+    servicer = FakeKubelet()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    api_pb2_grpc.add_PodResourcesListerServicer_to_server(servicer, server)
+    server.add_insecure_port(f"unix://{socket_path}")
+    server.start()
+    try:
+        yield servicer, socket_path
+    finally:
+        server.stop(grace=None)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_list_gives_one_row_per_container_and_resource(kubelet: tuple[FakeKubelet, str]) -> None:
+    _, path = kubelet
+    rows = PodResourcesClient(path).list()
+    assert rows == [PodDevices("ml", "train-1", "main", "nvidia.com/mig-1g.10gb", ("MIG-a", "MIG-b"))]
+    assert rows[0].pod_key == "ml/train-1"
+
+
+def test_allocatable_merges_by_resource(kubelet: tuple[FakeKubelet, str]) -> None:
+    _, path = kubelet
+    assert PodResourcesClient(path).allocatable() == [
+        AllocatableDevices("nvidia.com/mig-1g.10gb", ("MIG-a", "MIG-b", "MIG-c")),
+        AllocatableDevices("nvidia.com/mig-3g.40gb", ("MIG-d",)),
+    ]
+
+
+def test_a_failing_kubelet_is_unavailable(kubelet: tuple[FakeKubelet, str]) -> None:
+    servicer, path = kubelet
+    servicer.fail = True
+    with pytest.raises(PodResourcesUnavailable, match="UNAVAILABLE"):
+        PodResourcesClient(path, timeout_seconds=2).list()
+
+
+def test_a_missing_socket_says_what_to_mount(tmp_path: Path) -> None:
+    client = PodResourcesClient(str(tmp_path / "kubelet.sock"))
+    assert not client.available()
+    with pytest.raises(PodResourcesUnavailable, match="mount /var/lib/kubelet/pod-resources"):
+        client.list()
