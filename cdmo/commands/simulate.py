@@ -1,0 +1,110 @@
+"""``cdmo simulate SCENARIO [--policy P ...] [--seed N] [--duration D] [--output table|json] [--plot FILE.png]``.
+
+Runs a scenario (docs/simulate.md) on simulated GPUs: the same workload for every policy, one
+table (or one JSON document with a key per policy) on stdout, a progress bar on stderr for long
+runs in a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cdmo import exit_codes
+from cdmo.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from cdmo.sim.runner import Report
+    from cdmo.sim.scenario import Scenario
+
+#: A run with at least this many pod-policy pairs shows a progress bar (in a terminal).
+PROGRESS_THRESHOLD = 20_000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "scenario", metavar="SCENARIO", help="scenario YAML file, e.g. examples/clearml-queues.yaml"
+    )
+    parser.add_argument(
+        "--policy",
+        action="append",
+        metavar="P",
+        help="policy to run instead of the scenario's list (repeat): dynamic, first-fit, static:all-1g, ...",
+    )
+    parser.add_argument("--seed", type=int, metavar="N", help="workload seed (default: the scenario's)")
+    parser.add_argument(
+        "--duration", metavar="D", help="simulated time instead of the scenario's: seconds or 30m, 4h, 1d"
+    )
+    parser.add_argument("--output", "-o", choices=("table", "json"), default="table")
+    parser.add_argument(
+        "--plot", metavar="FILE.png", help="write pending-time CDFs and utilization over time"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="never show the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cdmo.output import console, print_json
+    from cdmo.sim.report import build_document, build_table, describe, write_plot
+    from cdmo.sim.scenario import load_scenario, parse_duration
+
+    if args.seed is not None and args.seed < 0:
+        raise InvalidInput(f"--seed {args.seed} must be >= 0")
+    duration = parse_duration(args.duration, "--duration") if args.duration is not None else None
+    plot = Path(args.plot) if args.plot else None
+    if plot is not None:
+        if plot.suffix.lower() != ".png":
+            raise InvalidInput(f"--plot {plot} must name a .png file")
+        if not plot.parent.is_dir():
+            raise InvalidInput(f"--plot {plot}: no such directory {plot.parent}")
+    scenario = load_scenario(args.scenario)
+    policies = args.policy or list(scenario.policies)
+
+    report = _run_with_progress(scenario, policies, args.seed, duration, show=not args.no_progress)
+    if args.output == "json":
+        print_json(build_document(report))
+    else:
+        out = console()
+        table = build_table(report)
+        # Never squeeze the figures into ellipses: a narrow terminal wraps lines instead.
+        out.width = max(out.width, out.measure(table, options=out.options.update_width(1000)).maximum)
+        out.print(describe(report), soft_wrap=True)
+        out.print(table, crop=False)
+    if plot is not None:
+        write_plot(report, plot)
+        print(f"wrote {plot}", file=sys.stderr)
+    return exit_codes.SUCCESS
+
+
+def _run_with_progress(
+    scenario: Scenario, policies: Sequence[str], seed: int | None, duration: float | None, *, show: bool
+) -> Report:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cdmo.sim.runner import simulate
+    from cdmo.sim.workload import generate_workload
+
+    err = Console(stderr=True)
+    if not (show and err.is_terminal):
+        return simulate(scenario, policies=policies, seed=seed, duration=duration)
+    # Estimate the work from the workload size; generating it again is cheap next to simulating it.
+    pods = len(generate_workload(scenario, seed=seed, duration=duration))
+    if pods * len(policies) < PROGRESS_THRESHOLD:
+        return simulate(scenario, policies=policies, seed=seed, duration=duration)
+    with Progress(
+        TextColumn("{task.description:<22}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}% of simulated time"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
+        tasks = {name: progress.add_task(name, total=1.0) for name in policies}
+
+        def update(name: str, fraction: float) -> None:
+            progress.update(tasks[name], completed=fraction)
+
+        return simulate(scenario, policies=policies, seed=seed, duration=duration, progress=update)

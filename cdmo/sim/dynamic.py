@@ -1,0 +1,258 @@
+"""The ``dynamic`` policy: cdmo itself, the real planner and the real node agent on simulated GPUs.
+
+What runs for real: :func:`cdmo.planner.parse_snapshot` and :func:`cdmo.planner.plan` on a snapshot
+dict in the format of spec/planner-io.md, and :func:`cdmo.node_agent.reconcile.reconcile_node` on a
+:class:`cdmo.node_agent.simulated.SimulatedBackend` per node (NVML's behaviour per catalog model),
+with the pods that hold instances passed in as pod-resources holders.
+
+What the simulator stands in for: the operator's batch window (cdmo.config.OperatorConfig's idle 5 s,
+at most 30 s), the MigLayout round trip (instant), and time: GI creates and destroys take the time
+model's seconds each, then the device plugin refresh (SIGHUP by default), before the new instances
+are advertised. As the operator does (cdmo.operator.snapshot.build_snapshot), a node that is still
+applying is left out of the snapshot (one node waiting holds back only that node), the pods the last
+plan gave to it are not planned again until it is ready, and pending pods are listed by name.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from cdmo.api import PARTITIONING_LABEL_KEY, PARTITIONING_LABEL_VALUE
+from cdmo.mig.resources import resource_from_profile
+from cdmo.node_agent.backend import NO_WAIT_RETRY
+from cdmo.node_agent.inuse import Holder, InUse
+from cdmo.node_agent.reconcile import ReconcileResult, reconcile_node
+from cdmo.node_agent.simulated import SimulatedBackend, SimulatedNode
+from cdmo.planner import Node, NodePlan, PendingPod, Snapshot, parse_snapshot, plan
+from cdmo.sim.engine import Policy, SimInstance, SimNode
+from cdmo.sim.policies import BatchWindow
+from cdmo.sim.scenario import BatchSettings, TimeModel
+
+NAMESPACE = "default"
+
+
+class _NullLog:
+    """The node agent logs every NVML change; a simulation of thousands of them stays quiet."""
+
+    def _drop(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    debug = info = warning = error = exception = _drop
+
+    def bind(self, **kwargs: Any) -> _NullLog:
+        return self
+
+
+class DynamicPolicy(Policy):
+    """cdmo's planner and node agent, driven by the simulator's clock (see the module docstring)."""
+
+    name = "dynamic"
+
+    def __init__(self, settings: BatchSettings, time_model: TimeModel) -> None:
+        self.settings = settings
+        self.time_model = time_model
+        self.window = BatchWindow(settings.batch_idle_seconds, settings.batch_max_seconds)
+        self.backends: dict[int, SimulatedBackend] = {}
+        self._by_uuid: dict[str, SimInstance] = {}
+        self._pod_by_key: dict[str, int] = {}
+        #: pod -> node the last plan gave it to, while that node is applying
+        self._promised: dict[int, int] = {}
+        #: node idx -> (node version, parsed planner Node); pod -> parsed PendingPod
+        self._node_cache: dict[int, tuple[int, Node]] = {}
+        self._pod_cache: dict[int, PendingPod] = {}
+        self._log = _NullLog()
+        self.plans = 0
+        self.planner_cpu = 0.0
+        self.snapshot_cpu = 0.0
+        self.agent_cpu = 0.0
+        self.agent_blocked = 0
+        self.agent_errors = 0
+        self.unsatisfied = 0
+
+    def attach(self, sim: Any) -> None:
+        super().attach(sim)
+        for node in sim.nodes:
+            models = [gpu.model.key for gpu in node.gpus]
+            self.backends[node.idx] = SimulatedBackend(SimulatedNode.from_models(models, seed=node.name))
+        self._pod_by_key = {f"{NAMESPACE}/{p.name}": i for i, p in enumerate(sim.pods)}
+
+    # --- demand ----------------------------------------------------------------------------------
+
+    def _demand(self) -> None:
+        at, token = self.window.touch(self.sim.now)
+        self.sim.set_timer(at, token)
+
+    def _has_demand(self) -> bool:
+        return any(p not in self._promised for p in self.sim.unschedulable_set())
+
+    def on_unschedulable(self, pod: int) -> None:
+        self._demand()
+
+    def on_pod_end(self, pod: int) -> None:
+        # A freed instance may let the planner make room: the operator sees the pod go.
+        if self._has_demand():
+            self._demand()
+
+    def on_node_ready(self, node: SimNode) -> None:
+        for pod in [p for p, n in self._promised.items() if n == node.idx]:
+            del self._promised[pod]
+        if self.sim.has_unschedulable():
+            self._demand()
+
+    def on_timer(self, token: int) -> None:
+        if token != self.window.token or not self.window.is_open:
+            return
+        self.window.close()
+        self._plan()
+
+    # --- plan and apply -----------------------------------------------------------------------------
+
+    def node_dict(self, node: SimNode) -> dict[str, Any]:
+        """One node as spec/planner-io.md writes it."""
+        labels = {PARTITIONING_LABEL_KEY: PARTITIONING_LABEL_VALUE}
+        gpus = [
+            {
+                "index": gpu.index,
+                "model": gpu.model.key,
+                "instances": [
+                    {"profile": i.profile, "start": i.start, "used": i.holder is not None}
+                    for i in gpu.sorted_instances()
+                ],
+            }
+            for gpu in node.gpus
+        ]
+        return {"name": node.name, "labels": labels, "gpus": gpus}
+
+    def pod_dict(self, pod: int) -> dict[str, Any]:
+        spec = self.sim.pods[pod]
+        return {
+            "name": spec.name,
+            "namespace": NAMESPACE,
+            "requests": {resource_from_profile(spec.profile): spec.count},
+            "priority": spec.priority,
+        }
+
+    def _pods_by_name(self, pods: Sequence[int]) -> list[int]:
+        specs = self.sim.pods
+        return sorted(pods, key=lambda p: specs[p].name)
+
+    def build_snapshot(self, pods: Sequence[int]) -> dict[str, Any]:
+        """The planner-io snapshot dict: nodes that are not applying, and ``pods`` pending (by name)."""
+        return {
+            "nodes": [self.node_dict(n) for n in self.sim.nodes if not n.busy],
+            "pending": [self.pod_dict(p) for p in self._pods_by_name(pods)],
+        }
+
+    def parsed_snapshot(self, pods: Sequence[int]) -> Snapshot:
+        """What ``parse_snapshot(build_snapshot(pods))`` gives, parsing only what changed since the last plan.
+
+        Each node's dict and each pod's dict go through the real :func:`parse_snapshot` once per change;
+        the parsed parts are reused while the node's version stays the same.
+        """
+        nodes = []
+        for node in self.sim.nodes:
+            if node.busy:
+                continue
+            cached = self._node_cache.get(node.idx)
+            if cached is None or cached[0] != node.version:
+                parsed = parse_snapshot({"nodes": [self.node_dict(node)], "pending": []}).nodes[0]
+                cached = (node.version, parsed)
+                self._node_cache[node.idx] = cached
+            nodes.append(cached[1])
+        pending = []
+        for pid in self._pods_by_name(pods):
+            pod = self._pod_cache.get(pid)
+            if pod is None:
+                pod = parse_snapshot({"nodes": [], "pending": [self.pod_dict(pid)]}).pending[0]
+                self._pod_cache[pid] = pod
+            pending.append(pod)
+        return Snapshot(nodes=tuple(nodes), pending=tuple(pending))
+
+    def _plan(self) -> None:
+        sim = self.sim
+        pods = [p for p in sim.unschedulable_pods() if p not in self._promised]
+        if not pods:
+            return
+        cpu0 = time.process_time()
+        snapshot = self.parsed_snapshot(pods)
+        cpu1 = time.process_time()
+        result = plan(snapshot)
+        cpu2 = time.process_time()
+        self.snapshot_cpu += cpu1 - cpu0
+        self.planner_cpu += cpu2 - cpu1
+        self.plans += 1
+        self.unsatisfied += len(result.unsatisfied)
+        changed: set[str] = set()
+        for node_plan in result.nodes:
+            if node_plan.changed and self._apply(sim.node_by_name[node_plan.name], node_plan):
+                changed.add(node_plan.name)
+        for a in result.assignments:
+            if a.node in changed and a.pod in self._pod_by_key:
+                self._promised[self._pod_by_key[a.pod]] = sim.node_by_name[a.node].idx
+        self.agent_cpu += time.process_time() - cpu2
+
+    def _in_use(self, node: SimNode) -> InUse:
+        pods = self.sim.pods
+        holders = {}
+        for gpu in node.gpus:
+            for inst in gpu.instances.values():
+                if inst.holder is not None and inst.ext is not None:
+                    holders[inst.ext] = (Holder("pod", f"{NAMESPACE}/{pods[inst.holder].name}"),)
+        return InUse(holders=dict(sorted(holders.items())))
+
+    def _apply(self, node: SimNode, node_plan: NodePlan) -> bool:
+        """Run the real agent on ``node`` for the planned layouts; True if the node changed."""
+        backend = self.backends[node.idx]
+        desired = {g.index: list(g.after) for g in node_plan.gpus if g.changed}
+        result: ReconcileResult = reconcile_node(
+            backend, desired, self._in_use(node), retry=NO_WAIT_RETRY, log=self._log
+        )
+        backend.node.calls.clear()  # the agent's call log is a test aid; keep memory flat
+        self.agent_blocked += len(result.blocked)
+        self.agent_errors += len(result.errors)
+        destroyed = [self._by_uuid.pop(info.uuid) for info in result.destroyed if info.uuid in self._by_uuid]
+        created = [info for info in result.created if info.uuid is not None]
+        if not destroyed and not created:
+            return False
+        tm = self.time_model
+        duration = (
+            len(created) * tm.gi_create_seconds
+            + len(result.destroyed) * tm.gi_destroy_seconds
+            + tm.refresh_seconds(self.settings.refresh)
+        )
+        made = self.sim.begin_apply(
+            node,
+            destroyed,
+            [(info.gpu, info.profile, info.start) for info in created],
+            duration=duration,
+            gi_destroyed=len(result.destroyed),
+        )
+        for inst, info in zip(made, created, strict=True):
+            inst.ext = info.uuid
+            self._by_uuid[info.uuid] = inst  # type: ignore[index]
+        return True
+
+    def backend_mismatches(self) -> list[str]:
+        """Where the node agent's simulated GPUs and the simulator's instances disagree (empty: in step)."""
+        problems = []
+        for node in self.sim.nodes:
+            backend = self.backends[node.idx]
+            for gpu in node.gpus:
+                real = sorted((i.start, i.profile, i.uuid) for i in backend.list_instances(gpu.index))
+                ours = sorted((i.start, i.profile, i.ext) for i in gpu.instances.values())
+                if real != ours:
+                    problems.append(f"{node.name}/{gpu.index}: agent has {real}, simulator has {ours}")
+        return problems
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "plans": self.plans,
+            "planner_cpu_seconds": self.planner_cpu,
+            "snapshot_cpu_seconds": self.snapshot_cpu,
+            "agent_cpu_seconds": self.agent_cpu,
+            "agent_blocked_gpus": self.agent_blocked,
+            "agent_errors": self.agent_errors,
+            "unsatisfied_in_plans": self.unsatisfied,
+        }

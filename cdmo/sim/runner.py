@@ -1,0 +1,68 @@
+"""Run a scenario: generate its workload once, replay it for every policy, summarize each run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cdmo.sim.engine import RunResult, Simulation
+from cdmo.sim.metrics import summarize
+from cdmo.sim.policies import make_policy
+from cdmo.sim.scenario import Scenario, check_policy
+from cdmo.sim.workload import PodSpec, generate_workload
+
+#: progress(policy, fraction of simulated time done)
+Progress = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class Report:
+    scenario: Scenario
+    seed: int
+    horizon: float
+    pods: tuple[PodSpec, ...]
+    runs: dict[str, RunResult]
+    summaries: dict[str, dict[str, Any]]
+
+
+def run_policy(
+    scenario: Scenario,
+    pods: Sequence[PodSpec],
+    policy: str,
+    *,
+    horizon: float | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> RunResult:
+    """One policy over ``pods`` on a fresh fleet."""
+    sim = Simulation(scenario, pods, make_policy(policy, scenario), horizon=horizon, progress=progress)
+    return sim.run()
+
+
+def simulate(
+    scenario: Scenario,
+    *,
+    policies: Sequence[str] | None = None,
+    seed: int | None = None,
+    duration: float | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Every policy of ``scenario`` (or ``policies``) on the same workload; deterministic for a seed."""
+    names = tuple(policies) if policies else scenario.policies
+    for i, name in enumerate(names):
+        check_policy(name, scenario.models, f"--policy[{i}]" if policies else f"policies[{i}]")
+    use_seed = scenario.seed if seed is None else seed
+    horizon = scenario.duration if duration is None else duration
+    pods = generate_workload(scenario, seed=use_seed, duration=horizon)
+    runs: dict[str, RunResult] = {}
+    for name in names:
+        cb = (lambda frac, n=name: progress(n, frac)) if progress is not None else None
+        runs[name] = run_policy(scenario, pods, name, horizon=horizon, progress=cb)
+    return Report(
+        scenario=scenario,
+        seed=use_seed,
+        horizon=horizon,
+        pods=pods,
+        runs=runs,
+        summaries={name: summarize(run) for name, run in runs.items()},
+    )

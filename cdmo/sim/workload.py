@@ -1,0 +1,216 @@
+"""Workloads: the pods a simulation replays, from Poisson streams or from a trace file.
+
+A workload is generated once per seed and then replayed, unchanged, for every policy, so the
+policies are compared on exactly the same pods. Each stream draws from its own generator seeded
+with ``(seed, stream name)``: adding a stream does not change the pods of the others.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cdmo.mig.catalog import GpuModel
+from cdmo.sim.scenario import InvalidScenario, Lognormal, Scenario, Stream, parse_duration, resolve_profile
+
+
+@dataclass(frozen=True, slots=True)
+class PodSpec:
+    """One pod of the workload: it asks for ``count`` instances of ``profile`` and runs ``duration`` s."""
+
+    id: int
+    name: str
+    arrival: float
+    profile: str
+    count: int
+    duration: float
+    priority: int
+
+
+def _draw_duration(rng: random.Random, d: Lognormal) -> float:
+    value = d.median if d.sigma == 0 else rng.lognormvariate(math.log(d.median), d.sigma)
+    if d.max is not None:
+        value = min(value, d.max)
+    # A pod runs for at least a second; sub-second jobs would only measure the event queue.
+    return max(1.0, round(value, 3))
+
+
+_Row = tuple[float, str, int, str, int, float, int, str]
+
+
+def _generate_stream(stream: Stream, seed: int, horizon: float) -> list[_Row]:
+    rng = random.Random(f"cdmo-sim:{seed}:{stream.name}")
+    end = horizon if stream.end is None else min(stream.end, horizon)
+    rate = stream.rate_per_hour / 3600.0
+    weights = [m.weight for m in stream.mix]
+    rows: list[_Row] = []
+    t = stream.start
+    seq = 0
+    while True:
+        t += rng.expovariate(rate)
+        if t >= end:
+            break
+        item = rng.choices(stream.mix, weights=weights, k=1)[0] if len(stream.mix) > 1 else stream.mix[0]
+        duration = _draw_duration(rng, item.duration)
+        rows.append(
+            (round(t, 3), stream.name, seq, item.label, item.count, duration, item.priority, item.profile)
+        )
+        seq += 1
+    return rows
+
+
+def generate_workload(
+    scenario: Scenario, *, seed: int | None = None, duration: float | None = None
+) -> tuple[PodSpec, ...]:
+    """The pods of ``scenario`` arriving before ``duration``: generated from its streams, or read from its trace."""
+    horizon = scenario.duration if duration is None else duration
+    use_seed = scenario.seed if seed is None else seed
+    if scenario.trace is not None:
+        pods = read_trace(scenario.trace, scenario.models)
+        return tuple(p for p in pods if p.arrival < horizon)
+    rows: list[_Row] = []
+    for stream in scenario.streams:
+        rows.extend(_generate_stream(stream, use_seed, horizon))
+    rows.sort(key=lambda r: (r[0], r[1], r[2]))
+    return tuple(
+        PodSpec(
+            id=i,
+            # Sequence first: names sort in arrival order, as the operator sorts pending pods by name.
+            name=f"pod-{i:07d}-{label.replace('+', '-')}",
+            arrival=arrival,
+            profile=profile,
+            count=count,
+            duration=dur,
+            priority=prio,
+        )
+        for i, (arrival, _stream, _seq, label, count, dur, prio, profile) in enumerate(rows)
+    )
+
+
+# --- trace files ------------------------------------------------------------------------------------
+
+_TRACE_FIELDS = ("arrival", "profile", "queue", "model", "duration", "priority", "count", "name")
+
+
+def _read_rows(path: Path) -> list[tuple[str, Mapping[str, Any]]]:
+    """(where, row) pairs; ``where`` names the row for error messages."""
+    suffix = path.suffix.lower()
+    text = path.read_text()
+    if suffix == ".csv":
+        reader = csv.DictReader(
+            line for line in text.splitlines() if line.strip() and not line.startswith("#")
+        )
+        if not reader.fieldnames or "arrival" not in reader.fieldnames:
+            raise InvalidScenario(
+                str(path),
+                "a CSV trace needs a header row with at least arrival, duration and profile or queue",
+            )
+        rows = []
+        for i, row in enumerate(reader):
+            clean = {
+                k.strip(): (v.strip() if isinstance(v, str) else v)
+                for k, v in row.items()
+                if k and v not in (None, "")
+            }
+            rows.append((f"{path}: row {i + 2}", clean))  # +2: the header is line 1
+        return rows
+    if suffix == ".jsonl":
+        rows = []
+        for i, line in enumerate(text.splitlines()):
+            if not line.strip():
+                continue
+            try:
+                rows.append((f"{path}: line {i + 1}", json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise InvalidScenario(f"{path}: line {i + 1}", f"not valid JSON ({exc.msg})") from None
+        return rows
+    if suffix in (".yaml", ".yml"):
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise InvalidScenario(str(path), "not valid YAML") from None
+        if isinstance(data, Mapping) and "pods" in data:
+            data = data["pods"]
+        if not isinstance(data, list):
+            raise InvalidScenario(str(path), "a YAML trace is a list of pods (or a mapping with pods: [...])")
+        return [(f"{path}: pods[{i}]", row) for i, row in enumerate(data)]
+    raise InvalidScenario(
+        str(path), f"unknown trace format {suffix or '(none)'!r}", hint="use .csv, .jsonl or .yaml"
+    )
+
+
+def _to_number(value: Any, where: str, *, integer: bool = False) -> Any:
+    if isinstance(value, str):
+        try:
+            value = int(value) if integer else float(value)
+        except ValueError:
+            raise InvalidScenario(
+                where, f"{value!r} is not a {'whole number' if integer else 'number'}"
+            ) from None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (integer and not isinstance(value, int))
+    ):
+        raise InvalidScenario(where, f"{value!r} is not a {'whole number' if integer else 'number'}")
+    return value
+
+
+def read_trace(path: Path, fleet_models: Sequence[GpuModel]) -> tuple[PodSpec, ...]:
+    """Pods from a CSV, JSONL or YAML trace (arrival, profile or queue, duration, priority, count, name)."""
+    raw: list[tuple[float, int, str, str, int, float, int, str]] = []
+    for index, (where, row) in enumerate(_read_rows(path)):
+        if not isinstance(row, Mapping):
+            raise InvalidScenario(where, "expected a mapping of fields")
+        unknown = sorted(str(k) for k in row if k not in _TRACE_FIELDS)
+        if unknown:
+            raise InvalidScenario(
+                f"{where}.{unknown[0]}", "unknown field", hint="trace fields are " + ", ".join(_TRACE_FIELDS)
+            )
+        for key in ("arrival", "duration"):
+            if key not in row:
+                raise InvalidScenario(f"{where}.{key}", "is required")
+        arrival = parse_duration(row["arrival"], f"{where}.arrival", allow_zero=True)
+        duration = parse_duration(row["duration"], f"{where}.duration")
+        profile, label = resolve_profile(
+            fleet_models,
+            profile=row.get("profile"),
+            queue=row.get("queue"),
+            model=row.get("model"),
+            path=where,
+        )
+        priority = _to_number(row.get("priority", 0), f"{where}.priority", integer=True)
+        count = _to_number(row.get("count", 1), f"{where}.count", integer=True)
+        if count < 1:
+            raise InvalidScenario(f"{where}.count", f"must be >= 1, got {count}")
+        name = str(row.get("name") or "")
+        raw.append((arrival, index, name, label, count, max(1.0, duration), priority, profile))
+    raw.sort(key=lambda r: (r[0], r[1]))
+    pods = []
+    names: set[str] = set()
+    for i, (arrival, _index, name, label, count, duration, priority, profile) in enumerate(raw):
+        pod_name = name or f"pod-{i:07d}-{label.replace('+', '-')}"
+        if pod_name in names:
+            raise InvalidScenario(
+                str(path), f"two pods are called {pod_name!r}", hint="pod names must be unique"
+            )
+        names.add(pod_name)
+        pods.append(PodSpec(i, pod_name, arrival, profile, count, duration, priority))
+    return tuple(pods)
+
+
+def write_trace_csv(pods: Iterable[PodSpec], path: Path) -> None:
+    """Write pods as a CSV trace that :func:`read_trace` reads back to the same pods."""
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["arrival", "profile", "duration", "priority", "count", "name"])
+        for p in pods:
+            writer.writerow([p.arrival, p.profile, p.duration, p.priority, p.count, p.name])

@@ -1,0 +1,104 @@
+"""The dynamic policy: the real planner and node agent on simulated GPUs, kept in step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cdmo.mig.layouts import is_valid_layout
+from cdmo.planner import parse_snapshot
+from cdmo.sim.dynamic import DynamicPolicy
+from cdmo.sim.engine import Simulation
+from cdmo.sim.scenario import parse_scenario
+from cdmo.sim.workload import PodSpec, generate_workload
+
+
+def scenario(**extra: Any) -> Any:
+    return parse_scenario(
+        {
+            "duration": "2h",
+            "fleet": [
+                {"name": "a", "model": "a100-40gb", "count": 1, "gpus": 2},
+                {"name": "h", "model": "h100-80gb", "count": 2, "gpus": 2},
+            ],
+            "workload": {
+                "streams": [
+                    {
+                        "name": "mix",
+                        "rate_per_hour": 40,
+                        "mix": [
+                            {"profile": "1g.10gb", "duration": {"median": "10m", "sigma": 0.8}},
+                            {"profile": "1g.5gb", "duration": {"median": "10m", "sigma": 0.8}},
+                            {"profile": "3g.40gb", "duration": {"median": "15m", "sigma": 0.8}},
+                            {
+                                "profile": "7g.80gb",
+                                "duration": {"median": "20m", "sigma": 0.5},
+                                "priority": 3,
+                            },
+                        ],
+                    }
+                ]
+            },
+            **extra,
+        },
+        base_dir=Path("/"),
+    )
+
+
+class Checking(DynamicPolicy):
+    """Checks after every plan that the agent's GPUs and the simulator's agree, and layouts are valid."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.problems: list[str] = []
+        self.snapshots_checked = 0
+
+    def _plan(self) -> None:
+        pods = [p for p in self.sim.unschedulable_pods() if p not in self._promised]
+        if pods and self.snapshots_checked < 5:
+            # The incremental snapshot must be exactly what parsing the whole dict gives.
+            assert self.parsed_snapshot(pods) == parse_snapshot(self.build_snapshot(pods))
+            self.snapshots_checked += 1
+        super()._plan()
+        self.problems.extend(self.backend_mismatches())
+        for node in self.sim.nodes:
+            for gpu in node.gpus:
+                if not is_valid_layout(gpu.model, gpu.layout()):
+                    self.problems.append(f"{node.name}/{gpu.index} holds an invalid layout {gpu.layout()}")
+
+
+def test_dynamic_keeps_agent_and_simulator_in_step_and_disrupts_nothing() -> None:
+    sc = scenario()
+    policy = Checking(sc.dynamic, sc.time_model)
+    run = Simulation(sc, generate_workload(sc, seed=2), policy).run()
+    assert policy.plans > 10 and policy.snapshots_checked == 5
+    assert policy.problems == []
+    assert run.disrupted == 0
+    assert run.gi_created > 0 and run.reconfigurations > 0
+    assert policy.agent_blocked == 0 and policy.agent_errors == 0
+    assert sum(s is not None for s in run.start_times) > 0.9 * len(run.pods)
+
+
+def test_time_model_sets_when_a_new_instance_is_usable() -> None:
+    # Empty GPUs: the first pod waits the batch idle window (5 s), one GI create (1 s),
+    # the SIGHUP refresh (5 s), then the scheduler's retry (1 s).
+    sc = scenario()
+    run = Simulation(
+        sc, [PodSpec(0, "p", 100, "7g.80gb", 1, 600, 0)], DynamicPolicy(sc.dynamic, sc.time_model)
+    ).run()
+    assert run.start_times == [112.0]
+    slow = scenario(time_model={"gi_create_seconds": 4, "sighup_refresh_seconds": 20})
+    run = Simulation(
+        slow, [PodSpec(0, "p", 100, "7g.80gb", 1, 600, 0)], DynamicPolicy(slow.dynamic, slow.time_model)
+    ).run()
+    assert run.start_times == [130.0]
+
+
+def test_a_pod_no_gpu_can_hold_never_starts_and_costs_nothing() -> None:
+    sc = scenario()
+    policy = DynamicPolicy(sc.dynamic, sc.time_model)
+    # 1g.5gb exists only on the A100-40GB node; ask for more than its two GPUs can hold at once.
+    pods = [PodSpec(i, f"p{i}", 10, "1g.5gb", 1, 9000, 0) for i in range(15)]
+    run = Simulation(sc, pods, policy).run()
+    assert sum(s is not None for s in run.start_times) == 14  # 7 per A100-40GB GPU
+    assert run.disrupted == 0
