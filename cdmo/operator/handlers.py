@@ -1,0 +1,160 @@
+"""kopf handlers of the cdmo operator, registered on an explicit registry.
+
+An explicit ``kopf.OperatorRegistry`` (not kopf's global one) so that the label filter comes
+from the configuration and an operator can be built and run more than once in one process.
+
+- ``@kopf.on.startup``: every kopf setting, in one place.
+- ``@kopf.index``: unbound MIG pods, MIG pods bound to nodes (by node), labelled nodes,
+  MigLayouts. Indexes only compute.
+- ``@kopf.on.event``: nudge the planning loop; create a labelled node's MigLayout at once.
+- ``@kopf.daemon`` on MigLayouts: carries the one planning loop (see cdmo.operator.loop).
+
+Must not import cdmo.node_agent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+import kubernetes
+import structlog
+
+from cdmo.api import GROUP, PLURAL, VERSION
+from cdmo.config import OperatorConfig
+from cdmo.operator.demand import is_bound_mig_pod, is_unbound_mig_pod, mig_requests, pod_key, summarize_pod
+from cdmo.operator.kube import LayoutWriter
+from cdmo.operator.loop import Indexes, PlanningLoop
+from cdmo.operator.metrics import OperatorMetrics
+from cdmo.operator.snapshot import summarize_miglayout, summarize_node
+
+log = structlog.get_logger("cdmo.operator")
+
+#: kopf's finalizer on MigLayouts (kopf daemons need one): named after cdmo, not kopf.
+FINALIZER = "cdmo.clear.ml/operator"
+
+
+@dataclass
+class OperatorContext:
+    """What the handlers share through kopf's memo: configuration, the loop, the writer, metrics."""
+
+    config: OperatorConfig
+    loop: PlanningLoop
+    writer: LayoutWriter
+    metrics: OperatorMetrics
+
+
+def build_context(
+    config: OperatorConfig,
+    api_client: kubernetes.client.ApiClient,
+    *,
+    metrics: OperatorMetrics | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> OperatorContext:
+    metrics = metrics if metrics is not None else OperatorMetrics()
+    writer = LayoutWriter(api_client)
+    return OperatorContext(config, PlanningLoop(config, writer, metrics, clock=clock), writer, metrics)
+
+
+def _unbound(body: kopf.Body, **_: Any) -> bool:
+    return is_unbound_mig_pod(body)
+
+
+def _bound(body: kopf.Body, **_: Any) -> bool:
+    return is_bound_mig_pod(body)
+
+
+def _asks_mig(body: kopf.Body, **_: Any) -> bool:
+    return bool(mig_requests(body))
+
+
+def _first(store: Any) -> Any:
+    return next(iter(store))
+
+
+def read_indexes(
+    labelled_nodes: kopf.Index[str, Any],
+    miglayouts: kopf.Index[str, Any],
+    unbound_mig_pods: kopf.Index[str, Any],
+    bound_mig_pods: kopf.Index[str, Any],
+) -> Indexes:
+    """Plain data from kopf's live indexes (copied, so a pass sees one consistent state)."""
+    return Indexes(
+        nodes={k: _first(v) for k, v in list(labelled_nodes.items())},
+        miglayouts={k: _first(v) for k, v in list(miglayouts.items())},
+        pending=tuple(_first(v) for _, v in sorted(unbound_mig_pods.items())),
+        bound=tuple(p for _, v in sorted(bound_mig_pods.items()) for p in v),
+    )
+
+
+def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
+    """A registry with every cdmo handler. The caller adds a ``@kopf.on.login`` handler."""
+    registry = kopf.OperatorRegistry()
+    label = {config.label_key: config.label_value}
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # Watches end server-side before the client gives up, so reconnects are clean; both
+        # stay below kube-apiserver's own 30-60 min to notice silently dropped connections.
+        # The server timeout goes out as ?timeoutSeconds=, which the API server reads as an integer.
+        settings.watching.server_timeout = int(config.watch_server_timeout)
+        settings.watching.client_timeout = config.watch_client_timeout
+        settings.watching.connect_timeout = config.watch_connect_timeout
+        settings.persistence.finalizer = FINALIZER
+        settings.posting.reporting_component = "cdmo-operator"
+        # Only cdmo's own Events reach users; kopf's handler chatter stays in the logs.
+        settings.posting.level = logging.WARNING
+
+    @kopf.index("pods", id="unbound_mig_pods", when=_unbound, registry=registry)
+    def unbound_mig_pods(body: kopf.Body, **_: Any) -> dict[str, Any]:
+        return {pod_key(body): summarize_pod(body)}
+
+    @kopf.index("pods", id="bound_mig_pods", when=_bound, registry=registry)
+    def bound_mig_pods(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[str, Any]:
+        return {spec["nodeName"]: summarize_pod(body)}
+
+    @kopf.index("nodes", id="labelled_nodes", labels=label, registry=registry)
+    def labelled_nodes(body: kopf.Body, name: str, **_: Any) -> dict[str, Any]:
+        return {name: summarize_node(body)}
+
+    @kopf.index(GROUP, VERSION, PLURAL, id="miglayouts", registry=registry)
+    def miglayouts(body: kopf.Body, name: str, **_: Any) -> dict[str, Any]:
+        return {name: summarize_miglayout(body)}
+
+    @kopf.on.event("pods", id="mig_pod_changed", when=_asks_mig, registry=registry)
+    def mig_pod_changed(memo: kopf.Memo, **_: Any) -> None:
+        memo.cdmo.loop.nudge()
+
+    @kopf.on.event("nodes", id="labelled_node_changed", labels=label, registry=registry)
+    async def labelled_node_changed(
+        name: str, type: str | None, memo: kopf.Memo, miglayouts: kopf.Index[str, Any], **_: Any
+    ) -> None:
+        # A node joins at once, not after a batch window: its MigLayout's daemon may be the
+        # one that starts the planning loop.
+        if type != "DELETED" and name not in miglayouts:
+            await memo.cdmo.writer.create_miglayout(name)
+        memo.cdmo.loop.nudge()
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="miglayout_changed", registry=registry)
+    def miglayout_changed(memo: kopf.Memo, **_: Any) -> None:
+        memo.cdmo.loop.nudge()
+
+    @kopf.daemon(GROUP, VERSION, PLURAL, id="planning_loop", cancellation_timeout=2.0, registry=registry)
+    async def planning_loop(
+        stopped: kopf.DaemonStopped,
+        memo: kopf.Memo,
+        labelled_nodes: kopf.Index[str, Any],
+        miglayouts: kopf.Index[str, Any],
+        unbound_mig_pods: kopf.Index[str, Any],
+        bound_mig_pods: kopf.Index[str, Any],
+        **_: Any,
+    ) -> None:
+        await memo.cdmo.loop.carry(
+            stopped, lambda: read_indexes(labelled_nodes, miglayouts, unbound_mig_pods, bound_mig_pods)
+        )
+
+    return registry

@@ -1,0 +1,342 @@
+"""The planning loop: one per operator, batched, level-triggered.
+
+Any change to MIG pods, labelled nodes or MigLayouts nudges the loop. It then waits for a batch
+window (quiet for ``batch_idle_seconds``, at most ``batch_max_seconds`` after the first
+change), reads the kopf indexes, and makes one pass:
+
+1. every labelled node has a MigLayout (created without ``spec.gpus``);
+2. a MigLayout without ``spec.gpus`` whose agent reported the GPUs adopts that layout as spec;
+3. snapshot -> planner -> merge-patch the spec of the nodes the plan changes, each guarded by
+   the resourceVersion the plan saw (409: plan again on the fresh state);
+4. Events on pods and MigLayouts, metrics.
+
+It also wakes every ``resync_seconds`` without a change, for the time-based rules (pending
+grace, Stale timeout). A pass reads everything afresh, so a missed nudge costs a delay, never
+a wrong plan.
+
+kopf runs daemons per object, so the loop is carried by the daemons of the MigLayouts: the
+first one to start runs it, the others wait their turn (see :meth:`PlanningLoop.carry`). kopf
+stops daemons when peering pauses the operator, so only the active replica plans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import structlog
+
+from cdmo.config import OperatorConfig
+from cdmo.mig.layouts import Instance
+from cdmo.operator.demand import is_waiting, profile_counts
+from cdmo.operator.events import (
+    PodEvent,
+    build_pod_event,
+    dedup_unsatisfied,
+    miglayout_ref,
+    repartition_message,
+)
+from cdmo.operator.metrics import OperatorMetrics
+from cdmo.operator.publish import (
+    adopted_layouts,
+    build_adoption_patch,
+    build_spec_patch,
+    describe_layouts,
+    nodes_to_patch,
+    planned_pods,
+)
+from cdmo.operator.snapshot import build_snapshot, held_pods, node_states, screen_pods
+from cdmo.operator.stale import NodeState
+from cdmo.planner import Plan, parse_snapshot, plan
+
+log = structlog.get_logger("cdmo.operator")
+
+
+@dataclass(frozen=True)
+class Indexes:
+    """A consistent read of the kopf indexes, as plain data."""
+
+    #: labelled nodes by name (summaries, see snapshot.summarize_node)
+    nodes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: MigLayouts by name (snapshot.summarize_miglayout)
+    miglayouts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: unbound MIG pods (demand.summarize_pod)
+    pending: tuple[Mapping[str, Any], ...] = ()
+    #: MIG pods bound to nodes
+    bound: tuple[Mapping[str, Any], ...] = ()
+
+
+class Writer(Protocol):
+    async def create_miglayout(self, node_name: str) -> bool: ...
+
+    async def patch_spec(self, node_name: str, body: dict[str, Any]) -> dict[str, Any] | None: ...
+
+
+@dataclass
+class PassResult:
+    """What one pass did (for logs and tests)."""
+
+    planned: bool = False
+    patched: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+    adopted: list[str] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
+    events: list[PodEvent] = field(default_factory=list)
+    plan: Plan | None = None
+
+
+def _post_with_kopf(event: PodEvent) -> None:
+    import kopf  # at the edge: the pure modules above never see kopf
+
+    kopf.event(dict(event.ref), type=event.type, reason=event.reason, message=event.message)
+
+
+def plan_snapshot(snapshot: Mapping[str, Any]) -> Plan:
+    """The planner on a live-cluster snapshot (unknown GPU models are left alone, not refused)."""
+    return plan(parse_snapshot(snapshot, allow_unknown_models=True))
+
+
+class PlanningLoop:
+    def __init__(
+        self,
+        config: OperatorConfig,
+        writer: Writer,
+        metrics: OperatorMetrics | None = None,
+        *,
+        post_event: Callable[[PodEvent], None] = _post_with_kopf,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        planner: Callable[[Mapping[str, Any]], Plan] = plan_snapshot,
+    ) -> None:
+        self.config = config
+        self.writer = writer
+        self.metrics = metrics if metrics is not None else OperatorMetrics()
+        self._post = post_event
+        self._clock = clock
+        self._planner = planner
+        self._wake: asyncio.Event | None = None
+        self._first_change: float | None = None
+        self._last_change = 0.0
+        self._carrier: asyncio.Lock | None = None
+        #: pod uid -> last unsatisfied message posted
+        self._unsatisfied: dict[str, str] = {}
+        #: node -> generation written by this operator and not yet seen applied
+        self._published: dict[str, int] = {}
+        #: (node, generation) already reported Stale
+        self._stale_reported: set[tuple[str, int]] = set()
+        self.passes = 0
+
+    # -- waking ------------------------------------------------------------------------------
+    def _event(self) -> asyncio.Event:
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        return self._wake
+
+    def nudge(self) -> None:
+        """Something changed: plan after the batch window. Cheap; call it from any handler."""
+        now = time.monotonic()
+        self._last_change = now
+        if self._first_change is None:
+            self._first_change = now
+        self._event().set()
+
+    async def _wait_for_batch(self) -> None:
+        """Return when a batch of changes is complete, or after resync_seconds without any."""
+        wake = self._event()
+        try:
+            await asyncio.wait_for(wake.wait(), self.config.resync_seconds)
+        except TimeoutError:
+            return
+        while True:
+            now = time.monotonic()
+            first = self._first_change if self._first_change is not None else now
+            left = min(
+                self._last_change + self.config.batch_idle_seconds - now,
+                first + self.config.batch_max_seconds - now,
+            )
+            if left <= 0:
+                break
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), left)
+        self._first_change = None
+        wake.clear()
+
+    # -- running -----------------------------------------------------------------------------
+    async def carry(self, stopped: Any, read: Callable[[], Indexes]) -> None:
+        """Run the loop if no other daemon does; otherwise wait to take over until ``stopped``."""
+        if self._carrier is None:
+            self._carrier = asyncio.Lock()
+        async with self._carrier:
+            await self.run(stopped, read)
+
+    async def run(self, stopped: Any, read: Callable[[], Indexes]) -> None:
+        log.info("Started planning loop")
+        self.nudge()  # a first pass right away: the indexes are complete when daemons start
+        while not stopped:
+            await self._wait_for_batch()
+            if stopped:
+                break
+            try:
+                await self.run_pass(read())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # One bad pass (an API outage, a bug on odd input) must not end planning for good.
+                log.exception("Planning pass failed")
+        log.info("Stopped planning loop")
+
+    async def run_pass(self, idx: Indexes) -> PassResult:
+        """One pass over a read of the indexes: create, adopt, plan, patch, tell."""
+        self.passes += 1
+        now = self._clock()
+        result = PassResult()
+        await self._ensure_miglayouts(idx, result)
+        await self._adopt(idx, now, result)
+        states = node_states(idx.nodes, idx.miglayouts, self.config, now)
+        self._report_states(idx, states, result)
+
+        waiting = [p for p in idx.pending if is_waiting(p, now, self.config.pending_grace_seconds)]
+        held = held_pods(idx.miglayouts, states)
+        plannable, rejected = screen_pods(p for p in waiting if p["key"] not in held)
+        self.metrics.set_pending(profile_counts(waiting))
+        unsatisfied: list[tuple[Mapping[str, Any], str, str]] = [(r.pod, r.code, r.message) for r in rejected]
+
+        ready = {n: s for n, s in states.items() if s is NodeState.READY and n not in result.adopted}
+        # While a node is still joining or applying, the planner sees fewer nodes than there are:
+        # its reasons (NoLabelledNode, NoRoom, ...) would be wrong for a moment, so they wait.
+        settled = all(
+            states.get(n) in (NodeState.READY, NodeState.STALE) and n not in result.adopted for n in idx.nodes
+        )
+        deferred: list[str] = []
+        planned_out: list[tuple[Mapping[str, Any], str, str]] = []
+        if plannable:
+            snapshot = build_snapshot(
+                {n: idx.nodes[n] for n in ready},
+                {n: idx.miglayouts[n] for n in ready},
+                plannable,
+                idx.bound,
+                self.config,
+                now,
+            )
+            for name in sorted(set(ready) - {n["name"] for n in snapshot["nodes"]}):
+                log.warning("Left node out of the plan", node=name, reason="the planner cannot read its data")
+            started = time.monotonic()
+            the_plan = await asyncio.to_thread(self._planner, snapshot)
+            result.plan, result.planned = the_plan, True
+            self.metrics.plans.inc()
+            by_key = {p["key"]: p for p in plannable}
+            await self._publish(the_plan, idx, by_key, now, result)
+            self.metrics.planning_seconds.observe(time.monotonic() - started)
+            planned_out = [(by_key[u.pod], u.code, u.reason) for u in the_plan.unsatisfied if u.pod in by_key]
+        codes: dict[str, int] = {}
+        for _, code, _ in unsatisfied + planned_out:
+            codes[code] = codes.get(code, 0) + 1
+        self.metrics.set_unsatisfied(codes)
+        if settled:
+            unsatisfied += planned_out
+        else:
+            deferred = [p.get("uid") or p["key"] for p, _, _ in planned_out]
+
+        events, memory = dedup_unsatisfied(self._unsatisfied, unsatisfied)
+        memory.update({i: self._unsatisfied[i] for i in deferred if i in self._unsatisfied})
+        self._unsatisfied = memory
+        for ev in events:
+            log.info(
+                "Pod cannot be served", pod=ev.ref["metadata"]["name"], reason=ev.reason, message=ev.message
+            )
+        self._emit(events, result)
+        return result
+
+    async def _ensure_miglayouts(self, idx: Indexes, result: PassResult) -> None:
+        for name in sorted(idx.nodes):
+            if name not in idx.miglayouts and await self.writer.create_miglayout(name):
+                result.created.append(name)
+
+    async def _adopt(self, idx: Indexes, now: datetime, result: PassResult) -> None:
+        for name in sorted(idx.nodes):
+            ml = idx.miglayouts.get(name)
+            layouts = adopted_layouts(ml) if ml is not None else None
+            if ml is None or layouts is None:
+                continue
+            written = await self.writer.patch_spec(
+                name, build_adoption_patch(layouts, ml["resourceVersion"], now)
+            )
+            if written is not None:
+                log.info("Adopted GPU layout as MigLayout spec", node=name, layout=describe_layouts(layouts))
+            result.adopted.append(name)
+
+    def _report_states(self, idx: Indexes, states: Mapping[str, NodeState], result: PassResult) -> None:
+        counts: dict[str, int] = {}
+        for name, state in states.items():
+            counts[state.value] = counts.get(state.value, 0) + 1
+            ml = idx.miglayouts[name]
+            generation = int(ml.get("generation") or 1)
+            if state is NodeState.STALE and (name, generation) not in self._stale_reported:
+                self._stale_reported.add((name, generation))
+                message = (
+                    f"The node agent on {name} has not applied generation {generation} of this MigLayout "
+                    f"within {self.config.stale_timeout_seconds:g} s; cdmo plans without this node until it does. "
+                    "Check the cdmo agent pod on the node."
+                )
+                log.warning("Node agent is stale", node=name, generation=generation)
+                self._emit([PodEvent(miglayout_ref(ml), "Warning", "AgentStale", message)], result)
+            wanted = self._published.get(name)
+            if (
+                state is NodeState.READY
+                and wanted is not None
+                and int(ml.get("observedGeneration") or 0) >= wanted
+            ):
+                del self._published[name]
+                message = f"The node agent applied the plan: {describe_layouts(_status_layouts(ml))}"
+                self._emit([PodEvent(miglayout_ref(ml), "Normal", "PlanApplied", message)], result)
+        self.metrics.set_node_states(counts)
+
+    async def _publish(
+        self,
+        the_plan: Plan,
+        idx: Indexes,
+        pods: Mapping[str, Mapping[str, Any]],
+        now: datetime,
+        result: PassResult,
+    ) -> None:
+        for name, layouts in sorted(nodes_to_patch(the_plan, idx.miglayouts).items()):
+            ml = idx.miglayouts[name]
+            body = build_spec_patch(layouts, ml["resourceVersion"], planned_pods(the_plan, name), now)
+            written = await self.writer.patch_spec(name, body)
+            if written is None:
+                result.conflicts.append(name)
+                self.metrics.conflicts.inc()
+                self.nudge()  # plan again on what the object holds now
+                continue
+            result.patched.append(name)
+            self.metrics.nodes_changed.inc()
+            self._published[name] = int((written.get("metadata") or {}).get("generation") or 0)
+            log.info("Published MigLayout spec", node=name, layout=describe_layouts(layouts))
+            events = [
+                PodEvent(miglayout_ref(ml), "Normal", "PlanPublished", f"Planned {describe_layouts(layouts)}")
+            ]
+            for a in the_plan.assignments:
+                if a.node == name and a.pod in pods and (message := repartition_message(name, a.devices)):
+                    events.append(build_pod_event(pods[a.pod], "Normal", "Repartitioning", message))
+            self._emit(events, result)
+
+    def _emit(self, events: list[PodEvent], result: PassResult) -> None:
+        for ev in events:
+            result.events.append(ev)
+            try:
+                self._post(ev)
+            except Exception:
+                # Events help people; they never decide anything, so a failure only gets logged.
+                log.exception("Posting event failed", reason=ev.reason)
+
+
+def _status_layouts(ml: Mapping[str, Any]) -> dict[int, tuple[Instance, ...]]:
+    return {
+        int(g["index"]): tuple(Instance(str(i["profile"]), int(i["start"])) for i in g.get("instances") or [])
+        for g in ml.get("statusGpus") or []
+    }

@@ -1,0 +1,69 @@
+"""Real cdmo node agents, one thread per simulated node, talking to the API double over HTTP."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from cdmo.config import AgentConfig
+from cdmo.node_agent.agent import Agent
+from cdmo.node_agent.kube import KubeClient
+from cdmo.node_agent.refresh import build_refresher
+from tests.harness.cluster import DEVICE_PLUGIN_NAMESPACE, DEVICE_PLUGIN_SELECTOR, SimCluster
+
+
+@dataclass
+class AgentThread:
+    node: str
+    agent: Agent
+    kube: KubeClient
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    error: BaseException | None = None
+
+    def start(self) -> None:
+        self.stop_event = threading.Event()
+
+        def main() -> None:
+            try:
+                self.agent.run(self.stop_event)
+            except BaseException as exc:
+                self.error = exc
+
+        self.thread = threading.Thread(target=main, name=f"cdmo-agent-{self.node}", daemon=True)
+        self.thread.start()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.stop_event.set()
+        if self.thread is not None:
+            self.thread.join(timeout)
+            if self.thread.is_alive():
+                raise TimeoutError(f"the agent of {self.node} did not stop")
+        self.thread = None
+
+    @property
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+
+def start_agent(cluster: SimCluster, node: str, *, resync_seconds: float = 2.0) -> AgentThread:
+    """The real Agent for ``node``: simulated GPUs (guarded), delete-pod refresh, real pod-resources."""
+    sim = cluster.nodes[node]
+    config = AgentConfig(
+        node_name=node,
+        backend="simulated",
+        pod_resources_socket=str(sim.socket),
+        resync_seconds=resync_seconds,
+        refresh_strategy="delete-pod",
+        device_plugin_namespace=DEVICE_PLUGIN_NAMESPACE,
+        device_plugin_selector=DEVICE_PLUGIN_SELECTOR,
+        refresh_timeout_seconds=10.0,
+        refresh_poll_seconds=0.05,
+        watch_timeout_seconds=60.0,
+        backoff_initial_seconds=0.2,
+    )
+    kube = KubeClient.for_host(cluster.api.url)
+    agent = Agent(config, sim.guarded, kube, build_refresher(config, kube))
+    runner = AgentThread(node, agent, kube)
+    runner.start()
+    return runner

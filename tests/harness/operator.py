@@ -1,0 +1,94 @@
+"""The real cdmo kopf operator, run in a background thread against the API double."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import kopf
+
+from cdmo.config import OperatorConfig
+from cdmo.operator.handlers import OperatorContext, build_context, build_registry
+from cdmo.operator.kube import build_api_client
+
+
+class OperatorRunner:
+    """``kopf.operator(...)`` with cdmo's registry in a thread, standalone, pointed at ``url``.
+
+    Each start builds a fresh registry and context, so the operator can be stopped and started
+    again in one test (the restart scenario) without kopf's global registry.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        config: OperatorConfig,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        standalone: bool = True,
+        peering_name: str | None = None,
+        priority: int = 0,
+    ) -> None:
+        self.url, self.config, self.clock = url, config, clock
+        self.standalone, self.peering_name, self.priority = standalone, peering_name, priority
+        self.context: OperatorContext | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self.error: BaseException | None = None
+
+    def start(self, timeout: float = 30.0) -> OperatorRunner:
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        registry = build_registry(self.config)
+        url = self.url
+
+        @kopf.on.login(registry=registry)
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return kopf.ConnectionInfo(server=url, default_namespace="default")
+
+        api_client = build_api_client(url)
+        kwargs: dict[str, Any] = {} if self.clock is None else {"clock": self.clock}
+        self.context = build_context(self.config, api_client, **kwargs)
+        memo = kopf.Memo(cdmo=self.context)
+
+        def main() -> None:
+            try:
+                asyncio.run(
+                    kopf.operator(
+                        registry=registry,
+                        clusterwide=True,
+                        standalone=self.standalone,
+                        peering_name=self.peering_name,
+                        priority=self.priority,
+                        stop_flag=self._stop,
+                        ready_flag=self._ready,
+                        memo=memo,
+                    )
+                )
+            except BaseException as exc:  # surfaced by stop() and the tests
+                self.error = exc
+            finally:
+                api_client.close()
+
+        self._thread = threading.Thread(target=main, name="cdmo-operator", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("the operator did not become ready")
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError("the operator did not stop")
+        self._thread = None

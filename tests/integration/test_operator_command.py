@@ -1,0 +1,70 @@
+"""``cdmo operator`` as a process: serves a labelled node, liveness and metrics, stops on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+
+from tests.harness.kube_api import KubeApiDouble, Store
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_operator_command_runs_against_the_api_and_stops_on_sigterm(kube_api: KubeApiDouble) -> None:
+    kube_api.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": "gpu-node-1", "labels": {"cdmo.clear.ml/gpu-partitioning": "mig"}},
+        }
+    )
+    live, metrics = _free_port(), _free_port()
+    env = {**os.environ, "CDMO_BATCH_IDLE_SECONDS": "0.1", "CDMO_BATCH_MAX_SECONDS": "0.5"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cdmo.cli",
+            "operator",
+            "--standalone",
+            "--server",
+            kube_api.url,
+            "--liveness",
+            f"http://127.0.0.1:{live}/healthz",
+            "--metrics-port",
+            str(metrics),
+            "--metrics-address",
+            "127.0.0.1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+
+        def created(store: Store) -> bool:
+            return store.get(store.type_of("miglayouts"), None, "gpu-node-1") is not None
+
+        kube_api.wait_for(created, 60, "the operator process did not create the MigLayout")
+        with urllib.request.urlopen(f"http://127.0.0.1:{live}/healthz", timeout=10) as rsp:
+            assert rsp.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10) as rsp:
+            body = rsp.read().decode()
+        assert "cdmo_plans_total" in body and "cdmo_pending_mig_pods" in body
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out.decode()[-2000:]
+    ml = kube_api.get("miglayouts", "gpu-node-1")
+    assert ml is not None and ml["spec"] == {}  # bootstrap: no spec.gpus until the agent reports
