@@ -20,6 +20,18 @@ from cdmo.errors import CdmoError, InvalidInput
 #: verb -> (module, one-line summary for --help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "profiles": ("cdmo.commands.profiles", "GPU models, their MIG profiles and placements; check a layout"),
+    "plan": ("cdmo.commands.plan", "plan MIG layouts for the pending pods of a cluster snapshot (YAML/JSON)"),
+    "agent": ("cdmo.commands.agent", "the node agent: apply this node's MigLayout with NVML, report status"),
+    "node": (
+        "cdmo.commands.node",
+        "this node's MIG instances: show them, or apply a layout without Kubernetes",
+    ),
+    "teardown": ("cdmo.commands.teardown", "destroy this node's free MIG instances, then optionally MIG off"),
+    "simulate": (
+        "cdmo.commands.simulate",
+        "simulate a cluster: dynamic MIG against static layouts and first-fit",
+    ),
+    "operator": ("cdmo.commands.operator", "the cluster operator: plan MIG layouts for pending pods (kopf)"),
 }
 
 

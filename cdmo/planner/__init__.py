@@ -1,1 +1,55 @@
-"""snapshot -> plan: the pure planning function (see docs/planner.md). No Kubernetes, no NVML."""
+"""snapshot -> plan: the pure planning function (see docs/planner.md). No Kubernetes, no NVML.
+
+Public entry points (spec/planner-io.md is the contract):
+
+- :func:`parse_snapshot` (dict -> :class:`Snapshot`; raises InvalidSnapshot(path, message)),
+- :func:`plan` (pure, deterministic),
+- :func:`plan_to_dict` and :func:`snapshot_to_dict` (the contract's dict shapes).
+"""
+
+from cdmo.planner.algorithm import demand_of, format_demand, plan
+from cdmo.planner.models import (
+    Assignment,
+    Device,
+    Gpu,
+    GpuInstance,
+    GpuPlan,
+    Node,
+    NodePlan,
+    NodeSelectorRequirement,
+    NodeSelectorTerm,
+    PendingPod,
+    Plan,
+    PlanSummary,
+    Snapshot,
+    Taint,
+    Toleration,
+    Unsatisfied,
+)
+from cdmo.planner.parse import parse_snapshot, snapshot_to_dict
+from cdmo.planner.render import plan_to_dict
+
+__all__ = [
+    "Assignment",
+    "Device",
+    "Gpu",
+    "GpuInstance",
+    "GpuPlan",
+    "Node",
+    "NodePlan",
+    "NodeSelectorRequirement",
+    "NodeSelectorTerm",
+    "PendingPod",
+    "Plan",
+    "PlanSummary",
+    "Snapshot",
+    "Taint",
+    "Toleration",
+    "Unsatisfied",
+    "demand_of",
+    "format_demand",
+    "parse_snapshot",
+    "plan",
+    "plan_to_dict",
+    "snapshot_to_dict",
+]

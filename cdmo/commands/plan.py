@@ -1,0 +1,113 @@
+"""``cdmo plan SNAPSHOT [--output table|json|yaml]``: what cdmo would do with this cluster.
+
+Reads a snapshot (spec/planner-io.md) from a YAML or JSON file, or from stdin with ``-``, and
+prints the plan: per node and GPU the layout before and after, which pod each instance is for,
+and why each pod that stays waiting could not be served. Unsatisfied pods are a normal outcome
+(exit 0); a malformed snapshot exits 2 with the path of the bad field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cdmo import exit_codes
+from cdmo.errors import InvalidInput, InvalidSnapshot
+from cdmo.output import OUTPUT_FORMATS, build_table, console, print_json, print_yaml
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "snapshot",
+        metavar="SNAPSHOT",
+        help="snapshot file, YAML or JSON (nodes and pending pods, see docs/planner.md); - reads stdin",
+    )
+    parser.add_argument("--output", "-o", choices=OUTPUT_FORMATS, default="table")
+
+
+def read_snapshot(source: str) -> dict[str, Any]:
+    """The snapshot's data from a file (or ``-`` for stdin); raises InvalidInput/InvalidSnapshot."""
+    if source == "-":
+        text = sys.stdin.read()
+        name = "stdin"
+    else:
+        path = Path(source)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InvalidInput(
+                f"{source}: no such file", hint="give the path of a snapshot file, or - for stdin"
+            ) from None
+        except IsADirectoryError:
+            raise InvalidInput(f"{source}: is a directory", hint="give the path of a snapshot file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"{source}: cannot read it ({exc})") from None
+        name = source
+    if not text.strip():
+        raise InvalidSnapshot(
+            "", f"{name} is empty; a snapshot has nodes and pending pods (see docs/planner.md)"
+        )
+    data = _load(text, name, json_first=name.endswith(".json") or text.lstrip().startswith("{"))
+    if not isinstance(data, dict):
+        raise InvalidSnapshot(
+            "", f"{name} must hold an object with nodes and pending, not {type(data).__name__}"
+        )
+    return data
+
+
+def _load(text: str, name: str, *, json_first: bool) -> Any:
+    if json_first:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            if name.endswith(".json"):
+                raise InvalidSnapshot(
+                    "", f"{name} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+                ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "cannot parse it"
+        raise InvalidSnapshot("", f"{name} is not valid YAML or JSON: {problem}{where}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from cdmo.planner import parse_snapshot, plan, plan_to_dict
+    from cdmo.planner.render import layout_rows, unsatisfied_rows
+
+    result = plan(parse_snapshot(read_snapshot(args.snapshot)))
+    if args.output == "json":
+        print_json(plan_to_dict(result))
+        return exit_codes.SUCCESS
+    if args.output == "yaml":
+        print_yaml(plan_to_dict(result))
+        return exit_codes.SUCCESS
+    out = console()
+    rows = layout_rows(result)
+    if rows:
+        out.print(build_table("Layouts", ("NODE", "GPU", "MODEL", "BEFORE", "AFTER", "CHANGES"), rows))
+    else:
+        out.print("No labelled node: nothing to partition.")
+    waiting = unsatisfied_rows(result)
+    if waiting:
+        out.print(build_table("Unsatisfied pods", ("POD", "PRIORITY", "CODE", "REASON"), waiting))
+    s = result.summary
+    served = sum(x for _, x, _ in s.served_by_priority)
+    pending = sum(x for _, _, x in s.served_by_priority)
+    out.print(
+        f"{served} of {_n(pending, 'pending pod')} served; {_n(s.created, 'instance')} created, "
+        f"{s.destroyed} free destroyed, {s.handed_out} free handed out; "
+        f"{_n(s.gpus_touched, 'GPU')} on {_n(s.nodes_touched, 'node')} repartitioned"
+    )
+    return exit_codes.SUCCESS
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

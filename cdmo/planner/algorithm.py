@@ -1,0 +1,1187 @@
+"""snapshot -> plan: priority-first greedy placement with exact per-GPU moves (docs/planner.md).
+
+Outline:
+
+1. Labelled nodes with at least one GPU of a known model, that are not cordoned, are grouped by
+   what the pods' filters can see of them (the label keys some pod selects on, blocking taints;
+   the name too when a pod selects on ``metadata.name``). Pods with the same selector,
+   affinity and tolerations share one list of eligible groups.
+2. Pods are served one priority level at a time, highest first; lower levels only get what
+   higher ones leave. Within a level, largest demand first. If that leaves pods of the level
+   waiting that could fit, the level is planned again smallest first with fragmentation ranked
+   first, the better pass is kept, and bounded repairs (re-pack a node, move a planned pod) and
+   swaps (one served pod for two waiting ones of the level) try to serve more.
+3. A pod goes where adding its demand ranks lowest: (free instances destroyed, instances
+   created, GPUs newly touched, node newly touched, demand-weighted fragmentation, loss of large
+   free blocks), ties to the first node by name and the lowest GPU index. Per group and demand a
+   heap holds the distinct GPU states by that rank (entered with a cheap lower bound, searched
+   when it tops the heap), so a pod looks at states, not at GPUs. A pod that asks for several
+   devices may span the GPUs of one node; that is searched per node.
+
+Everything is sorted before it is decided; no set or dict order reaches the plan, and every
+bound counts work, never time. Pure: imports nothing of Kubernetes or NVML.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import heapq
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from fractions import Fraction
+
+from cdmo.errors import InvalidInput
+from cdmo.mig.catalog import GpuModel, find_model
+from cdmo.mig.layouts import Instance, sort_layout
+from cdmo.mig.resources import RESOURCE_PREFIX, profile_from_resource
+from cdmo.planner.eligibility import node_admits, referenced_label_keys, uses_name_fields
+from cdmo.planner.geometry import AddOption, Demand, Geometry, bits_of, geometry
+from cdmo.planner.models import (
+    Assignment,
+    Device,
+    GpuPlan,
+    Node,
+    NodePlan,
+    PendingPod,
+    Plan,
+    PlanSummary,
+    Snapshot,
+    Unsatisfied,
+)
+
+STANDARD, COUNT = 0, 1
+
+#: When one GPU could take a multi-device pod, at most this many nodes holding free instances of
+#: its profiles are costed for spreading it over GPUs instead (small clusters: all of them).
+SPLIT_SCAN_LIMIT = 8
+#: When no GPU can take it alone (or when counting), the search over nodes (touched first, then
+#: by name) stops at this many nodes that can take it (small clusters: all of them).
+SPLIT_FEASIBLE_LIMIT = 16
+#: Repairs: waiting pods per priority level that get one, and nodes tried per pod.
+REPAIR_POD_LIMIT = 200
+REPAIR_NODE_LIMIT = 6
+#: How deep a moved pod may itself be repaired, and how many node evaluations (walks) the
+#: repairs of one level may spend (work, not time, so that plans stay deterministic).
+REPAIR_DEPTH = 1
+REPAIR_WORK = 5_000
+#: Served pods per level that the swap step tries to trade for two waiting ones.
+SWAP_POD_LIMIT = 50
+#: Kinds of lower-priority pods, and nodes per kind, probed to break ties between two passes.
+ROOM_PROBES = 64
+#: Pressure is kept in whole numbers so that sums are exact (no float order effects).
+_PRESSURE_SCALE = 1_000_000
+_UNITS_LCM = 24  # placement axes are 4, 8 or 12 units
+_NO_LOSS = (0, 0, 0, 0)
+
+#: A GPU's index key: (model ordinal, fixed bits, free bits, GPU touched, node touched).
+StateKey = tuple[int, int, int, bool, bool]
+
+
+class _Gpu:
+    __slots__ = ("fixed", "fixed0", "free", "free0", "geo", "id", "index", "key", "node", "touched")
+
+    def __init__(self, gid: int, node: _Node, src_index: int, geo: Geometry, fixed: int, free: int):
+        self.id = gid
+        self.node = node
+        self.index = src_index
+        self.geo = geo
+        self.fixed0 = self.fixed = fixed
+        self.free0 = self.free = free
+        #: Whether the layout differs from the snapshot's.
+        self.touched = False
+        self.key: StateKey = (-1, 0, 0, False, False)
+
+
+class _Node:
+    __slots__ = ("gpus", "group", "name", "order", "pods", "room", "src", "touched", "version")
+
+    def __init__(self, order: int, src: Node) -> None:
+        self.order = order
+        self.name = src.name
+        self.src = src
+        self.gpus: list[_Gpu] = []  # plannable GPUs only
+        self.touched = False
+        self.group: _Group | None = None
+        #: Bumped on every change of the node's GPUs: memoised costs check it.
+        self.version = 0
+        #: Keys of the pods this plan puts here.
+        self.pods: set[str] = set()
+        #: Placement units not held by fixed instances, summed over the GPUs, in 1/24ths of a GPU:
+        #: a pod whose size exceeds it cannot fit here (a cheap test before a real one).
+        self.room = 0
+
+
+class _Group:
+    __slots__ = (
+        "arrivals",
+        "costs",
+        "epoch",
+        "id",
+        "members",
+        "mheaps",
+        "nodes",
+        "pressure",
+        "rep",
+        "states",
+        "touched_nodes",
+        "values",
+    )
+
+    def __init__(self, gid: int, rep: _Node) -> None:
+        self.id = gid
+        self.rep = rep
+        self.nodes: list[_Node] = []
+        #: state key -> how many GPUs of the group are in it now
+        self.states: dict[StateKey, int] = {}
+        #: state key -> heap of (node order, GPU index, GPU id); stale entries are skipped
+        self.members: dict[StateKey, list[tuple[int, int, int]]] = {}
+        #: demand -> [heap of (rank, state key), how many arrivals it has seen]
+        self.mheaps: dict[Demand, list] = {}
+        #: state keys in the order they first became populated
+        self.arrivals: list[StateKey] = []
+        self.touched_nodes: dict[int, _Node] = {}
+        #: bumped on every state change in the group (failure memos check it)
+        self.epoch = 0
+        #: profile -> demand still waiting for nodes of this group (see Planner._begin_level)
+        self.pressure: dict[str, int] = {}
+        #: model ordinal -> {free-unit mask -> value of that free space to the waiting demand}
+        self.values: dict[int, dict[int, int]] = {}
+        #: (mode, demand, model ordinal, fixed, free) -> the best option's parts (see _best_option)
+        self.costs: dict[tuple, tuple | None] = {}
+
+
+@dataclass
+class _Pod:
+    pod: PendingPod
+    key: str
+    demand: Demand | None
+    #: Resource names that name no profile (only a snapshot built in code can have them).
+    bad_resources: tuple[str, ...]
+    groups: tuple[_Group, ...] = ()
+    #: Share of a GPU the demand takes, in 1/24ths of the placement axis (4, 8 and 12 divide 24).
+    size: int = 0
+    #: How many plannable GPUs the pod may use.
+    reach: int = 0
+
+    devices: int = 0
+
+    @property
+    def plannable(self) -> bool:
+        return bool(self.demand and self.groups and self.size > 0 and not self.bad_resources)
+
+
+@dataclass
+class _Placement:
+    node: _Node
+    #: (GPU, candidate bits handed to the pod, of which new)
+    parts: list[tuple[_Gpu, int, int]]
+
+
+def demand_of(pod: PendingPod) -> tuple[Demand, tuple[str, ...]]:
+    """The pod's MIG demand as sorted (profile, count), and any resource names that name no profile."""
+    return _demand(tuple(sorted(pod.requests.items())))
+
+
+@functools.lru_cache(maxsize=4096)
+def _demand(requests: tuple[tuple[str, object], ...]) -> tuple[Demand, tuple[str, ...]]:
+    counts: Counter[str] = Counter()
+    bad = []
+    for resource, raw in requests:
+        if not resource.startswith(RESOURCE_PREFIX):
+            continue
+        # Kubernetes quantities may arrive as strings ("2"); anything else that is not a whole
+        # number (only a snapshot built in code can carry one) asks for nothing.
+        count = int(raw) if isinstance(raw, str) and raw.isdigit() else raw
+        if not isinstance(count, int) or isinstance(count, bool) or count <= 0:
+            continue
+        try:
+            counts[profile_from_resource(resource)] += count
+        except InvalidInput:
+            bad.append(resource)
+    return tuple(sorted(counts.items())), tuple(bad)
+
+
+def format_demand(demand: Demand) -> str:
+    """``7g.80gb`` or ``2 x 1g.10gb + 3g.40gb``."""
+    return " + ".join(p if c == 1 else f"{c} x {p}" for p, c in demand)
+
+
+class Planner:
+    """One planning run over one snapshot; :meth:`run` returns the plan."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self.src_nodes = tuple(sorted(snapshot.nodes, key=lambda n: n.name))
+        self.nodes: list[_Node] = []
+        self.gpus: list[_Gpu] = []
+        #: (node, GPU index) of GPUs left exactly as they are: unknown model, or an invalid layout
+        self.frozen: dict[tuple[str, int], str] = {}
+        self.geos: dict[int, Geometry] = {}
+        self.journal: list[tuple] = []
+        self.assigned: dict[str, _Placement] = {}
+        self.mode = STANDARD
+        self.fail_memo: dict[tuple[Demand, tuple[int, ...]], tuple[int, ...]] = {}
+        self.node_memo: dict[tuple[int, Demand], tuple[int, tuple | None]] = {}
+        self.used_fit_memo: dict[tuple[int, Demand], bool] = {}
+        self.empty_fit_memo: dict[tuple[tuple[int, ...], Demand], bool] = {}
+        #: _option_parts for GPUs outside any group (reasons look at cordoned nodes' GPUs too)
+        self._loose_costs: dict[tuple, tuple | None] = {}
+        self._largest: dict[str, Fraction] = {}
+        self._needs: dict[tuple[int, Demand], tuple[tuple[int, int], ...] | None] = {}
+        #: node evaluations so far (the repairs' budget counts them)
+        self._walks = 0
+        self._budget_end = 0
+        self._group_nodes: dict[tuple[int, ...], list[_Node]] = {}
+        self._free_orders: dict[tuple[tuple[int, ...], tuple[str, ...]], list[int]] = {}
+        #: profile -> orders of nodes that hold free instances of it in the snapshot
+        self.free_nodes: dict[str, list[int]] = {}
+        self._models: dict[str, GpuModel | None] = {}
+        self._build_nodes()
+        #: Catalog keys of the known GPU models on labelled nodes.
+        self.cluster_models = tuple(
+            sorted(
+                {
+                    m.key
+                    for n in self.src_nodes
+                    if n.labelled
+                    for g in n.gpus
+                    if (m := self.model_of(g.model)) is not None
+                }
+            )
+        )
+        pods = sorted(snapshot.pending, key=lambda p: (p.namespace, p.name))
+        self.pods = [self._pod(p) for p in pods]
+        self.pods_by_key = {p.key: p for p in self.pods}
+        self._build_groups()
+
+    # --- set-up ------------------------------------------------------------------------------
+
+    def model_of(self, text: str) -> GpuModel | None:
+        """The catalog model for a snapshot's model string (looked up once per distinct string)."""
+        if text not in self._models:
+            self._models[text] = find_model(text)
+        return self._models[text]
+
+    def _build_nodes(self) -> None:
+        for order, src in enumerate(self.src_nodes):
+            node = _Node(order, src)
+            self.nodes.append(node)
+            if not src.labelled:
+                continue
+            for g in src.gpus:
+                model = self.model_of(g.model)
+                if model is None:
+                    self.frozen[(src.name, g.index)] = "unknown-model"
+                    continue
+                geo = geometry(model)
+                fixed = free = 0
+                for inst in g.instances:
+                    i = geo.slot.get((inst.profile, inst.start))
+                    if i is None:
+                        fixed = -1
+                        break
+                    if inst.used:
+                        fixed |= 1 << i
+                    else:
+                        free |= 1 << i
+                if fixed < 0 or (fixed | free) not in geo.valid or fixed & free:
+                    # Only a snapshot built in code can get here (parse_snapshot refuses it).
+                    self.frozen[(src.name, g.index)] = "invalid-layout"
+                    continue
+                self.geos[geo.ordinal] = geo
+                gpu = _Gpu(len(self.gpus), node, g.index, geo, fixed, free)
+                self.gpus.append(gpu)
+                node.gpus.append(gpu)
+                node.room += self._room_of(geo, fixed)
+                for i in bits_of(free):
+                    orders = self.free_nodes.setdefault(geo.cands[i].profile, [])
+                    if not orders or orders[-1] != order:
+                        orders.append(order)
+
+    def _pod(self, pod: PendingPod) -> _Pod:
+        demand, bad = demand_of(pod)
+        return _Pod(
+            pod=pod, key=pod.key, demand=demand or None, bad_resources=bad, devices=sum(c for _, c in demand)
+        )
+
+    def _build_groups(self) -> None:
+        keys = referenced_label_keys(p.pod for p in self.pods)
+        by_name = uses_name_fields(p.pod for p in self.pods)
+        groups: dict[tuple, _Group] = {}
+        self.groups: list[_Group] = []
+        for node in self.nodes:
+            if not node.gpus or node.src.unschedulable:
+                continue
+            sig = (
+                tuple((k, v) for k, v in node.src.labels.items() if k in keys),
+                tuple(
+                    sorted(
+                        (t.key, t.value, t.effect) for t in node.src.taints if t.effect != "PreferNoSchedule"
+                    )
+                ),
+                node.name if by_name else None,
+            )
+            group = groups.get(sig)
+            if group is None:
+                group = groups[sig] = _Group(len(self.groups), node)
+                self.groups.append(group)
+            group.nodes.append(node)
+            node.group = group
+        for gpu in self.gpus:
+            if gpu.node.group is not None:
+                self._enter(gpu, self._key(gpu))
+        sig_groups: dict[tuple, tuple[_Group, ...]] = {}
+        reach: dict[tuple[int, ...], int] = {}
+        offered: dict[str, int] = {}
+        for geo in self.geos.values():
+            for name, frac in geo.fraction.items():
+                size = int(frac * _UNITS_LCM)
+                offered[name] = min(size, offered.get(name, size))
+        for p in self.pods:
+            sig = (tuple(p.pod.node_selector.items()), p.pod.node_affinity, p.pod.tolerations)
+            if sig not in sig_groups:
+                sig_groups[sig] = tuple(g for g in self.groups if node_admits(g.rep.src, p.pod))
+            p.groups = sig_groups[sig]
+            if p.demand and all(name in offered for name, _ in p.demand):
+                p.size = sum(offered[name] * c for name, c in p.demand)
+            gkey = tuple(g.id for g in p.groups)
+            if gkey not in reach:
+                reach[gkey] = sum(len(n.gpus) for g in p.groups for n in g.nodes)
+            p.reach = reach[gkey]
+
+    # --- state and indexes -------------------------------------------------------------------
+
+    def _key(self, gpu: _Gpu) -> StateKey:
+        return (gpu.geo.ordinal, gpu.fixed, gpu.free, gpu.touched, gpu.node.touched)
+
+    def _enter(self, gpu: _Gpu, key: StateKey) -> None:
+        group = gpu.node.group
+        assert group is not None
+        gpu.key = key
+        count = group.states.get(key, 0)
+        group.states[key] = count + 1
+        heapq.heappush(group.members.setdefault(key, []), (gpu.node.order, gpu.index, gpu.id))
+        if count == 0:
+            group.arrivals.append(key)
+
+    def _rekey(self, gpu: _Gpu) -> None:
+        group = gpu.node.group
+        if group is None:
+            return
+        new = self._key(gpu)
+        if new == gpu.key:
+            return
+        group.states[gpu.key] -= 1
+        group.epoch += 1
+        self._enter(gpu, new)
+
+    @staticmethod
+    def _room_of(geo: Geometry, fixed: int) -> int:
+        return (geo.axis - geo.units_of(fixed).bit_count()) * _UNITS_LCM // geo.axis
+
+    def _set_gpu(self, gpu: _Gpu, fixed: int, free: int) -> None:
+        self.journal.append(("gpu", gpu, gpu.fixed, gpu.free, gpu.touched))
+        gpu.node.room += self._room_of(gpu.geo, fixed) - self._room_of(gpu.geo, gpu.fixed)
+        gpu.fixed, gpu.free = fixed, free
+        gpu.touched = (fixed | free) != (gpu.fixed0 | gpu.free0)
+        gpu.node.version += 1
+        self._rekey(gpu)
+
+    def _refresh_node(self, node: _Node) -> None:
+        touched = any(g.touched for g in node.gpus)
+        if touched != node.touched:
+            self.journal.append(("node", node, node.touched))
+            self._flag_node(node, touched)
+
+    def _flag_node(self, node: _Node, touched: bool) -> None:
+        node.touched = touched
+        node.version += 1
+        if node.group is not None:
+            if touched:
+                node.group.touched_nodes[node.order] = node
+            else:
+                node.group.touched_nodes.pop(node.order, None)
+        for gpu in node.gpus:
+            self._rekey(gpu)
+
+    def _undo(self, mark: int) -> None:
+        while len(self.journal) > mark:
+            entry = self.journal.pop()
+            kind = entry[0]
+            if kind == "gpu":
+                _, gpu, fixed, free, touched = entry
+                gpu.node.room += self._room_of(gpu.geo, fixed) - self._room_of(gpu.geo, gpu.fixed)
+                gpu.fixed, gpu.free, gpu.touched = fixed, free, touched
+                gpu.node.version += 1
+                self._rekey(gpu)
+            elif kind == "node":
+                self._flag_node(entry[1], entry[2])
+            elif kind == "assign":
+                placement = self.assigned.pop(entry[1])
+                placement.node.pods.discard(entry[1])
+            else:  # unassign
+                self.assigned[entry[1]] = entry[2]
+                entry[2].node.pods.add(entry[1])
+
+    def _set_mode(self, mode: int) -> None:
+        """Switch how placements are ranked; costs cached under the other ranking are dropped."""
+        self.mode = mode
+        for group in self.groups:
+            group.mheaps.clear()
+        self.node_memo.clear()
+
+    def _measure_pressure(self) -> None:
+        """Measure, per group, how much of the pending demand may go to it.
+
+        A pod adds count / reach per profile to every group it may use, so demand that can go
+        to few GPUs weighs more. Placements then prefer to use up free space that is wanted less.
+        """
+        for group in self.groups:
+            group.pressure = {}
+            group.values = {}
+            group.costs = {}
+        for pod in self.pods:
+            if not pod.plannable:
+                continue
+            share = _PRESSURE_SCALE // max(pod.reach, 1)
+            for group in pod.groups:
+                for profile, count in pod.demand or ():
+                    group.pressure[profile] = group.pressure.get(profile, 0) + count * share
+
+    def _value(self, group: _Group | None, geo: Geometry, free_mask: int) -> int:
+        """How much of the waiting demand the free units ``free_mask`` of a GPU could still hold."""
+        if group is None or not group.pressure:
+            return 0
+        table = group.values.get(geo.ordinal)
+        if table is None:
+            table = group.values[geo.ordinal] = {}
+        value = table.get(free_mask)
+        if value is None:
+            caps = geo.cap[free_mask]
+            value = 0
+            for i, name in enumerate(geo.profile_names):
+                weight = group.pressure.get(name)
+                if weight and caps[i]:
+                    value += weight * caps[i] * geo.size[name] * (_UNITS_LCM // geo.axis)
+            table[free_mask] = value
+        return value
+
+    # --- costs -------------------------------------------------------------------------------
+
+    def _rank(
+        self, destroyed: int, created: int, gpus: int, nodes: int, dloss: int, loss: tuple[int, ...]
+    ) -> tuple:
+        if self.mode == STANDARD:
+            return (destroyed, created, gpus, nodes, dloss, loss)
+        return (dloss, destroyed, created, gpus, nodes, loss)
+
+    def _best_option(
+        self,
+        group: _Group | None,
+        geo: Geometry,
+        fixed: int,
+        free: int,
+        touched: bool,
+        node_touched: bool,
+        demand: Demand,
+    ) -> tuple[tuple, AddOption] | None:
+        """The best way to add ``demand`` to one GPU under the current ranking, with its rank.
+
+        Among one GPU's options the touched flags never change the order (options that destroy
+        and create alike change the layout alike), so the choice is cached per group without them.
+        """
+        parts = self._option_parts(group, geo, fixed, free, demand)
+        if parts is None:
+            return None
+        destroyed, created, change, dloss, loss, opt = parts
+        gpus = int(change and not touched)
+        nodes = int(change and not node_touched)
+        if self.mode == STANDARD:
+            return (destroyed, created, gpus, nodes, dloss, loss), opt
+        return (dloss, destroyed, created, gpus, nodes, loss), opt
+
+    def _option_parts(
+        self, group: _Group | None, geo: Geometry, fixed: int, free: int, demand: Demand
+    ) -> tuple[int, int, bool, int, tuple[int, ...], AddOption] | None:
+        key = (self.mode, demand, geo.ordinal, fixed, free)
+        costs = group.costs if group is not None else self._loose_costs
+        try:
+            return costs[key]
+        except KeyError:
+            pass
+        result = None
+        options = geo.options(fixed, free, demand)
+        if options:
+            full = geo.full
+            before = self._value(group, geo, full & ~geo.units_of(fixed))
+            best = None
+            first = options[0]
+            for opt in options:
+                if self.mode == STANDARD and (opt.destroyed, opt.created) != (first.destroyed, first.created):
+                    break  # sorted: nothing later ranks better under the standard ranking
+                dloss = before - self._value(group, geo, full & ~opt.units)
+                if self.mode == STANDARD:
+                    rank: tuple = (dloss, opt.loss)
+                else:
+                    rank = (dloss, opt.destroyed, opt.created, opt.loss)
+                if best is None or rank < best[0]:
+                    best = (rank, dloss, opt)
+            assert best is not None
+            opt = best[2]
+            result = (opt.destroyed, opt.created, bool(opt.created or opt.destroyed), best[1], opt.loss, opt)
+        costs[key] = result
+        return result
+
+    def _group_best(self, group: _Group, demand: Demand) -> tuple[tuple, int, int, int] | None:
+        """The cheapest GPU state of ``group`` for ``demand``, and its first GPU (by node, index).
+
+        States enter the demand's heap with a lower bound of their rank (nothing destroyed, only
+        what existing free instances cannot cover created, no fragmentation); a state is costed
+        for real only when its bound reaches the top, so states that cannot beat the best one
+        (typically untouched GPUs once touched ones have room) are never searched.
+        """
+        entry = group.mheaps.get(demand)
+        if entry is None:
+            entry = group.mheaps[demand] = [[], 0]
+        heap, seen = entry
+        arrivals = group.arrivals
+        states = group.states
+        if seen < len(arrivals):
+            wanted = 0
+            for _, c in demand:
+                wanted += c
+            standard = self.mode == STANDARD
+            push = heapq.heappush
+            geos = self.geos
+            needs: dict[int, tuple[tuple[int, int], ...] | None] = {}
+            for key in arrivals[seen:]:
+                if states.get(key, 0) <= 0:
+                    continue
+                ordinal, fixed, free, touched, node_touched = key
+                geo = geos[ordinal]
+                if ordinal in needs:
+                    need = needs[ordinal]
+                else:
+                    need = needs[ordinal] = self._need(geo, demand)
+                if need is None:
+                    continue  # this model lacks a profile, or one GPU can never hold it all
+                caps = geo.caps_beside(fixed)
+                fits = True
+                for i, c in need:
+                    if caps[i] < c:
+                        fits = False  # the free units cannot hold it, whatever is destroyed
+                        break
+                if not fits:
+                    continue
+                create = wanted
+                if free:
+                    bits = geo.profile_bits
+                    for p, c in demand:
+                        have = (free & bits.get(p, 0)).bit_count()
+                        create -= c if have >= c else have
+                gpus = int(create > 0 and not touched)
+                nodes = int(create > 0 and not node_touched)
+                if standard:
+                    bound: tuple = (0, create, gpus, nodes, 0, _NO_LOSS)
+                else:
+                    bound = (0, 0, create, gpus, nodes, _NO_LOSS)
+                push(heap, (bound, key, False))
+            entry[1] = len(arrivals)
+        while heap:
+            rank, key, costed = heap[0]
+            if states.get(key, 0) <= 0:
+                heapq.heappop(heap)
+                continue
+            if not costed:
+                heapq.heappop(heap)
+                ordinal, fixed, free, touched, node_touched = key
+                found = self._best_option(
+                    group, self.geos[ordinal], fixed, free, touched, node_touched, demand
+                )
+                if found is not None:
+                    heapq.heappush(heap, (found[0], key, True))
+                continue
+            members = group.members[key]
+            while self.gpus[members[0][2]].key != key:
+                heapq.heappop(members)
+            order, index, gid = members[0]
+            return rank, order, index, gid
+        return None
+
+    def _need(self, geo: Geometry, demand: Demand) -> tuple[tuple[int, int], ...] | None:
+        """(profile index in ``geo.cap``, count) per profile of ``demand``; None if no GPU of
+        this model could ever hold all of it (cached)."""
+        key = (geo.ordinal, demand)
+        if key in self._needs:
+            return self._needs[key]
+        need: tuple[tuple[int, int], ...] | None = None
+        if geo.offers(demand) and geo.options(0, 0, demand):
+            names = geo.profile_names
+            need = tuple((names.index(p), c) for p, c in demand)
+        self._needs[key] = need
+        return need
+
+    def _node_option(self, node: _Node, demand: Demand) -> tuple[tuple, list] | None:
+        """The cheapest way found to put ``demand`` on ``node``, spanning its GPUs if need be."""
+        memo_key = (node.order, demand)
+        hit = self.node_memo.get(memo_key)
+        if hit is not None and hit[0] == node.version:
+            return hit[1]
+        result = self.node_option(node, demand)
+        self.node_memo[memo_key] = (node.version, result)
+        return result
+
+    def node_option(
+        self, node: _Node, demand: Demand, state: dict[int, tuple[int, int, bool]] | None = None
+    ) -> tuple[tuple, list] | None:
+        """Best of: all of ``demand`` on one GPU, or device by device (largest first) over the GPUs.
+
+        ``state`` (GPU id -> fixed, free, touched) replaces the GPUs' current state when given.
+        """
+        if state is None:
+            state = {g.id: (g.fixed, g.free, g.touched) for g in node.gpus}
+        best = self._walk(node, demand, dict(state), whole_first=True)
+        if sum(c for _, c in demand) > 1:
+            other = self._walk(node, demand, dict(state), whole_first=False)
+            if other is not None and (best is None or other[0] < best[0]):
+                best = other
+        return best
+
+    def _walk(
+        self, node: _Node, demand: Demand, state: dict, *, whole_first: bool
+    ) -> tuple[tuple, list] | None:
+        self._walks += 1
+        remaining = Counter(dict(demand))
+        node_touched = node.touched
+        steps: list[tuple[_Gpu, AddOption]] = []
+        destroyed = created = new_gpus = dloss = 0
+        loss = [0, 0, 0, 0]
+        while remaining:
+            part = tuple(sorted(remaining.items()))
+            pick = self._pick_gpu(node, state, part, node_touched) if whole_first else None
+            if pick is None:
+                # One device at a time: first the profile the fewest GPUs here can still take,
+                # then the largest, so that a device only one GPU fits is not crowded out.
+                first = min(
+                    part,
+                    key=lambda pc: (self._hosts(node, state, pc[0]), -self._largest_fraction(pc[0]), pc[0]),
+                )[0]
+                part = ((first, 1),)
+                pick = self._pick_gpu(node, state, part, node_touched)
+                if pick is None:
+                    return None
+            gpu, opt = pick
+            fixed, _, touched = state[gpu.id]
+            change = bool(opt.created or opt.destroyed)
+            destroyed += opt.destroyed
+            created += opt.created
+            if change and not touched:
+                new_gpus += 1
+            full = gpu.geo.full
+            dloss += self._value(node.group, gpu.geo, full & ~gpu.geo.units_of(fixed)) - self._value(
+                node.group, gpu.geo, full & ~opt.units
+            )
+            for i, v in enumerate(opt.loss):
+                loss[i] += v
+            state[gpu.id] = (opt.fixed, opt.free, touched or change)
+            node_touched = node_touched or change
+            steps.append((gpu, opt))
+            for p, c in part:
+                remaining[p] -= c
+                if remaining[p] <= 0:
+                    del remaining[p]
+        rank = self._rank(
+            destroyed, created, new_gpus, int(node_touched and not node.touched), dloss, tuple(loss)
+        )
+        return rank, steps
+
+    def _hosts(self, node: _Node, state: dict, profile: str) -> int:
+        """How many GPUs of ``node`` (in ``state``) have free units for one ``profile``."""
+        one = ((profile, 1),)
+        count = 0
+        for gpu in node.gpus:
+            need = self._need(gpu.geo, one)
+            if need is not None:
+                caps = gpu.geo.caps_beside(state[gpu.id][0])
+                count += caps[need[0][0]] > 0
+        return count
+
+    def _largest_fraction(self, profile: str) -> Fraction:
+        found = self._largest.get(profile)
+        if found is None:
+            found = self._largest[profile] = max(
+                (g.fraction[profile] for g in self.geos.values() if profile in g.fraction),
+                default=Fraction(0),
+            )
+        return found
+
+    def _pick_gpu(
+        self, node: _Node, state: dict, demand: Demand, node_touched: bool
+    ) -> tuple[_Gpu, AddOption] | None:
+        best = None
+        for gpu in node.gpus:
+            fixed, free, touched = state[gpu.id]
+            geo = gpu.geo
+            need = self._need(geo, demand)
+            if need is None:
+                continue
+            caps = geo.caps_beside(fixed)
+            if any(caps[i] < c for i, c in need):
+                continue
+            found = self._best_option(node.group, geo, fixed, free, touched, node_touched, demand)
+            if found is not None and (best is None or (found[0], gpu.index) < best[0]):
+                best = ((found[0], gpu.index), gpu, found[1])
+        return None if best is None else (best[1], best[2])
+
+    # --- placing one pod ---------------------------------------------------------------------
+
+    def _place(self, pod: _Pod) -> bool:
+        """Put ``pod`` where it costs least; False (and nothing changed) if it fits nowhere."""
+        demand = pod.demand
+        assert demand is not None
+        memo_key = (demand, tuple(g.id for g in pod.groups))
+        epochs = tuple(g.epoch for g in pod.groups)
+        if self.fail_memo.get(memo_key) == epochs:
+            return False
+        best: tuple | None = None  # (rank, node order, gpu index, payload)
+        perfect = False
+        for group in pod.groups:
+            found = self._group_best(group, demand)
+            if found is not None:
+                rank, order, index, gid = found
+                if best is None or (rank, order, index) < best[:3]:
+                    best = (rank, order, index, gid)
+        if best is not None:
+            gpu = self.gpus[best[3]]
+            chosen = self._best_option(
+                gpu.node.group, gpu.geo, gpu.fixed, gpu.free, gpu.touched, gpu.node.touched, demand
+            )
+            assert chosen is not None
+            perfect = not chosen[1].destroyed and not chosen[1].created
+            exhaustive = bool(chosen[1].destroyed) or self.mode == COUNT
+            best = (best[0], best[1], best[2], (gpu.node, [(gpu, chosen[1])]))
+        else:
+            exhaustive = True
+        if pod.devices >= 2 and not perfect:
+            feasible = 0
+            for node in self._split_candidates(pod, exhaustive=exhaustive):
+                option = self._node_option(node, demand)
+                if option is None:
+                    continue
+                cand = (option[0], node.order, -1, (node, option[1]))
+                if best is None or cand[:3] < best[:3]:
+                    best = cand
+                feasible += 1
+                if exhaustive and feasible >= SPLIT_FEASIBLE_LIMIT:
+                    break
+        if best is None:
+            self.fail_memo[memo_key] = epochs
+            return False
+        node, steps = best[3]
+        self._apply(pod, node, steps)
+        return True
+
+    def _place_on(self, pod: _Pod, node: _Node) -> bool:
+        assert pod.demand is not None
+        option = self._node_option(node, pod.demand)
+        if option is None:
+            return False
+        self._apply(pod, node, option[1])
+        return True
+
+    def _split_candidates(self, pod: _Pod, *, exhaustive: bool) -> Iterable[_Node]:
+        """Nodes worth costing for a multi-GPU placement of ``pod``, best bets first.
+
+        Exhaustive (no single GPU can take the pod without destroying, or counting): touched
+        nodes, then every eligible node by name. Otherwise only spreading over existing free
+        instances could beat one GPU, so only nodes that still hold free instances of the pod's
+        profiles, at most SPLIT_SCAN_LIMIT of them.
+        """
+        group_ids = {g.id for g in pod.groups}
+        if exhaustive:
+            done: set[int] = set()
+            for group in pod.groups:
+                for order in sorted(group.touched_nodes):
+                    if order not in done:
+                        done.add(order)
+                        yield group.touched_nodes[order]
+            for node in self._nodes_of(pod.groups):
+                if node.order not in done and node.room >= pod.size:
+                    yield node
+            return
+        profiles = tuple(p for p, _ in pod.demand or ())
+        key = (tuple(sorted(group_ids)), profiles)
+        orders = self._free_orders.get(key)
+        if orders is None:
+            orders = self._free_orders[key] = [
+                o
+                for o in sorted({o for p in profiles for o in self.free_nodes.get(p, ())})
+                if self.nodes[o].group is not None and self.nodes[o].group.id in group_ids  # type: ignore[union-attr]
+            ]
+        seen = 0
+        keep: list[int] = []
+        for pos, order in enumerate(orders):
+            node = self.nodes[order]
+            if not any(gpu.free & gpu.geo.profile_bits.get(p, 0) for gpu in node.gpus for p in profiles):
+                continue  # handed out or destroyed: dropped from the list below
+            keep.append(order)
+            if seen >= SPLIT_SCAN_LIMIT:
+                keep.extend(orders[pos + 1 :])
+                break
+            seen += 1
+            yield node
+        # Free instances rarely come back within one plan (only through undo), so a node that
+        # has none left is not looked at again for this kind of pod.
+        orders[:] = keep
+
+    def _nodes_of(self, groups: tuple[_Group, ...]) -> list[_Node]:
+        key = tuple(g.id for g in groups)
+        nodes = self._group_nodes.get(key)
+        if nodes is None:
+            nodes = self._group_nodes[key] = sorted(
+                (n for g in groups for n in g.nodes), key=lambda n: n.order
+            )
+        return nodes
+
+    def _apply(self, pod: _Pod, node: _Node, steps: list[tuple[_Gpu, AddOption]]) -> None:
+        parts = []
+        for gpu, opt in steps:
+            new = opt.assigned & ~gpu.free
+            self._set_gpu(gpu, opt.fixed, opt.free)
+            parts.append((gpu, opt.assigned, new))
+        self._refresh_node(node)
+        self.assigned[pod.key] = _Placement(node=node, parts=parts)
+        node.pods.add(pod.key)
+        self.journal.append(("assign", pod.key))
+
+    def _unassign(self, key: str) -> None:
+        """Take a pod's devices back; free instances of the snapshot come back where they still fit."""
+        placement = self.assigned.pop(key)
+        placement.node.pods.discard(key)
+        self.journal.append(("unassign", key, placement))
+        for gpu, bits, _ in reversed(placement.parts):
+            geo = gpu.geo
+            fixed = gpu.fixed & ~bits
+            free = gpu.free | (bits & gpu.free0)
+            occupied = geo.units_of(fixed | free)
+            for i in bits_of(gpu.free0 & ~fixed & ~free):
+                u = geo.units[i]
+                if not u & occupied and (fixed | free | (1 << i)) in geo.valid:
+                    free |= 1 << i
+                    occupied |= u
+            self._set_gpu(gpu, fixed, free)
+        self._refresh_node(placement.node)
+
+    # --- levels and repairs ------------------------------------------------------------------
+
+    def _serve(self, pods: list[_Pod]) -> int:
+        return sum(1 for p in pods if self._place(p))
+
+    def _score(self) -> tuple[int, int, int, int]:
+        destroyed = created = gpus = 0
+        for gpu in self.gpus:
+            if gpu.touched:
+                now = gpu.fixed | gpu.free
+                before = gpu.fixed0 | gpu.free0
+                destroyed += (before & ~now).bit_count()
+                created += (now & ~before).bit_count()
+                gpus += 1
+        nodes = sum(1 for n in self.nodes if n.touched)
+        return destroyed, created, gpus, nodes
+
+    def fits(self, node: _Node, demand: Demand, state: dict[int, tuple[int, int, bool]]) -> bool:
+        """Whether ``demand`` fits on ``node`` if its GPUs were in ``state`` (GPU id -> fixed, free, touched)."""
+        return self.node_option(node, demand, state) is not None
+
+    def fits_used_only(self, node: _Node, demand: Demand) -> bool:
+        """Whether ``demand`` fits on ``node`` beside the snapshot's used instances alone (cached)."""
+        key = (node.order, demand)
+        hit = self.used_fit_memo.get(key)
+        if hit is None:
+            state = {g.id: (g.fixed0, 0, False) for g in node.gpus}
+            hit = self.used_fit_memo[key] = self.fits(node, demand, state)
+        return hit
+
+    def fits_empty(self, node: _Node, demand: Demand) -> bool:
+        """Whether ``demand`` fits on ``node`` with all its GPUs empty (cached per GPU models)."""
+        key = (tuple(g.geo.ordinal for g in node.gpus), demand)
+        hit = self.empty_fit_memo.get(key)
+        if hit is None:
+            hit = self.empty_fit_memo[key] = self.fits(node, demand, {g.id: (0, 0, False) for g in node.gpus})
+        return hit
+
+    def top_priority_on(self, node: _Node) -> int | None:
+        """The highest priority among the pods this plan puts on ``node`` (None: none)."""
+        top = None
+        for key in node.pods:
+            prio = self.pods_by_key[key].pod.priority
+            if top is None or prio > top:
+                top = prio
+        return top
+
+    def _room_for(self, pods: list[_Pod]) -> int:
+        """How many of ``pods`` could each fit, alone, beside everything planned so far.
+
+        Pods with the same demand and eligibility count once each; at most ROOM_PROBES kinds and
+        ROOM_PROBES nodes per kind are looked at (a tie-break between two passes, not a plan).
+        """
+        kinds: Counter[tuple[Demand, tuple[int, ...]]] = Counter()
+        groups: dict[tuple[int, ...], tuple[_Group, ...]] = {}
+        for pod in pods:
+            assert pod.demand is not None
+            key = tuple(g.id for g in pod.groups)
+            groups[key] = pod.groups
+            kinds[(pod.demand, key)] += 1
+        room = 0
+        for demand, key in sorted(kinds)[:ROOM_PROBES]:
+            nodes = self._nodes_of(groups[key])[:ROOM_PROBES]
+            if any(self.node_option(n, demand) is not None for n in nodes):
+                room += kinds[(demand, key)]
+        return room
+
+    def _could_fit(self, pod: _Pod) -> bool:
+        assert pod.demand is not None
+        return any(self.fits_used_only(n, pod.demand) for n in self._nodes_of(pod.groups))
+
+    def _repair(self, waiting: list[_Pod]) -> None:
+        """Serve waiting pods by moving pods this plan placed, never leaving one of them unserved.
+
+        Per waiting pod and per eligible node where it would fit beside the used instances:
+        re-pack the node with its planned pods plus this one (a few orders), or move one planned
+        pod away to make room, where that pod may in turn be repaired one level deeper.
+        Bounded by REPAIR_POD_LIMIT pods and REPAIR_WORK node evaluations per level.
+        """
+        self._budget_end = self._walks + REPAIR_WORK
+        for pod in sorted(waiting, key=lambda p: (p.size, p.reach, p.key))[:REPAIR_POD_LIMIT]:
+            if self._walks >= self._budget_end:
+                break
+            if pod.key not in self.assigned and not self._place(pod):
+                self._repair_one(pod, REPAIR_DEPTH, None)
+
+    def _repair_one(self, pod: _Pod, depth: int, avoid: _Node | None) -> bool:
+        assert pod.demand is not None
+        tried = 0
+        for node in self._nodes_of(pod.groups):
+            if node is avoid or not self.fits_used_only(node, pod.demand):
+                continue
+            if self._repack(node, pod) or self._move_one(node, pod, depth):
+                return True
+            tried += 1
+            if tried >= REPAIR_NODE_LIMIT or self._walks >= self._budget_end:
+                break
+        return False
+
+    def _swap(self, served: list[_Pod], waiting: list[_Pod]) -> None:
+        """Trade one served pod for two or more waiting pods of the same priority.
+
+        A big pod may hold the room that two small ones of its priority need; taking it back,
+        serving whoever fits, then placing it again where it can, keeps the trade only when more
+        pods of the level are served than before. Bounded like the repairs.
+        """
+        waiting = [p for p in waiting if self._could_fit(p)]
+        if len(waiting) < 2:
+            return
+        self._budget_end = self._walks + REPAIR_WORK
+        order = sorted(waiting, key=lambda p: (p.size, p.reach, p.key))
+        for pod in sorted(served, key=lambda p: (-p.size, p.key))[:SWAP_POD_LIMIT]:
+            if self._walks >= self._budget_end or sum(1 for w in order if w.key not in self.assigned) < 2:
+                return
+            if pod.key not in self.assigned:
+                continue
+            mark = len(self.journal)
+            self._unassign(pod.key)
+            gained = sum(1 for w in order if w.key not in self.assigned and self._place(w))
+            if gained + self._place(pod) <= 1:
+                self._undo(mark)
+
+    def _repack(self, node: _Node, pod: _Pod) -> bool:
+        mark = len(self.journal)
+        others = [self.pods_by_key[k] for k in sorted(node.pods)]
+        for key in sorted(node.pods):
+            self._unassign(key)
+        by_priority = sorted(others, key=lambda p: (-p.pod.priority, -p.size, p.key))
+        everyone = [*others, pod]
+        orders = [
+            [pod, *by_priority],
+            [*by_priority, pod],
+            sorted(everyone, key=lambda p: (-p.size, p.key)),
+            sorted(everyone, key=lambda p: (p.size, p.key)),
+        ]
+        # While packing, weigh free space by what exactly these pods ask for.
+        group = node.group
+        assert group is not None
+        saved = group.pressure, group.values
+        group.pressure, group.values, saved_costs = {}, {}, group.costs
+        group.costs = {}
+        for p in everyone:
+            for profile, count in p.demand or ():
+                group.pressure[profile] = group.pressure.get(profile, 0) + count * _PRESSURE_SCALE
+        self.node_memo.clear()
+        try:
+            tried: set[tuple[str, ...]] = set()
+            for order in orders:
+                sig = tuple(p.key for p in order)
+                if sig in tried or self._walks >= self._budget_end:
+                    continue
+                tried.add(sig)
+                step = len(self.journal)
+                if all(self._place_on(p, node) for p in order):
+                    return True
+                self._undo(step)
+            self._undo(mark)
+            return False
+        finally:
+            group.pressure, group.values = saved
+            group.costs = saved_costs
+            self.node_memo.clear()
+
+    def _move_one(self, node: _Node, pod: _Pod, depth: int) -> bool:
+        keys = sorted(
+            node.pods, key=lambda k: (self.pods_by_key[k].pod.priority, -self.pods_by_key[k].size, k)
+        )
+        for key in keys:
+            if self._walks >= self._budget_end:
+                return False
+            mark = len(self.journal)
+            self._unassign(key)
+            moved = self.pods_by_key[key]
+            if self._place_on(pod, node) and (
+                self._place(moved) or (depth > 0 and self._repair_one(moved, depth - 1, node))
+            ):
+                return True
+            self._undo(mark)
+        return False
+
+    def run(self) -> Plan:
+        from cdmo.planner.reasons import explain  # reasons read the planner's indexes
+
+        levels: dict[int, list[_Pod]] = {}
+        for p in self.pods:
+            levels.setdefault(p.pod.priority, []).append(p)
+        order = sorted(levels, reverse=True)
+        self._measure_pressure()
+        for i, priority in enumerate(order):
+            todo = [p for p in levels[priority] if p.plannable]
+            if not todo:
+                continue
+            largest = sorted(todo, key=lambda p: (-p.size, p.demand, p.reach, p.key))
+            mark = len(self.journal)
+            self._set_mode(STANDARD)
+            served = self._serve(largest)
+            if served == len(todo) or not any(self._could_fit(p) for p in todo if p.key not in self.assigned):
+                continue
+            lower = [p for lvl in order[i + 1 :] for p in levels[lvl] if p.plannable]
+            first = (served, self._room_for(lower), *(-v for v in self._score()))
+            self._undo(mark)
+            self._set_mode(COUNT)
+            smallest = sorted(todo, key=lambda p: (p.size, p.demand, p.reach, p.key))
+            served = self._serve(smallest)
+            second = (served, self._room_for(lower), *(-v for v in self._score()))
+            if first >= second:
+                self._undo(mark)
+                self._set_mode(STANDARD)
+                self._serve(largest)
+            self._set_mode(COUNT)
+            self._repair([p for p in todo if p.key not in self.assigned])
+            self._swap(
+                [p for p in todo if p.key in self.assigned], [p for p in todo if p.key not in self.assigned]
+            )
+        unsatisfied = explain(self, [p for p in self.pods if p.key not in self.assigned])
+        return self._build_plan(unsatisfied)
+
+    # --- output ------------------------------------------------------------------------------
+
+    def _build_plan(self, unsatisfied: list[Unsatisfied]) -> Plan:
+        by_gpu = {(gpu.node.name, gpu.index): gpu for gpu in self.gpus}
+        node_plans = []
+        created_total = destroyed_total = 0
+        gpus_touched = nodes_touched = 0
+        for node in self.nodes:
+            if not node.src.labelled:
+                continue
+            gpu_plans = []
+            for g in node.src.gpus:
+                gpu = by_gpu.get((node.name, g.index))
+                if gpu is None:
+                    known = self.model_of(g.model)
+                    layout = sort_layout(i.instance for i in g.instances)
+                    gpu_plans.append(
+                        GpuPlan(g.index, g.model, known.key if known else None, g.instances, layout)
+                    )
+                    continue
+                geo = gpu.geo
+                now = gpu.fixed | gpu.free
+                before = gpu.fixed0 | gpu.free0
+                if now == before:
+                    gpu_plans.append(GpuPlan(g.index, g.model, geo.key, g.instances, geo.instances(now)))
+                    continue
+                created = geo.instances(now & ~before)
+                destroyed = geo.instances(before & ~now)
+                created_total += len(created)
+                destroyed_total += len(destroyed)
+                gpus_touched += 1
+                gpu_plans.append(
+                    GpuPlan(g.index, g.model, geo.key, g.instances, geo.instances(now), created, destroyed)
+                )
+            plan = NodePlan(node.name, tuple(gpu_plans))
+            nodes_touched += plan.changed
+            node_plans.append(plan)
+        assignments = []
+        handed = 0
+        by_pod = {p.key: p for p in self.pods}
+        for key in sorted(self.assigned):
+            placement = self.assigned[key]
+            devices = []
+            for gpu, bits, _ in placement.parts:
+                for i in bits_of(bits):
+                    inst: Instance = gpu.geo.cands[i]
+                    # New means: not in the snapshot (an instance destroyed and made again is not new).
+                    is_new = not (gpu.free0 >> i) & 1
+                    handed += not is_new
+                    devices.append(Device(gpu.index, inst.profile, inst.start, is_new))
+            devices.sort(key=lambda d: (d.gpu, d.start, d.profile))
+            assignments.append(Assignment(key, placement.node.name, tuple(devices), by_pod[key].pod.priority))
+        levels: dict[int, list[int]] = {}
+        for p in self.pods:
+            counts = levels.setdefault(p.pod.priority, [0, 0])
+            counts[1] += 1
+            counts[0] += p.key in self.assigned
+        summary = PlanSummary(
+            served_by_priority=tuple((prio, c[0], c[1]) for prio, c in sorted(levels.items(), reverse=True)),
+            destroyed=destroyed_total,
+            created=created_total,
+            handed_out=handed,
+            gpus_touched=gpus_touched,
+            nodes_touched=nodes_touched,
+        )
+        return Plan(
+            nodes=tuple(node_plans),
+            assignments=tuple(assignments),
+            unsatisfied=tuple(sorted(unsatisfied, key=lambda u: u.pod)),
+            summary=summary,
+        )
+
+
+def plan(snapshot: Snapshot) -> Plan:
+    """The plan for ``snapshot``: pure and deterministic (the same snapshot gives the same plan).
+
+    Invariants: every desired layout is valid for its model; every used instance stays, same
+    profile and start; unlabelled nodes and GPUs of unknown model are left as they are; every
+    pending pod is in exactly one of assignments and unsatisfied.
+    """
+    # A plan allocates many small tuples that all die with it; the cyclic collector would walk
+    # the long-lived per-model caches again and again meanwhile (about a tenth of the time at
+    # 1000 nodes). Nothing a plan builds is cyclic garbage, so it is paused, then restored.
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        return Planner(snapshot).run()
+    finally:
+        if paused:
+            gc.enable()
+
+
+__all__ = ["Planner", "demand_of", "format_demand", "plan"]

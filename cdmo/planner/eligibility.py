@@ -1,0 +1,122 @@
+"""Which nodes a pending pod may go to: the scheduler's filters that the planner must honour.
+
+Kubernetes semantics (kube-scheduler's NodeAffinity and TaintToleration plugins):
+
+- ``nodeSelector``: every key=value must be a label of the node.
+- required node affinity: the terms are ORed; in a term every expression (and field) must hold;
+  a term with neither matches no node. In: the label exists and its value is listed; NotIn: the
+  label is absent or its value is not listed; Exists / DoesNotExist; Gt / Lt: the label exists
+  and its value, read as a whole number, is greater / less than the one given (a value that is
+  not a number matches neither). ``matchFields`` select ``metadata.name``.
+- taints: a NoSchedule or NoExecute taint keeps every pod that does not tolerate it off the
+  node; PreferNoSchedule does not. A toleration matches a taint when its effect is empty or the
+  same, its key is empty (with Exists: every taint) or the same, and with Equal the values match.
+- a cordoned (``unschedulable``) node takes no pod at all, whatever the pod tolerates.
+
+Pure: imports nothing of Kubernetes or NVML.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from cdmo.planner.models import (
+    BLOCKING_EFFECTS,
+    Node,
+    NodeSelectorRequirement,
+    NodeSelectorTerm,
+    PendingPod,
+    Taint,
+    Toleration,
+)
+
+
+def tolerates(toleration: Toleration, taint: Taint) -> bool:
+    if toleration.effect and toleration.effect != taint.effect:
+        return False
+    if toleration.key and toleration.key != taint.key:
+        return False
+    if toleration.operator == "Exists":
+        return True
+    return toleration.value == taint.value
+
+
+def untolerated_taints(taints: Iterable[Taint], tolerations: Iterable[Toleration]) -> tuple[Taint, ...]:
+    """The taints that keep a pod with ``tolerations`` off a node (NoSchedule and NoExecute only)."""
+    tols = tuple(tolerations)
+    return tuple(
+        t for t in taints if t.effect in BLOCKING_EFFECTS and not any(tolerates(tol, t) for tol in tols)
+    )
+
+
+def matches_selector(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def _as_int(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def matches_requirement(req: NodeSelectorRequirement, values: Mapping[str, str]) -> bool:
+    """Whether a node whose labels (or fields) are ``values`` satisfies ``req``."""
+    present = req.key in values
+    op = req.operator
+    if op == "In":
+        return present and values[req.key] in req.values
+    if op == "NotIn":
+        return not present or values[req.key] not in req.values
+    if op == "Exists":
+        return present
+    if op == "DoesNotExist":
+        return not present
+    if not present:
+        return False
+    have, want = _as_int(values[req.key]), _as_int(req.values[0])
+    if have is None or want is None:
+        return False
+    return have > want if op == "Gt" else have < want
+
+
+def matches_term(term: NodeSelectorTerm, labels: Mapping[str, str], name: str) -> bool:
+    if not term.match_expressions and not term.match_fields:
+        return False
+    fields = {"metadata.name": name}
+    return all(matches_requirement(r, labels) for r in term.match_expressions) and all(
+        matches_requirement(r, fields) for r in term.match_fields
+    )
+
+
+def matches_affinity(
+    terms: tuple[NodeSelectorTerm, ...] | None, labels: Mapping[str, str], name: str
+) -> bool:
+    """Required node affinity: no rule matches every node; otherwise any one term must match."""
+    if terms is None:
+        return True
+    return any(matches_term(t, labels, name) for t in terms)
+
+
+def node_admits(node: Node, pod: PendingPod) -> bool:
+    """Whether the scheduler would let ``pod`` onto ``node`` (labels, affinity, taints, cordon)."""
+    return (
+        not node.unschedulable
+        and matches_selector(node.labels, pod.node_selector)
+        and matches_affinity(pod.node_affinity, node.labels, node.name)
+        and not untolerated_taints(node.taints, pod.tolerations)
+    )
+
+
+def referenced_label_keys(pods: Iterable[PendingPod]) -> frozenset[str]:
+    """Every label key some pod's selector or affinity looks at (what node grouping must keep)."""
+    keys: set[str] = set()
+    for pod in pods:
+        keys.update(pod.node_selector)
+        for term in pod.node_affinity or ():
+            keys.update(r.key for r in term.match_expressions)
+    return frozenset(keys)
+
+
+def uses_name_fields(pods: Iterable[PendingPod]) -> bool:
+    return any(term.match_fields for pod in pods for term in pod.node_affinity or ())

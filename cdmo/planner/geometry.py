@@ -1,0 +1,299 @@
+"""Per-model tables the planner searches: candidate instances as bits, valid layouts as bit sets.
+
+A GPU's state is two bit sets over its model's candidates (every legal (profile, start)):
+``fixed`` (instances that must stay where they are: used in the snapshot, or handed to a pod by
+this plan) and ``free`` (instances that exist free in the snapshot and have not been handed out
+or destroyed yet). Whether a set of candidates is a layout the hardware can hold is one set
+membership test against every valid layout of the model (all rules of cdmo.mig.layouts:
+placements, overlap, max counts, exclusive groups, compute slices); valid layouts are closed
+under removal, so partial layouts are tested the same way while searching.
+
+:meth:`Geometry.options` answers "the ways to add this multiset of profiles to a GPU in this
+state" by a small depth-first search over placements, cached per (state, multiset); ``cap``
+says how many instances of each profile a set of free placement units could still hold.
+
+Pure: imports nothing of Kubernetes or NVML.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from fractions import Fraction
+
+from cdmo.mig.catalog import GpuModel, get_model, model_keys
+from cdmo.mig.layouts import Instance, enumerate_layouts, sort_layout
+
+#: Size classes of the fragmentation vector, as fractions of the placement axis (largest first).
+#: 8-unit GPUs have 8/4/2/1-unit profiles, A30 4/2/1, RTX PRO 6000 12/6/3.
+SIZE_CLASSES = (Fraction(1), Fraction(1, 2), Fraction(1, 4), Fraction(1, 8))
+
+#: Entries kept per model in the search cache (about 3 kB each) before it starts over.
+_ADD_CACHE_LIMIT = 20_000
+
+#: A demand: (profile, count) pairs sorted by profile name, counts > 0.
+Demand = tuple[tuple[str, int], ...]
+
+
+def bits_of(bits: int) -> Iterable[int]:
+    """Indexes of the set bits of ``bits``, lowest first."""
+    while bits:
+        low = bits & -bits
+        yield low.bit_length() - 1
+        bits ^= low
+
+
+class AddOption:
+    """One way to add a demand to one GPU: what the pod gets and the GPU's state afterwards."""
+
+    __slots__ = ("assigned", "created", "destroyed", "fixed", "free", "loss", "units")
+
+    def __init__(
+        self,
+        destroyed: int,
+        created: int,
+        loss: tuple[int, ...],
+        assigned: int,
+        fixed: int,
+        free: int,
+        units: int,
+    ) -> None:
+        self.destroyed = destroyed
+        self.created = created
+        self.loss = loss
+        #: Candidates that go to the pod (existing free ones handed out, or new ones).
+        self.assigned = assigned
+        #: The GPU's state afterwards.
+        self.fixed = fixed
+        self.free = free
+        #: Placement units that ``fixed`` occupies.
+        self.units = units
+
+
+class Geometry:
+    """Everything the planner needs to know about one GPU model, precomputed once."""
+
+    def __init__(self, model: GpuModel, ordinal: int) -> None:
+        self.model = model
+        self.key = model.key
+        #: Small integer that stands for the model inside state keys.
+        self.ordinal = ordinal
+        self.axis = model.placement_axis_size
+        self.full = (1 << self.axis) - 1
+        cands = sort_layout(Instance(p.name, s) for p in model.profiles for s in p.starts)
+        self.cands: tuple[Instance, ...] = cands
+        self.index = {c: i for i, c in enumerate(cands)}
+        #: (profile, start) -> candidate index
+        self.slot = {(c.profile, c.start): i for i, c in enumerate(cands)}
+        self.units = tuple(model.profile(c.profile).mask(c.start) for c in cands)
+        self.by_profile = {
+            p.name: tuple(i for i, c in enumerate(cands) if c.profile == p.name) for p in model.profiles
+        }
+        #: profile -> bits of its candidates
+        self.profile_bits = {name: sum(1 << i for i in idx) for name, idx in self.by_profile.items()}
+        self.size = {p.name: p.placement_size for p in model.profiles}
+        self.fraction = {p.name: Fraction(p.placement_size, self.axis) for p in model.profiles}
+        valid = {0}
+        for layout in enumerate_layouts(model):
+            valid.add(self.bits(layout))
+        self.valid = frozenset(valid)
+        base = model.base_profiles
+        self._classes = [
+            (
+                int(frac * self.axis),
+                sorted({s for p in base if self.fraction[p.name] == frac for s in p.starts}),
+            )
+            for frac in SIZE_CLASSES
+        ]
+        self.frag = tuple(self._frag_vector(mask) for mask in range(self.full + 1))
+        #: Profile names in catalog order; ``cap[mask][i]``: how many of profile i fit in free units ``mask``.
+        self.profile_names = model.profile_names
+        self.cap = tuple(self._cap_vector(mask) for mask in range(self.full + 1))
+        self._units_cache: dict[int, int] = {0: 0}
+        self._loss_cache: dict[tuple[int, int], tuple[int, ...]] = {}
+        self._caps_cache: dict[int, tuple[int, ...]] = {}
+        #: unit mask -> bits of the candidates that overlap it
+        self.hits = tuple(
+            sum(1 << i for i, u in enumerate(self.units) if u & mask) for mask in range(self.full + 1)
+        )
+        self._add_cache: dict[tuple[int, int, Demand], tuple[AddOption, ...]] = {}
+
+    def bits(self, instances: Iterable[Instance]) -> int:
+        """The candidate bit set of ``instances``; raises KeyError for an illegal placement."""
+        out = 0
+        for inst in instances:
+            out |= 1 << self.index[inst]
+        return out
+
+    def instances(self, bits: int) -> tuple[Instance, ...]:
+        return tuple(self.cands[i] for i in bits_of(bits))
+
+    def units_of(self, bits: int) -> int:
+        """The placement units the candidates in ``bits`` occupy."""
+        cached = self._units_cache.get(bits)
+        if cached is None:
+            if len(self._units_cache) >= _ADD_CACHE_LIMIT:
+                self._units_cache.clear()
+            cached = 0
+            for i in bits_of(bits):
+                cached |= self.units[i]
+            self._units_cache[bits] = cached
+        return cached
+
+    def _frag_vector(self, free_mask: int) -> tuple[int, ...]:
+        """How many instances of each size class the free units could still hold, largest first.
+
+        Equal-size intervals packed earliest-first give the maximum count, so this is exact per
+        class; comparing vectors largest class first prefers keeping big aligned blocks.
+        """
+        out = []
+        for size, starts in self._classes:
+            block = (1 << size) - 1
+            taken = 0
+            count = 0
+            for s in starts:
+                m = block << s
+                if m & free_mask == m and not m & taken:
+                    taken |= m
+                    count += 1
+            out.append(count)
+        return tuple(out)
+
+    def caps_beside(self, fixed: int) -> tuple[int, ...]:
+        """``cap`` of the units that the candidates in ``fixed`` leave free (cached)."""
+        caps = self._caps_cache.get(fixed)
+        if caps is None:
+            if len(self._caps_cache) >= _ADD_CACHE_LIMIT:
+                self._caps_cache.clear()
+            caps = self._caps_cache[fixed] = self.cap[self.full & ~self.units_of(fixed)]
+        return caps
+
+    def _cap_vector(self, free_mask: int) -> tuple[int, ...]:
+        out = []
+        for p in self.model.profiles:
+            taken = count = 0
+            for s in p.starts:
+                m = p.mask(s)
+                if m & free_mask == m and not m & taken:
+                    taken |= m
+                    count += 1
+            out.append(min(count, p.max_count))
+        return tuple(out)
+
+    def offers(self, demand: Demand) -> bool:
+        return all(p in self.by_profile for p, _ in demand)
+
+    def options(self, fixed: int, free: int, demand: Demand) -> tuple[AddOption, ...]:
+        """Every distinct way to add ``demand`` to a GPU in state (fixed, free); () if impossible.
+
+        Sorted cheapest first: fewest existing free instances destroyed, fewest instances created
+        (existing free ones of the right profile are handed out first), least loss of large free
+        blocks, lowest candidates. Ways that destroy, create and occupy the same are one option
+        (the cheapest). Fixed instances never move.
+        """
+        key = (fixed, free, demand)
+        try:
+            return self._add_cache[key]
+        except KeyError:
+            pass
+        result = self._search(fixed, free, demand)
+        if len(self._add_cache) >= _ADD_CACHE_LIMIT:
+            self._add_cache.clear()  # a long-running operator must not grow without bound
+        self._add_cache[key] = result
+        return result
+
+    def best_add(self, fixed: int, free: int, demand: Demand) -> AddOption | None:
+        """The cheapest of :meth:`options`, or None."""
+        found = self.options(fixed, free, demand)
+        return found[0] if found else None
+
+    def _loss(self, before: int, after: int) -> tuple[int, ...]:
+        """Frag vector of free-unit mask ``before`` minus that of ``after`` (cached)."""
+        key = (before, after)
+        loss = self._loss_cache.get(key)
+        if loss is None:
+            if len(self._loss_cache) >= _ADD_CACHE_LIMIT:
+                self._loss_cache.clear()
+            frag = self.frag
+            loss = self._loss_cache[key] = tuple(
+                b - a for b, a in zip(frag[before], frag[after], strict=True)
+            )
+        return loss
+
+    def _search(self, fixed: int, free: int, demand: Demand) -> tuple[AddOption, ...]:
+        wanted: list[str] = []
+        for profile, count in demand:
+            if profile not in self.by_profile:
+                return ()
+            wanted.extend([profile] * count)
+        wanted.sort(key=lambda p: (-self.size[p], p))
+        n = len(wanted)
+        valid = self.valid
+        units = self.units
+        hits = self.hits
+        full = self.full
+        fixed_units = self.units_of(fixed)
+        free_before = full & ~fixed_units
+        n_free = free.bit_count()
+        found: dict[tuple[int, int, int], tuple[tuple[int, int, tuple[int, ...], int], int, int]] = {}
+
+        def leaf(assigned: int, assigned_units: int) -> None:
+            handed = assigned & free
+            keep = free & ~assigned & ~hits[assigned_units]
+            base = fixed | assigned
+            while keep and (base | keep) not in valid:
+                keep &= ~(1 << (keep.bit_length() - 1))  # drop the highest free instance first
+            destroyed = n_free - handed.bit_count() - keep.bit_count()
+            created = (assigned & ~free).bit_count()
+            occupied = fixed_units | assigned_units
+            sig = (destroyed, created, occupied)
+            cost = (destroyed, created, self._loss(free_before, full & ~occupied), assigned)
+            old = found.get(sig)
+            if old is None or cost < old[0]:
+                found[sig] = (cost, keep, occupied)
+
+        if n == 1:
+            for ci in self.by_profile[wanted[0]]:
+                u = units[ci]
+                if not u & fixed_units and (fixed | (1 << ci)) in valid:
+                    leaf(1 << ci, u)
+        else:
+
+            def extend(k: int, assigned: int, assigned_units: int, lo: int) -> None:
+                if k == n:
+                    leaf(assigned, assigned_units)
+                    return
+                profile = wanted[k]
+                cands = self.by_profile[profile]
+                first = lo if k and wanted[k - 1] == profile else 0
+                taken = fixed_units | assigned_units
+                for pos in range(first, len(cands)):
+                    ci = cands[pos]
+                    u = units[ci]
+                    if u & taken:
+                        continue
+                    grown = assigned | (1 << ci)
+                    if (fixed | grown) not in valid:
+                        continue
+                    extend(k + 1, grown, assigned_units | u, pos + 1)
+
+            extend(0, 0, 0, 0)
+        return tuple(
+            AddOption(destroyed, created, loss, assigned, fixed | assigned, keep, occupied)
+            for (destroyed, created, loss, assigned), keep, occupied in sorted(found.values())
+        )
+
+
+@functools.cache
+def _geometry(key: str, ordinal: int) -> Geometry:
+    return Geometry(get_model(key), ordinal)
+
+
+@functools.cache
+def _ordinals() -> dict[str, int]:
+    return {k: i for i, k in enumerate(model_keys())}
+
+
+def geometry(model: GpuModel) -> Geometry:
+    """The (cached) geometry of ``model``."""
+    return _geometry(model.key, _ordinals()[model.key])

@@ -1,0 +1,275 @@
+"""Why a pod stays unsatisfied, in words that say what to do, and a stable code for Events.
+
+The first cause that applies wins, from the pod's own request outwards to the room left:
+
+=================  ==========================================================================
+code               cause
+=================  ==========================================================================
+NoMigRequest       the pod asks for no ``nvidia.com/mig-*`` resource
+UnknownProfile     a resource names no profile, or no GPU model of the cluster has the profile
+NoLabelledNode     no node carries the partitioning label
+NoMatchingNode     no labelled node matches the nodeSelector / required node affinity
+TaintNotTolerated  every matching node has a NoSchedule/NoExecute taint the pod does not tolerate
+NodeCordoned       every node left is cordoned (unschedulable)
+NoFittingGpu       no eligible node has GPUs that could hold the demand even if they were empty
+NoRoom             used instances leave no room for the demand on any eligible node
+Outranked          pods of higher priority in this plan take the room that is left
+NoRoomLeft         pods of the same priority in this plan take the room that is left
+=================  ==========================================================================
+
+Pure: imports nothing of Kubernetes or NVML.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from cdmo.api import PARTITIONING_LABEL_KEY, PARTITIONING_LABEL_VALUE
+from cdmo.mig.catalog import find_model, models_with_profile
+from cdmo.planner.algorithm import _Node, _Pod, format_demand
+from cdmo.planner.eligibility import (
+    matches_affinity,
+    matches_selector,
+    referenced_label_keys,
+    untolerated_taints,
+    uses_name_fields,
+)
+from cdmo.planner.models import Node, Unsatisfied
+
+if TYPE_CHECKING:
+    from cdmo.planner.algorithm import Planner
+
+LABEL = f"{PARTITIONING_LABEL_KEY}={PARTITIONING_LABEL_VALUE}"
+
+
+def name_list(names: Sequence[str], limit: int = 3) -> str:
+    """``a, b and c`` or ``a, b, c and 4 more``."""
+    names = list(names)
+    if len(names) <= 1:
+        return "".join(names)
+    if len(names) <= limit:
+        return ", ".join(names[:-1]) + " and " + names[-1]
+    return ", ".join(names[:limit]) + f" and {len(names) - limit} more"
+
+
+def explain(planner: Planner, pods: Sequence[_Pod]) -> list[Unsatisfied]:
+    """One :class:`Unsatisfied` per pod, with the first cause that applies."""
+    cache: dict[tuple, tuple[str, str]] = {}
+    out = []
+    for pod in pods:
+        sig = (
+            tuple(pod.pod.node_selector.items()),
+            pod.pod.node_affinity,
+            pod.pod.tolerations,
+            pod.demand,
+            pod.bad_resources,
+            pod.pod.priority,
+        )
+        if sig not in cache:
+            cache[sig] = _Explainer(planner, pod).reason()
+        code, reason = cache[sig]
+        out.append(Unsatisfied(pod=pod.key, reason=reason, code=code, priority=pod.pod.priority))
+    return out
+
+
+def _node_classes(planner: Planner) -> list[list[Node]]:
+    """Labelled nodes grouped by all that the pods' filters can see of them (cached on the planner)."""
+    cached = getattr(planner, "_reason_classes", None)
+    if cached is not None:
+        return cached
+    keys = referenced_label_keys(p.pod for p in planner.pods)
+    by_name = uses_name_fields(p.pod for p in planner.pods)
+    classes: dict[tuple, list[Node]] = {}
+    for node in planner.src_nodes:
+        if not node.labelled:
+            continue
+        sig = (
+            tuple((k, v) for k, v in node.labels.items() if k in keys),
+            tuple((t.key, t.value, t.effect) for t in node.taints),
+            node.unschedulable,
+            node.name if by_name else None,
+        )
+        classes.setdefault(sig, []).append(node)
+    result = list(classes.values())
+    planner._reason_classes = result  # type: ignore[attr-defined]
+    return result
+
+
+class _Explainer:
+    def __init__(self, planner: Planner, pod: _Pod) -> None:
+        self.planner = planner
+        self.pod = pod
+
+    def reason(self) -> tuple[str, str]:
+        for check in (self._request, self._labelled, self._profiles, self._filters, self._gpus, self._room):
+            found = check()
+            if found is not None:
+                return found
+        return "NoRoom", "the planner found no room for it on its eligible nodes; it waits for the next plan"
+
+    # --- the pod's own request ---------------------------------------------------------------
+
+    def _request(self) -> tuple[str, str] | None:
+        if self.pod.bad_resources:
+            return (
+                "UnknownProfile",
+                f"{self.pod.bad_resources[0]} does not name a MIG profile; ask for a resource like "
+                "nvidia.com/mig-1g.10gb",
+            )
+        if not self.pod.demand:
+            return (
+                "NoMigRequest",
+                "the pod asks for no nvidia.com/mig-* resource, so there is nothing for cdmo to partition; "
+                "add a MIG resource request such as nvidia.com/mig-1g.10gb: 1",
+            )
+        return None
+
+    def _labelled(self) -> tuple[str, str] | None:
+        if not any(n.labelled for n in self.planner.src_nodes):
+            return (
+                "NoLabelledNode",
+                f"no node is labelled {LABEL}, so cdmo may partition none; label a MIG-capable GPU node "
+                f"(kubectl label node NODE {LABEL})",
+            )
+        return None
+
+    def _cluster_models(self) -> list[str]:
+        return list(self.planner.cluster_models)
+
+    def _profiles(self) -> tuple[str, str] | None:
+        assert self.pod.demand is not None
+        cluster = self._cluster_models()
+        offered: set[str] = set()
+        for key in cluster:
+            model = find_model(key)
+            assert model is not None
+            offered.update(model.profile_names)
+        for profile, _ in self.pod.demand:
+            if profile in offered:
+                continue
+            if not cluster:
+                return (
+                    "NoFittingGpu",
+                    f"no labelled node has a GPU of a model cdmo knows, so none can hold {profile}; "
+                    "check the GPU models the nodes report (cdmo profiles lists the known ones)",
+                )
+            elsewhere = [m.key for m in models_with_profile(profile)]
+            where = f" (it is a profile of {name_list(elsewhere)})" if elsewhere else ""
+            ask = sorted({p for key in cluster for p in find_model(key).profile_names})  # type: ignore[union-attr]
+            return (
+                "UnknownProfile",
+                f"{profile} is not a MIG profile of any GPU model in this cluster{where}; "
+                f"the cluster's models ({name_list(cluster)}) offer {', '.join(ask)}",
+            )
+        return None
+
+    # --- the scheduler's filters -------------------------------------------------------------
+
+    def _filters(self) -> tuple[str, str] | None:
+        pod = self.pod.pod
+        classes = _node_classes(self.planner)
+        selected = [c for c in classes if matches_selector(c[0].labels, pod.node_selector)]
+        selector = ",".join(f"{k}={v}" for k, v in pod.node_selector.items())
+        if not selected:
+            return (
+                "NoMatchingNode",
+                f"no labelled node matches nodeSelector {selector}; label a node {selector} "
+                "or change the pod's nodeSelector",
+            )
+        matching = [c for c in selected if matches_affinity(pod.node_affinity, c[0].labels, c[0].name)]
+        if not matching:
+            terms = " or ".join(f"({t})" for t in pod.node_affinity or ())
+            also = f" with nodeSelector {selector}" if selector else ""
+            return (
+                "NoMatchingNode",
+                f"no labelled node{also} matches the pod's required node affinity {terms}; "
+                "label a node to match or relax the affinity",
+            )
+        tolerated = [c for c in matching if not untolerated_taints(c[0].taints, pod.tolerations)]
+        if not tolerated:
+            blocked = sorted(
+                f"{n.name} ({untolerated_taints(n.taints, pod.tolerations)[0]})" for c in matching for n in c
+            )
+            return (
+                "TaintNotTolerated",
+                f"every labelled node that matches the pod has a taint it does not tolerate: "
+                f"{name_list(blocked)}; add a toleration or remove the taint",
+            )
+        open_nodes = sorted((n for c in tolerated if not c[0].unschedulable for n in c), key=lambda n: n.name)
+        if not open_nodes:
+            names = sorted(n.name for c in tolerated for n in c)
+            if len(names) == 1:
+                return (
+                    "NodeCordoned",
+                    f"node {names[0]} is cordoned; uncordon it (kubectl uncordon {names[0]}) or let the pod "
+                    "match another labelled node",
+                )
+            return (
+                "NodeCordoned",
+                f"nodes {name_list(names)} are cordoned; uncordon one (kubectl uncordon NODE) or let the pod "
+                "match another labelled node",
+            )
+        self.eligible: list[Node] = open_nodes
+        return None
+
+    # --- the GPUs of the eligible nodes ------------------------------------------------------
+
+    def _eligible_planner_nodes(self) -> list[_Node]:
+        names = {n.name for n in self.eligible}
+        return [n for n in self.planner.nodes if n.name in names and n.gpus]
+
+    def _gpus(self) -> tuple[str, str] | None:
+        assert self.pod.demand is not None
+        nodes = self._eligible_planner_nodes()
+        eligible_names = [n.name for n in self.eligible]
+        if not nodes:
+            return (
+                "NoFittingGpu",
+                f"the eligible nodes ({name_list(eligible_names)}) have no GPU of a model cdmo knows; "
+                "check the GPU models they report (cdmo profiles lists the known ones)",
+            )
+        for profile, _ in self.pod.demand:
+            if not any(profile in (g.geo.by_profile if g.geo else {}) for n in nodes for g in n.gpus):
+                models = sorted({g.geo.key for n in nodes for g in n.gpus if g.geo is not None})
+                return (
+                    "NoFittingGpu",
+                    f"no eligible node has a GPU that offers {profile} (eligible: {name_list(eligible_names)} "
+                    f"with {name_list(models)}); ask for a profile of those models or make a node with "
+                    "such a GPU eligible",
+                )
+        empty = [n for n in nodes if self.planner.fits_empty(n, self.pod.demand)]
+        if not empty:
+            return (
+                "NoFittingGpu",
+                f"{format_demand(self.pod.demand)} does not fit on any eligible node even with all its GPUs "
+                f"empty (eligible: {name_list(eligible_names)}); ask for fewer or smaller devices",
+            )
+        self.empty_fit = empty
+        return None
+
+    # --- the room left -----------------------------------------------------------------------
+
+    def _room(self) -> tuple[str, str] | None:
+        assert self.pod.demand is not None
+        demand = format_demand(self.pod.demand)
+        used_fit = [n for n in self.empty_fit if self.planner.fits_used_only(n, self.pod.demand)]
+        if not used_fit:
+            return (
+                "NoRoom",
+                f"every eligible GPU holds used instances that leave no room for {demand}; it can run when "
+                "pods on those GPUs finish, or when a GPU that can hold it joins an eligible node",
+            )
+        priority = self.pod.pod.priority
+        where = name_list([n.name for n in used_fit])
+        if any((top := self.planner.top_priority_on(n)) is not None and top > priority for n in used_fit):
+            return (
+                "Outranked",
+                f"pods of higher priority take the room left for {demand} on its eligible nodes ({where}); "
+                "it waits for the next plan, or raise its priority",
+            )
+        return (
+            "NoRoomLeft",
+            f"other pods of this plan take the room left for {demand} on its eligible nodes ({where}); "
+            "it waits until instances free up, or give it a higher priority",
+        )

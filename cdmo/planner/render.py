@@ -1,0 +1,104 @@
+"""A plan as the contract's dict (JSON/YAML), and as rows for the ``cdmo plan`` table.
+
+Pure: imports nothing of Kubernetes or NVML.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cdmo.mig.layouts import format_layout
+from cdmo.planner.models import GpuInstance, Plan
+
+
+def plan_to_dict(plan: Plan) -> dict[str, Any]:
+    """The contract's JSON shape (spec/planner-io.md), plus a few extra fields.
+
+    Extra: per node GPU ``model``; per device ``new`` (created by the plan, or an existing free
+    instance handed out); per assignment ``priority``; per unsatisfied pod ``code`` and
+    ``priority``; a ``summary`` of the plan's score on each objective.
+    """
+    return {
+        "nodes": [
+            {
+                "name": n.name,
+                "changed": n.changed,
+                "gpus": [
+                    {
+                        "index": g.index,
+                        "model": g.model_key or g.model,
+                        "instances": [{"profile": i.profile, "start": i.start} for i in g.after],
+                    }
+                    for g in n.gpus
+                ],
+            }
+            for n in plan.nodes
+        ],
+        "assignments": [
+            {
+                "pod": a.pod,
+                "node": a.node,
+                "priority": a.priority,
+                "devices": [
+                    {"gpu": d.gpu, "profile": d.profile, "start": d.start, "new": d.new} for d in a.devices
+                ],
+            }
+            for a in plan.assignments
+        ],
+        "unsatisfied": [
+            {"pod": u.pod, "reason": u.reason, "code": u.code, "priority": u.priority}
+            for u in plan.unsatisfied
+        ],
+        "summary": {
+            "served": [
+                {"priority": prio, "served": served, "pending": pending}
+                for prio, served, pending in plan.summary.served_by_priority
+            ],
+            "destroyed": plan.summary.destroyed,
+            "created": plan.summary.created,
+            "handed_out": plan.summary.handed_out,
+            "gpus_touched": plan.summary.gpus_touched,
+            "nodes_touched": plan.summary.nodes_touched,
+        },
+    }
+
+
+def _before(instances: tuple[GpuInstance, ...]) -> str:
+    return ", ".join(f"{i}{' (used)' if i.used else ''}" for i in instances) or "-"
+
+
+def layout_rows(plan: Plan) -> list[tuple[str, str, str, str, str, str]]:
+    """(node, GPU, model, before, after, what changes and for whom) per GPU of each labelled node."""
+    owner: dict[tuple[str, int, str, int], str] = {}
+    for a in plan.assignments:
+        for d in a.devices:
+            owner[(a.node, d.gpu, d.profile, d.start)] = a.pod
+    rows = []
+    for n in plan.nodes:
+        for g in n.gpus:
+            notes = []
+            created = set(g.created)
+            for inst in g.after:
+                pod = owner.get((n.name, g.index, inst.profile, inst.start))
+                if inst in created:
+                    notes.append(f"+{inst} for {pod}" if pod else f"+{inst}")
+                elif pod:
+                    notes.append(f"{inst} (free) to {pod}")
+            notes += [f"-{inst} (free)" for inst in g.destroyed]
+            if g.model_key is None:
+                notes.append("left as it is: unknown GPU model")
+            rows.append(
+                (
+                    n.name,
+                    str(g.index),
+                    g.model_key or g.model,
+                    _before(g.before),
+                    format_layout(g.after).replace(",", ", ") or "-",
+                    "; ".join(notes) or ("unchanged" if not g.changed else ""),
+                )
+            )
+    return rows
+
+
+def unsatisfied_rows(plan: Plan) -> list[tuple[str, str, str, str]]:
+    return [(u.pod, str(u.priority), u.code, u.reason) for u in plan.unsatisfied]
