@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -136,6 +137,18 @@ class NvmlBackend:
         nv = self._nvml
         what = f"list the compute instances of GPU {gpu} GI {gi_id}"
         result = []
+        for prof, handle in self._compute_instance_handles(gi, what):
+            info = self._call(what, nv.nvmlComputeInstanceGetInfo, handle)
+            result.append((int(info.id), int(prof.sliceCount), self._mig_uuid(gpu, h, gi_id, info)))
+        return sorted(result)
+
+    def _compute_instance_handles(self, gi: Any, what: str) -> Iterator[tuple[Any, Any]]:
+        """(CI profile info, CI handle) of every compute instance in GPU instance ``gi``.
+
+        CI profiles are listed by constant; duplicates (1_SLICE_REV1 of 1_SLICE, 7_SLICE_NVL of
+        7_SLICE) return the same profile id and are visited once.
+        """
+        nv = self._nvml
         seen: set[int] = set()
         for constant in range(nv.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
             try:
@@ -155,9 +168,7 @@ class NvmlBackend:
             count = ctypes.c_uint(0)
             self._call(what, nv.nvmlGpuInstanceGetComputeInstances, gi, prof.id, handles, ctypes.byref(count))
             for k in range(count.value):
-                info = self._call(what, nv.nvmlComputeInstanceGetInfo, handles[k])
-                result.append((int(info.id), int(prof.sliceCount), self._mig_uuid(gpu, h, gi_id, info)))
-        return sorted(result)
+                yield prof, handles[k]
 
     def _mig_uuid(self, gpu: int, h: Any, gi_id: int, ci_info: Any) -> str | None:
         nv = self._nvml
@@ -308,25 +319,9 @@ class NvmlBackend:
         what = f"destroy GPU instance {gi_id} on GPU {gpu}"
         h = self._handle(gpu)
         gi = self._call(what, nv.nvmlDeviceGetGpuInstanceById, h, gi_id)  # NOT_FOUND -> AlreadyGone
-        for constant in range(nv.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
-            try:
-                prof = self._call(
-                    what,
-                    nv.nvmlGpuInstanceGetComputeInstanceProfileInfo,
-                    gi,
-                    constant,
-                    nv.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
-                )
-            except (NotSupported, InvalidPlacement):
-                continue
-            if prof.instanceCount == 0:
-                continue
-            handles = (nv.c_nvmlComputeInstance_t * prof.instanceCount)()
-            count = ctypes.c_uint(0)
-            self._call(what, nv.nvmlGpuInstanceGetComputeInstances, gi, prof.id, handles, ctypes.byref(count))
-            for k in range(count.value):
-                with contextlib.suppress(AlreadyGone):  # gone meanwhile: that is what we wanted
-                    self._call(what, nv.nvmlComputeInstanceDestroy, handles[k])
+        for _, handle in list(self._compute_instance_handles(gi, what)):
+            with contextlib.suppress(AlreadyGone):  # gone meanwhile: that is what we wanted
+                self._call(what, nv.nvmlComputeInstanceDestroy, handle)
         self._call(what, nv.nvmlGpuInstanceDestroy, gi)
 
     def set_mig_mode(self, gpu: int, enabled: bool) -> MigModeChange:
