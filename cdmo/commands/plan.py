@@ -28,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="snapshot file, YAML or JSON (nodes and pending pods, see docs/planner.md); - reads stdin",
     )
     parser.add_argument("--output", "-o", choices=OUTPUT_FORMATS, default="table")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse (exit 2) a labelled node's GPU whose model the catalog does not know, "
+        "instead of leaving that GPU as it is",
+    )
 
 
 def read_snapshot(source: str) -> dict[str, Any]:
@@ -82,7 +88,13 @@ def run(args: argparse.Namespace) -> int:
     from cdmo.planner import parse_snapshot, plan, plan_to_dict
     from cdmo.planner.render import layout_rows, unsatisfied_rows
 
-    result = plan(parse_snapshot(read_snapshot(args.snapshot)))
+    # The contract (spec/planner-io.md, rule 3) leaves a GPU of an unknown model exactly as it
+    # is; a typo would then silently keep the GPU out of every plan, so say so on stderr and let
+    # --strict turn it into an error with the field's path.
+    snapshot = parse_snapshot(read_snapshot(args.snapshot), allow_unknown_models=not args.strict)
+    for warning in unknown_model_warnings(snapshot):
+        print(f"cdmo: warning: {warning}", file=sys.stderr)
+    result = plan(snapshot)
     if args.output == "json":
         print_json(plan_to_dict(result))
         return exit_codes.SUCCESS
@@ -107,6 +119,24 @@ def run(args: argparse.Namespace) -> int:
         f"{_n(s.gpus_touched, 'GPU')} on {_n(s.nodes_touched, 'node')} repartitioned"
     )
     return exit_codes.SUCCESS
+
+
+def unknown_model_warnings(snapshot: Any) -> list[str]:
+    """One line per labelled node's GPU whose model the catalog does not know."""
+    from cdmo.mig.catalog import find_model, model_keys
+
+    warnings = []
+    for i, node in enumerate(snapshot.nodes):
+        if not node.labelled:
+            continue
+        for j, gpu in enumerate(node.gpus):
+            if find_model(gpu.model) is None:
+                warnings.append(
+                    f"nodes[{i}].gpus[{j}].model: unknown GPU model {gpu.model!r}: GPU {gpu.index} of "
+                    f"node {node.name} is left as it is and serves no pod; known models are "
+                    f"{', '.join(model_keys())} (--strict refuses the snapshot instead)"
+                )
+    return warnings
 
 
 def _n(count: int, noun: str) -> str:

@@ -86,9 +86,9 @@ BAD = [
         "nodes[0].gpus[0].instances[0].start: 3g.40gb cannot start at 2 on h100-80gb; legal starts are 0, 4",
     ),
     (
-        "unknown model",
-        "nodes:\n  - name: n\n    labels: {cdmo.clear.ml/gpu-partitioning: mig}\n    gpus:\n      - {index: 0, model: h100-81gb}\n",
-        "nodes[0].gpus[0].model: unknown GPU model 'h100-81gb'; known models are",
+        "missing model",
+        "nodes:\n  - name: n\n    labels: {cdmo.clear.ml/gpu-partitioning: mig}\n    gpus:\n      - {index: 0}\n",
+        "nodes[0].gpus[0].model: missing field",
     ),
     (
         "profile that is not a profile",
@@ -120,6 +120,41 @@ def test_malformed_snapshot_exits_2_with_the_path_and_no_traceback(
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+UNKNOWN_MODEL = (
+    "nodes:\n  - name: n\n    labels: {cdmo.clear.ml/gpu-partitioning: mig}\n    gpus:\n"
+    "      - {index: 0, model: h100-81gb, instances: [{profile: 1g.10gb, start: 0, used: false}]}\n"
+    "      - {index: 1, model: h100-80gb, instances: []}\n"
+    "pending:\n  - name: p\n    requests: {nvidia.com/mig-7g.80gb: 1}\n"
+)
+
+
+def test_unknown_model_with_strict_exits_2_with_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "snap.yaml"
+    path.write_text(UNKNOWN_MODEL)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cdmo.cli", "plan", "--strict", str(path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "nodes[0].gpus[0].model: unknown GPU model 'h100-81gb'; known models are" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_model_is_left_as_it_is_with_a_warning(tmp_path: Path) -> None:
+    # Contract rule 3: a GPU whose model is unknown is left exactly as it is.
+    path = tmp_path / "snap.yaml"
+    path.write_text(UNKNOWN_MODEL)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cdmo.cli", "plan", "-o", "json", str(path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0
+    assert "warning: nodes[0].gpus[0].model: unknown GPU model 'h100-81gb'" in proc.stderr
+    result = json.loads(proc.stdout)
+    gpus = {g["index"]: g["instances"] for g in result["nodes"][0]["gpus"]}
+    assert gpus[0] == [{"profile": "1g.10gb", "start": 0}]
+    assert gpus[1] == [{"profile": "7g.80gb", "start": 0}]
+    assert [a["pod"] for a in result["assignments"]] == ["default/p"]
 
 
 def test_missing_file_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
