@@ -243,7 +243,15 @@ def find_model(text: str | int) -> GpuModel | None:
     """The model for a catalog key, NVML product name, GFD label or PCI device id; else None."""
     if isinstance(text, int):
         return _by_pci_id(text)
-    stripped = str(text).strip()
+    return _find_by_text(str(text))
+
+
+@functools.lru_cache(maxsize=1024)
+def _find_by_text(text: str) -> GpuModel | None:
+    # Planning parses every GPU's model string, and a cluster has only a few distinct ones; the
+    # catalog never changes within a process, so the answer for a string is cached (bounded, as
+    # snapshots may carry any string).
+    stripped = text.strip()
     if re.fullmatch(r"0x[0-9A-Fa-f]{8}", stripped):
         return _by_pci_id(int(stripped, 16))
     return _lookup_table().get(_norm(stripped))

@@ -13,10 +13,11 @@ Outline:
    swaps (one served pod for two waiting ones of the level) try to serve more.
 3. A pod goes where adding its demand ranks lowest: (free instances destroyed, instances
    created, GPUs newly touched, node newly touched, demand-weighted fragmentation, loss of large
-   free blocks), ties to the first node by name and the lowest GPU index. Per group and demand a
-   heap holds the distinct GPU states by that rank (entered with a cheap lower bound, searched
-   when it tops the heap), so a pod looks at states, not at GPUs. A pod that asks for several
-   devices may span the GPUs of one node; that is searched per node.
+   free blocks then best fit, see geometry.Geometry._frag_vector), ties to the first node by name
+   and the lowest GPU index. Per group and demand a heap holds the distinct GPU states by that
+   rank (entered with a cheap lower bound, searched when it tops the heap), so a pod looks at
+   states, not at GPUs. A pod that asks for several devices may span the GPUs of one node; that
+   is searched per node.
 
 Everything is sorted before it is decided; no set or dict order reaches the plan, and every
 bound counts work, never time. Pure: imports nothing of Kubernetes or NVML.
@@ -37,7 +38,7 @@ from cdmo.mig.catalog import GpuModel, find_model
 from cdmo.mig.layouts import Instance, sort_layout
 from cdmo.mig.resources import RESOURCE_PREFIX, profile_from_resource
 from cdmo.planner.eligibility import node_admits, referenced_label_keys, uses_name_fields
-from cdmo.planner.geometry import AddOption, Demand, Geometry, bits_of, geometry
+from cdmo.planner.geometry import FRAG_LEN, AddOption, Demand, Geometry, bits_of, geometry
 from cdmo.planner.models import (
     Assignment,
     Device,
@@ -73,7 +74,7 @@ ROOM_PROBES = 64
 #: Pressure is kept in whole numbers so that sums are exact (no float order effects).
 _PRESSURE_SCALE = 1_000_000
 _UNITS_LCM = 24  # placement axes are 4, 8 or 12 units
-_NO_LOSS = (0, 0, 0, 0)
+_NO_LOSS = (0,) * FRAG_LEN
 
 #: A GPU's index key: (model ordinal, fixed bits, free bits, GPU touched, node touched).
 StateKey = tuple[int, int, int, bool, bool]
@@ -657,7 +658,7 @@ class Planner:
         node_touched = node.touched
         steps: list[tuple[_Gpu, AddOption]] = []
         destroyed = created = new_gpus = dloss = 0
-        loss = [0, 0, 0, 0]
+        loss = [0] * FRAG_LEN
         while remaining:
             part = tuple(sorted(remaining.items()))
             pick = self._pick_gpu(node, state, part, node_touched) if whole_first else None
