@@ -480,6 +480,7 @@ def _run_gpu(
     destroyed: list[GpuInstanceInfo] = []
     errors: list[str] = []
     by_gi = {i.gi_id: i for i in gpu.actual}
+    log = log.bind(gpu=gpu.index)
     blockers: list[Blocker] = []
     for step in gpu.diff.steps:
         if step.action == "destroy":
@@ -498,7 +499,6 @@ def _run_gpu(
                 blockers.append(Blocker(inst, holders))
                 log.warning(
                     "Kept GPU instance found in use right before destroy",
-                    gpu=gpu.index,
                     profile=inst.profile,
                     start=inst.start,
                     gi_id=inst.gi_id,
@@ -508,14 +508,13 @@ def _run_gpu(
             try:
                 call_with_retry(retry, backend.destroy_instance, gpu.index, inst.gi_id)
             except AlreadyGone:
-                log.info("GPU instance already gone", gpu=gpu.index, profile=inst.profile, start=inst.start)
+                log.info("GPU instance already gone", profile=inst.profile, start=inst.start)
             except Fatal:
                 raise
             except NvmlError as exc:
                 errors.append(str(exc))
                 log.warning(
                     "Failed to destroy GPU instance",
-                    gpu=gpu.index,
                     profile=inst.profile,
                     start=inst.start,
                     gi_id=inst.gi_id,
@@ -525,7 +524,6 @@ def _run_gpu(
             destroyed.append(inst)
             log.info(
                 "Destroyed GPU instance",
-                gpu=gpu.index,
                 profile=inst.profile,
                 start=inst.start,
                 gi_id=inst.gi_id,
@@ -540,7 +538,6 @@ def _run_gpu(
                 errors.append(str(exc))
                 log.warning(
                     "Failed to create GPU instance",
-                    gpu=gpu.index,
                     profile=step.profile,
                     start=step.start,
                     nvml_rc=exc.rc,
@@ -549,7 +546,6 @@ def _run_gpu(
             created.append(made)
             log.info(
                 "Created GPU instance",
-                gpu=gpu.index,
                 profile=made.profile,
                 start=made.start,
                 gi_id=made.gi_id,
