@@ -9,11 +9,16 @@ Pure: imports nothing of Kubernetes or NVML.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from cdmo.errors import InvalidInput
 from cdmo.mig.catalog import GpuModel
 
 RESOURCE_PREFIX = "nvidia.com/mig-"
+
+#: What NVIDIA's device plugin appends to a resource it shares by time-slicing or MPS when
+#: ``renameByDefault`` is on: ``nvidia.com/mig-1g.10gb.shared``.
+SHARED_SUFFIX = ".shared"
 
 # <N>g.<M>gb, then an optional suffix written with '.' (me, gfx, me.all) or '-me'.
 _RESOURCE_RE = re.compile(r"^(?P<base>[0-9]+g\.[0-9]+gb)(?:\.(?P<plus>me\.all|me|gfx)|(?P<minus>-me))?$")
@@ -44,6 +49,31 @@ def profile_from_resource(resource: str) -> str:
     if m["minus"]:
         return f"{m['base']}-me"
     return m["base"]
+
+
+@dataclass(frozen=True)
+class MigResource:
+    """A MIG resource name read: the profile it is for, and whether it is a shared (renamed) one."""
+
+    profile: str
+    shared: bool = False
+
+
+def parse_mig_resource(resource: str) -> MigResource | None:
+    """Any name under which a MIG device of a profile is advertised, or None if it is not one.
+
+    Accepts cdmo's and NVIDIA's names (``nvidia.com/mig-1g.10gb``) and the names NVIDIA's plugin
+    gives to shared replicas (``nvidia.com/mig-1g.10gb.shared``). Never raises: the safety code
+    asks this for every resource a node reports, and an unknown name is simply not a MIG device.
+    """
+    if not is_mig_resource(resource):
+        return None
+    shared = resource.endswith(SHARED_SUFFIX)
+    name = resource[: -len(SHARED_SUFFIX)] if shared else resource
+    try:
+        return MigResource(profile_from_resource(name), shared)
+    except InvalidInput:
+        return None
 
 
 def resource_from_profile(profile: str) -> str:
