@@ -327,7 +327,9 @@ class NvmlBackend:
         gi_info = self._call(what, nv.nvmlGpuInstanceGetInfo, gi)
         name = next((n for n, p in self._gi_profiles(gpu, h) if p.id == gi_info.profileId), None)
         if model is None or name is None or not model.has_profile(name):
-            raise NotSupported(f"{what}: cdmo does not know this GPU instance's profile", NvmlReturn.NOT_SUPPORTED)
+            raise NotSupported(
+                f"{what}: cdmo does not know this GPU instance's profile", NvmlReturn.NOT_SUPPORTED
+            )
         prof = model.profile(name)
         ci_prof = self._call(
             what,

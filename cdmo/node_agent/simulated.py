@@ -601,7 +601,9 @@ def _instance_info(gpu: int, gi: SimGpuInstance) -> GpuInstanceInfo:
         gi.size,
         gi.gi_id,
         [
-            ComputeInstanceInfo(ci.ci_id, ci.uuid, CI_PROFILE_SLICES[ci.profile_id] == gi.profile.compute_slices)
+            ComputeInstanceInfo(
+                ci.ci_id, ci.uuid, CI_PROFILE_SLICES[ci.profile_id] == gi.profile.compute_slices
+            )
             for ci in gi.cis.values()
         ],
     )
