@@ -314,6 +314,8 @@ class _Executor:
         else:
             state, reason = GpuState.READY, Reason.LAYOUT_APPLIED
             message = f"GPU {gd.index} holds {format_layout(gd.desired or ()) or 'no instances'}"
+        if run.repairs:
+            message += "; repaired: " + "; ".join(run.repairs)
         return GpuResult(
             gd.index,
             gd.info,

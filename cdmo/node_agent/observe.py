@@ -59,7 +59,12 @@ def observe_node(
     *,
     retry: RetryPolicy = DEFAULT_RETRY,
 ) -> NodeObservation:
-    """Read every GPU of the node, what each holds, and who holds it. Changes nothing."""
+    """Read every GPU of the node, what each holds, and who holds it. Changes nothing.
+
+    The pods (pod-resources, the API server: the slow reads) come first, NVML last, so that
+    what NVML says is as fresh as it can be when the decision is made.
+    """
+    holders = read_in_use(in_use)
     gpus = {g.index: g for g in call_with_retry(retry, backend.list_gpus)}
     instances: dict[int, tuple[GpuInstanceInfo, ...]] = {}
     processes: dict[str, tuple[int, ...]] = {}
@@ -69,4 +74,4 @@ def observe_node(
         )
         # With MIG off the GPU's own processes count: they keep --enable-mig away.
         processes.update(call_with_retry(retry, backend.list_processes, index))
-    return NodeObservation(gpus, instances, read_in_use(in_use).with_processes(processes))
+    return NodeObservation(gpus, instances, holders.with_processes(processes))
