@@ -159,7 +159,7 @@ def test_enable_mig_refuses_while_a_pod_holds_the_whole_gpu(
     assert json.loads(state.read_text())["gpus"][0]["mig"] == {"current": False, "pending": False}
 
     servicer.rows = []  # the pod is gone: now it may
-    code, out, err = cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), *args)
+    code, _out, err = cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), *args)
     assert code == 0, err
     assert json.loads(state.read_text())["gpus"][0]["mig"] == {"current": True, "pending": True}
 
@@ -170,6 +170,6 @@ def test_enable_mig_refuses_while_a_process_runs_on_the_gpu(
     _, socket = kubelet
     state = mig_off(tmp_path, capsys, socket, [31337])
     args = ["--sim-state", str(state), "--pod-resources-socket", socket, "--enable-mig"]
-    code, out, err = cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), *args)
+    code, _out, err = cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), *args)
     assert code == 1 and "process 31337" in err
     assert json.loads(state.read_text())["gpus"][0]["mig"]["current"] is False
