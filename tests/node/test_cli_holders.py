@@ -154,7 +154,7 @@ def test_enable_mig_refuses_while_a_pod_holds_the_whole_gpu(
     servicer.rows = [("ml/whole-gpu", "nvidia.com/gpu", [gpu_uuid])]
     args = ["--sim-state", str(state), "--pod-resources-socket", socket, "--enable-mig"]
     code, out, err = cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), *args)
-    assert code == 1
+    assert code == 1, out
     assert "pod ml/whole-gpu" in err and "MIG mode stays off on GPU 0" in err
     assert json.loads(state.read_text())["gpus"][0]["mig"] == {"current": False, "pending": False}
 
