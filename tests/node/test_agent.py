@@ -485,3 +485,26 @@ def test_a_gpu_cdmo_never_managed_is_not_switched_on(make_node: Callable[..., Si
     agent = make_agent(kube, node)
     agent.sync_once()
     assert not node.gpus[0].mig_current and kube.events == []
+
+
+def test_an_unreachable_api_server_fails_the_pass_as_a_kube_error(node: SimulatedNode) -> None:
+    """Connection errors of the Kubernetes client used to escape as urllib3 exceptions, with a
+    traceback from the loop; now they end the pass as an API error does."""
+    import socket
+
+    import kubernetes
+
+    from cdmo.node_agent.kube import KubeClient
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = kubernetes.client.Configuration(host=f"http://127.0.0.1:{port}")
+    conf.retries = False
+    kube = KubeClient(kubernetes.client.ApiClient(conf), request_timeout_seconds=2, retry_wait_seconds=0)
+    config = AgentConfig(node_name=NODE, backend="simulated")
+    agent = Agent(
+        config, SimulatedBackend(node), kube, FakeRefresher(), pod_resources=FakePodResources(), retry=RETRY
+    )
+    with pytest.raises(KubeError, match="cannot reach the Kubernetes API"):
+        agent.sync_once()
