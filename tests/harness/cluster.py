@@ -71,13 +71,13 @@ class GuardedBackend:
 
     def destroy_instance(self, gpu: int, gi_id: int) -> None:
         victim = next((i for i in self.inner.list_instances(gpu) if i.gi_id == gi_id), None)
-        for uuid in victim.uuids if victim is not None else ():
-            assert victim is not None
-            holder = self.cluster.holder_of(self.node, uuid)
-            if holder is not None:
-                self.cluster.violations.append(
-                    f"{self.node}: destroyed {victim.profile}@{victim.start} on GPU {gpu} ({uuid}) held by {holder}"
-                )
+        if victim is not None:
+            for uuid in victim.uuids:  # every compute instance of the GI
+                holder = self.cluster.holder_of(self.node, uuid)
+                if holder is not None:
+                    self.cluster.violations.append(
+                        f"{self.node}: destroyed {victim.profile}@{victim.start} on GPU {gpu} ({uuid}) held by {holder}"
+                    )
         self.inner.destroy_instance(gpu, gi_id)
 
     def set_mig_mode(self, gpu: int, enabled: bool) -> MigModeChange:
