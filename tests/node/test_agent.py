@@ -508,3 +508,28 @@ def test_an_unreachable_api_server_fails_the_pass_as_a_kube_error(node: Simulate
     )
     with pytest.raises(KubeError, match="cannot reach the Kubernetes API"):
         agent.sync_once()
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        ([], {}, True),
+        (["--no-auto-enable-mig"], {}, False),
+        ([], {"CDMO_AUTO_ENABLE_MIG": "false"}, False),
+        ([], {"CDMO_AUTO_ENABLE_MIG": "true"}, True),
+    ],
+    ids=["default-on", "flag-off", "env-off", "env-on"],
+)
+def test_automatic_mig_enable_is_on_by_default_and_turns_off(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], env: dict[str, str], expected: bool
+) -> None:
+    import argparse
+
+    from cdmo.commands.agent import add_arguments, build_config
+
+    monkeypatch.delenv("CDMO_AUTO_ENABLE_MIG", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert build_config(parser.parse_args([*argv, "--node-name", "n"])).auto_enable_mig is expected
