@@ -26,7 +26,7 @@ import structlog
 
 from cdmo.api import GROUP, PLURAL, VERSION
 from cdmo.config import OperatorConfig
-from cdmo.operator.demand import is_bound_mig_pod, is_unbound_mig_pod, mig_requests, pod_key, summarize_pod
+from cdmo.operator.demand import asks_for_mig, is_bound_mig_pod, is_unbound_mig_pod, pod_key, summarize_pod
 from cdmo.operator.kube import LayoutWriter
 from cdmo.operator.loop import Indexes, PlanningLoop
 from cdmo.operator.metrics import OperatorMetrics
@@ -69,7 +69,7 @@ def _bound(body: kopf.Body, **_: Any) -> bool:
 
 
 def _asks_mig(body: kopf.Body, **_: Any) -> bool:
-    return bool(mig_requests(body))
+    return asks_for_mig(body)
 
 
 def _first(store: Any) -> Any:

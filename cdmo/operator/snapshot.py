@@ -95,6 +95,16 @@ def screen_pods(pods: Iterable[Mapping[str, Any]]) -> tuple[list[Mapping[str, An
     ok: list[Mapping[str, Any]] = []
     rejected: list[Rejection] = []
     for pod in pods:
+        if pod.get("badCounts"):
+            rejected.append(
+                Rejection(
+                    pod,
+                    "InvalidCount",
+                    f"Pod {pod['key']} cannot be planned: {'; '.join(pod['badCounts'])}; "
+                    "ask for a whole number of devices, such as nvidia.com/mig-1g.10gb: 1",
+                )
+            )
+            continue
         bad = []
         for resource in pod.get("requests") or {}:
             try:
