@@ -45,29 +45,20 @@ def _devices(pod: PendingPod) -> int:
     return total
 
 
-def _show(count: int) -> str:
-    # str() of an int past 4300 digits raises; a count past MAX_COUNT is said in words instead.
-    return str(count) if count <= MAX_COUNT else f"more than {MAX_COUNT}"
-
-
 def _reason(pod: PendingPod, devices: int, most: int, where: str) -> str:
-    asks = ", ".join(
-        f"{r}: {_show(c)}"
-        for r, c in sorted(pod.requests.items())
-        if r.startswith(RESOURCE_PREFIX) and isinstance(c, int)
+    mig = sorted(
+        (r, c) for r, c in pod.requests.items() if r.startswith(RESOURCE_PREFIX) and isinstance(c, int)
     )
     if devices > MAX_COUNT:
+        # str() of an int past 4300 digits raises, and no one reads such a number: say it in words.
+        names = ", ".join(r for r, c in mig if c > MAX_COUNT) or ", ".join(r for r, _ in mig)
         return (
-            f"the pod asks for {asks}: more devices than Kubernetes can count (at most {MAX_COUNT}); "
+            f"the pod asks for more {names} devices than Kubernetes can count (at most {MAX_COUNT}); "
             f"no labelled node holds more than {most} MIG devices{where}; ask for fewer devices"
         )
-    if most == 0:
-        return (
-            f"the pod asks for {asks}, and no labelled node has a GPU of a model cdmo knows; label a "
-            "MIG-capable GPU node or check the GPU models the nodes report (cdmo profiles)"
-        )
+    asks = ", ".join(f"{r}: {c}" for r, c in mig)
     return (
-        f"the pod asks for {asks} ({devices} devices), more than any labelled node can hold at once: "
+        f"the pod asks for {devices} devices ({asks}), more than any labelled node can hold at once: "
         f"at most {most}{where}; ask for fewer devices, or spread the work over several pods"
     )
 

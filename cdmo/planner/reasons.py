@@ -5,6 +5,8 @@ The first cause that applies wins, from the pod's own request outwards to the ro
 =================  ==========================================================================
 code               cause
 =================  ==========================================================================
+TooManyDevices     more devices than any labelled node can hold (decided before the search,
+                   see cdmo.planner.bounds)
 NoMigRequest       the pod asks for no ``nvidia.com/mig-*`` resource
 UnknownProfile     a resource names no profile, or no GPU model of the cluster has the profile
 NoLabelledNode     no node carries the partitioning label

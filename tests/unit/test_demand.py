@@ -156,7 +156,9 @@ def test_bad_values_are_named_with_container_and_reason() -> None:
         BadCount(R1, "main", "'1.5'", "a count of devices must be a whole number"),
         BadCount(R1, "side", "'-1'", "a count of devices cannot be negative"),
     )
-    assert str(demand.bad[0]) == f"container main asks for '1.5' {R1}: a count of devices must be a whole number"
+    assert (
+        str(demand.bad[0]) == f"container main asks for '1.5' {R1}: a count of devices must be a whole number"
+    )
 
 
 def test_shared_names_count_for_their_profile() -> None:
@@ -185,3 +187,17 @@ def test_agent_caps_huge_counts_and_reserves_one_for_a_bad_value() -> None:
     assert agent_requests(beyond) == {"1g.10gb": RESERVATION_CAP}
     assert read_demand(beyond).bad[0].too_big
     assert agent_requests(pod(container("a", {R3: "lots"}))) == {"3g.40gb": 1}
+
+
+def test_operator_tells_a_pod_with_a_bad_count_why_and_plans_the_others() -> None:
+    from cdmo.operator.demand import is_unbound_mig_pod, summarize_pod
+    from cdmo.operator.snapshot import screen_pods
+
+    bad = pod(container("main", {R1: "1.5"}))
+    good = pod(container("main", {R1: "1"}))
+    good["metadata"]["name"] = "q"
+    assert is_unbound_mig_pod(bad)  # seen by the operator, so that it gets an Event
+    ok, rejected = screen_pods([summarize_pod(bad), summarize_pod(good)])
+    assert [p["key"] for p in ok] == ["ml/q"]
+    assert [(r.pod["key"], r.code) for r in rejected] == [("ml/p", "InvalidCount")]
+    assert "container main asks for '1.5' nvidia.com/mig-1g.10gb" in rejected[0].message
