@@ -158,12 +158,12 @@ def _step_doc(step: Any) -> dict[str, Any]:
 
 def _apply(args: argparse.Namespace) -> int:
     from cdmo.node_agent.backend import DEFAULT_RETRY
-    from cdmo.node_agent.reconcile import GpuState, execute_plan, plan_node
+    from cdmo.node_agent.reconcile import GpuState, execute_decision, prepare_node
 
     desired = read_layout_file(args.layout)
     backend, in_use = _open(args)
     try:
-        plan = plan_node(backend, desired, in_use, enable_mig=args.enable_mig, retry=DEFAULT_RETRY)
+        plan = prepare_node(backend, desired, in_use, enable_mig=args.enable_mig, retry=DEFAULT_RETRY)
         doc: dict[str, Any] = {
             "applied": False,
             "dryRun": bool(args.dry_run),
@@ -183,7 +183,7 @@ def _apply(args: argparse.Namespace) -> int:
         if args.dry_run:
             _report(doc, args.output)
             return exit_codes.SUCCESS
-        result = execute_plan(backend, plan, in_use, retry=DEFAULT_RETRY)
+        result = execute_decision(backend, plan, in_use, retry=DEFAULT_RETRY)
         doc["applied"] = True
         doc["created"] = [
             {

@@ -18,8 +18,9 @@ from typing import Any
 
 from cdmo.api import ConditionType, Phase, format_time, get_condition, set_condition
 from cdmo.node_agent.backend import GpuInfo, GpuInstanceInfo
+from cdmo.node_agent.decide import GpuState, protected_instances
+from cdmo.node_agent.execute import GpuResult, ReconcileResult
 from cdmo.node_agent.inuse import InUse
-from cdmo.node_agent.reconcile import GpuResult, GpuState, ReconcileResult, protected_instances
 from cdmo.node_agent.refresh import RefreshOutcome
 
 _NOT_READY_ORDER = (GpuState.REFUSED, GpuState.MIG_OFF, GpuState.BLOCKED, GpuState.FAILED, GpuState.PENDING)
@@ -31,6 +32,9 @@ def build_instance_entry(inst: GpuInstanceInfo, holders: Sequence[Any]) -> dict[
         entry["ciId"] = inst.ci_id
     if inst.uuid:
         entry["uuid"] = inst.uuid
+    if len(inst.uuids) > 1:
+        # A GI split by another tool: a pod may hold any of its MIG devices.
+        entry["uuids"] = list(inst.uuids)
     entry["allocated"] = bool(holders)
     pods = [h.pod for h in holders if h.pod]
     if pods:

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cdmo.demand import MAX_COUNT, BadCount, PodDemand, parse_count, read_demand
-from cdmo.node_agent.inuse import RESERVATION_CAP
+from cdmo.node_agent.inuse import MAX_RESERVATIONS_PER_POD
 from cdmo.node_agent.inuse import mig_requests as agent_requests
 from cdmo.operator.demand import mig_requests as operator_requests
 
@@ -182,9 +182,9 @@ def test_operator_and_agent_agree_on_a_native_sidecar_pod() -> None:
 
 def test_agent_caps_huge_counts_and_reserves_one_for_a_bad_value() -> None:
     huge = pod(container("a", {R1: str(10**12)}))
-    assert agent_requests(huge) == {"1g.10gb": RESERVATION_CAP}
+    assert agent_requests(huge) == {"1g.10gb": MAX_RESERVATIONS_PER_POD}
     beyond = pod(container("a", {SHARED: str(2**70)}))
-    assert agent_requests(beyond) == {"1g.10gb": RESERVATION_CAP}
+    assert agent_requests(beyond) == {"1g.10gb": MAX_RESERVATIONS_PER_POD}
     assert read_demand(beyond).bad[0].too_big
     assert agent_requests(pod(container("a", {R3: "lots"}))) == {"3g.40gb": 1}
 
