@@ -53,7 +53,9 @@ def render(figures: Figures, first_seed: int, steps: int, seconds: float) -> str
         "",
         f"Commit {_commit()}, Python {platform.python_version()}: **{figures.runs} runs** (seeds "
         f"{first_seed}..{first_seed + figures.runs - 1}), {figures.steps} steps, {figures.passes} agent passes, "
-        f"{seconds:.0f} s; **invariant violations: {sum(figures.violations.values())}**.",
+        f"{seconds:.0f} s; {figures.half_made} GPU instances left without a compute instance by the faults, "
+        "kept wanted for the quiet phase (to be repaired); "
+        f"**invariant violations: {sum(figures.violations.values())}**.",
         "",
         *table("holder form", dict(figures.holders)),
         *table("fault", dict(figures.faults)),

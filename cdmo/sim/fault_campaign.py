@@ -237,6 +237,8 @@ class Figures:
     faults: Counter[str] = field(default_factory=Counter)
     holders: Counter[str] = field(default_factory=Counter)
     violations: Counter[str] = field(default_factory=Counter)
+    #: GPU instances found without a compute instance when the quiet phase began (to repair)
+    half_made: int = 0
     #: the first few violations in words, with their seed
     examples: list[str] = field(default_factory=list)
 
@@ -244,6 +246,7 @@ class Figures:
         self.runs += other.runs
         self.steps += other.steps
         self.passes += other.passes
+        self.half_made += other.half_made
         self.faults.update(other.faults)
         self.holders.update(other.holders)
         self.violations.update(other.violations)
@@ -627,8 +630,30 @@ class World:
         self.bind_mid_pass = []
         for pod in [p for p in self.pods if not p.admitted]:
             self.pods.remove(pod)
+        # One more GPU instance left without its compute instance, as a death between the two
+        # creates leaves it, on a GPU with MIG on and room (the faults above leave such GIs too,
+        # but the passes right after them usually repair or replace them already).
+        for g in self.rng.sample(range(len(self.node.gpus)), len(self.node.gpus)):
+            gpu = self.node.gpus[g]
+            if not gpu.mig_current:
+                continue
+            spots = [(p, st) for p in gpu.model.profiles if not p.is_variant for st in p.starts]
+            spots = [(p, st) for p, st in spots if not self._overlaps(g, p, st)]
+            if spots:
+                p, st = self.rng.choice(spots)
+                self.node.create_gpu_instance(g, p.profile_id, st, p.placement_size)
+                break
+        # GPU instances without a compute instance stay wanted: the agent must repair them in place.
+        half_made = {
+            g: [Instance(gi.profile.name, gi.start) for gg, gi in self.all_gis() if gg == g and not gi.cis]
+            for g in range(len(self.node.gpus))
+        }
+        self.figures.half_made += sum(len(v) for v in half_made.values())
         self.kube.set_layout(
-            {g: self.random_layout(g, self.held_instances(g)) for g in range(len(self.node.gpus))}
+            {
+                g: self.random_layout(g, [*self.held_instances(g), *half_made[g]])
+                for g in range(len(self.node.gpus))
+            }
         )
         for _ in range(4):
             self.agent_pass()
