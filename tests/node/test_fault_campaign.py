@@ -59,10 +59,10 @@ def test_checker_sees_a_status_that_differs_from_the_gpus() -> None:
     world.build()
     world.agent_pass()
     assert not world.figures.violations, _report(world.figures)
-    world.kube.obj["status"]["gpus"][0]["instances"] = []  # type: ignore[index]
-    world.node.gpus[0].gis or world.kube.obj["status"]["gpus"][0]["instances"].append(  # type: ignore[index]
-        {"profile": "1g.10gb", "start": 0, "giId": 99}
-    )
+    status = world.kube.obj["status"] if world.kube.obj else {}
+    gpu0 = status["gpus"][0]
+    # a status that lists an instance GPU 0 does not hold, or misses one it holds
+    gpu0["instances"] = [] if world.node.gpus[0].gis else [{"profile": "x", "start": 0, "giId": 99}]
     world.check_status()
     assert world.figures.violations["status-differs"] == 1
 
