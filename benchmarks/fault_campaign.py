@@ -46,15 +46,18 @@ def render(figures: Figures, first_seed: int, steps: int, seconds: float) -> str
         "The node agent (`Agent.sync_once`) on simulated GPUs, against in-memory stand-ins for its",
         "MigLayout API, pod-resources and device plugin (`cdmo/sim/fault_campaign.py`): random GPUs",
         "and layouts, holders in every form, faults injected between passes, invariants checked",
-        "after every step and after a quiet phase at the end of each run.",
+        "after every step and after a quiet phase at the end of each run. The CI runs seeds 0..23",
+        "(`tests/node/test_fault_campaign.py`), and a broken agent (protections off) to show the",
+        "checker catches one.",
         "",
         f"    .venv/bin/python benchmarks/fault_campaign.py --seeds {figures.runs} --first-seed {first_seed} "
         f"--steps {steps} --write-docs",
         "",
         f"Commit {_commit()}, Python {platform.python_version()}: **{figures.runs} runs** (seeds "
         f"{first_seed}..{first_seed + figures.runs - 1}), {figures.steps} steps, {figures.passes} agent passes, "
-        f"{seconds:.0f} s; {figures.half_made} GPU instances left without a compute instance by the faults, "
-        "kept wanted for the quiet phase (to be repaired); "
+        f"{seconds:.0f} s; {figures.half_made} GPU instances without a compute instance at the start of "
+        "the quiet phases (one made there per run where a GPU had room, as a death between GI and CI "
+        "leaves it, plus any the faults left), kept wanted and so to be repaired; "
         f"**invariant violations: {sum(figures.violations.values())}**.",
         "",
         *table("holder form", dict(figures.holders)),
