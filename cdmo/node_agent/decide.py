@@ -270,6 +270,9 @@ def decide_mig_mode(
         automatic = not enable_mig and info.uuid in restore_mig
         if not enable_mig and not automatic:
             continue
+        model = find_model(info.model_key)
+        if model is None or validate_layout(model, layout):
+            continue  # refused below; MIG mode is no business of a layout that cannot apply
         holders = gpu_holders(info, observed.in_use)
         if holders:
             refused[index] = (

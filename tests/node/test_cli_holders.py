@@ -154,12 +154,12 @@ def test_enable_mig_refuses_while_a_pod_holds_the_whole_gpu(
     servicer.rows = [("ml/whole-gpu", "nvidia.com/gpu", [gpu_uuid])]
     args = ["--sim-state", str(state), "--pod-resources-socket", socket, "--enable-mig"]
     code, out, err = cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), *args)
-    assert code == 1
+    assert code == 1, out
     assert "pod ml/whole-gpu" in err and "MIG mode stays off on GPU 0" in err
     assert json.loads(state.read_text())["gpus"][0]["mig"] == {"current": False, "pending": False}
 
     servicer.rows = []  # the pod is gone: now it may
-    code, out, err = cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), *args)
+    code, _out, err = cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), *args)
     assert code == 0, err
     assert json.loads(state.read_text())["gpus"][0]["mig"] == {"current": True, "pending": True}
 
@@ -170,6 +170,6 @@ def test_enable_mig_refuses_while_a_process_runs_on_the_gpu(
     _, socket = kubelet
     state = mig_off(tmp_path, capsys, socket, [31337])
     args = ["--sim-state", str(state), "--pod-resources-socket", socket, "--enable-mig"]
-    code, out, err = cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), *args)
+    code, _out, err = cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), *args)
     assert code == 1 and "process 31337" in err
     assert json.loads(state.read_text())["gpus"][0]["mig"]["current"] is False

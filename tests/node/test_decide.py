@@ -190,6 +190,7 @@ def test_diff_keeps_one_instance_per_desired_place() -> None:
         (True, False, gpu(mig=True), InUse(), "1g.10gb@0", (), set(), False),
         (True, False, gpu(mig=False, pending=True), InUse(), "1g.10gb@0", (), set(), False),
         (True, False, gpu(mig=False, model=None), InUse(), "1g.10gb@0", (), set(), False),
+        (True, False, gpu(mig=False), InUse(), "4g.40gb@0,4g.40gb@4", (), set(), False),
     ],
     ids=[
         "flag-switches",
@@ -202,6 +203,7 @@ def test_diff_keeps_one_instance_per_desired_place() -> None:
         "already-on",
         "pending-reset",
         "unknown-model",
+        "invalid-layout",
     ],
 )
 def test_decide_mig_mode(

@@ -12,10 +12,12 @@ from cdmo.api import ConditionType, get_condition
 from cdmo.mig.layouts import format_layout
 from cdmo.node_agent.backend import GpuBackend, NoPermission, NvmlReturn
 from cdmo.node_agent.inuse import BoundPod, InUse, build_in_use
+from cdmo.node_agent.nvml import NvmlBackend
 from cdmo.node_agent.reconcile import GpuState, reconcile_node
 from cdmo.node_agent.simulated import SimulatedBackend, SimulatedCrash, SimulatedNode
 from cdmo.node_agent.status import build_status
 from tests.node.conftest import RETRY, layout
+from tests.node.fake_pynvml import make_fake_pynvml
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -124,14 +126,14 @@ def test_the_advertiser_is_refreshed_when_the_pass_fails(sim: SimulatedBackend, 
 
 
 def test_a_gi_whose_destroy_is_refused_after_its_ci_went_gets_its_ci_again(
-    sim: SimulatedBackend, node: SimulatedNode
+    any_backend: GpuBackend, node: SimulatedNode
 ) -> None:
     """dcgm-exporter holds the GI: NVML destroys the CI, then refuses the GI (IN_USE). The old
     agent left the GI without a CI, so its device vanished from the node."""
-    old = sim.create_instance(0, "3g.40gb", 0)
+    old = any_backend.create_instance(0, "3g.40gb", 0)
     node.inject_fault("nvmlGpuInstanceDestroy", NvmlReturn.IN_USE)
-    result = reconcile_node(sim, {0: layout("7g.80gb@0")}, retry=RETRY)
-    (now,) = sim.list_instances(0)
+    result = reconcile_node(any_backend, {0: layout("7g.80gb@0")}, retry=RETRY)
+    (now,) = any_backend.list_instances(0)
     assert now.gi_id == old.gi_id and now.healthy and now.uuid != old.uuid
     g = result.gpu(0)
     assert g.state == GpuState.FAILED and g.repaired and "IN_USE" in g.repairs[0]
@@ -139,8 +141,8 @@ def test_a_gi_whose_destroy_is_refused_after_its_ci_went_gets_its_ci_again(
     applied = get_condition(status["conditions"], ConditionType.APPLIED)
     assert applied is not None and "compute instance again" in applied["message"]
     # Once the client lets go, the next pass gets the layout.
-    assert reconcile_node(sim, {0: layout("7g.80gb@0")}, retry=RETRY).settled
-    assert holds(sim, 0) == "7g.80gb@0"
+    assert reconcile_node(any_backend, {0: layout("7g.80gb@0")}, retry=RETRY).settled
+    assert holds(any_backend, 0) == "7g.80gb@0"
 
 
 def test_a_gi_left_without_ci_is_repaired_in_place_when_the_layout_keeps_it(
@@ -170,3 +172,15 @@ def test_an_unwanted_gi_without_ci_that_stays_gets_its_ci_again(
     inst = next(i for i in sim.list_instances(0) if i.gi_id == gi.gi_id)
     assert inst.healthy
     assert result.gpu(0).state == GpuState.FAILED
+
+
+def test_processes_on_a_gpu_with_mig_off_are_listed_by_the_gpu_uuid() -> None:
+    node = SimulatedNode.from_models(["h100-80gb"], seed="t", mig_enabled=False)
+    for backend in (SimulatedBackend(node), NvmlBackend(make_fake_pynvml(node))):
+        assert backend.list_processes(0) == {}
+        node.add_gpu_process(0, 12)
+        assert backend.list_processes(0) == {node.gpus[0].uuid: (12,)}
+        node.remove_gpu_process(0, 12)
+        result = reconcile_node(backend, {0: layout("7g.80gb@0")}, enable_mig=True, retry=RETRY)
+        assert result.settled and holds(backend, 0) == "7g.80gb@0"
+        node.reboot()
