@@ -62,6 +62,7 @@ def render(figures: Figures, first_seed: int, steps: int, seconds: float) -> str
         "",
         *table("holder form", dict(figures.holders)),
         *table("fault", dict(figures.faults)),
+        *table("Event posted by the agent", dict(figures.events)),
         *table("invariant violated", dict(figures.violations)),
     ]
     if figures.examples:

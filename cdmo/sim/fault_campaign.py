@@ -176,6 +176,12 @@ class CampaignKube:
         self.obj["status"] = merged
         self.world.status_written = True
 
+    def create_miglayout_event(
+        self, layout: dict[str, Any], *, reason: str, message: str, event_type: str = "Normal"
+    ) -> None:
+        self._maybe_fail("event")
+        self.world.figures.events[reason] += 1
+
     def list_node_pods(self, node: str) -> list[dict[str, Any]]:
         self._maybe_fail("list")
         self.world.on_list_pods()
@@ -237,6 +243,8 @@ class Figures:
     faults: Counter[str] = field(default_factory=Counter)
     holders: Counter[str] = field(default_factory=Counter)
     violations: Counter[str] = field(default_factory=Counter)
+    #: Events the agent posted on its MigLayout, by reason
+    events: Counter[str] = field(default_factory=Counter)
     #: GPU instances found without a compute instance when the quiet phase began (to repair)
     half_made: int = 0
     #: the first few violations in words, with their seed
@@ -247,6 +255,7 @@ class Figures:
         self.steps += other.steps
         self.passes += other.passes
         self.half_made += other.half_made
+        self.events.update(other.events)
         self.faults.update(other.faults)
         self.holders.update(other.holders)
         self.violations.update(other.violations)
@@ -281,7 +290,9 @@ class World:
     # --- set-up --------------------------------------------------------------------------
 
     def _new_agent(self) -> Agent:
-        config = AgentConfig(node_name=NODE, enable_mig=True, refresh_strategy="none")
+        # The chart's defaults: MIG is not switched on by --enable-mig, only restored after a
+        # reboot where cdmo managed the GPU (autoEnableMig).
+        config = AgentConfig(node_name=NODE, refresh_strategy="none")
         backend = _BlindBackend(self.node) if self.broken else SimulatedBackend(self.node)
         cls = _BlindAgent if self.broken else Agent
         return cls(
@@ -611,6 +622,7 @@ class World:
                 "api-read",
                 "api-list",
                 "api-patch",
+                "api-event",
                 "crash-between-gi-and-ci",
                 "bind-mid-pass",
                 "bind-mid-pass",

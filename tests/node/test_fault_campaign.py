@@ -25,7 +25,16 @@ def test_campaign_in_memory_api_finds_no_violation() -> None:
     assert figures.runs == len(CI_SEEDS)
     # the campaign really exercised what it claims to
     assert set(figures.holders) == set(HOLDER_FORMS)
-    for kind in ("nvml", "pod-resources", "api-read", "api-list", "api-patch", "reboot", "bind-mid-pass"):
+    for kind in (
+        "nvml",
+        "pod-resources",
+        "api-read",
+        "api-list",
+        "api-patch",
+        "api-event",
+        "reboot",
+        "bind-mid-pass",
+    ):
         assert figures.faults[kind] > 0, kind
     assert figures.faults["crash-between-gi-and-ci"] > 0
     assert not figures.violations, _report(figures)
