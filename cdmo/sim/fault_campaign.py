@@ -30,7 +30,8 @@ Invariants, checked after every step:
 
 ``run_campaign(seeds)`` returns figures (runs, steps, faults by kind, violations by kind).
 ``broken=True`` runs an agent with its protections switched off (it sees no pod and no
-process), so that a test can show the checker catches one.
+process), ``broken="stale"`` one whose re-check before a destroy reads nothing new, so that
+tests can show the checker catches them.
 """
 
 from __future__ import annotations
@@ -219,6 +220,19 @@ class _BlindAgent(Agent):
         return EMPTY_IN_USE
 
 
+class _StaleAgent(Agent):
+    """The agent whose re-check before a destroy reuses the pass's first read of who holds what."""
+
+    _first: InUse | None = None
+    _seen_pass = -1
+
+    def read_in_use(self) -> InUse:
+        if self._seen_pass != self.passes or self._first is None:
+            self._seen_pass = self.passes
+            self._first = super().read_in_use()
+        return self._first
+
+
 class _BlindBackend(SimulatedBackend):
     """NVML processes hidden from the agent (the simulated GPUs still refuse to destroy them)."""
 
@@ -265,7 +279,7 @@ class Figures:
 class World:
     """One seed's node, pods and agent, with the checks after every step."""
 
-    def __init__(self, seed: int, *, broken: bool = False) -> None:
+    def __init__(self, seed: int, *, broken: bool | str = False) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.broken = broken
@@ -293,8 +307,9 @@ class World:
         # The chart's defaults: MIG is not switched on by --enable-mig, only restored after a
         # reboot where cdmo managed the GPU (autoEnableMig).
         config = AgentConfig(node_name=NODE, refresh_strategy="none")
-        backend = _BlindBackend(self.node) if self.broken else SimulatedBackend(self.node)
-        cls = _BlindAgent if self.broken else Agent
+        blind = self.broken in (True, "blind")
+        backend = _BlindBackend(self.node) if blind else SimulatedBackend(self.node)
+        cls = _BlindAgent if blind else _StaleAgent if self.broken == "stale" else Agent
         return cls(
             config,
             backend,
@@ -473,12 +488,25 @@ class World:
             for pod in self.pods:
                 pod.uuids = []  # the pods restart and wait to be admitted again
         elif kind == "bind-mid-pass":
-            profiles = sorted({gi.profile.name for _, gi in self.all_gis()})
-            if profiles:
+            # A pod for the profile of a free instance that the new desired layout drops: the
+            # agent's first read does not see the pod, its re-check before the destroy must.
+            free = self.free_instances()
+            if free:
+                g, gi = self.rng.choice(free)
                 form = self.rng.choice(("bound", "sidecar"))
-                self.bind_mid_pass.append(
-                    self._new_pod(self.rng.choice(profiles), form, 2 if form == "sidecar" else 1)
-                )
+                self.bind_mid_pass.append(self._new_pod(gi.profile.name, form, 2 if form == "sidecar" else 1))
+                dropped = Instance(gi.profile.name, gi.start)
+                layout = tuple(i for i in self.random_layout(g, self.held_instances(g)) if i != dropped)
+                self._set_gpu_layout(g, layout)
+
+    def _set_gpu_layout(self, g: int, layout: tuple[Instance, ...]) -> None:
+        """A new desired layout for GPU ``g``; the other GPUs keep theirs."""
+        spec = {
+            i["index"]: tuple(Instance(x["profile"], x["start"]) for x in i.get("instances") or [])
+            for i in (self.kube.obj or {}).get("spec", {}).get("gpus", [])
+        }
+        spec[g] = layout
+        self.kube.set_layout(spec)
 
     # --- one pass and its checks ---------------------------------------------------------
 
@@ -601,12 +629,9 @@ class World:
             return
         if roll < 0.5:
             g = self.rng.randrange(len(self.node.gpus))
-            spec = {
-                i["index"]: tuple(Instance(x["profile"], x["start"]) for x in i.get("instances") or [])
-                for i in (self.kube.obj or {}).get("spec", {}).get("gpus", [])
-            }
-            spec[g] = self.random_layout(g, self.held_instances(g) if self.rng.random() < 0.7 else ())
-            self.kube.set_layout(spec)
+            self._set_gpu_layout(
+                g, self.random_layout(g, self.held_instances(g) if self.rng.random() < 0.7 else ())
+            )
         elif roll < 0.6:
             self.add_holder(self.rng.choice(HOLDER_FORMS))
         elif roll < 0.67:
@@ -681,8 +706,12 @@ class World:
         return self.figures
 
 
-def run_campaign(seeds: Sequence[int], *, steps: int = 25, broken: bool = False) -> Figures:
-    """Run one world per seed; figures summed over all of them."""
+def run_campaign(seeds: Sequence[int], *, steps: int = 25, broken: bool | str = False) -> Figures:
+    """Run one world per seed; figures summed over all of them.
+
+    ``broken``: True or "blind", an agent that sees no pod and no process; "stale", an agent
+    whose re-check before a destroy does not read again (for the checker's own tests).
+    """
     total = Figures()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(50))  # quiet: CRITICAL only
     try:

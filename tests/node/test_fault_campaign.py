@@ -46,6 +46,13 @@ def test_checker_catches_an_agent_with_its_protections_off() -> None:
     assert figures.violations["reserved-destroyed"] > 0
 
 
+def test_checker_catches_an_agent_whose_recheck_reads_nothing_new() -> None:
+    # pods bound between the agent's first read and its destroys: only a fresh re-check sees them
+    figures = run_campaign(CI_SEEDS, steps=25, broken="stale")
+    assert figures.violations["reserved-destroyed"] > 0
+    assert any("bound mid-pass" in e for e in figures.examples)
+
+
 def test_checker_sees_a_gpu_instance_left_without_its_compute_instance() -> None:
     world = World(7)
     world.build()
