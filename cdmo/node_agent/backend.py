@@ -9,6 +9,7 @@ Must not import pynvml, grpc or kubernetes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -293,15 +294,27 @@ T = TypeVar("T")
 
 
 def call_with_retry(policy: RetryPolicy, fn: Callable[..., T], *args: object) -> T:
-    """``fn(*args)``, retried on TransientNvmlError as ``policy`` says; other errors pass through."""
-    wait = (
-        tenacity.wait_exponential(multiplier=policy.initial_seconds, max=policy.max_seconds)
-        if policy.initial_seconds > 0
-        else tenacity.wait_none()
-    )
+    """``fn(*args)``, retried on TransientNvmlError as ``policy`` says; other errors pass through.
+
+    The first try is a plain call: almost every call succeeds at once, and reconcile makes many
+    (the re-check reads the whole node before each destroy), so tenacity's machinery is only
+    built once a try has failed. The waits are the same: ``initial_seconds``, then doubling.
+    """
+    try:
+        return fn(*args)
+    except TransientNvmlError:
+        if policy.attempts <= 1:
+            raise
+    if policy.initial_seconds > 0:
+        time.sleep(min(policy.initial_seconds, policy.max_seconds))
+        wait: tenacity.wait.wait_base = tenacity.wait_exponential(
+            multiplier=2 * policy.initial_seconds, max=policy.max_seconds
+        )
+    else:
+        wait = tenacity.wait_none()
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(TransientNvmlError),
-        stop=tenacity.stop_after_attempt(max(1, policy.attempts)),
+        stop=tenacity.stop_after_attempt(policy.attempts - 1),
         wait=wait,
         reraise=True,
     )

@@ -163,8 +163,8 @@ class _Executor:
         self.in_use = in_use
         self.retry = retry
         self.log = log
-        #: (gpu, gi_id) destroyed in this pass, on any GPU
-        self.gone: set[tuple[int, int]] = set()
+        #: instances destroyed in this pass, on any GPU
+        self.gone: list[GpuInstanceInfo] = []
 
     def call(self, fn: Callable[..., Any], *args: object) -> Any:
         return call_with_retry(self.retry, fn, *args)
@@ -190,7 +190,7 @@ class _Executor:
 
     def destroy(self, gd: GpuDecision, inst: GpuInstanceInfo, run: _Run, log: Any) -> bool:
         try:
-            fresh = observe_node(self.backend, self.in_use, retry=self.retry).without(frozenset(self.gone))
+            fresh = observe_node(self.backend, self.in_use, retry=self.retry).without(self.gone)
             holders = recheck_holders(fresh, self.decision, gd.index, inst.gi_id, inst.uuids)
         except Fatal:
             raise
@@ -225,7 +225,7 @@ class _Executor:
             if isinstance(exc, InstanceBusy):
                 self.repair_if_emptied(gd.index, inst, run, log)
             return False
-        self.gone.add((gd.index, inst.gi_id))
+        self.gone.append(inst)
         run.destroyed.append(inst)
         log.info(
             "Destroyed GPU instance", profile=inst.profile, start=inst.start, gi_id=inst.gi_id, uuid=inst.uuid

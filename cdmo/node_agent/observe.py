@@ -11,7 +11,7 @@ No Kubernetes here: ``in_use`` is an InUse or a callable the agent (or a test) h
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from cdmo.node_agent.backend import (
@@ -42,13 +42,21 @@ class NodeObservation:
     #: pod-resources, bound pods and NVML processes (MIG devices, or whole GPUs with MIG off)
     in_use: InUse = field(default_factory=InUse)
 
-    def without(self, gone: frozenset[tuple[int, int]]) -> NodeObservation:
-        """This observation less the (gpu, gi_id) instances already destroyed in this pass."""
+    def without(self, gone: Collection[GpuInstanceInfo]) -> NodeObservation:
+        """This observation less the instances already destroyed in this pass.
+
+        An instance is the same when GPU, GI id and MIG UUIDs match: a GI made again later in
+        the pass may get the same id, never the same UUIDs.
+        """
         if not gone:
             return self
+        keys = {(i.gpu, i.gi_id, i.uuids) for i in gone}
         return NodeObservation(
             self.gpus,
-            {g: tuple(i for i in insts if (g, i.gi_id) not in gone) for g, insts in self.instances.items()},
+            {
+                g: tuple(i for i in insts if (g, i.gi_id, i.uuids) not in keys)
+                for g, insts in self.instances.items()
+            },
             self.in_use,
         )
 

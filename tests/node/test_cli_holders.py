@@ -173,3 +173,23 @@ def test_enable_mig_refuses_while_a_process_runs_on_the_gpu(
     code, _out, err = cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), *args)
     assert code == 1 and "process 31337" in err
     assert json.loads(state.read_text())["gpus"][0]["mig"]["current"] is False
+
+
+def test_show_lists_every_ci_of_a_split_gi_and_who_holds_a_gpu_with_mig_off(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kubelet: tuple[Kubelet, str]
+) -> None:
+    servicer, socket = kubelet
+    state, _ = node_state(tmp_path, capsys, socket)
+    servicer.rows = [("ml/second", "nvidia.com/mig-1g.10gb", ["MIG-split-ci-1::2"])]
+    args = ["--sim-state", str(state), "--pod-resources-socket", socket]
+    code, out, err = cdmo(capsys, "node", "show", *args, "-o", "json")
+    assert code == 0, err
+    split = next(i for i in json.loads(out)["gpus"][0]["instances"] if i["profile"] == "2g.20gb")
+    assert split["uuids"] == ["MIG-split-ci-0", "MIG-split-ci-1"]
+    assert split["holders"] == ["pod ml/second"] and split["allocated"] is True
+    code, out, err = cdmo(capsys, "node", "show", *args)
+    assert code == 0 and "MIG-split-ci-1" in out and "ml/second" in out
+
+    off = mig_off(tmp_path, capsys, socket, [4242])
+    code, out, err = cdmo(capsys, "node", "show", "--sim-state", str(off), "--pod-resources-socket", socket)
+    assert code == 0 and "MIG off" in out and "process 4242" in out

@@ -184,3 +184,17 @@ def test_processes_on_a_gpu_with_mig_off_are_listed_by_the_gpu_uuid() -> None:
         result = reconcile_node(backend, {0: layout("7g.80gb@0")}, enable_mig=True, retry=RETRY)
         assert result.settled and holds(backend, 0) == "7g.80gb@0"
         node.reboot()
+
+
+def test_an_observation_less_what_the_pass_destroyed_keeps_a_gi_made_again_with_the_same_id(
+    sim: SimulatedBackend,
+) -> None:
+    from cdmo.node_agent.observe import observe_node
+
+    old = sim.create_instance(0, "1g.10gb", 0)
+    sim.destroy_instance(0, old.gi_id)
+    new = sim.create_instance(0, "1g.10gb", 0)
+    assert new.gi_id == old.gi_id and new.uuids != old.uuids
+    observed = observe_node(sim, retry=RETRY)
+    assert observed.without([old]).instances[0] == (new,)
+    assert observed.without([new]).instances[0] == ()
