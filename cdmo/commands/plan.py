@@ -67,6 +67,19 @@ def read_snapshot(source: str) -> dict[str, Any]:
 
 
 def _load(text: str, name: str, *, json_first: bool) -> Any:
+    try:
+        return _parse_text(text, name, json_first=json_first)
+    except json.JSONDecodeError:
+        raise
+    except ValueError:
+        # Python refuses to read an integer of more than 4300 digits (sys.int_info); no count
+        # or index in a snapshot is meant to be that long.
+        raise InvalidSnapshot(
+            "", f"{name} holds a number of more than 4300 digits; counts and indexes are small whole numbers"
+        ) from None
+
+
+def _parse_text(text: str, name: str, *, json_first: bool) -> Any:
     if json_first:
         try:
             return json.loads(text)

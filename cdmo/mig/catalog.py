@@ -200,7 +200,8 @@ def _build_model(raw: dict[str, Any], gi_consts: dict[str, int], ci_consts: dict
 @functools.cache
 def _raw_catalog() -> dict[str, Any]:
     text = resources.files("cdmo.mig").joinpath("data/mig-profiles.yaml").read_text()
-    return yaml.safe_load(text)
+    data: dict[str, Any] = yaml.safe_load(text)  # packaged with cdmo: a mapping, checked by tests
+    return data
 
 
 @functools.cache

@@ -274,7 +274,8 @@ _GENERIC_SLICES = {"all-1g": 1, "all-2g": 2, "all-3g": 3, "all-4g": 4, "all-7g":
 @functools.cache
 def _named_data() -> dict[str, Any]:
     text = resources.files("cdmo.mig").joinpath("data/named-layouts.yaml").read_text()
-    return yaml.safe_load(text)
+    data: dict[str, Any] = yaml.safe_load(text)  # packaged with cdmo: a mapping, checked by tests
+    return data
 
 
 def _max_fill(model: GpuModel, prof: Profile) -> int:

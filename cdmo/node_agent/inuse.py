@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cdmo.demand import read_demand
 from cdmo.mig.resources import parse_mig_resource
 from cdmo.node_agent.podresources.client import PodDevices
 
@@ -121,32 +122,23 @@ EMPTY_IN_USE = InUse()
 
 
 def mig_requests(pod: Mapping[str, Any]) -> dict[str, int]:
-    """profile -> devices a pod asks for: its containers' limits (or requests) summed, init
-    containers counted as Kubernetes does (the largest one, if larger than the sum)."""
-    spec = pod.get("spec") or {}
+    """profile -> devices a bound pod may still be handed, for reservations.
 
-    def per_container(c: Mapping[str, Any]) -> Counter[str]:
-        res = c.get("resources") or {}
-        amounts = {**(res.get("requests") or {}), **(res.get("limits") or {})}
-        out: Counter[str] = Counter()
-        for name, value in amounts.items():
-            # Shared (renamed) names count too: a pod on a .shared replica reserves the instance.
-            res = parse_mig_resource(name)
-            if res is None:
-                continue  # not a MIG profile cdmo understands: not its business
-            try:
-                out[res.profile] += int(str(value))
-            except ValueError:
-                continue
-        return out
-
-    total: Counter[str] = Counter()
-    for c in spec.get("containers") or []:
-        total += per_container(c)
-    for c in spec.get("initContainers") or []:
-        for profile, n in per_container(c).items():
-            total[profile] = max(total[profile], n)
-    return {k: v for k, v in sorted(total.items()) if v > 0}
+    Counted by :func:`cdmo.demand.read_demand` (the operator's reader too): app containers and
+    native sidecars summed, plain init containers maxed, shared resource names
+    (``nvidia.com/mig-1g.10gb.shared``) as asks for their profile. Counts are cut to
+    :data:`MAX_RESERVATIONS_PER_POD`; a value that is not a count still reserves one instance of its
+    profile, because the agent cannot tell how many the kubelet will hand out and protecting
+    one too many only delays a change, while one too few destroys what a pod is about to get.
+    """
+    demand = read_demand(pod)
+    out = {profile: min(count, MAX_RESERVATIONS_PER_POD) for profile, count in demand.by_profile().items()}
+    for bad in demand.bad:
+        parsed = parse_mig_resource(bad.resource)
+        if parsed is not None:
+            least = MAX_RESERVATIONS_PER_POD if bad.too_big else 1
+            out[parsed.profile] = min(max(out.get(parsed.profile, 0), least), MAX_RESERVATIONS_PER_POD)
+    return dict(sorted(out.items()))
 
 
 def build_bound_pods(pods: Iterable[Mapping[str, Any]]) -> list[BoundPod]:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from cdmo.mig.resources import RESOURCE_PREFIX
+from cdmo.demand import read_demand
 
 #: Phases after which a pod holds no device any more.
 TERMINAL_PHASES = ("Succeeded", "Failed")
@@ -23,56 +23,24 @@ def pod_key(pod: Mapping[str, Any]) -> str:
     return f"{meta.get('namespace') or 'default'}/{meta.get('name', '')}"
 
 
-def _count(value: Any) -> int:
-    """An extended-resource quantity: a whole number, as a string or an int; anything else is 0."""
-    if isinstance(value, bool):
-        return 0
-    if isinstance(value, int):
-        return max(value, 0)
-    try:
-        return max(int(str(value).strip()), 0)
-    except ValueError:
-        return 0
-
-
-def _container_mig(container: Mapping[str, Any]) -> dict[str, int]:
-    """MIG resources of one container; limits win (for extended resources requests must equal them)."""
-    resources = container.get("resources") or {}
-    merged = {**(resources.get("requests") or {}), **(resources.get("limits") or {})}
-    return {k: n for k, v in merged.items() if k.startswith(RESOURCE_PREFIX) and (n := _count(v)) > 0}
-
-
-def _add(total: dict[str, int], more: Mapping[str, int]) -> dict[str, int]:
-    out = dict(total)
-    for k, v in more.items():
-        out[k] = out.get(k, 0) + v
-    return out
-
-
-def _max(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
-    return {k: max(a.get(k, 0), b.get(k, 0)) for k in sorted(set(a) | set(b))}
-
-
 def mig_requests(pod: Mapping[str, Any]) -> dict[str, int]:
     """Resource name -> count of MIG devices the pod needs at once, as the scheduler counts them.
 
-    Effective request per resource = max(sum of app containers + sidecars, for each init
-    container: itself + the sidecars started before it). Sidecars are init containers with
-    ``restartPolicy: Always`` (Kubernetes 1.29+).
+    See :func:`cdmo.demand.read_demand` (the one reader the node agent uses too); values that
+    are not a count are left out here and reported by :func:`bad_counts`.
     """
-    spec = pod.get("spec") or {}
-    app: dict[str, int] = {}
-    for c in spec.get("containers") or []:
-        app = _add(app, _container_mig(c))
-    sidecars: dict[str, int] = {}
-    peak_init: dict[str, int] = {}
-    for c in spec.get("initContainers") or []:
-        if c.get("restartPolicy") == "Always":
-            sidecars = _add(sidecars, _container_mig(c))
-        else:
-            peak_init = _max(peak_init, _add(sidecars, _container_mig(c)))
-    total = _max(_add(app, sidecars), peak_init)
-    return {k: v for k, v in sorted(total.items()) if v > 0}
+    return dict(read_demand(pod).requests)
+
+
+def bad_counts(pod: Mapping[str, Any]) -> list[str]:
+    """Sentences for the MIG resource values of the pod that are not a count of devices."""
+    return [str(b) for b in read_demand(pod).bad]
+
+
+def asks_for_mig(pod: Mapping[str, Any]) -> bool:
+    """Asks for a MIG device, even with a value that is not a count (it is then told why)."""
+    demand = read_demand(pod)
+    return bool(demand.requests or demand.bad)
 
 
 def _condition(pod: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
@@ -106,7 +74,7 @@ def is_unbound_mig_pod(pod: Mapping[str, Any]) -> bool:
         status.get("phase", "Pending") == "Pending"
         and not spec.get("nodeName")
         and not meta.get("deletionTimestamp")
-        and bool(mig_requests(pod))
+        and asks_for_mig(pod)
     )
 
 
@@ -114,7 +82,7 @@ def is_bound_mig_pod(pod: Mapping[str, Any]) -> bool:
     """On a node, not finished, asks for MIG devices: it holds (or will hold) instances there."""
     spec = pod.get("spec") or {}
     phase = (pod.get("status") or {}).get("phase", "Pending")
-    return bool(spec.get("nodeName")) and phase not in TERMINAL_PHASES and bool(mig_requests(pod))
+    return bool(spec.get("nodeName")) and phase not in TERMINAL_PHASES and asks_for_mig(pod)
 
 
 def summarize_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
@@ -122,6 +90,7 @@ def summarize_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
     affinity = spec.get("affinity") or {}
+    demand = read_demand(pod)
     return {
         "key": pod_key(pod),
         "name": meta.get("name", ""),
@@ -131,7 +100,9 @@ def summarize_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
         "node": spec.get("nodeName", ""),
         "phase": (pod.get("status") or {}).get("phase", "Pending"),
         "unschedulable": is_unschedulable(pod),
-        "requests": mig_requests(pod),
+        "requests": dict(demand.requests),
+        # values that are not a count: the pod is told why, never planned (see snapshot.screen_pods)
+        "badCounts": [str(b) for b in demand.bad],
         "priority": spec.get("priority") or 0,
         "nodeSelector": dict(spec.get("nodeSelector") or {}),
         "tolerations": list(spec.get("tolerations") or []),

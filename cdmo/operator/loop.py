@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import structlog
 
@@ -93,7 +93,9 @@ class PassResult:
 def _post_with_kopf(event: PodEvent) -> None:
     import kopf  # at the edge: the pure modules above never see kopf
 
-    kopf.event(dict(event.ref), type=event.type, reason=event.reason, message=event.message)
+    # kopf reads only apiVersion, kind and metadata of the object; a plain dict ref is enough.
+    ref = cast("kopf.Body", dict(event.ref))
+    kopf.event(ref, type=event.type, reason=event.reason, message=event.message)
 
 
 def plan_snapshot(snapshot: Mapping[str, Any]) -> Plan:

@@ -23,7 +23,7 @@ from cdmo.api import GPU_PRODUCT_LABEL, PARTITIONING_LABEL_KEY, PARTITIONING_LAB
 from cdmo.config import OperatorConfig
 from cdmo.errors import InvalidInput
 from cdmo.mig.catalog import find_model
-from cdmo.mig.resources import RESOURCE_PREFIX, profile_from_resource
+from cdmo.mig.resources import RESOURCE_PREFIX, parse_mig_resource, profile_from_resource
 from cdmo.operator.demand import is_waiting, pending_entry
 from cdmo.operator.stale import NodeState, node_state
 from cdmo.planner.parse import parse_snapshot
@@ -95,6 +95,16 @@ def screen_pods(pods: Iterable[Mapping[str, Any]]) -> tuple[list[Mapping[str, An
     ok: list[Mapping[str, Any]] = []
     rejected: list[Rejection] = []
     for pod in pods:
+        if pod.get("badCounts"):
+            rejected.append(
+                Rejection(
+                    pod,
+                    "InvalidCount",
+                    f"Pod {pod['key']} cannot be planned: {'; '.join(pod['badCounts'])}; "
+                    "ask for a whole number of devices, such as nvidia.com/mig-1g.10gb: 1",
+                )
+            )
+            continue
         bad = []
         for resource in pod.get("requests") or {}:
             try:
@@ -171,10 +181,12 @@ def _reserved(
     free.sort()
     for pod in sorted((p for p in bound_pods if p.get("node") == node_name), key=lambda p: p["key"]):
         for resource, count in sorted((pod.get("requests") or {}).items()):
-            try:
-                profile = profile_from_resource(resource)
-            except InvalidInput:
+            # A shared name (nvidia.com/mig-1g.10gb.shared) asks for an instance of its profile
+            # too, as the node agent counts it (cdmo.demand).
+            parsed = parse_mig_resource(resource)
+            if parsed is None:
                 continue
+            profile = parsed.profile
             need = count - held.get((pod["key"], profile), 0)
             for gpu_index, start, prof in free:
                 if need <= 0:

@@ -3,11 +3,13 @@
 Public entry points (spec/planner-io.md is the contract):
 
 - :func:`parse_snapshot` (dict -> :class:`Snapshot`; raises InvalidSnapshot(path, message)),
-- :func:`plan` (pure, deterministic),
+- :func:`plan` (pure, deterministic; counts no node can hold are answered before the search,
+  see :mod:`cdmo.planner.bounds`),
 - :func:`plan_to_dict` and :func:`snapshot_to_dict` (the contract's dict shapes).
 """
 
-from cdmo.planner.algorithm import demand_of, format_demand, plan
+from cdmo.planner.algorithm import demand_of, format_demand
+from cdmo.planner.bounds import plan
 from cdmo.planner.models import (
     Assignment,
     Device,

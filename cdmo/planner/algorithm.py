@@ -341,10 +341,10 @@ class Planner:
                 size = int(frac * _UNITS_LCM)
                 offered[name] = min(size, offered.get(name, size))
         for p in self.pods:
-            sig = (tuple(p.pod.node_selector.items()), p.pod.node_affinity, p.pod.tolerations)
-            if sig not in sig_groups:
-                sig_groups[sig] = tuple(g for g in self.groups if node_admits(g.rep.src, p.pod))
-            p.groups = sig_groups[sig]
+            psig = (tuple(p.pod.node_selector.items()), p.pod.node_affinity, p.pod.tolerations)
+            if psig not in sig_groups:
+                sig_groups[psig] = tuple(g for g in self.groups if node_admits(g.rep.src, p.pod))
+            p.groups = sig_groups[psig]
             if p.demand and all(name in offered for name, _ in p.demand):
                 p.size = sum(offered[name] * c for name, c in p.demand)
             gkey = tuple(g.id for g in p.groups)

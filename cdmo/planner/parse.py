@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from cdmo.demand import MAX_COUNT, parse_count
 from cdmo.errors import InvalidInput, InvalidSnapshot
 from cdmo.mig.catalog import find_model, is_profile_name, model_keys
 from cdmo.mig.layouts import Instance, validate_layout
@@ -305,11 +306,28 @@ def _parse_requests(value: Any, path: str) -> dict[str, int]:
                 f"{profile!r} is not a MIG profile; MIG resources look like nvidia.com/mig-1g.10gb "
                 "or nvidia.com/mig-1g.10gb.me",
             ) from None
-        count = raw[key]
-        if isinstance(count, str) and count.isdigit():
-            count = int(count)  # Kubernetes quantities arrive as strings ("2")
-        out[key] = _whole(count, kpath)
+        out[key] = _count(raw[key], kpath)
     return out
+
+
+def _count(value: Any, path: str) -> int:
+    """A device count: a whole number >= 0, or a Kubernetes quantity string ("2", "1k", "2e3").
+
+    A count too big for any node stays a count here (the planner answers it with
+    TooManyDevices, see cdmo.planner.bounds); digit strings too long to read exactly become
+    MAX_COUNT + 1, which means the same: more than Kubernetes can count.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            return int(text) if len(text) <= 64 else MAX_COUNT + 1
+        count, reason = parse_count(text)
+        if count is None:
+            raise _fail(path, f"{value!r} is not a count of devices: {reason}")
+        return count
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        raise _fail(path, f"must be a whole number >= 0 (write {int(value)}, not {value})")
+    return _whole(value, path)
 
 
 def _parse_toleration(raw: Any, path: str) -> Toleration:

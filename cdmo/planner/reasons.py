@@ -5,6 +5,8 @@ The first cause that applies wins, from the pod's own request outwards to the ro
 =================  ==========================================================================
 code               cause
 =================  ==========================================================================
+TooManyDevices     more devices than any labelled node can hold (decided before the search,
+                   see cdmo.planner.bounds)
 NoMigRequest       the pod asks for no ``nvidia.com/mig-*`` resource
 UnknownProfile     a resource names no profile, or no GPU model of the cluster has the profile
 NoLabelledNode     no node carries the partitioning label
@@ -55,7 +57,7 @@ def name_list(names: Sequence[str], limit: int = 3) -> str:
 
 def explain(planner: Planner, pods: Sequence[_Pod]) -> list[Unsatisfied]:
     """One :class:`Unsatisfied` per pod, with the first cause that applies."""
-    cache: dict[tuple, tuple[str, str]] = {}
+    cache: dict[tuple[object, ...], tuple[str, str]] = {}
     out = []
     for pod in pods:
         sig = (
@@ -75,12 +77,12 @@ def explain(planner: Planner, pods: Sequence[_Pod]) -> list[Unsatisfied]:
 
 def _node_classes(planner: Planner) -> list[list[Node]]:
     """Labelled nodes grouped by all that the pods' filters can see of them (cached on the planner)."""
-    cached = getattr(planner, "_reason_classes", None)
+    cached: list[list[Node]] | None = getattr(planner, "_reason_classes", None)
     if cached is not None:
         return cached
     keys = referenced_label_keys(p.pod for p in planner.pods)
     by_name = uses_name_fields(p.pod for p in planner.pods)
-    classes: dict[tuple, list[Node]] = {}
+    classes: dict[tuple[object, ...], list[Node]] = {}
     for node in planner.src_nodes:
         if not node.labelled:
             continue

@@ -423,7 +423,7 @@ class FirstFitPolicy(Policy):
 
     def _apply(self, node: SimNode, geometries: Sequence[Mapping[str, int]]) -> None:
         destroy = []
-        create = []
+        create: list[tuple[int, str, int]] = []
         gi_created = gi_destroyed = 0
         for gpu, desired in zip(node.gpus, geometries, strict=True):
             instances = [

@@ -113,7 +113,7 @@ def _read_rows(path: Path) -> list[tuple[str, Mapping[str, Any]]]:
                 str(path),
                 "a CSV trace needs a header row with at least arrival, duration and profile or queue",
             )
-        rows = []
+        rows: list[tuple[str, Mapping[str, Any]]] = []
         for i, row in enumerate(reader):
             clean = {
                 k.strip(): (v.strip() if isinstance(v, str) else v)

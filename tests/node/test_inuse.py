@@ -162,3 +162,28 @@ def test_with_processes_does_not_duplicate() -> None:
     once = InUse().with_processes({"MIG-1": [5]})
     assert once.with_processes({"MIG-1": [5]}).holders == {"MIG-1": (Holder("process", "5"),)}
     assert once.holders_of(None) == () and once.holders_of("MIG-x") == ()
+
+
+@pytest.mark.parametrize("count", [str(10**12), str(2**70), "99999999999999999999", "1e999999999"])
+def test_a_bound_pod_with_an_absurd_count_reserves_a_bounded_number(count: str) -> None:
+    # Issue 10: such a pod made every agent pass fail (OverflowError) or run out of memory.
+    from cdmo.node_agent.inuse import MAX_RESERVATIONS_PER_POD
+
+    bound = build_bound_pods([pod("huge", limits={"nvidia.com/mig-1g.10gb": count})])
+    assert bound == [BoundPod("ml", "huge", {"1g.10gb": MAX_RESERVATIONS_PER_POD})]
+    in_use = build_in_use([], bound)
+    assert len(in_use.reservations["1g.10gb"]) == MAX_RESERVATIONS_PER_POD
+
+
+def test_a_bound_pod_asking_a_shared_resource_reserves_its_profile() -> None:
+    bound = build_bound_pods([pod("shared", limits={"nvidia.com/mig-1g.10gb.shared": 1})])
+    assert bound == [BoundPod("ml", "shared", {"1g.10gb": 1})]
+    assert build_in_use([], bound).reservations == {"1g.10gb": ("ml/shared",)}
+
+
+def test_a_bound_pod_with_a_native_sidecar_reserves_for_both() -> None:
+    body = pod("sidecar", limits={"nvidia.com/mig-1g.10gb": 1})
+    body["spec"]["initContainers"] = [
+        {"name": "proxy", "restartPolicy": "Always", "resources": {"limits": {"nvidia.com/mig-1g.10gb": 1}}}
+    ]
+    assert build_in_use([], build_bound_pods([body])).reservations == {"1g.10gb": ("ml/sidecar",) * 2}

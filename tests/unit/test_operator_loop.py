@@ -185,3 +185,38 @@ async def test_the_max_window_bounds_an_endless_stream_of_changes() -> None:
     finally:
         task.cancel()
     assert loop.passes >= 1
+
+
+async def test_absurd_counts_are_told_why_and_the_other_pods_are_served() -> None:
+    # Issue 10: one pod asking 10^12 devices stopped every planning pass; 2^70 raised OverflowError.
+    from cdmo.operator.demand import summarize_pod
+
+    def body(name: str, count: str) -> dict[str, Any]:
+        return {
+            "metadata": {"name": name, "namespace": "default", "uid": f"u-{name}"},
+            "spec": {
+                "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/mig-1g.10gb": count}}}]
+            },
+            "status": {
+                "phase": "Pending",
+                "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}],
+            },
+        }
+
+    writer = FakeWriter()
+    loop, posted = _loop(writer)
+    pods = tuple(
+        summarize_pod(body(n, c))
+        for n, c in (("ok", "1"), ("trillion", "1000000000000"), ("beyond", str(2**70)))
+    )
+    result = await loop.run_pass(
+        Indexes(nodes={"n1": _node("n1")}, miglayouts={"n1": _ml("n1", [])}, pending=pods)
+    )
+    assert result.patched == ["n1"]
+    by_pod = {
+        e.ref["metadata"]["name"]: (e.type, e.reason, e.message) for e in posted if e.ref.get("kind") == "Pod"
+    }
+    assert by_pod["ok"][:2] == ("Normal", "Repartitioning")
+    assert by_pod["trillion"][:2] == ("Warning", "TooManyDevices")
+    assert by_pod["beyond"][:2] == ("Warning", "InvalidCount")
+    assert "more than Kubernetes can count" in by_pod["beyond"][2]

@@ -188,6 +188,27 @@ def test_used_means_held_or_reserved_by_a_bound_pod() -> None:
     parse_snapshot(snap)  # the planner reads it as is
 
 
+def test_bound_pods_on_shared_names_and_huge_counts_reserve_what_is_free() -> None:
+    ml = _ml("n1", [_gpu(0, [_inst("1g.10gb", 4), _inst("1g.10gb", 5), _inst("2g.20gb", 0)])])
+    snap = build_snapshot(
+        {"n1": _node("n1")},
+        {"n1": ml},
+        [],
+        [
+            _bound("shared", "n1", {"nvidia.com/mig-1g.10gb.shared": 1}),
+            _bound("huge", "n1", {"nvidia.com/mig-2g.20gb": 10**12}),
+        ],
+        CONFIG,
+        NOW,
+    )
+    instances = snap["nodes"][0]["gpus"][0]["instances"]
+    assert [(i["profile"], i["start"], i["used"]) for i in instances] == [
+        ("2g.20gb", 0, True),  # all there is for a pod asking 10^12: no more, and no endless loop
+        ("1g.10gb", 4, True),  # the shared name reserves its profile, as the agent counts it
+        ("1g.10gb", 5, False),
+    ]
+
+
 def test_snapshot_takes_ready_nodes_and_waiting_pods_only() -> None:
     nodes = {n: _node(n) for n in ("a", "b", "c")}
     mls = {

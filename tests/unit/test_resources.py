@@ -4,7 +4,13 @@ import pytest
 
 from cdmo.errors import InvalidInput
 from cdmo.mig.catalog import all_models, get_model
-from cdmo.mig.resources import profile_from_resource, queue_profile, resource_from_profile
+from cdmo.mig.resources import (
+    MigResource,
+    parse_mig_resource,
+    profile_from_resource,
+    queue_profile,
+    resource_from_profile,
+)
 
 
 @pytest.mark.parametrize(
@@ -53,3 +59,38 @@ def test_clearml_queues_map_to_profiles(key: str, queue: str, profile: str) -> N
 def test_a_queue_the_model_cannot_serve_is_refused() -> None:
     with pytest.raises(InvalidInput, match="no 7-slice profile"):
         queue_profile(get_model("a30-24gb"), "slice-7")
+
+
+@pytest.mark.parametrize(
+    ("resource", "profile", "shared"),
+    [
+        ("nvidia.com/mig-1g.10gb", "1g.10gb", False),
+        ("nvidia.com/mig-1g.10gb.shared", "1g.10gb", True),
+        ("nvidia.com/mig-1g.10gb.me", "1g.10gb+me", False),
+        ("nvidia.com/mig-1g.10gb.me.shared", "1g.10gb+me", True),
+        ("nvidia.com/mig-1g.24gb-me.shared", "1g.24gb-me", True),
+        ("nvidia.com/mig-7g.141gb", "7g.141gb", False),
+    ],
+)
+def test_parse_mig_resource_reads_plain_and_shared_names(resource: str, profile: str, shared: bool) -> None:
+    assert parse_mig_resource(resource) == MigResource(profile, shared)
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
+        "nvidia.com/gpu",
+        "nvidia.com/gpu.shared",
+        "cpu",
+        "",
+        "nvidia.com/mig-",
+        "nvidia.com/mig-.shared",
+        "nvidia.com/mig-big",
+        "nvidia.com/mig-1g.10gb.shared.shared",
+        "nvidia.com/mig-1g.10gb.bogus",
+        "NVIDIA.COM/MIG-1G.10GB",
+        "nvidia.com/mig-1g.10gb" + "0" * 10000,
+    ],
+)
+def test_parse_mig_resource_says_none_for_anything_else_and_never_raises(resource: str) -> None:
+    assert parse_mig_resource(resource) is None

@@ -9,6 +9,7 @@ a kubelet restart does not strand the client. A channel is opened per call for t
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -84,7 +85,8 @@ class PodResourcesClient:
         )
         return build_pod_devices(response.pod_resources)
 
-    def allocatable(self) -> list[AllocatableDevices]:
+    # builtins.list: inside this class, ``list`` is the method above.
+    def allocatable(self) -> builtins.list[AllocatableDevices]:
         """Every device the kubelet can hand out, by resource name."""
         response: Any = self._call(
             lambda stub: stub.GetAllocatableResources(
