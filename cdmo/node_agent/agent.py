@@ -25,6 +25,7 @@ import structlog
 from cdmo.api import ConditionType, get_condition, parse_spec
 from cdmo.config import AgentConfig
 from cdmo.errors import CdmoError, Fatal, InvalidLayout
+from cdmo.node_agent.advertise import DeviceAdvertiser, NoAdvertiser
 from cdmo.node_agent.backend import DEFAULT_RETRY, GpuBackend, NoPermission, RetryPolicy
 from cdmo.node_agent.inuse import InUse, build_bound_pods, build_in_use
 from cdmo.node_agent.kube import WatchExpired
@@ -88,6 +89,7 @@ class Agent:
         metrics: AgentMetrics | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
         clock: Callable[[], datetime] = _utcnow,
+        advertiser: DeviceAdvertiser | None = None,
     ) -> None:
         if not config.node_name:
             raise CdmoError(
@@ -98,6 +100,8 @@ class Agent:
         self.backend = backend
         self.kube = kube
         self.refresher = refresher
+        #: The agent's own device plugin (builtin mode); NoAdvertiser in the external modes.
+        self.advertiser = advertiser if advertiser is not None else NoAdvertiser()
         self.pod_resources = (
             pod_resources if pod_resources is not None else PodResourcesClient(config.pod_resources_socket)
         )
@@ -161,6 +165,9 @@ class Agent:
             return PassOutcome(True, status)
 
         started = time.monotonic()
+        set_desired = getattr(self.advertiser, "set_desired", None)
+        if set_desired is not None:  # the plan's resources are registered, its instances preferred
+            set_desired(desired)
         try:
             result = reconcile_node(
                 self.backend,
@@ -169,6 +176,7 @@ class Agent:
                 enable_mig=self.config.enable_mig,
                 retry=self.retry,
                 log=log,
+                advertiser=self.advertiser,
             )
         except Fatal as exc:
             status = build_error_status(

@@ -29,6 +29,7 @@ import structlog
 from cdmo.errors import CdmoError, Fatal
 from cdmo.mig.catalog import find_model
 from cdmo.mig.layouts import Instance, format_layout, sort_layout, validate_layout
+from cdmo.node_agent.advertise import DeviceAdvertiser, NoAdvertiser
 from cdmo.node_agent.backend import (
     DEFAULT_RETRY,
     AlreadyGone,
@@ -474,8 +475,18 @@ def _recheck_holders(
 
 
 def _run_gpu(
-    backend: GpuBackend, plan: NodePlan, gpu: GpuPlan, in_use: InUseSource, retry: RetryPolicy, log: Any
+    backend: GpuBackend,
+    plan: NodePlan,
+    gpu: GpuPlan,
+    in_use: InUseSource,
+    retry: RetryPolicy,
+    log: Any,
+    advertiser: DeviceAdvertiser,
 ) -> GpuResult:
+    # Withdraw before the re-check: no pod may be admitted to a device that is about to go.
+    doomed = [s.uuid for s in gpu.diff.destroys if s.uuid]
+    if doomed:
+        advertiser.withdraw(doomed)
     created: list[GpuInstanceInfo] = []
     destroyed: list[GpuInstanceInfo] = []
     errors: list[str] = []
@@ -583,6 +594,7 @@ def execute_plan(
     *,
     retry: RetryPolicy = DEFAULT_RETRY,
     log: Any = None,
+    advertiser: DeviceAdvertiser | None = None,
 ) -> ReconcileResult:
     """Run the planned steps, GPU by GPU, then read what every GPU holds.
 
@@ -591,10 +603,25 @@ def execute_plan(
     are retried per ``retry``; other failures are reported in the GPU's result.
     """
     log = log or _log
+    advertiser = advertiser or NoAdvertiser()
+    try:
+        return _execute(backend, plan, in_use, retry, log, advertiser)
+    finally:
+        advertiser.refresh()  # also after a failed pass: offer what the GPUs hold now
+
+
+def _execute(
+    backend: GpuBackend,
+    plan: NodePlan,
+    in_use: InUseSource,
+    retry: RetryPolicy,
+    log: Any,
+    advertiser: DeviceAdvertiser,
+) -> ReconcileResult:
     results: list[GpuResult] = []
     for gp in plan.gpus:
         if gp.state == GpuState.PENDING:
-            results.append(_run_gpu(backend, plan, gp, in_use, retry, log))
+            results.append(_run_gpu(backend, plan, gp, in_use, retry, log, advertiser))
         else:
             results.append(
                 GpuResult(
@@ -648,6 +675,7 @@ def reconcile_node(
     enable_mig: bool = False,
     retry: RetryPolicy = DEFAULT_RETRY,
     log: Any = None,
+    advertiser: DeviceAdvertiser | None = None,
 ) -> ReconcileResult:
     """One level-triggered pass: plan every GPU, run the steps, report what the GPUs hold.
 
@@ -656,4 +684,4 @@ def reconcile_node(
     (NoPermission) when NVML refuses for lack of privileges; other problems are in the result.
     """
     plan = plan_node(backend, desired, in_use, enable_mig=enable_mig, retry=retry, log=log)
-    return execute_plan(backend, plan, in_use, retry=retry, log=log)
+    return execute_plan(backend, plan, in_use, retry=retry, log=log, advertiser=advertiser)

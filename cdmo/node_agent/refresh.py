@@ -3,6 +3,9 @@
 The plugin enumerates devices only when it starts or on SIGHUP (ARCHITECTURE.md, "Facts
 worth knowing"). Strategies:
 
+- ``builtin``: the agent's own device plugin (cdmo.node_agent.deviceplugin) advertises every
+  change itself, during the pass; nothing is left to do here;
+
 - ``sighup``: send SIGHUP to every ``nvidia-device-plugin`` process found under /proc; the
   agent pod needs ``hostPID: true`` to see them;
 - ``delete-pod``: delete the device plugin pod(s) of this node (label selector, namespace)
@@ -30,7 +33,7 @@ from cdmo.errors import CdmoError, InvalidInput
 
 log = structlog.get_logger("cdmo.node_agent.refresh")
 
-STRATEGIES = ("sighup", "delete-pod", "none")
+STRATEGIES = ("builtin", "sighup", "delete-pod", "none")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,15 @@ class NoRefresh:
 
     def refresh(self, stop: threading.Event) -> RefreshOutcome:
         return RefreshOutcome(True, "RefreshDisabled", "the device plugin refresh strategy is none")
+
+
+class BuiltinRefresh:
+    """Strategy ``builtin``: the agent's device plugin already sent the new lists."""
+
+    strategy = "builtin"
+
+    def refresh(self, stop: threading.Event) -> RefreshOutcome:
+        return RefreshOutcome(True, "Advertised", "the agent's own device plugin advertises the MIG devices")
 
 
 class SighupRefresher:
@@ -205,6 +217,8 @@ class DeletePodRefresher:
 
 def build_refresher(config: AgentConfig, kube: DevicePluginPods | None) -> Refresher:
     """The refresher that ``config.refresh_strategy`` names."""
+    if config.refresh_strategy == "builtin":
+        return BuiltinRefresh()
     if config.refresh_strategy == "none":
         return NoRefresh()
     if config.refresh_strategy == "sighup":
