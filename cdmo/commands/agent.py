@@ -51,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-port", type=int, default=None, help="Prometheus port (default 9464; 0: off)"
     )
+    parser.add_argument(
+        "--reconfiguring-taint",
+        metavar="KEY:EFFECT",
+        default=None,
+        help="external modes: taint the node with this from before the first destroy until the plugin "
+        "re-advertised (default $CDMO_RECONFIGURING_TAINT or cdmo.clear.ml/reconfiguring:NoSchedule; '' off)",
+    )
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig outside the cluster")
     parser.add_argument("--log-format", choices=("json", "console", "auto"), default=None)
     parser.add_argument("--once", action="store_true", help="run one pass, write the status, and exit")
@@ -67,6 +74,7 @@ def build_config(args: argparse.Namespace) -> Any:
         ("enable_mig", "enable_mig"),
         ("metrics_port", "metrics_port"),
         ("log_format", "log_format"),
+        ("reconfiguring_taint", "reconfiguring_taint"),
     ):
         value = getattr(args, flag, None)
         if value is not None:
@@ -97,7 +105,12 @@ def run(args: argparse.Namespace) -> int:
     if conf.metrics_port and not args.once:
         metrics.serve(conf.metrics_port)
     plugin = _start_plugin(conf, backend)
-    agent = Agent(conf, backend, kube, build_refresher(conf, kube), metrics=metrics, advertiser=plugin)
+    advertiser = plugin
+    if plugin is None and conf.reconfiguring_taint:
+        from cdmo.node_agent.taint import ReconfiguringTaint
+
+        advertiser = ReconfiguringTaint(kube, conf.node_name, conf.reconfiguring_taint)
+    agent = Agent(conf, backend, kube, build_refresher(conf, kube), metrics=metrics, advertiser=advertiser)
     stop = threading.Event()
     try:
         if args.once:

@@ -205,6 +205,10 @@ class Agent:
                 reason=refresh.reason,
             )
 
+        settle = getattr(self.advertiser, "settle", None)  # external modes: lift the reconfiguring taint
+        if settle is not None and (refresh is None or refresh.ok):
+            settle()
+
         status = build_status(
             result, generation=generation, now=self.clock(), previous=previous, refresh=refresh
         )

@@ -3,7 +3,8 @@
 - read and watch the MigLayout named after the node (field selector metadata.name=NODE);
 - patch ``miglayouts/status`` (a JSON merge patch: ``null`` removes a field);
 - list the pods bound to the node (field selector spec.nodeName=NODE);
-- list and delete the device plugin pods of the node (label selector, namespace).
+- list and delete the device plugin pods of the node (label selector, namespace);
+- read its Node and replace its taints (the reconfiguring taint of the external modes).
 
 Objects come back as plain dicts, the JSON the API server sent. API failures become
 :class:`KubeError` (retry later); a watch whose resourceVersion expired raises
@@ -189,6 +190,34 @@ class KubeClient:
             if exc.status == 404:
                 return
             raise _error(exc, f"delete pod {namespace}/{name}") from exc
+
+    def read_node(self, name: str) -> dict[str, Any]:
+        try:
+            resp = self.core.read_node(
+                name, _preload_content=False, _request_timeout=self.request_timeout_seconds
+            )
+        except ApiException as exc:
+            raise _error(exc, f"read node {name}") from exc
+        return dict(self._json(resp) or {})
+
+    def patch_node_taints(
+        self, name: str, taints: list[dict[str, Any]], resource_version: str | None
+    ) -> None:
+        """Replace ``spec.taints`` (a JSON merge patch replaces the list); with ``resource_version``
+        the API server refuses the write (409) if the node changed since it was read."""
+        body: dict[str, Any] = {"spec": {"taints": taints}}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        try:
+            self.core.patch_node(
+                name,
+                body,
+                _content_type="application/merge-patch+json",
+                _preload_content=False,
+                _request_timeout=self.request_timeout_seconds,
+            )
+        except ApiException as exc:
+            raise _error(exc, f"patch the taints of node {name}") from exc
 
     def close(self) -> None:
         self.interrupt()

@@ -292,3 +292,15 @@ def test_from_environment_with_a_kubeconfig(monkeypatch: pytest.MonkeyPatch, tmp
     client = KubeClient.from_environment(str(path))
     assert client.api_client.configuration.host == "http://127.0.0.1:9"
     client.close()
+
+
+def test_kube_client_replaces_taints_with_a_merge_patch_guarded_by_resource_version(
+    server: tuple[Script, KubeClient],
+) -> None:
+    script, client = server
+    taints = [{"key": "cdmo.clear.ml/reconfiguring", "value": "true", "effect": "NoSchedule"}]
+    client.patch_node_taints("gpu-1", taints, "17")
+    [req] = script.requests
+    assert req["method"] == "PATCH" and req["path"] == "/api/v1/nodes/gpu-1"
+    assert req["content_type"] == "application/merge-patch+json"
+    assert req["body"] == {"spec": {"taints": taints}, "metadata": {"resourceVersion": "17"}}
