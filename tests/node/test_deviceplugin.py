@@ -190,3 +190,13 @@ def test_bad_settings_are_refused_with_a_hint(node) -> None:  # type: ignore[no-
         KubeletDevicePlugin(SimulatedBackend(node), PluginSettings(plugin_dir="/tmp/" + "x" * 100))
     with pytest.raises(InvalidInput, match="device ID strategy"):
         KubeletDevicePlugin(SimulatedBackend(node), PluginSettings(device_id_strategy="name"))
+
+
+def test_nvidia_plugin_sockets_are_noticed(node, kubelet, short_dir) -> None:  # type: ignore[no-untyped-def]
+    plugin = make_plugin(node, short_dir)
+    try:
+        assert plugin.nvidia_sockets() == []
+        (short_dir / "nvidia-mig-1g.10gb.sock").touch()
+        assert plugin.nvidia_sockets() == ["nvidia-mig-1g.10gb.sock"]
+    finally:
+        plugin.stop()

@@ -203,6 +203,7 @@ class KubeletDevicePlugin:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._io = threading.Lock()  # one NVML read + publish at a time
+        self._warned_nvidia = False
 
     # --- the DeviceAdvertiser contract ---------------------------------------------------------
 
@@ -282,6 +283,7 @@ class KubeletDevicePlugin:
     def _tick(self) -> None:
         """Serve every resource; register endpoints the current kubelet does not know."""
         self._ensure_endpoints()
+        self._check_nvidia_plugin()
         kubelet = _socket_id(self.dir / KUBELET_SOCKET)
         if kubelet != self._kubelet_id:
             if kubelet is not None:
@@ -296,6 +298,20 @@ class KubeletDevicePlugin:
                     ep.registered_with = kubelet
                 except grpc.RpcError as exc:
                     log.warning("Failed to register with kubelet", resource=ep.resource, error=str(exc))
+
+    def nvidia_sockets(self) -> list[str]:
+        """Sockets of NVIDIA's device plugin in the directory: it should be off on this node."""
+        return sorted(p.name for p in self.dir.glob("nvidia-*.sock"))
+
+    def _check_nvidia_plugin(self) -> None:
+        found = self.nvidia_sockets()
+        if found and not self._warned_nvidia:
+            log.warning(
+                "Found NVIDIA's device plugin on this node; it registers the same resources: label the node "
+                "nvidia.com/gpu.deploy.device-plugin=false, or use an external refresh strategy",
+                sockets=found,
+            )
+        self._warned_nvidia = bool(found)
 
     def _ensure_endpoints(self) -> None:
         with self._cond:
