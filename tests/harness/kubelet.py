@@ -54,8 +54,10 @@ class Allocation:
 
 
 class SimKubelet(api_pb2_grpc.RegistrationServicer):
-    def __init__(self, plugin_dir: str | Path) -> None:
+    def __init__(self, plugin_dir: str | Path, on_change: Callable[[], None] | None = None) -> None:
         self.dir = Path(plugin_dir)
+        #: called (from a gRPC thread) after every list the kubelet receives or loses
+        self.on_change = on_change
         self._lock = threading.Condition()
         self._plugins: dict[str, _Plugin] = {}
         self._server: grpc.Server | None = None
@@ -64,6 +66,8 @@ class SimKubelet(api_pb2_grpc.RegistrationServicer):
         self.history: list[tuple[float, str, tuple[str, ...]]] = []
         #: device ID -> pod it was handed to
         self.assigned: dict[str, str] = {}
+        #: every admission, in order: (pod, device IDs)
+        self.admissions: list[tuple[str, tuple[str, ...]]] = []
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -128,8 +132,17 @@ class SimKubelet(api_pb2_grpc.RegistrationServicer):
                     plugin.updates += 1
                     self.history.append((time.monotonic(), plugin.resource, tuple(d.ID for d in msg.devices)))
                     self._lock.notify_all()
+                if self.on_change is not None:
+                    self.on_change()
         except grpc.RpcError:
-            pass  # cancelled, or the plugin went away: the kubelet drops the resource
+            # The plugin went away (or the kubelet cancelled the stream): as the kubelet does,
+            # its devices turn unhealthy, so nothing is handed out until it registers again.
+            with self._lock:
+                if self._plugins.get(plugin.resource) is plugin:
+                    plugin.devices = dict.fromkeys(plugin.devices, "Unhealthy")
+                self._lock.notify_all()
+            if self.on_change is not None:
+                self.on_change()
 
     # --- what tests read -----------------------------------------------------------------------
 
@@ -195,6 +208,7 @@ class SimKubelet(api_pb2_grpc.RegistrationServicer):
         with self._lock:
             for i in chosen:
                 self.assigned[i] = pod
+            self.admissions.append((pod, tuple(chosen)))
         return Allocation(
             resource,
             tuple(chosen),
