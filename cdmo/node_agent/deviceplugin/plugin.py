@@ -204,6 +204,8 @@ class KubeletDevicePlugin:
         self._thread: threading.Thread | None = None
         self._io = threading.Lock()  # one NVML read + publish at a time
         self._warned_nvidia = False
+        self._started = False
+        self._ticking = threading.Lock()
 
     # --- the DeviceAdvertiser contract ---------------------------------------------------------
 
@@ -227,7 +229,8 @@ class KubeletDevicePlugin:
                 self._withdrawn.clear()
                 self._set_devices(devices, unreadable)
                 self._publish()
-        self._ensure_endpoints()
+        if self._started:
+            self._tick()  # a new resource is served and registered now, not on the next tick
 
     # --- what the agent tells it ---------------------------------------------------------------
 
@@ -237,7 +240,8 @@ class KubeletDevicePlugin:
             self._kept = frozenset((int(g), i) for g, layout in desired.items() for i in layout)
             self._resources |= layout_resources(desired)
             self._publish()
-        self._ensure_endpoints()
+        if self._started:
+            self._tick()
 
     def advertised(self) -> dict[str, list[str]]:
         """resource -> device IDs listed now (for the status document)."""
@@ -249,8 +253,8 @@ class KubeletDevicePlugin:
     def start(self) -> None:
         """Read the GPUs, serve every resource, register with the kubelet, and watch."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._started = True
         self.refresh()
-        self._tick()
         self._thread = threading.Thread(target=self._loop, name="cdmo-device-plugin", daemon=True)
         self._thread.start()
 
@@ -282,6 +286,10 @@ class KubeletDevicePlugin:
 
     def _tick(self) -> None:
         """Serve every resource; register endpoints the current kubelet does not know."""
+        with self._ticking:  # the background thread and a reconcile pass may both get here
+            self._tick_locked()
+
+    def _tick_locked(self) -> None:
         self._ensure_endpoints()
         self._check_nvidia_plugin()
         kubelet = _socket_id(self.dir / KUBELET_SOCKET)
