@@ -64,8 +64,12 @@ def test_registers_every_resource_and_lists_exactly_the_mig_uuids(node, kubelet,
     try:
         apply(node, plugin, {0: [Instance("3g.40gb", 0), Instance("1g.10gb", 4), Instance("1g.10gb", 5)]})
         assert kubelet.wait_for(lambda k: set(k.resources()) == {R1, R3})
-        assert kubelet.wait_for(lambda k: set(k.devices(R1)) == uuids(node, "1g.10gb"))
-        assert set(kubelet.devices(R3)) == uuids(node, "3g.40gb") and len(kubelet.devices(R3)) == 1
+        assert kubelet.wait_for(
+            lambda k: (
+                set(k.devices(R1)) == uuids(node, "1g.10gb") and set(k.devices(R3)) == uuids(node, "3g.40gb")
+            )
+        )
+        assert len(kubelet.devices(R3)) == 1 and len(kubelet.devices(R1)) == 2
         assert all(h == "Healthy" for h in kubelet.devices(R1).values())
         assert (short_dir / endpoint_name(R1)).exists()
         assert sorted(e for _, e in kubelet.registrations) == [

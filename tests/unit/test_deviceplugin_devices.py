@@ -47,6 +47,10 @@ def test_devices_are_whole_mig_devices_and_mig_off_gpus() -> None:
     assert build_devices([MIG_ON, MIG_OFF], instances, whole_gpus=False) == tuple(
         d for d in devs if d.resource != GPU_RESOURCE
     )
+    # a MIG-off GPU the plan wants MIG instances on is not offered whole
+    assert build_devices([MIG_ON, MIG_OFF], instances, mig_wanted={1}) == tuple(
+        d for d in devs if d.resource != GPU_RESOURCE
+    )
 
 
 def test_unreadable_gpu_keeps_its_devices_as_unhealthy() -> None:

@@ -70,6 +70,7 @@ def build_devices(
     unreadable: Collection[int] = (),
     previous: Sequence[PluginDevice] = (),
     whole_gpus: bool = True,
+    mig_wanted: Collection[int] = (),
 ) -> tuple[PluginDevice, ...]:
     """The devices the GPUs hold now, sorted by (resource, id).
 
@@ -78,7 +79,9 @@ def build_devices(
     plugin refuses others). The MIG device index follows the GPU instance ids, the order in
     which NVML enumerates a GPU's MIG devices. ``unreadable`` GPUs (NVML failed on them) keep
     their ``previous`` devices, marked Unhealthy, so that the kubelet stops handing them out.
-    With ``whole_gpus``, a GPU with MIG off is offered as ``nvidia.com/gpu``.
+    With ``whole_gpus``, a GPU with MIG off is offered as ``nvidia.com/gpu``, unless it is in
+    ``mig_wanted`` (the plan wants MIG instances on it): no new pod is given a whole GPU that
+    the agent is about to switch to MIG.
     """
     out: list[PluginDevice] = []
     for info in sorted(gpus, key=lambda g: g.index):
@@ -90,7 +93,7 @@ def build_devices(
             )
             continue
         if not info.mig_current:
-            if whole_gpus:
+            if whole_gpus and info.index not in mig_wanted:
                 out.append(PluginDevice(GPU_RESOURCE, info.uuid, info.index, str(info.index)))
             continue
         with_device = sorted((i for i in instances.get(info.index, ()) if i.uuid), key=lambda i: i.gi_id)

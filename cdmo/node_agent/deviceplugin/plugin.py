@@ -193,6 +193,7 @@ class KubeletDevicePlugin:
         self._withdrawn: set[str] = set()
         self._resources: set[str] = set()
         self._kept: frozenset[tuple[int, Instance]] = frozenset()
+        self._mig_wanted: frozenset[int] = frozenset()
         self._lists: dict[str, tuple[PluginDevice, ...]] = {}
         self._versions: dict[str, int] = {}
         #: open streams: id -> (resource, last version sent)
@@ -238,6 +239,7 @@ class KubeletDevicePlugin:
         """The current plan: its resources are registered, its instances preferred."""
         with self._cond:
             self._kept = frozenset((int(g), i) for g, layout in desired.items() for i in layout)
+            self._mig_wanted = frozenset(int(g) for g, layout in desired.items() if layout)
             self._resources |= layout_resources(desired)
             self._publish()
         if self._started:
@@ -374,8 +376,15 @@ class KubeletDevicePlugin:
             except CdmoError as exc:
                 unreadable.add(info.index)
                 log.warning("Marked GPU's devices unhealthy: NVML failed", gpu=info.index, error=str(exc))
+        with self._cond:
+            mig_wanted = self._mig_wanted
         devices = build_devices(
-            gpus, instances, unreadable=unreadable, previous=previous, whole_gpus=self.settings.whole_gpus
+            gpus,
+            instances,
+            unreadable=unreadable,
+            previous=previous,
+            whole_gpus=self.settings.whole_gpus,
+            mig_wanted=mig_wanted,
         )
         return devices, unreadable
 
