@@ -31,6 +31,10 @@ class KubeError(Transient):
     """A Kubernetes API call failed; the agent tries again later."""
 
 
+class NotFound(KubeError):
+    """404: the object does not exist."""
+
+
 class WatchExpired(KubeError):
     """410 Gone: the watch's resourceVersion is too old; read again, then watch from there."""
 
@@ -39,6 +43,8 @@ def _error(exc: ApiException, what: str) -> KubeError:
     reason = exc.reason or ""
     if exc.status == 410:
         return WatchExpired(f"{what}: resourceVersion expired (410)")
+    if exc.status == 404:
+        return NotFound(f"{what}: Kubernetes API answered 404 {reason}".strip())
     return KubeError(f"{what}: Kubernetes API answered {exc.status} {reason}".strip())
 
 

@@ -22,7 +22,8 @@ from typing import Any, Protocol
 import structlog
 import tenacity
 
-from cdmo.errors import InvalidInput, Transient
+from cdmo.errors import CdmoError, InvalidInput, Transient
+from cdmo.node_agent.kube import NotFound
 
 log = structlog.get_logger("cdmo.node_agent.taint")
 
@@ -79,19 +80,29 @@ class ReconfiguringTaint:
         return None  # NVIDIA's plugin is refreshed by the agent's refresher after the pass
 
     def settle(self) -> None:
-        """The plugin has re-advertised (or nothing needed it): lift the taint if it is there."""
-        self._set(False)
+        """The plugin has re-advertised (or nothing needed it): lift the taint if it is there.
+
+        A failure is logged, not raised: the pass's status still gets written, and the next pass
+        (every pass settles) tries again."""
+        try:
+            self._set(False)
+        except CdmoError as exc:
+            log.warning("Failed to remove reconfiguring taint; will retry", node=self.node, error=str(exc))
 
     @tenacity.retry(
         stop=tenacity.stop_after_attempt(4),
         wait=tenacity.wait_exponential(multiplier=0.2, max=2.0),
-        retry=tenacity.retry_if_exception_type(Transient),
+        retry=tenacity.retry_if_exception_type(Transient) & tenacity.retry_if_not_exception_type(NotFound),
         reraise=True,
     )
     def _set(self, present: bool) -> None:
         # Read, change, write with the resourceVersion read: a concurrent change of the node
         # (a 409) is read again, never overwritten.
-        node = self.kube.read_node(self.node)
+        try:
+            node = self.kube.read_node(self.node)
+        except NotFound:
+            log.warning("Skipped reconfiguring taint: node not found", node=self.node)
+            return
         taints = build_taints((node.get("spec") or {}).get("taints") or [], self.key, self.effect, present)
         if taints is None:
             return

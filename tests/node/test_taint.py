@@ -122,3 +122,33 @@ def test_taint_stays_while_the_refresh_fails() -> None:
     agent.refresher = OrderRefresher(kube, ok=True)
     agent.sync_once()  # level-triggered: the next pass refreshes again and lifts it
     assert not any(t["key"] == KEY for t in kube.taints)
+
+
+class BrokenKube:
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+        self.reads = 0
+
+    def read_node(self, name: str) -> dict[str, Any]:
+        self.reads += 1
+        raise self.exc
+
+    def patch_node_taints(
+        self, name: str, taints: list[dict[str, Any]], resource_version: str | None
+    ) -> None:
+        raise AssertionError("never reached")
+
+
+def test_a_missing_node_is_skipped_and_a_failed_lift_waits_for_the_next_pass() -> None:
+    from cdmo.node_agent.kube import NotFound
+
+    gone = BrokenKube(NotFound("read node gpu-1: Kubernetes API answered 404"))
+    taint = ReconfiguringTaint(gone, NODE, "cdmo.clear.ml/reconfiguring:NoSchedule")
+    taint.withdraw(["MIG-x"])  # nothing to taint: no error, no retry
+    assert gone.reads == 1
+    down = BrokenKube(KubeError("read node gpu-1: connection refused"))
+    taint = ReconfiguringTaint(down, NODE, "cdmo.clear.ml/reconfiguring:NoSchedule")
+    taint.settle()  # logged, not raised (bounded retries first)
+    assert down.reads == 4
+    with pytest.raises(KubeError):
+        taint.withdraw(["MIG-x"])  # a taint that cannot be set fails the pass before any destroy
