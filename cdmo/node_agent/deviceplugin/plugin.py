@@ -231,7 +231,7 @@ class KubeletDevicePlugin:
                 self._set_devices(devices, unreadable)
                 self._publish()
         if self._started:
-            self._tick()  # a new resource is served and registered now, not on the next tick
+            self._tick_now()  # a new resource is served and registered now, not on the next tick
 
     # --- what the agent tells it ---------------------------------------------------------------
 
@@ -243,7 +243,7 @@ class KubeletDevicePlugin:
             self._resources |= layout_resources(desired)
             self._publish()
         if self._started:
-            self._tick()
+            self._tick_now()
 
     def advertised(self) -> dict[str, list[str]]:
         """resource -> device IDs listed now (for the status document)."""
@@ -285,6 +285,14 @@ class KubeletDevicePlugin:
             with self._cond:
                 self._set_devices(devices, unreadable)
                 self._publish()
+
+    def _tick_now(self) -> None:
+        """A tick from a reconcile pass: a failure here must not fail the pass (the background
+        thread tries again within ``poll_seconds``)."""
+        try:
+            self._tick()
+        except Exception as exc:  # the pass's edge: serving or registering is retried by the thread
+            log.warning("Failed to serve or register device plugin; will retry", error=str(exc))
 
     def _tick(self) -> None:
         """Serve every resource; register endpoints the current kubelet does not know."""
