@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from cdmo.node_agent.agent import Agent
     from cdmo.node_agent.kube import KubeClient
     from cdmo.node_agent.metrics import AgentMetrics
-    from cdmo.node_agent.refresh import build_refresher
+    from cdmo.node_agent.refresh import BuiltinRefresh, build_refresher
     from cdmo.node_agent.wiring import build_backend
 
     conf = build_config(args)
@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
         from cdmo.node_agent.taint import ReconfiguringTaint
 
         advertiser = ReconfiguringTaint(kube, conf.node_name, conf.reconfiguring_taint)
-    agent = Agent(conf, backend, kube, build_refresher(conf, kube), metrics=metrics, advertiser=advertiser)
+    refresher = BuiltinRefresh(plugin) if plugin is not None else build_refresher(conf, kube)
+    agent = Agent(conf, backend, kube, refresher, metrics=metrics, advertiser=advertiser)
     stop = threading.Event()
     try:
         if args.once:
@@ -143,7 +144,7 @@ def _run_standalone(args: argparse.Namespace, conf: Any) -> int:
 
     from cdmo.commands.node import read_layout_file
     from cdmo.errors import InvalidInput
-    from cdmo.node_agent.refresh import build_refresher
+    from cdmo.node_agent.refresh import BuiltinRefresh, build_refresher
     from cdmo.node_agent.standalone import StandaloneAgent
     from cdmo.node_agent.wiring import build_backend, read_local_in_use
 
@@ -163,7 +164,7 @@ def _run_standalone(args: argparse.Namespace, conf: Any) -> int:
             args.standalone,
             read_layout_file,
             lambda: read_local_in_use(conf.pod_resources_socket),
-            build_refresher(conf, None),
+            BuiltinRefresh(plugin) if plugin is not None else build_refresher(conf, None),
             sys.stdout,
             advertiser=plugin,
         )

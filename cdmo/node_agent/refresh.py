@@ -60,13 +60,28 @@ class NoRefresh:
         return RefreshOutcome(True, "RefreshDisabled", "the device plugin refresh strategy is none")
 
 
+class PluginRegistration(Protocol):
+    """What BuiltinRefresh asks the agent's device plugin (KubeletDevicePlugin implements it)."""
+
+    def registration(self) -> tuple[bool, str]: ...
+
+
 class BuiltinRefresh:
-    """Strategy ``builtin``: the agent's device plugin already sent the new lists."""
+    """Strategy ``builtin``: the agent's device plugin already sent the new lists during the
+    pass; the refresh only says whether the kubelet has every resource registered."""
 
     strategy = "builtin"
 
+    def __init__(self, plugin: PluginRegistration | None = None) -> None:
+        self.plugin = plugin
+
     def refresh(self, stop: threading.Event) -> RefreshOutcome:
-        return RefreshOutcome(True, "Advertised", "the agent's own device plugin advertises the MIG devices")
+        if self.plugin is None:
+            return RefreshOutcome(
+                True, "Advertised", "the agent's own device plugin advertises the MIG devices"
+            )
+        ok, message = self.plugin.registration()
+        return RefreshOutcome(ok, "Advertised" if ok else "NotRegistered", message)
 
 
 class SighupRefresher:

@@ -13,7 +13,7 @@ from typing import Any
 from cdmo.config import AgentConfig
 from cdmo.node_agent.agent import Agent
 from cdmo.node_agent.kube import KubeClient
-from cdmo.node_agent.refresh import build_refresher
+from cdmo.node_agent.refresh import BuiltinRefresh, build_refresher
 from cdmo.node_agent.wiring import build_device_plugin
 from tests.harness.cluster import DEVICE_PLUGIN_NAMESPACE, DEVICE_PLUGIN_SELECTOR, SimCluster
 
@@ -81,7 +81,8 @@ def start_agent(cluster: SimCluster, node: str, *, resync_seconds: float = 2.0) 
     if builtin:
         plugin = build_device_plugin(config, sim.guarded)
         plugin.start()
-    agent = Agent(config, sim.guarded, kube, build_refresher(config, kube), advertiser=plugin)
+    refresher = BuiltinRefresh(plugin) if plugin is not None else build_refresher(config, kube)
+    agent = Agent(config, sim.guarded, kube, refresher, advertiser=plugin)
     runner = AgentThread(node, agent, kube, plugin=plugin)
     runner.start()
     return runner

@@ -236,6 +236,10 @@ def test_standalone_agent_against_an_independent_kubelet(workdir: Path, strategy
             lambda docs: docs[-1].get("advertised", {}).get("nvidia.com/mig-7g.80gb") and docs[-1], 5
         )
         assert last["advertised"]["nvidia.com/mig-3g.40gb"] == []
+        # the kubelet has every resource registered: the pass settled
+        ready = out.wait(lambda docs: docs[-1]["status"]["phase"] == "Ready" and docs[-1], 5)
+        refreshed = next(c for c in ready["status"]["conditions"] if c["type"] == "DevicePluginRefreshed")
+        assert refreshed["status"] == "True" and refreshed["reason"] == "Advertised"
     finally:
         if agent is not None:
             _stop(agent)

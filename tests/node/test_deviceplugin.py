@@ -204,3 +204,27 @@ def test_nvidia_plugin_sockets_are_noticed(node, kubelet, short_dir) -> None:  #
         assert plugin.nvidia_sockets() == ["nvidia-mig-1g.10gb.sock"]
     finally:
         plugin.stop()
+
+
+def test_registration_state_feeds_the_refresh_outcome(node, short_dir) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    from cdmo.node_agent.refresh import BuiltinRefresh
+
+    plugin = make_plugin(node, short_dir)
+    try:
+        apply(node, plugin, {0: [Instance("3g.40gb", 0)]})
+        outcome = BuiltinRefresh(plugin).refresh(threading.Event())
+        assert not outcome.ok and outcome.reason == "NotRegistered" and "no kubelet socket" in outcome.message
+        kubelet = SimKubelet(short_dir).start()  # the kubelet comes up later
+        try:
+            assert kubelet.wait_for(lambda k: R3 in k.resources(), 5)
+            deadline = time.monotonic() + 5
+            while not plugin.registration()[0] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            outcome = BuiltinRefresh(plugin).refresh(threading.Event())
+            assert outcome.ok and outcome.reason == "Advertised"
+        finally:
+            kubelet.stop()
+    finally:
+        plugin.stop()

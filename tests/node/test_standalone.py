@@ -122,7 +122,11 @@ def test_cli_standalone_once_and_its_errors(short_dir: Path, capsys: pytest.Capt
     out, _ = capsys.readouterr()
     assert code == 0
     (doc,) = [json.loads(line) for line in out.splitlines()]
-    assert doc["status"]["phase"] == "Ready" and list(doc["advertised"]) == ["nvidia.com/mig-3g.40gb"]
+    assert list(doc["advertised"]) == ["nvidia.com/mig-3g.40gb"]
+    # no kubelet in the directory: the layout is there, but the devices reach no kubelet
+    refreshed = next(c for c in doc["status"]["conditions"] if c["type"] == "DevicePluginRefreshed")
+    assert (doc["status"]["phase"], refreshed["reason"]) == ("Applying", "NotRegistered")
+    assert "no kubelet socket" in refreshed["message"]
     # external modes without Kubernetes: none works, delete-pod is refused
     assert main([*base, "--refresh-strategy", "none", "--once"]) == 0
     capsys.readouterr()

@@ -245,6 +245,24 @@ class KubeletDevicePlugin:
         if self._started:
             self._tick_now()
 
+    def registration(self) -> tuple[bool, str]:
+        """(every resource registered with the current kubelet, a sentence saying so)."""
+        kubelet = _socket_id(self.dir / KUBELET_SOCKET)
+        if kubelet is None:
+            return (
+                False,
+                f"no kubelet socket in {self.dir}: the agent's device plugin cannot register; "
+                "mount the kubelet's device-plugins directory (agent.devicePluginDir)",
+            )
+        with self._cond:
+            resources = sorted(self._lists)
+        missing = [
+            r for r in resources if (ep := self._endpoints.get(r)) is None or ep.registered_with != kubelet
+        ]
+        if missing:
+            return False, "not registered with the kubelet yet: " + ", ".join(missing)
+        return True, f"the agent's device plugin advertises {len(resources)} resources to the kubelet"
+
     def advertised(self) -> dict[str, list[str]]:
         """resource -> device IDs listed now (for the status document)."""
         with self._cond:
