@@ -111,8 +111,21 @@ class AgentConfig:
     sim_gpus: str = ""
     pod_resources_socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock"
     resync_seconds: float = 60.0
-    #: sighup | delete-pod | none
-    refresh_strategy: str = "sighup"
+    #: builtin (the agent's own kubelet device plugin) | sighup | delete-pod | none (NVIDIA's plugin)
+    refresh_strategy: str = "builtin"
+    #: The kubelet's device-plugins directory (builtin mode serves and registers there).
+    device_plugin_dir: str = "/var/lib/kubelet/device-plugins"
+    #: builtin: how Allocate names the devices: envvar | volume-mounts | cdi-annotations (comma list)
+    device_list_strategy: str = "volume-mounts"
+    #: builtin: uuid | index
+    device_id_strategy: str = "uuid"
+    #: builtin, cdi-annotations: the CDI kind of the toolkit's spec
+    cdi_kind: str = "nvidia.com/gpu"
+    #: builtin: offer GPUs with MIG off as nvidia.com/gpu (NVIDIA's plugin is off on cdmo nodes)
+    advertise_whole_gpus: bool = True
+    #: External modes: taint KEY:EFFECT set on the node from before the first destroy until the
+    #: plugin re-advertised ("" turns it off).
+    reconfiguring_taint: str = "cdmo.clear.ml/reconfiguring:NoSchedule"
     device_plugin_namespace: str = "gpu-operator"
     device_plugin_selector: str = "app=nvidia-device-plugin-daemonset"
     device_plugin_process: str = "nvidia-device-plugin"
@@ -138,6 +151,12 @@ class AgentConfig:
         ("pod_resources_socket", "CDMO_POD_RESOURCES_SOCKET"),
         ("resync_seconds", "CDMO_RESYNC_SECONDS"),
         ("refresh_strategy", "CDMO_REFRESH_STRATEGY"),
+        ("device_plugin_dir", "CDMO_DEVICE_PLUGIN_DIR"),
+        ("device_list_strategy", "CDMO_DEVICE_LIST_STRATEGY"),
+        ("device_id_strategy", "CDMO_DEVICE_ID_STRATEGY"),
+        ("cdi_kind", "CDMO_CDI_KIND"),
+        ("advertise_whole_gpus", "CDMO_ADVERTISE_WHOLE_GPUS"),
+        ("reconfiguring_taint", "CDMO_RECONFIGURING_TAINT"),
         ("device_plugin_namespace", "CDMO_DEVICE_PLUGIN_NAMESPACE"),
         ("device_plugin_selector", "CDMO_DEVICE_PLUGIN_SELECTOR"),
         ("device_plugin_process", "CDMO_DEVICE_PLUGIN_PROCESS"),

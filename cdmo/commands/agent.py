@@ -3,6 +3,11 @@
 NODE_NAME comes from the environment (the downward API); every knob has an environment
 variable (cdmo.config.AgentConfig) and most have a flag. Logs are structlog JSON on stderr;
 Prometheus metrics are served on --metrics-port (0 turns them off).
+
+In the ``builtin`` mode (the default) the agent serves the kubelet device plugin for its MIG
+devices itself. ``--standalone LAYOUT.yaml`` runs it without the Kubernetes API: the layout
+comes from the file (read again when it changes) and each pass writes one JSON document to
+stdout.
 """
 
 from __future__ import annotations
@@ -18,15 +23,24 @@ from cdmo import exit_codes
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from cdmo.node_agent.refresh import STRATEGIES
-    from cdmo.node_agent.wiring import add_backend_arguments
+    from cdmo.node_agent.wiring import add_backend_arguments, add_device_plugin_arguments
 
+    parser.add_argument(
+        "--standalone",
+        metavar="LAYOUT.yaml",
+        default=None,
+        help="run without Kubernetes: the desired layout from this file (re-read when it changes), "
+        "one JSON status document per pass on stdout",
+    )
     add_backend_arguments(parser)
+    add_device_plugin_arguments(parser)
     parser.add_argument("--node-name", default=None, help="this node's name (default $NODE_NAME)")
     parser.add_argument(
         "--refresh-strategy",
         choices=STRATEGIES,
         default=None,
-        help="how to make the device plugin see new MIG devices (default $CDMO_REFRESH_STRATEGY or sighup)",
+        help="builtin: the agent is the device plugin; sighup, delete-pod, none: NVIDIA's plugin "
+        "is refreshed that way (default $CDMO_REFRESH_STRATEGY or builtin)",
     )
     parser.add_argument(
         "--enable-mig",
@@ -45,6 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-port", type=int, default=None, help="Prometheus port (default 9464; 0: off)"
     )
+    parser.add_argument(
+        "--reconfiguring-taint",
+        metavar="KEY:EFFECT",
+        default=None,
+        help="external modes: taint the node with this from before the first destroy until the plugin "
+        "re-advertised (default $CDMO_RECONFIGURING_TAINT or cdmo.clear.ml/reconfiguring:NoSchedule; '' off)",
+    )
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig outside the cluster")
     parser.add_argument("--log-format", choices=("json", "console", "auto"), default=None)
     parser.add_argument("--once", action="store_true", help="run one pass, write the status, and exit")
@@ -62,6 +83,7 @@ def build_config(args: argparse.Namespace) -> Any:
         ("auto_enable_mig", "auto_enable_mig"),
         ("metrics_port", "metrics_port"),
         ("log_format", "log_format"),
+        ("reconfiguring_taint", "reconfiguring_taint"),
     ):
         value = getattr(args, flag, None)
         if value is not None:
@@ -75,13 +97,15 @@ def run(args: argparse.Namespace) -> int:
     from cdmo.node_agent.agent import Agent
     from cdmo.node_agent.kube import KubeClient
     from cdmo.node_agent.metrics import AgentMetrics
-    from cdmo.node_agent.refresh import build_refresher
+    from cdmo.node_agent.refresh import BuiltinRefresh, build_refresher
     from cdmo.node_agent.wiring import build_backend
 
     conf = build_config(args)
     configure_logging(
         "json" if conf.log_format == "auto" else conf.log_format, "debug" if args.debug else "info"
     )
+    if args.standalone is not None:
+        return _run_standalone(args, conf)
     if not conf.node_name:
         raise InvalidInput("the agent needs its node's name", hint="set NODE_NAME or pass --node-name")
     kube = KubeClient.from_environment(args.kubeconfig)
@@ -89,7 +113,14 @@ def run(args: argparse.Namespace) -> int:
     metrics = AgentMetrics()
     if conf.metrics_port and not args.once:
         metrics.serve(conf.metrics_port)
-    agent = Agent(conf, backend, kube, build_refresher(conf, kube), metrics=metrics)
+    plugin = _start_plugin(conf, backend)
+    advertiser = plugin
+    if plugin is None and conf.reconfiguring_taint:
+        from cdmo.node_agent.taint import ReconfiguringTaint
+
+        advertiser = ReconfiguringTaint(kube, conf.node_name, conf.reconfiguring_taint)
+    refresher = BuiltinRefresh(plugin) if plugin is not None else build_refresher(conf, kube)
+    agent = Agent(conf, backend, kube, refresher, metrics=metrics, advertiser=advertiser)
     stop = threading.Event()
     try:
         if args.once:
@@ -100,5 +131,61 @@ def run(args: argparse.Namespace) -> int:
         agent.run(stop)
         return exit_codes.SUCCESS
     finally:
+        if plugin is not None:
+            plugin.stop()
         backend.close()
         kube.close()
+
+
+def _start_plugin(conf: Any, backend: Any) -> Any:
+    """The started built-in device plugin in the builtin mode, else None."""
+    from cdmo.node_agent.wiring import build_device_plugin
+
+    if conf.refresh_strategy != "builtin":
+        return None
+    plugin = build_device_plugin(conf, backend)
+    plugin.start()
+    return plugin
+
+
+def _run_standalone(args: argparse.Namespace, conf: Any) -> int:
+    import sys
+
+    from cdmo.commands.node import read_layout_file
+    from cdmo.errors import InvalidInput
+    from cdmo.node_agent.refresh import BuiltinRefresh, build_refresher
+    from cdmo.node_agent.standalone import StandaloneAgent
+    from cdmo.node_agent.wiring import build_backend, read_local_in_use
+
+    if conf.refresh_strategy == "delete-pod":
+        raise InvalidInput(
+            "the delete-pod refresh strategy needs Kubernetes",
+            hint="use builtin, sighup or none with --standalone",
+        )
+    read_layout_file(args.standalone)  # a missing or broken file is refused before anything starts
+    backend = build_backend(conf)
+    plugin = None
+    try:
+        plugin = _start_plugin(conf, backend)
+        agent = StandaloneAgent(
+            conf,
+            backend,
+            args.standalone,
+            read_layout_file,
+            lambda: read_local_in_use(conf.pod_resources_socket),
+            BuiltinRefresh(plugin) if plugin is not None else build_refresher(conf, None),
+            sys.stdout,
+            advertiser=plugin,
+        )
+        stop = threading.Event()
+        if args.once:
+            agent.sync_once(stop)
+            return exit_codes.SUCCESS
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        agent.run(stop)
+        return exit_codes.SUCCESS
+    finally:
+        if plugin is not None:
+            plugin.stop()
+        backend.close()

@@ -112,14 +112,14 @@ class Agent:
         self.backend = backend
         self.kube = kube
         self.refresher = refresher
+        #: The agent's own device plugin (builtin mode); NoAdvertiser in the external modes.
+        self.advertiser = advertiser if advertiser is not None else NoAdvertiser()
         self.pod_resources = (
             pod_resources if pod_resources is not None else PodResourcesClient(config.pod_resources_socket)
         )
         self.metrics = metrics if metrics is not None else AgentMetrics()
         self.retry = retry
         self.clock = clock
-        #: What advertises the node's MIG devices (the agent's own device plugin), told by reconcile.
-        self.advertiser = advertiser if advertiser is not None else NoAdvertiser()
         self.log = _log.bind(node=self.node)
         self._wake = threading.Event()
         self._done = threading.Event()
@@ -177,6 +177,9 @@ class Agent:
             return PassOutcome(True, status)
 
         started = time.monotonic()
+        set_desired = getattr(self.advertiser, "set_desired", None)
+        if set_desired is not None:  # the plan's resources are registered, its instances preferred
+            set_desired(desired)
         try:
             result = reconcile_node(
                 self.backend,
@@ -214,6 +217,10 @@ class Agent:
                 strategy=self.refresher.strategy,
                 reason=refresh.reason,
             )
+
+        settle = getattr(self.advertiser, "settle", None)  # external modes: lift the reconfiguring taint
+        if settle is not None and (refresh is None or refresh.ok):
+            settle()
 
         status = build_status(
             result, generation=generation, now=self.clock(), previous=previous, refresh=refresh

@@ -3,7 +3,8 @@
 - read and watch the MigLayout named after the node (field selector metadata.name=NODE);
 - patch ``miglayouts/status`` (a JSON merge patch: ``null`` removes a field);
 - list the pods bound to the node (field selector spec.nodeName=NODE);
-- list and delete the device plugin pods of the node (label selector, namespace).
+- list and delete the device plugin pods of the node (label selector, namespace);
+- read its Node and replace its taints (the reconfiguring taint of the external modes).
 
 - create Events on the node's MigLayout (MIG mode switched back on after a reboot).
 
@@ -35,6 +36,10 @@ class KubeError(Transient):
     """A Kubernetes API call failed; the agent tries again later."""
 
 
+class NotFound(KubeError):
+    """404: the object does not exist."""
+
+
 class WatchExpired(KubeError):
     """410 Gone: the watch's resourceVersion is too old; read again, then watch from there."""
 
@@ -43,6 +48,8 @@ def _error(exc: ApiException, what: str) -> KubeError:
     reason = exc.reason or ""
     if exc.status == 410:
         return WatchExpired(f"{what}: resourceVersion expired (410)")
+    if exc.status == 404:
+        return NotFound(f"{what}: Kubernetes API answered 404 {reason}".strip())
     return KubeError(f"{what}: Kubernetes API answered {exc.status} {reason}".strip())
 
 
@@ -278,6 +285,34 @@ class KubeClient:
             _preload_content=False,
             _request_timeout=self.request_timeout_seconds,
         )
+
+    def read_node(self, name: str) -> dict[str, Any]:
+        try:
+            resp = self.core.read_node(
+                name, _preload_content=False, _request_timeout=self.request_timeout_seconds
+            )
+        except ApiException as exc:
+            raise _error(exc, f"read node {name}") from exc
+        return dict(self._json(resp) or {})
+
+    def patch_node_taints(
+        self, name: str, taints: list[dict[str, Any]], resource_version: str | None
+    ) -> None:
+        """Replace ``spec.taints`` (a JSON merge patch replaces the list); with ``resource_version``
+        the API server refuses the write (409) if the node changed since it was read."""
+        body: dict[str, Any] = {"spec": {"taints": taints}}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        try:
+            self.core.patch_node(
+                name,
+                body,
+                _content_type="application/merge-patch+json",
+                _preload_content=False,
+                _request_timeout=self.request_timeout_seconds,
+            )
+        except ApiException as exc:
+            raise _error(exc, f"patch the taints of node {name}") from exc
 
     def close(self) -> None:
         self.interrupt()

@@ -3,6 +3,9 @@
 The plugin enumerates devices only when it starts or on SIGHUP (ARCHITECTURE.md, "Facts
 worth knowing"). Strategies:
 
+- ``builtin``: the agent's own device plugin (cdmo.node_agent.deviceplugin) advertises every
+  change itself, during the pass; nothing is left to do here;
+
 - ``sighup``: send SIGHUP to every ``nvidia-device-plugin`` process found under /proc; the
   agent pod needs ``hostPID: true`` to see them;
 - ``delete-pod``: delete the device plugin pod(s) of this node (label selector, namespace)
@@ -30,7 +33,7 @@ from cdmo.errors import CdmoError, InvalidInput
 
 log = structlog.get_logger("cdmo.node_agent.refresh")
 
-STRATEGIES = ("sighup", "delete-pod", "none")
+STRATEGIES = ("builtin", "sighup", "delete-pod", "none")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,30 @@ class NoRefresh:
 
     def refresh(self, stop: threading.Event) -> RefreshOutcome:
         return RefreshOutcome(True, "RefreshDisabled", "the device plugin refresh strategy is none")
+
+
+class PluginRegistration(Protocol):
+    """What BuiltinRefresh asks the agent's device plugin (KubeletDevicePlugin implements it)."""
+
+    def registration(self) -> tuple[bool, str]: ...
+
+
+class BuiltinRefresh:
+    """Strategy ``builtin``: the agent's device plugin already sent the new lists during the
+    pass; the refresh only says whether the kubelet has every resource registered."""
+
+    strategy = "builtin"
+
+    def __init__(self, plugin: PluginRegistration | None = None) -> None:
+        self.plugin = plugin
+
+    def refresh(self, stop: threading.Event) -> RefreshOutcome:
+        if self.plugin is None:
+            return RefreshOutcome(
+                True, "Advertised", "the agent's own device plugin advertises the MIG devices"
+            )
+        ok, message = self.plugin.registration()
+        return RefreshOutcome(ok, "Advertised" if ok else "NotRegistered", message)
 
 
 class SighupRefresher:
@@ -205,6 +232,8 @@ class DeletePodRefresher:
 
 def build_refresher(config: AgentConfig, kube: DevicePluginPods | None) -> Refresher:
     """The refresher that ``config.refresh_strategy`` names."""
+    if config.refresh_strategy == "builtin":
+        return BuiltinRefresh()
     if config.refresh_strategy == "none":
         return NoRefresh()
     if config.refresh_strategy == "sighup":

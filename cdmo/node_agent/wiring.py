@@ -18,6 +18,7 @@ from cdmo.errors import InvalidInput
 
 if TYPE_CHECKING:  # the verbs' --help must not pay for grpc or pynvml
     from cdmo.node_agent.backend import GpuBackend
+    from cdmo.node_agent.deviceplugin.plugin import KubeletDevicePlugin
     from cdmo.node_agent.inuse import InUse
 
 log = structlog.get_logger("cdmo.node_agent")
@@ -58,7 +59,14 @@ def config_from_args(args: argparse.Namespace, base: AgentConfig | None = None) 
     """AgentConfig from the environment, overridden by the flags that were given."""
     conf = base or AgentConfig.from_env()
     changes = {}
-    for name in ("sim_state", "sim_gpus", "pod_resources_socket"):
+    for name in (
+        "sim_state",
+        "sim_gpus",
+        "pod_resources_socket",
+        "device_plugin_dir",
+        "device_list_strategy",
+        "device_id_strategy",
+    ):
         value = getattr(args, name, None)
         if value is not None:
             changes[name] = value
@@ -106,3 +114,43 @@ def read_local_in_use(socket_path: str) -> InUse:
 
 def env_node_name() -> str:
     return os.environ.get("NODE_NAME", "")
+
+
+def add_device_plugin_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of the built-in device plugin."""
+    parser.add_argument(
+        "--device-plugin-dir",
+        metavar="DIR",
+        default=None,
+        help="the kubelet's device-plugins directory (default $CDMO_DEVICE_PLUGIN_DIR or "
+        "/var/lib/kubelet/device-plugins)",
+    )
+    parser.add_argument(
+        "--device-list-strategy",
+        metavar="STRATEGY",
+        default=None,
+        help="how Allocate names devices: envvar, volume-mounts (default) or cdi-annotations, "
+        "comma-separated",
+    )
+    parser.add_argument(
+        "--device-id-strategy",
+        choices=("uuid", "index"),
+        default=None,
+        help="device IDs as uuid (default) or index",
+    )
+
+
+def build_device_plugin(conf: AgentConfig, backend: GpuBackend) -> KubeletDevicePlugin:
+    """The built-in device plugin from the config (not started)."""
+    from cdmo.node_agent.deviceplugin.plugin import KubeletDevicePlugin, PluginSettings
+
+    return KubeletDevicePlugin(
+        backend,
+        PluginSettings(
+            plugin_dir=conf.device_plugin_dir,
+            device_list_strategy=conf.device_list_strategy,
+            device_id_strategy=conf.device_id_strategy,
+            cdi_kind=conf.cdi_kind,
+            whole_gpus=conf.advertise_whole_gpus,
+        ),
+    )

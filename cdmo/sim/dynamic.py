@@ -7,8 +7,9 @@ with the pods that hold instances passed in as pod-resources holders.
 
 What the simulator stands in for: the operator's batch window (cdmo.config.OperatorConfig's idle 5 s,
 at most 30 s), the MigLayout round trip (instant), and time: GI creates and destroys take the time
-model's seconds each, then the device plugin refresh (SIGHUP by default), before the new instances
-are advertised. As the operator does (cdmo.operator.snapshot.build_snapshot), a node that is still
+model's seconds each, then the device plugin's advertisement (the built-in plugin's ~0.2 s by
+default; ``dynamic-sighup`` waits for a SIGHUP refresh instead), before the new instances are
+advertised. As the operator does (cdmo.operator.snapshot.build_snapshot), a node that is still
 applying is left out of the snapshot (one node waiting holds back only that node), the pods the last
 plan gave to it are not planned again until it is ready, and pending pods are listed by name.
 """

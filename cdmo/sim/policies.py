@@ -1,4 +1,5 @@
-"""Policies behind one interface: ``static:<layout>``, ``first-fit`` (nos) and ``dynamic`` (cdmo).
+"""Policies behind one interface: ``static:<layout>``, ``first-fit`` (nos), ``dynamic`` (cdmo) and
+``dynamic-sighup`` (cdmo with NVIDIA's device plugin refreshed by SIGHUP, for comparison).
 
 :func:`make_policy` builds one by name. The batch window shared by the two dynamic policies lives
 here too.
@@ -6,6 +7,7 @@ here too.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from cdmo.mig.layouts import Instance, named_layout
@@ -65,4 +67,10 @@ def make_policy(name: str, scenario: Scenario) -> Policy:
         return FirstFitPolicy(scenario.first_fit, scenario.time_model)
     from cdmo.sim.dynamic import DynamicPolicy
 
+    if name == "dynamic-sighup":
+        # The same agent and planner, NVIDIA's plugin refreshed by SIGHUP after each change
+        # instead of the built-in plugin that advertises during the pass.
+        policy = DynamicPolicy(dataclasses.replace(scenario.dynamic, refresh="sighup"), scenario.time_model)
+        policy.name = "dynamic-sighup"
+        return policy
     return DynamicPolicy(scenario.dynamic, scenario.time_model)

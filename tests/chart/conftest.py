@@ -110,6 +110,7 @@ RENDERS: dict[str, dict[str, Any]] = {
     "defaults-on-1.30-cluster": {"api_versions": (VAP_API,)},
     "delete-pod": {"sets": ("agent.refreshStrategy=delete-pod",)},
     "refresh-none": {"sets": ("agent.refreshStrategy=none",)},
+    "sighup-no-taint": {"sets": ("agent.refreshStrategy=sighup", "agent.reconfiguringTaint=")},
     "standalone": {"sets": ("operator.peering.enabled=false", "operator.replicas=1")},
     "sim-backend": {
         "sets": (

@@ -110,12 +110,19 @@ def test_mig_resources_in_docs_are_known_profiles(path: Path) -> None:
 def test_node_labels_are_cdmos(path: Path) -> None:
     text = commands(path)
     for key, rest in re.findall(r"kubectl label nodes \S+ ([\w./-]+?)(=\S+|-)(?:\s|$)", text):
+        if key == NVIDIA_PLUGIN_LABEL_KEY:  # the GPU operator's switch for its device plugin
+            assert rest in ("=false", "-")
+            continue
         assert key == PARTITIONING_LABEL_KEY
         assert rest in (f"={PARTITIONING_LABEL_VALUE}", "-")
 
 
+NVIDIA_PLUGIN_LABEL_KEY = "nvidia.com/gpu.deploy.device-plugin"
+
+
 def test_the_procedures_contain_the_steps_of_the_issue() -> None:
     install = commands(ROOT / "docs" / "install.md")
+    assert f"kubectl label nodes gpu-node-1 {NVIDIA_PLUGIN_LABEL_KEY}=false" in install
     assert "nvidia-smi -i 0 -mig 1" in install
     assert f"kubectl label nodes gpu-node-1 {PARTITIONING_LABEL_KEY}={PARTITIONING_LABEL_VALUE}" in install
     assert "helm upgrade -i cdmo helm/cdmo" in install

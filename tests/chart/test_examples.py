@@ -139,3 +139,29 @@ def test_gpu_operator_values_hand_mig_to_cdmo() -> None:
     toolkit_env = {e["name"]: e["value"] for e in values["toolkit"]["env"]}
     if plugin_env["DEVICE_LIST_STRATEGY"] == "volume-mounts":
         assert toolkit_env["ACCEPT_NVIDIA_VISIBLE_DEVICES_AS_VOLUME_MOUNTS"] == "true"
+
+
+def test_the_agents_builtin_plugin_answers_as_the_gpu_operator_values_configure() -> None:
+    # The same GPU operator values serve both modes: the agent's own plugin (builtin) answers
+    # Allocate in the device list and ID strategy that NVIDIA's plugin is given there, which is
+    # what the toolkit is set up to read.
+    from cdmo.config import AgentConfig
+    from cdmo.node_agent.deviceplugin.devices import PluginDevice, build_container_response
+
+    (values,) = load_all(EXAMPLES / "gpu-operator-values.yaml")
+    plugin_env = {e["name"]: e["value"] for e in values["devicePlugin"]["env"]}
+    (chart,) = load_all(ROOT / "helm" / "cdmo" / "values.yaml")
+    conf = AgentConfig()
+    assert (conf.device_list_strategy, conf.device_id_strategy) == (
+        plugin_env["DEVICE_LIST_STRATEGY"],
+        plugin_env["DEVICE_ID_STRATEGY"],
+    )
+    assert (chart["agent"]["deviceListStrategy"], chart["agent"]["deviceIdStrategy"]) == (
+        plugin_env["DEVICE_LIST_STRATEGY"],
+        plugin_env["DEVICE_ID_STRATEGY"],
+    )
+    dev = PluginDevice("nvidia.com/mig-1g.10gb", "MIG-0123", 0, "0:0", True, "1g.10gb", 0)
+    answer = build_container_response([dev], (conf.device_list_strategy,), conf.device_id_strategy)
+    toolkit_env = {e["name"]: e["value"] for e in values["toolkit"]["env"]}
+    assert toolkit_env["ACCEPT_NVIDIA_VISIBLE_DEVICES_AS_VOLUME_MOUNTS"] == "true"
+    assert answer.mounts == (("/var/run/nvidia-container-devices/MIG-0123", "/dev/null", False),)

@@ -38,6 +38,8 @@ AGENT_RULES: Rules = {
     ("", "events"): frozenset({"create"}),
 }
 AGENT_REFRESH_RULES: Rules = {("", "pods"): frozenset({"delete"})}
+#: External device-plugin modes with the reconfiguring taint: the agent taints its own node.
+AGENT_TAINT_RULES: Rules = {("", "nodes"): frozenset({"get", "patch"})}
 
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 
@@ -98,11 +100,20 @@ def test_operator_never_writes_miglayout_status(helm: Helm) -> None:
         assert not rules[("", "nodes")] & WRITE_VERBS
 
 
-@pytest.mark.parametrize("name", ["defaults", "refresh-none", "delete-pod", "nondefault"])
-def test_agent_cluster_role_is_exactly_the_list(helm: Helm, name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "taints"),
+    [
+        ("defaults", False),
+        ("refresh-none", True),
+        ("delete-pod", True),
+        ("nondefault", True),
+        ("sighup-no-taint", False),
+    ],
+)
+def test_agent_cluster_role_is_exactly_the_list(helm: Helm, name: str, taints: bool) -> None:
     objects = render_named(helm, name)
     role = one(objects, "ClusterRole", "-agent")
-    assert flatten(role) == AGENT_RULES
+    assert flatten(role) == AGENT_RULES | (AGENT_TAINT_RULES if taints else {})
     assert bound_subjects(objects, "ClusterRole", role["metadata"]["name"]) == [
         service_account(objects, "DaemonSet")
     ]

@@ -173,7 +173,13 @@ def test_agent_runs_only_on_labelled_nodes(helm: Helm, render: str, label: tuple
 
 @pytest.mark.parametrize(
     ("render", "host_pid"),
-    [("defaults", True), ("delete-pod", False), ("refresh-none", False), ("nondefault", False)],
+    [
+        ("defaults", False),
+        ("sighup-no-taint", True),
+        ("delete-pod", False),
+        ("refresh-none", False),
+        ("nondefault", False),
+    ],
 )
 def test_agent_has_host_pid_only_for_sighup(helm: Helm, render: str, host_pid: bool) -> None:
     spec = pod_spec(render_named(helm, render), "DaemonSet")
@@ -191,12 +197,27 @@ def test_agent_is_privileged_with_the_pod_resources_directory(helm: Helm, render
     assert c["securityContext"].get("allowPrivilegeEscalation") is not False
     socket = env_of(c)["CDMO_POD_RESOURCES_SOCKET"]
     directory = socket.rsplit("/", 1)[0]
-    (volume,) = [v for v in spec["volumes"] if "hostPath" in v]
+    (volume,) = [v for v in spec["volumes"] if v.get("hostPath", {}).get("path") == directory]
     assert volume["hostPath"] == {"path": directory, "type": "Directory"}
     (mount,) = [m for m in c["volumeMounts"] if m["name"] == volume["name"]]
     assert mount["mountPath"] == directory  # the directory, not the socket
     for part in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(c["resources"][part]), part
+
+
+@pytest.mark.parametrize(("render", "mounted"), [("defaults", True), ("delete-pod", False)])
+def test_agent_mounts_the_device_plugins_directory_in_builtin_mode(
+    helm: Helm, render: str, mounted: bool
+) -> None:
+    objects = render_named(helm, render)
+    spec = pod_spec(objects, "DaemonSet")
+    c = container(one(objects, "DaemonSet"))
+    directory = env_of(c)["CDMO_DEVICE_PLUGIN_DIR"]
+    volumes = [v for v in spec["volumes"] if v.get("hostPath", {}).get("path") == directory]
+    mounts = [m for m in c["volumeMounts"] if m["mountPath"] == directory]
+    assert (len(volumes), len(mounts)) == ((1, 1) if mounted else (0, 0))
+    if mounted:
+        assert volumes[0]["hostPath"]["type"] == "Directory" and not mounts[0].get("readOnly")
 
 
 def test_agent_tolerates_the_gpu_taint(helm: Helm) -> None:

@@ -8,14 +8,18 @@ component talking to the API server:
   ``allocatable`` MIG resources, minus what the pods already bound there ask for, fit its
   requests, honouring nodeSelector, NoSchedule taints and cordons; otherwise it sets
   PodScheduled=False/Unschedulable, as kube-scheduler does.
-- **device plugin**: one pod per node in its namespace (a DaemonSet). A (re)started pod reads
-  the node's simulated GPUs and advertises their whole MIG devices as node capacity and
-  allocatable, then turns Ready; until then the node keeps advertising what it had, as the
-  real plugin does (it enumerates devices only at start).
-- **kubelet**: admits pods bound to its node by handing them advertised MIG devices that exist
-  (UUIDs), marks them Running, and serves the pod-resources gRPC API (``List``,
-  ``GetAllocatableResources``) on a unix socket in a temp dir, so the node agent reads who
-  holds what exactly as on a real node.
+- **device plugin**, two modes. ``builtin`` (the default): the node agent's own plugin, reached
+  over the real device-plugin protocol by a :class:`tests.harness.kubelet.SimKubelet` per node
+  (Registration on ``kubelet.sock`` in ``<workdir>/<node>/dp``, ListAndWatch, preferred
+  allocation, Allocate); the node's capacity and allocatable follow its lists. ``nvidia``: a
+  simulated NVIDIA plugin, one pod per node in its namespace (a DaemonSet); a (re)started pod
+  reads the node's simulated GPUs and advertises their whole MIG devices, then turns Ready;
+  until then the node keeps advertising what it had (it enumerates devices only at start).
+- **kubelet**: admits pods bound to its node and marks them Running. ``builtin``: only with
+  devices the plugin allocated (``GetPreferredAllocation`` + ``Allocate``); a refused or missing
+  device fails the pod (``UnexpectedAdmissionError``). ``nvidia``: with advertised MIG devices
+  that exist. It serves the pod-resources gRPC API (``List``, ``GetAllocatableResources``) on a
+  unix socket in a temp dir, so the node agent reads who holds what exactly as on a real node.
 
 A guard checks the one safety rule of cdmo continuously: a device held by a pod is never
 destroyed (every destroy goes through :class:`GuardedBackend`), and every Running pod's UUIDs
@@ -42,6 +46,7 @@ from cdmo.node_agent.backend import GpuInfo, GpuInstanceInfo, MigModeChange
 from cdmo.node_agent.podresources import api_pb2, api_pb2_grpc
 from cdmo.node_agent.simulated import SimulatedBackend
 from tests.harness.kube_api import KubeApiDouble, ResourceType, Store, StoreEvent, now_rfc3339
+from tests.harness.kubelet import AdmissionError, SimKubelet
 
 DEVICE_PLUGIN_NAMESPACE = "gpu-operator"
 DEVICE_PLUGIN_LABELS = {"app": "nvidia-device-plugin-daemonset"}
@@ -132,6 +137,9 @@ class SimNode:
     #: (namespace, pod) -> [(resource, uuid)] that the kubelet handed out
     allocated: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
     plugin_generation: int = 0
+    #: builtin mode: the kubelet's device manager, and the directory the agent's plugin serves in
+    kubelet: SimKubelet | None = None
+    plugin_dir: Path | None = None
 
 
 def _requests(pod: Mapping[str, Any]) -> dict[str, int]:
@@ -166,7 +174,16 @@ def _set_condition(conditions: list[dict[str, Any]], cond: dict[str, Any]) -> li
 class SimCluster:
     """Simulated nodes with GPUs, and the scheduler / device plugin / kubelet controllers."""
 
-    def __init__(self, api: KubeApiDouble, workdir: Path, *, plugin_start_delay: float = 0.05) -> None:
+    def __init__(
+        self,
+        api: KubeApiDouble,
+        workdir: Path,
+        *,
+        plugin_start_delay: float = 0.05,
+        device_plugin: str = "builtin",
+    ) -> None:
+        assert device_plugin in ("builtin", "nvidia")
+        self.device_plugin = device_plugin
         self.api = api
         self.workdir = workdir
         self.plugin_start_delay = plugin_start_delay
@@ -199,6 +216,11 @@ class SimCluster:
             name, tuple(models), backend, GuardedBackend(name, backend, self), sock_dir / "kubelet.sock"
         )
         self.nodes[name] = node
+        if self.device_plugin == "builtin":
+            node.plugin_dir = sock_dir / "dp"
+            node.kubelet = SimKubelet(
+                node.plugin_dir, on_change=lambda: self.api.call_soon(lambda: self._sync_capacity(name))
+            ).start()
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
         api_pb2_grpc.add_PodResourcesListerServicer_to_server(_PodResources(self, name), server)
         server.add_insecure_port(f"unix://{node.socket}")
@@ -221,7 +243,8 @@ class SimCluster:
                 },
             }
         )
-        self.api.call(lambda: self._start_plugin(name))
+        if self.device_plugin == "nvidia":
+            self.api.call(lambda: self._start_plugin(name))
         return node
 
     def start(self) -> SimCluster:
@@ -236,6 +259,8 @@ class SimCluster:
         for node in self.nodes.values():
             if node.server is not None:
                 node.server.stop(0)
+            if node.kubelet is not None:
+                node.kubelet.stop()
 
     # -- views for the guard and the pod-resources server --------------------------------------
     def allocations(self, node: str) -> dict[tuple[str, str], list[tuple[str, str]]]:
@@ -294,6 +319,8 @@ class SimCluster:
         return store.type_of("pods", "")
 
     def _device_plugins(self, store: Store) -> None:
+        if self.device_plugin != "nvidia":
+            return
         pods = self._pods(store)
         for name in self.nodes:
             mine = [
@@ -322,6 +349,30 @@ class SimCluster:
                 )
                 self.api.loop.call_later(self.plugin_start_delay, self._start_plugin, name)
 
+    def _sync_capacity(self, name: str) -> None:
+        """builtin: the node's MIG capacity and allocatable are the healthy devices the kubelet got."""
+        node = self.nodes[name]
+        assert node.kubelet is not None
+        lists = {
+            r: sorted(i for i, h in node.kubelet.devices(r).items() if h == "Healthy")
+            for r in node.kubelet.resources()
+        }
+        with self._lock:
+            node.advertised = lists
+        self._write_capacity(self.api.store, name, lists)
+
+    def _write_capacity(self, store: Store, name: str, advertised: Mapping[str, list[str]]) -> None:
+        nodes = store.type_of("nodes", "")
+        obj = store.get(nodes, None, name)
+        if obj is None:
+            return
+        status = dict(obj.get("status") or {})
+        for key in ("capacity", "allocatable"):
+            kept = {k: v for k, v in (status.get(key) or {}).items() if not k.startswith(RESOURCE_PREFIX)}
+            status[key] = {**kept, **{r: str(len(ids)) for r, ids in advertised.items()}}
+        if status != obj.get("status"):
+            store.write(nodes, None, name, {**obj, "status": status}, subresource="status")
+
     def _start_plugin(self, name: str) -> None:
         """The plugin (re)starts: enumerate whole MIG devices, advertise them, turn Ready."""
         store = self.api.store
@@ -334,14 +385,7 @@ class SimCluster:
                     advertised.setdefault(resource_from_profile(inst.profile), []).append(inst.uuid)
         with self._lock:
             node.advertised = {k: sorted(v) for k, v in sorted(advertised.items())}
-        nodes = store.type_of("nodes", "")
-        obj = store.get(nodes, None, name)
-        if obj is not None:
-            status = dict(obj.get("status") or {})
-            for key in ("capacity", "allocatable"):
-                kept = {k: v for k, v in (status.get(key) or {}).items() if not k.startswith(RESOURCE_PREFIX)}
-                status[key] = {**kept, **{r: str(len(ids)) for r, ids in node.advertised.items()}}
-            store.write(nodes, None, name, {**obj, "status": status}, subresource="status")
+        self._write_capacity(store, name, node.advertised)
         pods = self._pods(store)
         for p in store.list(pods, DEVICE_PLUGIN_NAMESPACE, DEVICE_PLUGIN_SELECTOR):
             if p["spec"].get("nodeName") == name and (p.get("status") or {}).get("phase") != "Running":
@@ -374,8 +418,43 @@ class SimCluster:
             for node in self.nodes.values():
                 for key in [k for k in node.allocated if k not in present]:
                     del node.allocated[key]  # the pod is gone or finished: its devices are free
+                    if node.kubelet is not None:
+                        node.kubelet.release(f"{key[0]}/{key[1]}")
+
+    def _fail_admission(self, store: Store, pods: ResourceType, pod: dict[str, Any], message: str) -> None:
+        """What a real kubelet does when the device plugin cannot hand out a device."""
+        meta = pod["metadata"]
+        status = {
+            **(pod.get("status") or {}),
+            "phase": "Failed",
+            "reason": "UnexpectedAdmissionError",
+            "message": message,
+        }
+        store.write(pods, meta["namespace"], meta["name"], {**pod, "status": status}, "status")
+
+    def _admit_builtin(self, store: Store, pods: ResourceType, pod: dict[str, Any], node: SimNode) -> bool:
+        """Devices from the agent's plugin over gRPC (the device manager's path); False: Failed."""
+        assert node.kubelet is not None
+        meta = pod["metadata"]
+        key = f"{meta['namespace']}/{meta['name']}"
+        chosen: list[tuple[str, str]] = []
+        try:
+            for resource, count in sorted(_requests(pod).items()):
+                alloc = node.kubelet.admit(key, resource, count)
+                chosen += [(resource, u) for u in alloc.ids]
+        except AdmissionError as exc:
+            node.kubelet.release(key)
+            self._fail_admission(store, pods, pod, f"Allocate failed: {exc}")
+            return False
+        with self._lock:
+            node.allocated[(meta["namespace"], meta["name"])] = chosen
+        return True
 
     def _admit(self, store: Store, pods: ResourceType, pod: dict[str, Any], node: SimNode) -> None:
+        if node.kubelet is not None:
+            if self._admit_builtin(store, pods, pod, node):
+                self._mark_running(store, pods, pod)
+            return
         wanted = _requests(pod)
         existing = self.existing_uuids(node.name)
         with self._lock:
@@ -389,16 +468,15 @@ class SimCluster:
                 chosen += [(resource, u) for u in free[:count]]
             meta = pod["metadata"]
             if missing:
-                # what a real kubelet does when the device plugin cannot hand out a device
-                status = {
-                    **(pod.get("status") or {}),
-                    "phase": "Failed",
-                    "reason": "UnexpectedAdmissionError",
-                    "message": f"Allocate failed: no free device of {', '.join(missing)}",
-                }
-                store.write(pods, meta["namespace"], meta["name"], {**pod, "status": status}, "status")
+                self._fail_admission(
+                    store, pods, pod, f"Allocate failed: no free device of {', '.join(missing)}"
+                )
                 return
             node.allocated[(meta["namespace"], meta["name"])] = chosen
+        self._mark_running(store, pods, pod)
+
+    def _mark_running(self, store: Store, pods: ResourceType, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
         conditions = _set_condition(
             list((pod.get("status") or {}).get("conditions") or []),
             {"type": "Ready", "status": "True", "lastTransitionTime": now_rfc3339()},

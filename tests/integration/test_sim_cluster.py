@@ -17,7 +17,7 @@ from tests.harness.kube_api import KubeApiDouble, Store
 @pytest.fixture
 def cluster(kube_api: KubeApiDouble) -> Iterator[SimCluster]:
     with tempfile.TemporaryDirectory(prefix="cdmo-sim-") as tmp:
-        sim = SimCluster(kube_api, Path(tmp)).start()
+        sim = SimCluster(kube_api, Path(tmp), device_plugin="nvidia").start()
         try:
             yield sim
         finally:

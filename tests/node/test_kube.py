@@ -421,3 +421,15 @@ def test_events_on_the_miglayout(server: tuple[Script, KubeClient]) -> None:
         "Normal",
         "MIG is back on GPU 0",
     )
+
+
+def test_kube_client_replaces_taints_with_a_merge_patch_guarded_by_resource_version(
+    server: tuple[Script, KubeClient],
+) -> None:
+    script, client = server
+    taints = [{"key": "cdmo.clear.ml/reconfiguring", "value": "true", "effect": "NoSchedule"}]
+    client.patch_node_taints("gpu-1", taints, "17")
+    [req] = script.requests
+    assert req["method"] == "PATCH" and req["path"] == "/api/v1/nodes/gpu-1"
+    assert req["content_type"] == "application/merge-patch+json"
+    assert req["body"] == {"spec": {"taints": taints}, "metadata": {"resourceVersion": "17"}}

@@ -18,6 +18,7 @@ from cdmo.config import AgentConfig
 from cdmo.errors import InvalidInput
 from cdmo.node_agent.kube import KubeError
 from cdmo.node_agent.refresh import (
+    BuiltinRefresh,
     DeletePodRefresher,
     NoRefresh,
     SighupRefresher,
@@ -202,7 +203,9 @@ def test_build_refresher() -> None:
     conf = AgentConfig(node_name="gpu-1")
     assert isinstance(build_refresher(dataclasses.replace(conf, refresh_strategy="none"), None), NoRefresh)
     assert NoRefresh().refresh(threading.Event()).ok
-    sighup = build_refresher(conf, None)
+    builtin = build_refresher(conf, None)
+    assert isinstance(builtin, BuiltinRefresh) and builtin.refresh(threading.Event()).reason == "Advertised"
+    sighup = build_refresher(dataclasses.replace(conf, refresh_strategy="sighup"), None)
     assert isinstance(sighup, SighupRefresher) and sighup.process_name == "nvidia-device-plugin"
     deleting = build_refresher(
         dataclasses.replace(conf, refresh_strategy="delete-pod", refresh_timeout_seconds=9), FakePods()
@@ -214,5 +217,5 @@ def test_build_refresher() -> None:
     )
     with pytest.raises(InvalidInput, match="needs Kubernetes"):
         build_refresher(dataclasses.replace(conf, refresh_strategy="delete-pod"), None)
-    with pytest.raises(InvalidInput, match="strategies are sighup, delete-pod, none"):
+    with pytest.raises(InvalidInput, match="strategies are builtin, sighup, delete-pod, none"):
         build_refresher(dataclasses.replace(conf, refresh_strategy="kick"), None)

@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cdmo.mig.layouts import is_valid_layout
 from cdmo.planner import parse_snapshot
 from cdmo.sim.dynamic import DynamicPolicy
 from cdmo.sim.engine import Simulation
+from cdmo.sim.policies import make_policy
 from cdmo.sim.scenario import parse_scenario
 from cdmo.sim.workload import PodSpec, generate_workload
 
@@ -81,13 +84,20 @@ def test_dynamic_keeps_agent_and_simulator_in_step_and_disrupts_nothing() -> Non
 
 def test_time_model_sets_when_a_new_instance_is_usable() -> None:
     # Empty GPUs: the first pod waits the batch idle window (5 s), one GI create (1 s),
-    # the SIGHUP refresh (5 s), then the scheduler's retry (1 s).
+    # the built-in plugin's advertisement (0.2 s), then the scheduler's retry (1 s).
     sc = scenario()
     run = Simulation(
         sc, [PodSpec(0, "p", 100, "7g.80gb", 1, 600, 0)], DynamicPolicy(sc.dynamic, sc.time_model)
     ).run()
+    assert run.start_times == [pytest.approx(107.2)]
+    # dynamic-sighup: NVIDIA's plugin refreshed by SIGHUP (5 s) instead.
+    run = Simulation(
+        sc, [PodSpec(0, "p", 100, "7g.80gb", 1, 600, 0)], make_policy("dynamic-sighup", sc)
+    ).run()
     assert run.start_times == [112.0]
-    slow = scenario(time_model={"gi_create_seconds": 4, "sighup_refresh_seconds": 20})
+    slow = scenario(
+        time_model={"gi_create_seconds": 4, "sighup_refresh_seconds": 20}, dynamic={"refresh": "sighup"}
+    )
     run = Simulation(
         slow, [PodSpec(0, "p", 100, "7g.80gb", 1, 600, 0)], DynamicPolicy(slow.dynamic, slow.time_model)
     ).run()

@@ -54,8 +54,9 @@ def test_defaults() -> None:
     assert (sc.dynamic.batch_idle_seconds, sc.dynamic.batch_max_seconds, sc.dynamic.refresh) == (
         5.0,
         30.0,
-        "sighup",
+        "builtin",
     )
+    assert sc.time_model.refresh_seconds("builtin") == 0.2
     assert (sc.first_fit.batch_idle_seconds, sc.first_fit.batch_max_seconds) == (10.0, 60.0)
     assert sc.first_fit.refresh == "pod-restart"
     assert sc.streams[0].mix[0].profile == "1g.10gb"  # slice-1 on an H100

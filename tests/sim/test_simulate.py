@@ -60,6 +60,12 @@ def test_dynamic_has_lower_p95_pending_than_first_fit(name: str, request: pytest
     assert dyn < ff
 
 
+def test_builtin_plugin_cuts_p95_pending_by_a_third_against_sighup(clearml: Report) -> None:
+    p95 = {p: s["pending_seconds"]["p95"] for p, s in clearml.summaries.items()}
+    assert p95["dynamic"] <= 0.7 * p95["dynamic-sighup"], p95
+    assert p95["dynamic"] < p95["first-fit"], p95
+
+
 @pytest.mark.parametrize("name", ["clearml", "mixed", "burst"])
 def test_no_policy_disrupts_a_pod(name: str, request: pytest.FixtureRequest) -> None:
     report: Report = request.getfixturevalue(name)

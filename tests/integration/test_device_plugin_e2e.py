@@ -1,0 +1,86 @@
+"""End to end on the agent's real device plugin: pods bound while their node is changing.
+
+The kubelet is the harness's SimKubelet (real device-plugin protocol over unix sockets); the
+scheduler sees the node's allocatable as the kubelet gets it from the agent's ListAndWatch.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from cdmo.mig.layouts import Instance
+from cdmo.mig.resources import resource_from_profile
+from tests.harness.e2e import Harness
+from tests.harness.kube_api import Store
+from tests.integration.test_operator_e2e import _wait_ready
+
+NODE = "gpu-node-1"
+R1 = resource_from_profile("1g.10gb")
+
+
+def _settled(keys: list[str]):  # type: ignore[no-untyped-def]
+    """Every pod is Running, Failed, or known unschedulable (the scheduler and kubelet acted)."""
+
+    def check(store: Store) -> bool:
+        pods = store.type_of("pods", "")
+        for key in keys:
+            ns, name = key.split("/", 1)
+            pod = store.get(pods, ns, name) or {}
+            status = pod.get("status") or {}
+            if status.get("phase") in ("Running", "Failed"):
+                continue
+            if any(
+                c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable"
+                for c in status.get("conditions") or []
+            ) and not (pod.get("spec") or {}).get("nodeName"):
+                continue
+            return False
+        return True
+
+    return check
+
+
+def test_pods_bound_while_the_node_changes_never_get_a_withdrawn_device(harness: Harness) -> None:
+    harness.add_node(NODE, layout={0: [Instance("1g.10gb", s) for s in range(7)]})
+    harness.start_operator()
+    _wait_ready(harness, NODE)
+    node = harness.cluster.nodes[NODE]
+    assert node.kubelet is not None
+    assert node.kubelet.wait_for(lambda k: k.capacity().get(R1) == 7, 10)
+    before = {u for u in node.kubelet.devices(R1)}
+
+    # Hold the agent inside its first destroy: the doomed devices are withdrawn by then. Meanwhile
+    # pods asking for 1g.10gb arrive, are scheduled against the node's allocatable and admitted
+    # by the kubelet, as if they were bound a moment before the destroy.
+    guarded = node.guarded
+    real_destroy = guarded.destroy_instance
+    late: list[str] = []
+    during: dict[str, Any] = {}
+    once = threading.Lock()
+
+    def slow_destroy(gpu: int, gi_id: int) -> None:
+        if once.acquire(blocking=False):
+            during["listed"] = set(node.kubelet.devices(R1))  # type: ignore[union-attr]
+            late.extend(harness.submit(f"late-{i}", {"1g.10gb": 1}) for i in range(6))
+            harness.api.wait_for(_settled(late), 20, "late pods not scheduled or admitted")
+            during["bindings"] = [k for k, n in harness.cluster.bindings if k in late and n == NODE]
+        real_destroy(gpu, gi_id)
+
+    guarded.destroy_instance = slow_destroy  # type: ignore[method-assign]
+    harness.submit("big", {"3g.40gb": 1})
+    harness.api.wait_for(lambda _: "bindings" in during, 60, "the agent never destroyed an instance")
+    harness.api.wait_for(_settled(late), 30, "late pods not settled")
+    _wait_ready(harness, NODE)  # the pass that was held finished, and any later one
+
+    kept = set(during["listed"])
+    doomed = before - kept
+    assert len(doomed) >= 3 and kept < before  # the 3g needed at least three 1g instances gone
+    assert during["bindings"], "no pod was bound to the node while it changed"
+    admitted = {u for pod, ids in node.kubelet.admissions if pod in late for u in ids}
+    assert admitted, "no late pod was admitted"
+    assert admitted <= kept and not admitted & doomed, (admitted, doomed)
+    # the pods that got in hold instances that still exist (the planner may then prefer them to
+    # the 3g pod: that is its choice, not the plugin's)
+    assert harness.cluster.check_running_pods_keep_devices() == []
+    assert harness.cluster.violations == []

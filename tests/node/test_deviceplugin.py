@@ -1,0 +1,230 @@
+"""The agent's device plugin against a kubelet that speaks the real protocol over unix sockets."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cdmo.errors import InvalidInput
+from cdmo.mig.layouts import Instance
+from cdmo.node_agent.backend import NO_WAIT_RETRY, NvmlReturn
+from cdmo.node_agent.deviceplugin.plugin import KubeletDevicePlugin, PluginSettings, endpoint_name
+from cdmo.node_agent.reconcile import reconcile_node
+from cdmo.node_agent.simulated import SimulatedBackend, SimulatedNode
+from tests.harness.kubelet import AdmissionError, SimKubelet
+
+R1 = "nvidia.com/mig-1g.10gb"
+R3 = "nvidia.com/mig-3g.40gb"
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """Unix socket paths are short (107 bytes): pytest's tmp_path can be too long."""
+    d = Path(tempfile.mkdtemp(prefix="cdmo-dp-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def node() -> SimulatedNode:
+    return SimulatedNode.from_models(["h100-80gb", "h100-80gb"], seed="dp-node")
+
+
+@pytest.fixture
+def kubelet(short_dir: Path) -> Iterator[SimKubelet]:
+    k = SimKubelet(short_dir).start()
+    yield k
+    k.stop()
+
+
+def make_plugin(node: SimulatedNode, d: Path, **kw: object) -> KubeletDevicePlugin:
+    settings = PluginSettings(plugin_dir=str(d), poll_seconds=0.1, **kw)  # type: ignore[arg-type]
+    plugin = KubeletDevicePlugin(SimulatedBackend(node), settings)
+    plugin.start()
+    return plugin
+
+
+def apply(node: SimulatedNode, plugin: KubeletDevicePlugin, desired: dict[int, list[Instance]]):  # type: ignore[no-untyped-def]
+    plugin.set_desired(desired)
+    return reconcile_node(SimulatedBackend(node), desired, retry=NO_WAIT_RETRY, advertiser=plugin)
+
+
+def uuids(node: SimulatedNode, profile: str) -> set[str]:
+    backend = SimulatedBackend(node)
+    return {i.uuid for g in (0, 1) for i in backend.list_instances(g) if i.profile == profile and i.uuid}
+
+
+def test_registers_every_resource_and_lists_exactly_the_mig_uuids(node, kubelet, short_dir) -> None:  # type: ignore[no-untyped-def]
+    plugin = make_plugin(node, short_dir)
+    try:
+        apply(node, plugin, {0: [Instance("3g.40gb", 0), Instance("1g.10gb", 4), Instance("1g.10gb", 5)]})
+        assert kubelet.wait_for(lambda k: set(k.resources()) == {R1, R3})
+        assert kubelet.wait_for(
+            lambda k: (
+                set(k.devices(R1)) == uuids(node, "1g.10gb") and set(k.devices(R3)) == uuids(node, "3g.40gb")
+            )
+        )
+        assert len(kubelet.devices(R3)) == 1 and len(kubelet.devices(R1)) == 2
+        assert all(h == "Healthy" for h in kubelet.devices(R1).values())
+        assert (short_dir / endpoint_name(R1)).exists()
+        assert sorted(e for _, e in kubelet.registrations) == [
+            "cdmo-mig-1g.10gb.sock",
+            "cdmo-mig-3g.40gb.sock",
+        ]
+        # volume-mounts is the default form
+        alloc = kubelet.admit("default/p1", R3)
+        assert alloc.envs == {"NVIDIA_VISIBLE_DEVICES": "/var/run/nvidia-container-devices"}
+        assert alloc.mounts == ((f"/var/run/nvidia-container-devices/{alloc.ids[0]}", "/dev/null"),)
+    finally:
+        plugin.stop()
+    assert not (short_dir / endpoint_name(R1)).exists()
+
+
+def test_withdrawn_devices_leave_the_stream_before_destroy_and_are_refused(node, kubelet, short_dir) -> None:  # type: ignore[no-untyped-def]
+    plugin = make_plugin(node, short_dir)
+    try:
+        apply(node, plugin, {0: [Instance("3g.40gb", 0), Instance("3g.40gb", 4)]})
+        assert kubelet.wait_for(lambda k: len(k.devices(R3)) == 2)
+        doomed = sorted(kubelet.devices(R3))
+        seen_when_destroyed: list[set[str]] = []
+        real_destroy = SimulatedBackend.destroy_instance
+
+        class Watching(SimulatedBackend):
+            def destroy_instance(self, gpu: int, gi_id: int) -> None:
+                seen_when_destroyed.append(set(kubelet.devices(R3)))
+                real_destroy(self, gpu, gi_id)
+
+        plugin.set_desired({0: [Instance("7g.80gb", 0)]})
+        reconcile_node(Watching(node), {0: [Instance("7g.80gb", 0)]}, retry=NO_WAIT_RETRY, advertiser=plugin)
+        # at every destroy, the kubelet's list no longer held the withdrawn devices
+        assert seen_when_destroyed and all(not (s & set(doomed)) for s in seen_when_destroyed)
+        # the emptied resource stays registered with an empty list
+        assert kubelet.wait_for(
+            lambda k: k.devices(R3) == {} and len(k.devices("nvidia.com/mig-7g.80gb")) == 1
+        )
+        assert R3 in kubelet.resources()
+        with pytest.raises(AdmissionError, match="free devices"):
+            kubelet.admit("default/late", R3)
+        # Allocate refuses a withdrawn device even if a kubelet asks for it
+        new = next(iter(kubelet.devices("nvidia.com/mig-7g.80gb")))
+        plugin.withdraw([new])
+        with pytest.raises(Exception, match="being withdrawn"):
+            plugin.allocate("nvidia.com/mig-7g.80gb", [new])
+        assert kubelet.wait_for(lambda k: k.devices("nvidia.com/mig-7g.80gb") == {})
+        plugin.refresh()  # not destroyed after all: offered again
+        assert kubelet.wait_for(lambda k: list(k.devices("nvidia.com/mig-7g.80gb")) == [new])
+    finally:
+        plugin.stop()
+
+
+def test_a_held_instance_is_withdrawn_then_offered_again(node, kubelet, short_dir) -> None:  # type: ignore[no-untyped-def]
+    plugin = make_plugin(node, short_dir)
+    try:
+        apply(node, plugin, {0: [Instance("3g.40gb", 0)]})
+        assert kubelet.wait_for(lambda k: len(k.devices(R3)) == 1)
+        uuid = next(iter(kubelet.devices(R3)))
+        node.add_process(uuid, 4242)  # a process appears: the destroy is refused at the re-check
+        result = apply(node, plugin, {0: [Instance("7g.80gb", 0)]})
+        assert result.blocked or result.errors or not result.destroyed
+        assert kubelet.wait_for(lambda k: list(k.devices(R3)) == [uuid])
+    finally:
+        plugin.stop()
+
+
+def test_preferred_allocation_prefers_instances_the_plan_keeps(node, kubelet, short_dir) -> None:  # type: ignore[no-untyped-def]
+    plugin = make_plugin(node, short_dir, device_list_strategy="envvar", device_id_strategy="index")
+    try:
+        apply(node, plugin, {0: [Instance("1g.10gb", s) for s in range(7)]})
+        assert kubelet.wait_for(lambda k: len(k.devices(R1)) == 7)
+        # the next plan keeps only the 1g at start 6 on GPU 0
+        plugin.set_desired({0: [Instance("1g.10gb", 6), Instance("3g.40gb", 0)]})
+        alloc = kubelet.admit("default/p", R1)
+        kept = next(i for i in SimulatedBackend(node).list_instances(0) if i.start == 6)
+        assert alloc.ids == (kept.uuid,)
+        assert alloc.envs["NVIDIA_VISIBLE_DEVICES"].startswith("0:")
+    finally:
+        plugin.stop()
+
+
+def test_re_registers_when_the_kubelet_restarts(node, kubelet, short_dir) -> None:  # type: ignore[no-untyped-def]
+    plugin = make_plugin(node, short_dir)
+    try:
+        apply(node, plugin, {0: [Instance("3g.40gb", 0)]})
+        assert kubelet.wait_for(lambda k: len(k.devices(R3)) == 1)
+        before = len(kubelet.registrations)
+        kubelet.restart()  # removes every socket, re-creates kubelet.sock
+        assert kubelet.wait_for(lambda k: len(k.registrations) > before and len(k.devices(R3)) == 1, 5)
+        assert (short_dir / endpoint_name(R3)).exists()
+    finally:
+        plugin.stop()
+
+
+def test_changes_outside_the_agent_and_nvml_health_reach_the_kubelet(node, kubelet, short_dir) -> None:  # type: ignore[no-untyped-def]
+    plugin = make_plugin(node, short_dir)
+    try:
+        apply(node, plugin, {0: [Instance("3g.40gb", 0)], 1: []})
+        assert kubelet.wait_for(lambda k: len(k.devices(R3)) == 1)
+        SimulatedBackend(node).create_instance(1, "1g.10gb", 0)  # someone ran nvidia-smi
+        started = time.monotonic()
+        assert kubelet.wait_for(lambda k: len(k.devices(R1)) == 1, 1.0)
+        assert time.monotonic() - started < 1.0
+        node.inject_fault("*", NvmlReturn.GPU_IS_LOST, count=1000)
+        assert kubelet.wait_for(lambda k: set(k.devices(R3).values()) == {"Unhealthy"}, 2.0)
+    finally:
+        plugin.stop()
+
+
+def test_mig_off_gpus_are_offered_as_whole_gpus(short_dir, kubelet) -> None:  # type: ignore[no-untyped-def]
+    node = SimulatedNode.from_models(["h100-80gb", "h100-80gb"], seed="off", mig_enabled=False)
+    plugin = make_plugin(node, short_dir)
+    try:
+        assert kubelet.wait_for(lambda k: len(k.devices("nvidia.com/gpu")) == 2)
+        assert all(i.startswith("GPU-") for i in kubelet.devices("nvidia.com/gpu"))
+    finally:
+        plugin.stop()
+
+
+def test_bad_settings_are_refused_with_a_hint(node) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidInput, match="too long"):
+        KubeletDevicePlugin(SimulatedBackend(node), PluginSettings(plugin_dir="/tmp/" + "x" * 100))
+    with pytest.raises(InvalidInput, match="device ID strategy"):
+        KubeletDevicePlugin(SimulatedBackend(node), PluginSettings(device_id_strategy="name"))
+
+
+def test_nvidia_plugin_sockets_are_noticed(node, kubelet, short_dir) -> None:  # type: ignore[no-untyped-def]
+    plugin = make_plugin(node, short_dir)
+    try:
+        assert plugin.nvidia_sockets() == []
+        (short_dir / "nvidia-mig-1g.10gb.sock").touch()
+        assert plugin.nvidia_sockets() == ["nvidia-mig-1g.10gb.sock"]
+    finally:
+        plugin.stop()
+
+
+def test_registration_state_feeds_the_refresh_outcome(node, short_dir) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    from cdmo.node_agent.refresh import BuiltinRefresh
+
+    plugin = make_plugin(node, short_dir)
+    try:
+        apply(node, plugin, {0: [Instance("3g.40gb", 0)]})
+        outcome = BuiltinRefresh(plugin).refresh(threading.Event())
+        assert not outcome.ok and outcome.reason == "NotRegistered" and "no kubelet socket" in outcome.message
+        kubelet = SimKubelet(short_dir).start()  # the kubelet comes up later
+        try:
+            assert kubelet.wait_for(lambda k: R3 in k.resources(), 5)
+            deadline = time.monotonic() + 5
+            while not plugin.registration()[0] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            outcome = BuiltinRefresh(plugin).refresh(threading.Event())
+            assert outcome.ok and outcome.reason == "Advertised"
+        finally:
+            kubelet.stop()
+    finally:
+        plugin.stop()

@@ -1,0 +1,141 @@
+"""``cdmo agent --standalone``: in process, for the passes, the file following and the CLI's errors.
+
+The subprocess test against an independent kubelet is tests/integration/test_agent_standalone.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cdmo.cli import main
+from cdmo.commands.node import read_layout_file
+from cdmo.config import AgentConfig
+from cdmo.node_agent.deviceplugin.plugin import KubeletDevicePlugin, PluginSettings
+from cdmo.node_agent.inuse import InUse
+from cdmo.node_agent.refresh import BuiltinRefresh, NoRefresh
+from cdmo.node_agent.simulated import SimulatedBackend, SimulatedNode
+from cdmo.node_agent.standalone import StandaloneAgent
+from tests.node.conftest import RETRY
+
+ONE = "gpus:\n- index: 0\n  instances: [{profile: 3g.40gb, start: 0}]\n"
+TWO = "gpus:\n- index: 0\n  instances: [{profile: 7g.80gb, start: 0}]\n"
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="cdmo-st-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def docs(out: io.StringIO) -> list[dict]:  # type: ignore[type-arg]
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def make(node: SimulatedNode, layout: Path, out: io.StringIO, **kw: object) -> StandaloneAgent:
+    conf = AgentConfig(backend="simulated", resync_seconds=30.0, backoff_initial_seconds=0.05)
+    return StandaloneAgent(
+        conf,
+        SimulatedBackend(node),
+        str(layout),
+        read_layout_file,
+        InUse,
+        NoRefresh(),
+        out,
+        retry=RETRY,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_one_json_document_per_pass_and_errors_wait_for_the_next_change(tmp_path: Path) -> None:
+    node = SimulatedNode.from_models(["h100-80gb"], seed="st")
+    layout = tmp_path / "layout.yaml"
+    layout.write_text(ONE)
+    out = io.StringIO()
+    agent = make(node, layout, out)
+    assert agent.sync_once() is True
+    layout.write_text("gpus: [{index: 0, instances: [{profile: 9g.99gb, start: 0}]}]\n")
+    assert agent.sync_once() is True  # refused spec: nothing to retry until the file changes
+    layout.write_text("gpus: [oops")
+    assert agent.sync_once() is True
+    first, second, third = docs(out)
+    assert first["pass"] == 1 and first["status"]["phase"] == "Ready"
+    assert [i["profile"] for i in first["status"]["gpus"][0]["instances"]] == ["3g.40gb"]
+    assert second["pass"] == 2 and "status" in second  # a profile the model lacks: Refused in status
+    assert "error" in third and "not valid YAML" in third["error"]
+
+
+def test_run_follows_the_file_and_advertises(short_dir: Path) -> None:
+    node = SimulatedNode.from_models(["h100-80gb"], seed="st2")
+    layout = short_dir / "layout.yaml"
+    layout.write_text(ONE)
+    out = io.StringIO()
+    plugin = KubeletDevicePlugin(SimulatedBackend(node), PluginSettings(plugin_dir=str(short_dir / "dp")))
+    plugin.start()
+    agent = make(node, layout, out, advertiser=plugin)
+    agent.refresher = BuiltinRefresh()
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not docs(out) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert list(docs(out)[-1]["advertised"]) == ["nvidia.com/mig-3g.40gb"]
+        edited = time.monotonic()
+        layout.write_text(TWO)
+        while time.monotonic() < deadline and not docs(out)[-1]["advertised"].get("nvidia.com/mig-7g.80gb"):
+            time.sleep(0.02)
+        assert time.monotonic() - edited < 2.0
+        last = docs(out)[-1]
+        assert last["advertised"]["nvidia.com/mig-3g.40gb"] == []
+        assert last["status"]["conditions"]
+    finally:
+        stop.set()
+        thread.join(5)
+        plugin.stop()
+    assert not thread.is_alive()
+
+
+def test_cli_standalone_once_and_its_errors(short_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    layout = short_dir / "layout.yaml"
+    layout.write_text(ONE)
+    base = [
+        "agent",
+        "--standalone",
+        str(layout),
+        "--sim-state",
+        str(short_dir / "s.json"),
+        "--metrics-port",
+        "0",
+    ]
+    code = main([*base, "--sim-gpus", "h100-80gb", "--device-plugin-dir", str(short_dir / "dp"), "--once"])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    (doc,) = [json.loads(line) for line in out.splitlines()]
+    assert list(doc["advertised"]) == ["nvidia.com/mig-3g.40gb"]
+    # no kubelet in the directory: the layout is there, but the devices reach no kubelet
+    refreshed = next(c for c in doc["status"]["conditions"] if c["type"] == "DevicePluginRefreshed")
+    assert (doc["status"]["phase"], refreshed["reason"]) == ("Applying", "NotRegistered")
+    assert "no kubelet socket" in refreshed["message"]
+    # external modes without Kubernetes: none works, delete-pod is refused
+    assert main([*base, "--refresh-strategy", "none", "--once"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--refresh-strategy", "delete-pod", "--once"]) == 2
+    assert "needs Kubernetes" in capsys.readouterr().err
+    missing = ["agent", "--standalone", str(short_dir / "nope.yaml"), "--sim-gpus", "h100-80gb"]
+    assert main(missing) == 2
+    err = capsys.readouterr().err
+    assert "cannot read" in err and "Traceback" not in err
+    bad = [*base, "--device-list-strategy", "env", "--once"]
+    assert main(bad) == 2
+    assert "device list strategy" in capsys.readouterr().err
