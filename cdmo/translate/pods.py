@@ -167,6 +167,7 @@ def translate_pod(
     *,
     default_model: str | None = None,
     rule: Rule = DEFAULT_RULE,
+    cluster_origin: str = "the cluster's labelled nodes",
 ) -> Translation:
     """Decide one pod. Deterministic; never raises for a readable pod (InvalidAsk for an unreadable ask)."""
     name = pod_name(pod)
@@ -196,7 +197,7 @@ def translate_pod(
         origin = f"the pod's {GPU_PRODUCT_LABEL} selector"
     else:
         models = order_cluster_models(cluster_models, default_model)
-        origin = "the cluster's labelled nodes"
+        origin = cluster_origin
         if not models:
             return Translation(
                 "refuse",
