@@ -10,6 +10,7 @@ serve exits 1 with the webhook's refusal.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -116,7 +117,7 @@ def translate_object(obj: dict[str, Any], model: str | None) -> tuple[dict[str, 
             f"{obj.get('kind') or 'the object'} {((obj.get('metadata') or {}).get('name') or '')!r} is neither"
             " a Pod nor a workload with a pod template"
         )
-    pod = _get(obj, path)
+    pod = copy.deepcopy(_get(obj, path))
     pod.setdefault("metadata", {}).setdefault(
         "namespace", (obj.get("metadata") or {}).get("namespace", "default")
     )
