@@ -121,7 +121,7 @@ class AdmissionCall:
     detail: str = ""
 
 
-def _evaluate_conditions(
+def evaluate_match_conditions(
     conditions: Sequence[Mapping[str, str]], obj: Any, request: Mapping[str, Any]
 ) -> bool:
     """True when every matchCondition holds; raises on an evaluation error (failurePolicy decides)."""
@@ -195,7 +195,7 @@ class AdmissionChain:
             "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
         }
         try:
-            if not _evaluate_conditions(hook.match_conditions, obj, request):
+            if not evaluate_match_conditions(hook.match_conditions, obj, request):
                 self.calls.append(AdmissionCall(hook.name, uid, "skipped", "matchConditions"))
                 return obj
             review = await self._post(
