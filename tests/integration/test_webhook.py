@@ -259,3 +259,57 @@ def test_object_selector_keeps_opted_out_pods_away_from_the_webhook(
     )
     assert kube_api.get("pods", "opted-out", "default") is not None
     assert chain.calls == []
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(tmp_path: Path) -> None:
+    """Rotation: new files in the mounted Secret are picked up; clients trusting only the new CA connect."""
+    from aiohttp import web
+
+    from cdmo.webhook.server import build_app, reload_certificate, server_ssl_context
+
+    old = make_tls_files(tmp_path / "old")
+    new = make_tls_files(tmp_path / "new")
+    live = tmp_path / "live"
+    live.mkdir()
+    cert, key = live / "tls.crt", live / "tls.key"
+    cert.write_bytes(old.cert_file.read_bytes())
+    key.write_bytes(old.key_file.read_bytes())
+
+    async def models() -> dict[str, int]:
+        return {"h100-80gb": 1}
+
+    async def scenario() -> tuple[bool, bool]:
+        context = server_ssl_context(str(cert), str(key))
+        runner = web.AppRunner(build_app(models))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+        await site.start()
+        url = f"https://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/healthz"  # type: ignore[union-attr]
+        reloader = asyncio.get_running_loop().create_task(
+            reload_certificate(context, str(cert), str(key), 0.05)
+        )
+
+        async def trusted_by(ca: Path) -> bool:
+            ssl_ctx = ssl.create_default_context(cafile=str(ca))
+            try:
+                async with aiohttp.ClientSession() as s, s.get(url, ssl=ssl_ctx) as resp:
+                    return resp.status == 200
+            except aiohttp.ClientConnectorCertificateError:
+                return False
+
+        try:
+            assert await trusted_by(old.ca_file) and not await trusted_by(new.ca_file)
+            # what the kubelet does when cert-manager renews the Secret
+            cert.write_bytes(new.cert_file.read_bytes())
+            key.write_bytes(new.key_file.read_bytes())
+            for _ in range(100):
+                if await trusted_by(new.ca_file):
+                    break
+                await asyncio.sleep(0.05)
+            return await trusted_by(new.ca_file), await trusted_by(old.ca_file)
+        finally:
+            reloader.cancel()
+            await runner.cleanup()
+
+    new_ok, old_ok = asyncio.run(scenario())
+    assert new_ok and not old_ok
