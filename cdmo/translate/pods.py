@@ -45,10 +45,9 @@ class Translation:
 
 
 def pod_name(pod: Mapping[str, Any]) -> str:
+    """``namespace/name``; a pod named by ``generateName`` shows as ``prefix-*``."""
     meta = pod.get("metadata") or {}
-    name = (
-        meta.get("name") or (meta.get("generateName") or "") + "*" if not meta.get("name") else meta["name"]
-    )
+    name = meta.get("name") or f"{meta.get('generateName') or ''}*"
     return f"{meta.get('namespace') or 'default'}/{name}"
 
 

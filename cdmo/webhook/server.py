@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import structlog
 from aiohttp import web
 
+from cdmo.translate.pods import pod_name
 from cdmo.translate.rule import DEFAULT_RULE, Rule
 from cdmo.webhook.review import BadReview, build_review_response
 
@@ -25,6 +26,7 @@ log = structlog.get_logger("cdmo.webhook")
 MAX_BODY_BYTES = 8 << 20
 
 ModelSource = Callable[[], Awaitable[Mapping[str, int]]]
+_MESSAGES = {"mutate": "Translated fractional GPU ask", "refuse": "Refused pod"}
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,13 @@ def build_app(models: ModelSource, settings: Settings = Settings()) -> web.Appli
         except BadReview as exc:
             return web.json_response({"error": str(exc)}, status=400)
         req = review.get("request") or {}
-        log.info(
-            "Admitted pod" if action != "refuse" else "Refused pod",
-            action=action,
-            pod=f"{req.get('namespace', '')}/{req.get('name') or (req.get('object') or {}).get('metadata', {}).get('generateName', '')}",
-            reason=reason,
-        )
+        obj = req.get("object")
+        obj = obj if isinstance(obj, dict) else {}
+        pod = pod_name({"metadata": {**(obj.get("metadata") or {}), "namespace": req.get("namespace")}})
+        if action == "skip":  # nothing to do: other pods, already translated ones
+            log.debug("Passed pod unchanged", pod=pod, reason=reason)
+        else:
+            log.info(_MESSAGES[action], pod=pod, reason=reason)
         return web.json_response(body)
 
     async def healthz(_: web.Request) -> web.Response:

@@ -140,7 +140,7 @@ def _chain(kube_api: KubeApiDouble, hooks: list[MutatingWebhook]) -> AdmissionCh
     return chain
 
 
-def test_api_double_calls_the_webhook_on_create_and_stores_the_patched_pod(
+def test_api_double_calls_the_webhook_on_create_and_stores_the_patched_pod_as_kube_apiserver_does(
     kube_api: KubeApiDouble, webhook: WebhookThread, tls: TlsFiles, core: kubernetes.client.CoreV1Api
 ) -> None:
     add_node(kube_api, "gpu-1", "NVIDIA-H100-80GB-HBM3")
@@ -209,7 +209,7 @@ def _closed_port_url() -> str:
 
 
 @pytest.mark.parametrize(("policy", "created"), [("Fail", False), ("Ignore", True)])
-def test_failure_policy_is_honoured_when_the_webhook_is_down(
+def test_failure_policy_is_honoured_by_the_api_double_when_the_webhook_is_down(
     kube_api: KubeApiDouble, tls: TlsFiles, core: kubernetes.client.CoreV1Api, policy: str, created: bool
 ) -> None:
     chain = _chain(
@@ -238,7 +238,7 @@ def test_failure_policy_is_honoured_when_the_webhook_is_down(
         assert kube_api.get("pods", "down", "default") is None
 
 
-def test_object_selector_keeps_opted_out_pods_away_from_the_webhook(
+def test_object_selector_keeps_opted_out_pods_away_from_the_webhook_in_the_api_double(
     kube_api: KubeApiDouble, tls: TlsFiles, core: kubernetes.client.CoreV1Api
 ) -> None:
     # the webhook is down and fails closed: only a pod that reaches it would be refused
