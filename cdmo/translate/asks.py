@@ -2,7 +2,7 @@
 
 - ClearML fractional GPU injector (CFGI): the label ``clearml-injector/fraction: "0.250"``;
   versions before 1.3 also ask ``nvidia.com/gpu: N`` of the GPU's 8 time-sliced replicas.
-- KAI scheduler: the annotations ``gpu-fraction: "0.5"`` or ``gpu-memory: "2000"`` (MiB), and
+- KAI scheduler: the annotations ``gpu-fraction: "0.5"`` or ``gpu-memory: "2000"`` (MiB), ``gpu-fraction-num-devices`` (the share on each of N GPUs), and
   ``gpu-fraction-container-name`` for the container that gets the GPU (else the first).
 - cnvrg MetaGPU: ``cnvrg.io/metagpu: 25`` (of 100 units per GPU) in a container's resources.
 
@@ -21,12 +21,14 @@ from fractions import Fraction
 from typing import Any
 
 from cdmo.errors import InvalidInput
-from cdmo.translate.rule import DEFAULT_RULE, Need, Rule
+from cdmo.translate.rule import DEFAULT_RULE, MAX_WHOLE_GPUS, Need, Rule
 
 CFGI_LABEL = "clearml-injector/fraction"
 KAI_FRACTION = "gpu-fraction"
 KAI_MEMORY = "gpu-memory"
 KAI_CONTAINER = "gpu-fraction-container-name"
+#: KAI: the fraction (or memory) on each of this many GPUs.
+KAI_DEVICES = "gpu-fraction-num-devices"
 METAGPU_RESOURCE = "cnvrg.io/metagpu"
 GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -52,6 +54,8 @@ class Ask:
     original: dict[str, str] = field(default_factory=dict)
     #: The source system's own resources to take out of the container.
     remove_resources: tuple[str, ...] = ()
+    #: The share on each of this many GPUs (KAI's gpu-fraction-num-devices): as many MIG devices.
+    devices: int = 1
 
 
 def parse_number(text: Any, what: str) -> Fraction:
@@ -108,14 +112,24 @@ def read_asks(pod: Mapping[str, Any], rule: Rule = DEFAULT_RULE) -> list[Ask]:
         return []
     asks: dict[int, Ask] = {}
 
-    def add(index: int, source: str, need: Need, original: dict[str, str], remove: tuple[str, ...]) -> None:
+    def add(
+        index: int,
+        source: str,
+        need: Need,
+        original: dict[str, str],
+        remove: tuple[str, ...],
+        devices: int = 1,
+    ) -> None:
         prev = asks.get(index)
         if prev is not None:
             need = _combine(prev.need, need)
             source = f"{prev.source}+{source}"
             original = {**prev.original, **original}
             remove = tuple(dict.fromkeys(prev.remove_resources + remove))
-        asks[index] = Ask(source, str(containers[index].get("name", "")), index, need, original, remove)
+            devices = max(devices, prev.devices)
+        asks[index] = Ask(
+            source, str(containers[index].get("name", "")), index, need, original, remove, devices
+        )
 
     if CFGI_LABEL in labels:
         fraction = parse_number(labels[CFGI_LABEL], f"label {CFGI_LABEL}")
@@ -154,7 +168,15 @@ def read_asks(pod: Mapping[str, Any], rule: Rule = DEFAULT_RULE) -> list[Ask]:
             original[KAI_MEMORY] = str(annotations[KAI_MEMORY])
         if name:
             original[KAI_CONTAINER] = name
-        add(index, "kai", need, original, ())
+        devices = 1
+        if KAI_DEVICES in annotations:
+            devices = _whole_number(annotations[KAI_DEVICES], f"annotation {KAI_DEVICES}")
+            if not 1 <= devices <= MAX_WHOLE_GPUS:
+                raise InvalidAsk(
+                    f"annotation {KAI_DEVICES}={annotations[KAI_DEVICES]!r} must be 1 to {MAX_WHOLE_GPUS}"
+                )
+            original[KAI_DEVICES] = str(annotations[KAI_DEVICES])
+        add(index, "kai", need, original, (), devices)
 
     for index, c in enumerate(containers):
         units = _resource(c, METAGPU_RESOURCE)

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from cdmo.api import GPU_PRODUCT_LABEL
 from cdmo.mig.catalog import GpuModel, all_models, find_model
 from cdmo.mig.resources import RESOURCE_PREFIX, resource_from_profile
-from cdmo.translate.asks import Ask, read_asks
+from cdmo.translate.asks import KAI_DEVICES, Ask, read_asks
 from cdmo.translate.rule import DEFAULT_RULE, Choice, NoFit, Rule, choose_profile, describe_need
 
 #: Records the original ask and the choice on the pod (JSON list, one entry per container).
@@ -148,6 +148,12 @@ def _serve(model: GpuModel, asks: Sequence[Ask], rule: Rule) -> list[Choice] | N
         result = choose_profile(model, ask.need, rule)
         if isinstance(result, NoFit):
             return result
+        if ask.devices > 1:
+            result = replace(
+                result,
+                count=result.count * ask.devices,
+                reason=f"{result.reason}; on each of {ask.devices} GPUs ({KAI_DEVICES})",
+            )
         choices.append(result)
     return choices
 

@@ -236,3 +236,15 @@ def test_the_patch_creates_missing_annotations_and_escapes_slashes() -> None:
     p2 = pod(labels={"clearml-injector/fraction": "0.25"}, annotations={"team": "a"})
     paths2 = [op["path"] for op in translate_pod(p2, {"h100-80gb": 1}).patch]
     assert "/metadata/annotations/cdmo.clear.ml~1fractional-ask" in paths2
+
+
+def test_kai_num_devices_asks_for_as_many_mig_devices() -> None:
+    p = pod(annotations={"gpu-fraction": "0.5", "gpu-fraction-num-devices": "2"})
+    out = mutate(p)
+    assert limits(out) == {"nvidia.com/mig-4g.40gb": "2"}
+    record = json.loads(out["metadata"]["annotations"][ASK_ANNOTATION])
+    assert record[0]["asked"]["gpu-fraction-num-devices"] == "2" and record[0]["count"] == 2
+    with pytest.raises(InvalidAsk, match="must be 1 to 64"):
+        translate_pod(
+            pod(annotations={"gpu-fraction": "0.5", "gpu-fraction-num-devices": "0"}), {"h100-80gb": 1}
+        )
