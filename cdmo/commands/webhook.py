@@ -11,7 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import signal
 from pathlib import Path
+
+import structlog
 
 from cdmo.config import WebhookConfig
 from cdmo.errors import InvalidInput
@@ -116,8 +119,13 @@ async def _serve(config: WebhookConfig, kubeconfig: str | None) -> None:
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "0.0.0.0", config.port, ssl_context=context).start()
+    # Kubernetes stops a pod with SIGTERM: finish the requests in flight, then exit 0.
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    structlog.get_logger("cdmo.webhook").info("Started webhook", port=config.port)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
         reloader.cancel()
         await nodes.stop()

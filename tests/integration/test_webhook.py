@@ -313,3 +313,59 @@ def test_a_renewed_certificate_is_served_without_a_restart(tmp_path: Path) -> No
 
     new_ok, old_ok = asyncio.run(scenario())
     assert new_ok and not old_ok
+
+
+def test_cdmo_webhook_command_serves_over_https_and_stops_on_sigterm(
+    kube_api: KubeApiDouble, tls: TlsFiles, tmp_path: Path
+) -> None:
+    """The real `cdmo webhook` process, with a kubeconfig pointing at the API double."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    add_node(kube_api, "gpu-1", "NVIDIA-H200")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "double", "cluster": {"server": kube_api.url}}],
+                "users": [{"name": "u", "user": {}}],
+                "contexts": [{"name": "c", "context": {"cluster": "double", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    port = int(_closed_port_url().split(":")[2].split("/")[0])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cdmo.cli", "webhook", "--port", str(port), "--cert-file", str(tls.cert_file),
+         "--key-file", str(tls.key_file), "--kubeconfig", str(kubeconfig)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        url = f"https://127.0.0.1:{port}/mutate"
+        deadline = time.monotonic() + 30
+        body: Any = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                status, body = asyncio.run(
+                    _post(url, review(pod("p", labels={"clearml-injector/fraction": "0.125"})), tls.ca_file)
+                )
+                if status == 200 and body["response"].get("patch"):
+                    break
+            except aiohttp.ClientConnectorError:
+                pass
+            time.sleep(0.2)
+        assert body is not None and proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        ops = json.loads(base64.b64decode(body["response"]["patch"]))
+        assert ops[0]["value"] == {"limits": {"nvidia.com/mig-1g.18gb": "1"}}  # the H200 of the double
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert rc == 0
