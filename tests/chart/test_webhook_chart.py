@@ -45,12 +45,20 @@ def test_enabled_webhook_objects_are_valid_kubernetes_objects(helm: Helm) -> Non
         "ClusterRoleBinding",
         "Deployment",
         "MutatingWebhookConfiguration",
+        "PodDisruptionBudget",
         "Secret",
         "Service",
         "ServiceAccount",
     ]
     for obj in objects:
         assert validate_object(obj) in ("kubernetes", "crd", "skipped")
+
+
+def test_two_replicas_keep_one_through_drains_and_one_replica_has_no_budget(helm: Helm) -> None:
+    pdb = one(_webhook_objects(helm), "PodDisruptionBudget", "-webhook")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "webhook"
+    assert by_kind(_webhook_objects(helm, "webhook.replicas=1"), "PodDisruptionBudget") == []
 
 
 def test_webhook_configuration_defaults(helm: Helm) -> None:
