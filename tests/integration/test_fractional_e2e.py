@@ -115,3 +115,45 @@ def test_cfgi_kai_and_metagpu_pods_run_on_mig_slices_and_an_unservable_ask_is_re
     assert "no GPU model of the cluster's labelled nodes can serve" in message
     assert "ask at most 81152 MiB" in message and "h200-141gb" in message
     assert harness.pod("default/kai-huge") is None
+
+
+def test_with_the_charts_webhook_configuration_only_fractional_pods_reach_the_webhook(
+    harness: Harness, core: kubernetes.client.CoreV1Api
+) -> None:
+    """The MutatingWebhookConfiguration as the chart renders it (objectSelector, namespaceSelector,
+    matchConditions by cel-python in the API double), in front of the real webhook."""
+    pytest.importorskip("celpy", reason="cel-python is not installed: matchConditions cannot be evaluated")
+    from tests.chart.conftest import Helm, find_helm
+
+    binary = find_helm()
+    if binary is None:
+        pytest.skip("helm not found at .tools/bin/helm or on PATH; run `python3 scripts/get-helm`")
+    objects = Helm(binary).render("webhook.enabled=true")
+    (mwc,) = [o for o in objects if o["kind"] == "MutatingWebhookConfiguration"]
+    tls = make_tls_files(harness.workdir / "tls")
+    harness.add_node("gpu-node-1", ("h100-80gb",))
+    with WebhookThread(harness.api.url, tls) as hook:
+        chain = AdmissionChain(MutatingWebhook.from_configuration(mwc, url=hook.url, ca_file=tls.ca_file))
+        harness.api.server.admission = chain
+        hook.wait_for_models({"h100-80gb": 1})
+        harness.start_operator()
+
+        plain = _pod("plain", {"name": "main", "image": "worker"})
+        opted_out = _pod(
+            "kept-fractional",
+            {"name": "main", "image": "worker"},
+            labels={"clearml-injector/fraction": "0.250", "cdmo.clear.ml/fractional": "off"},
+        )
+        for manifest in (plain, opted_out, CFGI):
+            core.create_namespaced_pod("default", manifest)
+        harness.wait_running(["default/clearml-task"], timeout=90)
+
+        assert [(c.outcome, c.detail) for c in chain.calls if c.outcome != "patched"] == [
+            ("skipped", "matchConditions")
+        ]
+        assert [c.outcome for c in chain.calls].count("patched") == 1
+        assert "resources" not in harness.pod("default/plain")["spec"]["containers"][0]  # type: ignore[index]
+        assert "resources" not in harness.pod("default/kept-fractional")["spec"]["containers"][0]  # type: ignore[index]
+        limits = harness.pod("default/clearml-task")["spec"]["containers"][0]["resources"]["limits"]  # type: ignore[index]
+        assert limits == {"nvidia.com/mig-2g.20gb": "1"}
+        harness.stop_operator()
