@@ -32,6 +32,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "simulate a cluster: dynamic MIG against static layouts and first-fit",
     ),
     "operator": ("cdmo.commands.operator", "the cluster operator: plan MIG layouts for pending pods (kopf)"),
+    "translate": (
+        "cdmo.commands.translate",
+        "show a pod with its fractional GPU ask (CFGI, KAI, MetaGPU) turned into a MIG slice",
+    ),
+    "webhook": (
+        "cdmo.commands.webhook",
+        "the admission webhook that turns fractional GPU asks into MIG slices on pod create (HTTPS)",
+    ),
 }
 
 

@@ -173,3 +173,44 @@ class AgentConfig:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AgentConfig:
         return _from_env(cls, environ)
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """Knobs of ``cdmo webhook`` (the fractional-GPU admission webhook)."""
+
+    port: int = 8443
+    cert_file: str = "/tls/tls.crt"
+    key_file: str = "/tls/tls.key"
+    #: Translate for this model when a pod selects none, before the model most labelled nodes carry.
+    default_model: str = ""
+    #: Labelled nodes whose nvidia.com/gpu.product says which models the cluster has.
+    partition_label: str = f"{PARTITIONING_LABEL_KEY}={PARTITIONING_LABEL_VALUE}"
+    #: How often the node list is read again (a new GPU model changes the default model).
+    nodes_refresh_seconds: float = 30.0
+    #: A fraction needs its share of compute slices and of memory slices ("compute+memory"),
+    #: or only one of them ("compute", "memory").
+    fraction_match: str = "compute+memory"
+    cfgi_replicas_per_gpu: int = 8
+    metagpu_units_per_gpu: int = 100
+    #: The certificate files are read again when they change (cert-manager renews them in place).
+    cert_reload_seconds: float = 60.0
+    log_format: str = "auto"
+
+    ENV = (
+        ("port", "CDMO_WEBHOOK_PORT"),
+        ("cert_file", "CDMO_WEBHOOK_CERT_FILE"),
+        ("key_file", "CDMO_WEBHOOK_KEY_FILE"),
+        ("default_model", "CDMO_WEBHOOK_DEFAULT_MODEL"),
+        ("partition_label", "CDMO_PARTITION_LABEL"),
+        ("nodes_refresh_seconds", "CDMO_WEBHOOK_NODES_REFRESH_SECONDS"),
+        ("fraction_match", "CDMO_WEBHOOK_FRACTION_MATCH"),
+        ("cfgi_replicas_per_gpu", "CDMO_WEBHOOK_CFGI_REPLICAS_PER_GPU"),
+        ("metagpu_units_per_gpu", "CDMO_WEBHOOK_METAGPU_UNITS_PER_GPU"),
+        ("cert_reload_seconds", "CDMO_WEBHOOK_CERT_RELOAD_SECONDS"),
+        ("log_format", "CDMO_LOG_FORMAT"),
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WebhookConfig:
+        return _from_env(cls, environ)

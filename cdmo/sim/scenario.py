@@ -278,12 +278,78 @@ def _parse_fleet(raw: Any, path: str) -> tuple[NodeGroup, ...]:
     return tuple(groups)
 
 
-def resolve_profile(
-    fleet_models: Sequence[GpuModel], *, profile: Any, queue: Any, model: Any, path: str
+#: Fractional asks a mix item or trace row may give instead of a profile or queue, as the
+#: webhook would translate them (docs/coming-from-fractions.md): key -> what it is.
+FRACTIONAL_KEYS = ("fraction", "gpu_memory", "metagpu")
+
+
+def _fleet_model(fleet_models: Sequence[GpuModel], model: Any, path: str, what: str) -> GpuModel:
+    if model is not None:
+        return _parse_model(model, _join(path, "model"))
+    if len(fleet_models) == 1:
+        return fleet_models[0]
+    raise InvalidScenario(
+        path,
+        f"{what} needs a model in a fleet of several GPU models",
+        hint="add model: " + " or ".join(m.key for m in fleet_models),
+    )
+
+
+def _fractional_profile(
+    fleet_models: Sequence[GpuModel], asks: Mapping[str, Any], model: Any, path: str
 ) -> tuple[str, str]:
-    """(profile, label) of a mix item or trace row: a profile name, or a queue on a model of the fleet."""
-    if (profile is None) == (queue is None):
-        raise InvalidScenario(path, "give exactly one of profile or queue")
+    """(profile, label) of a fractional ask, by the webhook's rule (cdmo.translate)."""
+    from fractions import Fraction
+
+    from cdmo.translate.asks import InvalidAsk, parse_number
+    from cdmo.translate.rule import DEFAULT_RULE, Need, NoFit, choose_profile
+
+    ((key, raw),) = asks.items()
+    where = _join(path, key)
+    try:
+        number = parse_number(raw, key)
+    except InvalidAsk as exc:
+        raise InvalidScenario(where, exc.message, hint=exc.hint) from None
+    if key == "gpu_memory":
+        if number.denominator != 1:
+            raise InvalidScenario(where, f"{raw!r} is not a whole number of MiB")
+        need = Need(memory_mib=int(number))
+    else:
+        fraction = number if key == "fraction" else number / DEFAULT_RULE.metagpu_units_per_gpu
+        if fraction > 1:
+            raise InvalidScenario(
+                where, f"{raw!r} is more than one GPU", hint="for whole GPUs give fraction: 1 and count: N"
+            )
+        need = Need(fraction=Fraction(fraction))
+    gpu_model = _fleet_model(fleet_models, model, path, f"{key} {raw}")
+    result = choose_profile(gpu_model, need)
+    if isinstance(result, NoFit):
+        raise InvalidScenario(where, result.reason)
+    return result.profile, f"{key}-{raw}"
+
+
+def resolve_profile(
+    fleet_models: Sequence[GpuModel],
+    *,
+    profile: Any,
+    queue: Any,
+    model: Any,
+    path: str,
+    fractional: Mapping[str, Any] | None = None,
+) -> tuple[str, str]:
+    """(profile, label) of a mix item or trace row: a profile name, a queue on a model of the
+    fleet, or a fractional ask (``fraction: 0.25``, ``gpu_memory: 12000``, ``metagpu: 25``)."""
+    asks = {k: v for k, v in (fractional or {}).items() if v is not None}
+    given = [k for k, v in (("profile", profile), ("queue", queue)) if v is not None] + list(asks)
+    if len(given) != 1:
+        raise InvalidScenario(
+            path,
+            "give exactly one of profile, queue, "
+            + ", ".join(FRACTIONAL_KEYS)
+            + (f" (got {', '.join(given)})" if given else ""),
+        )
+    if asks:
+        return _fractional_profile(fleet_models, asks, model, path)
     if profile is not None:
         name = _string(profile, _join(path, "profile"))
         if name.startswith("nvidia.com/mig-"):
@@ -336,13 +402,18 @@ def _parse_mix(raw: Any, path: str, fleet_models: Sequence[GpuModel]) -> tuple[M
     for i, item in enumerate(_sequence(raw, path)):
         p = f"{path}[{i}]"
         data = _mapping(item, p)
-        _no_extra(data, ("profile", "queue", "model", "weight", "count", "duration", "priority"), p)
+        _no_extra(
+            data,
+            ("profile", "queue", *FRACTIONAL_KEYS, "model", "weight", "count", "duration", "priority"),
+            p,
+        )
         profile, label = resolve_profile(
             fleet_models,
             profile=data.get("profile"),
             queue=data.get("queue"),
             model=data.get("model"),
             path=p,
+            fractional={k: data.get(k) for k in FRACTIONAL_KEYS},
         )
         if "duration" not in data:
             raise InvalidScenario(

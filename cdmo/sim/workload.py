@@ -97,7 +97,19 @@ def generate_workload(
 
 # --- trace files ------------------------------------------------------------------------------------
 
-_TRACE_FIELDS = ("arrival", "profile", "queue", "model", "duration", "priority", "count", "name")
+_TRACE_FIELDS = (
+    "arrival",
+    "profile",
+    "queue",
+    "fraction",
+    "gpu_memory",
+    "metagpu",
+    "model",
+    "duration",
+    "priority",
+    "count",
+    "name",
+)
 
 
 def _read_rows(path: Path) -> list[tuple[str, Mapping[str, Any]]]:
@@ -186,6 +198,7 @@ def read_trace(path: Path, fleet_models: Sequence[GpuModel]) -> tuple[PodSpec, .
             queue=row.get("queue"),
             model=row.get("model"),
             path=where,
+            fractional={k: row.get(k) or None for k in ("fraction", "gpu_memory", "metagpu")},
         )
         priority = _to_number(row.get("priority", 0), f"{where}.priority", integer=True)
         count = _to_number(row.get("count", 1), f"{where}.count", integer=True)

@@ -10,7 +10,8 @@ versa; ``metadata.generation`` moves on spec changes only), optimistic concurren
 stale ``metadata.resourceVersion``), finalizers and deletionTimestamp, pods/binding, and
 validation of custom resources against their CRD's schema (422 Invalid).
 
-Not implemented: authentication, admission, server-side apply, managedFields, pagination
+Mutating admission webhooks on create are called when a chain is set (``server.admission``,
+tests/harness/admission.py). Not implemented: authentication, validating admission, server-side apply, managedFields, pagination
 (``limit`` is ignored and the whole list is returned, which servers may do), namespace
 existence checks, pod graceful deletion (pods without finalizers go at once).
 """
@@ -633,6 +634,9 @@ class KubeApiServer:
         #: watches answered 410 Gone (their resourceVersion was compacted away)
         self.expired_watches: list[str] = []
         self.closing = asyncio.Event()
+        #: Mutating admission on create (tests/harness/admission.py): ``await admit(store, rtype,
+        #: namespace, body)`` returns the body to store, or raises ApiError as the webhook decides.
+        self.admission: Any | None = None
         self.app = web.Application()
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
 
@@ -779,7 +783,10 @@ class KubeApiServer:
                     }
                 )
             if method == "POST":
-                obj = self.store.create(rtype, namespace, await self._body(request))
+                body = await self._body(request)
+                if self.admission is not None:
+                    body = await self.admission.admit(self.store, rtype, namespace, body)
+                obj = self.store.create(rtype, namespace, body)
                 return web.json_response(obj, status=201)
             raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on a collection here")
         if sub == "binding":

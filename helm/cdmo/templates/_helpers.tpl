@@ -83,3 +83,15 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- fail "agent.backend is simulated but agent.sim.gpus and agent.sim.state are empty: say which GPUs to simulate (agent.sim.gpus=h100-80gb,h100-80gb)" -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The fractional-GPU webhook: its name, service account, and whether cert-manager makes its certificate. */}}
+{{- define "cdmo.webhookName" -}}
+{{- printf "%s-webhook" (include "cdmo.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "cdmo.webhookCertManager" -}}
+{{- $want := .Values.webhook.tls.certManager -}}
+{{- if eq (toString $want) "auto" -}}
+{{- if .Capabilities.APIVersions.Has "cert-manager.io/v1" -}}true{{- end -}}
+{{- else if $want -}}true{{- end -}}
+{{- end -}}

@@ -1,0 +1,161 @@
+"""``cdmo translate POD.yaml [--model MODEL] [-o json|yaml]``: a pod as cdmo's webhook would change it.
+
+Reads a Pod (or a workload with a pod template: Job, Deployment, CronJob, ...) from a YAML or
+JSON file, or stdin with ``-``, and prints it with its fractional GPU ask (ClearML CFGI, KAI,
+MetaGPU) replaced by a MIG device, plus the reason. Without a cluster to look at, the GPU model
+is the pod's own ``nvidia.com/gpu.product`` selector, else ``--model``. A pod no model can
+serve exits 1 with the webhook's refusal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cdmo.errors import CdmoError, InvalidInput
+from cdmo.mig.catalog import get_model
+from cdmo.output import print_json
+from cdmo.translate.jsonpatch import apply_patch
+from cdmo.translate.pods import Translation, selected_products, translate_pod
+
+#: A Kubernetes object is at most about 1.5 MiB in etcd; anything far larger is not a pod file.
+MAX_FILE_BYTES = 4 << 20
+
+
+class Refused(CdmoError):
+    """The webhook would refuse the pod."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "pod", metavar="POD.yaml", help="a Pod or a workload with a pod template, YAML or JSON; - reads stdin"
+    )
+    parser.add_argument(
+        "--model",
+        help="GPU model to translate for when the pod does not select one with nvidia.com/gpu.product"
+        " (a catalog key such as h100-80gb, or a product name); the webhook uses the model most"
+        " labelled nodes carry",
+    )
+    parser.add_argument("--output", "-o", choices=("yaml", "json"), default="yaml")
+
+
+def _read(source: str) -> list[Any]:
+    if source == "-":
+        text = sys.stdin.read(MAX_FILE_BYTES + 1)
+        name = "stdin"
+    else:
+        path = Path(source)
+        try:
+            if path.stat().st_size > MAX_FILE_BYTES:
+                raise InvalidInput(
+                    f"{source}: larger than {MAX_FILE_BYTES >> 20} MiB; give a single pod's manifest"
+                )
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InvalidInput(
+                f"{source}: no such file", hint="give the path of a pod manifest, or - for stdin"
+            ) from None
+        except IsADirectoryError:
+            raise InvalidInput(f"{source}: is a directory", hint="give the path of a pod manifest") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"{source}: cannot read it ({exc})") from None
+        name = source
+    if len(text) > MAX_FILE_BYTES:
+        raise InvalidInput(f"{name}: larger than {MAX_FILE_BYTES >> 20} MiB; give a single pod's manifest")
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{name}: not YAML or JSON ({str(exc).splitlines()[0]})") from None
+    if not docs:
+        raise InvalidInput(f"{name} is empty; give a Pod manifest")
+    for i, doc in enumerate(docs):
+        if not isinstance(doc, Mapping):
+            raise InvalidInput(f"{name}: document {i + 1} is not a Kubernetes object (a mapping)")
+    return docs
+
+
+def _template_path(obj: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """Where the pod is in ``obj``: () for a Pod, the pod template's path for workloads."""
+    if obj.get("kind") == "Pod":
+        return ()
+    spec = obj.get("spec") or {}
+    if isinstance(spec.get("template"), Mapping):
+        return ("spec", "template")
+    job = (spec.get("jobTemplate") or {}).get("spec") or {}
+    if isinstance(job.get("template"), Mapping):
+        return ("spec", "jobTemplate", "spec", "template")
+    return None
+
+
+def _get(obj: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    for key in path:
+        obj = obj[key]
+    return dict(obj)
+
+
+def _put(obj: dict[str, Any], path: tuple[str, ...], value: dict[str, Any]) -> dict[str, Any]:
+    if not path:
+        return value
+    target = obj
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return obj
+
+
+def translate_object(obj: dict[str, Any], model: str | None) -> tuple[dict[str, Any], Translation]:
+    """The object with its pod translated, and the decision; raises Refused or InvalidInput."""
+    path = _template_path(obj)
+    if path is None:
+        raise InvalidInput(
+            f"{obj.get('kind') or 'the object'} {((obj.get('metadata') or {}).get('name') or '')!r} is neither"
+            " a Pod nor a workload with a pod template"
+        )
+    pod = copy.deepcopy(_get(obj, path))
+    pod.setdefault("metadata", {}).setdefault(
+        "namespace", (obj.get("metadata") or {}).get("namespace", "default")
+    )
+    if not pod["metadata"].get("name"):
+        pod["metadata"]["name"] = (obj.get("metadata") or {}).get("name") or "pod"
+    cluster = {get_model(model).key: 1} if model else {}
+    result = translate_pod(pod, cluster, cluster_origin="--model")
+    if result.action == "refuse":
+        if model is None and not selected_products(pod):
+            raise InvalidInput(
+                "the pod does not select a GPU model (nvidia.com/gpu.product)",
+                hint="give --model, e.g. --model h100-80gb (the webhook uses the model most labelled nodes carry)",
+            )
+        raise Refused(f"the webhook would refuse it: {result.reason}")
+    if result.action == "mutate":
+        changed = apply_patch(pod, result.patch)
+        original_meta = _get(obj, path).get("metadata")
+        if original_meta is None or "namespace" not in original_meta:
+            changed["metadata"].pop("namespace", None)
+        if original_meta is None or "name" not in original_meta:
+            changed["metadata"].pop("name", None)
+        obj = _put(obj, path, changed)
+    return obj, result
+
+
+def run(args: argparse.Namespace) -> int:
+    docs = _read(args.pod)
+    results = [translate_object(dict(doc), args.model) for doc in docs]
+    if args.output == "json":
+        objs = [obj for obj, _ in results]
+        print_json(objs[0] if len(objs) == 1 else {"apiVersion": "v1", "kind": "List", "items": objs})
+        for _, t in results:
+            print(f"cdmo: {t.reason}", file=sys.stderr)
+        return 0
+    out = []
+    for obj, t in results:
+        out.append(
+            f"# {t.action}: {t.reason}\n" + yaml.safe_dump(obj, sort_keys=False, default_flow_style=False)
+        )
+    sys.stdout.write("---\n".join(out))
+    return 0

@@ -1,0 +1,237 @@
+"""Deciding what to do with a pod on create: which GPU model, which profile, which JSON patch.
+
+The webhook and ``cdmo translate`` both call :func:`translate_pod`; only how they learn the
+cluster's GPU models differs (a node list, or ``--model``).
+
+Model choice: the pod's own ``nvidia.com/gpu.product`` node selector or required node affinity
+when it has one, else the models of the cluster's labelled nodes, the one most nodes carry
+first (a configured default model goes before all). The first model that can serve every ask
+of the pod wins. A pod no model can serve is refused with one line that says what would fit.
+
+Pure: takes and returns plain data; imports nothing of Kubernetes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from cdmo.api import GPU_PRODUCT_LABEL
+from cdmo.mig.catalog import GpuModel, all_models, find_model
+from cdmo.mig.resources import RESOURCE_PREFIX, resource_from_profile
+from cdmo.translate.asks import KAI_DEVICES, Ask, read_asks
+from cdmo.translate.rule import DEFAULT_RULE, Choice, NoFit, Rule, choose_profile, describe_need
+
+#: Records the original ask and the choice on the pod (JSON list, one entry per container).
+ASK_ANNOTATION = "cdmo.clear.ml/fractional-ask"
+#: The reason for the choice, in words.
+REASON_ANNOTATION = "cdmo.clear.ml/fractional-reason"
+
+Action = Literal["mutate", "skip", "refuse"]
+
+
+@dataclass(frozen=True)
+class Translation:
+    """What to do with a pod: mutate it (``patch``), let it pass unchanged, or refuse it."""
+
+    action: Action
+    reason: str
+    patch: tuple[dict[str, Any], ...] = ()
+    choices: tuple[Choice, ...] = ()
+    warnings: tuple[str, ...] = ()
+    asks: tuple[Ask, ...] = field(default=(), repr=False)
+
+
+def pod_name(pod: Mapping[str, Any]) -> str:
+    """``namespace/name``; a pod named by ``generateName`` shows as ``prefix-*``."""
+    meta = pod.get("metadata") or {}
+    name = meta.get("name") or f"{meta.get('generateName') or ''}*"
+    return f"{meta.get('namespace') or 'default'}/{name}"
+
+
+def selected_products(pod: Mapping[str, Any]) -> list[str]:
+    """The ``nvidia.com/gpu.product`` values a pod's node selector or required affinity allows, in order."""
+    spec = pod.get("spec") or {}
+    values: list[str] = []
+    selector = spec.get("nodeSelector") or {}
+    if GPU_PRODUCT_LABEL in selector:
+        values.append(str(selector[GPU_PRODUCT_LABEL]))
+    required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
+    for term in required.get("nodeSelectorTerms") or []:
+        for expr in term.get("matchExpressions") or []:
+            if expr.get("key") == GPU_PRODUCT_LABEL and expr.get("operator") == "In":
+                values.extend(str(v) for v in expr.get("values") or [])
+    return list(dict.fromkeys(values))
+
+
+def order_cluster_models(
+    cluster_models: Mapping[str, int], default_model: str | None = None
+) -> list[GpuModel]:
+    """Models of the labelled nodes, most nodes first (then by name); ``default_model`` leads."""
+    ranked = sorted(cluster_models.items(), key=lambda kv: (-kv[1], kv[0]))
+    models: list[GpuModel] = []
+    for key in ([default_model] if default_model else []) + [k for k, _ in ranked]:
+        model = find_model(key) if key else None
+        if model is not None and model not in models:
+            models.append(model)
+    return models
+
+
+def _escape(key: str) -> str:
+    """A JSON pointer token (RFC 6901): ``~`` as ``~0``, ``/`` as ``~1``."""
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def build_patch(
+    pod: Mapping[str, Any], asks: Sequence[Ask], choices: Sequence[Choice], reason: str
+) -> list[dict[str, Any]]:
+    """The JSON patch that asks for the chosen MIG devices and records the original asks."""
+    ops: list[dict[str, Any]] = []
+    containers = (pod.get("spec") or {}).get("containers") or []
+    record = []
+    for ask, choice in zip(asks, choices, strict=True):
+        base = f"/spec/containers/{ask.container_index}"
+        resources = containers[ask.container_index].get("resources")
+        resource = resource_from_profile(choice.profile)
+        quantity = str(choice.count)
+        if not isinstance(resources, Mapping):
+            ops.append({"op": "add", "path": f"{base}/resources", "value": {"limits": {resource: quantity}}})
+            resources = {}
+        elif not isinstance(resources.get("limits"), Mapping):
+            ops.append({"op": "add", "path": f"{base}/resources/limits", "value": {resource: quantity}})
+        else:
+            ops.append(
+                {"op": "add", "path": f"{base}/resources/limits/{_escape(resource)}", "value": quantity}
+            )
+        for name in ask.remove_resources:
+            for part in ("limits", "requests"):
+                if name in (resources.get(part) or {}):
+                    ops.append({"op": "remove", "path": f"{base}/resources/{part}/{_escape(name)}"})
+        record.append(
+            {
+                "container": ask.container,
+                "source": ask.source,
+                "asked": ask.original,
+                "model": choice.model,
+                "profile": choice.profile,
+                "resource": resource,
+                "count": choice.count,
+            }
+        )
+    notes = {ASK_ANNOTATION: json.dumps(record, sort_keys=True), REASON_ANNOTATION: reason}
+    if not isinstance((pod.get("metadata") or {}).get("annotations"), Mapping):
+        ops.append({"op": "add", "path": "/metadata/annotations", "value": notes})
+    else:
+        ops.extend(
+            {"op": "add", "path": f"/metadata/annotations/{_escape(k)}", "value": v} for k, v in notes.items()
+        )
+    return ops
+
+
+def _has_mig_ask(pod: Mapping[str, Any], asks: Sequence[Ask]) -> bool:
+    containers = (pod.get("spec") or {}).get("containers") or []
+    for ask in asks:
+        res = containers[ask.container_index].get("resources") or {}
+        for part in ("limits", "requests"):
+            if any(str(k).startswith(RESOURCE_PREFIX) for k in res.get(part) or {}):
+                return True
+    return False
+
+
+def _serve(model: GpuModel, asks: Sequence[Ask], rule: Rule) -> list[Choice] | NoFit:
+    choices = []
+    for ask in asks:
+        result = choose_profile(model, ask.need, rule)
+        if isinstance(result, NoFit):
+            return result
+        if ask.devices > 1:
+            result = replace(
+                result,
+                count=result.count * ask.devices,
+                reason=f"{result.reason}; on each of {ask.devices} GPUs ({KAI_DEVICES})",
+            )
+        choices.append(result)
+    return choices
+
+
+def _would_fit(asks: Sequence[Ask], rule: Rule) -> str:
+    """Catalog models that could serve every ask: the 'what would fit' of a refusal."""
+    fits = [m.key for m in all_models() if not isinstance(_serve(m, asks, rule), NoFit)]
+    if not fits:
+        return "no MIG GPU in cdmo's catalog can serve it"
+    return "GPUs that could serve it: " + ", ".join(fits)
+
+
+def translate_pod(
+    pod: Mapping[str, Any],
+    cluster_models: Mapping[str, int],
+    *,
+    default_model: str | None = None,
+    rule: Rule = DEFAULT_RULE,
+    cluster_origin: str = "the cluster's labelled nodes",
+) -> Translation:
+    """Decide one pod. Deterministic; never raises for a readable pod (InvalidAsk for an unreadable ask)."""
+    name = pod_name(pod)
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    if ASK_ANNOTATION in annotations:
+        return Translation("skip", f"pod {name} is already translated")
+    asks = read_asks(pod, rule)
+    if not asks:
+        return Translation("skip", f"pod {name} carries no fractional GPU ask")
+    if _has_mig_ask(pod, asks):
+        return Translation(
+            "skip", f"pod {name} already asks for a MIG device; its fractional ask is left alone"
+        )
+    what = "; ".join(f"{a.source} {_original(a)}" for a in asks)
+    products = selected_products(pod)
+    if products:
+        models = [m for m in (find_model(p) for p in products) if m is not None]
+        if not models:
+            return Translation(
+                "skip",
+                f"pod {name} selects {GPU_PRODUCT_LABEL}={','.join(products)}, not a MIG GPU that cdmo knows;"
+                " its fractional ask is left to its own system",
+                warnings=(
+                    f"cdmo left the fractional GPU ask unchanged: {','.join(products)} is not a MIG GPU model",
+                ),
+            )
+        origin = f"the pod's {GPU_PRODUCT_LABEL} selector"
+    else:
+        models = order_cluster_models(cluster_models, default_model)
+        origin = cluster_origin
+        if not models:
+            return Translation(
+                "refuse",
+                f"pod {name} asks {what}, but no labelled node carries a known MIG GPU model;"
+                " label MIG GPU nodes cdmo.clear.ml/gpu-partitioning=mig or set the webhook's default model",
+                asks=tuple(asks),
+            )
+    failures = []
+    for model in models:
+        served = _serve(model, asks, rule)
+        if isinstance(served, NoFit):
+            failures.append(f"{model.key}: {served.reason}")
+            continue
+        reason = (
+            f"{what} -> {', '.join(f'{c.count} x {c.profile}' for c in served)} on {model.key} (from {origin}): "
+            + "; ".join(c.reason for c in served)
+        )
+        return Translation(
+            "mutate", reason, tuple(build_patch(pod, asks, served, reason)), tuple(served), asks=tuple(asks)
+        )
+    needs = "; ".join(describe_need(a.need) for a in asks)
+    return Translation(
+        "refuse",
+        f"pod {name} asks {what} ({needs}), which no GPU model of {origin} can serve: "
+        + "; ".join(failures)
+        + f"; {_would_fit(asks, rule)}",
+        asks=tuple(asks),
+    )
+
+
+def _original(ask: Ask) -> str:
+    return ",".join(f"{k}={v}" for k, v in ask.original.items())

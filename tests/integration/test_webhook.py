@@ -1,0 +1,371 @@
+"""The admission webhook over real HTTPS, and the API double calling it on pod create.
+
+The webhook reads labelled nodes from the API double with the kubernetes client; the double
+calls it as kube-apiserver does (tests/harness/admission.py says where the double differs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kubernetes
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from tests.harness.admission import AdmissionChain, MutatingWebhook
+from tests.harness.kube_api import KubeApiDouble
+from tests.harness.tls import TlsFiles, make_tls_files
+from tests.harness.webhook import WebhookThread
+
+
+def add_node(api: KubeApiDouble, name: str, product: str, labelled: bool = True) -> None:
+    labels = {"nvidia.com/gpu.product": product}
+    if labelled:
+        labels["cdmo.clear.ml/gpu-partitioning"] = "mig"
+    api.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}})
+
+
+def pod(
+    name: str,
+    *,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+    limits: dict[str, Any] | None = None,
+    node_selector: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": "main", "image": "worker"}
+    if limits:
+        container["resources"] = {"limits": limits}
+    spec: dict[str, Any] = {"containers": [container]}
+    if node_selector:
+        spec["nodeSelector"] = node_selector
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels or {}, "annotations": annotations or {}},
+        "spec": spec,
+    }
+
+
+def review(obj: dict[str, Any], uid: str = "u-1") -> dict[str, Any]:
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "default",
+            "operation": "CREATE",
+            "object": obj,
+        },
+    }
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> TlsFiles:
+    return make_tls_files(tmp_path / "tls")
+
+
+@pytest.fixture
+def webhook(kube_api: KubeApiDouble, tls: TlsFiles) -> Iterator[WebhookThread]:
+    with WebhookThread(kube_api.url, tls) as hook:
+        yield hook
+
+
+@pytest.fixture
+def core(api_client: kubernetes.client.ApiClient) -> kubernetes.client.CoreV1Api:
+    return kubernetes.client.CoreV1Api(api_client)
+
+
+async def _post(url: str, body: Any, ca_file: Path | None) -> tuple[int, Any]:
+    context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else ssl.create_default_context()
+    async with aiohttp.ClientSession() as session, session.post(url, json=body, ssl=context) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+def test_webhook_answers_an_admission_review_over_https_with_a_json_patch(
+    kube_api: KubeApiDouble, webhook: WebhookThread, tls: TlsFiles
+) -> None:
+    add_node(kube_api, "gpu-1", "NVIDIA-H100-80GB-HBM3")
+    webhook.wait_for_models({"h100-80gb": 1})
+    status, body = asyncio.run(
+        _post(webhook.url + "/mutate", review(pod("p", annotations={"gpu-fraction": "0.5"})), tls.ca_file)
+    )
+    assert status == 200
+    response = body["response"]
+    assert (body["kind"], response["uid"], response["allowed"], response["patchType"]) == (
+        "AdmissionReview",
+        "u-1",
+        True,
+        "JSONPatch",
+    )
+    ops = json.loads(base64.b64decode(response["patch"]))
+    assert {
+        "op": "add",
+        "path": "/spec/containers/0/resources",
+        "value": {"limits": {"nvidia.com/mig-4g.40gb": "1"}},
+    } in ops
+
+
+def test_webhook_certificate_is_checked_a_client_without_its_ca_is_refused(
+    webhook: WebhookThread,
+) -> None:
+    with pytest.raises(aiohttp.ClientConnectorCertificateError):
+        asyncio.run(_post(webhook.url + "/mutate", review(pod("p")), None))
+
+
+def test_webhook_answers_bad_bodies_with_400_and_other_kinds_unchanged(
+    webhook: WebhookThread, tls: TlsFiles
+) -> None:
+    status, _ = asyncio.run(_post(webhook.url + "/mutate", {"kind": "Nope"}, tls.ca_file))
+    assert status == 400
+    other = review({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}})
+    other["request"]["kind"] = {"group": "", "version": "v1", "kind": "ConfigMap"}
+    status, body = asyncio.run(_post(webhook.url + "/mutate", other, tls.ca_file))
+    assert status == 200 and body["response"] == {"uid": "u-1", "allowed": True}
+
+
+def _chain(kube_api: KubeApiDouble, hooks: list[MutatingWebhook]) -> AdmissionChain:
+    chain = AdmissionChain(hooks)
+    kube_api.server.admission = chain
+    return chain
+
+
+def test_api_double_calls_the_webhook_on_create_and_stores_the_patched_pod_as_kube_apiserver_does(
+    kube_api: KubeApiDouble, webhook: WebhookThread, tls: TlsFiles, core: kubernetes.client.CoreV1Api
+) -> None:
+    add_node(kube_api, "gpu-1", "NVIDIA-H100-80GB-HBM3")
+    webhook.wait_for_models({"h100-80gb": 1})
+    chain = _chain(
+        kube_api, [MutatingWebhook("fractional.cdmo.clear.ml", webhook.url + "/mutate", tls.ca_file)]
+    )
+    core.create_namespaced_pod("default", pod("meta", limits={"cnvrg.io/metagpu": "50"}))
+    stored = kube_api.get("pods", "meta", "default")
+    assert stored is not None
+    limits = stored["spec"]["containers"][0]["resources"]["limits"]
+    assert limits == {"nvidia.com/mig-4g.40gb": "1"}  # cnvrg.io/metagpu removed
+    record = json.loads(stored["metadata"]["annotations"]["cdmo.clear.ml/fractional-ask"])
+    assert record[0]["asked"] == {"cnvrg.io/metagpu": "50"} and record[0]["profile"] == "4g.40gb"
+    assert [c.outcome for c in chain.calls] == ["patched"]
+
+
+def test_the_model_most_labelled_nodes_carry_is_used_when_the_pod_selects_none(
+    kube_api: KubeApiDouble, webhook: WebhookThread, tls: TlsFiles, core: kubernetes.client.CoreV1Api
+) -> None:
+    add_node(kube_api, "h100-1", "NVIDIA-H100-80GB-HBM3")
+    add_node(kube_api, "h200-1", "NVIDIA-H200")
+    add_node(kube_api, "h200-2", "NVIDIA-H200")
+    add_node(kube_api, "a100-unlabelled-1", "NVIDIA-A100-SXM4-40GB", labelled=False)
+    add_node(kube_api, "a100-unlabelled-2", "NVIDIA-A100-SXM4-40GB", labelled=False)
+    add_node(kube_api, "a100-unlabelled-3", "NVIDIA-A100-SXM4-40GB", labelled=False)
+    webhook.wait_for_models({"h100-80gb": 1, "h200-141gb": 2})
+    _chain(kube_api, [MutatingWebhook("fractional.cdmo.clear.ml", webhook.url + "/mutate", tls.ca_file)])
+    core.create_namespaced_pod("default", pod("cfgi", labels={"clearml-injector/fraction": "0.125"}))
+    core.create_namespaced_pod(
+        "default",
+        pod(
+            "pinned",
+            labels={"clearml-injector/fraction": "0.125"},
+            node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+        ),
+    )
+    limits = {
+        n: kube_api.get("pods", n, "default")["spec"]["containers"][0]["resources"]["limits"]
+        for n in ("cfgi", "pinned")
+    }  # type: ignore[index]
+    assert limits == {"cfgi": {"nvidia.com/mig-1g.18gb": "1"}, "pinned": {"nvidia.com/mig-1g.10gb": "1"}}
+
+
+def test_a_pod_no_model_can_serve_is_refused_with_what_would_fit(
+    kube_api: KubeApiDouble, webhook: WebhookThread, tls: TlsFiles, core: kubernetes.client.CoreV1Api
+) -> None:
+    add_node(kube_api, "gpu-1", "NVIDIA-H100-80GB-HBM3")
+    webhook.wait_for_models({"h100-80gb": 1})
+    _chain(kube_api, [MutatingWebhook("fractional.cdmo.clear.ml", webhook.url + "/mutate", tls.ca_file)])
+    with pytest.raises(ApiException) as err:
+        core.create_namespaced_pod("default", pod("big", annotations={"gpu-memory": "100000"}))
+    assert err.value.status == 403
+    message = json.loads(err.value.body)["message"]
+    assert 'admission webhook "fractional.cdmo.clear.ml" denied the request' in message
+    assert "ask at most 81152 MiB" in message and "h200-141gb" in message
+    assert "\n" not in message
+    assert kube_api.get("pods", "big", "default") is None
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"https://127.0.0.1:{port}/mutate"
+
+
+@pytest.mark.parametrize(("policy", "created"), [("Fail", False), ("Ignore", True)])
+def test_failure_policy_is_honoured_by_the_api_double_when_the_webhook_is_down(
+    kube_api: KubeApiDouble, tls: TlsFiles, core: kubernetes.client.CoreV1Api, policy: str, created: bool
+) -> None:
+    chain = _chain(
+        kube_api,
+        [
+            MutatingWebhook(
+                "fractional.cdmo.clear.ml",
+                _closed_port_url(),
+                tls.ca_file,
+                failure_policy=policy,
+                timeout_seconds=2,
+            )
+        ],
+    )
+    body = pod("down", annotations={"gpu-fraction": "0.5"})
+    if created:
+        core.create_namespaced_pod("default", body)
+        stored = kube_api.get("pods", "down", "default")
+        assert stored is not None and "resources" not in stored["spec"]["containers"][0]
+        assert [c.outcome for c in chain.calls] == ["failed-open"]
+    else:
+        with pytest.raises(ApiException) as err:
+            core.create_namespaced_pod("default", body)
+        assert err.value.status == 500
+        assert 'failed calling webhook "fractional.cdmo.clear.ml"' in json.loads(err.value.body)["message"]
+        assert kube_api.get("pods", "down", "default") is None
+
+
+def test_object_selector_keeps_opted_out_pods_away_from_the_webhook_in_the_api_double(
+    kube_api: KubeApiDouble, tls: TlsFiles, core: kubernetes.client.CoreV1Api
+) -> None:
+    # the webhook is down and fails closed: only a pod that reaches it would be refused
+    selector = {
+        "matchExpressions": [{"key": "cdmo.clear.ml/translate", "operator": "NotIn", "values": ["false"]}]
+    }
+    hook = MutatingWebhook(
+        "fractional.cdmo.clear.ml",
+        _closed_port_url(),
+        tls.ca_file,
+        object_selector=selector,
+        timeout_seconds=2,
+    )
+    chain = _chain(kube_api, [hook])
+    core.create_namespaced_pod(
+        "default",
+        pod("opted-out", labels={"cdmo.clear.ml/translate": "false"}, annotations={"gpu-fraction": "0.5"}),
+    )
+    assert kube_api.get("pods", "opted-out", "default") is not None
+    assert chain.calls == []
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(tmp_path: Path) -> None:
+    """Rotation: new files in the mounted Secret are picked up; clients trusting only the new CA connect."""
+    from aiohttp import web
+
+    from cdmo.webhook.server import build_app, reload_certificate, server_ssl_context
+
+    old = make_tls_files(tmp_path / "old")
+    new = make_tls_files(tmp_path / "new")
+    live = tmp_path / "live"
+    live.mkdir()
+    cert, key = live / "tls.crt", live / "tls.key"
+    cert.write_bytes(old.cert_file.read_bytes())
+    key.write_bytes(old.key_file.read_bytes())
+
+    async def models() -> dict[str, int]:
+        return {"h100-80gb": 1}
+
+    async def scenario() -> tuple[bool, bool]:
+        context = server_ssl_context(str(cert), str(key))
+        runner = web.AppRunner(build_app(models))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+        await site.start()
+        url = f"https://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/healthz"  # type: ignore[union-attr]
+        reloader = asyncio.get_running_loop().create_task(
+            reload_certificate(context, str(cert), str(key), 0.05)
+        )
+
+        async def trusted_by(ca: Path) -> bool:
+            ssl_ctx = ssl.create_default_context(cafile=str(ca))
+            try:
+                async with aiohttp.ClientSession() as s, s.get(url, ssl=ssl_ctx) as resp:
+                    return resp.status == 200
+            except aiohttp.ClientConnectorCertificateError:
+                return False
+
+        try:
+            assert await trusted_by(old.ca_file) and not await trusted_by(new.ca_file)
+            # what the kubelet does when cert-manager renews the Secret
+            cert.write_bytes(new.cert_file.read_bytes())
+            key.write_bytes(new.key_file.read_bytes())
+            for _ in range(100):
+                if await trusted_by(new.ca_file):
+                    break
+                await asyncio.sleep(0.05)
+            return await trusted_by(new.ca_file), await trusted_by(old.ca_file)
+        finally:
+            reloader.cancel()
+            await runner.cleanup()
+
+    new_ok, old_ok = asyncio.run(scenario())
+    assert new_ok and not old_ok
+
+
+def test_cdmo_webhook_command_serves_over_https_and_stops_on_sigterm(
+    kube_api: KubeApiDouble, tls: TlsFiles, tmp_path: Path
+) -> None:
+    """The real `cdmo webhook` process, with a kubeconfig pointing at the API double."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    add_node(kube_api, "gpu-1", "NVIDIA-H200")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "double", "cluster": {"server": kube_api.url}}],
+                "users": [{"name": "u", "user": {}}],
+                "contexts": [{"name": "c", "context": {"cluster": "double", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    port = int(_closed_port_url().split(":")[2].split("/")[0])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cdmo.cli", "webhook", "--port", str(port), "--cert-file", str(tls.cert_file),
+         "--key-file", str(tls.key_file), "--kubeconfig", str(kubeconfig)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        url = f"https://127.0.0.1:{port}/mutate"
+        deadline = time.monotonic() + 30
+        body: Any = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                status, body = asyncio.run(
+                    _post(url, review(pod("p", labels={"clearml-injector/fraction": "0.125"})), tls.ca_file)
+                )
+                if status == 200 and body["response"].get("patch"):
+                    break
+            except aiohttp.ClientConnectorError:
+                pass
+            time.sleep(0.2)
+        assert body is not None and proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        ops = json.loads(base64.b64decode(body["response"]["patch"]))
+        assert ops[0]["value"] == {"limits": {"nvidia.com/mig-1g.18gb": "1"}}  # the H200 of the double
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert rc == 0

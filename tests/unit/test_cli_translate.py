@@ -1,0 +1,156 @@
+"""``cdmo translate``: each source system's example pod on H100, A100 40GB and H200, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cdmo.cli import main
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "pods" / "fractional"
+
+#: example -> model -> MIG resource (the rule of issue 12)
+CASES = {
+    "cfgi-pod.yaml": {"h100-80gb": "2g.20gb", "a100-40gb": "2g.10gb", "h200-141gb": "2g.35gb"},  # 0.25
+    "cfgi-legacy-pod.yaml": {
+        "h100-80gb": "2g.20gb",
+        "a100-40gb": "2g.10gb",
+        "h200-141gb": "2g.35gb",
+    },  # 2 of 8
+    "kai-pod.yaml": {"h100-80gb": "4g.40gb", "a100-40gb": "4g.20gb", "h200-141gb": "4g.71gb"},  # 0.5
+    "kai-memory-pod.yaml": {
+        "h100-80gb": "1g.20gb",
+        "a100-40gb": "3g.20gb",
+        "h200-141gb": "1g.18gb",
+    },  # 12000 MiB
+    "metagpu-pod.yaml": {"h100-80gb": "2g.20gb", "a100-40gb": "2g.10gb", "h200-141gb": "2g.35gb"},  # 25 units
+}
+#: the keys each example asks with, recorded on the translated pod
+ASKED = {
+    "cfgi-pod.yaml": {"clearml-injector/fraction": "0.250"},
+    "cfgi-legacy-pod.yaml": {"clearml-injector/fraction": "0.250", "nvidia.com/gpu": "2"},
+    "kai-pod.yaml": {"gpu-fraction": "0.5", "gpu-fraction-container-name": "trainer"},
+    "kai-memory-pod.yaml": {"gpu-memory": "12000"},
+    "metagpu-pod.yaml": {"cnvrg.io/metagpu": "25"},
+}
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any, str]:
+    rc = main(["translate", *args, "-o", "json"])
+    out, err = capsys.readouterr()
+    return rc, json.loads(out) if out.strip() else None, err
+
+
+@pytest.mark.parametrize(
+    ("example", "model", "profile"),
+    [(e, m, p) for e, row in CASES.items() for m, p in row.items()],
+    ids=lambda v: str(v),
+)
+def test_translate_gives_the_rules_profile_and_records_the_ask(
+    capsys: pytest.CaptureFixture[str], example: str, model: str, profile: str
+) -> None:
+    rc, pod, err = run_json(capsys, str(EXAMPLES / example), "--model", model)
+    assert rc == 0, err
+    resource = f"nvidia.com/mig-{profile}"
+    gpu_containers = [c for c in pod["spec"]["containers"] if c.get("resources", {}).get("limits")]
+    assert len(gpu_containers) == 1
+    assert gpu_containers[0]["resources"]["limits"] == {resource: "1"}
+    record = json.loads(pod["metadata"]["annotations"]["cdmo.clear.ml/fractional-ask"])
+    assert record[0]["asked"] == ASKED[example] and record[0]["model"] == model
+    assert f"-> 1 x {profile} on {model}" in err
+
+
+def test_yaml_output_starts_with_the_reason_and_is_the_pod(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["translate", str(EXAMPLES / "kai-pod.yaml"), "--model", "h100-80gb"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# mutate: kai gpu-fraction=0.5")
+    pod = yaml.safe_load(out)
+    assert pod["spec"]["containers"][1]["resources"]["limits"] == {"nvidia.com/mig-4g.40gb": "1"}
+
+
+def test_a_job_template_is_translated(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, job, _ = run_json(capsys, str(EXAMPLES / "cfgi-job.yaml"), "--model", "h100-80gb")
+    assert rc == 0
+    template = job["spec"]["template"]
+    assert template["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/mig-4g.40gb": "1"}
+    assert "name" not in template["metadata"] and "namespace" not in template["metadata"]
+
+
+def test_the_pods_own_selector_wins_over_model(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    pod = yaml.safe_load((EXAMPLES / "metagpu-pod.yaml").read_text())
+    pod["spec"]["nodeSelector"] = {"nvidia.com/gpu.product": "NVIDIA-H200"}
+    path = tmp_path / "pod.yaml"
+    path.write_text(yaml.safe_dump(pod))
+    rc, out, _ = run_json(capsys, str(path), "--model", "a100-40gb")
+    assert rc == 0 and out["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/mig-2g.35gb": "1"}
+
+
+def _write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "in.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "args", "rc", "words"),
+    [
+        (None, ["--model", "h100-80gb"], 2, "no such file"),
+        ("kind: Pod\nmetadata: {name: x\n", ["--model", "h100-80gb"], 2, "not YAML or JSON"),
+        ("", ["--model", "h100-80gb"], 2, "is empty"),
+        ("- a\n- b\n", ["--model", "h100-80gb"], 2, "not a Kubernetes object"),
+        (
+            "kind: ConfigMap\nmetadata: {name: c}\n",
+            ["--model", "h100-80gb"],
+            2,
+            "neither a Pod nor a workload",
+        ),
+        (
+            "kind: Pod\nmetadata: {name: x, annotations: {gpu-fraction: '0.5'}}\nspec: {containers: [{name: m}]}\n",
+            [],
+            2,
+            "give --model",
+        ),
+        (
+            "kind: Pod\nmetadata: {name: x, annotations: {gpu-fraction: '0.5'}}\nspec: {containers: [{name: m}]}\n",
+            ["--model", "v100"],
+            2,
+            "unknown GPU model",
+        ),
+        (
+            "kind: Pod\nmetadata: {name: x, annotations: {gpu-fraction: half}}\nspec: {containers: [{name: m}]}\n",
+            ["--model", "h100-80gb"],
+            2,
+            "is not a number",
+        ),
+        (
+            "kind: Pod\nmetadata: {name: x, annotations: {gpu-memory: '100000'}}\nspec: {containers: [{name: m}]}\n",
+            ["--model", "h100-80gb"],
+            1,
+            "would refuse it",
+        ),
+    ],
+    ids=[
+        "missing",
+        "bad-yaml",
+        "empty",
+        "list",
+        "configmap",
+        "no-model",
+        "unknown-model",
+        "bad-ask",
+        "refused",
+    ],
+)
+def test_bad_input_gives_one_line_and_an_exit_code(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str | None, args: list[str], rc: int, words: str
+) -> None:
+    path = str(tmp_path / "missing.yaml") if text is None else _write(tmp_path, text)
+    assert main(["translate", path, *args]) == rc
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0] and "Traceback" not in captured.err

@@ -1,0 +1,250 @@
+"""Reading the asks off pods, choosing the model, and the JSON patch the webhook sends."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from cdmo.translate.asks import InvalidAsk, read_asks
+from cdmo.translate.jsonpatch import apply_patch
+from cdmo.translate.pods import ASK_ANNOTATION, REASON_ANNOTATION, selected_products, translate_pod
+from cdmo.translate.rule import Rule
+
+
+def pod(
+    *,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+    containers: list[dict[str, Any]] | None = None,
+    spec: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": "p", "namespace": "ns"}
+    if labels is not None:
+        meta["labels"] = labels
+    if annotations is not None:
+        meta["annotations"] = annotations
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {"containers": containers or [{"name": "main", "image": "x"}], **(spec or {})},
+    }
+
+
+def limits(result_pod: dict[str, Any], index: int = 0) -> dict[str, Any]:
+    return result_pod["spec"]["containers"][index].get("resources", {}).get("limits", {})
+
+
+def mutate(p: dict[str, Any], cluster: dict[str, int] | None = None, **kw: Any) -> dict[str, Any]:
+    result = translate_pod(p, {"h100-80gb": 1} if cluster is None else cluster, **kw)
+    assert result.action == "mutate", result.reason
+    return apply_patch(p, result.patch)
+
+
+def test_cfgi_label_becomes_a_mig_device_and_the_ask_is_recorded() -> None:
+    out = mutate(pod(labels={"clearml-injector/fraction": "0.250"}))
+    assert limits(out) == {"nvidia.com/mig-2g.20gb": "1"}
+    record = json.loads(out["metadata"]["annotations"][ASK_ANNOTATION])
+    assert record == [
+        {
+            "asked": {"clearml-injector/fraction": "0.250"},
+            "container": "main",
+            "count": 1,
+            "model": "h100-80gb",
+            "profile": "2g.20gb",
+            "resource": "nvidia.com/mig-2g.20gb",
+            "source": "cfgi",
+        }
+    ]
+    assert "2g.20gb" in out["metadata"]["annotations"][REASON_ANNOTATION]
+    assert out["metadata"]["labels"] == {"clearml-injector/fraction": "0.250"}  # the label stays
+
+
+def test_legacy_cfgi_replicas_are_removed_and_the_larger_share_is_served() -> None:
+    containers = [
+        {"name": "side", "image": "x"},
+        {
+            "name": "task",
+            "image": "x",
+            "resources": {"limits": {"nvidia.com/gpu": 4}, "requests": {"nvidia.com/gpu": 4}},
+        },
+    ]
+    # label 0.125 but 4 of 8 replicas: the pod gets the half it was actually given before
+    out = mutate(pod(labels={"clearml-injector/fraction": "0.125"}, containers=containers))
+    assert limits(out, 1) == {"nvidia.com/mig-4g.40gb": "1"}
+    assert out["spec"]["containers"][1]["resources"]["requests"] == {}
+    assert "resources" not in out["spec"]["containers"][0]
+
+
+def test_kai_fraction_goes_to_the_named_container() -> None:
+    containers = [{"name": "sidecar", "image": "x"}, {"name": "trainer", "image": "x", "resources": {}}]
+    p = pod(
+        annotations={"gpu-fraction": "0.5", "gpu-fraction-container-name": "trainer"}, containers=containers
+    )
+    out = mutate(p)
+    assert limits(out, 1) == {"nvidia.com/mig-4g.40gb": "1"}
+    assert limits(out, 0) == {}
+
+
+def test_kai_memory_ask_is_served_with_at_least_that_memory() -> None:
+    out = mutate(pod(annotations={"gpu-memory": "30000"}))
+    assert limits(out) == {"nvidia.com/mig-3g.40gb": "1"}
+
+
+def test_metagpu_units_are_a_fraction_of_100_and_the_resource_is_removed() -> None:
+    containers = [{"name": "nb", "image": "x", "resources": {"limits": {"cnvrg.io/metagpu": 25, "cpu": "2"}}}]
+    out = mutate(pod(containers=containers))
+    assert limits(out) == {"cpu": "2", "nvidia.com/mig-2g.20gb": "1"}
+
+
+def test_whole_gpu_asks_keep_whole_gpus() -> None:
+    assert limits(mutate(pod(labels={"clearml-injector/fraction": "1.000"}))) == {
+        "nvidia.com/mig-7g.80gb": "1"
+    }
+    containers = [{"name": "nb", "image": "x", "resources": {"limits": {"cnvrg.io/metagpu": "200"}}}]
+    assert limits(mutate(pod(containers=containers))) == {"nvidia.com/mig-7g.80gb": "2"}
+
+
+def test_the_pods_product_selector_wins_over_the_cluster_model() -> None:
+    p = pod(
+        labels={"clearml-injector/fraction": "0.5"},
+        spec={"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB"}},
+    )
+    assert limits(mutate(p, {"h100-80gb": 10})) == {"nvidia.com/mig-4g.20gb": "1"}
+
+
+def test_required_affinity_on_the_product_label_selects_the_model() -> None:
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {
+                        "matchExpressions": [
+                            {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-H200"]}
+                        ]
+                    }
+                ]
+            }
+        }
+    }
+    p = pod(annotations={"gpu-memory": "12000"}, spec={"affinity": affinity})
+    assert selected_products(p) == ["NVIDIA-H200"]
+    assert limits(mutate(p, {"h100-80gb": 10})) == {"nvidia.com/mig-1g.18gb": "1"}
+
+
+def test_the_model_most_nodes_carry_comes_first_and_a_default_model_goes_before_it() -> None:
+    p = pod(labels={"clearml-injector/fraction": "0.125"})
+    cluster = {"h100-80gb": 1, "h200-141gb": 3}
+    assert limits(mutate(p, cluster)) == {"nvidia.com/mig-1g.18gb": "1"}
+    assert limits(mutate(p, cluster, default_model="h100-80gb")) == {"nvidia.com/mig-1g.10gb": "1"}
+
+
+def test_a_model_that_cannot_serve_is_passed_over_for_one_that_can() -> None:
+    # the A30s are most common, but 30000 MiB only fits the H100
+    p = pod(annotations={"gpu-memory": "30000"})
+    assert limits(mutate(p, {"a30-24gb": 5, "h100-80gb": 1})) == {"nvidia.com/mig-3g.40gb": "1"}
+
+
+def test_an_ask_no_cluster_model_serves_is_refused_saying_what_would_fit() -> None:
+    result = translate_pod(pod(annotations={"gpu-memory": "100000"}), {"h100-80gb": 2, "a100-40gb": 1})
+    assert result.action == "refuse" and result.patch == ()
+    assert "ask at most 81152 MiB" in result.reason
+    assert "GPUs that could serve it: h200-141gb, b200-180gb" in result.reason
+    assert "\n" not in result.reason
+
+
+def test_no_labelled_nodes_is_refused_with_what_to_do() -> None:
+    result = translate_pod(pod(annotations={"gpu-fraction": "0.5"}), {})
+    assert result.action == "refuse" and "label MIG GPU nodes" in result.reason
+
+
+@pytest.mark.parametrize(
+    ("p", "words"),
+    [
+        (pod(), "no fractional GPU ask"),
+        (pod(annotations={"gpu-fraction": "0.5", ASK_ANNOTATION: "[]"}), "already translated"),
+        (
+            pod(
+                annotations={"gpu-fraction": "0.5"},
+                containers=[{"name": "m", "resources": {"limits": {"nvidia.com/mig-1g.10gb": 1}}}],
+            ),
+            "already asks for a MIG device",
+        ),
+        (
+            pod(
+                annotations={"gpu-fraction": "0.5"},
+                spec={"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L4"}},
+            ),
+            "not a MIG GPU",
+        ),
+    ],
+    ids=["no-ask", "already-translated", "already-mig", "non-mig-product"],
+)
+def test_pods_left_alone(p: dict[str, Any], words: str) -> None:
+    result = translate_pod(p, {"h100-80gb": 1})
+    assert result.action == "skip" and result.patch == ()
+    assert words in result.reason
+
+
+@pytest.mark.parametrize(
+    ("p", "words"),
+    [
+        (
+            pod(labels={"clearml-injector/fraction": "quarter"}),
+            "clearml-injector/fraction 'quarter' is not a number",
+        ),
+        (pod(annotations={"gpu-memory": "1.5"}), "gpu-memory '1.5' is not a whole number"),
+        (pod(annotations={"gpu-fraction": "1e999999"}), "not a usable number"),
+        (
+            pod(annotations={"gpu-fraction": "0.5", "gpu-fraction-container-name": "nope"}),
+            "names no container",
+        ),
+        (
+            pod(containers=[{"name": "m", "resources": {"limits": {"cnvrg.io/metagpu": "-5"}}}]),
+            "not a whole number",
+        ),
+    ],
+    ids=["cfgi-word", "kai-memory-decimal", "huge-exponent", "kai-container", "metagpu-negative"],
+)
+def test_unreadable_asks_raise_one_clear_error(p: dict[str, Any], words: str) -> None:
+    with pytest.raises(InvalidAsk) as err:
+        translate_pod(p, {"h100-80gb": 1})
+    assert words in str(err.value)
+
+
+def test_several_systems_on_one_container_are_served_together() -> None:
+    p = pod(labels={"clearml-injector/fraction": "0.125"}, annotations={"gpu-memory": "15000"})
+    (ask,) = read_asks(p)
+    assert ask.source == "cfgi+kai"
+    assert limits(mutate(p)) == {"nvidia.com/mig-1g.20gb": "1"}
+
+
+def test_a_rule_with_other_replica_and_unit_counts() -> None:
+    containers = [{"name": "m", "resources": {"limits": {"nvidia.com/gpu": 1}}}]
+    rule = Rule(cfgi_replicas_per_gpu=2)
+    p = pod(labels={"clearml-injector/fraction": "0.1"}, containers=containers)
+    assert limits(mutate(p, rule=rule)) == {"nvidia.com/mig-4g.40gb": "1"}
+
+
+def test_the_patch_creates_missing_annotations_and_escapes_slashes() -> None:
+    p = pod(labels={"clearml-injector/fraction": "0.25"})
+    result = translate_pod(p, {"h100-80gb": 1})
+    paths = [op["path"] for op in result.patch]
+    assert "/metadata/annotations" in paths
+    p2 = pod(labels={"clearml-injector/fraction": "0.25"}, annotations={"team": "a"})
+    paths2 = [op["path"] for op in translate_pod(p2, {"h100-80gb": 1}).patch]
+    assert "/metadata/annotations/cdmo.clear.ml~1fractional-ask" in paths2
+
+
+def test_kai_num_devices_asks_for_as_many_mig_devices() -> None:
+    p = pod(annotations={"gpu-fraction": "0.5", "gpu-fraction-num-devices": "2"})
+    out = mutate(p)
+    assert limits(out) == {"nvidia.com/mig-4g.40gb": "2"}
+    record = json.loads(out["metadata"]["annotations"][ASK_ANNOTATION])
+    assert record[0]["asked"]["gpu-fraction-num-devices"] == "2" and record[0]["count"] == 2
+    with pytest.raises(InvalidAsk, match="must be 1 to 64"):
+        translate_pod(
+            pod(annotations={"gpu-fraction": "0.5", "gpu-fraction-num-devices": "0"}), {"h100-80gb": 1}
+        )

@@ -1,0 +1,131 @@
+"""The webhook's pure parts: AdmissionReview responses, counting node models, and its CLI's bad input."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cdmo.cli import main
+from cdmo.webhook.nodes import count_models
+from cdmo.webhook.review import BadReview, build_review_response
+
+
+def review(
+    obj: Any, *, kind: str = "Pod", operation: str = "CREATE", namespace: str = "team"
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "abc",
+            "kind": {"group": "", "version": "v1", "kind": kind},
+            "operation": operation,
+            "namespace": namespace,
+            "object": obj,
+        },
+    }
+
+
+def pod(**meta: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "p", **meta}, "spec": {"containers": [{"name": "m"}]}}
+
+
+def test_a_translated_pod_gets_a_base64_json_patch() -> None:
+    body, action, reason = build_review_response(
+        review(pod(annotations={"gpu-fraction": "0.25"})), {"h100-80gb": 1}
+    )
+    response = body["response"]
+    assert (action, response["uid"], response["allowed"], response["patchType"]) == (
+        "mutate",
+        "abc",
+        True,
+        "JSONPatch",
+    )
+    ops = json.loads(base64.b64decode(response["patch"]))
+    assert ops[0]["value"] == {"limits": {"nvidia.com/mig-2g.20gb": "1"}}
+    assert response["auditAnnotations"] == {"fractional-ask": reason} and "2g.20gb" in reason
+
+
+def test_a_refusal_names_the_namespace_from_the_request() -> None:
+    body, action, reason = build_review_response(
+        review(pod(annotations={"gpu-memory": "999999"})), {"h100-80gb": 1}
+    )
+    assert action == "refuse" and body["response"]["allowed"] is False
+    assert body["response"]["status"]["code"] == 403
+    assert reason.startswith("pod team/p asks kai gpu-memory=999999")
+
+
+def test_an_unreadable_ask_is_refused_with_422_and_what_to_write() -> None:
+    body, action, _ = build_review_response(
+        review(pod(labels={"clearml-injector/fraction": "lots"})), {"h100-80gb": 1}
+    )
+    status = body["response"]["status"]
+    assert action == "refuse" and status["code"] == 422
+    assert "'lots' is not a number; write it like 0.25" in status["message"]
+
+
+def test_a_pod_for_a_non_mig_gpu_passes_unchanged_with_a_warning() -> None:
+    obj = pod(annotations={"gpu-fraction": "0.5"})
+    obj["spec"]["nodeSelector"] = {"nvidia.com/gpu.product": "NVIDIA-L4"}
+    body, action, _ = build_review_response(review(obj), {"h100-80gb": 1})
+    assert action == "skip"
+    assert body["response"]["allowed"] is True and "patch" not in body["response"]
+    assert "NVIDIA-L4 is not a MIG GPU model" in body["response"]["warnings"][0]
+
+
+@pytest.mark.parametrize(("kind", "operation"), [("ConfigMap", "CREATE"), ("Pod", "UPDATE")])
+def test_other_kinds_and_operations_are_allowed_unchanged(kind: str, operation: str) -> None:
+    body, action, _ = build_review_response(
+        review(pod(annotations={"gpu-fraction": "0.5"}), kind=kind, operation=operation), {"h100-80gb": 1}
+    )
+    assert action == "skip" and body["response"] == {"uid": "abc", "allowed": True}
+
+
+@pytest.mark.parametrize(
+    "bad", [{}, [], {"kind": "AdmissionReview"}, {"kind": "AdmissionReview", "request": {}}]
+)
+def test_bodies_that_are_not_admission_reviews_raise(bad: Any) -> None:
+    with pytest.raises(BadReview):
+        build_review_response(bad, {})
+
+
+def test_count_models_counts_known_mig_products_only() -> None:
+    def node(product: str | None) -> dict[str, Any]:
+        return {"metadata": {"labels": {"nvidia.com/gpu.product": product} if product else {}}}
+
+    nodes = [
+        node("NVIDIA-H100-80GB-HBM3"),
+        node("NVIDIA-H100-80GB-HBM3"),
+        node("NVIDIA-H200"),
+        node("NVIDIA-L4"),
+        node(None),
+    ]
+    assert count_models(nodes) == {"h100-80gb": 2, "h200-141gb": 1}
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (
+            ["--cert-file", "/nonexistent/tls.crt", "--key-file", "/nonexistent/tls.key"],
+            "TLS certificate /nonexistent/tls.crt does not exist",
+        ),
+        (["--port", "70000"], "is not a TCP port"),
+        (["--default-model", "v100"], "unknown GPU model"),
+    ],
+    ids=["missing-cert", "bad-port", "unknown-model"],
+)
+def test_webhook_command_refuses_bad_input_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], words: str
+) -> None:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert.write_text("x")
+    key.write_text("x")
+    base = ["--cert-file", str(cert), "--key-file", str(key)]
+    assert main(["webhook", *base, *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0]
