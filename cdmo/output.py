@@ -68,20 +68,26 @@ def console() -> Console:
     return Console(width=width, soft_wrap=False, highlight=False)
 
 
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(camel_keys(data), indent=2, sort_keys=False) + "\n")
+def print_json(data: Any, *, camel: bool = True) -> None:
+    """``camel=False`` for documents whose keys are data, such as Kubernetes manifests."""
+    sys.stdout.write(json.dumps(camel_keys(data) if camel else data, indent=2, sort_keys=False) + "\n")
 
 
-def print_yaml(data: Any) -> None:
-    sys.stdout.write(yaml.safe_dump(camel_keys(data), sort_keys=False, default_flow_style=False))
+def print_yaml(data: Any, *, camel: bool = True) -> None:
+    doc = camel_keys(data) if camel else data
+    sys.stdout.write(yaml.safe_dump(doc, sort_keys=False, default_flow_style=False))
 
 
-def emit(data: Any, output: str) -> None:
-    """Print a machine-readable document: ``output`` is ``json`` or ``yaml``."""
+def emit(data: Any, output: str, *, camel: bool = True) -> None:
+    """Print a machine-readable document: ``output`` is ``json`` or ``yaml``.
+
+    ``camel=False`` prints the keys as they are: for a manifest, whose label keys such as
+    ``gpu_fraction`` are data and must not be renamed.
+    """
     if output == "yaml":
-        print_yaml(data)
+        print_yaml(data, camel=camel)
     else:
-        print_json(data)
+        print_json(data, camel=camel)
 
 
 def build_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:

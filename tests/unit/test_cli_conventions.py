@@ -71,6 +71,16 @@ def test_camel_keys_converts_nested_dicts_and_lists() -> None:
     }
 
 
+def test_emit_keeps_data_keys_of_a_manifest_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    from cdmo.output import emit
+
+    manifest = {"metadata": {"labels": {"gpu_fraction": "0.5"}}}
+    emit(manifest, "json", camel=False)
+    assert json.loads(capsys.readouterr().out) == manifest
+    emit(manifest, "yaml")
+    assert yaml.safe_load(capsys.readouterr().out) == {"metadata": {"labels": {"gpuFraction": "0.5"}}}
+
+
 def _subparsers(parser: Any) -> dict[str, Any]:
     for action in parser._actions:
         if action.__class__.__name__ == "_SubParsersAction":
