@@ -13,12 +13,15 @@ FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-# Everything pyproject.toml builds from: the package and the README it names.
+# Everything pyproject.toml builds from: the package and the README it names; and the pins of
+# every runtime dependency (scripts/lock-image writes them from the venv the tests passed in),
+# so that the image holds the tested versions rather than whatever is newest on build day.
 COPY pyproject.toml README.md ./
+COPY constraints/image.txt ./constraints/image.txt
 COPY cdmo ./cdmo
 RUN python -m venv /opt/cdmo \
     && /opt/cdmo/bin/pip install --upgrade pip \
-    && /opt/cdmo/bin/pip install . \
+    && /opt/cdmo/bin/pip install --constraint constraints/image.txt . \
     && /opt/cdmo/bin/cdmo --version
 
 FROM python:3.11-slim

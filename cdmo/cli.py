@@ -2,7 +2,11 @@
 
 A verb module has ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported
 lazily so ``cdmo profiles`` does not pay for kopf or grpc. Known errors print one line on
-stderr and exit non-zero; tracebacks only with ``--debug``.
+stderr and exit non-zero; tracebacks only with ``--debug``, which may stand anywhere on the
+line (``cdmo node show --debug`` as well as ``cdmo --debug node show``). Ctrl-C exits 130 and
+a closed stdout (``cdmo ... | head``) exits 141 quietly, as kubectl-style tools do. Output
+conventions (``-o table|json|yaml``, camelCase keys, tables that never cut a cell) live in
+:mod:`cdmo.output`.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -26,7 +31,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "cdmo.commands.node",
         "this node's MIG instances: show them, or apply a layout without Kubernetes",
     ),
-    "teardown": ("cdmo.commands.teardown", "destroy this node's free MIG instances, then optionally MIG off"),
+    "teardown": (
+        "cdmo.commands.teardown",
+        "destroy all of this node's MIG instances, then optionally MIG off; "
+        "refuses, changing nothing, while any instance is in use",
+    ),
     "simulate": (
         "cdmo.commands.simulate",
         "simulate a cluster: dynamic MIG against static layouts and first-fit",
@@ -58,7 +67,11 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cdmo", description="cdmo: dynamic MIG partitioning for Kubernetes")
     parser.add_argument("--version", action="version", version=f"cdmo {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show tracebacks of errors and debug logs; may stand anywhere on the line",
+    )
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=argparse.ArgumentParser)
     sub.required = True
     for verb, (module_name, summary) in COMMANDS.items():
@@ -77,12 +90,46 @@ class _LazyArgs:
         importlib.import_module(self.module_name).add_arguments(parser)
 
 
+def split_debug(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """``argv`` without its ``--debug`` flags, and whether there was one.
+
+    Errors tell users to add ``--debug``; they add it at the end of the line, after the verb,
+    where argparse's subcommands would not see a top-level flag. Words after ``--`` are
+    arguments, not flags, and stay.
+    """
+    rest: list[str] = []
+    debug = False
+    for i, word in enumerate(argv):
+        if word == "--":
+            rest.extend(argv[i:])
+            break
+        if word == "--debug":
+            debug = True
+        else:
+            rest.append(word)
+    return rest, debug
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:
+        # Ctrl-C while parsing or importing, before _main's own handler is in place.
+        return exit_codes.INTERRUPTED
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+
+
+def _main(argv: Sequence[str]) -> int:
+    words, debug = split_debug(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(words)
+    args.debug = args.debug or debug
     try:
         module = importlib.import_module(args._module)
-        return int(module.run(args) or 0)
+        code = int(module.run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
+        return code
     except InvalidInput as exc:
         _report(exc, args.debug)
         return exit_codes.USAGE
@@ -90,7 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report(exc, args.debug)
         return exit_codes.ERROR
     except KeyboardInterrupt:
-        return exit_codes.ERROR
+        print("cdmo: interrupted", file=sys.stderr)
+        return exit_codes.INTERRUPTED
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except Exception as exc:  # the edge: anything unexpected becomes one line plus a pointer
         if args.debug:
             traceback.print_exc()
@@ -99,6 +149,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return exit_codes.UNEXPECTED
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of stdout went away: say nothing, exit 141.
+
+    Python would print an error when it flushes stdout at exit; pointing stdout at /dev/null
+    first keeps that quiet (the recipe of Python's signal module docs, "Note on SIGPIPE").
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # stdout has no file descriptor (a test's capture): nothing will flush into a pipe
+    return exit_codes.BROKEN_PIPE
 
 
 def _report(exc: CdmoError, debug: bool) -> None:

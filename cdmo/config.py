@@ -72,6 +72,9 @@ class OperatorConfig:
     watch_connect_timeout: float = 10.0
     #: kopf peering object for HA (two replicas, one active); the chart creates it.
     peering_name: str = "cdmo"
+    #: Where kopf posts the Events of cluster-scoped objects (MigLayouts); empty: kopf's own
+    #: default ("default"). The chart sets the operator's namespace.
+    events_namespace: str = ""
 
     ENV = (
         ("partition_label", "CDMO_PARTITION_LABEL"),
@@ -86,6 +89,7 @@ class OperatorConfig:
         ("watch_client_timeout", "CDMO_WATCH_CLIENT_TIMEOUT"),
         ("watch_connect_timeout", "CDMO_WATCH_CONNECT_TIMEOUT"),
         ("peering_name", "CDMO_PEERING_NAME"),
+        ("events_namespace", "CDMO_EVENTS_NAMESPACE"),
     )
 
     @classmethod

@@ -7,3 +7,8 @@ ERROR = 1
 USAGE = 2
 #: Something cdmo did not expect; the traceback shows with --debug.
 UNEXPECTED = 3
+#: Interrupted by Ctrl-C (SIGINT): 128 + 2, what shells and kubectl report.
+INTERRUPTED = 130
+#: stdout was closed early (``cdmo ... | head``): 128 + SIGPIPE, what a shell reports for
+#: a tool that died of it; nothing is printed.
+BROKEN_PIPE = 141

@@ -1,8 +1,22 @@
-"""Printing results: tables for people (rich), JSON and YAML for machines. Results go to stdout."""
+"""Printing results: tables for people (rich), JSON and YAML for machines. Results go to stdout.
+
+The conventions every verb shares live here, so that a new verb gets them by calling
+:func:`add_output_argument` and :func:`emit`:
+
+- ``-o/--output table|json|yaml`` on every verb, ``table`` by default;
+- JSON and YAML keys in camelCase, as Kubernetes writes them (``neverStarted``, ``giId``),
+  whatever the Python side calls them: :func:`camel_keys` converts snake_case keys only, so
+  data used as keys (policy names such as ``static:all-1g``, profile names, node names) is kept;
+- tables that never cut a cell: a table wider than the terminal is printed at its full width
+  (the terminal wraps the line) rather than squeezed into ellipses, so MIG UUIDs and pod names
+  stay whole and can be copied.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import shutil
 import sys
 from collections.abc import Iterable, Sequence
@@ -14,6 +28,39 @@ from rich.table import Table
 
 OUTPUT_FORMATS = ("table", "json", "yaml")
 
+#: Widest a table may be laid out; a guard against a pathological cell, far above any UUID row.
+_MAX_TABLE_WIDTH = 4000
+
+_SNAKE = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)+$")
+
+
+def add_output_argument(parser: argparse.ArgumentParser) -> None:
+    """``-o/--output table|json|yaml`` (table by default), the same on every verb."""
+    parser.add_argument(
+        "--output",
+        "-o",
+        choices=OUTPUT_FORMATS,
+        default="table",
+        help="table for people (default); json or yaml for machines, keys in camelCase",
+    )
+
+
+def camel_key(key: str) -> str:
+    """``never_started`` -> ``neverStarted``; any key that is not snake_case is kept as it is."""
+    if not _SNAKE.match(key):
+        return key
+    head, *rest = key.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def camel_keys(data: Any) -> Any:
+    """A copy of ``data`` with every dict key in camelCase (see :func:`camel_key`)."""
+    if isinstance(data, dict):
+        return {camel_key(k) if isinstance(k, str) else k: camel_keys(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [camel_keys(v) for v in data]
+    return data
+
 
 def console() -> Console:
     """A console on stdout; wide enough that tables do not wrap when piped."""
@@ -21,12 +68,26 @@ def console() -> Console:
     return Console(width=width, soft_wrap=False, highlight=False)
 
 
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+def print_json(data: Any, *, camel: bool = True) -> None:
+    """``camel=False`` for documents whose keys are data, such as Kubernetes manifests."""
+    sys.stdout.write(json.dumps(camel_keys(data) if camel else data, indent=2, sort_keys=False) + "\n")
 
 
-def print_yaml(data: Any) -> None:
-    sys.stdout.write(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
+def print_yaml(data: Any, *, camel: bool = True) -> None:
+    doc = camel_keys(data) if camel else data
+    sys.stdout.write(yaml.safe_dump(doc, sort_keys=False, default_flow_style=False))
+
+
+def emit(data: Any, output: str, *, camel: bool = True) -> None:
+    """Print a machine-readable document: ``output`` is ``json`` or ``yaml``.
+
+    ``camel=False`` prints the keys as they are: for a manifest, whose label keys such as
+    ``gpu_fraction`` are data and must not be renamed.
+    """
+    if output == "yaml":
+        print_yaml(data, camel=camel)
+    else:
+        print_json(data, camel=camel)
 
 
 def build_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
@@ -36,3 +97,11 @@ def build_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequen
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row))
     return table
+
+
+def print_table(table: Table, out: Console | None = None) -> None:
+    """Print ``table`` whole: never narrower than its widest row, so no cell is cut."""
+    out = out or console()
+    needed = out.measure(table, options=out.options.update_width(_MAX_TABLE_WIDTH)).maximum
+    out.width = max(out.width, min(needed, _MAX_TABLE_WIDTH))
+    out.print(table, crop=False)

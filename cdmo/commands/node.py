@@ -19,6 +19,7 @@ import yaml
 
 from cdmo import exit_codes
 from cdmo.errors import InvalidInput
+from cdmo.output import add_output_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="node_command", metavar="COMMAND")
     sub.required = True
     show = sub.add_parser("show", help="what this node's GPUs hold: instances, placements, holders")
-    show.add_argument("--output", "-o", choices=("table", "json", "yaml"), default="table")
+    add_output_argument(show)
     add_backend_arguments(show)
     apply = sub.add_parser(
         "apply", help="make this node's GPUs hold LAYOUT (a MigLayout spec), keeping used instances"
@@ -37,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     apply.add_argument(
         "--enable-mig", action="store_true", help="switch MIG on where needed (Hopper and later)"
     )
-    apply.add_argument("--output", "-o", choices=("table", "json", "yaml"), default="table")
+    add_output_argument(apply)
     add_backend_arguments(apply)
 
 
@@ -59,9 +60,9 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _emit(data: Any, output: str) -> None:
-    from cdmo.output import print_json, print_yaml
+    from cdmo.output import emit
 
-    (print_json if output == "json" else print_yaml)(data)
+    emit(data, output)
 
 
 def build_show(backend: Any, in_use: Any) -> dict[str, Any]:
@@ -89,7 +90,7 @@ def build_show(backend: Any, in_use: Any) -> dict[str, Any]:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from cdmo.output import build_table, console
+    from cdmo.output import build_table, print_table
 
     backend, in_use = _open(args)
     try:
@@ -122,7 +123,7 @@ def _show(args: argparse.Namespace) -> int:
                     ", ".join(i["holders"]) or "free",
                 )
             )
-    console().print(
+    print_table(
         build_table(
             "MIG instances", ("GPU", "MODEL", "GI", "PROFILE", "PLACEMENT", "CI", "MIG UUID", "HELD BY"), rows
         )
@@ -166,7 +167,9 @@ def _apply(args: argparse.Namespace) -> int:
     from cdmo.node_agent.reconcile import GpuState, execute_decision, prepare_node
 
     desired = read_layout_file(args.layout)
+    new_state = _new_state_file(args)
     backend, in_use = _open(args)
+    changed = False
     try:
         plan = prepare_node(backend, desired, in_use, enable_mig=args.enable_mig, retry=DEFAULT_RETRY)
         doc: dict[str, Any] = {
@@ -188,6 +191,7 @@ def _apply(args: argparse.Namespace) -> int:
         if args.dry_run:
             _report(doc, args.output)
             return exit_codes.SUCCESS
+        changed = True
         result = execute_decision(backend, plan, in_use, retry=DEFAULT_RETRY)
         doc["applied"] = True
         doc["created"] = [
@@ -214,6 +218,20 @@ def _apply(args: argparse.Namespace) -> int:
         return exit_codes.SUCCESS
     finally:
         backend.close()
+        if new_state is not None and not changed:
+            # A refused or dry-run apply changes nothing, so it leaves no new simulated node.
+            new_state.unlink(missing_ok=True)
+
+
+def _new_state_file(args: argparse.Namespace) -> Path | None:
+    """The --sim-state file this command is about to create, or None (it exists, or no file)."""
+    from cdmo.node_agent.wiring import config_from_args
+
+    conf = config_from_args(args)
+    if conf.backend != "simulated" or not conf.sim_state:
+        return None
+    path = Path(conf.sim_state)
+    return None if path.exists() else path
 
 
 def _report(doc: dict[str, Any], output: str) -> None:

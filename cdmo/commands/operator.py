@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from cdmo.config import OperatorConfig
     from cdmo.logs import configure_logging
     from cdmo.operator.handlers import build_context, build_registry
-    from cdmo.operator.kube import build_api_client
+    from cdmo.operator.kube import build_api_client, with_events_namespace
 
     liveness = _liveness(args.liveness)
     config = OperatorConfig.from_env()
@@ -124,9 +124,8 @@ def run(args: argparse.Namespace) -> int:
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        if server:
-            return kopf.ConnectionInfo(server=server)
-        return kopf.login_via_client(**kwargs)
+        info = kopf.ConnectionInfo(server=server) if server else kopf.login_via_client(**kwargs)
+        return with_events_namespace(info, config.events_namespace)
 
     context = build_context(config, build_api_client(server))
     if config.metrics_port:

@@ -18,7 +18,7 @@ import yaml
 
 from cdmo import exit_codes
 from cdmo.errors import InvalidInput, InvalidSnapshot
-from cdmo.output import OUTPUT_FORMATS, build_table, console, print_json, print_yaml
+from cdmo.output import OUTPUT_FORMATS, build_table, console, print_json, print_table, print_yaml
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,12 +117,12 @@ def run(args: argparse.Namespace) -> int:
     out = console()
     rows = layout_rows(result)
     if rows:
-        out.print(build_table("Layouts", ("NODE", "GPU", "MODEL", "BEFORE", "AFTER", "CHANGES"), rows))
+        print_table(build_table("Layouts", ("NODE", "GPU", "MODEL", "BEFORE", "AFTER", "CHANGES"), rows), out)
     else:
         out.print("No labelled node: nothing to partition.")
     waiting = unsatisfied_rows(result)
     if waiting:
-        out.print(build_table("Unsatisfied pods", ("POD", "PRIORITY", "CODE", "REASON"), waiting))
+        print_table(build_table("Unsatisfied pods", ("POD", "PRIORITY", "CODE", "REASON"), waiting), out)
     s = result.summary
     served = sum(x for _, x, _ in s.served_by_priority)
     pending = sum(x for _, _, x in s.served_by_priority)

@@ -1,4 +1,4 @@
-"""``cdmo profiles [MODEL] [--check LAYOUT] [--output table|json]``."""
+"""``cdmo profiles [MODEL] [--check LAYOUT] [--output table|json|yaml]``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from cdmo.mig.layouts import (
     sort_layout,
     validate_layout,
 )
-from cdmo.output import build_table, console, print_json
+from cdmo.output import add_output_argument, build_table, console, emit, print_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="LAYOUT",
         help='say whether a layout such as "4g.40gb@0,3g.40gb@4" is valid on MODEL, and why not',
     )
-    parser.add_argument("--output", "-o", choices=("table", "json"), default="table")
+    add_output_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,14 +92,14 @@ def build_model_detail(model: GpuModel) -> dict[str, Any]:
 
 def _show_models(output: str) -> int:
     models = all_models()
-    if output == "json":
-        print_json({"models": [build_model_summary(m) for m in models]})
+    if output != "table":
+        emit({"models": [build_model_summary(m) for m in models]}, output)
         return exit_codes.SUCCESS
     rows = [
         (m.key, m.architecture, ", ".join(m.product_names), m.placement_axis_size, len(m.profiles))
         for m in models
     ]
-    console().print(
+    print_table(
         build_table(
             "MIG-capable GPU models", ("MODEL", "ARCH", "NVML PRODUCT NAMES", "AXIS", "PROFILES"), rows
         )
@@ -109,8 +109,8 @@ def _show_models(output: str) -> int:
 
 def _show_model(model: GpuModel, output: str) -> int:
     detail = build_model_detail(model)
-    if output == "json":
-        print_json(detail)
+    if output != "table":
+        emit(detail, output)
         return exit_codes.SUCCESS
     rows = [
         (
@@ -128,7 +128,7 @@ def _show_model(model: GpuModel, output: str) -> int:
         for r in detail["profiles"]
     ]
     out = console()
-    out.print(
+    print_table(
         build_table(
             f"{model.key} ({model.architecture}; placement axis {model.placement_axis_size}, "
             f"{model.compute_slices_total} compute slices)",
@@ -145,7 +145,8 @@ def _show_model(model: GpuModel, output: str) -> int:
                 "STARTS",
             ),
             rows,
-        )
+        ),
+        out,
     )
     out.print(
         f"{detail['valid_layouts']} valid layouts ({detail['valid_layouts_without_variants']} without "
@@ -157,9 +158,15 @@ def _show_model(model: GpuModel, output: str) -> int:
 def _check(model: GpuModel, text: str, output: str) -> int:
     layout = sort_layout(parse_layout(text))
     problems = validate_layout(model, layout)
-    if output == "json":
-        print_json(
-            {"model": model.key, "layout": format_layout(layout), "valid": not problems, "problems": problems}
+    if output != "table":
+        emit(
+            {
+                "model": model.key,
+                "layout": format_layout(layout),
+                "valid": not problems,
+                "problems": problems,
+            },
+            output,
         )
     elif problems:
         print(f"invalid on {model.key}: {format_layout(layout) or '(empty)'}")

@@ -1,4 +1,4 @@
-"""``cdmo simulate SCENARIO [--policy P ...] [--seed N] [--duration D] [--output table|json] [--plot FILE.png]``.
+"""``cdmo simulate SCENARIO [--policy P ...] [--seed N] [--duration D] [--output table|json|yaml] [--plot FILE.png]``.
 
 Runs a scenario (docs/simulate.md) on simulated GPUs: the same workload for every policy, one
 table (or one JSON document with a key per policy) on stdout, a progress bar on stderr for long
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from cdmo import exit_codes
 from cdmo.errors import InvalidInput
+from cdmo.output import add_output_argument
 
 if TYPE_CHECKING:
     from cdmo.sim.runner import Report
@@ -38,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--duration", metavar="D", help="simulated time instead of the scenario's: seconds or 30m, 4h, 1d"
     )
-    parser.add_argument("--output", "-o", choices=("table", "json"), default="table")
+    add_output_argument(parser)
     parser.add_argument(
         "--plot", metavar="FILE.png", help="write pending-time CDFs and utilization over time"
     )
@@ -46,9 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cdmo.output import console, print_json
+    from cdmo.output import console, emit, print_table
     from cdmo.sim.report import build_document, build_table, describe, write_plot
-    from cdmo.sim.scenario import load_scenario, parse_duration
+    from cdmo.sim.scenario import check_scale, load_scenario, parse_duration
 
     if args.seed is not None and args.seed < 0:
         raise InvalidInput(f"--seed {args.seed} must be >= 0")
@@ -60,18 +61,17 @@ def run(args: argparse.Namespace) -> int:
         if not plot.parent.is_dir():
             raise InvalidInput(f"--plot {plot}: no such directory {plot.parent}")
     scenario = load_scenario(args.scenario)
+    if duration is not None:
+        check_scale(scenario, duration, "--duration")
     policies = args.policy or list(scenario.policies)
 
     report = _run_with_progress(scenario, policies, args.seed, duration, show=not args.no_progress)
-    if args.output == "json":
-        print_json(build_document(report))
+    if args.output != "table":
+        emit(build_document(report), args.output)
     else:
         out = console()
-        table = build_table(report)
-        # Never squeeze the figures into ellipses: a narrow terminal wraps lines instead.
-        out.width = max(out.width, out.measure(table, options=out.options.update_width(1000)).maximum)
         out.print(describe(report), soft_wrap=True)
-        out.print(table, crop=False)
+        print_table(build_table(report), out)
     if plot is not None:
         write_plot(report, plot)
         print(f"wrote {plot}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""``cdmo teardown [--disable-mig]``: destroy every MIG instance of this node, then MIG off.
+"""``cdmo teardown [--disable-mig] [--output table|json|yaml]``: destroy every MIG instance of this node, then MIG off.
 
 Refuses, changing nothing, while any instance is in use, and names the holders. Switching MIG
 off takes effect at once on Hopper and later; on Ampere it needs a GPU reset, which is said.
@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from cdmo import exit_codes
+from cdmo.output import add_output_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--disable-mig", action="store_true", help="switch MIG mode off after destroying the instances"
     )
-    parser.add_argument("--output", "-o", choices=("table", "json"), default="table")
+    add_output_argument(parser)
     add_backend_arguments(parser)
 
 
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from cdmo.node_agent.backend import DEFAULT_RETRY
     from cdmo.node_agent.teardown import teardown_node
     from cdmo.node_agent.wiring import build_backend, config_from_args, read_local_in_use
-    from cdmo.output import print_json
+    from cdmo.output import emit
 
     configure_logging("console" if sys.stderr.isatty() else "json", "debug" if args.debug else "warning")
     conf = config_from_args(args)
@@ -59,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         backend.close()
     doc = build_teardown_doc(result)
-    if args.output == "json":
-        print_json(doc)
+    if args.output != "table":
+        emit(doc, args.output)
     else:
         for d in doc["destroyed"]:
             print(f"destroyed {d['profile']}@{d['start']} on GPU {d['gpu']}")

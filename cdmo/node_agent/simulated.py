@@ -762,9 +762,14 @@ def open_state(
     was done before a failure or a (simulated) crash.
     """
     p = Path(path)
-    lock_path = p.with_name(p.name + ".lock")
-    with open(lock_path, "a+") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+    # Lock the folder, not a lock file beside the state: a lock file would be left behind by
+    # every command, even one that changed nothing (flock works on a directory's descriptor).
+    try:
+        lock = os.open(p.parent, os.O_RDONLY)
+    except OSError as exc:
+        raise InvalidInput(f"cannot open the folder of {p}: {exc.strerror}") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if p.exists():
                 node = load_state(p)
@@ -787,4 +792,6 @@ def open_state(
             finally:
                 save_state(node, p)
         finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    finally:
+        os.close(lock)

@@ -8,8 +8,10 @@ The client is synchronous, so calls run in a worker thread and never block kopf'
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
+import kopf
 import kubernetes
 import structlog
 import urllib3
@@ -21,6 +23,18 @@ from cdmo.api import KIND as MIGLAYOUT_KIND
 from cdmo.errors import CdmoError
 
 log = structlog.get_logger("cdmo.operator")
+
+
+def with_events_namespace(info: kopf.ConnectionInfo | None, namespace: str) -> kopf.ConnectionInfo | None:
+    """``info`` with kopf's default namespace set to ``namespace`` (when both are given).
+
+    kopf posts the Events of cluster-scoped objects (MigLayouts) into the connection's default
+    namespace, and the kubernetes client's in-cluster login leaves it unset, so they would land
+    in ``default``, where the operator's users may not look (or may not read).
+    """
+    if info is None or not namespace:
+        return info
+    return dataclasses.replace(info, default_namespace=namespace)
 
 
 def build_api_client(server: str | None = None) -> kubernetes.client.ApiClient:

@@ -31,6 +31,16 @@ DEFAULT_POLICIES = ("dynamic", "first-fit", *(f"static:{name}" for name in STATI
 REFRESH_KINDS = ("builtin", "sighup", "pod-restart")
 
 
+#: What one ``cdmo simulate`` run may ask for. large.yaml (4,000 GPUs, about 193,000 pods in a
+#: day) takes about a minute and a few hundred MiB; these limits keep a run within tens of
+#: minutes and a few GiB, and turn a typo such as ``count: 100000000`` into one clear message
+#: instead of a run that ends when memory does.
+MAX_GPUS = 100_000
+MAX_NODES = 20_000
+MAX_PODS = 2_000_000
+MAX_DURATION_SECONDS = 31 * 24 * 3600.0
+
+
 class InvalidScenario(InvalidInput):
     """A scenario file that does not follow the format; ``path`` is the YAML path of the bad field."""
 
@@ -587,7 +597,7 @@ def parse_scenario(data: Any, *, base_dir: Path | None = None, source: Path | No
     streams, trace = _parse_workload(top["workload"], "workload", models, base_dir or Path("."))
     scheduler = _mapping(top.get("scheduler", {}), "scheduler")
     _no_extra(scheduler, ("retry_seconds",), "scheduler")
-    return Scenario(
+    scenario = Scenario(
         name=_string(top.get("name", source.stem if source else "scenario"), "name"),
         description=str(top.get("description", "")).strip(),
         seed=_integer(top.get("seed", 0), "seed", minimum=0),
@@ -604,6 +614,48 @@ def parse_scenario(data: Any, *, base_dir: Path | None = None, source: Path | No
         ),
         source=source,
     )
+    check_scale(scenario)
+    return scenario
+
+
+def expected_pods(scenario: Scenario, duration: float | None = None) -> float:
+    """How many pods the streams bring on average before ``duration`` (rate x window)."""
+    horizon = scenario.duration if duration is None else duration
+    total = 0.0
+    for stream in scenario.streams:
+        end = horizon if stream.end is None else min(stream.end, horizon)
+        total += max(0.0, end - stream.start) / 3600.0 * stream.rate_per_hour
+    return total
+
+
+def check_scale(scenario: Scenario, duration: float | None = None, duration_path: str = "duration") -> None:
+    """Refuse a scenario beyond the stated limits (MAX_*), before any memory is spent on it.
+
+    ``duration`` overrides the scenario's (``--duration``, named by ``duration_path``).
+    """
+    horizon = scenario.duration if duration is None else duration
+    hint = "see the limits in docs/simulate.md; split the fleet or shorten the run"
+    if horizon > MAX_DURATION_SECONDS:
+        raise InvalidScenario(
+            duration_path,
+            f"{horizon:g} s is more than the limit of {MAX_DURATION_SECONDS:g} s (31 days)",
+            hint=hint,
+        )
+    if scenario.node_count > MAX_NODES:
+        raise InvalidScenario(
+            "fleet", f"{scenario.node_count:,} nodes are more than the limit of {MAX_NODES:,}", hint=hint
+        )
+    if scenario.gpu_count > MAX_GPUS:
+        raise InvalidScenario(
+            "fleet", f"{scenario.gpu_count:,} GPUs are more than the limit of {MAX_GPUS:,}", hint=hint
+        )
+    pods = expected_pods(scenario, horizon)
+    if pods > MAX_PODS:
+        raise InvalidScenario(
+            "workload",
+            f"the streams bring about {pods:.3g} pods in {horizon:g} s, more than the limit of {MAX_PODS:,}",
+            hint="lower rate_per_hour or the duration; " + hint,
+        )
 
 
 def load_scenario(path: str | Path) -> Scenario:

@@ -17,7 +17,10 @@ from cdmo.mig.catalog import models_with_profile
 from cdmo.mig.resources import profile_from_resource
 from tests.chart.conftest import CHART, KUBE_VERSION, ROOT
 
-DOCS = [ROOT / "docs" / f"{name}.md" for name in ("install", "observing", "disabling", "troubleshooting")]
+DOCS = [
+    ROOT / "docs" / f"{name}.md"
+    for name in ("install", "observing", "disabling", "troubleshooting", "upgrading", "compatibility")
+]
 IDS = [p.name for p in DOCS]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 
@@ -109,12 +112,15 @@ def test_mig_resources_in_docs_are_known_profiles(path: Path) -> None:
 @pytest.mark.parametrize("path", DOCS, ids=IDS)
 def test_node_labels_are_cdmos(path: Path) -> None:
     text = commands(path)
+    # A doc that installs cdmo with a label of its own (--set partitioning.labelKey=...) may use it.
+    own = dict.fromkeys(re.findall(r"--set partitioning\.labelKey=(\S+)", text), "")
     for key, rest in re.findall(r"kubectl label nodes \S+ ([\w./-]+?)(=\S+|-)(?:\s|$)", text):
         if key == NVIDIA_PLUGIN_LABEL_KEY:  # the GPU operator's switch for its device plugin
             assert rest in ("=false", "-")
             continue
-        assert key == PARTITIONING_LABEL_KEY
-        assert rest in (f"={PARTITIONING_LABEL_VALUE}", "-")
+        assert key == PARTITIONING_LABEL_KEY or key in own
+        if key == PARTITIONING_LABEL_KEY:
+            assert rest in (f"={PARTITIONING_LABEL_VALUE}", "-")
 
 
 NVIDIA_PLUGIN_LABEL_KEY = "nvidia.com/gpu.deploy.device-plugin"
@@ -166,3 +172,23 @@ def test_relative_links_and_anchors_resolve(path: Path) -> None:
 def test_paths_in_commands_exist(path: Path) -> None:
     for ref in set(re.findall(r"(?<![\w/])((?:examples|helm|docs|scripts)/[\w./-]+)", commands(path))):
         assert (ROOT / ref).exists(), f"{path.name}: {ref} does not exist"
+
+
+def test_the_compatibility_matrix_names_each_part_and_kopf_s_real_bound() -> None:
+    import tomllib
+
+    text = (ROOT / "docs" / "compatibility.md").read_text()
+    rows = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")]
+    for part in ("Kubernetes", "NVIDIA GPU operator", "NVIDIA driver", "kopf"):
+        assert part in rows, part
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (kopf,) = [d for d in deps if d.startswith("kopf")]
+    assert f"| kopf | {kopf.removeprefix('kopf>=')} or later |" in text
+
+
+def test_the_clearml_cdmo_section_says_one_per_node() -> None:
+    text = (ROOT / "docs" / "compatibility.md").read_text()
+    section = text[text.index("## cdmo and ClearML's CDMO") :]
+    assert f"{PARTITIONING_LABEL_KEY}={PARTITIONING_LABEL_VALUE}" in section
+    assert "nvidia.com/mig-<profile>" in section
+    assert "Run one of them per node" in section

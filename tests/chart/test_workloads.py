@@ -44,8 +44,12 @@ def test_every_env_var_is_one_that_cdmo_config_knows(helm: Helm, render: str, co
 def test_default_operator_env_gives_cdmo_defaults(helm: Helm) -> None:
     env = env_of(container(one(render_named(helm, "defaults"), "Deployment")))
     plain = {k: v for k, v in env.items() if isinstance(v, str)}
-    assert set(plain) == CONFIG_ENV["operator"], "the chart should set every operator knob"
+    # CDMO_EVENTS_NAMESPACE comes from the downward API: the operator's own namespace.
+    assert set(plain) == CONFIG_ENV["operator"] - {"CDMO_EVENTS_NAMESPACE"}, (
+        "the chart should set every operator knob"
+    )
     assert OperatorConfig.from_env(plain) == OperatorConfig()
+    assert env["CDMO_EVENTS_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
 
 
 def test_default_agent_env_gives_cdmo_defaults(helm: Helm) -> None:

@@ -770,7 +770,7 @@ class KubeApiServer:
         q = request.query
         method = request.method
         if name is None:
-            if method == "GET" and q.get("watch") in ("true", "1"):
+            if method == "GET" and q.get("watch") in ("1", "t", "T", "TRUE", "true", "True"):
                 return await self._watch(request, rtype, namespace)
             if method == "GET":
                 items = self.store.list(rtype, namespace, q.get("labelSelector"), q.get("fieldSelector"))

@@ -128,8 +128,23 @@ def test_apply_dry_run_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFix
     state = tmp_path / "node.json"
     code, out, _ = cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), "--dry-run", *sim_args(state))
     assert code == 0 and "planned:" in out and "create 7g.80gb@0 on GPU 1" in out
-    code, out, _ = cdmo(capsys, "node", "show", "-o", "json", *sim_args(state, None))
-    assert all(g["instances"] == [] for g in json.loads(out)["gpus"])
+    # A dry run leaves no new simulated node behind (issue 14), nor a lock file beside it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["layout.yaml"]
+    assert cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), *sim_args(state))[0] == 0
+    before = state.read_text()
+    code, out, _ = cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), "--dry-run", *sim_args(state))
+    assert code == 0 and state.read_text() == before
+
+
+def test_refused_apply_leaves_no_new_state_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Two 7g.80gb on one H100 cannot be: refused before anything is made.
+    (tmp_path / "bad.yaml").write_text(
+        "gpus: [{index: 0, instances: [{profile: 7g.80gb, start: 0}, {profile: 7g.80gb, start: 0}]}]\n"
+    )
+    state = tmp_path / "node.json"
+    code, _, err = cdmo(capsys, "node", "apply", str(tmp_path / "bad.yaml"), *sim_args(state))
+    assert code != 0 and err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
 
 
 def test_apply_again_has_nothing_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

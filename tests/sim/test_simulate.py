@@ -89,13 +89,14 @@ def test_json_has_a_key_per_policy(capsys: pytest.CaptureFixture[str]) -> None:
     assert list(doc) == list(load_scenario(EXAMPLES / "clearml-queues.yaml").policies)
     for name, result in doc.items():
         assert result["policy"] == name
-        assert set(result["pods"]) == {"submitted", "started", "never_started"}
-        assert set(result["pending_seconds"]) >= {"p50", "p95", "p99", "max"}
+        # camelCase keys, as every verb's JSON (issue 14); the Python summaries stay snake_case.
+        assert set(result["pods"]) == {"submitted", "started", "neverStarted"}
+        assert set(result["pendingSeconds"]) >= {"p50", "p95", "p99", "max"}
         assert 0.0 <= result["utilization"] <= 1.0
-        assert set(result["gpu_instances"]) == {"created", "destroyed"}
-        assert result["disrupted_pods"] == 0
-        assert result["duration_seconds"] == 7200 and result["scenario"] == "clearml-queues"
-    assert "planner_cpu_seconds" in doc["dynamic"]["timing"]
+        assert set(result["gpuInstances"]) == {"created", "destroyed"}
+        assert result["disruptedPods"] == 0
+        assert result["durationSeconds"] == 7200 and result["scenario"] == "clearml-queues"
+    assert "plannerCpuSeconds" in doc["dynamic"]["timing"]
 
 
 def test_same_seed_gives_the_same_result_other_seed_another(capsys: pytest.CaptureFixture[str]) -> None:

@@ -40,8 +40,8 @@ def test_h100_json_lists_seven_profiles_with_placements(capsys: pytest.CaptureFi
     placements = {p["name"]: [pl["start"] for pl in p["placements"]] for p in data["profiles"]}
     assert placements["1g.20gb"] == [0, 2, 4, 6]
     assert placements["3g.40gb"] == [0, 4]
-    assert data["valid_layouts"] == 2318
-    assert data["maximal_profile_sets"] == 28
+    assert data["validLayouts"] == 2318
+    assert data["maximalProfileSets"] == 28
 
 
 def test_model_by_product_name(capsys: pytest.CaptureFixture[str]) -> None:

@@ -52,8 +52,18 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- default (printf "%s-agent" (include "cdmo.fullname" .)) .Values.serviceAccount.agent.name -}}
 {{- end -}}
 
+{{/* REPOSITORY@DIGEST when a digest is given (it names the content, a tag may move), else REPOSITORY:TAG. */}}
 {{- define "cdmo.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The ClusterKopfPeering object's name: one per release unless set, so releases never share one. */}}
+{{- define "cdmo.peeringName" -}}
+{{- default (include "cdmo.fullname" .) .Values.operator.peering.name -}}
 {{- end -}}
 
 {{/* KEY=VALUE of the partitioning label, as CDMO_PARTITION_LABEL wants it. */}}
