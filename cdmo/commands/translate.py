@@ -1,8 +1,9 @@
-"""``cdmo translate POD.yaml [--model MODEL] [-o json|yaml]``: a pod as cdmo's webhook would change it.
+"""``cdmo translate POD.yaml [--model MODEL] [-o yaml|json|table]``: a pod as cdmo's webhook would change it.
 
 Reads a Pod (or a workload with a pod template: Job, Deployment, CronJob, ...) from a YAML or
 JSON file, or stdin with ``-``, and prints it with its fractional GPU ask (ClearML CFGI, KAI,
-MetaGPU) replaced by a MIG device, plus the reason. Without a cluster to look at, the GPU model
+MetaGPU) replaced by a MIG device, plus the reason (``-o table``: only the decisions, one row a
+pod). Without a cluster to look at, the GPU model
 is the pod's own ``nvidia.com/gpu.product`` selector, else ``--model``. A pod no model can
 serve exits 1 with the webhook's refusal.
 """
@@ -20,7 +21,7 @@ import yaml
 
 from cdmo.errors import CdmoError, InvalidInput
 from cdmo.mig.catalog import get_model
-from cdmo.output import print_json
+from cdmo.output import build_table, print_json, print_table
 from cdmo.translate.jsonpatch import apply_patch
 from cdmo.translate.pods import Translation, selected_products, translate_pod
 
@@ -42,7 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " (a catalog key such as h100-80gb, or a product name); the webhook uses the model most"
         " labelled nodes carry",
     )
-    parser.add_argument("--output", "-o", choices=("yaml", "json"), default="yaml")
+    # The manifest is what people pipe on, so yaml is the default here; table shows the decisions.
+    parser.add_argument(
+        "--output",
+        "-o",
+        choices=("yaml", "json", "table"),
+        default="yaml",
+        help="yaml (default) or json: the changed manifest; table: what was decided for each pod",
+    )
 
 
 def _read(source: str) -> list[Any]:
@@ -146,9 +154,20 @@ def translate_object(obj: dict[str, Any], model: str | None) -> tuple[dict[str, 
 def run(args: argparse.Namespace) -> int:
     docs = _read(args.pod)
     results = [translate_object(dict(doc), args.model) for doc in docs]
+    if args.output == "table":
+        rows = []
+        for obj, t in results:
+            name = (obj.get("metadata") or {}).get("name") or ""
+            profiles = ", ".join(f"{c.count} x {c.profile}" for c in t.choices) or "-"
+            model = ", ".join(sorted({c.model for c in t.choices})) or "-"
+            rows.append((f"{obj.get('kind') or 'Pod'}/{name}", t.action, model, profiles, t.reason))
+        print_table(build_table(None, ("OBJECT", "ACTION", "MODEL", "MIG DEVICES", "REASON"), rows))
+        return 0
     if args.output == "json":
         objs = [obj for obj, _ in results]
-        print_json(objs[0] if len(objs) == 1 else {"apiVersion": "v1", "kind": "List", "items": objs})
+        # A manifest: its keys (label keys such as gpu_fraction) are data, never renamed.
+        doc = objs[0] if len(objs) == 1 else {"apiVersion": "v1", "kind": "List", "items": objs}
+        print_json(doc, camel=False)
         for _, t in results:
             print(f"cdmo: {t.reason}", file=sys.stderr)
         return 0

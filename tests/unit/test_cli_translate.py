@@ -72,6 +72,26 @@ def test_yaml_output_starts_with_the_reason_and_is_the_pod(capsys: pytest.Captur
     assert pod["spec"]["containers"][1]["resources"]["limits"] == {"nvidia.com/mig-4g.40gb": "1"}
 
 
+def test_json_output_keeps_a_manifests_keys_as_they_are(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The CLI's camelCase rule is for cdmo's own documents; a label key is data, never renamed."""
+    pod = yaml.safe_load((EXAMPLES / "kai-pod.yaml").read_text())
+    pod["metadata"].setdefault("labels", {})["team_name"] = "vision"
+    path = tmp_path / "pod.yaml"
+    path.write_text(yaml.safe_dump(pod))
+    rc, out, _ = run_json(capsys, str(path), "--model", "h100-80gb")
+    assert rc == 0
+    assert out["metadata"]["labels"] == {"team_name": "vision"}
+
+
+def test_table_output_shows_each_objects_decision(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["translate", str(EXAMPLES / "kai-pod.yaml"), "--model", "a100-40gb", "-o", "table"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "Pod/kai-train" in line)
+    assert "mutate" in row and "a100-40gb" in row and "1 x 4g.20gb" in row
+
+
 def test_a_job_template_is_translated(capsys: pytest.CaptureFixture[str]) -> None:
     rc, job, _ = run_json(capsys, str(EXAMPLES / "cfgi-job.yaml"), "--model", "h100-80gb")
     assert rc == 0
