@@ -274,7 +274,9 @@ class UserInfo:
 
 
 #: The user of the request being served; None for the test's own seeding helpers (no admission).
-CURRENT_USER: contextvars.ContextVar[UserInfo | None] = contextvars.ContextVar("cdmo_double_user", default=None)
+CURRENT_USER: contextvars.ContextVar[UserInfo | None] = contextvars.ContextVar(
+    "cdmo_double_user", default=None
+)
 
 
 @dataclass(frozen=True)
@@ -992,7 +994,12 @@ class KubeApiServer:
                 page, meta = page_list(items, q.get("limit"), q.get("continue"), self.store)
                 self.list_pages.append((rtype.plural, len(page)))
                 return web.json_response(
-                    {"kind": f"{rtype.kind}List", "apiVersion": rtype.api_version, "metadata": meta, "items": page},
+                    {
+                        "kind": f"{rtype.kind}List",
+                        "apiVersion": rtype.api_version,
+                        "metadata": meta,
+                        "items": page,
+                    },
                     dumps=_dumps,
                 )
             if method == "POST":
@@ -1016,7 +1023,7 @@ class KubeApiServer:
                     422,
                     "Invalid",
                     f'{rtype.kind}.{rtype.group} "{name}" is invalid: metadata.resourceVersion: Invalid value: '
-                    '0x0: must be specified for an update',
+                    "0x0: must be specified for an update",
                 )
             return web.json_response(self.store.write(rtype, namespace, name, body, sub))
         if method == "PATCH":
