@@ -46,7 +46,9 @@ class AgentThread:
         return self.thread is not None and self.thread.is_alive()
 
 
-def start_agent(cluster: SimCluster, node: str, *, resync_seconds: float = 2.0) -> AgentThread:
+def start_agent(
+    cluster: SimCluster, node: str, *, resync_seconds: float = 2.0, token: str | None = None
+) -> AgentThread:
     """The real Agent for ``node``: simulated GPUs (guarded), delete-pod refresh, real pod-resources."""
     sim = cluster.nodes[node]
     config = AgentConfig(
@@ -62,7 +64,7 @@ def start_agent(cluster: SimCluster, node: str, *, resync_seconds: float = 2.0) 
         watch_timeout_seconds=60.0,
         backoff_initial_seconds=0.2,
     )
-    kube = KubeClient.for_host(cluster.api.url)
+    kube = KubeClient.for_host(cluster.api.url, token)
     agent = Agent(config, sim.guarded, kube, build_refresher(config, kube))
     runner = AgentThread(node, agent, kube)
     runner.start()
