@@ -72,6 +72,9 @@ class OperatorConfig:
     watch_connect_timeout: float = 10.0
     #: kopf peering object for HA (two replicas, one active); the chart creates it.
     peering_name: str = "cdmo"
+    #: Initial lists come in pages of this many objects (limit/continue), so that a cluster of
+    #: 50,000 pods never sits in the operator's memory as one response. 0: one response.
+    list_chunk_size: int = 500
 
     ENV = (
         ("partition_label", "CDMO_PARTITION_LABEL"),
@@ -86,6 +89,7 @@ class OperatorConfig:
         ("watch_client_timeout", "CDMO_WATCH_CLIENT_TIMEOUT"),
         ("watch_connect_timeout", "CDMO_WATCH_CONNECT_TIMEOUT"),
         ("peering_name", "CDMO_PEERING_NAME"),
+        ("list_chunk_size", "CDMO_LIST_CHUNK_SIZE"),
     )
 
     @classmethod

@@ -295,6 +295,9 @@ class PlanningLoop:
                 message = f"The node agent applied the plan: {describe_layouts(_status_layouts(ml))}"
                 self._emit([PodEvent(miglayout_ref(ml), "Normal", "PlanApplied", message)], result)
         self.metrics.set_node_states(counts)
+        # Remember only what can still matter: a node's current generation, and only while it is
+        # managed. Otherwise the set grows with every Stale generation of every node ever seen.
+        self._stale_reported = prune_stale_reported(self._stale_reported, idx.miglayouts, states)
 
     async def _publish(
         self,
@@ -333,6 +336,19 @@ class PlanningLoop:
             except Exception:
                 # Events help people; they never decide anything, so a failure only gets logged.
                 log.exception("Posting event failed", reason=ev.reason)
+
+
+def prune_stale_reported(
+    reported: set[tuple[str, int]], miglayouts: Mapping[str, Mapping[str, Any]], states: Mapping[str, NodeState]
+) -> set[tuple[str, int]]:
+    """The (node, generation) pairs still Stale at that generation: at most one per managed node."""
+    return {
+        (name, generation)
+        for name, generation in reported
+        if states.get(name) is NodeState.STALE
+        and name in miglayouts
+        and int(miglayouts[name].get("generation") or 1) == generation
+    }
 
 
 def _status_layouts(ml: Mapping[str, Any]) -> dict[int, tuple[Instance, ...]]:

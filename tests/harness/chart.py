@@ -101,9 +101,12 @@ def cdmo_violations(audit: list[tuple[str, str, str, int]]) -> list[str]:
             continue
         if status in (401, 403):
             found.append(f"{user} was refused {status}: {method} {path}")
-        elif method in ("POST", "PUT", "PATCH", "DELETE") and _POD_OR_NODE.match(path):
-            if not (user.endswith(AGENT_SA) and _ALLOWED_POD_WRITE.match(f"{method} {path}")):
-                found.append(f"{user} wrote to a pod or node: {method} {path} -> {status}")
+        elif (
+            method in ("POST", "PUT", "PATCH", "DELETE")
+            and _POD_OR_NODE.match(path)
+            and not (user.endswith(AGENT_SA) and _ALLOWED_POD_WRITE.match(f"{method} {path}"))
+        ):
+            found.append(f"{user} wrote to a pod or node: {method} {path} -> {status}")
     return found
 
 

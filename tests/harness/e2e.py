@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import kubernetes
+
 from cdmo.config import OperatorConfig
 from cdmo.mig.layouts import Instance
 from tests.harness.agents import AgentThread, start_agent
@@ -100,6 +102,20 @@ class Harness:
 
     def stop_agent(self, name: str) -> None:
         self.agents[name].stop()
+
+    @property
+    def operator_token(self) -> str | None:
+        """The chart's operator ServiceAccount token (None when the double is open)."""
+        return self.security.operator_token if self.security is not None else None
+
+    def api_client(self, token: str | None = None) -> kubernetes.client.ApiClient:
+        """A kubernetes client for the double, as the operator (default) or with ``token``."""
+        conf = kubernetes.client.Configuration(host=self.api.url)
+        token = token or self.operator_token
+        if token:
+            conf.api_key = {"authorization": token}
+            conf.api_key_prefix = {"authorization": "Bearer"}
+        return kubernetes.client.ApiClient(conf)
 
     def start_operator(self) -> OperatorRunner:
         token = self.security.operator_token if self.security is not None else None

@@ -449,15 +449,26 @@ class Store:
         obj: dict[str, Any] | None,
         old: Mapping[str, Any] | None,
         subresource: str | None,
+        *,
+        mutating: bool,
     ) -> dict[str, Any] | None:
-        """Run the admission chain on a write by an HTTP client; returns the (mutated) object."""
+        """One admission phase on a write by an HTTP client; returns the (mutated) object.
+
+        As in kube-apiserver: mutating admission, then schema validation, then validating
+        admission (so a schema-invalid object gets 422 before any policy sees it).
+        """
         user = CURRENT_USER.get()
-        if user is None or not (self.mutating or self.validating):
+        hooks = self.mutating if mutating else self.validating
+        if user is None or not hooks:
             return obj
         meta = (obj or old or {}).get("metadata") or {}
         req = AdmissionRequest(
             operation, rtype, meta.get("namespace"), meta.get("name", ""), subresource or "", user, obj, old
         )
+        if not mutating:
+            for check in self.validating:
+                check(req)
+            return obj
         for hook in self.mutating:
             changed = hook(req)
             if changed is not None:
@@ -465,8 +476,6 @@ class Store:
                 req = AdmissionRequest(
                     operation, rtype, req.namespace, req.name, req.subresource, user, obj, old
                 )
-        for check in self.validating:
-            check(req)
         return obj
 
     def _validate(self, rtype: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
@@ -532,8 +541,9 @@ class Store:
         meta["generation"] = 1
         for k in ("deletionTimestamp", "deletionGracePeriodSeconds"):
             meta.pop(k, None)
-        obj = self._admit("CREATE", rtype, obj, None, None) or obj
+        obj = self._admit("CREATE", rtype, obj, None, None, mutating=True) or obj
         obj = self._validate(rtype, obj)
+        self._admit("CREATE", rtype, obj, None, None, mutating=False)
         obj["metadata"]["resourceVersion"] = self._next_rv()
         self.objects[rtype.key][key] = obj
         self._commit("ADDED", rtype, None, obj)
@@ -594,8 +604,9 @@ class Store:
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
         if _spec_part(new) != _spec_part(old):
             new["metadata"]["generation"] += 1
-        new = self._admit("UPDATE", rtype, new, old, subresource) or new
+        new = self._admit("UPDATE", rtype, new, old, subresource, mutating=True) or new
         new = self._validate(rtype, new)
+        self._admit("UPDATE", rtype, new, old, subresource, mutating=False)
         if new == old:
             return old  # a no-op write does not move the resourceVersion, as in Kubernetes
         new["metadata"]["resourceVersion"] = self._next_rv()
@@ -660,7 +671,8 @@ class Store:
             raise _conflict(rtype, name)
         if pre.get("uid") and pre["uid"] != old["metadata"]["uid"]:
             raise _conflict(rtype, name)
-        self._admit("DELETE", rtype, None, old, None)
+        self._admit("DELETE", rtype, None, old, None, mutating=True)
+        self._admit("DELETE", rtype, None, old, None, mutating=False)
         key = (old["metadata"].get("namespace", ""), name)
         if old["metadata"].get("finalizers"):
             if old["metadata"].get("deletionTimestamp"):

@@ -200,3 +200,26 @@ def test_violation_check_catches_a_cdmo_write_to_a_pod() -> None:
         f"{op} wrote to a pod or node: PATCH /api/v1/namespaces/default/pods/p -> 200",
         f"{agent} wrote to a pod or node: PATCH /api/v1/nodes/n1/status -> 200",
     ]
+
+
+def test_operator_lists_and_watches_only_pending_pods_and_labelled_nodes_in_pages(harness: Harness) -> None:
+    """Scale: the API server, not the operator, filters pods and nodes; lists come in pages."""
+    from urllib.parse import parse_qs, urlsplit
+
+    harness.add_node("node-a", agent=False)
+    harness.add_node("plain", agent=False, labelled=False)
+    harness.start_operator()
+    harness.api.wait_for(lambda s: s.get(s.type_of("miglayouts"), None, "node-a"), 30, "no MigLayout")
+    seen: dict[str, list[dict[str, list[str]]]] = {}
+    for user, method, path_qs, _ in list(harness.api.server.audit):
+        if user.endswith("cdmo-operator") and method == "GET":
+            parts = urlsplit(path_qs)
+            if parts.path in ("/api/v1/pods", "/api/v1/nodes"):
+                seen.setdefault(parts.path, []).append(parse_qs(parts.query))
+    pods, nodes = seen["/api/v1/pods"], seen["/api/v1/nodes"]
+    assert pods and all(q.get("fieldSelector") == ["status.phase=Pending"] for q in pods), pods
+    assert nodes and all(q.get("labelSelector") == ["cdmo.clear.ml/gpu-partitioning=mig"] for q in nodes), (
+        nodes
+    )
+    lists = [q for q in pods + nodes if "watch" not in q]
+    assert lists and all(q.get("limit") == ["500"] for q in lists), lists

@@ -185,3 +185,16 @@ async def test_the_max_window_bounds_an_endless_stream_of_changes() -> None:
     finally:
         task.cancel()
     assert loop.passes >= 1
+
+
+def test_stale_reports_are_forgotten_when_the_generation_moves_or_the_node_goes() -> None:
+    from cdmo.operator.loop import prune_stale_reported
+    from cdmo.operator.stale import NodeState
+
+    reported = {("a", 3), ("a", 2), ("b", 1), ("gone", 7)}
+    miglayouts = {"a": {"generation": 3}, "b": {"generation": 2}}
+    states = {"a": NodeState.STALE, "b": NodeState.STALE}
+    # a: only its current generation; b: its generation moved on; gone: no MigLayout any more
+    assert prune_stale_reported(reported, miglayouts, states) == {("a", 3)}
+    # a node that is no longer Stale keeps nothing: a later Stale spell is reported again
+    assert prune_stale_reported({("a", 3)}, miglayouts, {"a": NodeState.READY}) == set()
