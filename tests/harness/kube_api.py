@@ -53,6 +53,8 @@ from tests.harness import crd_schema, patches
 from tests.harness.selectors import SelectorError, parse_field_selector, parse_label_selector
 
 CRDS_DIR = Path(__file__).resolve().parents[2] / "crds"
+#: What the API server puts on a deleted CRD until its objects are gone.
+CRD_CLEANUP_FINALIZER = "customresourcecleanup.apiextensions.k8s.io"
 VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 T = TypeVar("T")
 
@@ -614,6 +616,9 @@ class Store:
         if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
             del self.objects[rtype.key][key]
             self._commit("DELETED", rtype, old, new)
+            if rtype.plural == "customresourcedefinitions":
+                self._unserve(new)
+            self._finish_crd_cleanup(rtype)
             return new
         self.objects[rtype.key][key] = new
         self._commit("MODIFIED", rtype, old, new)
@@ -674,6 +679,24 @@ class Store:
         self._admit("DELETE", rtype, None, old, None, mutating=True)
         self._admit("DELETE", rtype, None, old, None, mutating=False)
         key = (old["metadata"].get("namespace", ""), name)
+        if rtype.plural == "customresourcedefinitions" and not old["metadata"].get("deletionTimestamp"):
+            served = [t for t in types_from_crd(old) if self.objects.get(t.key)]
+            if served:
+                # The server's customresourcecleanup finalizer: the CRD stays (Terminating) while
+                # its objects are deleted, each honouring its own finalizers; it goes with the last.
+                new = copy.deepcopy(old)
+                new["metadata"]["finalizers"] = [
+                    *new["metadata"].get("finalizers", []),
+                    CRD_CLEANUP_FINALIZER,
+                ]
+                new["metadata"]["deletionTimestamp"] = now_rfc3339()
+                new["metadata"]["resourceVersion"] = self._next_rv()
+                self.objects[rtype.key][key] = new
+                self._commit("MODIFIED", rtype, old, new)
+                for t in served:
+                    for ns, obj_name in list(self.objects[t.key]):
+                        self.delete(t, ns or None, obj_name)
+                return new
         if old["metadata"].get("finalizers"):
             if old["metadata"].get("deletionTimestamp"):
                 return old
@@ -689,7 +712,31 @@ class Store:
         gone = copy.deepcopy(old)
         gone["metadata"]["resourceVersion"] = self._next_rv()
         self._commit("DELETED", rtype, old, gone)
+        if rtype.plural == "customresourcedefinitions":
+            self._unserve(gone)
+        self._finish_crd_cleanup(rtype)
         return gone
+
+    def _unserve(self, crd: Mapping[str, Any]) -> None:
+        for t in types_from_crd(crd):
+            self.types.pop(t.key, None)
+            self.objects.pop(t.key, None)
+
+    def _finish_crd_cleanup(self, rtype: ResourceType) -> None:
+        """Remove a Terminating CRD once the last of its objects is gone."""
+        if not rtype.is_custom or self.objects.get(rtype.key):
+            return
+        crds = self.type_of("customresourcedefinitions", "apiextensions.k8s.io")
+        crd = self.get(crds, None, f"{rtype.plural}.{rtype.group}")
+        if crd is None or CRD_CLEANUP_FINALIZER not in crd["metadata"].get("finalizers", []):
+            return
+        new = copy.deepcopy(crd)
+        new["metadata"]["finalizers"] = [
+            f for f in crd["metadata"]["finalizers"] if f != CRD_CLEANUP_FINALIZER
+        ]
+        self._update(crds, crd, new)
+        if self.get(crds, None, crd["metadata"]["name"]) is None:
+            self._unserve(crd)
 
     def bind(self, namespace: str, name: str, binding: Mapping[str, Any]) -> dict[str, Any]:
         """pods/binding: set spec.nodeName once and PodScheduled=True, as the binding REST does."""

@@ -223,3 +223,61 @@ def test_operator_lists_and_watches_only_pending_pods_and_labelled_nodes_in_page
     )
     lists = [q for q in pods + nodes if "watch" not in q]
     assert lists and all(q.get("limit") == ["500"] for q in lists), lists
+
+
+def test_status_with_a_malformed_date_time_is_422_as_openapi_format_says(harness: Harness) -> None:
+    assert harness.security is not None
+    harness.add_node("node-a", agent=False)
+    harness.start_operator()
+    harness.api.wait_for(lambda s: s.get(s.type_of("miglayouts"), None, "node-a"), 30, "no MigLayout")
+    url = f"{harness.api.url}{ML}/node-a/status"
+    token = harness.security.agent_token("node-a")
+    bad = {"status": {"lastAppliedTime": "yesterday at noon"}}
+    code, body = _request(url, "PATCH", token, bad, "application/merge-patch+json")
+    assert code == 422, body
+    assert body["details"]["causes"][0]["field"] == "status.lastAppliedTime"
+    good = {"status": {"lastAppliedTime": "2026-11-29T03:00:00Z"}}
+    assert _request(url, "PATCH", token, good, "application/merge-patch+json")[0] == 200
+
+
+def test_crd_deletion_waits_for_its_objects_and_their_finalizers(harness: Harness) -> None:
+    """As kube-apiserver does: a deleted CRD stays Terminating until its objects are gone, and
+    the objects wait for their finalizers (kopf's, removed by the running operator)."""
+    assert harness.security is not None
+    harness.add_node("node-a", agent=False)
+    harness.start_operator()
+    ml = harness.api.wait_for(
+        lambda s: (
+            (o := s.get(s.type_of("miglayouts"), None, "node-a")) and o["metadata"].get("finalizers") and o
+        ),
+        30,
+        "no MigLayout with the operator's finalizer",
+    )
+    assert ml["metadata"]["finalizers"] == ["cdmo.clear.ml/operator"]
+    harness.stop_operator()  # nobody removes the finalizer now
+    admin = harness.security.admin_token
+    crd_url = (
+        f"{harness.api.url}/apis/apiextensions.k8s.io/v1/customresourcedefinitions/miglayouts.cdmo.clear.ml"
+    )
+    code, crd = _request(crd_url, "DELETE", admin)
+    assert code == 200 and crd["metadata"]["deletionTimestamp"], crd
+    assert _request(crd_url, "GET", admin)[0] == 200  # Terminating, not gone
+    stuck = harness.api.get("miglayouts", "node-a")
+    assert stuck is not None and stuck["metadata"]["deletionTimestamp"]
+    harness.start_operator()  # kopf releases its finalizer on deleted objects
+    harness.api.wait_for(
+        lambda s: (
+            ("apiextensions.k8s.io", "customresourcedefinitions") in s.types
+            and s.get(
+                s.type_of("customresourcedefinitions", "apiextensions.k8s.io"),
+                None,
+                "miglayouts.cdmo.clear.ml",
+            )
+            is None
+        ),
+        30,
+        "the CRD did not go after its last object",
+    )
+    assert _request(f"{harness.api.url}{ML}", "GET", admin)[0] == 404
+    harness.stop_operator()
+    harness.api.server.audit.clear()  # the operator's 404s on the vanished kind are expected here
