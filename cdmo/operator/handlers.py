@@ -112,7 +112,9 @@ def _apply_watch_selectors(settings: kopf.OperatorSettings, config: OperatorConf
     watching: Any = settings.watching
     if not hasattr(watching, "label_selectors"):
         # kopf < 1.45 has no server-side selectors: it filters in the client, after the list.
-        log.warning("Watching without server-side selectors", reason="kopf has no settings.watching.label_selectors")
+        log.warning(
+            "Watching without server-side selectors", reason="kopf has no settings.watching.label_selectors"
+        )
         return
     for resource, (kind, selector) in watch_selectors(config).items():
         (watching.label_selectors if kind == "label" else watching.field_selectors)[resource] = selector

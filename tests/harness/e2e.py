@@ -61,7 +61,7 @@ class Harness:
         config: OperatorConfig = FAST,
         *,
         agent_resync_seconds: float = 2.0,
-        bookmark_interval: float = 0.5,
+        bookmark_interval: float = 60.0,
         secured: bool | None = None,
     ) -> None:
         self.config = config

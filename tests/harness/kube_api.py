@@ -53,6 +53,9 @@ from tests.harness import crd_schema, patches
 from tests.harness.selectors import SelectorError, parse_field_selector, parse_label_selector
 
 CRDS_DIR = Path(__file__).resolve().parents[2] / "crds"
+#: kube-apiserver sends a BOOKMARK on a quiet watch about once a minute (kopf's 70 s
+#: inactivity timeout counts on it); the double does the same unless a test asks otherwise.
+BOOKMARK_INTERVAL = 60.0
 #: What the API server puts on a deleted CRD until its objects are gone.
 CRD_CLEANUP_FINALIZER = "customresourcecleanup.apiextensions.k8s.io"
 VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
@@ -855,7 +858,11 @@ class KubeApiServer:
     """The aiohttp application around a Store."""
 
     def __init__(
-        self, store: Store, *, bookmark_interval: float = 1.0, default_watch_timeout: float = 600.0
+        self,
+        store: Store,
+        *,
+        bookmark_interval: float = BOOKMARK_INTERVAL,
+        default_watch_timeout: float = 600.0,
     ) -> None:
         self.store = store
         self.bookmark_interval = bookmark_interval
@@ -1177,7 +1184,7 @@ class KubeApiDouble:
         self,
         *,
         crds: Iterable[Mapping[str, Any]] | None = None,
-        bookmark_interval: float = 1.0,
+        bookmark_interval: float = BOOKMARK_INTERVAL,
         history_limit: int = 10000,
         default_watch_timeout: float = 600.0,
     ) -> None:
