@@ -209,7 +209,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         if args.unbounded:
             env["CDMO_LIST_CHUNK_SIZE"] = "0"
-            env["CDMO_BENCH_NO_SELECTORS"] = "1"
         cmd = [
             sys.executable,
             "-m",
@@ -259,14 +258,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def child_unbounded(url: str) -> None:
     """The operator with kopf's defaults: whole lists, every pod and node (the comparison)."""
-    import kopf
-
+    from cdmo.cli import main
     from cdmo.operator import handlers
 
     handlers.watch_selectors = lambda config: {}  # type: ignore[assignment]
-    from cdmo.cli import main
-
-    del kopf
     sys.argv = ["cdmo", "operator", "--standalone", "--server", url, "--metrics-port", "0"]
     sys.exit(main())
 
