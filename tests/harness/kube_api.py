@@ -25,8 +25,10 @@ own module so that this one stays the store and the HTTP routing:
 - 422 for a PUT of a custom resource without ``metadata.resourceVersion`` (the server refuses
   unconditional updates of custom resources).
 
-Not implemented: server-side apply, managedFields, namespace existence checks, pod graceful
-deletion (pods without finalizers go at once).
+Also: graceful deletion of bound pods (the simulated kubelet finishes it), CRD deletion that
+waits for its objects, OpenAPI ``format`` checks, BOOKMARKs every 60 s as kube-apiserver sends.
+
+Not implemented: server-side apply, managedFields, namespace existence checks.
 """
 
 from __future__ import annotations
@@ -345,6 +347,18 @@ class _Watcher:
         return None
 
 
+def _grace_period(rtype: ResourceType, obj: Mapping[str, Any], asked: int | None) -> int:
+    """Seconds a delete waits: pods bound to a node and not finished wait for their kubelet."""
+    if rtype.plural != "pods" or rtype.group:
+        return 0
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    if not spec.get("nodeName") or status.get("phase") in ("Succeeded", "Failed"):
+        return 0
+    if asked is not None:
+        return max(0, int(asked))
+    return int(spec.get("terminationGracePeriodSeconds", 30))
+
+
 def _spec_part(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k not in ("metadata", "status", "apiVersion", "kind")}
 
@@ -616,7 +630,11 @@ class Store:
             return old  # a no-op write does not move the resourceVersion, as in Kubernetes
         new["metadata"]["resourceVersion"] = self._next_rv()
         key = (old["metadata"].get("namespace", ""), name)
-        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+        if (
+            new["metadata"].get("deletionTimestamp")
+            and not new["metadata"].get("finalizers")
+            and not new["metadata"].get("deletionGracePeriodSeconds")
+        ):
             del self.objects[rtype.key][key]
             self._commit("DELETED", rtype, old, new)
             if rtype.plural == "customresourcedefinitions":
@@ -670,7 +688,15 @@ class Store:
         namespace: str | None,
         name: str,
         preconditions: Mapping[str, Any] | None = None,
+        grace_period: int | None = None,
     ) -> dict[str, Any]:
+        """Delete, honouring finalizers and, for pods, graceful deletion.
+
+        A pod bound to a node and not finished is not removed at once: it gets a
+        deletionTimestamp and ``deletionGracePeriodSeconds`` (the request's, else its
+        ``terminationGracePeriodSeconds``, else 30), and goes when its node's kubelet deletes it
+        again with grace 0 (the simulated kubelet does). Other objects have grace 0.
+        """
         old = self.get(rtype, namespace, name)
         if old is None:
             raise _not_found(rtype, name)
@@ -700,17 +726,21 @@ class Store:
                     for ns, obj_name in list(self.objects[t.key]):
                         self.delete(t, ns or None, obj_name)
                 return new
-        if old["metadata"].get("finalizers"):
-            if old["metadata"].get("deletionTimestamp"):
-                return old
+        grace = _grace_period(rtype, old, grace_period)
+        meta = old["metadata"]
+        if meta.get("finalizers") or grace > 0:
+            if meta.get("deletionTimestamp") and int(meta.get("deletionGracePeriodSeconds") or 0) <= grace:
+                return old  # already going, no sooner than asked
             new = copy.deepcopy(old)
-            new["metadata"]["deletionTimestamp"] = now_rfc3339()
-            new["metadata"]["deletionGracePeriodSeconds"] = 0
-            new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
-            new["metadata"]["resourceVersion"] = self._next_rv()
-            self.objects[rtype.key][key] = new
-            self._commit("MODIFIED", rtype, old, new)
-            return new
+            new["metadata"]["deletionTimestamp"] = meta.get("deletionTimestamp") or now_rfc3339()
+            new["metadata"]["deletionGracePeriodSeconds"] = grace
+            if new["metadata"].get("finalizers") or grace > 0:
+                if not meta.get("deletionTimestamp"):
+                    new["metadata"]["generation"] = meta.get("generation", 1) + 1
+                new["metadata"]["resourceVersion"] = self._next_rv()
+                self.objects[rtype.key][key] = new
+                self._commit("MODIFIED", rtype, old, new)
+                return new
         del self.objects[rtype.key][key]
         gone = copy.deepcopy(old)
         gone["metadata"]["resourceVersion"] = self._next_rv()
@@ -1098,9 +1128,14 @@ class KubeApiServer:
                 self.store.patch(rtype, namespace, name, ctype, await self._body(request), sub)
             )
         if method == "DELETE":
-            body = await self._body(request)
+            body = await self._body(request) or {}
+            raw_grace = body.get("gracePeriodSeconds", q.get("gracePeriodSeconds"))
+            try:
+                grace = None if raw_grace is None else int(raw_grace)
+            except (TypeError, ValueError):
+                raise ApiError(400, "BadRequest", f"invalid gracePeriodSeconds {raw_grace!r}") from None
             return web.json_response(
-                self.store.delete(rtype, namespace, name, (body or {}).get("preconditions"))
+                self.store.delete(rtype, namespace, name, body.get("preconditions"), grace)
             )
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported")
 
@@ -1349,9 +1384,19 @@ class KubeApiDouble:
         )
 
     def delete(
-        self, plural: str, name: str, namespace: str | None = None, group: str | None = None
+        self,
+        plural: str,
+        name: str,
+        namespace: str | None = None,
+        group: str | None = None,
+        *,
+        grace_period: int | None = None,
     ) -> dict[str, Any]:
-        return self.call(lambda: copy.deepcopy(self.store.delete(self._type(plural, group), namespace, name)))
+        return self.call(
+            lambda: copy.deepcopy(
+                self.store.delete(self._type(plural, group), namespace, name, grace_period=grace_period)
+            )
+        )
 
     def compact(self) -> None:
         self.call(self.store.compact)

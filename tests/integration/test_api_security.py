@@ -281,3 +281,21 @@ def test_crd_deletion_waits_for_its_objects_and_their_finalizers(harness: Harnes
     assert _request(f"{harness.api.url}{ML}", "GET", admin)[0] == 404
     harness.stop_operator()
     harness.api.server.audit.clear()  # the operator's 404s on the vanished kind are expected here
+
+
+def test_a_running_pod_is_deleted_gracefully_through_its_kubelet(harness: Harness) -> None:
+    harness.add_node("node-a")
+    harness.start_operator()
+    key = harness.submit("job", {"1g.10gb": 1})
+    harness.wait_running([key])
+    harness.api.delete("pods", "job", "default")
+    harness.api.wait_for(
+        lambda s: s.get(s.type_of("pods"), "default", "job") is None, 10, "the pod did not go"
+    )
+    events = [
+        (e.type, e.new["metadata"].get("deletionGracePeriodSeconds"))
+        for e in harness.api.history("pods")
+        if e.new["metadata"]["name"] == "job" and e.new["metadata"].get("deletionTimestamp")
+    ]
+    # first marked terminating with the default 30 s grace, then removed by the kubelet with 0
+    assert events[0] == ("MODIFIED", 30) and events[-1][0] == "DELETED", events
