@@ -2,7 +2,9 @@
 
 Its shape is checked always. Its CEL expressions are evaluated, with cel-python (module
 celpy) where it is installed, against the admission requests that matter: the operator and
-others writing spec, status and metadata. cel-python is not the API server's CEL (no type
+others writing spec, status and metadata, and agents writing their own node's status or
+another's (the node-name claim of a pod-bound token). The same evaluator
+(tests/harness/policy.py) judges the e2e suite's writes. cel-python is not the API server's CEL (no type
 check against the CRD schema), so this proves the logic, not that the server compiles it.
 """
 
