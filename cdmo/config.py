@@ -75,6 +75,12 @@ class OperatorConfig:
     #: Where kopf posts the Events of cluster-scoped objects (MigLayouts); empty: kopf's own
     #: default ("default"). The chart sets the operator's namespace.
     events_namespace: str = ""
+    #: Initial lists come in pages of this many objects (limit/continue), so that a cluster of
+    #: 50,000 pods never sits in the operator's memory as one response. 0: one response.
+    list_chunk_size: int = 500
+    #: The API server lets only a node's own agent write its MigLayout status (the chart's
+    #: admission policy, enforced). When false, a report contradicting the spec is ignored.
+    status_writers_verified: bool = False
 
     ENV = (
         ("partition_label", "CDMO_PARTITION_LABEL"),
@@ -90,6 +96,8 @@ class OperatorConfig:
         ("watch_connect_timeout", "CDMO_WATCH_CONNECT_TIMEOUT"),
         ("peering_name", "CDMO_PEERING_NAME"),
         ("events_namespace", "CDMO_EVENTS_NAMESPACE"),
+        ("list_chunk_size", "CDMO_LIST_CHUNK_SIZE"),
+        ("status_writers_verified", "CDMO_STATUS_WRITERS_VERIFIED"),
     )
 
     @classmethod

@@ -99,9 +99,12 @@ class KubeClient:
         return cls(client.ApiClient(conf))
 
     @classmethod
-    def for_host(cls, host: str) -> KubeClient:
-        """A client for an API server at ``host`` without credentials (tests, API doubles)."""
+    def for_host(cls, host: str, token: str | None = None) -> KubeClient:
+        """A client for an API server at ``host`` (tests, API doubles), with a bearer token if given."""
         conf = client.Configuration(host=host)
+        if token:
+            conf.api_key = {"authorization": token}
+            conf.api_key_prefix = {"authorization": "Bearer"}
         return cls(client.ApiClient(conf))
 
     @staticmethod

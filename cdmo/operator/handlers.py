@@ -4,8 +4,10 @@ An explicit ``kopf.OperatorRegistry`` (not kopf's global one) so that the label 
 from the configuration and an operator can be built and run more than once in one process.
 
 - ``@kopf.on.startup``: every kopf setting, in one place.
-- ``@kopf.index``: unbound MIG pods, MIG pods bound to nodes (by node), labelled nodes,
-  MigLayouts. Indexes only compute.
+- ``@kopf.index``: unbound MIG pods, MIG pods bound to nodes and not yet admitted (by node),
+  labelled nodes, MigLayouts. Indexes only compute, and keep summaries, never whole objects.
+  The API server filters what reaches them (:func:`watch_selectors`): Pending pods only,
+  labelled nodes only, initial lists in pages.
 - ``@kopf.on.event``: nudge the planning loop; create a labelled node's MigLayout at once.
 - ``@kopf.daemon`` on MigLayouts: carries the one planning loop (see cdmo.operator.loop).
 
@@ -91,6 +93,35 @@ def read_indexes(
     )
 
 
+#: Pods the operator needs: unbound pending ones (demand) and bound ones not yet admitted
+#: (reservations). Both are Pending; a Running pod's instances come from its node's MigLayout
+#: status (the agent reports who holds what). So the API server sends only Pending pods: in a
+#: cluster of 50,000 running pods the operator receives the few that wait.
+POD_FIELD_SELECTOR = "status.phase=Pending"
+
+
+def watch_selectors(config: OperatorConfig) -> dict[str, tuple[str, str]]:
+    """Server-side selectors per watched resource: ``{resource: (label|field, selector)}``."""
+    return {
+        "pods": ("field", POD_FIELD_SELECTOR),
+        "nodes": ("label", f"{config.label_key}={config.label_value}"),
+    }
+
+
+def _apply_watch_selectors(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
+    watching: Any = settings.watching
+    if not hasattr(watching, "label_selectors"):
+        # kopf < 1.45 has no server-side selectors: it filters in the client, after the list.
+        log.warning(
+            "Watching without server-side selectors", reason="kopf has no settings.watching.label_selectors"
+        )
+        return
+    for resource, (kind, selector) in watch_selectors(config).items():
+        (watching.label_selectors if kind == "label" else watching.field_selectors)[resource] = selector
+    if hasattr(watching, "chunk_size") and config.list_chunk_size > 0:
+        watching.chunk_size = config.list_chunk_size
+
+
 def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     """A registry with every cdmo handler. The caller adds a ``@kopf.on.login`` handler."""
     registry = kopf.OperatorRegistry()
@@ -105,6 +136,8 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         settings.watching.client_timeout = config.watch_client_timeout
         settings.watching.connect_timeout = config.watch_connect_timeout
         settings.persistence.finalizer = FINALIZER
+        # Bounded watches: paged initial lists, labelled nodes and Pending pods only (server-side).
+        _apply_watch_selectors(settings, config)
         settings.posting.reporting_component = "cdmo-operator"
         # Only cdmo's own Events reach users; kopf's handler chatter stays in the logs.
         settings.posting.level = logging.WARNING

@@ -37,10 +37,14 @@ def with_events_namespace(info: kopf.ConnectionInfo | None, namespace: str) -> k
     return dataclasses.replace(info, default_namespace=namespace)
 
 
-def build_api_client(server: str | None = None) -> kubernetes.client.ApiClient:
-    """A client for ``server`` (tests), else in-cluster config, else the local kubeconfig."""
+def build_api_client(server: str | None = None, token: str | None = None) -> kubernetes.client.ApiClient:
+    """A client for ``server`` (tests; ``token`` as bearer), else in-cluster config, else the local kubeconfig."""
     if server:
-        return kubernetes.client.ApiClient(kubernetes.client.Configuration(host=server))
+        conf = kubernetes.client.Configuration(host=server)
+        if token:
+            conf.api_key = {"authorization": token}
+            conf.api_key_prefix = {"authorization": "Bearer"}
+        return kubernetes.client.ApiClient(conf)
     config = kubernetes.client.Configuration()
     try:
         kubernetes.config.load_incluster_config(client_configuration=config)

@@ -52,6 +52,7 @@ from cdmo.operator.publish import (
 )
 from cdmo.operator.snapshot import build_snapshot, held_pods, node_states, screen_pods
 from cdmo.operator.stale import NodeState
+from cdmo.operator.trust import untrusted_nodes
 from cdmo.planner import Plan, parse_snapshot, plan
 
 log = structlog.get_logger("cdmo.operator")
@@ -130,6 +131,8 @@ class PlanningLoop:
         self._published: dict[str, int] = {}
         #: (node, generation) already reported Stale
         self._stale_reported: set[tuple[str, int]] = set()
+        #: (node, generation) whose contradicting report was already told
+        self._untrusted_reported: set[tuple[str, int]] = set()
         self.passes = 0
 
     # -- waking ------------------------------------------------------------------------------
@@ -208,7 +211,13 @@ class PlanningLoop:
         self.metrics.set_pending(profile_counts(waiting))
         unsatisfied: list[tuple[Mapping[str, Any], str, str]] = [(r.pod, r.code, r.message) for r in rejected]
 
-        ready = {n: s for n, s in states.items() if s is NodeState.READY and n not in result.adopted}
+        untrusted = untrusted_nodes(idx.miglayouts, self.config.status_writers_verified)
+        self._report_untrusted(idx, untrusted, result)
+        ready = {
+            n: s
+            for n, s in states.items()
+            if s is NodeState.READY and n not in result.adopted and n not in untrusted
+        }
         # While a node is still joining or applying, the planner sees fewer nodes than there are:
         # its reasons (NoLabelledNode, NoRoom, ...) would be wrong for a moment, so they wait.
         settled = all(
@@ -297,6 +306,22 @@ class PlanningLoop:
                 message = f"The node agent applied the plan: {describe_layouts(_status_layouts(ml))}"
                 self._emit([PodEvent(miglayout_ref(ml), "Normal", "PlanApplied", message)], result)
         self.metrics.set_node_states(counts)
+        # Remember only what can still matter: a node's current generation, and only while it is
+        # managed. Otherwise the set grows with every Stale generation of every node ever seen.
+        self._stale_reported = prune_stale_reported(self._stale_reported, idx.miglayouts, states)
+
+    def _report_untrusted(self, idx: Indexes, untrusted: set[str], result: PassResult) -> None:
+        current = {(n, int(idx.miglayouts[n].get("generation") or 1)) for n in untrusted}
+        for name, generation in sorted(current - self._untrusted_reported):
+            ml = idx.miglayouts[name]
+            message = (
+                f"The status of MigLayout {name} says generation {generation} is applied but lists other "
+                "instances than its spec; cdmo plans without this node until they agree. Check the agent "
+                "on the node, and enforce the chart's admission policy so that only that agent writes it."
+            )
+            log.warning("Ignored contradicting MigLayout status", node=name, generation=generation)
+            self._emit([PodEvent(miglayout_ref(ml), "Warning", "ReportContradictsSpec", message)], result)
+        self._untrusted_reported = current  # bounded: one entry per node that contradicts now
 
     async def _publish(
         self,
@@ -335,6 +360,21 @@ class PlanningLoop:
             except Exception:
                 # Events help people; they never decide anything, so a failure only gets logged.
                 log.exception("Posting event failed", reason=ev.reason)
+
+
+def prune_stale_reported(
+    reported: set[tuple[str, int]],
+    miglayouts: Mapping[str, Mapping[str, Any]],
+    states: Mapping[str, NodeState],
+) -> set[tuple[str, int]]:
+    """The (node, generation) pairs still Stale at that generation: at most one per managed node."""
+    return {
+        (name, generation)
+        for name, generation in reported
+        if states.get(name) is NodeState.STALE
+        and name in miglayouts
+        and int(miglayouts[name].get("generation") or 1) == generation
+    }
 
 
 def _status_layouts(ml: Mapping[str, Any]) -> dict[int, tuple[Instance, ...]]:

@@ -274,3 +274,22 @@ def test_container_args_are_a_cdmo_command_line(helm: Helm, render: str, compone
     args = container(one(render_named(helm, render), WORKLOAD[component]))["args"]
     parsed = build_parser().parse_args(args)  # argparse exits (SystemExit) on an unknown flag
     assert parsed.verb == component
+
+
+@pytest.mark.parametrize("render", ["defaults", "nondefault"])
+def test_agent_mounts_its_pod_bound_token(helm: Helm, render: str) -> None:
+    """Per-node trust needs the projected token kubelet binds to the agent's pod (node-name claim)."""
+    spec = pod_spec(render_named(helm, render), "DaemonSet")
+    assert spec["automountServiceAccountToken"] is True
+    # no hand-made token volume (a Secret-based token has no node claim)
+    assert not [v for v in spec.get("volumes") or [] if "secret" in v and "token" in v["name"]]
+
+
+@pytest.mark.parametrize(
+    ("render", "verified"),
+    [("defaults", "false"), ("defaults-on-1.30-cluster", "true"), ("nondefault", "false")],
+    ids=["no-policy", "policy-denies", "policy-warns-only"],
+)
+def test_operator_trusts_reports_only_where_the_policy_denies(helm: Helm, render: str, verified: str) -> None:
+    env = env_of(container(one(render_named(helm, render), "Deployment")))
+    assert env["CDMO_STATUS_WRITERS_VERIFIED"] == verified

@@ -57,7 +57,9 @@ class AgentThread:
         return self.thread is not None and self.thread.is_alive()
 
 
-def start_agent(cluster: SimCluster, node: str, *, resync_seconds: float = 2.0) -> AgentThread:
+def start_agent(
+    cluster: SimCluster, node: str, *, resync_seconds: float = 2.0, token: str | None = None
+) -> AgentThread:
     """The real Agent for ``node``: simulated GPUs (guarded), real pod-resources, and its real
     device plugin (builtin) or the delete-pod refresh of the simulated NVIDIA plugin."""
     sim = cluster.nodes[node]
@@ -76,7 +78,7 @@ def start_agent(cluster: SimCluster, node: str, *, resync_seconds: float = 2.0) 
         watch_timeout_seconds=60.0,
         backoff_initial_seconds=0.2,
     )
-    kube = KubeClient.for_host(cluster.api.url)
+    kube = KubeClient.for_host(cluster.api.url, token)
     plugin = None
     if builtin:
         plugin = build_device_plugin(config, sim.guarded)

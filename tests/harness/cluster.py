@@ -404,6 +404,14 @@ class SimCluster:
             node_name = (pod.get("spec") or {}).get("nodeName")
             meta = pod["metadata"]
             key = (meta["namespace"], meta["name"])
+            if (
+                node_name in self.nodes
+                and meta.get("deletionTimestamp")
+                and meta.get("deletionGracePeriodSeconds")
+            ):
+                # graceful deletion: the kubelet stops the containers at once, then deletes for good
+                store.delete(pods, meta["namespace"], meta["name"], grace_period=0)
+                continue
             if node_name not in self.nodes or meta["namespace"] == DEVICE_PLUGIN_NAMESPACE:
                 continue
             phase = (pod.get("status") or {}).get("phase")

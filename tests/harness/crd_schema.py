@@ -3,7 +3,8 @@
 What is checked, in the server's order: pruning of unknown fields (unless
 ``x-kubernetes-preserve-unknown-fields``), the OpenAPI schema (through ``jsonschema``'s draft 4
 validator, whose keywords the structural schema uses), ``x-kubernetes-list-type: map`` key
-uniqueness, and the ``x-kubernetes-validations`` CEL rules.
+uniqueness, and the ``x-kubernetes-validations`` CEL rules. OpenAPI ``format`` is checked for
+the formats cdmo's CRD uses (``date-time``, ``int32``, ``int64``), as the server does.
 
 CEL is not interpreted: each rule that cdmo's CRD uses has a hand-written Python equivalent in
 ``CEL_EQUIVALENTS``, keyed by the exact rule text. A rule without an equivalent raises
@@ -13,8 +14,10 @@ CEL is not interpreted: each rule that cdmo's CRD uses has a hand-written Python
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import jsonschema
@@ -75,8 +78,36 @@ def prune(obj: Any, schema: Mapping[str, Any], *, root: bool = False) -> Any:
     return copy.deepcopy(obj)
 
 
+#: RFC 3339 as kube-apiserver's date-time format checker reads it (strfmt's DateTime).
+_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+_FORMATS = jsonschema.FormatChecker(formats=())
+
+
+@_FORMATS.checks("date-time")
+def _is_date_time(value: object) -> bool:
+    if not isinstance(value, str):
+        return True  # a wrong type is the type keyword's to report
+    if not _DATE_TIME.match(value):
+        return False
+    try:
+        datetime.fromisoformat(value.replace("z", "Z").replace("t", "T").replace(" ", "T"))
+    except ValueError:
+        return False
+    return True
+
+
+@_FORMATS.checks("int64")
+def _is_int64(value: object) -> bool:
+    return not isinstance(value, int) or -(2**63) <= value < 2**63
+
+
+@_FORMATS.checks("int32")
+def _is_int32(value: object) -> bool:
+    return not isinstance(value, int) or -(2**31) <= value < 2**31
+
+
 def _schema_causes(obj: Any, schema: Mapping[str, Any]) -> list[Cause]:
-    validator = jsonschema.Draft4Validator(schema)
+    validator = jsonschema.Draft4Validator(schema, format_checker=_FORMATS)
     causes = []
     for err in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path))):
         field = _path(list(err.absolute_path))
@@ -94,6 +125,10 @@ def _schema_causes(obj: Any, schema: Mapping[str, Any]) -> list[Cause]:
         elif err.validator == "enum":
             allowed = ", ".join(f'"{v}"' for v in err.validator_value)
             message = f"Unsupported value: {value!r}: supported values: {allowed}"
+        elif err.validator == "format":
+            message = (
+                f"Invalid value: {value!r}: {field} in body must be of type {err.validator_value}: {value!r}"
+            )
         elif err.validator == "type":
             message = f"Invalid value: {type(value).__name__}: {field} in body must be of type {err.validator_value}"
         else:

@@ -1,20 +1,30 @@
 """One object that holds a whole simulated cluster: API double, GPUs, agents, operator.
 
+Secured as a cluster with the chart installed (tests.harness.chart) wherever helm is there to
+render the chart: the operator and each agent send their own ServiceAccount token (the agent's
+bound to a pod on its node), RBAC comes from the chart's roles, its admission policy judges
+every write. Without helm (outside CI) the double stays open, and the harness says so once.
+
 Waits are event-driven (``KubeApiDouble.wait_for`` re-checks after every committed change)
 with timeouts; nothing sleeps a fixed time.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import kubernetes
+
 from cdmo.config import OperatorConfig
 from cdmo.mig.layouts import Instance
 from tests.harness.agents import AgentThread, start_agent
+from tests.harness.chart import ChartSecurity, find_helm, secure
 from tests.harness.cluster import SimCluster, mig_pod
 from tests.harness.kube_api import KubeApiDouble, Store
 from tests.harness.operator import OperatorRunner
@@ -32,13 +42,27 @@ FAST = OperatorConfig(
 )
 
 
+_warned: list[bool] = []
+
+
+def _warn_open_once() -> None:
+    if not _warned:
+        _warned.append(True)
+        print(
+            "e2e harness: helm not found (run `python3 scripts/get-helm`): the API double runs without "
+            "authentication, RBAC and admission policy",
+            file=sys.stderr,
+        )
+
+
 class Harness:
     def __init__(
         self,
         config: OperatorConfig = FAST,
         *,
         agent_resync_seconds: float = 2.0,
-        bookmark_interval: float = 0.5,
+        bookmark_interval: float = 60.0,
+        secured: bool | None = None,
     ) -> None:
         self.config = config
         self.agent_resync_seconds = agent_resync_seconds
@@ -46,6 +70,11 @@ class Harness:
         self.workdir = Path(tempfile.mkdtemp(prefix="cdmo-e2e-"))
         self.api = KubeApiDouble(bookmark_interval=bookmark_interval)
         self.api.start()
+        if secured is None:
+            secured = find_helm() is not None or bool(os.environ.get("CI"))
+            if not secured:
+                _warn_open_once()
+        self.security: ChartSecurity | None = secure(self.api) if secured else None
         self.cluster = SimCluster(self.api, self.workdir).start()
         self.agents: dict[str, AgentThread] = {}
         self.operator: OperatorRunner | None = None
@@ -65,14 +94,32 @@ class Harness:
             self.start_agent(name)
 
     def start_agent(self, name: str) -> AgentThread:
-        self.agents[name] = start_agent(self.cluster, name, resync_seconds=self.agent_resync_seconds)
+        token = self.security.agent_token(name) if self.security is not None else None
+        self.agents[name] = start_agent(
+            self.cluster, name, resync_seconds=self.agent_resync_seconds, token=token
+        )
         return self.agents[name]
 
     def stop_agent(self, name: str) -> None:
         self.agents[name].stop()
 
+    @property
+    def operator_token(self) -> str | None:
+        """The chart's operator ServiceAccount token (None when the double is open)."""
+        return self.security.operator_token if self.security is not None else None
+
+    def api_client(self, token: str | None = None) -> kubernetes.client.ApiClient:
+        """A kubernetes client for the double, as the operator (default) or with ``token``."""
+        conf = kubernetes.client.Configuration(host=self.api.url)
+        token = token or self.operator_token
+        if token:
+            conf.api_key = {"authorization": token}
+            conf.api_key_prefix = {"authorization": "Bearer"}
+        return kubernetes.client.ApiClient(conf)
+
     def start_operator(self) -> OperatorRunner:
-        self.operator = OperatorRunner(self.api.url, self.config).start()
+        token = self.security.operator_token if self.security is not None else None
+        self.operator = OperatorRunner(self.api.url, self.config, token=token).start()
         return self.operator
 
     def stop_operator(self) -> None:

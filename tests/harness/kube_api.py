@@ -10,15 +10,34 @@ versa; ``metadata.generation`` moves on spec changes only), optimistic concurren
 stale ``metadata.resourceVersion``), finalizers and deletionTimestamp, pods/binding, and
 validation of custom resources against their CRD's schema (422 Invalid).
 
-Mutating admission webhooks on create are called when a chain is set (``server.admission``,
-tests/harness/admission.py). Not implemented: authentication, validating admission, server-side apply, managedFields, pagination
-(``limit`` is ignored and the whole list is returned, which servers may do), namespace
-existence checks, pod graceful deletion (pods without finalizers go at once).
+Strictness that tests switch on (the e2e harness does, see tests/harness/e2e.py), each in its
+own module so that this one stays the store and the HTTP routing:
+
+- authentication by bearer token (:mod:`tests.harness.auth`): a request without a known token
+  gets 401 once an authenticator is set;
+- authorization (:mod:`tests.harness.rbac`): RBAC evaluated from the rendered chart's roles and
+  bindings, 403 for anything they do not grant;
+- admission: mutating admission webhooks on create (``server.admission``,
+  :mod:`tests.harness.admission`, called as a real server calls them), then a chain of mutating
+  hooks, then of validating hooks, run on every write with the
+  old and new object and the user (:mod:`tests.harness.policy` evaluates the chart's
+  ValidatingAdmissionPolicy; a mutating webhook double slots in as a mutating hook);
+- ``limit``/``continue`` paging of lists (continue tokens pin the list's resourceVersion and
+  expire with 410 once compacted, as etcd's do);
+- 422 for a PUT of a custom resource without ``metadata.resourceVersion`` (the server refuses
+  unconditional updates of custom resources).
+
+Also: graceful deletion of bound pods (the simulated kubelet finishes it), CRD deletion that
+waits for its objects, OpenAPI ``format`` checks, BOOKMARKs every 60 s as kube-apiserver sends.
+
+Not implemented: server-side apply, managedFields, namespace existence checks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextvars
 import copy
 import itertools
 import json
@@ -38,6 +57,11 @@ from tests.harness import crd_schema, patches
 from tests.harness.selectors import SelectorError, parse_field_selector, parse_label_selector
 
 CRDS_DIR = Path(__file__).resolve().parents[2] / "crds"
+#: kube-apiserver sends a BOOKMARK on a quiet watch about once a minute (kopf's 70 s
+#: inactivity timeout counts on it); the double does the same unless a test asks otherwise.
+BOOKMARK_INTERVAL = 60.0
+#: What the API server puts on a deleted CRD until its objects are gone.
+CRD_CLEANUP_FINALIZER = "customresourcecleanup.apiextensions.k8s.io"
 VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 T = TypeVar("T")
 
@@ -167,6 +191,42 @@ def types_from_crd(crd: Mapping[str, Any]) -> list[ResourceType]:
     return result
 
 
+@dataclass(frozen=True)
+class RequestAttributes:
+    """What RBAC decides on (authorizer.Attributes): verb, API group, resource, subresource, namespace, name."""
+
+    verb: str
+    group: str
+    resource: str
+    subresource: str
+    namespace: str
+    name: str
+
+
+def request_attributes(
+    method: str,
+    query: Mapping[str, str],
+    rtype: ResourceType,
+    namespace: str | None,
+    name: str | None,
+    sub: str | None,
+) -> RequestAttributes:
+    """The RBAC verb of an HTTP request, as kube-apiserver's request-info resolver names it."""
+    if method == "GET":
+        verb = "watch" if query.get("watch") in ("true", "1") else ("get" if name else "list")
+    elif method == "POST":
+        verb = "create"
+    elif method == "PUT":
+        verb = "update"
+    elif method == "PATCH":
+        verb = "patch"
+    elif method == "DELETE":
+        verb = "delete" if name else "deletecollection"
+    else:
+        verb = method.lower()
+    return RequestAttributes(verb, rtype.group, rtype.plural, sub or "", namespace or "", name or "")
+
+
 class ApiError(Exception):
     """An error answer, rendered as a Kubernetes Status object."""
 
@@ -213,6 +273,43 @@ def _conflict(rtype: ResourceType, name: str) -> ApiError:
 
 
 @dataclass(frozen=True)
+class UserInfo:
+    """Who sends a request, as the authenticator resolved its bearer token (authentication.k8s.io)."""
+
+    username: str
+    groups: tuple[str, ...] = ()
+    #: e.g. {"authentication.kubernetes.io/node-name": ("node-a",)} for a token bound to a pod
+    extra: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+#: The user of the request being served; None for the test's own seeding helpers (no admission).
+CURRENT_USER: contextvars.ContextVar[UserInfo | None] = contextvars.ContextVar(
+    "cdmo_double_user", default=None
+)
+
+
+@dataclass(frozen=True)
+class AdmissionRequest:
+    """What admission sees of one write (admission.k8s.io AdmissionRequest, the fields cdmo needs)."""
+
+    operation: str  # CREATE | UPDATE | DELETE
+    rtype: ResourceType
+    namespace: str | None
+    name: str
+    subresource: str
+    user: UserInfo
+    #: the object as it would be stored (None on DELETE)
+    object: Mapping[str, Any] | None
+    old_object: Mapping[str, Any] | None
+
+
+#: A mutating hook returns the object to continue with (or None: unchanged); any hook refuses by
+#: raising ApiError.
+MutatingHook = Callable[[AdmissionRequest], "dict[str, Any] | None"]
+ValidatingHook = Callable[[AdmissionRequest], None]
+
+
+@dataclass(frozen=True)
 class StoreEvent:
     """One committed change: what listeners (simulated controllers) and watchers receive."""
 
@@ -252,6 +349,18 @@ class _Watcher:
         return None
 
 
+def _grace_period(rtype: ResourceType, obj: Mapping[str, Any], asked: int | None) -> int:
+    """Seconds a delete waits: pods bound to a node and not finished wait for their kubelet."""
+    if rtype.plural != "pods" or rtype.group:
+        return 0
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    if not spec.get("nodeName") or status.get("phase") in ("Succeeded", "Failed"):
+        return 0
+    if asked is not None:
+        return max(0, int(asked))
+    return int(spec.get("terminationGracePeriodSeconds", 30))
+
+
 def _spec_part(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k not in ("metadata", "status", "apiVersion", "kind")}
 
@@ -270,6 +379,9 @@ class Store:
         self.watchers: set[_Watcher] = set()
         self.listeners: list[Callable[[StoreEvent], None]] = []
         self.commits = 0
+        #: admission chain, run on writes that come through HTTP (a user is set): mutating first
+        self.mutating: list[MutatingHook] = []
+        self.validating: list[ValidatingHook] = []
         for rt in BUILTIN_TYPES:
             self.add_type(rt)
 
@@ -351,6 +463,42 @@ class Store:
         self.compacted_rv = self.rv
         self.history.clear()
 
+    def _admit(
+        self,
+        operation: str,
+        rtype: ResourceType,
+        obj: dict[str, Any] | None,
+        old: Mapping[str, Any] | None,
+        subresource: str | None,
+        *,
+        mutating: bool,
+    ) -> dict[str, Any] | None:
+        """One admission phase on a write by an HTTP client; returns the (mutated) object.
+
+        As in kube-apiserver: mutating admission, then schema validation, then validating
+        admission (so a schema-invalid object gets 422 before any policy sees it).
+        """
+        user = CURRENT_USER.get()
+        hooks = self.mutating if mutating else self.validating
+        if user is None or not hooks:
+            return obj
+        meta = (obj or old or {}).get("metadata") or {}
+        req = AdmissionRequest(
+            operation, rtype, meta.get("namespace"), meta.get("name", ""), subresource or "", user, obj, old
+        )
+        if not mutating:
+            for check in self.validating:
+                check(req)
+            return obj
+        for hook in self.mutating:
+            changed = hook(req)
+            if changed is not None:
+                obj = changed
+                req = AdmissionRequest(
+                    operation, rtype, req.namespace, req.name, req.subresource, user, obj, old
+                )
+        return obj
+
     def _validate(self, rtype: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
         if rtype.schema is None:
             return obj
@@ -414,7 +562,9 @@ class Store:
         meta["generation"] = 1
         for k in ("deletionTimestamp", "deletionGracePeriodSeconds"):
             meta.pop(k, None)
+        obj = self._admit("CREATE", rtype, obj, None, None, mutating=True) or obj
         obj = self._validate(rtype, obj)
+        self._admit("CREATE", rtype, obj, None, None, mutating=False)
         obj["metadata"]["resourceVersion"] = self._next_rv()
         self.objects[rtype.key][key] = obj
         self._commit("ADDED", rtype, None, obj)
@@ -464,23 +614,34 @@ class Store:
                     meta[k] = old["metadata"][k]
                 else:
                     meta.pop(k, None)
-        return self._update(rtype, old, new)
+        return self._update(rtype, old, new, subresource)
 
-    def _update(self, rtype: ResourceType, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    def _update(
+        self, rtype: ResourceType, old: dict[str, Any], new: dict[str, Any], subresource: str | None = None
+    ) -> dict[str, Any]:
         name = old["metadata"]["name"]
         new["apiVersion"], new["kind"] = rtype.api_version, rtype.kind
         new["metadata"]["generation"] = old["metadata"].get("generation", 1)
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
         if _spec_part(new) != _spec_part(old):
             new["metadata"]["generation"] += 1
+        new = self._admit("UPDATE", rtype, new, old, subresource, mutating=True) or new
         new = self._validate(rtype, new)
+        self._admit("UPDATE", rtype, new, old, subresource, mutating=False)
         if new == old:
             return old  # a no-op write does not move the resourceVersion, as in Kubernetes
         new["metadata"]["resourceVersion"] = self._next_rv()
         key = (old["metadata"].get("namespace", ""), name)
-        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+        if (
+            new["metadata"].get("deletionTimestamp")
+            and not new["metadata"].get("finalizers")
+            and not new["metadata"].get("deletionGracePeriodSeconds")
+        ):
             del self.objects[rtype.key][key]
             self._commit("DELETED", rtype, old, new)
+            if rtype.plural == "customresourcedefinitions":
+                self._unserve(new)
+            self._finish_crd_cleanup(rtype)
             return new
         self.objects[rtype.key][key] = new
         self._commit("MODIFIED", rtype, old, new)
@@ -529,7 +690,15 @@ class Store:
         namespace: str | None,
         name: str,
         preconditions: Mapping[str, Any] | None = None,
+        grace_period: int | None = None,
     ) -> dict[str, Any]:
+        """Delete, honouring finalizers and, for pods, graceful deletion.
+
+        A pod bound to a node and not finished is not removed at once: it gets a
+        deletionTimestamp and ``deletionGracePeriodSeconds`` (the request's, else its
+        ``terminationGracePeriodSeconds``, else 30), and goes when its node's kubelet deletes it
+        again with grace 0 (the simulated kubelet does). Other objects have grace 0.
+        """
         old = self.get(rtype, namespace, name)
         if old is None:
             raise _not_found(rtype, name)
@@ -538,23 +707,71 @@ class Store:
             raise _conflict(rtype, name)
         if pre.get("uid") and pre["uid"] != old["metadata"]["uid"]:
             raise _conflict(rtype, name)
+        self._admit("DELETE", rtype, None, old, None, mutating=True)
+        self._admit("DELETE", rtype, None, old, None, mutating=False)
         key = (old["metadata"].get("namespace", ""), name)
-        if old["metadata"].get("finalizers"):
-            if old["metadata"].get("deletionTimestamp"):
-                return old
+        if rtype.plural == "customresourcedefinitions" and not old["metadata"].get("deletionTimestamp"):
+            served = [t for t in types_from_crd(old) if self.objects.get(t.key)]
+            if served:
+                # The server's customresourcecleanup finalizer: the CRD stays (Terminating) while
+                # its objects are deleted, each honouring its own finalizers; it goes with the last.
+                new = copy.deepcopy(old)
+                new["metadata"]["finalizers"] = [
+                    *new["metadata"].get("finalizers", []),
+                    CRD_CLEANUP_FINALIZER,
+                ]
+                new["metadata"]["deletionTimestamp"] = now_rfc3339()
+                new["metadata"]["resourceVersion"] = self._next_rv()
+                self.objects[rtype.key][key] = new
+                self._commit("MODIFIED", rtype, old, new)
+                for t in served:
+                    for ns, obj_name in list(self.objects[t.key]):
+                        self.delete(t, ns or None, obj_name)
+                return new
+        grace = _grace_period(rtype, old, grace_period)
+        meta = old["metadata"]
+        if meta.get("finalizers") or grace > 0:
+            if meta.get("deletionTimestamp") and int(meta.get("deletionGracePeriodSeconds") or 0) <= grace:
+                return old  # already going, no sooner than asked
             new = copy.deepcopy(old)
-            new["metadata"]["deletionTimestamp"] = now_rfc3339()
-            new["metadata"]["deletionGracePeriodSeconds"] = 0
-            new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
-            new["metadata"]["resourceVersion"] = self._next_rv()
-            self.objects[rtype.key][key] = new
-            self._commit("MODIFIED", rtype, old, new)
-            return new
+            new["metadata"]["deletionTimestamp"] = meta.get("deletionTimestamp") or now_rfc3339()
+            new["metadata"]["deletionGracePeriodSeconds"] = grace
+            if new["metadata"].get("finalizers") or grace > 0:
+                if not meta.get("deletionTimestamp"):
+                    new["metadata"]["generation"] = meta.get("generation", 1) + 1
+                new["metadata"]["resourceVersion"] = self._next_rv()
+                self.objects[rtype.key][key] = new
+                self._commit("MODIFIED", rtype, old, new)
+                return new
         del self.objects[rtype.key][key]
         gone = copy.deepcopy(old)
         gone["metadata"]["resourceVersion"] = self._next_rv()
         self._commit("DELETED", rtype, old, gone)
+        if rtype.plural == "customresourcedefinitions":
+            self._unserve(gone)
+        self._finish_crd_cleanup(rtype)
         return gone
+
+    def _unserve(self, crd: Mapping[str, Any]) -> None:
+        for t in types_from_crd(crd):
+            self.types.pop(t.key, None)
+            self.objects.pop(t.key, None)
+
+    def _finish_crd_cleanup(self, rtype: ResourceType) -> None:
+        """Remove a Terminating CRD once the last of its objects is gone."""
+        if not rtype.is_custom or self.objects.get(rtype.key):
+            return
+        crds = self.type_of("customresourcedefinitions", "apiextensions.k8s.io")
+        crd = self.get(crds, None, f"{rtype.plural}.{rtype.group}")
+        if crd is None or CRD_CLEANUP_FINALIZER not in crd["metadata"].get("finalizers", []):
+            return
+        new = copy.deepcopy(crd)
+        new["metadata"]["finalizers"] = [
+            f for f in crd["metadata"]["finalizers"] if f != CRD_CLEANUP_FINALIZER
+        ]
+        self._update(crds, crd, new)
+        if self.get(crds, None, crd["metadata"]["name"]) is None:
+            self._unserve(crd)
 
     def bind(self, namespace: str, name: str, binding: Mapping[str, Any]) -> dict[str, Any]:
         """pods/binding: set spec.nodeName once and PodScheduled=True, as the binding REST does."""
@@ -621,16 +838,76 @@ def _path_parts(path: str) -> list[str]:
     return [p for p in path.split("/") if p]
 
 
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def page_list(
+    items: list[dict[str, Any]], limit: str | None, token: str | None, store: Store
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One page of a list and its metadata (``continue``, ``remainingItemCount``), as the server pages.
+
+    The token holds the list's resourceVersion and the last key served. Differs from a real
+    server: later pages show the objects as they are now, not as of the first page's version.
+    A token older than the compacted history gets 410 Expired, as etcd's compaction causes.
+    """
+    rv = str(store.rv)
+    start: tuple[str, str] | None = None
+    if token:
+        try:
+            decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
+            rv, start = str(decoded["rv"]), (str(decoded["start"][0]), str(decoded["start"][1]))
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise ApiError(400, "BadRequest", "continue key is not valid") from None
+        if int(rv) < store.compacted_rv:
+            raise ApiError(
+                410,
+                "Expired",
+                "The provided continue parameter is too old to display a consistent list result. "
+                "You can start a new list without the continue parameter.",
+            )
+    if limit is not None and not limit.isdigit():
+        raise ApiError(400, "BadRequest", f"invalid limit {limit!r}: must be a whole number")
+
+    def key(o: Mapping[str, Any]) -> tuple[str, str]:
+        meta = o.get("metadata") or {}
+        return (meta.get("namespace") or "", meta.get("name") or "")
+
+    if start is not None:
+        items = [o for o in items if key(o) > start]
+    size = int(limit or 0)
+    meta: dict[str, Any] = {"resourceVersion": rv, "continue": ""}
+    if size <= 0 or len(items) <= size:
+        return items, meta
+    page = items[:size]
+    cont = {"rv": rv, "start": list(key(page[-1]))}
+    meta["continue"] = base64.urlsafe_b64encode(json.dumps(cont).encode()).decode()
+    meta["remainingItemCount"] = len(items) - size
+    return page, meta
+
+
 class KubeApiServer:
     """The aiohttp application around a Store."""
 
     def __init__(
-        self, store: Store, *, bookmark_interval: float = 1.0, default_watch_timeout: float = 600.0
+        self,
+        store: Store,
+        *,
+        bookmark_interval: float = BOOKMARK_INTERVAL,
+        default_watch_timeout: float = 600.0,
     ) -> None:
         self.store = store
         self.bookmark_interval = bookmark_interval
         self.default_watch_timeout = default_watch_timeout
         self.requests: list[tuple[str, str, int]] = []
+        #: every request with who sent it: (username or "", method, path_qs, status)
+        self.audit: list[tuple[str, str, str, int]] = []
+        #: (resource, items) of each list answer, to show paging at work
+        self.list_pages: list[tuple[str, int]] = []
+        #: bearer token -> user (tests.harness.auth); None: requests need no token
+        self.authenticate: Callable[[str], UserInfo | None] | None = None
+        #: (user, request attributes) -> allowed (tests.harness.rbac); None: everything is allowed
+        self.authorize: Callable[[UserInfo, RequestAttributes], bool] | None = None
         #: watches answered 410 Gone (their resourceVersion was compacted away)
         self.expired_watches: list[str] = []
         self.closing = asyncio.Event()
@@ -691,9 +968,23 @@ class KubeApiServer:
         return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
 
     # -- routing -------------------------------------------------------------------------------
+    def _user(self, request: web.Request) -> UserInfo | None:
+        """The request's user from its bearer token; 401 when a token is needed and unknown."""
+        if self.authenticate is None:
+            return None
+        header = request.headers.get("Authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        user = self.authenticate(token) if token else None
+        if user is None:
+            raise ApiError(401, "Unauthorized", "Unauthorized")
+        return user
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        user: UserInfo | None = None
         try:
-            response = await self._route(request)
+            user = self._user(request)
+            CURRENT_USER.set(user)
+            response = await self._route(request, user)
         except ApiError as exc:
             response = web.json_response(exc.status(), status=exc.code)
         except SelectorError as exc:
@@ -703,9 +994,35 @@ class KubeApiServer:
             err = ApiError(500, "InternalError", str(exc))
             response = web.json_response(err.status(), status=500)
         self.requests.append((request.method, request.path_qs, response.status))
+        self.audit.append((user.username if user else "", request.method, request.path_qs, response.status))
         return response
 
-    async def _route(self, request: web.Request) -> web.StreamResponse:
+    def _check_access(
+        self,
+        user: UserInfo | None,
+        request: web.Request,
+        rtype: ResourceType,
+        namespace: str | None,
+        name: str | None,
+        sub: str | None,
+    ) -> None:
+        if self.authorize is None or user is None:
+            return
+        attrs = request_attributes(request.method, request.query, rtype, namespace, name, sub)
+        if not self.authorize(user, attrs):
+            what = f"{attrs.resource}/{attrs.subresource}" if attrs.subresource else attrs.resource
+            scope = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
+            qualified = f"{rtype.plural}.{rtype.group}" if rtype.group else rtype.plural
+            subject = f'{qualified} "{name}"' if name else qualified
+            raise ApiError(
+                403,
+                "Forbidden",
+                f'{subject} is forbidden: User "{user.username}" cannot {attrs.verb} resource "{what}" '
+                f'in API group "{rtype.group}"{scope}',
+                {"name": name or "", "group": rtype.group, "kind": rtype.plural},
+            )
+
+    async def _route(self, request: web.Request, user: UserInfo | None = None) -> web.StreamResponse:
         parts = _path_parts(request.path)
         if parts == ["version"]:
             return web.json_response(
@@ -743,6 +1060,7 @@ class KubeApiServer:
         sub = rest[2] if len(rest) > 2 else None
         if len(rest) > 3 or (sub is not None and sub not in rtype.subresources):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        self._check_access(user, request, rtype, namespace, name, sub)
         if name is not None and rtype.namespaced and namespace is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         return await self._dispatch(request, rtype, namespace, name, sub)
@@ -774,13 +1092,16 @@ class KubeApiServer:
                 return await self._watch(request, rtype, namespace)
             if method == "GET":
                 items = self.store.list(rtype, namespace, q.get("labelSelector"), q.get("fieldSelector"))
+                page, meta = page_list(items, q.get("limit"), q.get("continue"), self.store)
+                self.list_pages.append((rtype.plural, len(page)))
                 return web.json_response(
                     {
                         "kind": f"{rtype.kind}List",
                         "apiVersion": rtype.api_version,
-                        "metadata": {"resourceVersion": str(self.store.rv), "continue": ""},
-                        "items": items,
-                    }
+                        "metadata": meta,
+                        "items": page,
+                    },
+                    dumps=_dumps,
                 )
             if method == "POST":
                 body = await self._body(request)
@@ -799,16 +1120,30 @@ class KubeApiServer:
                 raise _not_found(rtype, name)
             return web.json_response(obj)
         if method == "PUT":
-            return web.json_response(self.store.write(rtype, namespace, name, await self._body(request), sub))
+            body = await self._body(request)
+            if rtype.is_custom and not ((body or {}).get("metadata") or {}).get("resourceVersion"):
+                # Custom resources refuse unconditional updates (customresource's AllowUnconditionalUpdate is false).
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    f'{rtype.kind}.{rtype.group} "{name}" is invalid: metadata.resourceVersion: Invalid value: '
+                    "0x0: must be specified for an update",
+                )
+            return web.json_response(self.store.write(rtype, namespace, name, body, sub))
         if method == "PATCH":
             ctype = request.headers.get("Content-Type", "application/merge-patch+json")
             return web.json_response(
                 self.store.patch(rtype, namespace, name, ctype, await self._body(request), sub)
             )
         if method == "DELETE":
-            body = await self._body(request)
+            body = await self._body(request) or {}
+            raw_grace = body.get("gracePeriodSeconds", q.get("gracePeriodSeconds"))
+            try:
+                grace = None if raw_grace is None else int(raw_grace)
+            except (TypeError, ValueError):
+                raise ApiError(400, "BadRequest", f"invalid gracePeriodSeconds {raw_grace!r}") from None
             return web.json_response(
-                self.store.delete(rtype, namespace, name, (body or {}).get("preconditions"))
+                self.store.delete(rtype, namespace, name, body.get("preconditions"), grace)
             )
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported")
 
@@ -892,7 +1227,7 @@ class KubeApiDouble:
         self,
         *,
         crds: Iterable[Mapping[str, Any]] | None = None,
-        bookmark_interval: float = 1.0,
+        bookmark_interval: float = BOOKMARK_INTERVAL,
         history_limit: int = 10000,
         default_watch_timeout: float = 600.0,
     ) -> None:
@@ -1057,9 +1392,19 @@ class KubeApiDouble:
         )
 
     def delete(
-        self, plural: str, name: str, namespace: str | None = None, group: str | None = None
+        self,
+        plural: str,
+        name: str,
+        namespace: str | None = None,
+        group: str | None = None,
+        *,
+        grace_period: int | None = None,
     ) -> dict[str, Any]:
-        return self.call(lambda: copy.deepcopy(self.store.delete(self._type(plural, group), namespace, name)))
+        return self.call(
+            lambda: copy.deepcopy(
+                self.store.delete(self._type(plural, group), namespace, name, grace_period=grace_period)
+            )
+        )
 
     def compact(self) -> None:
         self.call(self.store.compact)

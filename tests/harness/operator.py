@@ -31,9 +31,12 @@ class OperatorRunner:
         standalone: bool = True,
         peering_name: str | None = None,
         priority: int = 0,
+        token: str | None = None,
     ) -> None:
         self.url, self.config, self.clock = url, config, clock
         self.standalone, self.peering_name, self.priority = standalone, peering_name, priority
+        #: the operator's ServiceAccount token (the API double's authenticator knows it)
+        self.token = token
         self.context: OperatorContext | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -44,13 +47,13 @@ class OperatorRunner:
         self._stop = threading.Event()
         self._ready = threading.Event()
         registry = build_registry(self.config)
-        url = self.url
+        url, token = self.url, self.token
 
         @kopf.on.login(registry=registry)
         def login(**_: Any) -> kopf.ConnectionInfo:
-            return kopf.ConnectionInfo(server=url, default_namespace="default")
+            return kopf.ConnectionInfo(server=url, token=token, default_namespace="default")
 
-        api_client = build_api_client(url)
+        api_client = build_api_client(url, token)
         kwargs: dict[str, Any] = {} if self.clock is None else {"clock": self.clock}
         self.context = build_context(self.config, api_client, **kwargs)
         memo = kopf.Memo(cdmo=self.context)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import kubernetes
 import pytest
 
+from tests.harness.chart import cdmo_violations
 from tests.harness.e2e import Harness
 from tests.harness.kube_api import KubeApiDouble
 
@@ -43,6 +44,8 @@ def harness() -> Iterator[Harness]:
     try:
         yield h
         assert h.cluster.violations == [], h.cluster.violations
+        # The chart's identities got every request they needed, and wrote no pod or node they should not.
+        assert cdmo_violations(h.api.server.audit) == []
         if h.operator is not None:
             assert h.operator.alive, f"the operator died: {h.operator.error!r}"
     finally:

@@ -268,10 +268,14 @@ def test_binding_and_finalizers(kube_api: KubeApiDouble) -> None:
     )
     assert code == 409
     kube_api.patch("pods", "a", {"metadata": {"finalizers": ["x/y"]}}, "default")
+    # a bound pod's delete is graceful: it stays, terminating, until its kubelet deletes it again
     kube_api.delete("pods", "a", "default")
     held = kube_api.get("pods", "a", "default")
     assert held is not None and held["metadata"]["deletionTimestamp"]
+    assert held["metadata"]["deletionGracePeriodSeconds"] == 30
     kube_api.patch("pods", "a", {"metadata": {"finalizers": None}}, "default")
+    assert kube_api.get("pods", "a", "default") is not None  # no finalizer, but the grace period runs
+    kube_api.delete("pods", "a", "default", grace_period=0)  # what the kubelet sends
     assert kube_api.get("pods", "a", "default") is None
 
 

@@ -188,7 +188,7 @@ def test_invalid_profile_in_a_miglayout_spec_is_refused_by_the_crd(harness: Harn
     harness.add_node("gpu-node-1")
     harness.start_operator()
     _wait_ready(harness, "gpu-node-1")
-    client = kubernetes.client.ApiClient(kubernetes.client.Configuration(host=harness.api.url))
+    client = harness.api_client()  # as the operator: the one writer of spec the policy allows
     try:
         custom = kubernetes.client.CustomObjectsApi(client)
         with pytest.raises(ApiException) as err:

@@ -12,10 +12,20 @@ def test_two_replicas_one_active_then_failover(harness: Harness) -> None:
     )
     harness.add_node("gpu-node-1")
     active = OperatorRunner(
-        harness.api.url, harness.config, standalone=False, peering_name="cdmo", priority=100
+        harness.api.url,
+        harness.config,
+        standalone=False,
+        peering_name="cdmo",
+        priority=100,
+        token=harness.operator_token,
     ).start()
     standby = OperatorRunner(
-        harness.api.url, harness.config, standalone=False, peering_name="cdmo", priority=50
+        harness.api.url,
+        harness.config,
+        standalone=False,
+        peering_name="cdmo",
+        priority=50,
+        token=harness.operator_token,
     ).start()
     try:
         first = harness.submit("first", {"1g.10gb": 1})

@@ -20,3 +20,16 @@ def test_defaults_and_environment_overrides() -> None:
 def test_a_bad_value_names_the_variable() -> None:
     with pytest.raises(InvalidInput, match="CDMO_METRICS_PORT"):
         AgentConfig.from_env({"CDMO_METRICS_PORT": "http"})
+
+
+def test_operator_watches_are_bounded_server_side() -> None:
+    from cdmo.config import OperatorConfig
+    from cdmo.operator.handlers import watch_selectors
+
+    config = OperatorConfig(partition_label="example.com/mig=yes")
+    assert watch_selectors(config) == {
+        "pods": ("field", "status.phase=Pending"),
+        "nodes": ("label", "example.com/mig=yes"),
+    }
+    assert OperatorConfig.from_env({"CDMO_LIST_CHUNK_SIZE": "200"}).list_chunk_size == 200
+    assert OperatorConfig().list_chunk_size == 500

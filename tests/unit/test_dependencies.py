@@ -36,7 +36,7 @@ def test_every_runtime_dependency_has_a_lower_bound() -> None:
 
 def test_kopf_is_at_least_the_release_that_logs_in_with_a_current_client() -> None:
     (bound,) = [s for s in runtime_requirements()["kopf"].specifier if s.operator == ">="]
-    assert Version(bound.version) >= Version("1.44.6")
+    assert Version(bound.version) >= Version("1.45.0")  # and server-side selectors
 
 
 def test_lowest_constraints_pin_each_dependency_to_its_lower_bound() -> None:

@@ -220,3 +220,46 @@ async def test_absurd_counts_are_told_why_and_the_other_pods_are_served() -> Non
     assert by_pod["trillion"][:2] == ("Warning", "TooManyDevices")
     assert by_pod["beyond"][:2] == ("Warning", "InvalidCount")
     assert "more than Kubernetes can count" in by_pod["beyond"][2]
+def test_stale_reports_are_forgotten_when_the_generation_moves_or_the_node_goes() -> None:
+    from cdmo.operator.loop import prune_stale_reported
+    from cdmo.operator.stale import NodeState
+
+    reported = {("a", 3), ("a", 2), ("b", 1), ("gone", 7)}
+    miglayouts = {"a": {"generation": 3}, "b": {"generation": 2}}
+    states = {"a": NodeState.STALE, "b": NodeState.STALE}
+    # a: only its current generation; b: its generation moved on; gone: no MigLayout any more
+    assert prune_stale_reported(reported, miglayouts, states) == {("a", 3)}
+    # a node that is no longer Stale keeps nothing: a later Stale spell is reported again
+    assert prune_stale_reported({("a", 3)}, miglayouts, {"a": NodeState.READY}) == set()
+
+
+async def test_a_report_contradicting_the_spec_keeps_the_node_out_unless_writers_are_verified() -> None:
+    forged = {**_ml("n1", []), "phase": "Ready"}
+    forged["statusGpus"] = [
+        {
+            "index": 0,
+            "model": "h100-80gb",
+            "migEnabled": True,
+            "instances": [{"profile": "1g.10gb", "start": 0}],
+        }
+    ]
+    idx = Indexes(
+        nodes={"n1": _node("n1")}, miglayouts={"n1": forged}, pending=(_pod("p", "nvidia.com/mig-1g.10gb"),)
+    )
+    writer = FakeWriter()
+    loop, posted = _loop(writer)
+    await loop.run_pass(idx)
+    await loop.run_pass(idx)
+    assert writer.patches == []
+    # told once, not on every pass
+    assert [e.reason for e in posted].count("ReportContradictsSpec") == 1
+    # where the admission policy enforces who writes status, the node's own agent wrote it
+    trusting = PlanningLoop(
+        OperatorConfig(batch_idle_seconds=0.05, status_writers_verified=True),
+        (writer := FakeWriter()),
+        OperatorMetrics(),
+        post_event=lambda _: None,
+        clock=lambda: NOW,
+    )
+    result = await trusting.run_pass(idx)
+    assert result.planned and "ReportContradictsSpec" not in [e.reason for e in result.events]
