@@ -156,7 +156,7 @@ def read_layout_file(path: str) -> dict[int, Any]:
 
 
 def _step_doc(step: Any) -> dict[str, Any]:
-    d = {"action": step.action, "gpu": step.gpu, "profile": step.profile, "start": step.start}
+    d = {"action": str(step.action), "gpu": step.gpu, "profile": step.profile, "start": step.start}
     if step.gi_id is not None:
         d["giId"] = step.gi_id
     return d

@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output",
         "-o",
-        choices=("yaml", "json", "table"),
+        choices=("table", "json", "yaml"),
         default="yaml",
         help="yaml (default) or json: the changed manifest; table: what was decided for each pod",
     )

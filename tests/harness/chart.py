@@ -1,8 +1,8 @@
 """The chart as the API double's security setup: its rendered RBAC and admission policy.
 
 ``helm template`` renders the chart once per process with the values the e2e harness runs
-with (delete-pod refresh in the simulated device plugin's namespace, a >= 1.30 cluster that
-serves ValidatingAdmissionPolicy), and :func:`secure` installs on an API double:
+with (the agent's built-in device plugin by default, or delete-pod refresh of the simulated
+NVIDIA plugin in its namespace; a >= 1.30 cluster that serves ValidatingAdmissionPolicy), and :func:`secure` installs on an API double:
 
 - bearer-token authentication (:mod:`tests.harness.auth`), with tokens for the chart's
   operator ServiceAccount and, per node, for the agent ServiceAccount bound to a pod there;
@@ -36,8 +36,20 @@ RELEASE = "cdmo"
 NAMESPACE = "cdmo-system"
 OPERATOR_SA = f"{RELEASE}-operator"
 AGENT_SA = f"{RELEASE}-agent"
-#: What the harness's simulated cluster needs from the chart's values.
-VALUES = ("agent.refreshStrategy=delete-pod", "agent.devicePlugin.namespace=gpu-operator")
+WEBHOOK_SA = f"{RELEASE}-webhook"
+#: What the harness's simulated cluster needs from the chart's values, per device-plugin mode
+#: of tests/harness/cluster.py: the chart's default (builtin), or NVIDIA's plugin refreshed by
+#: deleting its pod.
+#: The fractional-GPU webhook is on, so that its ServiceAccount and role exist for the tests that
+#: run it (it is off in the chart's defaults).
+VALUES = {
+    "builtin": ("agent.devicePlugin.namespace=gpu-operator", "webhook.enabled=true"),
+    "nvidia": (
+        "agent.refreshStrategy=delete-pod",
+        "agent.devicePlugin.namespace=gpu-operator",
+        "webhook.enabled=true",
+    ),
+}
 
 
 def find_helm() -> str | None:
@@ -70,6 +82,7 @@ class ChartSecurity:
     policies: AdmissionPolicies
     operator_token: str
     admin_token: str
+    webhook_token: str
     agent_tokens: dict[str, str] = field(default_factory=dict)
 
     def agent_user(self, node: str) -> UserInfo:
@@ -82,13 +95,17 @@ class ChartSecurity:
         return self.agent_tokens[node]
 
 
-#: The one write to pods or nodes that a cdmo component may make: the agent deletes the device
-#: plugin's pod (delete-pod refresh) in the plugin's namespace.
-_ALLOWED_POD_WRITE = re.compile(r"^DELETE /api/v1/namespaces/gpu-operator/pods/[^/?]+(\?.*)?$")
+#: The writes to pods or nodes that a cdmo component may make, both by the agent in the external
+#: modes: it deletes the device plugin's pod (delete-pod refresh) in the plugin's namespace, and
+#: patches its node's taints (the reconfiguring taint; RBAC grants it only in those modes).
+_ALLOWED_POD_WRITE = re.compile(
+    r"^(DELETE /api/v1/namespaces/gpu-operator/pods/[^/?]+|PATCH /api/v1/nodes/[^/?]+)(\?.*)?$"
+)
 _POD_OR_NODE = re.compile(r"^/api/v1/(nodes(/|$|\?)|pods(/|$|\?)|namespaces/[^/]+/pods(/|$|\?))")
 CDMO_USERS = (
     f"system:serviceaccount:{NAMESPACE}:{OPERATOR_SA}",
     f"system:serviceaccount:{NAMESPACE}:{AGENT_SA}",
+    f"system:serviceaccount:{NAMESPACE}:{WEBHOOK_SA}",
 )
 
 
@@ -110,9 +127,9 @@ def cdmo_violations(audit: list[tuple[str, str, str, int]]) -> list[str]:
     return found
 
 
-def secure(api: KubeApiDouble, *sets: str) -> ChartSecurity:
+def secure(api: KubeApiDouble, *sets: str, device_plugin: str = "builtin") -> ChartSecurity:
     """Make ``api`` authenticate, authorize and admit as a cluster with the chart installed."""
-    objects = render_chart(*(VALUES + sets))
+    objects = render_chart(*(VALUES[device_plugin] + sets))
     auth = TokenAuthenticator()
     policies = AdmissionPolicies.from_objects(objects)
     rbac = RbacAuthorizer(objects)
@@ -121,6 +138,7 @@ def secure(api: KubeApiDouble, *sets: str) -> ChartSecurity:
         policies,
         operator_token=auth.issue(service_account_user(NAMESPACE, OPERATOR_SA)),
         admin_token=auth.issue(ADMIN),
+        webhook_token=auth.issue(service_account_user(NAMESPACE, WEBHOOK_SA)),
     )
 
     def install() -> None:

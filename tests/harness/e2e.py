@@ -63,6 +63,7 @@ class Harness:
         agent_resync_seconds: float = 2.0,
         bookmark_interval: float = 60.0,
         secured: bool | None = None,
+        device_plugin: str = "builtin",
     ) -> None:
         self.config = config
         self.agent_resync_seconds = agent_resync_seconds
@@ -74,8 +75,10 @@ class Harness:
             secured = find_helm() is not None or bool(os.environ.get("CI"))
             if not secured:
                 _warn_open_once()
-        self.security: ChartSecurity | None = secure(self.api) if secured else None
-        self.cluster = SimCluster(self.api, self.workdir).start()
+        self.security: ChartSecurity | None = (
+            secure(self.api, device_plugin=device_plugin) if secured else None
+        )
+        self.cluster = SimCluster(self.api, self.workdir, device_plugin=device_plugin).start()
         self.agents: dict[str, AgentThread] = {}
         self.operator: OperatorRunner | None = None
 

@@ -28,7 +28,11 @@ class WebhookThread:
         settings: Settings = Settings(),  # noqa: B008
         label_selector: str = "cdmo.clear.ml/gpu-partitioning=mig",
         nodes_refresh_seconds: float = 0.5,
+        token: str | None = None,
     ) -> None:
+        """``token``: the bearer token of the chart's webhook ServiceAccount where the API double
+        authenticates (tests/harness/chart.py), as the pod's mounted token would be."""
+        self.token = token
         self.api_url, self.tls, self.settings = api_url, tls, settings
         self.label_selector, self.refresh = label_selector, nodes_refresh_seconds
         self.url = ""
@@ -42,7 +46,11 @@ class WebhookThread:
         errors: list[BaseException] = []
 
         async def serve() -> None:
-            api = kubernetes.client.ApiClient(kubernetes.client.Configuration(host=self.api_url))
+            conf = kubernetes.client.Configuration(host=self.api_url)
+            if self.token:
+                conf.api_key = {"authorization": self.token}
+                conf.api_key_prefix = {"authorization": "Bearer"}
+            api = kubernetes.client.ApiClient(conf)
             nodes = self.nodes = NodeModels(api, self.label_selector, self.refresh)
             nodes.start()
             runner = web.AppRunner(build_app(nodes.current, self.settings), handle_signals=False)

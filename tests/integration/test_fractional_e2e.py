@@ -24,10 +24,15 @@ from tests.harness.webhook import WebhookThread
 ASK = "cdmo.clear.ml/fractional-ask"
 
 
+def _webhook_token(harness: Harness) -> str | None:
+    """The chart's webhook ServiceAccount token, where the API double checks identities."""
+    return harness.security.webhook_token if harness.security is not None else None
+
+
 @pytest.fixture
 def webhook(harness: Harness) -> Iterator[WebhookThread]:
     tls = make_tls_files(harness.workdir / "tls")
-    with WebhookThread(harness.api.url, tls) as hook:
+    with WebhookThread(harness.api.url, tls, token=_webhook_token(harness)) as hook:
         harness.api.server.admission = AdmissionChain(
             [MutatingWebhook("fractional.cdmo.clear.ml", hook.url + "/mutate", tls.ca_file)]
         )
@@ -36,7 +41,13 @@ def webhook(harness: Harness) -> Iterator[WebhookThread]:
 
 @pytest.fixture
 def core(harness: Harness) -> Iterator[kubernetes.client.CoreV1Api]:
-    client = kubernetes.client.ApiClient(kubernetes.client.Configuration(host=harness.api.url))
+    """A user's client: pods are created as a cluster admin would (the jobs' submitter)."""
+    admin = harness.security.admin_token if harness.security is not None else None
+    client = (
+        harness.api_client(admin)
+        if admin
+        else kubernetes.client.ApiClient(kubernetes.client.Configuration(host=harness.api.url))
+    )
     try:
         yield kubernetes.client.CoreV1Api(client)
     finally:
@@ -132,7 +143,7 @@ def test_with_the_charts_webhook_configuration_only_fractional_pods_reach_the_we
     (mwc,) = [o for o in objects if o["kind"] == "MutatingWebhookConfiguration"]
     tls = make_tls_files(harness.workdir / "tls")
     harness.add_node("gpu-node-1", ("h100-80gb",))
-    with WebhookThread(harness.api.url, tls) as hook:
+    with WebhookThread(harness.api.url, tls, token=_webhook_token(harness)) as hook:
         chain = AdmissionChain(MutatingWebhook.from_configuration(mwc, url=hook.url, ca_file=tls.ca_file))
         harness.api.server.admission = chain
         hook.wait_for_models({"h100-80gb": 1})

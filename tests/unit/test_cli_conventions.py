@@ -89,7 +89,8 @@ def _subparsers(parser: Any) -> dict[str, Any]:
 
 
 def _result_verbs() -> dict[str, Any]:
-    """verb path -> parser, for the verbs that print a result (agent and operator print logs)."""
+    """verb path -> parser, for the verbs that print a result (agent, operator and webhook are
+    servers that print logs)."""
     verbs: dict[str, Any] = {}
     for verb, p in _subparsers(build_parser()).items():
         nested = _subparsers(p)
@@ -97,7 +98,7 @@ def _result_verbs() -> dict[str, Any]:
             verbs.update({f"{verb} {n}": q for n, q in nested.items()})
         else:
             verbs[verb] = p
-    return {v: p for v, p in verbs.items() if v not in ("agent", "operator")}
+    return {v: p for v, p in verbs.items() if v not in ("agent", "operator", "webhook")}
 
 
 def test_every_result_verb_takes_output_table_json_yaml() -> None:

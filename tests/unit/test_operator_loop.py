@@ -220,6 +220,8 @@ async def test_absurd_counts_are_told_why_and_the_other_pods_are_served() -> Non
     assert by_pod["trillion"][:2] == ("Warning", "TooManyDevices")
     assert by_pod["beyond"][:2] == ("Warning", "InvalidCount")
     assert "more than Kubernetes can count" in by_pod["beyond"][2]
+
+
 def test_stale_reports_are_forgotten_when_the_generation_moves_or_the_node_goes() -> None:
     from cdmo.operator.loop import prune_stale_reported
     from cdmo.operator.stale import NodeState
