@@ -36,6 +36,7 @@ from cdmo.mig.layouts import Instance, validate_layout
 from cdmo.node_agent.backend import (
     GpuInfo,
     GpuInstanceInfo,
+    InstanceBusy,
     MigModeChange,
     NvmlReturn,
     error_for_rc,
@@ -540,6 +541,12 @@ class SimulatedBackend:
         with self._open() as node:
             what = f"destroy GPU instance {gi_id} on GPU {gpu}"
             gi = self._nvml(what, node.gpu_instance, gpu, gi_id)
+            # As NvmlBackend: a process on any CI keeps the whole GI, idle CIs included.
+            pids = sorted(p for ci in gi.cis.values() for p in ci.processes)
+            if pids:
+                raise InstanceBusy(
+                    f"{what}: processes {', '.join(map(str, pids))} run on it", NvmlReturn.IN_USE
+                )
             for ci_id in sorted(gi.cis):
                 try:
                     node.destroy_compute_instance(gpu, gi_id, ci_id)
