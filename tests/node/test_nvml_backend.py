@@ -4,6 +4,7 @@ backends meet one contract. The Python fake pynvml stays for what the stand-in d
 
 from __future__ import annotations
 
+import ctypes
 import inspect
 from collections.abc import Callable
 from pathlib import Path
@@ -376,3 +377,50 @@ def test_close_shuts_nvml_down(node: SimulatedNode) -> None:
     fake = make_fake_pynvml(node)
     NvmlBackend(fake).close()
     assert fake.calls[-1] == "nvmlShutdown"
+
+
+@pytest.mark.parametrize("model_key", ["h100-80gb", "a100-40gb"])
+def test_the_catalog_agrees_with_the_standin(
+    model_key: str, make_standin: Callable[..., StandinGpus]
+) -> None:
+    """Two tables written apart from NVIDIA's docs (cdmo's catalog, standin.c) name the same
+    profile ids, slices, placements and CI profiles: a slip in either shows here."""
+    from cdmo.mig.catalog import get_model
+
+    make_standin(model_key)
+    model = get_model(model_key)
+    real.nvmlInit()
+    try:
+        dev = real.nvmlDeviceGetHandleByIndex(0)
+        for prof in model.profiles:
+            info = real.nvmlDeviceGetGpuInstanceProfileInfo(dev, prof.nvml_constant_value)
+            assert (info.id, info.sliceCount, info.instanceCount) == (
+                prof.profile_id,
+                prof.compute_slices,
+                prof.max_count,
+            ), prof.name
+            count = ctypes.c_uint(0)
+            real.nvmlDeviceGetGpuInstancePossiblePlacements(dev, info.id, None, ctypes.byref(count))
+            placements = (real.c_nvmlGpuInstancePlacement_t * count.value)()
+            real.nvmlDeviceGetGpuInstancePossiblePlacements(dev, info.id, placements, ctypes.byref(count))
+            assert [(p.start, p.size) for p in placements] == [(s, prof.placement_size) for s in prof.starts]
+        assert model.mig_mode_change_needs_reset == (model_key == "a100-40gb")
+    finally:
+        real.nvmlShutdown()
+
+
+@pytest.mark.parametrize("model_key", ["h100-80gb", "a100-40gb"])
+def test_every_profile_is_made_whole_at_every_start(
+    model_key: str, make_standin: Callable[..., StandinGpus]
+) -> None:
+    from cdmo.mig.catalog import get_model
+
+    make_standin(model_key)
+    backend = NvmlBackend()
+    for prof in get_model(model_key).profiles:
+        for start in prof.starts:
+            made = backend.create_instance(0, prof.name, start)
+            [listed] = backend.list_instances(0)
+            assert (listed.profile, listed.start, listed.healthy) == (prof.name, start, True)
+            backend.destroy_instance(0, made.gi_id)
+    assert backend.list_instances(0) == []
