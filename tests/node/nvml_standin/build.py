@@ -26,7 +26,7 @@ def find_compiler() -> str:
     for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
         if name and shutil.which(name):
             return name
-    raise NoCompiler("no C compiler (cc, gcc or clang) on PATH, and $CC is not set")
+    raise NoCompiler("no C compiler: $CC is unset or not found, and neither cc, gcc nor clang is on PATH")
 
 
 def find_nvml_header() -> Path:
