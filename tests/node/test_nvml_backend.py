@@ -424,3 +424,31 @@ def test_every_profile_is_made_whole_at_every_start(
             assert (listed.profile, listed.start, listed.healthy) == (prof.name, start, True)
             backend.destroy_instance(0, made.gi_id)
     assert backend.list_instances(0) == []
+
+
+@pytest.mark.parametrize(
+    ("rc", "kind"),
+    [
+        (NvmlReturn.IN_USE, InstanceBusy),
+        (NvmlReturn.INSUFFICIENT_RESOURCES, PlacementTaken),
+        (NvmlReturn.NOT_SUPPORTED, NotSupported),
+        (NvmlReturn.NO_PERMISSION, NoPermission),
+        (NvmlReturn.INVALID_ARGUMENT, InvalidPlacement),
+        (NvmlReturn.TIMEOUT, TransientNvmlError),
+        (NvmlReturn.UNKNOWN, TransientNvmlError),
+        (NvmlReturn.GPU_IS_LOST, NvmlFailure),
+        (12345, NvmlFailure),
+    ],
+    ids=lambda v: getattr(v, "__name__", str(v)),
+)
+def test_return_codes_from_the_library_become_backend_errors(
+    rc: int, kind: type, standin: StandinGpus
+) -> None:
+    """The codes come out of the C library and through pynvml's NVMLError classes."""
+    standin.inject_fault("nvmlDeviceCreateGpuInstanceWithPlacement", rc)
+    backend = NvmlBackend()
+    with pytest.raises(kind) as caught:
+        backend.create_instance(0, "1g.10gb", 0)
+    assert caught.value.rc == rc and standin.instances() == []
+    backend.create_instance(0, "1g.10gb", 0)  # the fault was for one call
+    assert len(standin.instances()) == 1
