@@ -452,3 +452,47 @@ def test_return_codes_from_the_library_become_backend_errors(
     assert caught.value.rc == rc and standin.instances() == []
     backend.create_instance(0, "1g.10gb", 0)  # the fault was for one call
     assert len(standin.instances()) == 1
+
+
+def test_calls_from_two_threads_and_a_second_process_keep_one_state(
+    standin: StandinGpus, nvml_standin_lib: Path
+) -> None:
+    """The agent calls NVML from more than one thread, and `cdmo node` may run beside it."""
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.node.nvml_standin.gpus import standin_env
+
+    def fill(gpu: int) -> int:
+        backend, made = NvmlBackend(), 0
+        for start in range(7):
+            try:
+                backend.create_instance(gpu, "1g.10gb", start)
+                made += 1
+            except PlacementTaken:
+                pass  # the other thread was first
+        return made
+
+    other = subprocess.Popen(  # a third writer: fills GPU 1 with 1g.10gb too, but from start 6 down
+        [
+            sys.executable,
+            "-c",
+            "from cdmo.node_agent.nvml import NvmlBackend\n"
+            "from cdmo.node_agent.backend import PlacementTaken\n"
+            "b = NvmlBackend()\n"
+            "for s in range(6, -1, -1):\n"
+            "    try: b.create_instance(1, '1g.10gb', s)\n"
+            "    except PlacementTaken: pass\n",
+        ],
+        env={**standin_env(nvml_standin_lib.parent, standin), "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
+    with ThreadPoolExecutor(2) as pool:
+        made = list(pool.map(fill, [0, 0]))
+    assert other.wait(timeout=60) == 0
+    # GPU 0: each of its 7 placements made exactly once between the two threads; the state
+    # file stayed whole.
+    assert sum(made) == 7
+    assert [(g, p) for g, _, p, _ in standin.instances() if g == 0] == [(0, 19)] * 7
+    assert sum(1 for g, *_ in standin.instances() if g == 1) == 7
+    assert len({c[4] for c in standin.compute_instances()}) == 14

@@ -54,6 +54,7 @@ def build_standin(out_dir: Path) -> Path:
         "-fPIC",
         "-O1",
         "-Wall",
+        "-pthread",
         f"-I{header.parent}",
         f"-Wl,-soname,{LIBRARY_NAME}",
         "-o",

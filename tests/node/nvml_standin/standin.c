@@ -28,6 +28,7 @@
  * needs a reset for a MIG mode change, Hopper does not.
  */
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -121,6 +122,7 @@ static struct {
 } S;
 
 static int initialised; /* per process, as NVML's own init count */
+static pthread_mutex_t mutex = PTHREAD_MUTEX_INITIALIZER; /* S is one per process: one call at a time */
 static int lock_fd = -1;
 static int dirty;
 
@@ -187,16 +189,24 @@ static void save(void) {
     fclose(f);
 }
 
-/* Every call: take the lock, read the state, consume an injected fault. */
+/* Every call: take the locks, read the state, consume an injected fault. Unless it fails, the
+ * call ends with end(), which writes the state back if the call changed it. */
+static nvmlReturn_t fail_begin(nvmlReturn_t rc) {
+    if (lock_fd >= 0) close(lock_fd), lock_fd = -1; /* closing drops the flock */
+    pthread_mutex_unlock(&mutex);
+    return rc;
+}
+
 static nvmlReturn_t begin(const char *call) {
     const char *path = getenv("CDMO_NVML_STANDIN_STATE");
     const char *log = getenv("CDMO_NVML_STANDIN_CALLS");
+    pthread_mutex_lock(&mutex);
     if (log) { /* the calls made, one a line, for tests that check the order */
         FILE *l = fopen(log, "a");
         if (l) fprintf(l, "%s\n", call), fclose(l);
     }
-    if (!initialised && strcmp(call, "nvmlInit") != 0) return NVML_ERROR_UNINITIALIZED;
-    if (!path || (lock_fd = open(path, O_RDWR)) < 0) return NVML_ERROR_DRIVER_NOT_LOADED;
+    if (!initialised && strcmp(call, "nvmlInit") != 0) return fail_begin(NVML_ERROR_UNINITIALIZED);
+    if (!path || (lock_fd = open(path, O_RDWR)) < 0) return fail_begin(NVML_ERROR_DRIVER_NOT_LOADED);
     flock(lock_fd, LOCK_EX);
     FILE *f = fdopen(dup(lock_fd), "r");
     int bad = !f || parse(f) != 0;
@@ -204,27 +214,23 @@ static nvmlReturn_t begin(const char *call) {
     dirty = 0;
     if (bad) {
         fprintf(stderr, "nvml stand-in: cannot read %s\n", path);
-        close(lock_fd), lock_fd = -1;
-        return NVML_ERROR_UNKNOWN;
+        return fail_begin(NVML_ERROR_UNKNOWN);
     }
     for (unsigned i = 0; i < S.nfaults; i++) {
         Fault *fault = &S.faults[i];
         if (fault->count != 0 && (strcmp(fault->call, call) == 0 || strcmp(fault->call, "*") == 0)) {
             if (fault->count > 0) fault->count--;
             save();
-            close(lock_fd), lock_fd = -1;
-            return (nvmlReturn_t)fault->rc;
+            return fail_begin((nvmlReturn_t)fault->rc);
         }
     }
     return NVML_SUCCESS;
 }
 
 static nvmlReturn_t end(nvmlReturn_t rc) {
-    if (lock_fd >= 0) {
-        if (dirty) save();
-        close(lock_fd); /* closing drops the flock */
-        lock_fd = -1;
-    }
+    if (dirty) save();
+    close(lock_fd), lock_fd = -1;
+    pthread_mutex_unlock(&mutex);
     return rc;
 }
 
@@ -307,9 +313,11 @@ nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
 nvmlReturn_t nvmlInit_v2(void) { return nvmlInitWithFlags(0); }
 
 nvmlReturn_t nvmlShutdown(void) {
-    if (!initialised) return NVML_ERROR_UNINITIALIZED;
-    initialised--;
-    return NVML_SUCCESS;
+    pthread_mutex_lock(&mutex);
+    nvmlReturn_t rc = initialised ? NVML_SUCCESS : NVML_ERROR_UNINITIALIZED;
+    if (initialised) initialised--;
+    pthread_mutex_unlock(&mutex);
+    return rc;
 }
 
 const char *nvmlErrorString(nvmlReturn_t rc) {
@@ -414,8 +422,8 @@ nvmlReturn_t nvmlDeviceSetMigMode(nvmlDevice_t device, unsigned int mode, nvmlRe
 static nvmlReturn_t gi_profile_info(nvmlDevice_t device, unsigned constant, nvmlGpuInstanceProfileInfo_v2_t *out) {
     Named d = resolve(device, DEVICE);
     if (!d.gpu || !out || constant >= NVML_GPU_INSTANCE_PROFILE_COUNT) return NVML_ERROR_INVALID_ARGUMENT;
-    if (!d.gpu->mig) return NVML_ERROR_NOT_SUPPORTED;
-    const Profile *p = profile_by_constant(d.gpu, constant);
+    /* nvml.h: NOT_SUPPORTED where the GPU has no MIG or lacks the profile, whatever the MIG mode. */
+    const Profile *p = d.gpu->model->nprofiles ? profile_by_constant(d.gpu, constant) : NULL;
     if (!p) return NVML_ERROR_NOT_SUPPORTED;
     unsigned version = out->version;
     memset(out, 0, sizeof *out);
