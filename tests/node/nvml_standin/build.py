@@ -12,6 +12,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("standin.c")
@@ -19,10 +20,12 @@ LIBRARY_NAME = "libnvidia-ml.so.1"
 
 
 class NoCompiler(Exception):
-    """No C compiler on this machine: the stand-in cannot be built."""
+    """No C compiler on this machine (or not Linux): the stand-in cannot be built."""
 
 
 def find_compiler() -> str:
+    if not sys.platform.startswith("linux"):  # a shared library with a soname, as on a GPU node
+        raise NoCompiler(f"the stand-in for libnvidia-ml.so.1 is built on Linux only, not {sys.platform}")
     for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
         if name and shutil.which(name):
             return name
