@@ -496,3 +496,16 @@ def test_calls_from_two_threads_and_a_second_process_keep_one_state(
     assert [(g, p) for g, _, p, _ in standin.instances() if g == 0] == [(0, 19)] * 7
     assert sum(1 for g, *_ in standin.instances() if g == 1) == 7
     assert len({c[4] for c in standin.compute_instances()}) == 14
+
+
+def test_mig_mode_is_not_switched_under_a_process_on_the_whole_gpu(standin: StandinGpus) -> None:
+    """NVML reports IN_USE in the activation status (return code SUCCESS): still refused."""
+    standin.reboot()  # Hopper: back with MIG off
+    backend = NvmlBackend()
+    gpu = backend.list_gpus()[0]
+    standin.add_process(gpu.uuid, 888)
+    with pytest.raises(InstanceBusy):
+        backend.set_mig_mode(0, True)
+    assert [(g.mig_current, g.mig_pending) for g in backend.list_gpus()] == [(False, False)] * 2
+    standin.remove_process(gpu.uuid, 888)
+    assert backend.set_mig_mode(0, True).current
