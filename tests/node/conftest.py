@@ -18,6 +18,7 @@ from cdmo.node_agent.simulated import SimulatedBackend, SimulatedNode
 from tests.node.fake_pynvml import make_fake_pynvml
 from tests.node.nvml_standin.build import NoCompiler, build_standin
 from tests.node.nvml_standin.gpus import STATE_ENV, StandinGpus
+from tests.node.podresources_server import Kubelet, serve_pod_resources
 
 RETRY = NO_WAIT_RETRY
 
@@ -85,6 +86,13 @@ def make_standin(
 def standin(make_standin: Callable[..., StandinGpus]) -> StandinGpus:
     """Two H100 80GB GPUs behind the NVML stand-in, MIG on, empty."""
     return make_standin("h100-80gb", "h100-80gb")
+
+
+@pytest.fixture
+def pod_resources_server() -> Iterator[tuple[Kubelet, str]]:
+    """A real pod-resources gRPC server on a unix socket: (servicer, socket path)."""
+    with serve_pod_resources() as served:
+        yield served
 
 
 @pytest.fixture

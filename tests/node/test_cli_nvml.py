@@ -11,23 +11,18 @@ layout says.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
-from concurrent import futures
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pynvml
 import pytest
 
 from cdmo.node_agent.nvml import NvmlBackend
-from cdmo.node_agent.podresources import api_pb2, api_pb2_grpc
 from tests.node.nvml_standin.gpus import STATE_ENV, StandinGpus, standin_env
+from tests.node.podresources_server import Held, Kubelet
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,60 +37,6 @@ gpus:
   - index: 1
     instances: [{profile: 7g.80gb, start: 0}]
 """
-
-
-@dataclass(frozen=True)
-class Held:
-    """One container's devices as the kubelet reports them in pod-resources List."""
-
-    namespace: str
-    pod: str
-    resource: str
-    device_ids: tuple[str, ...]
-
-
-class Kubelet(api_pb2_grpc.PodResourcesListerServicer):
-    """The kubelet's pod-resources service, answering with ``self.held``."""
-
-    def __init__(self) -> None:
-        self.held: list[Held] = []
-
-    def List(self, request: Any, context: Any) -> Any:
-        return api_pb2.ListPodResourcesResponse(
-            pod_resources=[
-                api_pb2.PodResources(
-                    name=h.pod,
-                    namespace=h.namespace,
-                    containers=[
-                        api_pb2.ContainerResources(
-                            name="main",
-                            devices=[
-                                api_pb2.ContainerDevices(
-                                    resource_name=h.resource, device_ids=list(h.device_ids)
-                                )
-                            ],
-                        )
-                    ],
-                )
-                for h in self.held
-            ]
-        )
-
-
-@pytest.fixture
-def kubelet() -> Iterator[tuple[Kubelet, str]]:
-    tmp = tempfile.mkdtemp(prefix="cdmo-kl-", dir="/tmp")  # unix socket paths are short
-    socket_path = str(Path(tmp) / "kubelet.sock")
-    servicer = Kubelet()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    api_pb2_grpc.add_PodResourcesListerServicer_to_server(servicer, server)
-    server.add_insecure_port(f"unix://{socket_path}")
-    server.start()
-    try:
-        yield servicer, socket_path
-    finally:
-        server.stop(grace=None)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture
@@ -170,10 +111,10 @@ def test_apply_refuses_to_drop_a_held_instance_and_destroys_nothing(
     form: str,
     node: Callable[..., subprocess.CompletedProcess[str]],
     standin: StandinGpus,
-    kubelet: tuple[Kubelet, str],
+    pod_resources_server: tuple[Kubelet, str],
     tmp_path: Path,
 ) -> None:
-    servicer, socket_path = kubelet
+    servicer, socket_path = pod_resources_server
     if form == "second-ci-of-split-gi":
         profile, uuid = "2g.20gb", split_second_ci(standin)
     else:
@@ -197,10 +138,10 @@ def test_apply_without_a_holder_destroys_and_creates_what_the_layout_says(
     form: str,
     node: Callable[..., subprocess.CompletedProcess[str]],
     standin: StandinGpus,
-    kubelet: tuple[Kubelet, str],
+    pod_resources_server: tuple[Kubelet, str],
     tmp_path: Path,
 ) -> None:
-    servicer, socket_path = kubelet
+    servicer, socket_path = pod_resources_server
     if form == "second-ci-of-split-gi":
         split_second_ci(standin)
     # Somebody else's pod on GPU 1's instance, which the layout keeps: no reason to refuse.
@@ -228,10 +169,10 @@ def test_apply_without_a_holder_destroys_and_creates_what_the_layout_says(
 def test_apply_refuses_where_a_process_runs(
     node: Callable[..., subprocess.CompletedProcess[str]],
     standin: StandinGpus,
-    kubelet: tuple[Kubelet, str],
+    pod_resources_server: tuple[Kubelet, str],
     tmp_path: Path,
 ) -> None:
-    _, socket_path = kubelet
+    _, socket_path = pod_resources_server
     uuid = uuid_at(0, 4)
     standin.add_process(uuid, 4242)
     before = instances(standin)
@@ -241,9 +182,9 @@ def test_apply_refuses_where_a_process_runs(
 
 
 def test_show_through_the_standin(
-    node: Callable[..., subprocess.CompletedProcess[str]], kubelet: tuple[Kubelet, str]
+    node: Callable[..., subprocess.CompletedProcess[str]], pod_resources_server: tuple[Kubelet, str]
 ) -> None:
-    servicer, socket_path = kubelet
+    servicer, socket_path = pod_resources_server
     uuid = uuid_at(0, 6)
     servicer.held = [Held("ml", "train-1", "nvidia.com/mig-1g.10gb", (uuid,))]
     done = node("node", "show", "--backend", "nvml", "--pod-resources-socket", socket_path, "-o", "json")
