@@ -120,6 +120,9 @@ class AgentConfig:
     #: How often the delete-pod strategy looks for the new device plugin pod.
     refresh_poll_seconds: float = 1.0
     enable_mig: bool = False
+    #: Switch MIG back on for a GPU that comes back from a reboot or reset with MIG off, when the
+    #: MigLayout's status shows cdmo managed it with MIG on and nothing holds the GPU.
+    auto_enable_mig: bool = True
     metrics_port: int = 9464
     log_format: str = "auto"
     #: A watch request lasts this long (server side) before the agent starts a new one.
@@ -141,6 +144,7 @@ class AgentConfig:
         ("refresh_timeout_seconds", "CDMO_REFRESH_TIMEOUT_SECONDS"),
         ("refresh_poll_seconds", "CDMO_REFRESH_POLL_SECONDS"),
         ("enable_mig", "CDMO_ENABLE_MIG"),
+        ("auto_enable_mig", "CDMO_AUTO_ENABLE_MIG"),
         ("metrics_port", "CDMO_METRICS_PORT"),
         ("log_format", "CDMO_LOG_FORMAT"),
         ("watch_timeout_seconds", "CDMO_WATCH_TIMEOUT_SECONDS"),

@@ -35,6 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="switch MIG on where the spec wants instances and the GPU needs no reset",
     )
     parser.add_argument(
+        "--no-auto-enable-mig",
+        dest="auto_enable_mig",
+        action="store_false",
+        default=None,
+        help="leave MIG off on a GPU back from a reboot or reset with MIG off, even where cdmo managed it "
+        "(default: switch it back on when the GPU is idle; $CDMO_AUTO_ENABLE_MIG)",
+    )
+    parser.add_argument(
         "--metrics-port", type=int, default=None, help="Prometheus port (default 9464; 0: off)"
     )
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig outside the cluster")
@@ -51,6 +59,7 @@ def build_config(args: argparse.Namespace) -> Any:
         ("node_name", "node_name"),
         ("refresh_strategy", "refresh_strategy"),
         ("enable_mig", "enable_mig"),
+        ("auto_enable_mig", "auto_enable_mig"),
         ("metrics_port", "metrics_port"),
         ("log_format", "log_format"),
     ):

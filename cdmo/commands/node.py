@@ -66,6 +66,7 @@ def _emit(data: Any, output: str) -> None:
 
 def build_show(backend: Any, in_use: Any) -> dict[str, Any]:
     """The ``node show`` document: status-shaped GPUs plus sizes and holders per instance."""
+    from cdmo.node_agent.decide import gpu_holders, holders_of_instance
     from cdmo.node_agent.status import build_gpu_entries
 
     gpus = backend.list_gpus()
@@ -75,12 +76,15 @@ def build_show(backend: Any, in_use: Any) -> dict[str, Any]:
         processes.update(backend.list_processes(g.index))
     current = in_use.with_processes(processes)
     entries = build_gpu_entries(gpus, instances, current)
+    infos = {g.index: g for g in gpus}
     for entry in entries:
+        # Pods and processes on the whole GPU (MIG off): what keeps --enable-mig away.
+        entry["holders"] = [str(h) for h in gpu_holders(infos[entry["index"]], current)]
         by_gi = {i.gi_id: i for i in instances[entry["index"]]}
         for item in entry["instances"]:
             inst = by_gi[item["giId"]]
             item["size"] = inst.size
-            item["holders"] = [str(h) for h in current.holders_of(inst.uuid)]
+            item["holders"] = [str(h) for h in holders_of_instance(inst, current)]
     return {"gpus": entries}
 
 
@@ -100,7 +104,8 @@ def _show(args: argparse.Namespace) -> int:
         model = g["model"] or g["product"]
         if not g["migEnabled"]:
             pending = " (pending enable: reset needed)" if g.get("migPending") else ""
-            rows.append((g["index"], model, "", f"MIG off{pending}", "", "", "", ""))
+            held = ", ".join(g["holders"]) or "free"
+            rows.append((g["index"], model, "", f"MIG off{pending}", "", "", "", held))
             continue
         if not g["instances"]:
             rows.append((g["index"], model, "", "(no instances)", "", "", "", ""))
@@ -113,7 +118,7 @@ def _show(args: argparse.Namespace) -> int:
                     i["profile"],
                     f"{i['start']}:{i['size']}",
                     i.get("ciId", "none"),
-                    i.get("uuid", ""),
+                    "\n".join(i.get("uuids") or [i.get("uuid", "")]),
                     ", ".join(i["holders"]) or "free",
                 )
             )
@@ -158,12 +163,12 @@ def _step_doc(step: Any) -> dict[str, Any]:
 
 def _apply(args: argparse.Namespace) -> int:
     from cdmo.node_agent.backend import DEFAULT_RETRY
-    from cdmo.node_agent.reconcile import GpuState, execute_plan, plan_node
+    from cdmo.node_agent.reconcile import GpuState, execute_decision, prepare_node
 
     desired = read_layout_file(args.layout)
     backend, in_use = _open(args)
     try:
-        plan = plan_node(backend, desired, in_use, enable_mig=args.enable_mig, retry=DEFAULT_RETRY)
+        plan = prepare_node(backend, desired, in_use, enable_mig=args.enable_mig, retry=DEFAULT_RETRY)
         doc: dict[str, Any] = {
             "applied": False,
             "dryRun": bool(args.dry_run),
@@ -183,7 +188,7 @@ def _apply(args: argparse.Namespace) -> int:
         if args.dry_run:
             _report(doc, args.output)
             return exit_codes.SUCCESS
-        result = execute_plan(backend, plan, in_use, retry=DEFAULT_RETRY)
+        result = execute_decision(backend, plan, in_use, retry=DEFAULT_RETRY)
         doc["applied"] = True
         doc["created"] = [
             {

@@ -25,6 +25,7 @@ import structlog
 from cdmo.api import ConditionType, get_condition, parse_spec
 from cdmo.config import AgentConfig
 from cdmo.errors import CdmoError, Fatal, InvalidLayout
+from cdmo.node_agent.advertise import DeviceAdvertiser, NoAdvertiser
 from cdmo.node_agent.backend import DEFAULT_RETRY, GpuBackend, NoPermission, RetryPolicy
 from cdmo.node_agent.inuse import InUse, build_bound_pods, build_in_use
 from cdmo.node_agent.kube import WatchExpired
@@ -32,7 +33,15 @@ from cdmo.node_agent.metrics import AgentMetrics
 from cdmo.node_agent.podresources.client import PodDevices, PodResourcesClient
 from cdmo.node_agent.reconcile import ReconcileResult, reconcile_node
 from cdmo.node_agent.refresh import Refresher
-from cdmo.node_agent.status import build_error_status, build_status, mig_uuids, result_mig_uuids
+from cdmo.node_agent.status import (
+    MIG_MODE_RESTORED,
+    build_error_status,
+    build_status,
+    managed_gpus,
+    mig_restored_message,
+    mig_uuids,
+    result_mig_uuids,
+)
 
 _log = structlog.get_logger("cdmo.node_agent.agent")
 
@@ -51,6 +60,10 @@ class AgentKube(Protocol):
     def patch_miglayout_status(self, name: str, status: dict[str, Any]) -> None: ...
 
     def list_node_pods(self, node: str) -> list[dict[str, Any]]: ...
+
+    def create_miglayout_event(
+        self, layout: dict[str, Any], *, reason: str, message: str, event_type: str = "Normal"
+    ) -> None: ...
 
 
 class PodDevicesSource(Protocol):
@@ -88,6 +101,7 @@ class Agent:
         metrics: AgentMetrics | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
         clock: Callable[[], datetime] = _utcnow,
+        advertiser: DeviceAdvertiser | None = None,
     ) -> None:
         if not config.node_name:
             raise CdmoError(
@@ -104,6 +118,8 @@ class Agent:
         self.metrics = metrics if metrics is not None else AgentMetrics()
         self.retry = retry
         self.clock = clock
+        #: What advertises the node's MIG devices (the agent's own device plugin), told by reconcile.
+        self.advertiser = advertiser if advertiser is not None else NoAdvertiser()
         self.log = _log.bind(node=self.node)
         self._wake = threading.Event()
         self._done = threading.Event()
@@ -167,8 +183,10 @@ class Agent:
                 desired,
                 self.read_in_use,
                 enable_mig=self.config.enable_mig,
+                restore_mig=managed_gpus(previous) if self.config.auto_enable_mig else (),
                 retry=self.retry,
                 log=log,
+                advertiser=self.advertiser,
             )
         except Fatal as exc:
             status = build_error_status(
@@ -201,6 +219,8 @@ class Agent:
             result, generation=generation, now=self.clock(), previous=previous, refresh=refresh
         )
         self._write(status, previous)
+        if result.mig_restored:
+            self._announce_mig_restored(obj, result, log)
         self.metrics.observe_pass(result, time.monotonic() - started)
         if result.changed:
             log.info(
@@ -212,6 +232,13 @@ class Agent:
         else:
             log.debug("Reconciled MigLayout", phase=status["phase"])
         return PassOutcome(result.settled and (refresh is None or refresh.ok), status, result)
+
+    def _announce_mig_restored(self, obj: dict[str, Any], result: ReconcileResult, log: Any) -> None:
+        message = mig_restored_message(result)
+        try:
+            self.kube.create_miglayout_event(obj, reason=MIG_MODE_RESTORED, message=message)
+        except CdmoError as exc:  # the condition says it too; an Event lost is not worth a retry
+            log.warning("Failed to create Event", reason=MIG_MODE_RESTORED, error=str(exc))
 
     def _write(self, status: dict[str, Any], previous: dict[str, Any]) -> None:
         if {k: v for k, v in status.items() if v is not None} == previous:

@@ -9,7 +9,8 @@ Must not import pynvml, grpc or kubernetes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol, TypeVar
@@ -60,12 +61,25 @@ class GpuInfo:
 
 
 @dataclass(frozen=True)
-class GpuInstanceInfo:
-    """A GPU instance and its compute instance: one MIG device when it is whole.
+class ComputeInstanceInfo:
+    """One compute instance of a GPU instance: one MIG device with its own UUID."""
 
-    ``ci_id`` and ``uuid`` are None for a GPU instance without a compute instance (left by an
-    agent that died between the two creates). ``full`` is False when the compute instance does
-    not span the whole GPU instance; the device plugin refuses such devices.
+    ci_id: int
+    uuid: str | None
+    #: The compute instance spans its whole GPU instance (the only kind the device plugin takes).
+    full: bool = True
+
+
+@dataclass(frozen=True)
+class GpuInstanceInfo:
+    """A GPU instance and its compute instances: one MIG device when it is whole.
+
+    ``ci_id``, ``uuid`` and ``full`` describe the first compute instance; ``compute_instances``
+    lists every one, because a GI left by another tool may hold several and a pod may hold any
+    of them (:attr:`uuids`). ``ci_id`` and ``uuid`` are None for a GPU instance without a
+    compute instance (an agent that died between the two creates, or a GI destroy refused after
+    its CI went). ``full`` is False when the compute instance does not span the whole GPU
+    instance; the device plugin refuses such devices.
     """
 
     gpu: int
@@ -78,6 +92,8 @@ class GpuInstanceInfo:
     full: bool = True
     #: Compute instances in this GPU instance (1 for a healthy MIG device).
     ci_count: int = 1
+    #: Every compute instance, by CI id; empty means "only the one named by ci_id/uuid".
+    compute_instances: tuple[ComputeInstanceInfo, ...] = ()
 
     @property
     def instance(self) -> Instance:
@@ -88,8 +104,45 @@ class GpuInstanceInfo:
         """One compute instance spanning the whole GPU instance, as the device plugin needs."""
         return self.ci_id is not None and self.full and self.ci_count == 1
 
+    @property
+    def empty(self) -> bool:
+        """A GPU instance without any compute instance: its MIG device has vanished."""
+        return self.ci_id is None and not self.compute_instances
+
+    @property
+    def uuids(self) -> tuple[str, ...]:
+        """The MIG device UUID of every compute instance (a holder of any one holds the GI)."""
+        if self.compute_instances:
+            return tuple(ci.uuid for ci in self.compute_instances if ci.uuid)
+        return (self.uuid,) if self.uuid else ()
+
     def __str__(self) -> str:
         return f"GPU {self.gpu} {self.profile}@{self.start}"
+
+
+def build_instance_info(
+    gpu: int,
+    profile: str,
+    start: int,
+    size: int,
+    gi_id: int,
+    cis: Sequence[ComputeInstanceInfo],
+) -> GpuInstanceInfo:
+    """A GpuInstanceInfo from every compute instance of the GI (sorted by CI id)."""
+    ordered = tuple(sorted(cis, key=lambda c: c.ci_id))
+    first = ordered[0] if ordered else None
+    return GpuInstanceInfo(
+        gpu=gpu,
+        profile=profile,
+        start=start,
+        size=size,
+        gi_id=gi_id,
+        ci_id=first.ci_id if first else None,
+        uuid=first.uuid if first else None,
+        full=first is not None and first.full,
+        ci_count=len(ordered),
+        compute_instances=ordered,
+    )
 
 
 @dataclass(frozen=True)
@@ -115,13 +168,24 @@ class GpuBackend(Protocol):
         ...
 
     def list_processes(self, gpu: int) -> dict[str, tuple[int, ...]]:
-        """MIG device UUID -> pids of the compute processes running on it (only busy ones)."""
+        """Device UUID -> pids of the compute processes running on it (only busy ones).
+
+        With MIG on the devices are the MIG devices (every compute instance); with MIG off the
+        GPU itself, keyed by the GPU's UUID (what ``--enable-mig`` must not pull away).
+        """
         ...
 
     def create_instance(self, gpu: int, profile: str, start: int) -> GpuInstanceInfo:
         """A GPU instance at exactly ``start`` plus its full-size compute instance.
 
         If the compute instance fails, the GPU instance just made is destroyed again.
+        """
+        ...
+
+    def create_compute_instance(self, gpu: int, gi_id: int) -> GpuInstanceInfo:
+        """The full-size compute instance in GPU instance ``gi_id``, which has none (a repair).
+
+        Raises AlreadyGone when there is no such GPU instance.
         """
         ...
 
@@ -230,15 +294,27 @@ T = TypeVar("T")
 
 
 def call_with_retry(policy: RetryPolicy, fn: Callable[..., T], *args: object) -> T:
-    """``fn(*args)``, retried on TransientNvmlError as ``policy`` says; other errors pass through."""
-    wait = (
-        tenacity.wait_exponential(multiplier=policy.initial_seconds, max=policy.max_seconds)
-        if policy.initial_seconds > 0
-        else tenacity.wait_none()
-    )
+    """``fn(*args)``, retried on TransientNvmlError as ``policy`` says; other errors pass through.
+
+    The first try is a plain call: almost every call succeeds at once, and reconcile makes many
+    (the re-check reads the whole node before each destroy), so tenacity's machinery is only
+    built once a try has failed. The waits are the same: ``initial_seconds``, then doubling.
+    """
+    try:
+        return fn(*args)
+    except TransientNvmlError:
+        if policy.attempts <= 1:
+            raise
+    if policy.initial_seconds > 0:
+        time.sleep(min(policy.initial_seconds, policy.max_seconds))
+        wait: tenacity.wait.wait_base = tenacity.wait_exponential(
+            multiplier=2 * policy.initial_seconds, max=policy.max_seconds
+        )
+    else:
+        wait = tenacity.wait_none()
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(TransientNvmlError),
-        stop=tenacity.stop_after_attempt(max(1, policy.attempts)),
+        stop=tenacity.stop_after_attempt(policy.attempts - 1),
         wait=wait,
         reraise=True,
     )

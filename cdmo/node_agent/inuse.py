@@ -8,6 +8,14 @@ instances of that profile, because the kubelet will hand one out to them any mom
 When pod-resources cannot be read, nobody can say which instance a bound pod holds; every
 instance of the profiles such pods ask for is then protected (``unknown``).
 
+A pod-resources row holds the devices its ids name, whatever its resource name (a renamed
+resource such as ``nvidia.com/mig-1g.10gb.shared`` or a site's own name still holds them). The
+ids are the device plugin's: a MIG UUID, a GPU UUID (``nvidia.com/gpu``), or, when NVIDIA's
+plugin shares a device by time-slicing or MPS, ``<uuid>::<replica>`` (its ``AnnotatedID``);
+:func:`device_uuid` reads the UUID out of each. An id that names no UUID at all (the plugin's
+``deviceIDStrategy: index``) cannot be matched to an instance: under a MIG resource name it
+protects every instance of that profile, as an unreadable pod-resources would.
+
 Pure: builds frozen data from what the edges read; no I/O here.
 """
 
@@ -18,11 +26,28 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cdmo.errors import InvalidInput
-from cdmo.mig.resources import is_mig_resource, profile_from_resource
+from cdmo.mig.resources import parse_mig_resource
 from cdmo.node_agent.podresources.client import PodDevices
 
 _DONE_PHASES = ("Succeeded", "Failed")
+
+#: NVIDIA's device plugin writes a shared replica's id as ``<device id>::<replica>``.
+_REPLICA_SEPARATOR = "::"
+_UUID_PREFIXES = ("MIG-", "GPU-")
+
+#: No node holds more MIG devices than this; a bound pod's larger count reserves no more
+#: (a count of 10**12 must not build a list of 10**12 entries every pass).
+MAX_RESERVATIONS_PER_POD = 1024
+
+
+def device_uuid(device_id: str) -> str | None:
+    """The MIG or GPU UUID a pod-resources device id names, or None when it names none.
+
+    ``MIG-<uuid>`` -> itself; ``MIG-<uuid>::3`` (a time-sliced or MPS replica) -> ``MIG-<uuid>``;
+    ``GPU-<uuid>`` and its replicas -> the GPU UUID; an index id such as ``0:1`` -> None.
+    """
+    base = device_id.split(_REPLICA_SEPARATOR, 1)[0].strip()
+    return base if base.startswith(_UUID_PREFIXES) else None
 
 
 @dataclass(frozen=True, order=True)
@@ -105,11 +130,14 @@ def mig_requests(pod: Mapping[str, Any]) -> dict[str, int]:
         amounts = {**(res.get("requests") or {}), **(res.get("limits") or {})}
         out: Counter[str] = Counter()
         for name, value in amounts.items():
-            if is_mig_resource(name):
-                try:
-                    out[profile_from_resource(name)] += int(str(value))
-                except (InvalidInput, ValueError):
-                    continue  # not a MIG profile cdmo understands: not its business
+            # Shared (renamed) names count too: a pod on a .shared replica reserves the instance.
+            res = parse_mig_resource(name)
+            if res is None:
+                continue  # not a MIG profile cdmo understands: not its business
+            try:
+                out[res.profile] += int(str(value))
+            except ValueError:
+                continue
         return out
 
     total: Counter[str] = Counter()
@@ -151,18 +179,21 @@ def build_in_use(
     """Merge the three sources. ``pod_devices`` None means pod-resources could not be read."""
     holders: dict[str, list[Holder]] = {}
     held: Counter[tuple[str, str]] = Counter()
+    unresolved: dict[str, set[str]] = {}
     for row in pod_devices or ():
-        if not is_mig_resource(row.resource_name):
-            continue
-        try:
-            profile = profile_from_resource(row.resource_name)
-        except InvalidInput:
-            continue
+        res = parse_mig_resource(row.resource_name)
         for dev in row.device_ids:
+            uuid = device_uuid(dev)
+            if uuid is None:
+                if res is not None:
+                    unresolved.setdefault(res.profile, set()).add(row.pod_key)
+                continue
             h = Holder("pod", row.pod_key)
-            if h not in holders.setdefault(dev, []):
-                holders[dev].append(h)
-            held[(row.pod_key, profile)] += 1
+            if h not in holders.setdefault(uuid, []):
+                holders[uuid].append(h)
+        if res is not None:
+            # The pod asked for replicas, and got one id per replica.
+            held[(row.pod_key, res.profile)] += len(row.device_ids)
 
     reservations: dict[str, list[str]] = {}
     unknown: dict[str, list[str]] = {}
@@ -171,9 +202,11 @@ def build_in_use(
             if pod_devices is None:
                 unknown.setdefault(profile, []).append(pod.key)
                 continue
-            missing = wanted - held[(pod.key, profile)]
+            missing = min(wanted - held[(pod.key, profile)], MAX_RESERVATIONS_PER_POD)
             if missing > 0 and not pod.terminating:
                 reservations.setdefault(profile, []).extend([pod.key] * missing)
+    for profile, pods in unresolved.items():
+        unknown.setdefault(profile, []).extend(pods)
 
     base = InUse(
         holders={k: tuple(sorted(v)) for k, v in sorted(holders.items())},

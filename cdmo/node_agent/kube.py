@@ -5,9 +5,12 @@
 - list the pods bound to the node (field selector spec.nodeName=NODE);
 - list and delete the device plugin pods of the node (label selector, namespace).
 
-Objects come back as plain dicts, the JSON the API server sent. API failures become
-:class:`KubeError` (retry later); a watch whose resourceVersion expired raises
-:class:`WatchExpired`. Any ``kubernetes.client.ApiClient`` works, so tests and the harness can
+- create Events on the node's MigLayout (MIG mode switched back on after a reboot).
+
+Objects come back as plain dicts, the JSON the API server sent. A connection that fails or
+times out (urllib3's errors, OSError) is tried again a bounded number of times with backoff
+(tenacity), then reported like an API failure: :class:`KubeError` (retry later), never a
+traceback. A watch whose resourceVersion expired raises :class:`WatchExpired`. Any ``kubernetes.client.ApiClient`` works, so tests and the harness can
 point it at ``http://127.0.0.1:PORT``.
 """
 
@@ -15,14 +18,16 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
+import tenacity
 import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from cdmo.api import GROUP, PLURAL, VERSION
+from cdmo.api import GROUP, KIND, PLURAL, VERSION
 from cdmo.errors import Transient
 
 
@@ -41,11 +46,28 @@ def _error(exc: ApiException, what: str) -> KubeError:
     return KubeError(f"{what}: Kubernetes API answered {exc.status} {reason}".strip())
 
 
-class KubeClient:
-    """What the agent reads and writes in Kubernetes. Thread-safe: every call is one request."""
+#: What a request raises when the connection fails or times out (not an API answer).
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (urllib3.exceptions.HTTPError, OSError)
 
-    def __init__(self, api_client: client.ApiClient, *, request_timeout_seconds: float = 30.0) -> None:
+#: Events about cluster-scoped objects (a MigLayout) go to this namespace, as kubectl's do.
+EVENT_NAMESPACE = "default"
+
+
+class KubeClient:
+    """What the agent reads and writes in Kubernetes. Thread-safe: every call is one request
+    (tried again, ``connect_attempts`` times in all, when the connection fails)."""
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        *,
+        request_timeout_seconds: float = 30.0,
+        connect_attempts: int = 3,
+        retry_wait_seconds: float = 0.5,
+    ) -> None:
         self.api_client = api_client
+        self.connect_attempts = max(1, connect_attempts)
+        self.retry_wait_seconds = retry_wait_seconds
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.request_timeout_seconds = request_timeout_seconds
@@ -79,19 +101,41 @@ class KubeClient:
     def _json(resp: Any) -> Any:
         return json.loads(resp.data or b"null")
 
+    def _request(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``; connection failures retried with backoff, every failure a KubeError."""
+        wait = (
+            tenacity.wait_exponential(multiplier=self.retry_wait_seconds, max=5 * self.retry_wait_seconds)
+            if self.retry_wait_seconds > 0
+            else tenacity.wait_none()
+        )
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(CONNECTION_ERRORS),
+            stop=tenacity.stop_after_attempt(self.connect_attempts),
+            wait=wait,
+            reraise=True,
+        )
+        try:
+            return retrying(fn, *args, **kwargs)
+        except ApiException as exc:
+            raise _error(exc, what) from exc
+        except CONNECTION_ERRORS as exc:
+            raise KubeError(
+                f"{what}: cannot reach the Kubernetes API after {self.connect_attempts} tries: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
     def read_miglayout(self, name: str) -> tuple[dict[str, Any] | None, str | None]:
         """(the MigLayout called ``name`` or None, the list's resourceVersion to watch from)."""
-        try:
-            resp = self.custom.list_cluster_custom_object(
-                GROUP,
-                VERSION,
-                PLURAL,
-                field_selector=f"metadata.name={name}",
-                _preload_content=False,
-                _request_timeout=self.request_timeout_seconds,
-            )
-        except ApiException as exc:
-            raise _error(exc, f"read MigLayout {name}") from exc
+        resp = self._request(
+            f"read MigLayout {name}",
+            self.custom.list_cluster_custom_object,
+            GROUP,
+            VERSION,
+            PLURAL,
+            field_selector=f"metadata.name={name}",
+            _preload_content=False,
+            _request_timeout=self.request_timeout_seconds,
+        )
         data = self._json(resp) or {}
         items = [i for i in data.get("items") or [] if (i.get("metadata") or {}).get("name") == name]
         return (items[0] if items else None), (data.get("metadata") or {}).get("resourceVersion")
@@ -139,56 +183,101 @@ class KubeClient:
 
     def patch_miglayout_status(self, name: str, status: dict[str, Any]) -> None:
         """Write ``status`` through the /status subresource (JSON merge patch)."""
-        try:
-            self.custom.patch_cluster_custom_object_status(
-                GROUP,
-                VERSION,
-                PLURAL,
-                name,
-                {"status": status},
-                _preload_content=False,
-                _request_timeout=self.request_timeout_seconds,
-            )
-        except ApiException as exc:
-            raise _error(exc, f"write the status of MigLayout {name}") from exc
+        self._request(
+            f"write the status of MigLayout {name}",
+            self.custom.patch_cluster_custom_object_status,
+            GROUP,
+            VERSION,
+            PLURAL,
+            name,
+            {"status": status},
+            _preload_content=False,
+            _request_timeout=self.request_timeout_seconds,
+        )
 
     def list_node_pods(self, node: str) -> list[dict[str, Any]]:
         """Every pod bound to ``node``, in every namespace."""
-        try:
-            resp = self.core.list_pod_for_all_namespaces(
-                field_selector=f"spec.nodeName={node}",
-                _preload_content=False,
-                _request_timeout=self.request_timeout_seconds,
-            )
-        except ApiException as exc:
-            raise _error(exc, f"list the pods on node {node}") from exc
+        resp = self._request(
+            f"list the pods on node {node}",
+            self.core.list_pod_for_all_namespaces,
+            field_selector=f"spec.nodeName={node}",
+            _preload_content=False,
+            _request_timeout=self.request_timeout_seconds,
+        )
         return list((self._json(resp) or {}).get("items") or [])
 
     def list_pods(self, namespace: str, label_selector: str, node: str) -> list[dict[str, Any]]:
         """Pods of ``namespace`` matching ``label_selector`` that are bound to ``node``."""
-        try:
-            resp = self.core.list_namespaced_pod(
-                namespace,
-                label_selector=label_selector,
-                field_selector=f"spec.nodeName={node}",
-                _preload_content=False,
-                _request_timeout=self.request_timeout_seconds,
-            )
-        except ApiException as exc:
-            raise _error(exc, f"list pods {label_selector} in {namespace}") from exc
+        resp = self._request(
+            f"list pods {label_selector} in {namespace}",
+            self.core.list_namespaced_pod,
+            namespace,
+            label_selector=label_selector,
+            field_selector=f"spec.nodeName={node}",
+            _preload_content=False,
+            _request_timeout=self.request_timeout_seconds,
+        )
         items = (self._json(resp) or {}).get("items") or []
         return [p for p in items if (p.get("spec") or {}).get("nodeName") == node]
 
     def delete_pod(self, namespace: str, name: str) -> None:
         """Delete a pod; one already gone is fine."""
         try:
-            self.core.delete_namespaced_pod(
-                name, namespace, _preload_content=False, _request_timeout=self.request_timeout_seconds
+            self._request(
+                f"delete pod {namespace}/{name}",
+                self.core.delete_namespaced_pod,
+                name,
+                namespace,
+                _preload_content=False,
+                _request_timeout=self.request_timeout_seconds,
             )
-        except ApiException as exc:
-            if exc.status == 404:
+        except KubeError as exc:
+            if isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 404:
                 return
-            raise _error(exc, f"delete pod {namespace}/{name}") from exc
+            raise
+
+    def create_miglayout_event(
+        self,
+        layout: dict[str, Any],
+        *,
+        reason: str,
+        message: str,
+        event_type: str = "Normal",
+        now: datetime | None = None,
+    ) -> None:
+        """An Event about MigLayout ``layout`` (the object as read), from the node agent."""
+        meta = layout.get("metadata") or {}
+        name = str(meta.get("name", ""))
+        stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{name}.", "namespace": EVENT_NAMESPACE},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": name,
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": event_type,
+            "source": {"component": "cdmo-agent", "host": name},
+            "reportingComponent": "cdmo.clear.ml/agent",
+            "reportingInstance": name,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        self._request(
+            f"create an Event on MigLayout {name}",
+            self.core.create_namespaced_event,
+            EVENT_NAMESPACE,
+            body,
+            _preload_content=False,
+            _request_timeout=self.request_timeout_seconds,
+        )
 
     def close(self) -> None:
         self.interrupt()

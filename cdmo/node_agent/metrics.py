@@ -2,6 +2,10 @@
 
 - ``cdmo_agent_reconcile_duration_seconds`` (histogram): one pass, read to status write;
 - ``cdmo_agent_instances_created_total`` / ``..._destroyed_total`` (counters, by profile);
+- ``cdmo_agent_instances_repaired_total`` (counter, by profile): GPU instances that got their
+  compute instance again (left half-made, or a GI destroy refused after its CI went);
+- ``cdmo_agent_mig_mode_restored_total`` (counter): GPUs whose MIG mode the agent switched back
+  on after a reboot or reset;
 - ``cdmo_agent_failures_total`` (counter, by reason: NvmlError, InstanceInUse, Fatal, ...);
 - ``cdmo_agent_blocked_gpus`` (gauge): GPUs blocked by an instance in use after the last pass;
 - ``cdmo_agent_device_plugin_refreshes_total`` (counter, by strategy and result).
@@ -35,6 +39,17 @@ class AgentMetrics:
         self.destroyed = Counter(
             "cdmo_agent_instances_destroyed", "MIG instances destroyed", ["profile"], registry=r
         )
+        self.repaired = Counter(
+            "cdmo_agent_instances_repaired",
+            "GPU instances given their compute instance again",
+            ["profile"],
+            registry=r,
+        )
+        self.mig_restored = Counter(
+            "cdmo_agent_mig_mode_restored",
+            "GPUs whose MIG mode was switched back on after a reboot or reset",
+            registry=r,
+        )
         self.failures = Counter(
             "cdmo_agent_failures", "Failed or refused reconcile work", ["reason"], registry=r
         )
@@ -52,6 +67,10 @@ class AgentMetrics:
             self.created.labels(profile=inst.profile).inc()
         for inst in result.destroyed:
             self.destroyed.labels(profile=inst.profile).inc()
+        for inst in result.repaired:
+            self.repaired.labels(profile=inst.profile).inc()
+        if result.mig_restored:
+            self.mig_restored.inc(len(result.mig_restored))
         for gpu in result.gpus:
             if gpu.state in (GpuState.FAILED, GpuState.BLOCKED, GpuState.REFUSED, GpuState.MIG_OFF):
                 self.failures.labels(reason=str(gpu.reason)).inc()

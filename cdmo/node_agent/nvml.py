@@ -32,6 +32,7 @@ from cdmo.errors import UnknownProfile
 from cdmo.mig.catalog import GpuModel, find_model
 from cdmo.node_agent.backend import (
     AlreadyGone,
+    ComputeInstanceInfo,
     GpuInfo,
     GpuInstanceInfo,
     InstanceBusy,
@@ -41,6 +42,7 @@ from cdmo.node_agent.backend import (
     NvmlError,
     NvmlFailure,
     NvmlReturn,
+    build_instance_info,
     error_for_rc,
 )
 
@@ -217,18 +219,17 @@ class NvmlBackend:
             slices = (
                 model.profile(name).compute_slices if model is not None and model.has_profile(name) else None
             )
-            first = cis[0] if cis else None
             result.append(
-                GpuInstanceInfo(
-                    gpu=gpu,
-                    profile=name,
-                    start=int(info.placement.start),
-                    size=int(info.placement.size),
-                    gi_id=gi_id,
-                    ci_id=first[0] if first else None,
-                    uuid=first[2] if first else None,
-                    full=first is not None and (slices is None or first[1] == slices),
-                    ci_count=len(cis),
+                build_instance_info(
+                    gpu,
+                    name,
+                    int(info.placement.start),
+                    int(info.placement.size),
+                    gi_id,
+                    [
+                        ComputeInstanceInfo(ci_id, uuid, slices is None or ci_slices == slices)
+                        for ci_id, ci_slices, uuid in cis
+                    ],
                 )
             )
         return sorted(result, key=lambda i: (i.start, i.profile))
@@ -236,9 +237,12 @@ class NvmlBackend:
     def list_processes(self, gpu: int) -> dict[str, tuple[int, ...]]:
         nv = self._nvml
         h = self._handle(gpu)
-        if not self._mig_mode(gpu, h)[0]:
-            return {}
         what = f"list the processes on GPU {gpu}"
+        if not self._mig_mode(gpu, h)[0]:
+            # MIG off: the GPU is one device; its processes keep --enable-mig away from it.
+            procs = self._call(what, nv.nvmlDeviceGetComputeRunningProcesses, h)
+            uuid = self._call(f"read the UUID of GPU {gpu}", nv.nvmlDeviceGetUUID, h)
+            return {str(uuid): tuple(sorted(int(p.pid) for p in procs))} if procs else {}
         result: dict[str, tuple[int, ...]] = {}
         for index in range(self._call(what, nv.nvmlDeviceGetMaxMigDeviceCount, h)):
             try:
@@ -305,14 +309,46 @@ class NvmlBackend:
             raise
         gi_info = self._call(what, nv.nvmlGpuInstanceGetInfo, gi)
         ci_info = self._call(what, nv.nvmlComputeInstanceGetInfo, ci)
-        return GpuInstanceInfo(
-            gpu=gpu,
-            profile=profile,
-            start=int(gi_info.placement.start),
-            size=int(gi_info.placement.size),
-            gi_id=int(gi_info.id),
-            ci_id=int(ci_info.id),
-            uuid=self._mig_uuid(gpu, h, int(gi_info.id), ci_info),
+        uuid = self._mig_uuid(gpu, h, int(gi_info.id), ci_info)
+        return build_instance_info(
+            gpu,
+            profile,
+            int(gi_info.placement.start),
+            int(gi_info.placement.size),
+            int(gi_info.id),
+            [ComputeInstanceInfo(int(ci_info.id), uuid)],
+        )
+
+    def create_compute_instance(self, gpu: int, gi_id: int) -> GpuInstanceInfo:
+        nv = self._nvml
+        what = f"create the compute instance of GPU instance {gi_id} on GPU {gpu}"
+        h = self._handle(gpu)
+        model = self._model(gpu, h)
+        gi = self._call(what, nv.nvmlDeviceGetGpuInstanceById, h, gi_id)  # NOT_FOUND -> AlreadyGone
+        gi_info = self._call(what, nv.nvmlGpuInstanceGetInfo, gi)
+        name = next((n for n, p in self._gi_profiles(gpu, h) if p.id == gi_info.profileId), None)
+        if model is None or name is None or not model.has_profile(name):
+            raise NotSupported(
+                f"{what}: cdmo does not know this GPU instance's profile", NvmlReturn.NOT_SUPPORTED
+            )
+        prof = model.profile(name)
+        ci_prof = self._call(
+            what,
+            nv.nvmlGpuInstanceGetComputeInstanceProfileInfo,
+            gi,
+            prof.default_ci.value,
+            nv.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
+        )
+        ci = self._call(what, nv.nvmlGpuInstanceCreateComputeInstance, gi, ci_prof.id)
+        ci_info = self._call(what, nv.nvmlComputeInstanceGetInfo, ci)
+        uuid = self._mig_uuid(gpu, h, gi_id, ci_info)
+        return build_instance_info(
+            gpu,
+            name,
+            int(gi_info.placement.start),
+            int(gi_info.placement.size),
+            gi_id,
+            [ComputeInstanceInfo(int(ci_info.id), uuid)],
         )
 
     def destroy_instance(self, gpu: int, gi_id: int) -> None:

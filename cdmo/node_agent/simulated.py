@@ -34,11 +34,13 @@ from cdmo.errors import InvalidInput
 from cdmo.mig.catalog import GpuModel, Profile, get_model, nvml_constants
 from cdmo.mig.layouts import Instance, validate_layout
 from cdmo.node_agent.backend import (
+    ComputeInstanceInfo,
     GpuInfo,
     GpuInstanceInfo,
     InstanceBusy,
     MigModeChange,
     NvmlReturn,
+    build_instance_info,
     error_for_rc,
 )
 
@@ -113,6 +115,8 @@ class SimGpu:
     mig_current: bool = True
     mig_pending: bool = True
     gis: dict[int, SimGpuInstance] = field(default_factory=dict)
+    #: Compute processes on the whole GPU (MIG off): they keep MIG mode from being switched.
+    processes: list[int] = field(default_factory=list)
 
     @property
     def product(self) -> str:
@@ -213,6 +217,21 @@ class SimulatedNode:
             ci = self._ci_by_uuid(mig_uuid)
             ci.processes = [p for p in ci.processes if p != pid]
 
+    def add_gpu_process(self, index: int, pid: int) -> None:
+        """A compute process starts on GPU ``index`` as a whole (MIG off, or a non-MIG pod)."""
+        with self.lock:
+            self.gpu(index).processes.append(pid)
+
+    def remove_gpu_process(self, index: int, pid: int) -> None:
+        with self.lock:
+            gpu = self.gpu(index)
+            gpu.processes = [p for p in gpu.processes if p != pid]
+
+    def gpu_processes(self, index: int) -> list[int]:
+        with self.lock:
+            self.check_fault("nvmlDeviceGetComputeRunningProcesses")
+            return list(self.gpu(index).processes)
+
     def _ci_by_uuid(self, mig_uuid: str) -> SimComputeInstance:
         for gpu in self.gpus:
             for gi in gpu.gis.values():
@@ -230,6 +249,7 @@ class SimulatedNode:
         with self.lock:
             for gpu in self.gpus:
                 gpu.gis.clear()
+                gpu.processes.clear()
                 if gpu.model.mig_mode_change_needs_reset:
                     gpu.mig_current = gpu.mig_pending
                 else:
@@ -266,6 +286,9 @@ class SimulatedNode:
             gpu = self.gpu(index)
             if not enabled and gpu.gis:
                 raise SimNvmlError(NvmlReturn.IN_USE, "GPU instances exist")
+            if gpu.processes and gpu.mig_current != enabled:
+                # NVML reports IN_USE in the activation status while processes hold the GPU.
+                raise SimNvmlError(NvmlReturn.IN_USE, "processes run on the GPU")
             gpu.mig_pending = enabled
             if gpu.model.mig_mode_change_needs_reset and gpu.mig_current != enabled:
                 # Ampere: the driver's own reset attempt cannot run while clients hold the GPU.
@@ -509,6 +532,9 @@ class SimulatedBackend:
             what = f"list the processes on GPU {gpu}"
             sim = self._nvml(what, node.gpu, gpu)
             result: dict[str, tuple[int, ...]] = {}
+            if not sim.mig_current:
+                pids = self._nvml(what, node.gpu_processes, gpu)
+                return {sim.uuid: tuple(pids)} if pids else {}
             for gi in sim.gis.values():
                 for ci in gi.cis.values():
                     pids = self._nvml(what, node.processes, gpu, ci.uuid)
@@ -535,6 +561,14 @@ class SimulatedBackend:
                 with contextlib.suppress(SimNvmlError):
                     node.destroy_gpu_instance(gpu, gi.gi_id)
                 raise
+            return _instance_info(gpu, gi)
+
+    def create_compute_instance(self, gpu: int, gi_id: int) -> GpuInstanceInfo:
+        with self._open() as node:
+            what = f"create the compute instance of GPU instance {gi_id} on GPU {gpu}"
+            gi = self._nvml(what, node.gpu_instance, gpu, gi_id)
+            ci_id, _ = self._nvml(what, node.ci_profile, gpu, gi_id, gi.profile.default_ci.value)
+            self._nvml(what, node.create_compute_instance, gpu, gi_id, ci_id)
             return _instance_info(gpu, gi)
 
     def destroy_instance(self, gpu: int, gi_id: int) -> None:
@@ -567,19 +601,18 @@ class SimulatedBackend:
 
 
 def _instance_info(gpu: int, gi: SimGpuInstance) -> GpuInstanceInfo:
-    cis = [ci for _, ci in sorted(gi.cis.items())]
-    first = cis[0] if cis else None
-    full = first is not None and CI_PROFILE_SLICES[first.profile_id] == gi.profile.compute_slices
-    return GpuInstanceInfo(
-        gpu=gpu,
-        profile=gi.profile.name,
-        start=gi.start,
-        size=gi.size,
-        gi_id=gi.gi_id,
-        ci_id=first.ci_id if first else None,
-        uuid=first.uuid if first else None,
-        full=full,
-        ci_count=len(cis),
+    return build_instance_info(
+        gpu,
+        gi.profile.name,
+        gi.start,
+        gi.size,
+        gi.gi_id,
+        [
+            ComputeInstanceInfo(
+                ci.ci_id, ci.uuid, CI_PROFILE_SLICES[ci.profile_id] == gi.profile.compute_slices
+            )
+            for ci in gi.cis.values()
+        ],
     )
 
 
@@ -598,6 +631,7 @@ def dump_state(node: SimulatedNode) -> dict[str, Any]:
                 "model": gpu.model.key,
                 "uuid": gpu.uuid,
                 "mig": {"current": gpu.mig_current, "pending": gpu.mig_pending},
+                "processes": list(gpu.processes),
                 "instances": [
                     {
                         "gi_id": gi.gi_id,
@@ -650,6 +684,7 @@ def parse_state(doc: Any, source: str = "the state file") -> SimulatedNode:
             uuid=str(g.get("uuid") or "GPU-" + str(uuidlib.uuid5(_UUID_NAMESPACE, f"{source}/gpu/{i}"))),
             mig_current=bool(mig.get("current", True)),
             mig_pending=bool(mig.get("pending", mig.get("current", True))),
+            processes=[int(p) for p in g.get("processes") or []],
         )
         if g.get("index", i) != i:
             raise InvalidInput(f"{source}: {where}.index must be {i} (GPUs are listed in index order)")

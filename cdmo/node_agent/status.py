@@ -18,9 +18,13 @@ from typing import Any
 
 from cdmo.api import ConditionType, Phase, format_time, get_condition, set_condition
 from cdmo.node_agent.backend import GpuInfo, GpuInstanceInfo
+from cdmo.node_agent.decide import GpuState, protected_instances
+from cdmo.node_agent.execute import GpuResult, ReconcileResult
 from cdmo.node_agent.inuse import InUse
-from cdmo.node_agent.reconcile import GpuResult, GpuState, ReconcileResult, protected_instances
 from cdmo.node_agent.refresh import RefreshOutcome
+
+#: Condition reason and Event reason when the agent switched MIG back on after a reboot or reset.
+MIG_MODE_RESTORED = "MigModeRestored"
 
 _NOT_READY_ORDER = (GpuState.REFUSED, GpuState.MIG_OFF, GpuState.BLOCKED, GpuState.FAILED, GpuState.PENDING)
 
@@ -31,6 +35,9 @@ def build_instance_entry(inst: GpuInstanceInfo, holders: Sequence[Any]) -> dict[
         entry["ciId"] = inst.ci_id
     if inst.uuid:
         entry["uuid"] = inst.uuid
+    if len(inst.uuids) > 1:
+        # A GI split by another tool: a pod may hold any of its MIG devices.
+        entry["uuids"] = list(inst.uuids)
     entry["allocated"] = bool(holders)
     pods = [h.pod for h in holders if h.pod]
     if pods:
@@ -45,8 +52,14 @@ def build_gpu_entries(
     instances: Mapping[int, Sequence[GpuInstanceInfo]],
     in_use: InUse,
     results: Mapping[int, GpuResult] | None = None,
+    managed: frozenset[str] = frozenset(),
 ) -> list[dict[str, Any]]:
-    """``status.gpus``: every GPU of the node with what it holds and who holds each instance."""
+    """``status.gpus``: every GPU of the node with what it holds and who holds each instance.
+
+    ``migManaged`` marks a GPU the spec lists that cdmo has run with MIG on (now, or by
+    ``managed``, the previous status's word): it stays marked while MIG is off after a reboot,
+    so that the agent knows to switch MIG back on.
+    """
     results = results or {}
     infos = sorted(infos, key=lambda g: g.index)
     desired = {i: r.desired for i, r in results.items() if r.desired is not None}
@@ -63,6 +76,8 @@ def build_gpu_entries(
         if info.mig_pending != info.mig_current:
             entry["migPending"] = info.mig_pending
         res = results.get(info.index)
+        if res is not None and res.desired is not None and (info.mig_current or info.uuid in managed):
+            entry["migManaged"] = True
         if res is not None and res.state not in (GpuState.READY, GpuState.UNMANAGED):
             entry["state"] = str(res.state)
             entry["message"] = res.message
@@ -92,6 +107,33 @@ def _first_not_ready(result: ReconcileResult) -> GpuResult | None:
             if g.state == state:
                 return g
     return None
+
+
+def managed_gpus(status: Mapping[str, Any] | None) -> frozenset[str]:
+    """UUIDs of the GPUs a (previous) status reports cdmo managed with MIG on.
+
+    A GPU among them that now has MIG off came back from a reboot or reset (Hopper and later
+    lose MIG mode on one); the agent may switch it back on (autoEnableMig).
+    """
+    return frozenset(
+        str(g["uuid"])
+        for g in (status or {}).get("gpus") or []
+        if g.get("uuid") and (g.get("migManaged") or g.get("migEnabled"))
+    )
+
+
+def mig_restored_message(result: ReconcileResult) -> str:
+    names = []
+    for index in result.mig_restored:
+        g = next((r for r in result.gpus if r.index == index), None)
+        product = f" ({g.info.product})" if g is not None and g.info is not None else ""
+        names.append(f"GPU {index}{product}")
+    return (
+        "MIG mode was off on "
+        + ", ".join(names)
+        + " after a reboot or GPU reset, where cdmo had managed MIG; the agent switched it back on "
+        "(turn this off with the chart value agent.autoEnableMig: false)"
+    )
 
 
 def mig_uuids(status: Mapping[str, Any] | None) -> frozenset[str]:
@@ -130,6 +172,16 @@ def build_status(
             "False",
             str(mig_off[0].reason),
             "; ".join(g.message for g in mig_off),
+            now,
+            gen,
+        )
+    elif result.mig_restored:
+        conds = set_condition(
+            conds,
+            ConditionType.MIG_MODE_ENABLED,
+            "True",
+            MIG_MODE_RESTORED,
+            mig_restored_message(result),
             now,
             gen,
         )
@@ -220,6 +272,7 @@ def build_status(
             {g.index: g.instances for g in result.gpus},
             result.in_use,
             {g.index: g for g in result.gpus},
+            managed_gpus(previous),
         ),
         "lastError": errors[0] if errors else None,
     }

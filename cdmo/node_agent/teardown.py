@@ -18,7 +18,7 @@ from cdmo.node_agent.backend import (
     call_with_retry,
 )
 from cdmo.node_agent.inuse import EMPTY_IN_USE
-from cdmo.node_agent.reconcile import Blocker, GpuState, InUseSource, execute_plan, plan_node
+from cdmo.node_agent.reconcile import Blocker, GpuState, InUseSource, execute_decision, prepare_node
 
 
 @dataclass(frozen=True)
@@ -48,12 +48,12 @@ def teardown_node(
 ) -> TeardownResult:
     """Destroy every instance on every GPU with MIG on, unless one is in use; then MIG off if asked."""
     gpus = call_with_retry(retry, backend.list_gpus)
-    plan = plan_node(backend, {g.index: () for g in gpus if g.mig_current}, in_use, retry=retry, log=log)
+    plan = prepare_node(backend, {g.index: () for g in gpus if g.mig_current}, in_use, retry=retry, log=log)
     errors = [g.message for g in plan.gpus if g.state == GpuState.REFUSED]
     holders = tuple(b for g in plan.gpus for b in g.diff.blockers)
     if holders:
         return TeardownResult(holders=holders, errors=tuple(errors))
-    result = execute_plan(backend, plan, in_use, retry=retry, log=log)
+    result = execute_decision(backend, plan, in_use, retry=retry, log=log)
     holders = tuple(b for g in result.gpus for b in g.blockers)
     errors += list(result.errors)
     changes: list[MigModeChange] = []

@@ -2,7 +2,7 @@
 
 operator: read pods and nodes, create events, manage miglayouts but not their status (plus
 what kopf itself needs: its peering object, and a watch on CRDs).
-agent: read miglayouts, patch miglayouts/status, read pods, and delete pods only in the device
+agent: read miglayouts, patch miglayouts/status, read pods, create events, and delete pods only in the device
 plugin's namespace and only with the delete-pod refresh strategy.
 No wildcard verb, resource or API group anywhere.
 """
@@ -35,6 +35,7 @@ AGENT_RULES: Rules = {
     ("cdmo.clear.ml", "miglayouts"): READ,
     ("cdmo.clear.ml", "miglayouts/status"): frozenset({"patch"}),
     ("", "pods"): READ,
+    ("", "events"): frozenset({"create"}),
 }
 AGENT_REFRESH_RULES: Rules = {("", "pods"): frozenset({"delete"})}
 

@@ -66,14 +66,18 @@ class GuardedBackend:
     def create_instance(self, gpu: int, profile: str, start: int) -> GpuInstanceInfo:
         return self.inner.create_instance(gpu, profile, start)
 
+    def create_compute_instance(self, gpu: int, gi_id: int) -> GpuInstanceInfo:
+        return self.inner.create_compute_instance(gpu, gi_id)
+
     def destroy_instance(self, gpu: int, gi_id: int) -> None:
         victim = next((i for i in self.inner.list_instances(gpu) if i.gi_id == gi_id), None)
-        if victim is not None and victim.uuid:
-            holder = self.cluster.holder_of(self.node, victim.uuid)
-            if holder is not None:
-                self.cluster.violations.append(
-                    f"{self.node}: destroyed {victim.profile}@{victim.start} on GPU {gpu} ({victim.uuid}) held by {holder}"
-                )
+        if victim is not None:
+            for uuid in victim.uuids:  # every compute instance of the GI
+                holder = self.cluster.holder_of(self.node, uuid)
+                if holder is not None:
+                    self.cluster.violations.append(
+                        f"{self.node}: destroyed {victim.profile}@{victim.start} on GPU {gpu} ({uuid}) held by {holder}"
+                    )
         self.inner.destroy_instance(gpu, gi_id)
 
     def set_mig_mode(self, gpu: int, enabled: bool) -> MigModeChange:

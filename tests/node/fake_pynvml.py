@@ -379,6 +379,14 @@ def make_fake_pynvml(node: SimulatedNode, *, ci_device_is_parent: bool = False) 
         def go() -> list[Any]:
             kind, gpu, gi_id, ci_id = resolve(handle, _DEVICE, _MIG)
             rows = []
+            if kind == _DEVICE and not node.gpu(gpu).mig_current:
+                # MIG off: processes run on the GPU as a whole.
+                for pid in node.gpu_processes(gpu):
+                    info = real.c_nvmlProcessInfo_v3_t()
+                    info.pid = pid
+                    info.usedGpuMemory = 1 << 30
+                    rows.append(real.nvmlStructToFriendlyObject(info))
+                return rows
             for g, c, ci in mig_devices(gpu):
                 if kind == _MIG and (g, c) != (gi_id, ci_id):
                     continue

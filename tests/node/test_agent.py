@@ -40,6 +40,7 @@ class FakeKube:
         self.lock = threading.Lock()
         self.fail_reads = 0
         self.expire_next_watch = False
+        self.events: list[dict[str, Any]] = []
 
     def _bump(self) -> str:
         self.rv += 1
@@ -127,6 +128,13 @@ class FakeKube:
 
     def list_node_pods(self, node: str) -> list[dict[str, Any]]:
         return [p for p in self.pods if p["spec"].get("nodeName") == node]
+
+    def create_miglayout_event(
+        self, layout: dict[str, Any], *, reason: str, message: str, event_type: str = "Normal"
+    ) -> None:
+        self.events.append(
+            {"name": layout["metadata"]["name"], "reason": reason, "message": message, "type": event_type}
+        )
 
     def status(self, name: str = NODE) -> dict[str, Any]:
         return copy.deepcopy(self.objects[name].get("status") or {})
@@ -412,3 +420,116 @@ def test_the_loop_survives_an_unexpected_error(node: SimulatedNode) -> None:
     stop.set()
     thread.join(timeout=5)
     assert not thread.is_alive() and errors == []
+
+
+# --- MIG mode back after a reboot (issue 10, item 5) -----------------------------------------
+
+
+def test_a_hopper_gpu_back_from_a_reboot_gets_mig_and_its_layout_back(node: SimulatedNode) -> None:
+    """The chart's default before: a rebooted H100 node stayed in Error with no instances."""
+    kube = FakeKube()
+    kube.set_layout({0: layout("3g.40gb@0,3g.40gb@4"), 1: layout("7g.80gb@0")})
+    agent = make_agent(kube, node)
+    assert agent.sync_once().settled
+    node.reboot()
+    assert not node.gpus[0].mig_current  # Hopper loses MIG mode on a reboot
+    outcome = agent.sync_once()
+    assert outcome.settled
+    assert layouts(node, 0) == ["3g.40gb@0", "3g.40gb@4"] and layouts(node, 1) == ["7g.80gb@0"]
+    status = kube.status()
+    cond = get_condition(status["conditions"], "MigModeEnabled")
+    assert cond["status"] == "True" and cond["reason"] == "MigModeRestored"
+    assert "GPU 0" in cond["message"] and "GPU 1" in cond["message"]
+    assert [(e["reason"], e["type"]) for e in kube.events] == [("MigModeRestored", "Normal")]
+    assert status["phase"] == "Ready"
+
+
+def test_mig_is_not_switched_back_on_when_turned_off(node: SimulatedNode) -> None:
+    kube = FakeKube()
+    kube.set_layout({0: layout("7g.80gb@0")})
+    agent = make_agent(kube, node, auto_enable_mig=False)
+    assert agent.sync_once().settled
+    node.reboot()
+    agent.sync_once()
+    assert not node.gpus[0].mig_current and kube.events == []
+    status = kube.status()
+    assert status["phase"] == "Error"
+    assert get_condition(status["conditions"], "MigModeEnabled")["reason"] == "MigModeDisabled"
+
+
+def test_mig_waits_for_an_idle_gpu_and_names_what_holds_it(node: SimulatedNode) -> None:
+    kube = FakeKube()
+    kube.set_layout({0: layout("7g.80gb@0")})
+    pods = FakePodResources()
+    agent = make_agent(kube, node, pod_resources=pods)
+    assert agent.sync_once().settled
+    node.reboot()
+    node.add_gpu_process(0, 555)
+    pods.rows = [PodDevices("ml", "whole", "main", "nvidia.com/gpu", (node.gpus[0].uuid,))]
+    assert not agent.sync_once().settled
+    assert not node.gpus[0].mig_current and kube.events == []
+    cond = get_condition(kube.status()["conditions"], "MigModeEnabled")
+    assert cond["status"] == "False" and cond["reason"] == "GpuInUse"
+    assert "pod ml/whole" in cond["message"] and "process 555" in cond["message"]
+    # Once the GPU is idle, MIG comes back: the managed GPU is still remembered by the status.
+    node.remove_gpu_process(0, 555)
+    pods.rows = []
+    assert agent.sync_once().settled
+    assert node.gpus[0].mig_current and layouts(node) == ["7g.80gb@0"]
+
+
+def test_a_gpu_cdmo_never_managed_is_not_switched_on(make_node: Callable[..., SimulatedNode]) -> None:
+    node = make_node("h100-80gb", mig=False)
+    kube = FakeKube()
+    kube.set_layout({0: layout("7g.80gb@0")})
+    agent = make_agent(kube, node)
+    agent.sync_once()
+    assert not node.gpus[0].mig_current and kube.events == []
+
+
+def test_an_unreachable_api_server_fails_the_pass_as_a_kube_error(node: SimulatedNode) -> None:
+    """Connection errors of the Kubernetes client used to escape as urllib3 exceptions, with a
+    traceback from the loop; now they end the pass as an API error does."""
+    import socket
+
+    import kubernetes
+
+    from cdmo.node_agent.kube import KubeClient
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = kubernetes.client.Configuration(host=f"http://127.0.0.1:{port}")
+    conf.retries = False
+    kube = KubeClient(kubernetes.client.ApiClient(conf), request_timeout_seconds=2, retry_wait_seconds=0)
+    config = AgentConfig(node_name=NODE, backend="simulated")
+    agent = Agent(
+        config, SimulatedBackend(node), kube, FakeRefresher(), pod_resources=FakePodResources(), retry=RETRY
+    )
+    with pytest.raises(KubeError, match="cannot reach the Kubernetes API"):
+        agent.sync_once()
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        ([], {}, True),
+        (["--no-auto-enable-mig"], {}, False),
+        ([], {"CDMO_AUTO_ENABLE_MIG": "false"}, False),
+        ([], {"CDMO_AUTO_ENABLE_MIG": "true"}, True),
+    ],
+    ids=["default-on", "flag-off", "env-off", "env-on"],
+)
+def test_automatic_mig_enable_is_on_by_default_and_turns_off(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], env: dict[str, str], expected: bool
+) -> None:
+    import argparse
+
+    from cdmo.commands.agent import add_arguments, build_config
+
+    monkeypatch.delenv("CDMO_AUTO_ENABLE_MIG", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert build_config(parser.parse_args([*argv, "--node-name", "n"])).auto_enable_mig is expected

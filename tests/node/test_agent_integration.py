@@ -139,3 +139,32 @@ def test_cdmo_agent_once_from_a_kubeconfig(api: Any, tmp_path: Path, monkeypatch
     status = objects.get_cluster_custom_object(GROUP, VERSION, PLURAL, "node-b")["status"]
     assert status["phase"] == "Ready" and status["observedGeneration"] == 1
     assert [gi.profile.name for gi in load_state(state).gpus[0].gis.values()] == ["7g.80gb"]
+
+
+def test_mig_restored_after_a_reboot_is_a_condition_and_an_event_over_http(api: Any) -> None:
+    """The status (with migManaged, through the CRD's schema) and the Event go through the double."""
+    objects = custom(api)
+    objects.create_cluster_custom_object(
+        GROUP, VERSION, PLURAL, build_miglayout("node-r", {0: layout("3g.40gb@0,3g.40gb@4")})
+    )
+    node = SimulatedNode.from_models(["h100-80gb"], seed="node-r")
+    kube = KubeClient.for_host(api.url)
+    conf = AgentConfig(node_name="node-r")
+    agent = Agent(
+        conf, SimulatedBackend(node), kube, NoRefresh(), pod_resources=NoPodResources(), retry=RETRY
+    )
+    try:
+        assert agent.sync_once().settled
+        node.reboot()
+        assert agent.sync_once().settled
+    finally:
+        kube.close()
+    status = objects.get_cluster_custom_object(GROUP, VERSION, PLURAL, "node-r")["status"]
+    assert status["gpus"][0]["migManaged"] is True and status["gpus"][0]["migEnabled"] is True
+    cond = next(c for c in status["conditions"] if c["type"] == "MigModeEnabled")
+    assert cond["reason"] == "MigModeRestored"
+    core = client.CoreV1Api(client.ApiClient(client.Configuration(host=api.url)))
+    events = [e for e in core.list_namespaced_event("default").items if e.reason == "MigModeRestored"]
+    assert [(e.involved_object.kind, e.involved_object.name, e.type) for e in events] == [
+        ("MigLayout", "node-r", "Normal")
+    ]

@@ -6,7 +6,16 @@ from typing import Any
 
 import pytest
 
-from cdmo.node_agent.inuse import BoundPod, Holder, InUse, build_bound_pods, build_in_use, mig_requests
+from cdmo.node_agent.inuse import (
+    MAX_RESERVATIONS_PER_POD,
+    BoundPod,
+    Holder,
+    InUse,
+    build_bound_pods,
+    build_in_use,
+    device_uuid,
+    mig_requests,
+)
 from cdmo.node_agent.podresources.client import PodDevices
 
 
@@ -64,13 +73,61 @@ def test_pod_devices_become_holders_and_admitted_pods_reserve_nothing() -> None:
     ]
     bound = [BoundPod("ml", "a", {"1g.10gb": 2}), BoundPod("ml", "w", {"1g.10gb": 1, "3g.40gb": 2})]
     in_use = build_in_use(devices, bound, {"MIG-2": [7], "MIG-5": [8, 9]})
+    # Every row holds its device ids, whatever its resource name (issue 10, item 2).
     assert in_use.holders == {
+        "GPU-1": (Holder("pod", "ml/b"),),
         "MIG-1": (Holder("pod", "ml/a"),),
         "MIG-2": (Holder("pod", "ml/a"), Holder("process", "7")),
         "MIG-5": (Holder("process", "8"), Holder("process", "9")),
+        "MIG-9": (Holder("pod", "ml/c"),),
     }
     assert in_use.reservations == {"1g.10gb": ("ml/w",), "3g.40gb": ("ml/w", "ml/w")}
     assert in_use.unknown == {}
+
+
+@pytest.mark.parametrize(
+    ("device_id", "uuid"),
+    [
+        ("MIG-4f2a", "MIG-4f2a"),
+        ("MIG-4f2a::0", "MIG-4f2a"),
+        ("MIG-4f2a::13", "MIG-4f2a"),
+        ("GPU-77::2", "GPU-77"),
+        (" MIG-4f2a ", "MIG-4f2a"),
+        ("0:1", None),
+        ("3", None),
+        ("", None),
+    ],
+    ids=["plain", "replica-0", "replica-13", "gpu-replica", "spaces", "index-mig", "index-gpu", "empty"],
+)
+def test_device_uuid_reads_the_plugins_replica_ids(device_id: str, uuid: str | None) -> None:
+    assert device_uuid(device_id) == uuid
+
+
+def test_shared_replicas_and_shared_names_hold_their_instance_and_count_for_the_pod() -> None:
+    devices = [
+        PodDevices("ml", "ts", "main", "nvidia.com/mig-1g.10gb", ("MIG-a::3",)),
+        PodDevices("ml", "sh", "main", "nvidia.com/mig-1g.10gb.shared", ("MIG-b::0", "MIG-b::1")),
+    ]
+    bound = [BoundPod("ml", "sh", {"1g.10gb": 2}), BoundPod("ml", "ts", {"1g.10gb": 1})]
+    in_use = build_in_use(devices, bound)
+    assert in_use.holders == {"MIG-a": (Holder("pod", "ml/ts"),), "MIG-b": (Holder("pod", "ml/sh"),)}
+    assert in_use.reservations == {}  # both pods got what they asked for
+
+
+def test_index_device_ids_protect_every_instance_of_their_profile() -> None:
+    in_use = build_in_use([PodDevices("ml", "ix", "main", "nvidia.com/mig-2g.20gb", ("0:1",))], [])
+    assert in_use.holders == {}
+    assert in_use.unknown == {"2g.20gb": ("ml/ix",)}
+
+
+def test_a_shared_resource_on_a_bound_pod_reserves_its_profile() -> None:
+    p = pod("s", limits={"nvidia.com/mig-1g.10gb.shared": 1})
+    assert mig_requests(p) == {"1g.10gb": 1}
+
+
+def test_a_huge_count_on_a_bound_pod_reserves_a_bounded_number() -> None:
+    in_use = build_in_use([], [BoundPod("ml", "big", {"1g.10gb": 10**12})])
+    assert len(in_use.reservations["1g.10gb"]) == MAX_RESERVATIONS_PER_POD
 
 
 def test_terminating_pods_that_hold_nothing_reserve_nothing() -> None:

@@ -7,15 +7,19 @@ is used in test_agent_integration.py when it is there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+import kubernetes
 import pytest
+import urllib3
 
 from cdmo.node_agent.kube import KubeClient, KubeError, WatchExpired
 
@@ -32,6 +36,8 @@ class Script:
         self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.status_code: int | None = None
         self.watch_gone = False
+        #: seconds to wait before answering a GET (a slow or hung API server)
+        self.delay_seconds = 0.0
 
 
 def make_handler(script: Script) -> type[BaseHTTPRequestHandler]:
@@ -57,11 +63,16 @@ def make_handler(script: Script) -> type[BaseHTTPRequestHandler]:
 
         def _send(self, code: int, doc: Any) -> None:
             data = json.dumps(doc).encode()
-            self.send_response(code)
+            try:
+                self.send_response(code)
+            except (BrokenPipeError, ConnectionResetError):
+                return
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            # The client may have given up (a timeout test): nothing to answer then.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.wfile.write(data)
 
         def _fail(self) -> bool:
             if script.status_code:
@@ -73,6 +84,8 @@ def make_handler(script: Script) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             path, query = self._record()
+            if script.delay_seconds:
+                time.sleep(script.delay_seconds)
             if self._fail():
                 return
             if path == MGL and query.get("watch") == ["true"]:
@@ -120,6 +133,14 @@ def make_handler(script: Script) -> type[BaseHTTPRequestHandler]:
             if self._fail():
                 return
             self._send(200, {"metadata": {"name": "gpu-1"}, **body})
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            body = json.loads(self.rfile.read(length))
+            self._record(body)
+            if self._fail():
+                return
+            self._send(201, body)
 
         def do_DELETE(self) -> None:
             length = int(self.headers.get("Content-Length", "0") or 0)
@@ -292,3 +313,111 @@ def test_from_environment_with_a_kubeconfig(monkeypatch: pytest.MonkeyPatch, tmp
     client = KubeClient.from_environment(str(path))
     assert client.api_client.configuration.host == "http://127.0.0.1:9"
     client.close()
+
+
+# --- connection errors and timeouts (issue 10, item 6) --------------------------------------
+
+
+class FlakyList:
+    """list_cluster_custom_object that fails ``failures`` times with ``error``, then answers."""
+
+    def __init__(self, failures: int, error: BaseException) -> None:
+        self.failures = failures
+        self.error = error
+        self.calls = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+
+        class Resp:
+            data = json.dumps({"metadata": {"resourceVersion": "5"}, "items": []}).encode()
+
+        return Resp()
+
+
+CONNECTION_FAILURES = [
+    urllib3.exceptions.NewConnectionError(None, "connection refused"),  # type: ignore[arg-type]
+    urllib3.exceptions.ReadTimeoutError(None, "/apis", "read timed out"),  # type: ignore[arg-type]
+    urllib3.exceptions.ProtocolError("connection aborted"),
+    urllib3.exceptions.MaxRetryError(None, "/apis", "too many retries"),  # type: ignore[arg-type]
+    ConnectionResetError("reset by peer"),
+    TimeoutError("timed out"),
+]
+
+
+@pytest.mark.parametrize("error", CONNECTION_FAILURES, ids=lambda e: type(e).__name__)
+def test_a_connection_error_is_tried_again_and_then_succeeds(error: BaseException) -> None:
+    client = KubeClient.for_host("http://127.0.0.1:9")
+    client.retry_wait_seconds = 0
+    flaky = FlakyList(2, error)
+    client.custom.list_cluster_custom_object = flaky  # type: ignore[method-assign]
+    assert client.read_miglayout("gpu-1") == (None, "5")
+    assert flaky.calls == 3
+
+
+@pytest.mark.parametrize("error", CONNECTION_FAILURES, ids=lambda e: type(e).__name__)
+def test_a_connection_that_keeps_failing_is_a_kube_error_after_bounded_tries(error: BaseException) -> None:
+    client = KubeClient.for_host("http://127.0.0.1:9")
+    client.retry_wait_seconds = 0
+    flaky = FlakyList(100, error)
+    client.custom.list_cluster_custom_object = flaky  # type: ignore[method-assign]
+    with pytest.raises(KubeError, match="cannot reach the Kubernetes API after 3 tries"):
+        client.read_miglayout("gpu-1")
+    assert flaky.calls == 3
+
+
+def test_a_refused_connection_is_a_kube_error_on_every_call() -> None:
+    """A real socket: nothing listens on the port."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    conf = kubernetes.client.Configuration(host=f"http://127.0.0.1:{port}")
+    conf.retries = False  # urllib3's own retries off: the bound is cdmo's
+    client = KubeClient(kubernetes.client.ApiClient(conf), request_timeout_seconds=2, retry_wait_seconds=0)
+    calls: list[Callable[[], Any]] = [
+        lambda: client.read_miglayout("gpu-1"),
+        lambda: client.patch_miglayout_status("gpu-1", {}),
+        lambda: client.list_node_pods("gpu-1"),
+        lambda: client.list_pods("ns", "a=b", "gpu-1"),
+        lambda: client.delete_pod("ns", "p"),
+        lambda: client.create_miglayout_event({"metadata": {"name": "gpu-1"}}, reason="R", message="m"),
+    ]
+    for call in calls:
+        with pytest.raises(KubeError, match="cannot reach"):
+            call()
+
+
+def test_a_request_that_times_out_is_a_kube_error(server: tuple[Script, KubeClient]) -> None:
+    script, client = server
+    script.delay_seconds = 1.0
+    client.request_timeout_seconds = 0.2
+    client.retry_wait_seconds = 0
+    client.api_client.rest_client.pool_manager.connection_pool_kw["retries"] = False
+    with pytest.raises(KubeError, match="cannot reach"):
+        client.list_node_pods("gpu-1")
+    assert len(script.requests) == 3
+
+
+def test_events_on_the_miglayout(server: tuple[Script, KubeClient]) -> None:
+    script, client = server
+    layout = {"metadata": {"name": "gpu-1", "uid": "u-1", "resourceVersion": "9"}}
+    client.create_miglayout_event(layout, reason="MigModeRestored", message="MIG is back on GPU 0")
+    (req,) = script.requests
+    assert (req["method"], req["path"]) == ("POST", "/api/v1/namespaces/default/events")
+    body = req["body"]
+    assert body["involvedObject"] == {
+        "apiVersion": "cdmo.clear.ml/v1alpha1",
+        "kind": "MigLayout",
+        "name": "gpu-1",
+        "uid": "u-1",
+        "resourceVersion": "9",
+    }
+    assert (body["reason"], body["type"], body["message"]) == (
+        "MigModeRestored",
+        "Normal",
+        "MIG is back on GPU 0",
+    )

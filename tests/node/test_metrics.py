@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import urllib.request
 
+import pytest
+
 from cdmo.node_agent.metrics import AgentMetrics
 from cdmo.node_agent.reconcile import reconcile_node
 from cdmo.node_agent.refresh import RefreshOutcome
-from cdmo.node_agent.simulated import SimulatedBackend, SimulatedNode
+from cdmo.node_agent.simulated import SimulatedBackend, SimulatedCrash, SimulatedNode
 from tests.node.conftest import RETRY, layout
 
 
@@ -41,6 +43,25 @@ def test_a_pass_counts_creates_destroys_and_blocks(sim: SimulatedBackend, node: 
         )
         == 1
     )
+
+
+def test_repairs_and_restored_mig_mode_are_counted(sim: SimulatedBackend, node: SimulatedNode) -> None:
+    metrics = AgentMetrics()
+    node.crash_before_next_compute_instance = True
+    with pytest.raises(SimulatedCrash):
+        reconcile_node(sim, {0: layout("3g.40gb@4")}, retry=RETRY)
+    metrics.observe_pass(reconcile_node(sim, {0: layout("3g.40gb@4")}, retry=RETRY), 0.1)
+    node.reboot()
+    restore = {g.uuid for g in sim.list_gpus()}
+    metrics.observe_pass(
+        reconcile_node(
+            sim, {0: layout("3g.40gb@4"), 1: layout("7g.80gb@0")}, restore_mig=restore, retry=RETRY
+        ),
+        0.1,
+    )
+    text = metrics.render().decode()
+    assert sample(text, 'cdmo_agent_instances_repaired_total{profile="3g.40gb"}') == 1
+    assert sample(text, "cdmo_agent_mig_mode_restored_total") == 2
 
 
 def test_two_agents_keep_separate_metrics() -> None:

@@ -16,8 +16,8 @@ from cdmo.node_agent.reconcile import (
     Reason,
     Step,
     diff_layout,
-    execute_plan,
-    plan_node,
+    execute_decision,
+    prepare_node,
     protected_instances,
     reconcile_node,
 )
@@ -69,7 +69,7 @@ def info(
         (
             "1g.10gb@0",
             [info(0, "1g.10gb", 0, 7, uuid=None, ci_id=None)],
-            ["destroy 1g.10gb@0", "create 1g.10gb@0"],
+            ["repair 1g.10gb@0"],
         ),
         ("3g.40gb@4,1g.10gb@0", [info(0, "1g.10gb", 0, 7)], ["create 3g.40gb@4"]),
     ],
@@ -213,10 +213,10 @@ def test_a_process_that_starts_after_planning_is_seen_before_destroy(
 ) -> None:
     reconcile_node(sim, {0: layout("3g.40gb@0")}, retry=RETRY)
     [inst] = sim.list_instances(0)
-    plan = plan_node(sim, {0: layout("4g.40gb@0")}, retry=RETRY)
+    plan = prepare_node(sim, {0: layout("4g.40gb@0")}, retry=RETRY)
     assert plan.gpus[0].state == GpuState.PENDING
     node.add_process(inst.uuid, 31337)
-    result = execute_plan(sim, plan, retry=RETRY)
+    result = execute_decision(sim, plan, retry=RETRY)
     assert result.gpu(0).state == GpuState.BLOCKED and holds(sim, 0) == "3g.40gb@0"
 
 
@@ -399,7 +399,7 @@ def test_an_unreadable_in_use_source_stops_destroys(sim: SimulatedBackend) -> No
 
 
 def test_plan_lists_refusals_and_steps(sim: SimulatedBackend) -> None:
-    plan = plan_node(sim, {0: layout("3g.40gb@0"), 3: ()}, retry=RETRY)
+    plan = prepare_node(sim, {0: layout("3g.40gb@0"), 3: ()}, retry=RETRY)
     assert [s.action for s in plan.steps] == ["create"]
     assert [g.index for g in plan.refusals] == [3]
     assert plan.desired == {0: (Instance("3g.40gb", 0),), 3: ()}
