@@ -214,3 +214,87 @@ def test_a_node_without_the_driver_says_what_to_do(
     )
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr and "--backend simulated" in done.stderr
+
+
+# --- MIG mode and repairs, through the stand-in ----------------------------------------------
+
+ONE_7G = "gpus: [{index: 0, instances: [{profile: 7g.80gb, start: 0}]}]\n"
+
+
+@pytest.mark.parametrize("holder", ["process", "pod"])
+def test_enable_mig_refused_while_the_whole_gpu_is_held(
+    holder: str,
+    node: Callable[..., subprocess.CompletedProcess[str]],
+    standin: StandinGpus,
+    pod_resources_server: tuple[Kubelet, str],
+    tmp_path: Path,
+) -> None:
+    servicer, socket_path = pod_resources_server
+    standin.reboot()  # Hopper: back with MIG off and no instances
+    gpu_uuid = standin.records("gpu")[0][2]
+    if holder == "process":
+        standin.add_process(gpu_uuid, 4242)
+    else:
+        servicer.held = [Held("ml", "train", "nvidia.com/gpu", (gpu_uuid,))]
+    (tmp_path / "layout.yaml").write_text(ONE_7G)
+    argv = ("node", "apply", str(tmp_path / "layout.yaml"), "--enable-mig", "--backend", "nvml")
+    done = node(*argv, "--pod-resources-socket", socket_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert ("process 4242" if holder == "process" else "pod ml/train") in done.stderr
+    assert standin.records("gpu")[0][3:] == ["0", "0"] and standin.instances() == []
+
+    standin.remove_process(gpu_uuid, 4242)
+    servicer.held = []
+    done = node(*argv, "--pod-resources-socket", socket_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert standin.records("gpu")[0][3:] == ["1", "1"]
+    assert [(g, p, s) for g, _, p, s in standin.instances()] == [(0, 0, 0)]
+
+
+def test_a_gpu_instance_left_without_its_compute_instance_is_repaired_in_place(
+    node: Callable[..., subprocess.CompletedProcess[str]],
+    standin: StandinGpus,
+    pod_resources_server: tuple[Kubelet, str],
+    tmp_path: Path,
+) -> None:
+    """An agent died between the GI and the CI create: the GI stays, its CI is made."""
+    _, socket_path = pod_resources_server
+    standin.reboot()
+    standin.set_mig_mode(0, True, True)
+    orphan = standin.create_gpu_instance(0, 0, 0, 8)  # 7g.80gb, no compute instance
+    (tmp_path / "layout.yaml").write_text(ONE_7G)
+    done = node(
+        "node",
+        "apply",
+        str(tmp_path / "layout.yaml"),
+        "--backend",
+        "nvml",
+        "--pod-resources-socket",
+        socket_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert standin.instances() == [(0, orphan.gi_id, 0, 0)]
+    [(gpu, gi_id, _, ci_profile, uuid)] = standin.compute_instances()
+    assert (gpu, gi_id, ci_profile) == (0, orphan.gi_id, 4)  # 7_SLICE: the whole GI
+    shown = node("node", "show", "--backend", "nvml", "--pod-resources-socket", socket_path, "-o", "json")
+    [inst] = json.loads(shown.stdout)["gpus"][0]["instances"]
+    assert inst["uuid"] == uuid
+
+
+def test_a_refused_gpu_instance_destroy_is_finished_on_the_next_apply(
+    node: Callable[..., subprocess.CompletedProcess[str]],
+    standin: StandinGpus,
+    pod_resources_server: tuple[Kubelet, str],
+    tmp_path: Path,
+) -> None:
+    """dcgm-exporter held the GI once: its CI went, the GI stayed; the next apply goes on."""
+    _, socket_path = pod_resources_server
+    standin.inject_fault("nvmlGpuInstanceDestroy", pynvml.NVML_ERROR_IN_USE)
+    first = apply(node, tmp_path, socket_path)
+    assert first.returncode == 1, first.stdout + first.stderr
+    with_ci = {(g, i) for g, i, *_ in standin.compute_instances()}
+    assert [(g, i) for g, i, _, _ in standin.instances() if (g, i) not in with_ci]  # a GI without CI
+    again = apply(node, tmp_path, socket_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert sorted((g, p, s) for g, _, p, s in standin.instances()) == [(0, 0, 0), (1, 0, 0)]
+    assert len(standin.compute_instances()) == 2
