@@ -163,3 +163,31 @@ def test_one_pass_keeps_a_held_instance(
     status = status_of(api, name)
     assert status["phase"] != "Ready", status
     assert "ml/train-1" in str(status), status
+
+
+def test_mig_mode_and_layout_come_back_after_a_reboot(
+    api: Any,
+    standin: StandinGpus,
+    agent_once: Callable[[], subprocess.CompletedProcess[str]],
+    request: pytest.FixtureRequest,
+) -> None:
+    """Hopper loses MIG mode on a reboot; the next pass switches it on again and makes the layout."""
+    name = node_name_of(request)
+    objects(api).create_cluster_custom_object(
+        GROUP, VERSION, PLURAL, build_miglayout(name, {0: layout("4g.40gb@0,3g.40gb@4")})
+    )
+    assert agent_once().returncode == 0
+    made = {c[4] for c in standin.compute_instances()}
+    standin.reboot()
+    assert standin.records("gpu")[0][3:] == ["0", "0"] and standin.instances() == []
+
+    done = agent_once()
+
+    assert done.returncode == 0, done.stderr
+    assert standin.records("gpu")[0][3:] == ["1", "1"]
+    assert sorted((p, s) for g, _, p, s in standin.instances()) == [(5, 0), (9, 4)]
+    assert not made & {c[4] for c in standin.compute_instances()}  # new MIG UUIDs
+    status = status_of(api, name)
+    assert status["phase"] == "Ready"
+    mig = next(c for c in status["conditions"] if c["type"] == "MigModeEnabled")
+    assert (mig["status"], mig["reason"]) == ("True", "MigModeRestored")
