@@ -40,7 +40,9 @@ gpus:
 
 
 @pytest.fixture
-def node(standin: StandinGpus, nvml_standin_lib: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+def cdmo_on_standin(
+    standin: StandinGpus, nvml_standin_lib: Path
+) -> Callable[..., subprocess.CompletedProcess[str]]:
     """Two H100s holding BEFORE; returns a runner of ``cdmo`` commands on them."""
     backend = NvmlBackend()
     for gpu, profile, start in BEFORE:
@@ -109,7 +111,7 @@ HOLDER_FORMS: dict[str, Callable[[str, str], tuple[str, str]]] = {
 @pytest.mark.parametrize("form", list(HOLDER_FORMS))
 def test_apply_refuses_to_drop_a_held_instance_and_destroys_nothing(
     form: str,
-    node: Callable[..., subprocess.CompletedProcess[str]],
+    cdmo_on_standin: Callable[..., subprocess.CompletedProcess[str]],
     standin: StandinGpus,
     pod_resources_server: tuple[Kubelet, str],
     tmp_path: Path,
@@ -123,7 +125,7 @@ def test_apply_refuses_to_drop_a_held_instance_and_destroys_nothing(
     servicer.held = [Held("ml", "train-1", resource, (device_id,))]
     before = instances(standin)
 
-    done = apply(node, tmp_path, socket_path)
+    done = apply(cdmo_on_standin, tmp_path, socket_path)
 
     assert done.returncode == 1, done.stdout + done.stderr
     assert "ml/train-1" in done.stderr and "nothing was changed" in done.stderr
@@ -136,7 +138,7 @@ def test_apply_refuses_to_drop_a_held_instance_and_destroys_nothing(
 @pytest.mark.parametrize("form", list(HOLDER_FORMS))
 def test_apply_without_a_holder_destroys_and_creates_what_the_layout_says(
     form: str,
-    node: Callable[..., subprocess.CompletedProcess[str]],
+    cdmo_on_standin: Callable[..., subprocess.CompletedProcess[str]],
     standin: StandinGpus,
     pod_resources_server: tuple[Kubelet, str],
     tmp_path: Path,
@@ -149,7 +151,7 @@ def test_apply_without_a_holder_destroys_and_creates_what_the_layout_says(
     resource, device_id = HOLDER_FORMS[form]("7g.80gb", kept)
     servicer.held = [Held("ml", "other", resource, (device_id,))]
 
-    done = apply(node, tmp_path, socket_path)
+    done = apply(cdmo_on_standin, tmp_path, socket_path)
 
     assert done.returncode == 0, done.stdout + done.stderr
     doc = json.loads(done.stdout)
@@ -167,7 +169,7 @@ def test_apply_without_a_holder_destroys_and_creates_what_the_layout_says(
 
 
 def test_apply_refuses_where_a_process_runs(
-    node: Callable[..., subprocess.CompletedProcess[str]],
+    cdmo_on_standin: Callable[..., subprocess.CompletedProcess[str]],
     standin: StandinGpus,
     pod_resources_server: tuple[Kubelet, str],
     tmp_path: Path,
@@ -176,18 +178,21 @@ def test_apply_refuses_where_a_process_runs(
     uuid = uuid_at(0, 4)
     standin.add_process(uuid, 4242)
     before = instances(standin)
-    done = apply(node, tmp_path, socket_path)
+    done = apply(cdmo_on_standin, tmp_path, socket_path)
     assert done.returncode == 1 and "process 4242" in done.stderr
     assert instances(standin) == before
 
 
 def test_show_through_the_standin(
-    node: Callable[..., subprocess.CompletedProcess[str]], pod_resources_server: tuple[Kubelet, str]
+    cdmo_on_standin: Callable[..., subprocess.CompletedProcess[str]],
+    pod_resources_server: tuple[Kubelet, str],
 ) -> None:
     servicer, socket_path = pod_resources_server
     uuid = uuid_at(0, 6)
     servicer.held = [Held("ml", "train-1", "nvidia.com/mig-1g.10gb", (uuid,))]
-    done = node("node", "show", "--backend", "nvml", "--pod-resources-socket", socket_path, "-o", "json")
+    done = cdmo_on_standin(
+        "node", "show", "--backend", "nvml", "--pod-resources-socket", socket_path, "-o", "json"
+    )
     assert done.returncode == 0, done.stderr
     gpus = json.loads(done.stdout)["gpus"]
     assert [g["product"] for g in gpus] == ["NVIDIA H100 80GB HBM3"] * 2
@@ -224,7 +229,7 @@ ONE_7G = "gpus: [{index: 0, instances: [{profile: 7g.80gb, start: 0}]}]\n"
 @pytest.mark.parametrize("holder", ["process", "pod"])
 def test_enable_mig_refused_while_the_whole_gpu_is_held(
     holder: str,
-    node: Callable[..., subprocess.CompletedProcess[str]],
+    cdmo_on_standin: Callable[..., subprocess.CompletedProcess[str]],
     standin: StandinGpus,
     pod_resources_server: tuple[Kubelet, str],
     tmp_path: Path,
@@ -238,21 +243,21 @@ def test_enable_mig_refused_while_the_whole_gpu_is_held(
         servicer.held = [Held("ml", "train", "nvidia.com/gpu", (gpu_uuid,))]
     (tmp_path / "layout.yaml").write_text(ONE_7G)
     argv = ("node", "apply", str(tmp_path / "layout.yaml"), "--enable-mig", "--backend", "nvml")
-    done = node(*argv, "--pod-resources-socket", socket_path)
+    done = cdmo_on_standin(*argv, "--pod-resources-socket", socket_path)
     assert done.returncode == 1, done.stdout + done.stderr
     assert ("process 4242" if holder == "process" else "pod ml/train") in done.stderr
     assert standin.records("gpu")[0][3:] == ["0", "0"] and standin.instances() == []
 
     standin.remove_process(gpu_uuid, 4242)
     servicer.held = []
-    done = node(*argv, "--pod-resources-socket", socket_path)
+    done = cdmo_on_standin(*argv, "--pod-resources-socket", socket_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert standin.records("gpu")[0][3:] == ["1", "1"]
     assert [(g, p, s) for g, _, p, s in standin.instances()] == [(0, 0, 0)]
 
 
 def test_a_gpu_instance_left_without_its_compute_instance_is_repaired_in_place(
-    node: Callable[..., subprocess.CompletedProcess[str]],
+    cdmo_on_standin: Callable[..., subprocess.CompletedProcess[str]],
     standin: StandinGpus,
     pod_resources_server: tuple[Kubelet, str],
     tmp_path: Path,
@@ -263,7 +268,7 @@ def test_a_gpu_instance_left_without_its_compute_instance_is_repaired_in_place(
     standin.set_mig_mode(0, True, True)
     orphan = standin.create_gpu_instance(0, 0, 0, 8)  # 7g.80gb, no compute instance
     (tmp_path / "layout.yaml").write_text(ONE_7G)
-    done = node(
+    done = cdmo_on_standin(
         "node",
         "apply",
         str(tmp_path / "layout.yaml"),
@@ -276,13 +281,15 @@ def test_a_gpu_instance_left_without_its_compute_instance_is_repaired_in_place(
     assert standin.instances() == [(0, orphan.gi_id, 0, 0)]
     [(gpu, gi_id, _, ci_profile, uuid)] = standin.compute_instances()
     assert (gpu, gi_id, ci_profile) == (0, orphan.gi_id, 4)  # 7_SLICE: the whole GI
-    shown = node("node", "show", "--backend", "nvml", "--pod-resources-socket", socket_path, "-o", "json")
+    shown = cdmo_on_standin(
+        "node", "show", "--backend", "nvml", "--pod-resources-socket", socket_path, "-o", "json"
+    )
     [inst] = json.loads(shown.stdout)["gpus"][0]["instances"]
     assert inst["uuid"] == uuid
 
 
 def test_a_refused_gpu_instance_destroy_leaves_no_gpu_instance_without_compute_instance(
-    node: Callable[..., subprocess.CompletedProcess[str]],
+    cdmo_on_standin: Callable[..., subprocess.CompletedProcess[str]],
     standin: StandinGpus,
     pod_resources_server: tuple[Kubelet, str],
     tmp_path: Path,
@@ -291,11 +298,11 @@ def test_a_refused_gpu_instance_destroy_leaves_no_gpu_instance_without_compute_i
     the GI a full CI again (its device must not vanish), and the next apply goes on."""
     _, socket_path = pod_resources_server
     standin.inject_fault("nvmlGpuInstanceDestroy", pynvml.NVML_ERROR_IN_USE)
-    first = apply(node, tmp_path, socket_path)
+    first = apply(cdmo_on_standin, tmp_path, socket_path)
     assert first.returncode == 1 and "IN_USE" in first.stderr, first.stdout + first.stderr
     with_ci = {(g, i) for g, i, *_ in standin.compute_instances()}
     assert all((g, i) in with_ci for g, i, _, _ in standin.instances())
-    again = apply(node, tmp_path, socket_path)
+    again = apply(cdmo_on_standin, tmp_path, socket_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert sorted((g, p, s) for g, _, p, s in standin.instances()) == [(0, 0, 0), (1, 0, 0)]
     assert len(standin.compute_instances()) == 2
