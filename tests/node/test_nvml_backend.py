@@ -509,3 +509,36 @@ def test_mig_mode_is_not_switched_under_a_process_on_the_whole_gpu(standin: Stan
     assert [(g.mig_current, g.mig_pending) for g in backend.list_gpus()] == [(False, False)] * 2
     standin.remove_process(gpu.uuid, 888)
     assert backend.set_mig_mode(0, True).current
+
+
+def test_repair_makes_the_full_compute_instance_of_a_gpu_instance_without_one(
+    any_backend: GpuBackend, gpus: Gpus
+) -> None:
+    gi = gpus.create_gpu_instance(0, 15, 2, 2)  # 1g.20gb, no CI (an agent died between the creates)
+    repaired = any_backend.create_compute_instance(0, gi.gi_id)
+    assert (repaired.gi_id, repaired.profile, repaired.start, repaired.healthy) == (
+        gi.gi_id,
+        "1g.20gb",
+        2,
+        True,
+    )
+    [listed] = any_backend.list_instances(0)
+    assert listed.healthy and listed.uuid == repaired.uuid
+    with pytest.raises(AlreadyGone):
+        any_backend.create_compute_instance(0, 12)
+
+
+def test_a_gpu_instance_that_cannot_be_destroyed_after_a_failed_compute_instance_is_repaired_later(
+    standin: StandinGpus,
+) -> None:
+    """CI create fails, then NVML refuses the clean-up destroy: the CI error is what the caller
+    sees, the GI stays without a CI, and the repair makes the H100 1g.20gb's REV1 CI."""
+    standin.inject_fault("nvmlGpuInstanceCreateComputeInstance", NvmlReturn.UNKNOWN)
+    standin.inject_fault("nvmlGpuInstanceDestroy", NvmlReturn.IN_USE)
+    backend = NvmlBackend()
+    with pytest.raises(TransientNvmlError):
+        backend.create_instance(0, "1g.20gb", 4)
+    [left] = backend.list_instances(0)
+    assert (left.profile, left.start, left.ci_id, left.healthy) == ("1g.20gb", 4, None, False)
+    backend.create_compute_instance(0, left.gi_id)
+    assert [(g, i, p) for g, i, _, p, _ in standin.compute_instances()] == [(0, left.gi_id, 7)]
