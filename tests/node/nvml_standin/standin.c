@@ -133,7 +133,7 @@ static const Model *find_model(const char *key) {
 }
 
 static int parse(FILE *f) {
-    char line[256], a[UUID_LEN];
+    char line[256], a[UUID_LEN], uuid[UUID_LEN];
     unsigned g, gi, ci, p, x, y;
     int rc, count;
     memset(&S, 0, sizeof S);
@@ -141,8 +141,9 @@ static int parse(FILE *f) {
         if (sscanf(line, "serial %u", &x) == 1) S.serial = x;
         else if (strncmp(line, "option unprivileged", 19) == 0) S.unprivileged = 1;
         else if (strncmp(line, "option ci-device-parent", 23) == 0) S.ci_device_parent = 1;
-        else if (sscanf(line, "gpu %40s %95s %u %u", a, S.gpus[S.ngpus].uuid, &x, &y) == 4) {
+        else if (sscanf(line, "gpu %40s %95s %u %u", a, uuid, &x, &y) == 4) {
             if (S.ngpus == MAX_GPUS || !(S.gpus[S.ngpus].model = find_model(a))) return -1;
+            snprintf(S.gpus[S.ngpus].uuid, UUID_LEN, "%s", uuid);
             S.gpus[S.ngpus].mig = x, S.gpus[S.ngpus].pending = y;
             S.ngpus++;
         } else if (sscanf(line, "gi %u %u %u %u", &g, &gi, &p, &x) == 4) {
@@ -243,7 +244,9 @@ static nvmlReturn_t end(nvmlReturn_t rc) {
 #define CHANGING() \
     do { if (S.unprivileged) return end(NVML_ERROR_NO_PERMISSION); } while (0)
 
-/* --- handles: opaque pointers that encode what they name (never dereferenced) -------------- */
+/* --- handles: opaque pointers that encode what they name (never dereferenced) --------------
+ * A handle names a place (GPU, GI id, CI id): one kept across a destroy and a create at the same
+ * place names the new instance, where NVML's would be stale. The backend never keeps them. */
 
 enum { DEVICE = 1, MIG = 2, GPU_INSTANCE = 3, COMPUTE_INSTANCE = 4 };
 
