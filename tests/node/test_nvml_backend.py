@@ -321,11 +321,15 @@ def test_unknown_model_is_listed_but_not_changed(node: SimulatedNode) -> None:
 
 
 def test_set_mig_mode_reports_reset_needed_on_ampere(make_standin: Callable[..., StandinGpus]) -> None:
-    make_standin("a100-40gb", mig=False)
+    standin = make_standin("a100-40gb", mig=False)
     backend = NvmlBackend()
     change = backend.set_mig_mode(0, True)
     assert change.reset_needed and change.pending and not change.current
     assert backend.list_gpus()[0].model_key == "a100-40gb"
+    with pytest.raises(NotSupported):  # not before the reset
+        backend.create_instance(0, "7g.40gb", 0)
+    standin.reset_gpu(0)
+    assert backend.create_instance(0, "7g.40gb", 0).healthy
 
 
 def test_a100_offers_its_own_profiles(make_standin: Callable[..., StandinGpus]) -> None:

@@ -116,6 +116,18 @@ class StandinGpus:
                 kept.append(line)
             lines[:] = kept
 
+    def reset_gpu(self, gpu: int) -> None:
+        """``nvidia-smi -i N -r``: the GPU's instances are gone, a pending MIG mode takes effect."""
+        with self._edit() as lines:
+            gpus = [i for i, line in enumerate(lines) if line.startswith("gpu ")]
+            words = lines[gpus[gpu]].split()
+            lines[gpus[gpu]] = " ".join([*words[:3], words[4], words[4]])
+            lines[:] = [
+                line
+                for line in lines
+                if not (line.split()[0] in ("gi", "ci") and line.split()[1] == str(gpu))
+            ]
+
     # --- instances, made through NVML ----------------------------------------------------
 
     def instances(self) -> list[tuple[int, int, int, int]]:
