@@ -35,6 +35,7 @@ from cdmo.node_agent.backend import (
     ComputeInstanceInfo,
     GpuInfo,
     GpuInstanceInfo,
+    InstanceBusy,
     InvalidPlacement,
     MigModeChange,
     NotSupported,
@@ -355,6 +356,14 @@ class NvmlBackend:
         what = f"destroy GPU instance {gi_id} on GPU {gpu}"
         h = self._handle(gpu)
         gi = self._call(what, nv.nvmlDeviceGetGpuInstanceById, h, gi_id)  # NOT_FOUND -> AlreadyGone
+        # A process on any compute instance keeps the whole GI: check them all before the first
+        # CI destroy, or the idle CIs of a split GI would go before NVML refuses the busy one.
+        busy = self.list_processes(gpu)
+        pids = sorted(
+            {p for _, _, uuid in self._compute_instances(gpu, h, gi, gi_id) for p in busy.get(uuid or "", ())}
+        )
+        if pids:
+            raise InstanceBusy(f"{what}: processes {', '.join(map(str, pids))} run on it", NvmlReturn.IN_USE)
         for _, handle in list(self._compute_instance_handles(gi, what)):
             with contextlib.suppress(AlreadyGone):  # gone meanwhile: that is what we wanted
                 self._call(what, nv.nvmlComputeInstanceDestroy, handle)

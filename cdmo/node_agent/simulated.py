@@ -37,6 +37,7 @@ from cdmo.node_agent.backend import (
     ComputeInstanceInfo,
     GpuInfo,
     GpuInstanceInfo,
+    InstanceBusy,
     MigModeChange,
     NvmlReturn,
     build_instance_info,
@@ -574,6 +575,12 @@ class SimulatedBackend:
         with self._open() as node:
             what = f"destroy GPU instance {gi_id} on GPU {gpu}"
             gi = self._nvml(what, node.gpu_instance, gpu, gi_id)
+            # As NvmlBackend: a process on any CI keeps the whole GI, idle CIs included.
+            pids = sorted(p for ci in gi.cis.values() for p in ci.processes)
+            if pids:
+                raise InstanceBusy(
+                    f"{what}: processes {', '.join(map(str, pids))} run on it", NvmlReturn.IN_USE
+                )
             for ci_id in sorted(gi.cis):
                 try:
                     node.destroy_compute_instance(gpu, gi_id, ci_id)

@@ -91,18 +91,23 @@ def test_withdrawn_devices_leave_the_stream_before_destroy_and_are_refused(node,
         apply(node, plugin, {0: [Instance("3g.40gb", 0), Instance("3g.40gb", 4)]})
         assert kubelet.wait_for(lambda k: len(k.devices(R3)) == 2)
         doomed = sorted(kubelet.devices(R3))
-        seen_when_destroyed: list[set[str]] = []
+        gone_when_destroyed: list[bool] = []
         real_destroy = SimulatedBackend.destroy_instance
 
         class Watching(SimulatedBackend):
             def destroy_instance(self, gpu: int, gi_id: int) -> None:
-                seen_when_destroyed.append(set(kubelet.devices(R3)))
+                # withdraw returns once the stream has sent the new list; the kubelet's thread may
+                # still be reading it (on a loaded machine), so it gets a moment, while the destroy
+                # waits: without the withdraw the list would change only after the destroy.
+                gone_when_destroyed.append(
+                    kubelet.wait_for(lambda k: not (set(k.devices(R3)) & set(doomed)), timeout=2.0)
+                )
                 real_destroy(self, gpu, gi_id)
 
         plugin.set_desired({0: [Instance("7g.80gb", 0)]})
         reconcile_node(Watching(node), {0: [Instance("7g.80gb", 0)]}, retry=NO_WAIT_RETRY, advertiser=plugin)
         # at every destroy, the kubelet's list no longer held the withdrawn devices
-        assert seen_when_destroyed and all(not (s & set(doomed)) for s in seen_when_destroyed)
+        assert gone_when_destroyed and all(gone_when_destroyed)
         # the emptied resource stays registered with an empty list
         assert kubelet.wait_for(
             lambda k: k.devices(R3) == {} and len(k.devices("nvidia.com/mig-7g.80gb")) == 1

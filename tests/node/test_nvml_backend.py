@@ -1,8 +1,13 @@
-"""The NVML backend, through a fake pynvml on simulated GPUs; both backends meet one contract."""
+"""The NVML backend through the real pynvml and the C stand-in for libnvidia-ml.so.1; both
+backends meet one contract. The Python fake pynvml stays for what the stand-in does not model
+(an unknown GPU model, the order of shutdown)."""
 
 from __future__ import annotations
 
+import ctypes
 import inspect
+from collections.abc import Callable
+from pathlib import Path
 
 import pynvml as real
 import pytest
@@ -21,8 +26,30 @@ from cdmo.node_agent.backend import (
     error_for_rc,
 )
 from cdmo.node_agent.nvml import NvmlBackend
-from cdmo.node_agent.simulated import SimulatedNode
+from cdmo.node_agent.simulated import SimulatedBackend, SimulatedNode
 from tests.node.fake_pynvml import fake_function_names, make_fake_pynvml
+from tests.node.nvml_standin.gpus import CALLS_ENV, STATE_ENV, StandinGpus
+
+#: The GPUs behind a backend: simulated in memory, or the stand-in's state file.
+Gpus = SimulatedNode | StandinGpus
+
+
+@pytest.fixture(params=["simulated", "nvml-standin"])
+def gpus(request: pytest.FixtureRequest, node: SimulatedNode) -> Gpus:
+    """Two empty H100s, simulated or behind the NVML stand-in (then reached through pynvml)."""
+    if request.param == "simulated":
+        return node
+    standin: StandinGpus = request.getfixturevalue("standin")
+    return standin
+
+
+@pytest.fixture
+def any_backend(gpus: Gpus) -> GpuBackend:
+    """The backend on ``gpus``: SimulatedBackend, or NvmlBackend on the real pynvml."""
+    if isinstance(gpus, SimulatedNode):
+        return SimulatedBackend(gpus)
+    return NvmlBackend()
+
 
 # --- the fake is faithful ----------------------------------------------------------------------
 
@@ -120,9 +147,9 @@ def test_destroys_compute_then_gpu_instance(any_backend: GpuBackend) -> None:
         any_backend.destroy_instance(1, a.gi_id)
 
 
-def test_busy_instance_is_not_destroyed(any_backend: GpuBackend, node: SimulatedNode) -> None:
+def test_busy_instance_is_not_destroyed(any_backend: GpuBackend, gpus: Gpus) -> None:
     a = any_backend.create_instance(0, "4g.40gb", 0)
-    node.add_process(a.uuid, 99)
+    gpus.add_process(a.uuid, 99)
     assert any_backend.list_processes(0) == {a.uuid: (99,)}
     with pytest.raises(InstanceBusy):
         any_backend.destroy_instance(0, a.gi_id)
@@ -142,10 +169,8 @@ def test_absent_profile_is_not_supported(any_backend: GpuBackend) -> None:
         any_backend.create_instance(0, "1g.12gb", 0)
 
 
-def test_failed_compute_instance_destroys_the_new_gpu_instance(
-    any_backend: GpuBackend, node: SimulatedNode
-) -> None:
-    node.inject_fault("nvmlGpuInstanceCreateComputeInstance", NvmlReturn.UNKNOWN)
+def test_failed_compute_instance_destroys_the_new_gpu_instance(any_backend: GpuBackend, gpus: Gpus) -> None:
+    gpus.inject_fault("nvmlGpuInstanceCreateComputeInstance", NvmlReturn.UNKNOWN)
     with pytest.raises(TransientNvmlError):
         any_backend.create_instance(0, "7g.80gb", 0)
     assert any_backend.list_instances(0) == []
@@ -158,17 +183,17 @@ def test_sets_mig_mode(any_backend: GpuBackend) -> None:
     assert [g.mig_current for g in any_backend.list_gpus()] == [True, False]
 
 
-def test_lists_a_gpu_instance_without_compute_instance(any_backend: GpuBackend, node: SimulatedNode) -> None:
-    node.create_gpu_instance(0, 14, 2, 2)  # 2g.20gb, no CI: a crash between the two creates
+def test_lists_a_gpu_instance_without_compute_instance(any_backend: GpuBackend, gpus: Gpus) -> None:
+    gpus.create_gpu_instance(0, 14, 2, 2)  # 2g.20gb, no CI: a crash between the two creates
     [orphan] = any_backend.list_instances(0)
     assert (orphan.profile, orphan.start, orphan.ci_id, orphan.healthy) == ("2g.20gb", 2, None, False)
     any_backend.destroy_instance(0, orphan.gi_id)
     assert any_backend.list_instances(0) == []
 
 
-def test_lists_a_partial_compute_instance_as_not_full(any_backend: GpuBackend, node: SimulatedNode) -> None:
-    gi = node.create_gpu_instance(0, 9, 0, 4)  # 3g.40gb
-    node.create_compute_instance(0, gi.gi_id, 0)  # a 1-slice CI
+def test_lists_a_partial_compute_instance_as_not_full(any_backend: GpuBackend, gpus: Gpus) -> None:
+    gi = gpus.create_gpu_instance(0, 9, 0, 4)  # 3g.40gb
+    gpus.create_compute_instance(0, gi.gi_id, 0)  # a 1-slice CI
     [inst] = any_backend.list_instances(0)
     assert inst.ci_id == 0 and not inst.full and not inst.healthy
     any_backend.destroy_instance(0, inst.gi_id)
@@ -176,48 +201,100 @@ def test_lists_a_partial_compute_instance_as_not_full(any_backend: GpuBackend, n
     any_backend.close()
 
 
-# --- NVML specifics ---------------------------------------------------------------------------
+# --- NVML specifics, through the real pynvml and the stand-in --------------------------------
 
 
-def test_creation_goes_through_profile_info_placements_and_create_with_placement(node: SimulatedNode) -> None:
-    fake = make_fake_pynvml(node)
-    backend = NvmlBackend(fake)
-    fake.calls.clear()
+def test_creation_goes_through_profile_info_placements_and_create_with_placement(
+    standin: StandinGpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = NvmlBackend()
+    calls = tmp_path / "calls.log"
+    monkeypatch.setenv(CALLS_ENV, str(calls))
     backend.create_instance(0, "1g.20gb", 6)
-    calls = fake.calls
+    made = calls.read_text().split()
     order = [
-        calls.index("nvmlDeviceGetGpuInstanceProfileInfo"),
-        calls.index("nvmlDeviceGetGpuInstancePossiblePlacements"),
-        calls.index("nvmlDeviceCreateGpuInstanceWithPlacement"),
-        calls.index("nvmlGpuInstanceGetComputeInstanceProfileInfo"),
-        calls.index("nvmlGpuInstanceCreateComputeInstance"),
+        made.index("nvmlDeviceGetGpuInstanceProfileInfo"),
+        made.index("nvmlDeviceGetGpuInstancePossiblePlacements"),
+        made.index("nvmlDeviceCreateGpuInstanceWithPlacement"),
+        made.index("nvmlGpuInstanceGetComputeInstanceProfileInfo"),
+        made.index("nvmlGpuInstanceCreateComputeInstance"),
     ]
     assert order == sorted(order)
-    assert "nvmlDeviceCreateGpuInstance" not in calls
-    # H100 1g.20gb: the default compute instance profile is 1_SLICE_REV1 (id 7).
-    assert node.gpus[0].gis[6].cis[0].profile_id == 7
+    # H100 1g.20gb: GI profile id 15 at start 6, its compute instance of profile 1_SLICE_REV1 (7).
+    [(gpu, gi_id, profile_id, start)] = standin.instances()
+    assert (gpu, profile_id, start) == (0, 15, 6)
+    assert [(g, i, p) for g, i, _, p, _ in standin.compute_instances()] == [(0, gi_id, 7)]
 
 
-def test_mig_uuid_when_the_driver_reports_the_parent_device(node: SimulatedNode) -> None:
-    made = NvmlBackend(make_fake_pynvml(node)).create_instance(0, "3g.40gb", 4)
-    fake = make_fake_pynvml(node, ci_device_is_parent=True)
-    backend = NvmlBackend(fake)
+def test_profile_constant_is_not_the_profile_id(standin: StandinGpus) -> None:
+    """NVML takes a constant and answers an id: 3_SLICE (2) is id 9; the backend must not mix them."""
+    made = NvmlBackend().create_instance(1, "3g.40gb", 0)
+    assert standin.instances() == [(1, made.gi_id, 9, 0)]
+
+
+def test_new_uuid_on_re_create(standin: StandinGpus) -> None:
+    backend = NvmlBackend()
+    first = backend.create_instance(0, "2g.20gb", 2)
+    backend.destroy_instance(0, first.gi_id)
+    again = backend.create_instance(0, "2g.20gb", 2)
+    assert again.gi_id == first.gi_id and again.uuid != first.uuid
+
+
+def test_a_split_gpu_instance_lists_every_compute_instance(any_backend: GpuBackend, gpus: Gpus) -> None:
+    """A 3g.40gb split by another tool into a 2-slice and a 1-slice compute instance."""
+    gi = gpus.create_gpu_instance(0, 9, 4, 4)
+    a = gpus.create_compute_instance(0, gi.gi_id, real.NVML_COMPUTE_INSTANCE_PROFILE_2_SLICE)
+    b = gpus.create_compute_instance(0, gi.gi_id, real.NVML_COMPUTE_INSTANCE_PROFILE_1_SLICE)
+    [inst] = any_backend.list_instances(0)
+    assert (inst.profile, inst.start, inst.ci_count, inst.healthy) == ("3g.40gb", 4, 2, False)
+    assert inst.uuid in (a.uuid, b.uuid)
+    gpus.add_process(b.uuid, 77)
+    assert any_backend.list_processes(0) == {b.uuid: (77,)}
+
+
+def test_a_process_on_the_second_compute_instance_keeps_the_gpu_instance(
+    any_backend: GpuBackend, gpus: Gpus
+) -> None:
+    """Nothing of it goes, not even its idle first compute instance (a pod may hold that one)."""
+    gi = gpus.create_gpu_instance(0, 9, 0, 4)
+    gpus.create_compute_instance(0, gi.gi_id, real.NVML_COMPUTE_INSTANCE_PROFILE_1_SLICE)
+    second = gpus.create_compute_instance(0, gi.gi_id, real.NVML_COMPUTE_INSTANCE_PROFILE_2_SLICE)
+    gpus.add_process(second.uuid, 501)
+    with pytest.raises(InstanceBusy, match="501"):
+        any_backend.destroy_instance(0, gi.gi_id)
+    [kept] = any_backend.list_instances(0)
+    assert (kept.gi_id, kept.ci_count) == (gi.gi_id, 2)
+
+
+def test_gpu_instance_destroy_refused_after_its_compute_instance_went(standin: StandinGpus) -> None:
+    """dcgm-exporter holds the GI: the CI is gone, the GI stays without one (a repair for later)."""
+    backend = NvmlBackend()
+    made = backend.create_instance(0, "1g.10gb", 3)
+    standin.inject_fault("nvmlGpuInstanceDestroy", NvmlReturn.IN_USE)
+    with pytest.raises(InstanceBusy):
+        backend.destroy_instance(0, made.gi_id)
+    [left] = backend.list_instances(0)
+    assert (left.gi_id, left.ci_id, left.uuid, left.healthy) == (made.gi_id, None, None, False)
+    backend.destroy_instance(0, made.gi_id)
+    assert backend.list_instances(0) == []
+
+
+def test_mig_uuid_when_the_driver_reports_the_parent_device(standin: StandinGpus) -> None:
+    made = NvmlBackend().create_instance(0, "3g.40gb", 4)
+    standin.set_option("ci-device-parent")
+    backend = NvmlBackend()
     [listed] = backend.list_instances(0)
     assert listed.uuid == made.uuid
-    assert "nvmlDeviceGetMigDeviceHandleByIndex" in fake.calls
     again = backend.create_instance(0, "2g.20gb", 0)
-    assert again.uuid == node.gpus[0].gis[again.gi_id].cis[0].uuid
+    assert again.uuid in {c[4] for c in standin.compute_instances() if c[1] == again.gi_id}
+    assert again.uuid and again.uuid.startswith("MIG-") and again.uuid != made.uuid
 
 
-def test_init_failure_says_what_to_do(node: SimulatedNode) -> None:
-    fake = make_fake_pynvml(node)
-
-    def broken() -> None:
-        raise real.NVMLError(real.NVML_ERROR_LIBRARY_NOT_FOUND)
-
-    fake.nvmlInit = broken
-    with pytest.raises(NvmlFailure, match="--backend simulated"):
-        NvmlBackend(fake)
+def test_init_failure_says_what_to_do(standin: StandinGpus, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(STATE_ENV)  # the stand-in then answers as a node without the driver
+    with pytest.raises(NvmlFailure, match="--backend simulated") as caught:
+        NvmlBackend()
+    assert caught.value.rc == NvmlReturn.DRIVER_NOT_LOADED
 
 
 def test_unknown_model_is_listed_but_not_changed(node: SimulatedNode) -> None:
@@ -243,39 +320,229 @@ def test_unknown_model_is_listed_but_not_changed(node: SimulatedNode) -> None:
         backend.create_instance(0, "3g.40gb", 4)
 
 
-def test_set_mig_mode_reports_reset_needed_on_ampere(make_node) -> None:
-    node = make_node("a100-80gb", mig=False)
-    backend = NvmlBackend(make_fake_pynvml(node))
+def test_set_mig_mode_reports_reset_needed_on_ampere(make_standin: Callable[..., StandinGpus]) -> None:
+    standin = make_standin("a100-40gb", mig=False)
+    backend = NvmlBackend()
     change = backend.set_mig_mode(0, True)
     assert change.reset_needed and change.pending and not change.current
+    assert backend.list_gpus()[0].model_key == "a100-40gb"
+    with pytest.raises(NotSupported):  # not before the reset
+        backend.create_instance(0, "7g.40gb", 0)
+    standin.reset_gpu(0)
+    assert backend.create_instance(0, "7g.40gb", 0).healthy
 
 
-def test_set_mig_mode_in_use(node: SimulatedNode) -> None:
-    backend = NvmlBackend(make_fake_pynvml(node))
+def test_a100_offers_its_own_profiles(make_standin: Callable[..., StandinGpus]) -> None:
+    make_standin("a100-40gb")
+    backend = NvmlBackend()
+    made = [backend.create_instance(0, p, s) for p, s in (("4g.20gb", 0), ("2g.10gb", 4), ("1g.5gb", 6))]
+    assert [(i.profile, i.start, i.size) for i in backend.list_instances(0)] == [
+        ("4g.20gb", 0, 4),
+        ("2g.10gb", 4, 2),
+        ("1g.5gb", 6, 1),
+    ]
+    assert all(i.healthy for i in made)
+    with pytest.raises(NotSupported):
+        backend.create_instance(0, "1g.20gb", 0)  # an H100 profile
+
+
+def test_set_mig_mode_in_use(standin: StandinGpus) -> None:
+    backend = NvmlBackend()
     backend.create_instance(0, "1g.10gb", 0)
     with pytest.raises(InstanceBusy):
         backend.set_mig_mode(0, False)
+    assert backend.list_gpus()[0].mig_current
 
 
-def test_gpu_without_mig_support(node: SimulatedNode) -> None:
-    fake = make_fake_pynvml(node)
-
-    def no_mig(device):
-        raise real.NVMLError(real.NVML_ERROR_NOT_SUPPORTED)
-
-    fake.nvmlDeviceGetMigMode = no_mig
-    backend = NvmlBackend(fake)
+def test_hopper_switches_mig_without_a_reset(standin: StandinGpus) -> None:
+    standin.reboot()  # Hopper comes back with MIG off
+    backend = NvmlBackend()
     assert [g.mig_current for g in backend.list_gpus()] == [False, False]
+    change = backend.set_mig_mode(1, True)
+    assert (change.current, change.pending, change.reset_needed) == (True, True, False)
+
+
+def test_gpu_without_mig_support(make_standin: Callable[..., StandinGpus]) -> None:
+    make_standin("t4", "t4")
+    backend = NvmlBackend()
+    assert [(g.mig_current, g.model_key) for g in backend.list_gpus()] == [(False, None), (False, None)]
     assert backend.list_instances(0) == [] and backend.list_processes(0) == {}
 
 
-def test_permission_error_is_fatal(node: SimulatedNode) -> None:
-    node.inject_fault("nvmlDeviceCreateGpuInstanceWithPlacement", NvmlReturn.NO_PERMISSION)
+def test_permission_error_is_fatal(standin: StandinGpus) -> None:
+    standin.set_option("unprivileged")
+    backend = NvmlBackend()
     with pytest.raises(NoPermission, match="privileged"):
-        NvmlBackend(make_fake_pynvml(node)).create_instance(0, "1g.10gb", 0)
+        backend.create_instance(0, "1g.10gb", 0)
+    assert len(backend.list_gpus()) == 2  # reading needs no privilege
 
 
 def test_close_shuts_nvml_down(node: SimulatedNode) -> None:
     fake = make_fake_pynvml(node)
     NvmlBackend(fake).close()
     assert fake.calls[-1] == "nvmlShutdown"
+
+
+@pytest.mark.parametrize("model_key", ["h100-80gb", "a100-40gb"])
+def test_the_catalog_agrees_with_the_standin(
+    model_key: str, make_standin: Callable[..., StandinGpus]
+) -> None:
+    """Two tables written apart from NVIDIA's docs (cdmo's catalog, standin.c) name the same
+    profile ids, slices, placements and CI profiles: a slip in either shows here."""
+    from cdmo.mig.catalog import get_model
+
+    make_standin(model_key)
+    model = get_model(model_key)
+    real.nvmlInit()
+    try:
+        dev = real.nvmlDeviceGetHandleByIndex(0)
+        for prof in model.profiles:
+            info = real.nvmlDeviceGetGpuInstanceProfileInfo(dev, prof.nvml_constant_value)
+            assert (info.id, info.sliceCount, info.instanceCount) == (
+                prof.profile_id,
+                prof.compute_slices,
+                prof.max_count,
+            ), prof.name
+            count = ctypes.c_uint(0)
+            real.nvmlDeviceGetGpuInstancePossiblePlacements(dev, info.id, None, ctypes.byref(count))
+            placements = (real.c_nvmlGpuInstancePlacement_t * count.value)()
+            real.nvmlDeviceGetGpuInstancePossiblePlacements(dev, info.id, placements, ctypes.byref(count))
+            assert [(p.start, p.size) for p in placements] == [(s, prof.placement_size) for s in prof.starts]
+        assert model.mig_mode_change_needs_reset == (model_key == "a100-40gb")
+    finally:
+        real.nvmlShutdown()
+
+
+@pytest.mark.parametrize("model_key", ["h100-80gb", "a100-40gb"])
+def test_every_profile_is_made_whole_at_every_start(
+    model_key: str, make_standin: Callable[..., StandinGpus]
+) -> None:
+    from cdmo.mig.catalog import get_model
+
+    make_standin(model_key)
+    backend = NvmlBackend()
+    for prof in get_model(model_key).profiles:
+        for start in prof.starts:
+            made = backend.create_instance(0, prof.name, start)
+            [listed] = backend.list_instances(0)
+            assert (listed.profile, listed.start, listed.healthy) == (prof.name, start, True)
+            backend.destroy_instance(0, made.gi_id)
+    assert backend.list_instances(0) == []
+
+
+@pytest.mark.parametrize(
+    ("rc", "kind"),
+    [
+        (NvmlReturn.IN_USE, InstanceBusy),
+        (NvmlReturn.INSUFFICIENT_RESOURCES, PlacementTaken),
+        (NvmlReturn.NOT_SUPPORTED, NotSupported),
+        (NvmlReturn.NO_PERMISSION, NoPermission),
+        (NvmlReturn.INVALID_ARGUMENT, InvalidPlacement),
+        (NvmlReturn.TIMEOUT, TransientNvmlError),
+        (NvmlReturn.UNKNOWN, TransientNvmlError),
+        (NvmlReturn.GPU_IS_LOST, NvmlFailure),
+        (12345, NvmlFailure),
+    ],
+    ids=lambda v: getattr(v, "__name__", str(v)),
+)
+def test_return_codes_from_the_library_become_backend_errors(
+    rc: int, kind: type, standin: StandinGpus
+) -> None:
+    """The codes come out of the C library and through pynvml's NVMLError classes."""
+    standin.inject_fault("nvmlDeviceCreateGpuInstanceWithPlacement", rc)
+    backend = NvmlBackend()
+    with pytest.raises(kind) as caught:
+        backend.create_instance(0, "1g.10gb", 0)
+    assert caught.value.rc == rc and standin.instances() == []
+    backend.create_instance(0, "1g.10gb", 0)  # the fault was for one call
+    assert len(standin.instances()) == 1
+
+
+def test_calls_from_two_threads_and_a_second_process_keep_one_state(
+    standin: StandinGpus, nvml_standin_lib: Path
+) -> None:
+    """The agent calls NVML from more than one thread, and `cdmo node` may run beside it."""
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.node.nvml_standin.gpus import standin_env
+
+    def fill(gpu: int) -> int:
+        backend, made = NvmlBackend(), 0
+        for start in range(7):
+            try:
+                backend.create_instance(gpu, "1g.10gb", start)
+                made += 1
+            except PlacementTaken:
+                pass  # the other thread was first
+        return made
+
+    other = subprocess.Popen(  # a third writer: fills GPU 1 with 1g.10gb too, but from start 6 down
+        [
+            sys.executable,
+            "-c",
+            "from cdmo.node_agent.nvml import NvmlBackend\n"
+            "from cdmo.node_agent.backend import PlacementTaken\n"
+            "b = NvmlBackend()\n"
+            "for s in range(6, -1, -1):\n"
+            "    try: b.create_instance(1, '1g.10gb', s)\n"
+            "    except PlacementTaken: pass\n",
+        ],
+        env={**standin_env(nvml_standin_lib.parent, standin), "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
+    with ThreadPoolExecutor(2) as pool:
+        made = list(pool.map(fill, [0, 0]))
+    assert other.wait(timeout=60) == 0
+    # GPU 0: each of its 7 placements made exactly once between the two threads; the state
+    # file stayed whole.
+    assert sum(made) == 7
+    assert [(g, p) for g, _, p, _ in standin.instances() if g == 0] == [(0, 19)] * 7
+    assert sum(1 for g, *_ in standin.instances() if g == 1) == 7
+    assert len({c[4] for c in standin.compute_instances()}) == 14
+
+
+def test_mig_mode_is_not_switched_under_a_process_on_the_whole_gpu(standin: StandinGpus) -> None:
+    """NVML reports IN_USE in the activation status (return code SUCCESS): still refused."""
+    standin.reboot()  # Hopper: back with MIG off
+    backend = NvmlBackend()
+    gpu = backend.list_gpus()[0]
+    standin.add_process(gpu.uuid, 888)
+    with pytest.raises(InstanceBusy):
+        backend.set_mig_mode(0, True)
+    assert [(g.mig_current, g.mig_pending) for g in backend.list_gpus()] == [(False, False)] * 2
+    standin.remove_process(gpu.uuid, 888)
+    assert backend.set_mig_mode(0, True).current
+
+
+def test_repair_makes_the_full_compute_instance_of_a_gpu_instance_without_one(
+    any_backend: GpuBackend, gpus: Gpus
+) -> None:
+    gi = gpus.create_gpu_instance(0, 15, 2, 2)  # 1g.20gb, no CI (an agent died between the creates)
+    repaired = any_backend.create_compute_instance(0, gi.gi_id)
+    assert (repaired.gi_id, repaired.profile, repaired.start, repaired.healthy) == (
+        gi.gi_id,
+        "1g.20gb",
+        2,
+        True,
+    )
+    [listed] = any_backend.list_instances(0)
+    assert listed.healthy and listed.uuid == repaired.uuid
+    with pytest.raises(AlreadyGone):
+        any_backend.create_compute_instance(0, 12)
+
+
+def test_a_gpu_instance_that_cannot_be_destroyed_after_a_failed_compute_instance_is_repaired_later(
+    standin: StandinGpus,
+) -> None:
+    """CI create fails, then NVML refuses the clean-up destroy: the CI error is what the caller
+    sees, the GI stays without a CI, and the repair makes the H100 1g.20gb's REV1 CI."""
+    standin.inject_fault("nvmlGpuInstanceCreateComputeInstance", NvmlReturn.UNKNOWN)
+    standin.inject_fault("nvmlGpuInstanceDestroy", NvmlReturn.IN_USE)
+    backend = NvmlBackend()
+    with pytest.raises(TransientNvmlError):
+        backend.create_instance(0, "1g.20gb", 4)
+    [left] = backend.list_instances(0)
+    assert (left.profile, left.start, left.ci_id, left.healthy) == ("1g.20gb", 4, None, False)
+    backend.create_compute_instance(0, left.gi_id)
+    assert [(g, i, p) for g, i, _, p, _ in standin.compute_instances()] == [(0, left.gi_id, 7)]

@@ -1,0 +1,72 @@
+"""A kubelet pod-resources gRPC server on a unix socket in a short temp dir, answering List
+with the devices a test gives it (as the NVIDIA device plugin would have them allocated)."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from cdmo.node_agent.podresources import api_pb2, api_pb2_grpc
+
+
+@dataclass(frozen=True)
+class Held:
+    """One container's devices as the kubelet reports them in pod-resources List."""
+
+    namespace: str
+    pod: str
+    resource: str
+    device_ids: tuple[str, ...]
+
+
+class Kubelet(api_pb2_grpc.PodResourcesListerServicer):
+    """The kubelet's pod-resources service, answering with ``self.held``."""
+
+    def __init__(self) -> None:
+        self.held: list[Held] = []
+
+    def List(self, request: Any, context: Any) -> Any:
+        return api_pb2.ListPodResourcesResponse(
+            pod_resources=[
+                api_pb2.PodResources(
+                    name=h.pod,
+                    namespace=h.namespace,
+                    containers=[
+                        api_pb2.ContainerResources(
+                            name="main",
+                            devices=[
+                                api_pb2.ContainerDevices(
+                                    resource_name=h.resource, device_ids=list(h.device_ids)
+                                )
+                            ],
+                        )
+                    ],
+                )
+                for h in self.held
+            ]
+        )
+
+
+@contextlib.contextmanager
+def serve_pod_resources() -> Iterator[tuple[Kubelet, str]]:
+    """A running server and its socket path; stopped and removed on exit."""
+    tmp = tempfile.mkdtemp(prefix="cdmo-kl-", dir="/tmp")  # unix socket paths are short
+    socket_path = str(Path(tmp) / "kubelet.sock")
+    servicer = Kubelet()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    api_pb2_grpc.add_PodResourcesListerServicer_to_server(servicer, server)
+    server.add_insecure_port(f"unix://{socket_path}")
+    server.start()
+    try:
+        yield servicer, socket_path
+    finally:
+        server.stop(grace=None)
+        shutil.rmtree(tmp, ignore_errors=True)
