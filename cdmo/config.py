@@ -148,6 +148,9 @@ class AgentConfig:
     #: Switch MIG back on for a GPU that comes back from a reboot or reset with MIG off, when the
     #: MigLayout's status shows cdmo managed it with MIG on and nothing holds the GPU.
     auto_enable_mig: bool = True
+    #: Where the agent posts its Events about its MigLayout (cluster-scoped); the chart sets the
+    #: agent's own namespace, so they sit beside the operator's and not in ``default``.
+    events_namespace: str = "default"
     metrics_port: int = 9464
     log_format: str = "auto"
     #: A watch request lasts this long (server side) before the agent starts a new one.
@@ -176,6 +179,7 @@ class AgentConfig:
         ("refresh_poll_seconds", "CDMO_REFRESH_POLL_SECONDS"),
         ("enable_mig", "CDMO_ENABLE_MIG"),
         ("auto_enable_mig", "CDMO_AUTO_ENABLE_MIG"),
+        ("events_namespace", "CDMO_EVENTS_NAMESPACE"),
         ("metrics_port", "CDMO_METRICS_PORT"),
         ("log_format", "CDMO_LOG_FORMAT"),
         ("watch_timeout_seconds", "CDMO_WATCH_TIMEOUT_SECONDS"),

@@ -109,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     if not conf.node_name:
         raise InvalidInput("the agent needs its node's name", hint="set NODE_NAME or pass --node-name")
     kube = KubeClient.from_environment(args.kubeconfig)
+    kube.event_namespace = conf.events_namespace
     backend = build_backend(conf)
     metrics = AgentMetrics()
     if conf.metrics_port and not args.once:

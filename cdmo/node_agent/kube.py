@@ -56,7 +56,8 @@ def _error(exc: ApiException, what: str) -> KubeError:
 #: What a request raises when the connection fails or times out (not an API answer).
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (urllib3.exceptions.HTTPError, OSError)
 
-#: Events about cluster-scoped objects (a MigLayout) go to this namespace, as kubectl's do.
+#: Events about cluster-scoped objects (a MigLayout) go to this namespace unless told another
+#: (``AgentConfig.events_namespace``; the chart gives the agent's own), as kubectl's do.
 EVENT_NAMESPACE = "default"
 
 
@@ -71,8 +72,10 @@ class KubeClient:
         request_timeout_seconds: float = 30.0,
         connect_attempts: int = 3,
         retry_wait_seconds: float = 0.5,
+        event_namespace: str = EVENT_NAMESPACE,
     ) -> None:
         self.api_client = api_client
+        self.event_namespace = event_namespace or EVENT_NAMESPACE
         self.connect_attempts = max(1, connect_attempts)
         self.retry_wait_seconds = retry_wait_seconds
         self.custom = client.CustomObjectsApi(api_client)
@@ -262,7 +265,7 @@ class KubeClient:
         body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{name}.", "namespace": EVENT_NAMESPACE},
+            "metadata": {"generateName": f"{name}.", "namespace": self.event_namespace},
             "involvedObject": {
                 "apiVersion": f"{GROUP}/{VERSION}",
                 "kind": KIND,
@@ -283,7 +286,7 @@ class KubeClient:
         self._request(
             f"create an Event on MigLayout {name}",
             self.core.create_namespaced_event,
-            EVENT_NAMESPACE,
+            self.event_namespace,
             body,
             _preload_content=False,
             _request_timeout=self.request_timeout_seconds,

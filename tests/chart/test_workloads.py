@@ -55,10 +55,13 @@ def test_default_operator_env_gives_cdmo_defaults(helm: Helm) -> None:
 def test_default_agent_env_gives_cdmo_defaults(helm: Helm) -> None:
     env = env_of(container(one(render_named(helm, "defaults"), "DaemonSet")))
     plain = {k: v for k, v in env.items() if isinstance(v, str) and k in CONFIG_ENV["agent"]}
-    # The simulator's knobs appear only with backend=sim; NODE_NAME comes from the downward API.
-    assert set(plain) == CONFIG_ENV["agent"] - {"NODE_NAME", "CDMO_SIM_GPUS", "CDMO_SIM_STATE"}
+    # The simulator's knobs appear only with backend=sim; NODE_NAME and CDMO_EVENTS_NAMESPACE
+    # come from the downward API.
+    downward = {"NODE_NAME", "CDMO_EVENTS_NAMESPACE"}
+    assert set(plain) == CONFIG_ENV["agent"] - downward - {"CDMO_SIM_GPUS", "CDMO_SIM_STATE"}
     assert AgentConfig.from_env(plain) == AgentConfig()
     assert env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert env["CDMO_EVENTS_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
 
 
 def test_nondefault_values_reach_the_config(helm: Helm) -> None:

@@ -402,6 +402,15 @@ def test_a_request_that_times_out_is_a_kube_error(server: tuple[Script, KubeClie
     assert len(script.requests) == 3
 
 
+def test_events_go_to_the_namespace_the_agent_is_given(server: tuple[Script, KubeClient]) -> None:
+    script, client = server
+    client.event_namespace = "cdmo-system"
+    client.create_miglayout_event({"metadata": {"name": "gpu-1"}}, reason="R", message="m")
+    (req,) = script.requests
+    assert req["path"] == "/api/v1/namespaces/cdmo-system/events"
+    assert req["body"]["metadata"]["namespace"] == "cdmo-system"
+
+
 def test_events_on_the_miglayout(server: tuple[Script, KubeClient]) -> None:
     script, client = server
     layout = {"metadata": {"name": "gpu-1", "uid": "u-1", "resourceVersion": "9"}}
