@@ -6,7 +6,7 @@ import json
 import shutil
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 from rich.console import Console
@@ -23,6 +23,34 @@ def console() -> Console:
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def print_json_items(data: Any) -> None:
+    """``data`` as JSON on stdout, one top-level list item per line (``cdmo plan --output json``).
+
+    The document is never held in memory as one string: a 10,000-pod plan is written an item at
+    a time, each item compact by the C encoder (the indenting encoder is pure Python and took as
+    long as planning). ``json.loads`` of the output equals ``data``.
+    """
+    write_json(data, sys.stdout)
+
+
+def write_json(data: Any, out: TextIO) -> None:
+    """See :func:`print_json`: a dict of lists is written one list item per line."""
+    if not isinstance(data, dict):
+        out.write(json.dumps(data) + "\n")
+        return
+    out.write("{")
+    for n, (key, value) in enumerate(data.items()):
+        out.write(("," if n else "") + "\n  " + json.dumps(key) + ": ")
+        if isinstance(value, list) and value:
+            out.write("[")
+            for i, item in enumerate(value):
+                out.write(("," if i else "") + "\n    " + json.dumps(item))
+            out.write("\n  ]")
+        else:
+            out.write(json.dumps(value))
+    out.write("\n}\n")
 
 
 def print_yaml(data: Any) -> None:
