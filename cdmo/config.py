@@ -72,6 +72,20 @@ class OperatorConfig:
     watch_connect_timeout: float = 10.0
     #: kopf peering object for HA (two replicas, one active); the chart creates it.
     peering_name: str = "cdmo"
+    #: Pre-warming (docs/planner.md): keep free instances of the profiles pods asked for lately,
+    #: created on free space only and the first taken back when a pod needs the room.
+    prewarm: bool = True
+    #: Demand history: arrivals per profile over this sliding window give its rate.
+    prewarm_window_seconds: float = 900.0
+    #: Expected asks within this long (about batch window + GI create + plugin refresh, with a
+    #: margin) are kept ready, rounded up ...
+    prewarm_horizon_seconds: float = 60.0
+    #: ... and at most this many free instances per profile.
+    prewarm_max_per_profile: int = 2
+    #: Draining for large pods (4g and 7g of an 8-unit GPU) that fit nowhere: at most this share of
+    #: the labelled GPUs drain at once (at least one; 0 turns it off), so smaller pods always keep
+    #: the rest of the fleet.
+    drain_max_fraction: float = 0.125
 
     ENV = (
         ("partition_label", "CDMO_PARTITION_LABEL"),
@@ -86,6 +100,11 @@ class OperatorConfig:
         ("watch_client_timeout", "CDMO_WATCH_CLIENT_TIMEOUT"),
         ("watch_connect_timeout", "CDMO_WATCH_CONNECT_TIMEOUT"),
         ("peering_name", "CDMO_PEERING_NAME"),
+        ("prewarm", "CDMO_PREWARM"),
+        ("prewarm_window_seconds", "CDMO_PREWARM_WINDOW_SECONDS"),
+        ("prewarm_horizon_seconds", "CDMO_PREWARM_HORIZON_SECONDS"),
+        ("prewarm_max_per_profile", "CDMO_PREWARM_MAX_PER_PROFILE"),
+        ("drain_max_fraction", "CDMO_DRAIN_MAX_FRACTION"),
     )
 
     @classmethod

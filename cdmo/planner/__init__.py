@@ -11,6 +11,7 @@ from cdmo.planner.algorithm import demand_of, format_demand, plan
 from cdmo.planner.models import (
     Assignment,
     Device,
+    Drain,
     Gpu,
     GpuInstance,
     GpuPlan,
@@ -26,12 +27,14 @@ from cdmo.planner.models import (
     Toleration,
     Unsatisfied,
 )
+from cdmo.planner.options import PlanOptions
 from cdmo.planner.parse import parse_snapshot, snapshot_to_dict
 from cdmo.planner.render import plan_to_dict
 
 __all__ = [
     "Assignment",
     "Device",
+    "Drain",
     "Gpu",
     "GpuInstance",
     "GpuPlan",
@@ -41,6 +44,7 @@ __all__ = [
     "NodeSelectorTerm",
     "PendingPod",
     "Plan",
+    "PlanOptions",
     "PlanSummary",
     "Snapshot",
     "Taint",

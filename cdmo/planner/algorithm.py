@@ -42,6 +42,7 @@ from cdmo.planner.geometry import FRAG_LEN, AddOption, Demand, Geometry, bits_of
 from cdmo.planner.models import (
     Assignment,
     Device,
+    Drain,
     GpuPlan,
     Node,
     NodePlan,
@@ -51,6 +52,7 @@ from cdmo.planner.models import (
     Snapshot,
     Unsatisfied,
 )
+from cdmo.planner.options import LARGE_SHARE, PlanOptions
 
 STANDARD, COUNT = 0, 1
 
@@ -81,7 +83,7 @@ StateKey = tuple[int, int, int, bool, bool]
 
 
 class _Gpu:
-    __slots__ = ("fixed", "fixed0", "free", "free0", "geo", "id", "index", "key", "node", "touched")
+    __slots__ = ("fixed", "fixed0", "free", "free0", "geo", "held", "id", "index", "key", "node", "touched")
 
     def __init__(self, gid: int, node: _Node, src_index: int, geo: Geometry, fixed: int, free: int):
         self.id = gid
@@ -93,6 +95,8 @@ class _Gpu:
         #: Whether the layout differs from the snapshot's.
         self.touched = False
         self.key: StateKey = (-1, 0, 0, False, False)
+        #: Kept out of reach while pods below a draining pod's priority are planned (Planner._hold).
+        self.held = False
 
 
 class _Node:
@@ -212,8 +216,11 @@ def format_demand(demand: Demand) -> str:
 class Planner:
     """One planning run over one snapshot; :meth:`run` returns the plan."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, options: PlanOptions | None = None) -> None:
         self.snapshot = snapshot
+        self.options = options or PlanOptions()
+        #: GPU id -> key of the pod it drains for (set by _drain)
+        self.drains: dict[int, str] = {}
         self.src_nodes = tuple(sorted(snapshot.nodes, key=lambda n: n.name))
         self.nodes: list[_Node] = []
         self.gpus: list[_Gpu] = []
@@ -369,7 +376,7 @@ class Planner:
 
     def _rekey(self, gpu: _Gpu) -> None:
         group = gpu.node.group
-        if group is None:
+        if group is None or gpu.held:
             return
         new = self._key(gpu)
         if new == gpu.key:
@@ -703,6 +710,8 @@ class Planner:
         one = ((profile, 1),)
         count = 0
         for gpu in node.gpus:
+            if gpu.held:
+                continue
             need = self._need(gpu.geo, one)
             if need is not None:
                 caps = gpu.geo.caps_beside(state[gpu.id][0])
@@ -723,6 +732,8 @@ class Planner:
     ) -> tuple[_Gpu, AddOption] | None:
         best = None
         for gpu in node.gpus:
+            if gpu.held:
+                continue
             fixed, free, touched = state[gpu.id]
             geo = gpu.geo
             need = self._need(geo, demand)
@@ -1063,8 +1074,18 @@ class Planner:
             levels.setdefault(p.pod.priority, []).append(p)
         order = sorted(levels, reverse=True)
         self._measure_pressure()
+        holds = self._holds()
         for i, priority in enumerate(order):
-            todo = [p for p in levels[priority] if p.plannable]
+            for gpu, pod in list(holds.items()):
+                if pod.pod.priority < priority:
+                    continue  # drains for a lower level: open to this one
+                del holds[gpu]
+                if pod.key in self.assigned or (
+                    pod.pod.priority == priority and self._place_on_gpu(pod, gpu)
+                ):
+                    continue
+                self._hold(gpu)
+            todo = [p for p in levels[priority] if p.plannable and p.key not in self.assigned]
             if not todo:
                 continue
             largest = sorted(todo, key=lambda p: (-p.size, p.demand, p.reach, p.key))
@@ -1089,8 +1110,163 @@ class Planner:
             self._swap(
                 [p for p in todo if p.key in self.assigned], [p for p in todo if p.key not in self.assigned]
             )
+        self._release_holds()
+        self._drain()
+        self._prewarm()
         unsatisfied = explain(self, [p for p in self.pods if p.key not in self.assigned])
+        drained = {pod: self.gpus[g] for g, pod in self.drains.items()}
+        for n, u in enumerate(unsatisfied):
+            gpu = drained.get(u.pod)
+            if gpu is not None:
+                unsatisfied[n] = Unsatisfied(
+                    pod=u.pod,
+                    reason=(
+                        f"GPU {gpu.index} of node {gpu.node.name} is drained for it: no new pod gets it and "
+                        f"its free instances are destroyed; it runs there once the "
+                        f"{gpu.fixed0.bit_count()} instance(s) in use finish"
+                    ),
+                    code="Draining",
+                    priority=u.priority,
+                )
         return self._build_plan(unsatisfied)
+
+    # --- draining for large pods and pre-warming (after the pods) -----------------------------
+
+    def _large_waiting(self) -> list[_Pod]:
+        """Waiting single-device pods of a large profile (LARGE_SHARE), highest priority first."""
+        large = int(LARGE_SHARE * _UNITS_LCM)
+        pods = [
+            p
+            for p in self.pods
+            if p.plannable and p.devices == 1 and p.size >= large and p.key not in self.assigned
+        ]
+        return sorted(pods, key=lambda p: (-p.pod.priority, -p.size, p.key))
+
+    def _holds(self) -> dict[_Gpu, _Pod]:
+        """GPUs the last plan drained, with the waiting large pod each may still be kept for.
+
+        Levels above the pod's priority may use the GPU. At the pod's own level it is offered to
+        that pod first; if the pod does not fit yet, the GPU is out of reach of every other pod of
+        that level and below, so that pods arriving later do not take the room it waits for.
+        """
+        wanted = {tuple(k) for k in self.options.draining}
+        if not wanted or self.options.drain_max_gpus <= 0:
+            return {}
+        gpus = [g for g in self.gpus if (g.node.name, g.index) in wanted and g.node.group is not None]
+        holds: dict[_Gpu, _Pod] = {}
+        for pod in self._large_waiting():
+            assert pod.demand is not None
+            for gpu in gpus:
+                if gpu not in holds and gpu.node.group in pod.groups and self._need(gpu.geo, pod.demand):
+                    holds[gpu] = pod
+                    break
+        return holds
+
+    def _place_on_gpu(self, pod: _Pod, gpu: _Gpu) -> bool:
+        assert pod.demand is not None
+        found = self._best_option(
+            gpu.node.group, gpu.geo, gpu.fixed, gpu.free, gpu.touched, gpu.node.touched, pod.demand
+        )
+        if found is None:
+            return False
+        self._apply(pod, gpu.node, [(gpu, found[1])])
+        return True
+
+    def _hold(self, gpu: _Gpu) -> None:
+        group = gpu.node.group
+        assert group is not None
+        group.states[gpu.key] -= 1
+        group.epoch += 1
+        gpu.held = True
+        gpu.key = (-1, 0, 0, False, False)  # its heap entries are stale now
+        self.node_memo.clear()
+        self.used_fit_memo.clear()
+
+    def _release_holds(self) -> None:
+        for gpu in self.gpus:
+            if gpu.held:
+                gpu.held = False
+                self._enter(gpu, self._key(gpu))
+                self.node_memo.clear()
+                self.used_fit_memo.clear()
+
+    def _drain(self) -> None:
+        """Keep GPUs for large pods that fit nowhere: destroy their free instances, hand out none.
+
+        For each waiting large pod (highest priority, then largest first), the eligible GPU
+        closest to draining: the one the last plan drained, then the fewest placement units held,
+        then the fewest used instances (pods to wait for), then node and index. Only GPUs this
+        plan left as they are, whose model can hold the pod when empty. At most
+        ``options.drain_max_gpus`` GPUs at once; the caller keeps pods off a draining GPU until
+        it is empty (the node agent destroys instances there as their pods end).
+        """
+        limit = self.options.drain_max_gpus
+        if limit <= 0:
+            return
+        before = {tuple(k) for k in self.options.draining}
+        for pod in self._large_waiting():
+            if len(self.drains) >= limit:
+                break
+            assert pod.demand is not None
+            best: tuple | None = None
+            for node in self._nodes_of(pod.groups):
+                for gpu in node.gpus:
+                    if (
+                        gpu.id in self.drains
+                        or gpu.fixed != gpu.fixed0
+                        or not self._need(gpu.geo, pod.demand)
+                    ):
+                        continue
+                    rank = (
+                        (node.name, gpu.index) not in before,
+                        gpu.geo.units_of(gpu.fixed0).bit_count() * gpu.geo.unit_scale,
+                        gpu.fixed0.bit_count(),
+                        node.order,
+                        gpu.index,
+                    )
+                    if best is None or rank < best[0]:
+                        best = (rank, gpu)
+            if best is None:
+                continue
+            gpu = best[1]
+            self.drains[gpu.id] = pod.key
+            if gpu.free:
+                self._set_gpu(gpu, gpu.fixed, 0)
+                self._refresh_node(gpu.node)
+
+    def _prewarm(self) -> None:
+        """Create free instances of ``options.prewarm``'s profiles on free space, destroying nothing.
+
+        Largest profile first; each instance goes where it costs least: a node this plan changes
+        anyway, then the least loss of large free blocks (geometry.Geometry._frag_vector), then
+        node and index. GPUs that drain are left alone.
+        """
+        wants = {p: n for p, n in self.options.prewarm.items() if n > 0}
+        if not wants:
+            return
+        gpus = [g for g in self.gpus if g.node.group is not None and g.id not in self.drains]
+        have: Counter[str] = Counter()
+        for gpu in gpus:
+            for i in bits_of(gpu.free):
+                have[gpu.geo.cands[i].profile] += 1
+        for profile in sorted(wants, key=lambda p: (-self._largest_fraction(p), p)):
+            one = ((profile, 1),)
+            for _ in range(wants[profile] - have[profile]):
+                best: tuple | None = None
+                for gpu in gpus:
+                    if profile not in gpu.geo.by_profile:
+                        continue
+                    opt = gpu.geo.best_add(gpu.fixed | gpu.free, 0, one)
+                    if opt is None:
+                        continue
+                    rank = (not gpu.node.touched, opt.loss, gpu.node.order, gpu.index)
+                    if best is None or rank < best[0]:
+                        best = (rank, gpu, opt)
+                if best is None:
+                    break
+                _, gpu, opt = best
+                self._set_gpu(gpu, gpu.fixed, gpu.free | opt.assigned)
+                self._refresh_node(gpu.node)
 
     # --- output ------------------------------------------------------------------------------
 
@@ -1157,7 +1333,11 @@ class Planner:
             gpus_touched=gpus_touched,
             nodes_touched=nodes_touched,
         )
+        drains = tuple(
+            sorted(Drain(self.gpus[g].node.name, self.gpus[g].index, pod) for g, pod in self.drains.items())
+        )
         return Plan(
+            draining=drains,
             nodes=tuple(node_plans),
             assignments=tuple(assignments),
             unsatisfied=tuple(sorted(unsatisfied, key=lambda u: u.pod)),
@@ -1165,7 +1345,7 @@ class Planner:
         )
 
 
-def plan(snapshot: Snapshot) -> Plan:
+def plan(snapshot: Snapshot, options: PlanOptions | None = None) -> Plan:
     """The plan for ``snapshot``: pure and deterministic (the same snapshot gives the same plan).
 
     Invariants: every desired layout is valid for its model; every used instance stays, same
@@ -1179,7 +1359,7 @@ def plan(snapshot: Snapshot) -> Plan:
     if paused:
         gc.disable()
     try:
-        return Planner(snapshot).run()
+        return Planner(snapshot, options).run()
     finally:
         if paused:
             gc.enable()

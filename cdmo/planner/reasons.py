@@ -15,6 +15,7 @@ NoFittingGpu       no eligible node has GPUs that could hold the demand even if 
 NoRoom             used instances leave no room for the demand on any eligible node
 Outranked          pods of higher priority in this plan take the room that is left
 NoRoomLeft         pods of the same priority in this plan take the room that is left
+Draining           (set by the planner) a GPU is drained for the pod; it waits for the pods there
 =================  ==========================================================================
 
 Pure: imports nothing of Kubernetes or NVML.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cdmo.config import OperatorConfig
 from cdmo.mig.layouts import is_valid_layout
 from cdmo.planner import parse_snapshot
 from cdmo.sim.dynamic import DynamicPolicy
@@ -81,17 +82,23 @@ def test_dynamic_keeps_agent_and_simulator_in_step_and_disrupts_nothing() -> Non
 
 def test_time_model_sets_when_a_new_instance_is_usable() -> None:
     # Empty GPUs: the first pod waits the batch idle window (5 s), one GI create (1 s),
-    # the SIGHUP refresh (5 s), then the scheduler's retry (1 s).
+    # the SIGHUP refresh (5 s), then the scheduler's retry (1 s). Pre-warming off: it would
+    # create a second 7g.80gb on the same node (one more GI create, 1 s).
     sc = scenario()
+    cold = OperatorConfig(prewarm=False)
     run = Simulation(
-        sc, [PodSpec(0, "p", 100, "7g.80gb", 1, 600, 0)], DynamicPolicy(sc.dynamic, sc.time_model)
+        sc, [PodSpec(0, "p", 100, "7g.80gb", 1, 600, 0)], DynamicPolicy(sc.dynamic, sc.time_model, cold)
     ).run()
     assert run.start_times == [112.0]
     slow = scenario(time_model={"gi_create_seconds": 4, "sighup_refresh_seconds": 20})
     run = Simulation(
-        slow, [PodSpec(0, "p", 100, "7g.80gb", 1, 600, 0)], DynamicPolicy(slow.dynamic, slow.time_model)
+        slow, [PodSpec(0, "p", 100, "7g.80gb", 1, 600, 0)], DynamicPolicy(slow.dynamic, slow.time_model, cold)
     ).run()
     assert run.start_times == [130.0]
+    warm = Simulation(
+        sc, [PodSpec(0, "p", 100, "7g.80gb", 1, 600, 0)], DynamicPolicy(sc.dynamic, sc.time_model)
+    ).run()
+    assert warm.start_times == [113.0] and warm.gi_created == 2
 
 
 def test_a_pod_no_gpu_can_hold_never_starts_and_costs_nothing() -> None:

@@ -1,0 +1,70 @@
+"""What a caller may ask of a plan beyond the snapshot: pre-warming and draining for large pods.
+
+``cdmo plan`` uses none of it (a plan of the snapshot alone, spec/planner-io.md); the operator and
+the simulator pass the operator's settings (cdmo.config.OperatorConfig) and what they keep between
+plans: the demand history behind ``prewarm`` and the GPUs the last plan drained.
+
+Pure data: imports nothing of Kubernetes or NVML.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+#: A pod's profile is *large* when it takes at least this share of its GPU (4g and 7g of an
+#: 8-unit GPU; 2g and 4g of an A30): only such pods get a GPU drained for them.
+LARGE_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Extra work a plan may do after serving the pending pods (docs/planner.md, "Objective")."""
+
+    #: profile -> free instances to keep ready. After every pod is planned, instances of these
+    #: profiles are created on free space only (never destroying anything, free or used) until
+    #: the labelled, schedulable GPUs hold this many free ones.
+    prewarm: Mapping[str, int] = field(default_factory=dict)
+    #: Drain GPUs for large pods that fit nowhere (see Planner._drain): at most this many GPUs at
+    #: once, 0 turns draining off.
+    drain_max_gpus: int = 0
+    #: (node, GPU index) the previous plan drained: kept draining first while a pod still needs it.
+    draining: tuple[tuple[str, int], ...] = ()
+
+
+def drain_limit(fraction: float, gpus: int) -> int:
+    """GPUs that may drain at once: ``fraction`` of ``gpus``, at least 1 when ``fraction`` > 0."""
+    if fraction <= 0 or gpus <= 0:
+        return 0
+    return max(1, math.floor(fraction * gpus))
+
+
+def prewarm_targets(
+    arrivals: Sequence[tuple[float, str, int]],
+    now: float,
+    *,
+    window_seconds: float,
+    horizon_seconds: float,
+    max_per_profile: int,
+) -> dict[str, int]:
+    """Free instances to keep ready per profile, from the demand seen in the last ``window_seconds``.
+
+    ``arrivals`` are (time, profile, devices) of pods that asked, oldest first. A profile's rate
+    over the window times ``horizon_seconds`` (about how long a new instance takes to appear:
+    batch window, GI create, device-plugin refresh) is how many pods are expected to ask before a
+    new instance could be made for them; that, rounded up and capped at ``max_per_profile``, is
+    its target. Profiles nobody asked for in the window get none.
+    """
+    if window_seconds <= 0 or max_per_profile <= 0:
+        return {}
+    since = now - window_seconds
+    counts: dict[str, int] = {}
+    for at, profile, devices in arrivals:
+        if at >= since:
+            counts[profile] = counts.get(profile, 0) + devices
+    out = {}
+    for profile, n in sorted(counts.items()):
+        expected = n / window_seconds * horizon_seconds
+        out[profile] = min(max_per_profile, max(1, math.ceil(expected)))
+    return out
