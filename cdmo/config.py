@@ -86,6 +86,8 @@ class OperatorConfig:
     #: the labelled GPUs drain at once (at least one; 0 turns it off), so smaller pods always keep
     #: the rest of the fleet.
     drain_max_fraction: float = 0.125
+    #: ... and only for pods that have waited this long (the tail of the wait).
+    drain_after_seconds: float = 600.0
 
     ENV = (
         ("partition_label", "CDMO_PARTITION_LABEL"),
@@ -105,6 +107,7 @@ class OperatorConfig:
         ("prewarm_horizon_seconds", "CDMO_PREWARM_HORIZON_SECONDS"),
         ("prewarm_max_per_profile", "CDMO_PREWARM_MAX_PER_PROFILE"),
         ("drain_max_fraction", "CDMO_DRAIN_MAX_FRACTION"),
+        ("drain_after_seconds", "CDMO_DRAIN_AFTER_SECONDS"),
     )
 
     @classmethod

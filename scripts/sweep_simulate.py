@@ -74,6 +74,19 @@ def geomean_ratio(rows: list[dict[str, Any]], policy: str, base: str, key: str =
     return math.exp(sum(logs) / len(logs))
 
 
+def _override_operator(pairs: list[str]) -> None:
+    """Make the simulator's dynamic policy use OperatorConfig with these fields changed."""
+    import cdmo.sim.dynamic
+    from cdmo.config import OperatorConfig
+
+    env = {}
+    for pair in pairs:
+        field_name, _, value = pair.partition("=")
+        env[dict(OperatorConfig.ENV)[field_name]] = value
+    config = OperatorConfig.from_env(env)
+    cdmo.sim.dynamic.OperatorConfig = lambda: config  # type: ignore[assignment,misc]
+
+
 def _seeds(text: str) -> list[int]:
     if "-" in text:
         lo, hi = text.split("-", 1)
@@ -90,7 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="100-104", help="a range 100-109 or a list 1,2,3")
     parser.add_argument("--policy", action="append", help="policies; the first is the base of the ratios")
     parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument(
+        "--operator",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="run dynamic with this cdmo.config.OperatorConfig field changed (e.g. prewarm=false)",
+    )
     args = parser.parse_args(argv)
+    if args.operator:
+        _override_operator(args.operator)
     policies = args.policy or ["first-fit", "dynamic"]
     base_scenario = load_scenario(args.scenario)
     seeds = _seeds(args.seeds)

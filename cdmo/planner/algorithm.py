@@ -26,7 +26,6 @@ bound counts work, never time. Pure: imports nothing of Kubernetes or NVML.
 from __future__ import annotations
 
 import functools
-import gc
 import heapq
 from collections import Counter
 from collections.abc import Iterable
@@ -73,6 +72,14 @@ REPAIR_WORK = 5_000
 SWAP_POD_LIMIT = 50
 #: Kinds of lower-priority pods, and nodes per kind, probed to break ties between two passes.
 ROOM_PROBES = 64
+#: Polish (exact re-pack of one node for a waiting pod, after every level is planned): waiting
+#: pods tried, nodes per pod, device placements searched per node and in all.
+POLISH_POD_LIMIT = 100
+POLISH_NODE_LIMIT = 4
+#: Kept pods per node that the polish tries moving to another node to make room.
+POLISH_EVICT = 3
+POLISH_NODE_WORK = 3_000
+POLISH_WORK = 60_000
 #: Pressure is kept in whole numbers so that sums are exact (no float order effects).
 _PRESSURE_SCALE = 1_000_000
 _UNITS_LCM = 24  # placement axes are 4, 8 or 12 units
@@ -265,6 +272,25 @@ class Planner:
         self._build_groups()
 
     # --- set-up ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Cut the indexes that point both ways (GPU <-> node <-> group).
+
+        They make the search fast, but as cycles they would outlive the plan until the cyclic
+        collector found them (about 12,000 objects per 100 nodes). Cut, reference counting frees
+        every object of the run as soon as the planner goes. The planner is unusable afterwards.
+        """
+        for group in self.groups:
+            group.nodes = []
+            group.touched_nodes = {}
+            group.mheaps = {}
+        for node in self.nodes:
+            node.gpus = []
+            node.group = None
+        self.journal = []
+        self.assigned = {}
+        self._group_nodes = {}
+        self.__dict__.pop("_reason_classes", None)
 
     def model_of(self, text: str) -> GpuModel | None:
         """The catalog model for a snapshot's model string (looked up once per distinct string)."""
@@ -1073,6 +1099,7 @@ class Planner:
         for p in self.pods:
             levels.setdefault(p.pod.priority, []).append(p)
         order = sorted(levels, reverse=True)
+        self._levels = order
         self._measure_pressure()
         holds = self._holds()
         for i, priority in enumerate(order):
@@ -1111,6 +1138,7 @@ class Planner:
                 [p for p in todo if p.key in self.assigned], [p for p in todo if p.key not in self.assigned]
             )
         self._release_holds()
+        self._polish()
         self._drain()
         self._prewarm()
         unsatisfied = explain(self, [p for p in self.pods if p.key not in self.assigned])
@@ -1130,17 +1158,171 @@ class Planner:
                 )
         return self._build_plan(unsatisfied)
 
+    # --- polish: exact re-packs of single nodes for waiting pods ------------------------------
+
+    def _polish(self) -> None:
+        """Serve waiting pods by re-packing one node exactly, highest priority first.
+
+        For a waiting pod W and an eligible node where W fits beside the used instances, search
+        every placement of W's devices and those of the node's planned pods of W's priority or
+        higher (device by device, each on any GPU at any legal start, existing free instances
+        first); pods of lower priority on the node are re-placed there or anywhere after, or wait.
+        Kept only when the pods served, compared level by level from the highest, improve: so a
+        pod never waits while lower-priority pods hold room it could have, and within a level a
+        better packing serves one more. Bounded by POLISH_* counts of work, never time.
+        """
+        waiting = [p for p in self.pods if p.plannable and p.key not in self.assigned]
+        if not waiting:
+            return
+        budget = [POLISH_WORK]
+        for pod in sorted(waiting, key=lambda p: (-p.pod.priority, p.size, p.key))[:POLISH_POD_LIMIT]:
+            if budget[0] <= 0:
+                break
+            if pod.key in self.assigned:
+                continue
+            assert pod.demand is not None
+            tried = 0
+            for node in self._nodes_of(pod.groups):
+                if tried >= POLISH_NODE_LIMIT or budget[0] <= 0:
+                    break
+                if not node.pods or not self.fits_used_only(node, pod.demand):
+                    continue
+                tried += 1
+                if self._exact_repack(node, pod, budget):
+                    break
+
+    def _served_vector(self) -> tuple[int, ...]:
+        counts: Counter[int] = Counter(self.pods_by_key[k].pod.priority for k in self.assigned)
+        return tuple(counts[p] for p in self._levels)
+
+    def _exact_repack(self, node: _Node, pod: _Pod, budget: list[int]) -> bool:
+        prio = pod.pod.priority
+        keep = sorted(
+            (self.pods_by_key[k] for k in node.pods if self.pods_by_key[k].pod.priority >= prio),
+            key=lambda p: p.key,
+        )
+        moved = sorted(
+            (self.pods_by_key[k] for k in node.pods if self.pods_by_key[k].pod.priority < prio),
+            key=lambda p: (-p.pod.priority, -p.size, p.key),
+        )
+        before = self._served_vector()
+        mark = len(self.journal)
+        for p in [*keep, *moved]:
+            self._unassign(p.key)
+        # All of them on this node; else one of the kept pods (lowest priority, largest first)
+        # goes to another node.
+        evict = sorted(keep, key=lambda p: (p.pod.priority, -p.size, p.key))[:POLISH_EVICT]
+        for out in [None, *evict]:
+            if budget[0] <= 0:
+                break
+            step = len(self.journal)
+            found = self._search_node(node, [*(p for p in keep if p is not out), pod], budget)
+            if found is None:
+                continue
+            self._apply_packing(node, found)
+            if out is not None:
+                self._place(out)
+            for p in moved:
+                if not self._place_on(p, node):
+                    self._place(p)
+            if self._served_vector() > before:
+                return True
+            self._undo(step)
+        self._undo(mark)
+        return False
+
+    def _search_node(
+        self, node: _Node, pods: list[_Pod], budget: list[int]
+    ) -> dict[str, list[tuple[_Gpu, int]]] | None:
+        """Every device of ``pods`` on ``node``'s GPUs, or None within POLISH_NODE_WORK steps.
+
+        Devices go largest first; each tries every GPU (not held) and every option of one device
+        there, cheapest first (an existing free instance before a new one). Returns pod key ->
+        [(GPU, candidate bit)].
+        """
+        devices: list[tuple[Fraction, str, int]] = []  # (-share of a GPU, profile, pod index)
+        for n, p in enumerate(pods):
+            for profile, count in p.demand or ():
+                devices.extend([(-self._largest_fraction(profile), profile, n)] * count)
+        devices.sort()
+        gpus = [g for g in node.gpus if not g.held]
+        state = {g.id: (g.fixed, g.free) for g in gpus}
+        chosen: list[tuple[_Gpu, int]] = []
+        work = [min(POLISH_NODE_WORK, budget[0])]
+
+        def place(k: int) -> bool:
+            if k == len(devices):
+                return True
+            _, profile, _ = devices[k]
+            one = ((profile, 1),)
+            seen: set[tuple[int, int, int]] = set()
+            for gpu in gpus:
+                if profile not in gpu.geo.by_profile:
+                    continue
+                fixed, free = state[gpu.id]
+                for opt in gpu.geo.options(fixed, free, one):
+                    work[0] -= 1
+                    if work[0] <= 0:
+                        return False
+                    # Two empty GPUs of one model in the same state are the same choice.
+                    empty = not fixed and not free
+                    sig = (gpu.geo.ordinal, 0, opt.assigned) if empty else (gpu.id, 1, opt.assigned)
+                    if sig in seen:
+                        continue
+                    seen.add(sig)
+                    state[gpu.id] = (opt.fixed, opt.free)
+                    chosen.append((gpu, opt.assigned))
+                    if place(k + 1):
+                        return True
+                    chosen.pop()
+                    state[gpu.id] = (fixed, free)
+            return False
+
+        ok = place(0)
+        budget[0] -= min(POLISH_NODE_WORK, budget[0]) - max(work[0], 0)
+        if not ok:
+            return None
+        out: dict[str, list[tuple[_Gpu, int]]] = {p.key: [] for p in pods}
+        for (_, _, n), (gpu, bit) in zip(devices, chosen, strict=True):
+            out[pods[n].key].append((gpu, bit))
+        self._polish_state = state
+        return out
+
+    def _apply_packing(self, node: _Node, found: dict[str, list[tuple[_Gpu, int]]]) -> None:
+        """Set the node's GPUs to the searched state and record each pod's devices."""
+        state = self._polish_state
+        for gpu in node.gpus:
+            if gpu.id in state and state[gpu.id] != (gpu.fixed, gpu.free):
+                self._set_gpu(gpu, *state[gpu.id])
+        self._refresh_node(node)
+        for key, devices in found.items():
+            by_gpu: dict[int, tuple[_Gpu, int]] = {}
+            for gpu, bit in devices:
+                old = by_gpu.get(gpu.id, (gpu, 0))
+                by_gpu[gpu.id] = (gpu, old[1] | bit)
+            parts = [(gpu, bits, bits & ~gpu.free0) for gpu, bits in by_gpu.values()]
+            self.assigned[key] = _Placement(node=node, parts=parts)
+            node.pods.add(key)
+            self.journal.append(("assign", key))
+
     # --- draining for large pods and pre-warming (after the pods) -----------------------------
 
     def _large_waiting(self) -> list[_Pod]:
-        """Waiting single-device pods of a large profile (LARGE_SHARE), highest priority first."""
+        """Waiting single-device pods of a large profile (LARGE_SHARE) that have waited at least
+        ``options.drain_after_seconds``: highest priority first, then longest waiting."""
         large = int(LARGE_SHARE * _UNITS_LCM)
+        waited = self.options.waited
+        after = self.options.drain_after_seconds
         pods = [
             p
             for p in self.pods
-            if p.plannable and p.devices == 1 and p.size >= large and p.key not in self.assigned
+            if p.plannable
+            and p.devices == 1
+            and p.size >= large
+            and p.key not in self.assigned
+            and waited.get(p.key, 0.0) >= after
         ]
-        return sorted(pods, key=lambda p: (-p.pod.priority, -p.size, p.key))
+        return sorted(pods, key=lambda p: (-p.pod.priority, -waited.get(p.key, 0.0), -p.size, p.key))
 
     def _holds(self) -> dict[_Gpu, _Pod]:
         """GPUs the last plan drained, with the waiting large pod each may still be kept for.
@@ -1352,17 +1534,11 @@ def plan(snapshot: Snapshot, options: PlanOptions | None = None) -> Plan:
     profile and start; unlabelled nodes and GPUs of unknown model are left as they are; every
     pending pod is in exactly one of assignments and unsatisfied.
     """
-    # A plan allocates many small tuples that all die with it; the cyclic collector would walk
-    # the long-lived per-model caches again and again meanwhile (about a tenth of the time at
-    # 1000 nodes). Nothing a plan builds is cyclic garbage, so it is paused, then restored.
-    paused = gc.isenabled()
-    if paused:
-        gc.disable()
+    planner = Planner(snapshot, options)
     try:
-        return Planner(snapshot, options).run()
+        return planner.run()
     finally:
-        if paused:
-            gc.enable()
+        planner.close()
 
 
 __all__ = ["Planner", "demand_of", "format_demand", "plan"]

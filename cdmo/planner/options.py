@@ -31,6 +31,11 @@ class PlanOptions:
     drain_max_gpus: int = 0
     #: (node, GPU index) the previous plan drained: kept draining first while a pod still needs it.
     draining: tuple[tuple[str, int], ...] = ()
+    #: Pod key -> seconds it has waited so far (the caller's clock; pods not named count as 0).
+    waited: Mapping[str, float] = field(default_factory=dict)
+    #: Only pods that have waited at least this long get a GPU drained for them: draining leaves
+    #: capacity idle until the last pod there ends, so it is kept for the tail of the wait.
+    drain_after_seconds: float = 0.0
 
 
 def drain_limit(fraction: float, gpus: int) -> int:

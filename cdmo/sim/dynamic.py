@@ -240,14 +240,17 @@ class DynamicPolicy(Policy):
             pending.append(pod)
         return Snapshot(nodes=tuple(nodes), pending=tuple(pending))
 
-    def plan_options(self) -> PlanOptions:
-        """The operator's pre-warming targets and drain limit for the next plan."""
+    def plan_options(self, pods: Sequence[int]) -> PlanOptions:
+        """The operator's pre-warming targets, drain limits and the pods' waits for the next plan."""
         op = self.operator
-        gpus = sum(len(n.gpus) for n in self.sim.nodes)
+        sim = self.sim
+        gpus = sum(len(n.gpus) for n in sim.nodes)
         return PlanOptions(
             prewarm=dict(self._targets) if op.prewarm else {},
             drain_max_gpus=drain_limit(op.drain_max_fraction, gpus),
             draining=self._draining,
+            waited={f"{NAMESPACE}/{sim.pods[p].name}": sim.now - sim.pods[p].arrival for p in pods},
+            drain_after_seconds=op.drain_after_seconds,
         )
 
     def _plan(self) -> None:
@@ -258,7 +261,7 @@ class DynamicPolicy(Policy):
         cpu0 = time.process_time()
         snapshot = self.parsed_snapshot(pods)
         cpu1 = time.process_time()
-        result = plan(snapshot, self.plan_options())
+        result = plan(snapshot, self.plan_options(pods))
         self._draining = tuple((d.node, d.gpu) for d in result.draining)
         self._drain_gpus = {}
         for d in result.draining:
