@@ -25,17 +25,15 @@ bound counts work, never time. Pure: imports nothing of Kubernetes or NVML.
 
 from __future__ import annotations
 
-import functools
 import heapq
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 
-from cdmo.errors import InvalidInput
 from cdmo.mig.catalog import GpuModel, find_model
 from cdmo.mig.layouts import Instance, sort_layout
-from cdmo.mig.resources import RESOURCE_PREFIX, profile_from_resource
+from cdmo.planner.demand import demand_of, format_demand
 from cdmo.planner.eligibility import node_admits, referenced_label_keys, uses_name_fields
 from cdmo.planner.geometry import FRAG_LEN, AddOption, Demand, Geometry, bits_of, geometry
 from cdmo.planner.models import (
@@ -52,6 +50,8 @@ from cdmo.planner.models import (
     Unsatisfied,
 )
 from cdmo.planner.options import LARGE_SHARE, PlanOptions
+from cdmo.planner.reasons import explain
+from cdmo.planner.view import RunView, WaitingPod
 
 STANDARD, COUNT = 0, 1
 
@@ -189,35 +189,6 @@ class _Placement:
     node: _Node
     #: (GPU, candidate bits handed to the pod, of which new)
     parts: list[tuple[_Gpu, int, int]]
-
-
-def demand_of(pod: PendingPod) -> tuple[Demand, tuple[str, ...]]:
-    """The pod's MIG demand as sorted (profile, count), and any resource names that name no profile."""
-    return _demand(tuple(sorted(pod.requests.items())))
-
-
-@functools.lru_cache(maxsize=4096)
-def _demand(requests: tuple[tuple[str, object], ...]) -> tuple[Demand, tuple[str, ...]]:
-    counts: Counter[str] = Counter()
-    bad = []
-    for resource, raw in requests:
-        if not resource.startswith(RESOURCE_PREFIX):
-            continue
-        # Kubernetes quantities may arrive as strings ("2"); anything else that is not a whole
-        # number (only a snapshot built in code can carry one) asks for nothing.
-        count = int(raw) if isinstance(raw, str) and raw.isdigit() else raw
-        if not isinstance(count, int) or isinstance(count, bool) or count <= 0:
-            continue
-        try:
-            counts[profile_from_resource(resource)] += count
-        except InvalidInput:
-            bad.append(resource)
-    return tuple(sorted(counts.items())), tuple(bad)
-
-
-def format_demand(demand: Demand) -> str:
-    """``7g.80gb`` or ``2 x 1g.10gb + 3g.40gb``."""
-    return " + ".join(p if c == 1 else f"{c} x {p}" for p, c in demand)
 
 
 class Planner:
@@ -374,10 +345,10 @@ class Planner:
                 size = int(frac * _UNITS_LCM)
                 offered[name] = min(size, offered.get(name, size))
         for p in self.pods:
-            sig = (tuple(p.pod.node_selector.items()), p.pod.node_affinity, p.pod.tolerations)
-            if sig not in sig_groups:
-                sig_groups[sig] = tuple(g for g in self.groups if node_admits(g.rep.src, p.pod))
-            p.groups = sig_groups[sig]
+            pod_sig = (tuple(p.pod.node_selector.items()), p.pod.node_affinity, p.pod.tolerations)
+            if pod_sig not in sig_groups:
+                sig_groups[pod_sig] = tuple(g for g in self.groups if node_admits(g.rep.src, p.pod))
+            p.groups = sig_groups[pod_sig]
             if p.demand and all(name in offered for name, _ in p.demand):
                 p.size = sum(offered[name] * c for name, c in p.demand)
             gkey = tuple(g.id for g in p.groups)
@@ -1093,8 +1064,6 @@ class Planner:
         return False
 
     def run(self) -> Plan:
-        from cdmo.planner.reasons import explain  # reasons read the planner's indexes
-
         levels: dict[int, list[_Pod]] = {}
         for p in self.pods:
             levels.setdefault(p.pod.priority, []).append(p)
@@ -1141,17 +1110,22 @@ class Planner:
         self._polish()
         self._drain()
         self._prewarm()
-        unsatisfied = explain(self, [p for p in self.pods if p.key not in self.assigned])
+        waiting = [
+            WaitingPod(p.pod, p.key, p.demand, p.bad_resources)
+            for p in self.pods
+            if p.key not in self.assigned
+        ]
+        unsatisfied = explain(_View(self), waiting)
         drained = {pod: self.gpus[g] for g, pod in self.drains.items()}
         for n, u in enumerate(unsatisfied):
-            gpu = drained.get(u.pod)
-            if gpu is not None:
+            kept = drained.get(u.pod)
+            if kept is not None:
                 unsatisfied[n] = Unsatisfied(
                     pod=u.pod,
                     reason=(
-                        f"GPU {gpu.index} of node {gpu.node.name} is drained for it: no new pod gets it and "
+                        f"GPU {kept.index} of node {kept.node.name} is drained for it: no new pod gets it and "
                         f"its free instances are destroyed; it runs there once the "
-                        f"{gpu.fixed0.bit_count()} instance(s) in use finish"
+                        f"{kept.fixed0.bit_count()} instance(s) in use finish"
                     ),
                     code="Draining",
                     priority=u.priority,
@@ -1525,6 +1499,39 @@ class Planner:
             unsatisfied=tuple(sorted(unsatisfied, key=lambda u: u.pod)),
             summary=summary,
         )
+
+
+class _View:
+    """The finished run as :class:`cdmo.planner.view.RunView` (what the explanations may read)."""
+
+    def __init__(self, planner: Planner) -> None:
+        self._planner = planner
+        self.src_nodes = planner.src_nodes
+        self.cluster_models = planner.cluster_models
+        self._nodes = {n.name: n for n in planner.nodes}
+
+    def pending_pods(self) -> list[PendingPod]:
+        return [p.pod for p in self._planner.pods]
+
+    def gpu_models(self, node: str) -> tuple[str, ...]:
+        found = self._nodes.get(node)
+        return tuple(g.geo.key for g in found.gpus) if found is not None else ()
+
+    def offers(self, node: str, profile: str) -> bool:
+        found = self._nodes.get(node)
+        return found is not None and any(profile in g.geo.by_profile for g in found.gpus)
+
+    def fits_empty(self, node: str, demand: Demand) -> bool:
+        return self._planner.fits_empty(self._nodes[node], demand)
+
+    def fits_used_only(self, node: str, demand: Demand) -> bool:
+        return self._planner.fits_used_only(self._nodes[node], demand)
+
+    def top_priority_on(self, node: str) -> int | None:
+        return self._planner.top_priority_on(self._nodes[node])
+
+
+_: type[RunView] = _View  # the interface is checked against its one implementation by mypy
 
 
 def plan(snapshot: Snapshot, options: PlanOptions | None = None) -> Plan:
