@@ -13,7 +13,7 @@ Outline:
    swaps (one served pod for two waiting ones of the level) try to serve more.
 3. A pod goes where adding its demand ranks lowest: (free instances destroyed, instances
    created, GPUs newly touched, node newly touched, demand-weighted fragmentation, loss of large
-   free blocks then best fit, see geometry.Geometry._frag_vector), ties to the first node by name
+   free blocks then best fit, see fragmentation.frag_vector), ties to the first node by name
    and the lowest GPU index. Per group and demand a heap holds the distinct GPU states by that
    rank (entered with a cheap lower bound, searched when it tops the heap), so a pod looks at
    states, not at GPUs. A pod that asks for several devices may span the GPUs of one node; that
@@ -35,7 +35,8 @@ from cdmo.mig.catalog import GpuModel, find_model
 from cdmo.mig.layouts import Instance, sort_layout
 from cdmo.planner.demand import demand_of, format_demand
 from cdmo.planner.eligibility import node_admits, referenced_label_keys, uses_name_fields
-from cdmo.planner.geometry import FRAG_LEN, AddOption, Demand, Geometry, bits_of, geometry
+from cdmo.planner.fragmentation import FRAG_LEN
+from cdmo.planner.geometry import AddOption, Demand, Geometry, bits_of, geometry
 from cdmo.planner.models import (
     Assignment,
     Device,
@@ -49,11 +50,10 @@ from cdmo.planner.models import (
     Snapshot,
     Unsatisfied,
 )
+from cdmo.planner.objective import COUNT, STANDARD, gpu_option_rank, lower_bound, rank
 from cdmo.planner.options import LARGE_SHARE, PlanOptions
 from cdmo.planner.reasons import explain
 from cdmo.planner.view import RunView, WaitingPod
-
-STANDARD, COUNT = 0, 1
 
 #: When one GPU could take a multi-device pod, at most this many nodes holding free instances of
 #: its profiles are costed for spreading it over GPUs instead (small clusters: all of them).
@@ -83,7 +83,6 @@ POLISH_WORK = 60_000
 #: Pressure is kept in whole numbers so that sums are exact (no float order effects).
 _PRESSURE_SCALE = 1_000_000
 _UNITS_LCM = 24  # placement axes are 4, 8 or 12 units
-_NO_LOSS = (0,) * FRAG_LEN
 
 #: A GPU's index key: (model ordinal, fixed bits, free bits, GPU touched, node touched).
 StateKey = tuple[int, int, int, bool, bool]
@@ -475,13 +474,6 @@ class Planner:
 
     # --- costs -------------------------------------------------------------------------------
 
-    def _rank(
-        self, destroyed: int, created: int, gpus: int, nodes: int, dloss: int, loss: tuple[int, ...]
-    ) -> tuple:
-        if self.mode == STANDARD:
-            return (destroyed, created, gpus, nodes, dloss, loss)
-        return (dloss, destroyed, created, gpus, nodes, loss)
-
     def _best_option(
         self,
         group: _Group | None,
@@ -503,9 +495,7 @@ class Planner:
         destroyed, created, change, dloss, loss, opt = parts
         gpus = int(change and not touched)
         nodes = int(change and not node_touched)
-        if self.mode == STANDARD:
-            return (destroyed, created, gpus, nodes, dloss, loss), opt
-        return (dloss, destroyed, created, gpus, nodes, loss), opt
+        return rank(self.mode, destroyed, created, gpus, nodes, dloss, loss), opt
 
     def _option_parts(
         self, group: _Group | None, geo: Geometry, fixed: int, free: int, demand: Demand
@@ -527,12 +517,9 @@ class Planner:
                 if self.mode == STANDARD and (opt.destroyed, opt.created) != (first.destroyed, first.created):
                     break  # sorted: nothing later ranks better under the standard ranking
                 dloss = before - self._value(group, geo, full & ~opt.units)
-                if self.mode == STANDARD:
-                    rank: tuple = (dloss, opt.loss)
-                else:
-                    rank = (dloss, opt.destroyed, opt.created, opt.loss)
-                if best is None or rank < best[0]:
-                    best = (rank, dloss, opt)
+                order = gpu_option_rank(self.mode, dloss, opt.destroyed, opt.created, opt.loss)
+                if best is None or order < best[0]:
+                    best = (order, dloss, opt)
             assert best is not None
             opt = best[2]
             result = (opt.destroyed, opt.created, bool(opt.created or opt.destroyed), best[1], opt.loss, opt)
@@ -557,7 +544,7 @@ class Planner:
             wanted = 0
             for _, c in demand:
                 wanted += c
-            standard = self.mode == STANDARD
+            mode = self.mode
             push = heapq.heappush
             geos = self.geos
             needs: dict[int, tuple[tuple[int, int], ...] | None] = {}
@@ -588,11 +575,7 @@ class Planner:
                         create -= c if have >= c else have
                 gpus = int(create > 0 and not touched)
                 nodes = int(create > 0 and not node_touched)
-                if standard:
-                    bound: tuple = (0, create, gpus, nodes, 0, _NO_LOSS)
-                else:
-                    bound = (0, 0, create, gpus, nodes, _NO_LOSS)
-                push(heap, (bound, key, False))
+                push(heap, (lower_bound(mode, create, gpus, nodes), key, False))
             entry[1] = len(arrivals)
         while heap:
             rank, key, costed = heap[0]
@@ -697,10 +680,16 @@ class Planner:
                 remaining[p] -= c
                 if remaining[p] <= 0:
                     del remaining[p]
-        rank = self._rank(
-            destroyed, created, new_gpus, int(node_touched and not node.touched), dloss, tuple(loss)
+        found = rank(
+            self.mode,
+            destroyed,
+            created,
+            new_gpus,
+            int(node_touched and not node.touched),
+            dloss,
+            tuple(loss),
         )
-        return rank, steps
+        return found, steps
 
     def _hosts(self, node: _Node, state: dict, profile: str) -> int:
         """How many GPUs of ``node`` (in ``state``) have free units for one ``profile``."""
@@ -1394,7 +1383,7 @@ class Planner:
         """Create free instances of ``options.prewarm``'s profiles on free space, destroying nothing.
 
         Largest profile first; each instance goes where it costs least: a node this plan changes
-        anyway, then the least loss of large free blocks (geometry.Geometry._frag_vector), then
+        anyway, then the least loss of large free blocks (fragmentation.frag_vector), then
         node and index. GPUs that drain are left alone.
         """
         wants = {p: n for p, n in self.options.prewarm.items() if n > 0}
