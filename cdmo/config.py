@@ -88,6 +88,13 @@ class OperatorConfig:
     drain_max_fraction: float = 0.125
     #: ... and only for pods that have waited this long (the tail of the wait).
     drain_after_seconds: float = 600.0
+    #: ... and only GPUs whose used instances hold at most this share of it (nearly empty ones).
+    drain_max_used_share: float = 0.25
+    #: Idle defragmentation: when no pod waits, move free instances together (destroy and
+    #: re-create free ones only) at most this many GPU-instance operations per hour (0: off) ...
+    defrag_ops_per_hour: int = 60
+    #: ... looking at most this often.
+    defrag_interval_seconds: float = 300.0
 
     ENV = (
         ("partition_label", "CDMO_PARTITION_LABEL"),
@@ -108,6 +115,9 @@ class OperatorConfig:
         ("prewarm_max_per_profile", "CDMO_PREWARM_MAX_PER_PROFILE"),
         ("drain_max_fraction", "CDMO_DRAIN_MAX_FRACTION"),
         ("drain_after_seconds", "CDMO_DRAIN_AFTER_SECONDS"),
+        ("drain_max_used_share", "CDMO_DRAIN_MAX_USED_SHARE"),
+        ("defrag_ops_per_hour", "CDMO_DEFRAG_OPS_PER_HOUR"),
+        ("defrag_interval_seconds", "CDMO_DEFRAG_INTERVAL_SECONDS"),
     )
 
     @classmethod

@@ -16,18 +16,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import heapq
 import json
 import math
 import statistics
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cdmo.sim.engine import RunResult
 from cdmo.sim.metrics import pending_times, percentile, summarize
 from cdmo.sim.runner import run_policy
 from cdmo.sim.scenario import Scenario, load_scenario
-from cdmo.sim.workload import generate_workload
+from cdmo.sim.workload import PodSpec, generate_workload
+
+#: The policy name of the ideal fleet (no placement rules, no reconfiguration time).
+IDEAL = "ideal"
 
 #: Seconds added before taking logs, so that a p95 of 0 s still gives a finite ratio.
 RATIO_FLOOR_SECONDS = 1.0
@@ -47,11 +53,98 @@ def profile_waits(run: Any) -> dict[str, float]:
     return {p: round(sum(w) / len(w), 1) for p, w in sorted(waits.items())}
 
 
+def ideal_run(scenario: Scenario, pods: Sequence[PodSpec], horizon: float) -> RunResult:
+    """The same pods on an ideal fleet: no placement rules, no reconfiguration time.
+
+    Each GPU is a pool of its placement units; a device takes its profile's size in units
+    anywhere on any GPU of a model that offers the profile (a pod's devices on one node), at
+    once. Pending pods are tried by priority then arrival whenever a pod ends, each on the first
+    node with room (no head-of-line blocking, as kube-scheduler). A lower bound for any policy.
+    """
+    gpus: list[tuple[int, Any, list[int]]] = []  # (node, model, [free units per GPU])
+    for n, (group, index) in enumerate((g, i) for g in scenario.fleet for i in range(g.count)):
+        del index
+        gpus.append((n, group.model, [group.model.placement_axis_size] * group.gpus))
+    start: list[float | None] = [None] * len(pods)
+    held: dict[int, tuple[int, list[tuple[int, int]]]] = {}
+    events: list[tuple[float, int]] = []  # (end time, pod)
+    waiting: list[int] = []
+    util = 0.0
+    total = sum(len(free) * model.compute_slices_total for _, model, free in gpus)
+
+    def try_place(pid: int, now: float) -> bool:
+        pod = pods[pid]
+        for n, model, free in gpus:
+            if not model.has_profile(pod.profile):
+                continue
+            size = model.profile(pod.profile).placement_size
+            taken: list[tuple[int, int]] = []
+            left = list(free)
+            for _ in range(pod.count):
+                spot = next((g for g, f in enumerate(left) if f >= size), None)
+                if spot is None:
+                    break
+                left[spot] -= size
+                taken.append((spot, size))
+            if len(taken) == pod.count:
+                free[:] = left
+                held[pid] = (n, taken)
+                start[pid] = now
+                heapq.heappush(events, (now + pod.duration, pid))
+                return True
+        return False
+
+    order = sorted(range(len(pods)), key=lambda p: pods[p].arrival)
+    nxt = 0
+    while True:
+        t_arr = pods[order[nxt]].arrival if nxt < len(order) else math.inf
+        t_end = events[0][0] if events else math.inf
+        now = min(t_arr, t_end)
+        if now >= horizon:
+            break
+        if t_arr <= t_end:
+            pid = order[nxt]
+            nxt += 1
+            if not try_place(pid, now):
+                waiting.append(pid)
+            continue
+        _, pid = heapq.heappop(events)
+        n, taken = held.pop(pid)
+        for spot, size in taken:
+            gpus[n][2][spot] += size
+        waiting.sort(key=lambda p: (-pods[p].priority, pods[p].arrival, p))
+        waiting = [p for p in waiting if not try_place(p, now)]
+    for pid, t0 in enumerate(start):
+        if t0 is not None:
+            model = next(m for _, m, _ in gpus if m.has_profile(pods[pid].profile))
+            slices = model.profile(pods[pid].profile).compute_slices * pods[pid].count
+            util += slices * (min(t0 + pods[pid].duration, horizon) - t0)
+    return RunResult(
+        policy=IDEAL,
+        horizon=horizon,
+        pods=pods,
+        start_times=start,
+        disrupted=0,
+        reconfigurations=0,
+        gi_created=0,
+        gi_destroyed=0,
+        total_slices=total,
+        util_total=util,
+        util_series=[0.0],
+        util_bucket_seconds=horizon,
+        wall_seconds=0.0,
+        cpu_seconds=0.0,
+    )
+
+
 def run_one(scenario: Scenario, seed: int, policies: list[str]) -> dict[str, Any]:
     pods = generate_workload(scenario, seed=seed, duration=scenario.duration)
     out: dict[str, Any] = {}
     for name in policies:
-        run = run_policy(scenario, pods, name, horizon=scenario.duration)
+        if name == IDEAL:
+            run = ideal_run(scenario, pods, scenario.duration)
+        else:
+            run = run_policy(scenario, pods, name, horizon=scenario.duration)
         summary = summarize(run)
         waits = pending_times(run)
         out[name] = {
@@ -101,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("scenario", type=Path)
     parser.add_argument("--rate", type=float, action="append", help="rate multipliers (default 1.0)")
     parser.add_argument("--seeds", default="100-104", help="a range 100-109 or a list 1,2,3")
-    parser.add_argument("--policy", action="append", help="policies; the first is the base of the ratios")
+    parser.add_argument(
+        "--policy", action="append", help="policies (or 'ideal'); the first is the base of the ratios"
+    )
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument(
         "--operator",

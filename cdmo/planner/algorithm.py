@@ -1098,6 +1098,7 @@ class Planner:
         self._release_holds()
         self._polish()
         self._drain()
+        self._defragment()
         self._prewarm()
         waiting = [
             WaitingPod(p.pod, p.key, p.demand, p.bad_resources)
@@ -1349,6 +1350,7 @@ class Planner:
         if limit <= 0:
             return
         before = {tuple(k) for k in self.options.draining}
+        most_used = self.options.drain_max_used_share
         for pod in self._large_waiting():
             if len(self.drains) >= limit:
                 break
@@ -1360,6 +1362,7 @@ class Planner:
                         gpu.id in self.drains
                         or gpu.fixed != gpu.fixed0
                         or not self._need(gpu.geo, pod.demand)
+                        or gpu.geo.units_of(gpu.fixed0).bit_count() > most_used * gpu.geo.axis
                     ):
                         continue
                     rank = (
@@ -1378,6 +1381,47 @@ class Planner:
             if gpu.free:
                 self._set_gpu(gpu, gpu.fixed, 0)
                 self._refresh_node(gpu.node)
+
+    def _defragment(self) -> None:
+        """While no pod waits, re-create a GPU's free instances where they leave larger free blocks.
+
+        Touches free instances only (used ones never move, so no pod notices): the same profiles
+        are destroyed and made again at the placements that keep the most room for the largest
+        profiles in demand (the fragmentation measure), and only where that raises how many of
+        the largest such profile the GPU could still take. Fullest gain first, within
+        ``options.defrag_ops`` operations (each destroy or create counts one).
+        """
+        budget = self.options.defrag_ops
+        if budget <= 0 or any(p.plannable for p in self.pods if p.key not in self.assigned):
+            return
+        wanted = self.options.defrag_profiles
+        moves: list[tuple[tuple[int, ...], int, int, _Gpu, AddOption]] = []
+        for gpu in self.gpus:
+            if gpu.node.group is None or gpu.id in self.drains or gpu.fixed != gpu.fixed0 or not gpu.free:
+                continue
+            geo = gpu.geo
+            demand = tuple(sorted(Counter(geo.cands[i].profile for i in bits_of(gpu.free)).items()))
+            opt = geo.best_add(gpu.fixed, 0, demand)
+            if opt is None or opt.assigned == gpu.free:
+                continue
+            names = [p for p in wanted if p in geo.by_profile] or list(geo.profile_names)
+            names.sort(key=lambda p: (-geo.fraction[p], p))
+            before_caps = geo.cap[geo.full & ~geo.units_of(gpu.fixed | gpu.free)]
+            after_caps = geo.cap[geo.full & ~opt.units]
+            gain = tuple(
+                after_caps[geo.profile_names.index(p)] - before_caps[geo.profile_names.index(p)]
+                for p in names
+            )
+            if gain <= (0,) * len(gain):
+                continue
+            ops = (gpu.free & ~opt.assigned).bit_count() + (opt.assigned & ~gpu.free).bit_count()
+            moves.append((tuple(-g for g in gain), ops, gpu.id, gpu, opt))
+        for _, ops, _, gpu, opt in sorted(moves, key=lambda m: m[:3]):
+            if ops > budget:
+                continue
+            budget -= ops
+            self._set_gpu(gpu, gpu.fixed, opt.assigned)
+            self._refresh_node(gpu.node)
 
     def _prewarm(self) -> None:
         """Create free instances of ``options.prewarm``'s profiles on free space, destroying nothing.

@@ -36,6 +36,16 @@ class PlanOptions:
     #: Only pods that have waited at least this long get a GPU drained for them: draining leaves
     #: capacity idle until the last pod there ends, so it is kept for the tail of the wait.
     drain_after_seconds: float = 0.0
+    #: Only GPUs whose used instances hold at most this share of the placement axis may drain
+    #: (1.0: any): the emptier the GPU, the less capacity sits idle while it drains.
+    drain_max_used_share: float = 1.0
+    #: Idle defragmentation: GPU-instance operations (destroys + creates) this plan may spend
+    #: moving free instances together when no pod waits; 0 turns it off. The caller keeps the
+    #: hourly budget and passes what is left.
+    defrag_ops: int = 0
+    #: Profiles whose room defragmentation tries to raise (largest first); empty: every profile
+    #: of the GPU's model.
+    defrag_profiles: tuple[str, ...] = ()
 
 
 def drain_limit(fraction: float, gpus: int) -> int:

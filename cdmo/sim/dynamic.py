@@ -15,6 +15,7 @@ plan gave to it are not planned again until it is ready, and pending pods are li
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -66,6 +67,10 @@ class DynamicPolicy(Policy):
         #: (node, GPU index) the last plan drained, and the same as node idx -> GPU indexes
         self._draining: tuple[tuple[str, int], ...] = ()
         self._drain_gpus: dict[int, set[int]] = {}
+        #: (time, GPU-instance operations) of idle plans in the last hour; when the next may look
+        self._defrag_ops: deque[tuple[float, int]] = deque()
+        self._defrag_due = 0.0
+        self._defrag_token: int | None = None
         self.time_model = time_model
         self.window = BatchWindow(settings.batch_idle_seconds, settings.batch_max_seconds)
         self.backends: dict[int, SimulatedBackend] = {}
@@ -77,6 +82,8 @@ class DynamicPolicy(Policy):
         self._node_cache: dict[int, tuple[int, Node]] = {}
         self._pod_cache: dict[int, PendingPod] = {}
         self._log = _NullLog()
+        #: Negative timer tokens are this policy's own (the batch window counts up from 0).
+        self._timer_token = -1
         self.plans = 0
         self.planner_cpu = 0.0
         self.snapshot_cpu = 0.0
@@ -85,6 +92,8 @@ class DynamicPolicy(Policy):
         self.agent_errors = 0
         self.unsatisfied = 0
         self.drain_destroys = 0
+        self.idle_plans = 0
+        self.idle_ops = 0
 
     def attach(self, sim: Any) -> None:
         super().attach(sim)
@@ -131,6 +140,20 @@ class DynamicPolicy(Policy):
         # A freed instance may let the planner make room: the operator sees the pod go.
         if self._has_demand():
             self._demand()
+        elif self._defrag_token is None and self._defrag_left() > 0:
+            # Nobody waits: look at the free space once the interval has passed.
+            self._defrag_token = self._timer_token = self._timer_token - 1
+            self.sim.set_timer(max(self.sim.now, self._defrag_due), self._defrag_token)
+
+    def _defrag_left(self) -> int:
+        """GPU-instance operations idle defragmentation may still spend in the last hour."""
+        per_hour = self.operator.defrag_ops_per_hour
+        if per_hour <= 0:
+            return 0
+        now = self.sim.now
+        while self._defrag_ops and self._defrag_ops[0][0] <= now - 3600:
+            self._defrag_ops.popleft()
+        return per_hour - sum(n for _, n in self._defrag_ops)
 
     def _prewarm_short(self) -> bool:
         return any(self.sim.free_instances(p) < n for p, n in self._targets.items())
@@ -172,6 +195,13 @@ class DynamicPolicy(Policy):
             self._demand()
 
     def on_timer(self, token: int) -> None:
+        if token < 0:
+            if token == self._defrag_token:
+                self._defrag_token = None
+                self._defrag_due = self.sim.now + self.operator.defrag_interval_seconds
+                if not self._has_demand() and not self.window.is_open:
+                    self._plan(idle=True)
+            return
         if token != self.window.token or not self.window.is_open:
             return
         self.window.close()
@@ -251,17 +281,26 @@ class DynamicPolicy(Policy):
             draining=self._draining,
             waited={f"{NAMESPACE}/{sim.pods[p].name}": sim.now - sim.pods[p].arrival for p in pods},
             drain_after_seconds=op.drain_after_seconds,
+            drain_max_used_share=op.drain_max_used_share,
         )
 
-    def _plan(self) -> None:
+    def _plan(self, *, idle: bool = False) -> None:
         sim = self.sim
         pods = [p for p in sim.unschedulable_pods() if p not in self._promised]
-        if not pods and not self._prewarm_short():
+        if not pods and not self._prewarm_short() and not idle:
             return
         cpu0 = time.process_time()
         snapshot = self.parsed_snapshot(pods)
         cpu1 = time.process_time()
-        result = plan(snapshot, self.plan_options(pods))
+        options = self.plan_options(pods)
+        if idle:
+            options = dataclasses.replace(options, defrag_ops=self._defrag_left())
+        result = plan(snapshot, options)
+        if idle:
+            ops = result.summary.created + result.summary.destroyed
+            self._defrag_ops.append((sim.now, ops))
+            self.idle_plans += 1
+            self.idle_ops += ops
         self._draining = tuple((d.node, d.gpu) for d in result.draining)
         self._drain_gpus = {}
         for d in result.draining:
@@ -345,4 +384,6 @@ class DynamicPolicy(Policy):
             "agent_errors": self.agent_errors,
             "unsatisfied_in_plans": self.unsatisfied,
             "drain_destroys": self.drain_destroys,
+            "idle_plans": self.idle_plans,
+            "idle_plan_operations": self.idle_ops,
         }

@@ -54,13 +54,13 @@ class Checking(DynamicPolicy):
         self.problems: list[str] = []
         self.snapshots_checked = 0
 
-    def _plan(self) -> None:
+    def _plan(self, *, idle: bool = False) -> None:
         pods = [p for p in self.sim.unschedulable_pods() if p not in self._promised]
         if pods and self.snapshots_checked < 5:
             # The incremental snapshot must be exactly what parsing the whole dict gives.
             assert self.parsed_snapshot(pods) == parse_snapshot(self.build_snapshot(pods))
             self.snapshots_checked += 1
-        super()._plan()
+        super()._plan(idle=idle)
         self.problems.extend(self.backend_mismatches())
         for node in self.sim.nodes:
             for gpu in node.gpus:

@@ -147,3 +147,27 @@ def test_drain_limit() -> None:
     assert drain_limit(0.125, 64) == 8
     assert drain_limit(0.125, 3) == 1
     assert drain_limit(0, 64) == 0
+
+
+def test_idle_defrag_moves_free_instances_together_and_never_a_used_one() -> None:
+    # A used 1g in the upper half and a free 1g in the lower half: no room for a 4g.40gb (start 0
+    # only). Re-made in the upper half, the free 1g leaves units 0-3 for a 4g.
+    data = {"nodes": [node("n", gpu(0, "h100-80gb", "1g.10gb@4!", "1g.10gb@0"))], "pending": []}
+    result = planned(data, PlanOptions(defrag_ops=2, defrag_profiles=("4g.40gb",)))
+    after = layout(result, "n", 0)
+    assert "1g.10gb@4" in after and "1g.10gb@0" not in after and len(after) == 2
+    assert (result.summary.destroyed, result.summary.created) == (1, 1)
+    # Then a 4g fits without destroying anything.
+    again = {
+        "nodes": [node("n", gpu(0, "h100-80gb", "1g.10gb@4!", *(f"{i}" for i in after if i != "1g.10gb@4")))],
+        "pending": [pod("big", "4g.40gb")],
+    }
+    assert planned(again, PlanOptions()).summary.destroyed == 0
+
+
+def test_idle_defrag_keeps_its_budget_and_waits_while_a_pod_waits() -> None:
+    data = {"nodes": [node("n", gpu(0, "h100-80gb", "1g.10gb@4!", "1g.10gb@0"))], "pending": []}
+    assert not planned(data, PlanOptions(defrag_ops=1)).node("n").changed  # a move costs 2
+    assert not planned(data, PlanOptions()).node("n").changed  # off by default
+    waiting = dict(data, pending=[pod("wait", "7g.80gb")])
+    assert not planned(waiting, PlanOptions(defrag_ops=10)).node("n").changed
