@@ -87,9 +87,9 @@ class OperatorConfig:
     #: the rest of the fleet.
     drain_max_fraction: float = 0.125
     #: ... and only for pods that have waited this long (the tail of the wait).
-    drain_after_seconds: float = 600.0
+    drain_after_seconds: float = 300.0
     #: ... and only GPUs whose used instances hold at most this share of it (nearly empty ones).
-    drain_max_used_share: float = 0.25
+    drain_max_used_share: float = 0.375
     #: Idle defragmentation: when no pod waits, move free instances together (destroy and
     #: re-create free ones only) at most this many GPU-instance operations per hour (0: off) ...
     defrag_ops_per_hour: int = 60
