@@ -52,7 +52,8 @@ from cdmo.operator.publish import (
 )
 from cdmo.operator.snapshot import build_snapshot, held_pods, node_states, screen_pods
 from cdmo.operator.stale import NodeState
-from cdmo.planner import Plan, parse_snapshot, plan
+from cdmo.operator.warmth import DemandHistory, count_gpus
+from cdmo.planner import Plan, PlanOptions, parse_snapshot, plan
 
 log = structlog.get_logger("cdmo.operator")
 
@@ -96,9 +97,9 @@ def _post_with_kopf(event: PodEvent) -> None:
     kopf.event(dict(event.ref), type=event.type, reason=event.reason, message=event.message)
 
 
-def plan_snapshot(snapshot: Mapping[str, Any]) -> Plan:
+def plan_snapshot(snapshot: Mapping[str, Any], options: PlanOptions | None = None) -> Plan:
     """The planner on a live-cluster snapshot (unknown GPU models are left alone, not refused)."""
-    return plan(parse_snapshot(snapshot, allow_unknown_models=True))
+    return plan(parse_snapshot(snapshot, allow_unknown_models=True), options)
 
 
 class PlanningLoop:
@@ -110,7 +111,7 @@ class PlanningLoop:
         *,
         post_event: Callable[[PodEvent], None] = _post_with_kopf,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        planner: Callable[[Mapping[str, Any]], Plan] = plan_snapshot,
+        planner: Callable[[Mapping[str, Any], PlanOptions], Plan] = plan_snapshot,
     ) -> None:
         self.config = config
         self.writer = writer
@@ -129,6 +130,8 @@ class PlanningLoop:
         #: (node, generation) already reported Stale
         self._stale_reported: set[tuple[str, int]] = set()
         self.passes = 0
+        #: demand history (pre-warming) and the GPUs the last plan drained
+        self._history = DemandHistory(config)
 
     # -- waking ------------------------------------------------------------------------------
     def _event(self) -> asyncio.Event:
@@ -204,6 +207,7 @@ class PlanningLoop:
         held = held_pods(idx.miglayouts, states)
         plannable, rejected = screen_pods(p for p in waiting if p["key"] not in held)
         self.metrics.set_pending(profile_counts(waiting))
+        self._history.observe(idx.pending, now)
         unsatisfied: list[tuple[Mapping[str, Any], str, str]] = [(r.pod, r.code, r.message) for r in rejected]
 
         ready = {n: s for n, s in states.items() if s is NodeState.READY and n not in result.adopted}
@@ -226,7 +230,9 @@ class PlanningLoop:
             for name in sorted(set(ready) - {n["name"] for n in snapshot["nodes"]}):
                 log.warning("Left node out of the plan", node=name, reason="the planner cannot read its data")
             started = time.monotonic()
-            the_plan = await asyncio.to_thread(self._planner, snapshot)
+            options = self._history.options(plannable, count_gpus(snapshot), now)
+            the_plan = await asyncio.to_thread(self._planner, snapshot, options)
+            self._history.remember(the_plan)
             result.plan, result.planned = the_plan, True
             self.metrics.plans.inc()
             by_key = {p["key"]: p for p in plannable}
