@@ -6,17 +6,21 @@ import json
 import shutil
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
-from rich.console import Console
-from rich.table import Table
+
+if TYPE_CHECKING:  # rich is imported when a table is drawn: JSON output does not pay for it
+    from rich.console import Console
+    from rich.table import Table
 
 OUTPUT_FORMATS = ("table", "json", "yaml")
 
 
 def console() -> Console:
     """A console on stdout; wide enough that tables do not wrap when piped."""
+    from rich.console import Console
+
     width = None if sys.stdout.isatty() else max(shutil.get_terminal_size((160, 24)).columns, 160)
     return Console(width=width, soft_wrap=False, highlight=False)
 
@@ -58,6 +62,8 @@ def print_yaml(data: Any) -> None:
 
 
 def build_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+    from rich.table import Table
+
     table = Table(title=title, title_justify="left", show_lines=False)
     for col in columns:
         table.add_column(col)
