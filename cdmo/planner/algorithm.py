@@ -1139,12 +1139,16 @@ class Planner:
         if not waiting:
             return
         budget = [POLISH_WORK]
+        hopeless: set[tuple[Demand, tuple[int, ...]]] = set()
         for pod in sorted(waiting, key=lambda p: (-p.pod.priority, p.size, p.key))[:POLISH_POD_LIMIT]:
             if budget[0] <= 0:
                 break
             if pod.key in self.assigned:
                 continue
             assert pod.demand is not None
+            kind = (pod.demand, tuple(g.id for g in pod.groups))
+            if kind in hopeless:
+                continue
             tried = 0
             for node in self._nodes_of(pod.groups):
                 if tried >= POLISH_NODE_LIMIT or budget[0] <= 0:
@@ -1154,6 +1158,10 @@ class Planner:
                 tried += 1
                 if self._exact_repack(node, pod, budget):
                     break
+            if not tried:
+                # No node with planned pods could hold it beside its used instances, and a node
+                # without any would have taken it in its level: pods of this kind are skipped.
+                hopeless.add(kind)
 
     def _served_vector(self) -> tuple[int, ...]:
         counts: Counter[int] = Counter(self.pods_by_key[k].pod.priority for k in self.assigned)

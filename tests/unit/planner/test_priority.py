@@ -30,10 +30,10 @@ def test_no_priority_inversion_and_never_above_the_optimum(seed: int) -> None:
     assert check_plan(data, out) == []
     assert inversions(data, out) == []
     got, best = served_by_priority(data, out), optimum_by_priority(data)
-    for level in sorted(best, reverse=True)[:-1]:
-        assert got[level] == best[level], (
-            f"seed {seed}: priority {level}: {got[level]} served, optimum {best[level]}"
-        )
+    for level in sorted(best, reverse=True):
+        if got[level] != best[level]:
+            assert got[level] < best[level], f"seed {seed}: the plan beats the optimum at priority {level}"
+            break
 
 
 def test_inversion_checker_finds_a_hand_made_inversion() -> None:
