@@ -163,7 +163,7 @@ class _Group:
         self.costs: dict[tuple, tuple | None] = {}
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pod:
     pod: PendingPod
     key: str
@@ -183,7 +183,7 @@ class _Pod:
         return bool(self.demand and self.groups and self.size > 0 and not self.bad_resources)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Placement:
     node: _Node
     #: (GPU, candidate bits handed to the pod, of which new)
