@@ -29,6 +29,10 @@ FAST = OperatorConfig(
     watch_server_timeout=60,
     watch_client_timeout=90,
     watch_connect_timeout=5,
+    # Pre-warming makes free instances no pod asked for; these scenarios assert exact layouts
+    # and where pods land, so it is off here (tests/unit/test_operator_warmth.py and the
+    # simulator cover it).
+    prewarm=False,
 )
 
 
