@@ -1441,29 +1441,55 @@ class Planner:
         wants = {p: n for p, n in self.options.prewarm.items() if n > 0}
         if not wants:
             return
-        gpus = [g for g in self.gpus if g.node.group is not None and g.id not in self.drains]
         have: Counter[str] = Counter()
-        for gpu in gpus:
+        for gpu in self.gpus:
+            if gpu.node.group is None or gpu.id in self.drains:
+                continue
             for i in bits_of(gpu.free):
                 have[gpu.geo.cands[i].profile] += 1
         for profile in sorted(wants, key=lambda p: (-self._largest_fraction(p), p)):
             one = ((profile, 1),)
             for _ in range(wants[profile] - have[profile]):
+                # GPUs in one state cost alike: look at distinct states, each by its first GPU.
                 best: tuple | None = None
-                for gpu in gpus:
-                    if profile not in gpu.geo.by_profile:
-                        continue
-                    opt = gpu.geo.best_add(gpu.fixed | gpu.free, 0, one)
-                    if opt is None:
-                        continue
-                    rank = (not gpu.node.touched, opt.loss, gpu.node.order, gpu.index)
-                    if best is None or rank < best[0]:
-                        best = (rank, gpu, opt)
+                for group in self.groups:
+                    for key, count in group.states.items():
+                        if count <= 0:
+                            continue
+                        ordinal, fixed, free, _, node_touched = key
+                        geo = self.geos[ordinal]
+                        if profile not in geo.by_profile:
+                            continue
+                        opt = geo.best_add(fixed | free, 0, one)
+                        if opt is None:
+                            continue
+                        first = self._first_in_state(group, key)
+                        if first is None:
+                            continue
+                        rank = (not node_touched, opt.loss, first.node.order, first.index)
+                        if best is None or rank < best[0]:
+                            best = (rank, first, opt)
                 if best is None:
                     break
-                _, gpu, opt = best
-                self._set_gpu(gpu, gpu.fixed, gpu.free | opt.assigned)
-                self._refresh_node(gpu.node)
+                _, chosen, opt = best
+                self._set_gpu(chosen, chosen.fixed, chosen.free | opt.assigned)
+                self._refresh_node(chosen.node)
+
+    def _first_in_state(self, group: _Group, key: StateKey) -> _Gpu | None:
+        """The GPU of ``group`` in state ``key`` first by node and index that does not drain."""
+        members = group.members[key]
+        while members and self.gpus[members[0][2]].key != key:
+            heapq.heappop(members)
+        if not members:
+            return None
+        first = self.gpus[members[0][2]]
+        if first.id not in self.drains:
+            return first
+        for _, _, gid in sorted(members):
+            gpu = self.gpus[gid]
+            if gpu.key == key and gid not in self.drains:
+                return gpu
+        return None
 
     # --- output ------------------------------------------------------------------------------
 

@@ -78,8 +78,23 @@ def prewarm_targets(
     for at, profile, devices in arrivals:
         if at >= since:
             counts[profile] = counts.get(profile, 0) + devices
+    return targets_from_counts(
+        counts,
+        window_seconds=window_seconds,
+        horizon_seconds=horizon_seconds,
+        max_per_profile=max_per_profile,
+    )
+
+
+def targets_from_counts(
+    counts: Mapping[str, int], *, window_seconds: float, horizon_seconds: float, max_per_profile: int
+) -> dict[str, int]:
+    """:func:`prewarm_targets` from devices asked per profile within the window (kept by the caller)."""
+    if window_seconds <= 0 or max_per_profile <= 0:
+        return {}
     out = {}
     for profile, n in sorted(counts.items()):
-        expected = n / window_seconds * horizon_seconds
-        out[profile] = min(max_per_profile, max(1, math.ceil(expected)))
+        if n > 0:
+            expected = n / window_seconds * horizon_seconds
+            out[profile] = min(max_per_profile, max(1, math.ceil(expected)))
     return out

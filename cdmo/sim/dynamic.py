@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +30,7 @@ from cdmo.node_agent.inuse import Holder, InUse
 from cdmo.node_agent.reconcile import ReconcileResult, reconcile_node
 from cdmo.node_agent.simulated import SimulatedBackend, SimulatedNode
 from cdmo.planner import Node, NodePlan, PendingPod, PlanOptions, Snapshot, parse_snapshot, plan
-from cdmo.planner.options import drain_limit, prewarm_targets
+from cdmo.planner.options import drain_limit, targets_from_counts
 from cdmo.sim.engine import Policy, SimInstance, SimNode
 from cdmo.sim.policies import BatchWindow
 from cdmo.sim.scenario import BatchSettings, TimeModel
@@ -63,6 +63,7 @@ class DynamicPolicy(Policy):
         self.operator = operator or OperatorConfig()
         #: (arrival time, profile, devices) within the pre-warming window, oldest first
         self._arrivals: deque[tuple[float, str, int]] = deque()
+        self._arrival_counts: Counter[str] = Counter()
         self._targets: dict[str, int] = {}
         #: (node, GPU index) the last plan drained, and the same as node idx -> GPU indexes
         self._draining: tuple[tuple[str, int], ...] = ()
@@ -120,12 +121,15 @@ class DynamicPolicy(Policy):
             return
         spec = self.sim.pods[pod]
         now = self.sim.now
-        self._arrivals.append((now, spec.profile, spec.count))
-        while self._arrivals and self._arrivals[0][0] < now - op.prewarm_window_seconds:
-            self._arrivals.popleft()
-        self._targets = prewarm_targets(
-            self._arrivals,
-            now,
+        arrivals, counts = self._arrivals, self._arrival_counts
+        arrivals.append((now, spec.profile, spec.count))
+        counts[spec.profile] += spec.count
+        while arrivals and arrivals[0][0] < now - op.prewarm_window_seconds:
+            _, old, n = arrivals.popleft()
+            counts[old] -= n
+        # Kept count by count (what prewarm_targets computes from the whole window each time).
+        self._targets = targets_from_counts(
+            counts,
             window_seconds=op.prewarm_window_seconds,
             horizon_seconds=op.prewarm_horizon_seconds,
             max_per_profile=op.prewarm_max_per_profile,
