@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 from cdmo.mig.catalog import GpuModel, find_model
 from cdmo.mig.layouts import Instance, sort_layout
@@ -149,7 +150,7 @@ class _Group:
         #: state key -> heap of (node order, GPU index, GPU id); stale entries are skipped
         self.members: dict[StateKey, list[tuple[int, int, int]]] = {}
         #: demand -> [heap of (rank, state key), how many arrivals it has seen]
-        self.mheaps: dict[Demand, list] = {}
+        self.mheaps: dict[Demand, list[Any]] = {}
         #: state keys in the order they first became populated
         self.arrivals: list[StateKey] = []
         self.touched_nodes: dict[int, _Node] = {}
@@ -160,7 +161,7 @@ class _Group:
         #: model ordinal -> {free-unit mask -> value of that free space to the waiting demand}
         self.values: dict[int, dict[int, int]] = {}
         #: (mode, demand, model ordinal, fixed, free) -> the best option's parts (see _best_option)
-        self.costs: dict[tuple, tuple | None] = {}
+        self.costs: dict[tuple[Any, ...], tuple[Any, ...] | None] = {}
 
 
 @dataclass(slots=True)
@@ -204,15 +205,15 @@ class Planner:
         #: (node, GPU index) of GPUs left exactly as they are: unknown model, or an invalid layout
         self.frozen: dict[tuple[str, int], str] = {}
         self.geos: dict[int, Geometry] = {}
-        self.journal: list[tuple] = []
+        self.journal: list[tuple[Any, ...]] = []
         self.assigned: dict[str, _Placement] = {}
         self.mode = STANDARD
         self.fail_memo: dict[tuple[Demand, tuple[int, ...]], tuple[int, ...]] = {}
-        self.node_memo: dict[tuple[int, Demand], tuple[int, tuple | None]] = {}
+        self.node_memo: dict[tuple[int, Demand], tuple[int, tuple[Any, ...] | None]] = {}
         self.used_fit_memo: dict[tuple[int, Demand], bool] = {}
         self.empty_fit_memo: dict[tuple[tuple[int, ...], Demand], bool] = {}
         #: _option_parts for GPUs outside any group (reasons look at cordoned nodes' GPUs too)
-        self._loose_costs: dict[tuple, tuple | None] = {}
+        self._loose_costs: dict[tuple[Any, ...], tuple[Any, ...] | None] = {}
         self._largest: dict[str, Fraction] = {}
         self._needs: dict[tuple[int, Demand], tuple[tuple[int, int], ...] | None] = {}
         #: node evaluations so far (the repairs' budget counts them)
@@ -313,7 +314,7 @@ class Planner:
     def _build_groups(self) -> None:
         keys = referenced_label_keys(p.pod for p in self.pods)
         by_name = uses_name_fields(p.pod for p in self.pods)
-        groups: dict[tuple, _Group] = {}
+        groups: dict[tuple[Any, ...], _Group] = {}
         self.groups: list[_Group] = []
         for node in self.nodes:
             if not node.gpus or node.src.unschedulable:
@@ -336,7 +337,7 @@ class Planner:
         for gpu in self.gpus:
             if gpu.node.group is not None:
                 self._enter(gpu, self._key(gpu))
-        sig_groups: dict[tuple, tuple[_Group, ...]] = {}
+        sig_groups: dict[tuple[Any, ...], tuple[_Group, ...]] = {}
         reach: dict[tuple[int, ...], int] = {}
         offered: dict[str, int] = {}
         for geo in self.geos.values():
@@ -483,7 +484,7 @@ class Planner:
         touched: bool,
         node_touched: bool,
         demand: Demand,
-    ) -> tuple[tuple, AddOption] | None:
+    ) -> tuple[tuple[Any, ...], AddOption] | None:
         """The best way to add ``demand`` to one GPU under the current ranking, with its rank.
 
         Among one GPU's options the touched flags never change the order (options that destroy
@@ -526,7 +527,7 @@ class Planner:
         costs[key] = result
         return result
 
-    def _group_best(self, group: _Group, demand: Demand) -> tuple[tuple, int, int, int] | None:
+    def _group_best(self, group: _Group, demand: Demand) -> tuple[tuple[Any, ...], int, int, int] | None:
         """The cheapest GPU state of ``group`` for ``demand``, and its first GPU (by node, index).
 
         States enter the demand's heap with a lower bound of their rank (nothing destroyed, only
@@ -611,7 +612,7 @@ class Planner:
         self._needs[key] = need
         return need
 
-    def _node_option(self, node: _Node, demand: Demand) -> tuple[tuple, list] | None:
+    def _node_option(self, node: _Node, demand: Demand) -> tuple[tuple[Any, ...], list[Any]] | None:
         """The cheapest way found to put ``demand`` on ``node``, spanning its GPUs if need be."""
         memo_key = (node.order, demand)
         hit = self.node_memo.get(memo_key)
@@ -623,7 +624,7 @@ class Planner:
 
     def node_option(
         self, node: _Node, demand: Demand, state: dict[int, tuple[int, int, bool]] | None = None
-    ) -> tuple[tuple, list] | None:
+    ) -> tuple[tuple[Any, ...], list[Any]] | None:
         """Best of: all of ``demand`` on one GPU, or device by device (largest first) over the GPUs.
 
         ``state`` (GPU id -> fixed, free, touched) replaces the GPUs' current state when given.
@@ -638,8 +639,8 @@ class Planner:
         return best
 
     def _walk(
-        self, node: _Node, demand: Demand, state: dict, *, whole_first: bool
-    ) -> tuple[tuple, list] | None:
+        self, node: _Node, demand: Demand, state: dict[int, Any], *, whole_first: bool
+    ) -> tuple[tuple[Any, ...], list[Any]] | None:
         self._walks += 1
         remaining = Counter(dict(demand))
         node_touched = node.touched
@@ -691,7 +692,7 @@ class Planner:
         )
         return found, steps
 
-    def _hosts(self, node: _Node, state: dict, profile: str) -> int:
+    def _hosts(self, node: _Node, state: dict[int, Any], profile: str) -> int:
         """How many GPUs of ``node`` (in ``state``) have free units for one ``profile``."""
         one = ((profile, 1),)
         count = 0
@@ -714,7 +715,7 @@ class Planner:
         return found
 
     def _pick_gpu(
-        self, node: _Node, state: dict, demand: Demand, node_touched: bool
+        self, node: _Node, state: dict[int, Any], demand: Demand, node_touched: bool
     ) -> tuple[_Gpu, AddOption] | None:
         best = None
         for gpu in node.gpus:
@@ -743,7 +744,7 @@ class Planner:
         epochs = tuple(g.epoch for g in pod.groups)
         if self.fail_memo.get(memo_key) == epochs:
             return False
-        best: tuple | None = None  # (rank, node order, gpu index, payload)
+        best: tuple[Any, ...] | None = None  # (rank, node order, gpu index, payload)
         perfect = False
         for group in pod.groups:
             found = self._group_best(group, demand)
@@ -1363,7 +1364,7 @@ class Planner:
             if len(self.drains) >= limit:
                 break
             assert pod.demand is not None
-            best: tuple | None = None
+            best: tuple[Any, ...] | None = None
             for node in self._nodes_of(pod.groups):
                 for gpu in node.gpus:
                     if (
@@ -1451,7 +1452,7 @@ class Planner:
             one = ((profile, 1),)
             for _ in range(wants[profile] - have[profile]):
                 # GPUs in one state cost alike: look at distinct states, each by its first GPU.
-                best: tuple | None = None
+                best: tuple[Any, ...] | None = None
                 for group in self.groups:
                     for key, count in group.states.items():
                         if count <= 0:
