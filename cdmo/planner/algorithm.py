@@ -384,7 +384,7 @@ class Planner:
 
     @staticmethod
     def _room_of(geo: Geometry, fixed: int) -> int:
-        return (geo.axis - geo.units_of(fixed).bit_count()) * _UNITS_LCM // geo.axis
+        return geo.room(fixed)
 
     def _set_gpu(self, gpu: _Gpu, fixed: int, free: int) -> None:
         self.journal.append(("gpu", gpu, gpu.fixed, gpu.free, gpu.touched))

@@ -104,6 +104,8 @@ class Geometry:
         self.profile_names = model.profile_names
         self.cap = tuple(self._cap_vector(mask) for mask in range(self.full + 1))
         self._units_cache: dict[int, int] = {0: 0}
+        self._instances_cache: dict[int, tuple[Instance, ...]] = {}
+        self._room_cache: dict[int, int] = {}
         self._loss_cache: dict[tuple[int, int], tuple[int, ...]] = {}
         self._caps_cache: dict[int, tuple[int, ...]] = {}
         #: unit mask -> bits of the candidates that overlap it
@@ -120,7 +122,23 @@ class Geometry:
         return out
 
     def instances(self, bits: int) -> tuple[Instance, ...]:
-        return tuple(self.cands[i] for i in bits_of(bits))
+        """The instances of candidate set ``bits``, canonical order (cached: every plan lists
+        every GPU's layout, and a fleet has few distinct ones)."""
+        found = self._instances_cache.get(bits)
+        if found is None:
+            if len(self._instances_cache) >= _ADD_CACHE_LIMIT:
+                self._instances_cache.clear()
+            found = self._instances_cache[bits] = tuple(self.cands[i] for i in bits_of(bits))
+        return found
+
+    def room(self, fixed: int) -> int:
+        """Placement units the candidates in ``fixed`` leave free, in 24ths of a GPU (cached)."""
+        found = self._room_cache.get(fixed)
+        if found is None:
+            if len(self._room_cache) >= _ADD_CACHE_LIMIT:
+                self._room_cache.clear()
+            found = self._room_cache[fixed] = (self.axis - self.units_of(fixed).bit_count()) * self.unit_scale
+        return found
 
     def units_of(self, bits: int) -> int:
         """The placement units the candidates in ``bits`` occupy."""
