@@ -218,7 +218,10 @@ class PlanningLoop:
         )
         deferred: list[str] = []
         planned_out: list[tuple[Mapping[str, Any], str, str]] = []
-        if plannable:
+        # While no pod waits, plan now and then all the same: idle defragmentation.
+        idle = not idx.pending and all(s is NodeState.READY for s in states.values()) and bool(ready)
+        idle = idle and self._history.defrag_budget(now) > 0
+        if plannable or idle:
             snapshot = build_snapshot(
                 {n: idx.nodes[n] for n in ready},
                 {n: idx.miglayouts[n] for n in ready},
@@ -230,9 +233,14 @@ class PlanningLoop:
             for name in sorted(set(ready) - {n["name"] for n in snapshot["nodes"]}):
                 log.warning("Left node out of the plan", node=name, reason="the planner cannot read its data")
             started = time.monotonic()
-            options = self._history.options(plannable, count_gpus(snapshot), now)
+            gpus = count_gpus(snapshot)
+            options = (
+                self._history.options(plannable, gpus, now)
+                if plannable
+                else self._history.idle_options(gpus, now)
+            )
             the_plan = await asyncio.to_thread(self._planner, snapshot, options)
-            self._history.remember(the_plan)
+            self._history.remember(the_plan, now, idle=not plannable)
             result.plan, result.planned = the_plan, True
             self.metrics.plans.inc()
             by_key = {p["key"]: p for p in plannable}

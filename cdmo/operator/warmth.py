@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +30,9 @@ class DemandHistory:
         self.arrivals: deque[tuple[float, str, int]] = deque()
         self._seen: set[str] = set()
         self.draining: tuple[tuple[str, int], ...] = ()
+        #: (seconds since the epoch, GPU-instance operations) of idle plans in the last hour
+        self._defrag_ops: deque[tuple[float, int]] = deque()
+        self._defrag_last: float | None = None
 
     def observe(self, pending: Iterable[Mapping[str, Any]], now: datetime) -> None:
         """Record pods not seen before; forget pods no longer pending (memory stays flat)."""
@@ -77,8 +81,29 @@ class DemandHistory:
             drain_max_used_share=cfg.drain_max_used_share,
         )
 
-    def remember(self, plan: Plan) -> None:
+    def remember(self, plan: Plan, now: datetime, *, idle: bool = False) -> None:
+        """Keep what the next plan needs: the drained GPUs, and an idle plan's operations."""
         self.draining = tuple((d.node, d.gpu) for d in plan.draining)
+        if idle:
+            self._defrag_ops.append((now.timestamp(), plan.summary.created + plan.summary.destroyed))
+
+    def defrag_budget(self, now: datetime) -> int:
+        """GPU-instance operations an idle plan may spend now (0: not yet, or nothing left)."""
+        cfg = self.config
+        t = now.timestamp()
+        if cfg.defrag_ops_per_hour <= 0:
+            return 0
+        if self._defrag_last is not None and t - self._defrag_last < cfg.defrag_interval_seconds:
+            return 0
+        while self._defrag_ops and self._defrag_ops[0][0] <= t - 3600:
+            self._defrag_ops.popleft()
+        return max(0, cfg.defrag_ops_per_hour - sum(n for _, n in self._defrag_ops))
+
+    def idle_options(self, gpus: int, now: datetime) -> PlanOptions:
+        """Options of a plan while no pod waits: idle defragmentation within the hour's budget."""
+        budget = self.defrag_budget(now)
+        self._defrag_last = now.timestamp()
+        return replace(self.options([], gpus, now), defrag_ops=budget)
 
 
 def count_gpus(snapshot: Mapping[str, Any]) -> int:

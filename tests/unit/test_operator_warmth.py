@@ -40,5 +40,17 @@ def test_prewarm_off_and_drain_settings_come_from_the_config() -> None:
 def test_drained_gpus_are_passed_to_the_next_plan() -> None:
     history = DemandHistory(OperatorConfig())
     summary = PlanSummary((), 0, 0, 0, 0, 0)
-    history.remember(Plan((), (), (), summary, draining=(Drain("gpu-1", 3, "default/big"),)))
+    history.remember(Plan((), (), (), summary, draining=(Drain("gpu-1", 3, "default/big"),)), T0)
     assert history.options([], 8, T0).draining == (("gpu-1", 3),)
+
+
+def test_idle_defrag_keeps_its_interval_and_hourly_budget() -> None:
+    history = DemandHistory(OperatorConfig(defrag_ops_per_hour=10, defrag_interval_seconds=300))
+    assert history.defrag_budget(T0) == 10
+    options = history.idle_options(8, T0)
+    assert options.defrag_ops == 10
+    history.remember(Plan((), (), (), PlanSummary((), 4, 4, 0, 0, 0)), T0, idle=True)
+    assert history.defrag_budget(T0 + timedelta(seconds=60)) == 0  # within the interval
+    assert history.defrag_budget(T0 + timedelta(seconds=400)) == 2  # 8 of 10 spent this hour
+    assert history.defrag_budget(T0 + timedelta(seconds=3700)) == 10
+    assert DemandHistory(OperatorConfig(defrag_ops_per_hour=0)).defrag_budget(T0) == 0
