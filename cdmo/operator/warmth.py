@@ -17,7 +17,7 @@ from cdmo.errors import InvalidInput
 from cdmo.mig.resources import profile_from_resource
 from cdmo.operator.demand import parse_time
 from cdmo.planner import Plan, PlanOptions
-from cdmo.planner.options import drain_limit, prewarm_targets
+from cdmo.planner.options import drain_limit, kept_draining, prewarm_targets
 
 
 class DemandHistory:
@@ -83,7 +83,9 @@ class DemandHistory:
 
     def remember(self, plan: Plan, now: datetime, *, idle: bool = False) -> None:
         """Keep what the next plan needs: the drained GPUs, and an idle plan's operations."""
-        self.draining = tuple((d.node, d.gpu) for d in plan.draining)
+        self.draining = kept_draining(
+            self.draining, [n.name for n in plan.nodes], [(d.node, d.gpu) for d in plan.draining]
+        )
         if idle:
             self._defrag_ops.append((now.timestamp(), plan.summary.created + plan.summary.destroyed))
 

@@ -48,6 +48,18 @@ class PlanOptions:
     defrag_profiles: tuple[str, ...] = ()
 
 
+def kept_draining(
+    previous: Sequence[tuple[str, int]], planned_nodes: Sequence[str], now: Sequence[tuple[str, int]]
+) -> tuple[tuple[str, int], ...]:
+    """The GPUs draining after a plan: those it drained, and earlier ones on nodes it did not see.
+
+    A node that is applying a change is left out of the snapshot; its drain must not be
+    forgotten meanwhile (the next plan that sees the node decides again).
+    """
+    seen = set(planned_nodes)
+    return tuple(sorted({*now, *(d for d in previous if d[0] not in seen)}))
+
+
 def drain_limit(fraction: float, gpus: int) -> int:
     """GPUs that may drain at once: ``fraction`` of ``gpus``, at least 1 when ``fraction`` > 0."""
     if fraction <= 0 or gpus <= 0:

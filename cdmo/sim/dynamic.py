@@ -30,7 +30,7 @@ from cdmo.node_agent.inuse import Holder, InUse
 from cdmo.node_agent.reconcile import ReconcileResult, reconcile_node
 from cdmo.node_agent.simulated import SimulatedBackend, SimulatedNode
 from cdmo.planner import Node, NodePlan, PendingPod, PlanOptions, Snapshot, parse_snapshot, plan
-from cdmo.planner.options import drain_limit, targets_from_counts
+from cdmo.planner.options import drain_limit, kept_draining, targets_from_counts
 from cdmo.sim.engine import Policy, SimInstance, SimNode
 from cdmo.sim.policies import BatchWindow
 from cdmo.sim.scenario import BatchSettings, TimeModel
@@ -305,10 +305,12 @@ class DynamicPolicy(Policy):
             self._defrag_ops.append((sim.now, ops))
             self.idle_plans += 1
             self.idle_ops += ops
-        self._draining = tuple((d.node, d.gpu) for d in result.draining)
+        self._draining = kept_draining(
+            self._draining, [n.name for n in result.nodes], [(d.node, d.gpu) for d in result.draining]
+        )
         self._drain_gpus = {}
-        for d in result.draining:
-            self._drain_gpus.setdefault(sim.node_by_name[d.node].idx, set()).add(d.gpu)
+        for name, index in self._draining:
+            self._drain_gpus.setdefault(sim.node_by_name[name].idx, set()).add(index)
         cpu2 = time.process_time()
         self.snapshot_cpu += cpu1 - cpu0
         self.planner_cpu += cpu2 - cpu1

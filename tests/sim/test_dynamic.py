@@ -109,3 +109,38 @@ def test_a_pod_no_gpu_can_hold_never_starts_and_costs_nothing() -> None:
     run = Simulation(sc, pods, policy).run()
     assert sum(s is not None for s in run.start_times) == 14  # 7 per A100-40GB GPU
     assert run.disrupted == 0
+
+
+def _one_gpu() -> Any:
+    return parse_scenario(
+        {
+            "duration": "2h",
+            "fleet": [{"name": "h", "model": "h100-80gb", "count": 1, "gpus": 1}],
+            "workload": {"rate_per_hour": 1, "mix": [{"profile": "1g.10gb", "duration": "10m"}]},
+        },
+        base_dir=Path("/"),
+    )
+
+
+def test_a_drained_gpu_goes_to_the_large_pod_before_later_small_ones() -> None:
+    # Three 1g pods hold the only GPU; a 7g pod waits; a 1g pod arrives after the first 1g ends.
+    # Draining: the freed 1g is destroyed at once and the later 1g is kept off the GPU, so the 7g
+    # runs when the last 1g ends. Without draining the later 1g takes the freed instance first.
+    sc = _one_gpu()
+    pods = [
+        PodSpec(0, "a", 0, "1g.10gb", 1, 100, 0),
+        PodSpec(1, "b", 1, "1g.10gb", 1, 200, 0),
+        PodSpec(2, "c", 2, "1g.10gb", 1, 300, 0),
+        PodSpec(3, "big", 20, "7g.80gb", 1, 100, 0),
+        PodSpec(4, "late", 150, "1g.10gb", 1, 1000, 0),
+    ]
+    quiet = {"prewarm": False, "defrag_ops_per_hour": 0}
+    drain = DynamicPolicy(sc.dynamic, sc.time_model, OperatorConfig(drain_after_seconds=0, **quiet))
+    run = Simulation(sc, pods, drain).run()
+    big, late = run.start_times[3], run.start_times[4]
+    assert big is not None and late is not None and big < late and big < 350
+    assert drain.drain_destroys >= 1 and run.disrupted == 0
+    plain = DynamicPolicy(sc.dynamic, sc.time_model, OperatorConfig(drain_max_fraction=0, **quiet))
+    run = Simulation(sc, pods, plain).run()
+    big, late = run.start_times[3], run.start_times[4]
+    assert late is not None and (big is None or late < big)
