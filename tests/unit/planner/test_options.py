@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from cdmo.planner import PlanOptions, parse_snapshot, plan, plan_to_dict
-from cdmo.planner.options import drain_limit, prewarm_targets
+from cdmo.planner.options import drain_limit, kept_draining, prewarm_targets
 
 from .conftest import gpu, node, pod
 from .oracle import check_plan
@@ -171,3 +171,10 @@ def test_idle_defrag_keeps_its_budget_and_waits_while_a_pod_waits() -> None:
     assert not planned(data, PlanOptions()).node("n").changed  # off by default
     waiting = dict(data, pending=[pod("wait", "7g.80gb")])
     assert not planned(waiting, PlanOptions(defrag_ops=10)).node("n").changed
+
+
+def test_drains_on_nodes_a_plan_did_not_see_are_kept() -> None:
+    previous = (("a", 0), ("b", 1))
+    # Node b was applying (not in the plan): its drain stays; node a was seen and is not drained now.
+    assert kept_draining(previous, ["a", "c"], [("c", 2)]) == (("b", 1), ("c", 2))
+    assert kept_draining(previous, ["a", "b"], []) == ()
