@@ -17,7 +17,14 @@ Outline:
    and the lowest GPU index. Per group and demand a heap holds the distinct GPU states by that
    rank (entered with a cheap lower bound, searched when it tops the heap), so a pod looks at
    states, not at GPUs. A pod that asks for several devices may span the GPUs of one node; that
-   is searched per node.
+   is searched per node. The ranking itself lives in objective.py.
+4. Polish: for waiting pods, highest priority first, single nodes are re-packed exactly and a
+   change is kept only if the pods served, level by level from the highest, improve.
+5. Only if the caller asks (options.PlanOptions): GPUs drained for large pods that waited long,
+   idle defragmentation of free instances, then pre-warmed free instances on free space.
+
+The search's objects point both ways (GPU <-> node <-> group); :func:`plan` cuts those links when
+it is done, so a plan leaves no cyclic garbage.
 
 Everything is sorted before it is decided; no set or dict order reaches the plan, and every
 bound counts work, never time. Pure: imports nothing of Kubernetes or NVML.
