@@ -35,7 +35,6 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -50,7 +49,6 @@ from cdmo.planner.models import (
     Device,
     Drain,
     GpuPlan,
-    Node,
     NodePlan,
     PendingPod,
     Plan,
@@ -61,6 +59,7 @@ from cdmo.planner.models import (
 from cdmo.planner.objective import COUNT, STANDARD, gpu_option_rank, lower_bound, rank
 from cdmo.planner.options import LARGE_SHARE, PlanOptions
 from cdmo.planner.reasons import explain
+from cdmo.planner.search import NodeGroup, Placement, PodState, SearchGpu, SearchNode, StateKey
 from cdmo.planner.view import RunView, WaitingPod
 
 #: When one GPU could take a multi-device pod, at most this many nodes holding free instances of
@@ -92,111 +91,6 @@ POLISH_WORK = 60_000
 _PRESSURE_SCALE = 1_000_000
 _UNITS_LCM = 24  # placement axes are 4, 8 or 12 units
 
-#: A GPU's index key: (model ordinal, fixed bits, free bits, GPU touched, node touched).
-StateKey = tuple[int, int, int, bool, bool]
-
-
-class _Gpu:
-    __slots__ = ("fixed", "fixed0", "free", "free0", "geo", "held", "id", "index", "key", "node", "touched")
-
-    def __init__(self, gid: int, node: _Node, src_index: int, geo: Geometry, fixed: int, free: int):
-        self.id = gid
-        self.node = node
-        self.index = src_index
-        self.geo = geo
-        self.fixed0 = self.fixed = fixed
-        self.free0 = self.free = free
-        #: Whether the layout differs from the snapshot's.
-        self.touched = False
-        self.key: StateKey = (-1, 0, 0, False, False)
-        #: Kept out of reach while pods below a draining pod's priority are planned (Planner._hold).
-        self.held = False
-
-
-class _Node:
-    __slots__ = ("gpus", "group", "name", "order", "pods", "room", "src", "touched", "version")
-
-    def __init__(self, order: int, src: Node) -> None:
-        self.order = order
-        self.name = src.name
-        self.src = src
-        self.gpus: list[_Gpu] = []  # plannable GPUs only
-        self.touched = False
-        self.group: _Group | None = None
-        #: Bumped on every change of the node's GPUs: memoised costs check it.
-        self.version = 0
-        #: Keys of the pods this plan puts here.
-        self.pods: set[str] = set()
-        #: Placement units not held by fixed instances, summed over the GPUs, in 1/24ths of a GPU:
-        #: a pod whose size exceeds it cannot fit here (a cheap test before a real one).
-        self.room = 0
-
-
-class _Group:
-    __slots__ = (
-        "arrivals",
-        "costs",
-        "epoch",
-        "id",
-        "members",
-        "mheaps",
-        "nodes",
-        "pressure",
-        "rep",
-        "states",
-        "touched_nodes",
-        "values",
-    )
-
-    def __init__(self, gid: int, rep: _Node) -> None:
-        self.id = gid
-        self.rep = rep
-        self.nodes: list[_Node] = []
-        #: state key -> how many GPUs of the group are in it now
-        self.states: dict[StateKey, int] = {}
-        #: state key -> heap of (node order, GPU index, GPU id); stale entries are skipped
-        self.members: dict[StateKey, list[tuple[int, int, int]]] = {}
-        #: demand -> [heap of (rank, state key), how many arrivals it has seen]
-        self.mheaps: dict[Demand, list[Any]] = {}
-        #: state keys in the order they first became populated
-        self.arrivals: list[StateKey] = []
-        self.touched_nodes: dict[int, _Node] = {}
-        #: bumped on every state change in the group (failure memos check it)
-        self.epoch = 0
-        #: profile -> demand still waiting for nodes of this group (see Planner._begin_level)
-        self.pressure: dict[str, int] = {}
-        #: model ordinal -> {free-unit mask -> value of that free space to the waiting demand}
-        self.values: dict[int, dict[int, int]] = {}
-        #: (mode, demand, model ordinal, fixed, free) -> the best option's parts (see _best_option)
-        self.costs: dict[tuple[Any, ...], tuple[Any, ...] | None] = {}
-
-
-@dataclass(slots=True)
-class _Pod:
-    pod: PendingPod
-    key: str
-    demand: Demand | None
-    #: Resource names that name no profile (only a snapshot built in code can have them).
-    bad_resources: tuple[str, ...]
-    groups: tuple[_Group, ...] = ()
-    #: Share of a GPU the demand takes, in 1/24ths of the placement axis (4, 8 and 12 divide 24).
-    size: int = 0
-    #: How many plannable GPUs the pod may use.
-    reach: int = 0
-
-    devices: int = 0
-
-    @property
-    def plannable(self) -> bool:
-        return bool(self.demand and self.groups and self.size > 0 and not self.bad_resources)
-
-
-@dataclass(slots=True)
-class _Placement:
-    node: _Node
-    #: (GPU, candidate bits handed to the pod, of which new)
-    parts: list[tuple[_Gpu, int, int]]
-
 
 class Planner:
     """One planning run over one snapshot; :meth:`run` returns the plan."""
@@ -207,13 +101,13 @@ class Planner:
         #: GPU id -> key of the pod it drains for (set by _drain)
         self.drains: dict[int, str] = {}
         self.src_nodes = tuple(sorted(snapshot.nodes, key=lambda n: n.name))
-        self.nodes: list[_Node] = []
-        self.gpus: list[_Gpu] = []
+        self.nodes: list[SearchNode] = []
+        self.gpus: list[SearchGpu] = []
         #: (node, GPU index) of GPUs left exactly as they are: unknown model, or an invalid layout
         self.frozen: dict[tuple[str, int], str] = {}
         self.geos: dict[int, Geometry] = {}
         self.journal: list[tuple[Any, ...]] = []
-        self.assigned: dict[str, _Placement] = {}
+        self.assigned: dict[str, Placement] = {}
         self.mode = STANDARD
         self.fail_memo: dict[tuple[Demand, tuple[int, ...]], tuple[int, ...]] = {}
         self.node_memo: dict[tuple[int, Demand], tuple[int, tuple[Any, ...] | None]] = {}
@@ -226,7 +120,7 @@ class Planner:
         #: node evaluations so far (the repairs' budget counts them)
         self._walks = 0
         self._budget_end = 0
-        self._group_nodes: dict[tuple[int, ...], list[_Node]] = {}
+        self._group_nodes: dict[tuple[int, ...], list[SearchNode]] = {}
         self._free_orders: dict[tuple[tuple[int, ...], tuple[str, ...]], list[int]] = {}
         #: profile -> orders of nodes that hold free instances of it in the snapshot
         self.free_nodes: dict[str, list[int]] = {}
@@ -278,7 +172,7 @@ class Planner:
 
     def _build_nodes(self) -> None:
         for order, src in enumerate(self.src_nodes):
-            node = _Node(order, src)
+            node = SearchNode(order, src)
             self.nodes.append(node)
             if not src.labelled:
                 continue
@@ -303,7 +197,7 @@ class Planner:
                     self.frozen[(src.name, g.index)] = "invalid-layout"
                     continue
                 self.geos[geo.ordinal] = geo
-                gpu = _Gpu(len(self.gpus), node, g.index, geo, fixed, free)
+                gpu = SearchGpu(len(self.gpus), node, g.index, geo, fixed, free)
                 self.gpus.append(gpu)
                 node.gpus.append(gpu)
                 node.room += self._room_of(geo, fixed)
@@ -312,17 +206,17 @@ class Planner:
                     if not orders or orders[-1] != order:
                         orders.append(order)
 
-    def _pod(self, pod: PendingPod) -> _Pod:
+    def _pod(self, pod: PendingPod) -> PodState:
         demand, bad = demand_of(pod)
-        return _Pod(
+        return PodState(
             pod=pod, key=pod.key, demand=demand or None, bad_resources=bad, devices=sum(c for _, c in demand)
         )
 
     def _build_groups(self) -> None:
         keys = referenced_label_keys(p.pod for p in self.pods)
         by_name = uses_name_fields(p.pod for p in self.pods)
-        groups: dict[tuple[Any, ...], _Group] = {}
-        self.groups: list[_Group] = []
+        groups: dict[tuple[Any, ...], NodeGroup] = {}
+        self.groups: list[NodeGroup] = []
         for node in self.nodes:
             if not node.gpus or node.src.unschedulable:
                 continue
@@ -337,14 +231,14 @@ class Planner:
             )
             group = groups.get(sig)
             if group is None:
-                group = groups[sig] = _Group(len(self.groups), node)
+                group = groups[sig] = NodeGroup(len(self.groups), node)
                 self.groups.append(group)
             group.nodes.append(node)
             node.group = group
         for gpu in self.gpus:
             if gpu.node.group is not None:
                 self._enter(gpu, self._key(gpu))
-        sig_groups: dict[tuple[Any, ...], tuple[_Group, ...]] = {}
+        sig_groups: dict[tuple[Any, ...], tuple[NodeGroup, ...]] = {}
         reach: dict[tuple[int, ...], int] = {}
         offered: dict[str, int] = {}
         for geo in self.geos.values():
@@ -365,10 +259,10 @@ class Planner:
 
     # --- state and indexes -------------------------------------------------------------------
 
-    def _key(self, gpu: _Gpu) -> StateKey:
+    def _key(self, gpu: SearchGpu) -> StateKey:
         return (gpu.geo.ordinal, gpu.fixed, gpu.free, gpu.touched, gpu.node.touched)
 
-    def _enter(self, gpu: _Gpu, key: StateKey) -> None:
+    def _enter(self, gpu: SearchGpu, key: StateKey) -> None:
         group = gpu.node.group
         assert group is not None
         gpu.key = key
@@ -378,7 +272,7 @@ class Planner:
         if count == 0:
             group.arrivals.append(key)
 
-    def _rekey(self, gpu: _Gpu) -> None:
+    def _rekey(self, gpu: SearchGpu) -> None:
         group = gpu.node.group
         if group is None or gpu.held:
             return
@@ -393,7 +287,7 @@ class Planner:
     def _room_of(geo: Geometry, fixed: int) -> int:
         return geo.room(fixed)
 
-    def _set_gpu(self, gpu: _Gpu, fixed: int, free: int) -> None:
+    def _set_gpu(self, gpu: SearchGpu, fixed: int, free: int) -> None:
         self.journal.append(("gpu", gpu, gpu.fixed, gpu.free, gpu.touched))
         gpu.node.room += self._room_of(gpu.geo, fixed) - self._room_of(gpu.geo, gpu.fixed)
         gpu.fixed, gpu.free = fixed, free
@@ -401,13 +295,13 @@ class Planner:
         gpu.node.version += 1
         self._rekey(gpu)
 
-    def _refresh_node(self, node: _Node) -> None:
+    def _refresh_node(self, node: SearchNode) -> None:
         touched = any(g.touched for g in node.gpus)
         if touched != node.touched:
             self.journal.append(("node", node, node.touched))
             self._flag_node(node, touched)
 
-    def _flag_node(self, node: _Node, touched: bool) -> None:
+    def _flag_node(self, node: SearchNode, touched: bool) -> None:
         node.touched = touched
         node.version += 1
         if node.group is not None:
@@ -462,7 +356,7 @@ class Planner:
                 for profile, count in pod.demand or ():
                     group.pressure[profile] = group.pressure.get(profile, 0) + count * share
 
-    def _value(self, group: _Group | None, geo: Geometry, free_mask: int) -> int:
+    def _value(self, group: NodeGroup | None, geo: Geometry, free_mask: int) -> int:
         """How much of the waiting demand the free units ``free_mask`` of a GPU could still hold."""
         if group is None or not group.pressure:
             return 0
@@ -484,7 +378,7 @@ class Planner:
 
     def _best_option(
         self,
-        group: _Group | None,
+        group: NodeGroup | None,
         geo: Geometry,
         fixed: int,
         free: int,
@@ -506,7 +400,7 @@ class Planner:
         return rank(self.mode, destroyed, created, gpus, nodes, dloss, loss), opt
 
     def _option_parts(
-        self, group: _Group | None, geo: Geometry, fixed: int, free: int, demand: Demand
+        self, group: NodeGroup | None, geo: Geometry, fixed: int, free: int, demand: Demand
     ) -> tuple[int, int, bool, int, tuple[int, ...], AddOption] | None:
         key = (self.mode, demand, geo.ordinal, fixed, free)
         costs = group.costs if group is not None else self._loose_costs
@@ -534,7 +428,7 @@ class Planner:
         costs[key] = result
         return result
 
-    def _group_best(self, group: _Group, demand: Demand) -> tuple[tuple[Any, ...], int, int, int] | None:
+    def _group_best(self, group: NodeGroup, demand: Demand) -> tuple[tuple[Any, ...], int, int, int] | None:
         """The cheapest GPU state of ``group`` for ``demand``, and its first GPU (by node, index).
 
         States enter the demand's heap with a lower bound of their rank (nothing destroyed, only
@@ -619,7 +513,7 @@ class Planner:
         self._needs[key] = need
         return need
 
-    def _node_option(self, node: _Node, demand: Demand) -> tuple[tuple[Any, ...], list[Any]] | None:
+    def _node_option(self, node: SearchNode, demand: Demand) -> tuple[tuple[Any, ...], list[Any]] | None:
         """The cheapest way found to put ``demand`` on ``node``, spanning its GPUs if need be."""
         memo_key = (node.order, demand)
         hit = self.node_memo.get(memo_key)
@@ -630,7 +524,7 @@ class Planner:
         return result
 
     def node_option(
-        self, node: _Node, demand: Demand, state: dict[int, tuple[int, int, bool]] | None = None
+        self, node: SearchNode, demand: Demand, state: dict[int, tuple[int, int, bool]] | None = None
     ) -> tuple[tuple[Any, ...], list[Any]] | None:
         """Best of: all of ``demand`` on one GPU, or device by device (largest first) over the GPUs.
 
@@ -646,12 +540,12 @@ class Planner:
         return best
 
     def _walk(
-        self, node: _Node, demand: Demand, state: dict[int, Any], *, whole_first: bool
+        self, node: SearchNode, demand: Demand, state: dict[int, Any], *, whole_first: bool
     ) -> tuple[tuple[Any, ...], list[Any]] | None:
         self._walks += 1
         remaining = Counter(dict(demand))
         node_touched = node.touched
-        steps: list[tuple[_Gpu, AddOption]] = []
+        steps: list[tuple[SearchGpu, AddOption]] = []
         destroyed = created = new_gpus = dloss = 0
         loss = [0] * FRAG_LEN
         while remaining:
@@ -699,7 +593,7 @@ class Planner:
         )
         return found, steps
 
-    def _hosts(self, node: _Node, state: dict[int, Any], profile: str) -> int:
+    def _hosts(self, node: SearchNode, state: dict[int, Any], profile: str) -> int:
         """How many GPUs of ``node`` (in ``state``) have free units for one ``profile``."""
         one = ((profile, 1),)
         count = 0
@@ -722,8 +616,8 @@ class Planner:
         return found
 
     def _pick_gpu(
-        self, node: _Node, state: dict[int, Any], demand: Demand, node_touched: bool
-    ) -> tuple[_Gpu, AddOption] | None:
+        self, node: SearchNode, state: dict[int, Any], demand: Demand, node_touched: bool
+    ) -> tuple[SearchGpu, AddOption] | None:
         best = None
         for gpu in node.gpus:
             if gpu.held:
@@ -743,7 +637,7 @@ class Planner:
 
     # --- placing one pod ---------------------------------------------------------------------
 
-    def _place(self, pod: _Pod) -> bool:
+    def _place(self, pod: PodState) -> bool:
         """Put ``pod`` where it costs least; False (and nothing changed) if it fits nowhere."""
         demand = pod.demand
         assert demand is not None
@@ -789,7 +683,7 @@ class Planner:
         self._apply(pod, node, steps)
         return True
 
-    def _place_on(self, pod: _Pod, node: _Node) -> bool:
+    def _place_on(self, pod: PodState, node: SearchNode) -> bool:
         assert pod.demand is not None
         option = self._node_option(node, pod.demand)
         if option is None:
@@ -797,7 +691,7 @@ class Planner:
         self._apply(pod, node, option[1])
         return True
 
-    def _split_candidates(self, pod: _Pod, *, exhaustive: bool) -> Iterable[_Node]:
+    def _split_candidates(self, pod: PodState, *, exhaustive: bool) -> Iterable[SearchNode]:
         """Nodes worth costing for a multi-GPU placement of ``pod``, best bets first.
 
         Exhaustive (no single GPU can take the pod without destroying, or counting): touched
@@ -842,7 +736,7 @@ class Planner:
         # has none left is not looked at again for this kind of pod.
         orders[:] = keep
 
-    def _nodes_of(self, groups: tuple[_Group, ...]) -> list[_Node]:
+    def _nodes_of(self, groups: tuple[NodeGroup, ...]) -> list[SearchNode]:
         key = tuple(g.id for g in groups)
         nodes = self._group_nodes.get(key)
         if nodes is None:
@@ -851,14 +745,14 @@ class Planner:
             )
         return nodes
 
-    def _apply(self, pod: _Pod, node: _Node, steps: list[tuple[_Gpu, AddOption]]) -> None:
+    def _apply(self, pod: PodState, node: SearchNode, steps: list[tuple[SearchGpu, AddOption]]) -> None:
         parts = []
         for gpu, opt in steps:
             new = opt.assigned & ~gpu.free
             self._set_gpu(gpu, opt.fixed, opt.free)
             parts.append((gpu, opt.assigned, new))
         self._refresh_node(node)
-        self.assigned[pod.key] = _Placement(node=node, parts=parts)
+        self.assigned[pod.key] = Placement(node=node, parts=parts)
         node.pods.add(pod.key)
         self.journal.append(("assign", pod.key))
 
@@ -882,7 +776,7 @@ class Planner:
 
     # --- levels and repairs ------------------------------------------------------------------
 
-    def _serve(self, pods: list[_Pod]) -> int:
+    def _serve(self, pods: list[PodState]) -> int:
         return sum(1 for p in pods if self._place(p))
 
     def _score(self) -> tuple[int, int, int, int]:
@@ -897,11 +791,11 @@ class Planner:
         nodes = sum(1 for n in self.nodes if n.touched)
         return destroyed, created, gpus, nodes
 
-    def fits(self, node: _Node, demand: Demand, state: dict[int, tuple[int, int, bool]]) -> bool:
+    def fits(self, node: SearchNode, demand: Demand, state: dict[int, tuple[int, int, bool]]) -> bool:
         """Whether ``demand`` fits on ``node`` if its GPUs were in ``state`` (GPU id -> fixed, free, touched)."""
         return self.node_option(node, demand, state) is not None
 
-    def fits_used_only(self, node: _Node, demand: Demand) -> bool:
+    def fits_used_only(self, node: SearchNode, demand: Demand) -> bool:
         """Whether ``demand`` fits on ``node`` beside the snapshot's used instances alone (cached)."""
         key = (node.order, demand)
         hit = self.used_fit_memo.get(key)
@@ -910,7 +804,7 @@ class Planner:
             hit = self.used_fit_memo[key] = self.fits(node, demand, state)
         return hit
 
-    def fits_empty(self, node: _Node, demand: Demand) -> bool:
+    def fits_empty(self, node: SearchNode, demand: Demand) -> bool:
         """Whether ``demand`` fits on ``node`` with all its GPUs empty (cached per GPU models)."""
         key = (tuple(g.geo.ordinal for g in node.gpus), demand)
         hit = self.empty_fit_memo.get(key)
@@ -918,7 +812,7 @@ class Planner:
             hit = self.empty_fit_memo[key] = self.fits(node, demand, {g.id: (0, 0, False) for g in node.gpus})
         return hit
 
-    def top_priority_on(self, node: _Node) -> int | None:
+    def top_priority_on(self, node: SearchNode) -> int | None:
         """The highest priority among the pods this plan puts on ``node`` (None: none)."""
         top = None
         for key in node.pods:
@@ -927,14 +821,14 @@ class Planner:
                 top = prio
         return top
 
-    def _room_for(self, pods: list[_Pod]) -> int:
+    def _room_for(self, pods: list[PodState]) -> int:
         """How many of ``pods`` could each fit, alone, beside everything planned so far.
 
         Pods with the same demand and eligibility count once each; at most ROOM_PROBES kinds and
         ROOM_PROBES nodes per kind are looked at (a tie-break between two passes, not a plan).
         """
         kinds: Counter[tuple[Demand, tuple[int, ...]]] = Counter()
-        groups: dict[tuple[int, ...], tuple[_Group, ...]] = {}
+        groups: dict[tuple[int, ...], tuple[NodeGroup, ...]] = {}
         for pod in pods:
             assert pod.demand is not None
             key = tuple(g.id for g in pod.groups)
@@ -947,11 +841,11 @@ class Planner:
                 room += kinds[(demand, key)]
         return room
 
-    def _could_fit(self, pod: _Pod) -> bool:
+    def _could_fit(self, pod: PodState) -> bool:
         assert pod.demand is not None
         return any(self.fits_used_only(n, pod.demand) for n in self._nodes_of(pod.groups))
 
-    def _repair(self, waiting: list[_Pod]) -> None:
+    def _repair(self, waiting: list[PodState]) -> None:
         """Serve waiting pods by moving pods this plan placed, never leaving one of them unserved.
 
         Per waiting pod and per eligible node where it would fit beside the used instances:
@@ -966,7 +860,7 @@ class Planner:
             if pod.key not in self.assigned and not self._place(pod):
                 self._repair_one(pod, REPAIR_DEPTH, None)
 
-    def _repair_one(self, pod: _Pod, depth: int, avoid: _Node | None) -> bool:
+    def _repair_one(self, pod: PodState, depth: int, avoid: SearchNode | None) -> bool:
         assert pod.demand is not None
         tried = 0
         for node in self._nodes_of(pod.groups):
@@ -979,7 +873,7 @@ class Planner:
                 break
         return False
 
-    def _swap(self, served: list[_Pod], waiting: list[_Pod]) -> None:
+    def _swap(self, served: list[PodState], waiting: list[PodState]) -> None:
         """Trade one served pod for two or more waiting pods of the same priority.
 
         A big pod may hold the room that two small ones of its priority need; taking it back,
@@ -1002,7 +896,7 @@ class Planner:
             if gained + self._place(pod) <= 1:
                 self._undo(mark)
 
-    def _repack(self, node: _Node, pod: _Pod) -> bool:
+    def _repack(self, node: SearchNode, pod: PodState) -> bool:
         mark = len(self.journal)
         others = [self.pods_by_key[k] for k in sorted(node.pods)]
         for key in sorted(node.pods):
@@ -1043,7 +937,7 @@ class Planner:
             group.costs = saved_costs
             self.node_memo.clear()
 
-    def _move_one(self, node: _Node, pod: _Pod, depth: int) -> bool:
+    def _move_one(self, node: SearchNode, pod: PodState, depth: int) -> bool:
         keys = sorted(
             node.pods, key=lambda k: (self.pods_by_key[k].pod.priority, -self.pods_by_key[k].size, k)
         )
@@ -1061,7 +955,7 @@ class Planner:
         return False
 
     def run(self) -> Plan:
-        levels: dict[int, list[_Pod]] = {}
+        levels: dict[int, list[PodState]] = {}
         for p in self.pods:
             levels.setdefault(p.pod.priority, []).append(p)
         order = sorted(levels, reverse=True)
@@ -1175,7 +1069,7 @@ class Planner:
         counts: Counter[int] = Counter(self.pods_by_key[k].pod.priority for k in self.assigned)
         return tuple(counts[p] for p in self._levels)
 
-    def _exact_repack(self, node: _Node, pod: _Pod, budget: list[int]) -> bool:
+    def _exact_repack(self, node: SearchNode, pod: PodState, budget: list[int]) -> bool:
         prio = pod.pod.priority
         keep = sorted(
             (self.pods_by_key[k] for k in node.pods if self.pods_by_key[k].pod.priority >= prio),
@@ -1212,8 +1106,8 @@ class Planner:
         return False
 
     def _search_node(
-        self, node: _Node, pods: list[_Pod], budget: list[int]
-    ) -> dict[str, list[tuple[_Gpu, int]]] | None:
+        self, node: SearchNode, pods: list[PodState], budget: list[int]
+    ) -> dict[str, list[tuple[SearchGpu, int]]] | None:
         """Every device of ``pods`` on ``node``'s GPUs, or None within POLISH_NODE_WORK steps.
 
         Devices go largest first; each tries every GPU (not held) and every option of one device
@@ -1227,7 +1121,7 @@ class Planner:
         devices.sort()
         gpus = [g for g in node.gpus if not g.held]
         state = {g.id: (g.fixed, g.free) for g in gpus}
-        chosen: list[tuple[_Gpu, int]] = []
+        chosen: list[tuple[SearchGpu, int]] = []
         work = [min(POLISH_NODE_WORK, budget[0])]
 
         def place(k: int) -> bool:
@@ -1262,13 +1156,13 @@ class Planner:
         budget[0] -= min(POLISH_NODE_WORK, budget[0]) - max(work[0], 0)
         if not ok:
             return None
-        out: dict[str, list[tuple[_Gpu, int]]] = {p.key: [] for p in pods}
+        out: dict[str, list[tuple[SearchGpu, int]]] = {p.key: [] for p in pods}
         for (_, _, n), (gpu, bit) in zip(devices, chosen, strict=True):
             out[pods[n].key].append((gpu, bit))
         self._polish_state = state
         return out
 
-    def _apply_packing(self, node: _Node, found: dict[str, list[tuple[_Gpu, int]]]) -> None:
+    def _apply_packing(self, node: SearchNode, found: dict[str, list[tuple[SearchGpu, int]]]) -> None:
         """Set the node's GPUs to the searched state and record each pod's devices."""
         state = self._polish_state
         for gpu in node.gpus:
@@ -1276,18 +1170,18 @@ class Planner:
                 self._set_gpu(gpu, *state[gpu.id])
         self._refresh_node(node)
         for key, devices in found.items():
-            by_gpu: dict[int, tuple[_Gpu, int]] = {}
+            by_gpu: dict[int, tuple[SearchGpu, int]] = {}
             for gpu, bit in devices:
                 old = by_gpu.get(gpu.id, (gpu, 0))
                 by_gpu[gpu.id] = (gpu, old[1] | bit)
             parts = [(gpu, bits, bits & ~gpu.free0) for gpu, bits in by_gpu.values()]
-            self.assigned[key] = _Placement(node=node, parts=parts)
+            self.assigned[key] = Placement(node=node, parts=parts)
             node.pods.add(key)
             self.journal.append(("assign", key))
 
     # --- draining for large pods and pre-warming (after the pods) -----------------------------
 
-    def _large_waiting(self) -> list[_Pod]:
+    def _large_waiting(self) -> list[PodState]:
         """Waiting single-device pods of a large profile (LARGE_SHARE) that have waited at least
         ``options.drain_after_seconds``: highest priority first, then longest waiting."""
         large = int(LARGE_SHARE * _UNITS_LCM)
@@ -1304,7 +1198,7 @@ class Planner:
         ]
         return sorted(pods, key=lambda p: (-p.pod.priority, -waited.get(p.key, 0.0), -p.size, p.key))
 
-    def _holds(self) -> dict[_Gpu, _Pod]:
+    def _holds(self) -> dict[SearchGpu, PodState]:
         """GPUs the last plan drained, with the waiting large pod each may still be kept for.
 
         Levels above the pod's priority may use the GPU. At the pod's own level it is offered to
@@ -1315,7 +1209,7 @@ class Planner:
         if not wanted or self.options.drain_max_gpus <= 0:
             return {}
         gpus = [g for g in self.gpus if (g.node.name, g.index) in wanted and g.node.group is not None]
-        holds: dict[_Gpu, _Pod] = {}
+        holds: dict[SearchGpu, PodState] = {}
         for pod in self._large_waiting():
             assert pod.demand is not None
             for gpu in gpus:
@@ -1324,7 +1218,7 @@ class Planner:
                     break
         return holds
 
-    def _place_on_gpu(self, pod: _Pod, gpu: _Gpu) -> bool:
+    def _place_on_gpu(self, pod: PodState, gpu: SearchGpu) -> bool:
         assert pod.demand is not None
         found = self._best_option(
             gpu.node.group, gpu.geo, gpu.fixed, gpu.free, gpu.touched, gpu.node.touched, pod.demand
@@ -1334,7 +1228,7 @@ class Planner:
         self._apply(pod, gpu.node, [(gpu, found[1])])
         return True
 
-    def _hold(self, gpu: _Gpu) -> None:
+    def _hold(self, gpu: SearchGpu) -> None:
         group = gpu.node.group
         assert group is not None
         group.states[gpu.key] -= 1
@@ -1411,7 +1305,7 @@ class Planner:
         if budget <= 0 or any(p.plannable for p in self.pods if p.key not in self.assigned):
             return
         wanted = self.options.defrag_profiles
-        moves: list[tuple[tuple[int, ...], int, int, _Gpu, AddOption]] = []
+        moves: list[tuple[tuple[int, ...], int, int, SearchGpu, AddOption]] = []
         for gpu in self.gpus:
             if gpu.node.group is None or gpu.id in self.drains or gpu.fixed != gpu.fixed0 or not gpu.free:
                 continue
@@ -1483,7 +1377,7 @@ class Planner:
                 self._set_gpu(chosen, chosen.fixed, chosen.free | opt.assigned)
                 self._refresh_node(chosen.node)
 
-    def _first_in_state(self, group: _Group, key: StateKey) -> _Gpu | None:
+    def _first_in_state(self, group: NodeGroup, key: StateKey) -> SearchGpu | None:
         """The GPU of ``group`` in state ``key`` first by node and index that does not drain."""
         members = group.members[key]
         while members and self.gpus[members[0][2]].key != key:
