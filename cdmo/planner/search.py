@@ -15,6 +15,9 @@ from typing import Any
 from cdmo.planner.geometry import Demand, Geometry
 from cdmo.planner.models import Node, PendingPod
 
+#: Pressure is kept in whole numbers so that sums are exact (no float order effects).
+PRESSURE_SCALE = 1_000_000
+
 #: A GPU's index key: (model ordinal, fixed bits, free bits, GPU touched, node touched).
 StateKey = tuple[int, int, int, bool, bool]
 
