@@ -1064,11 +1064,15 @@ class Planner(RepairSteps):
 
         Largest profile first; each instance goes where it costs least: a node this plan changes
         anyway, then the least loss of large free blocks (fragmentation.frag_vector), then
-        node and index. GPUs that drain are left alone.
+        node and index. GPUs that drain are left alone; while a pod waits, only nodes this plan
+        changes anyway get any.
         """
         wants = {p: n for p, n in self.options.prewarm.items() if n > 0}
         if not wants:
             return
+        # While pods wait, only nodes this plan changes anyway get pre-warmed instances: another
+        # node would apply a change (and take no pod meanwhile) for an instance nobody asked for.
+        waiting = any(p.plannable for p in self.pods if p.key not in self.assigned)
         have: Counter[str] = Counter()
         for gpu in self.gpus:
             if gpu.node.group is None or gpu.id in self.drains:
@@ -1086,7 +1090,7 @@ class Planner(RepairSteps):
                             continue
                         ordinal, fixed, free, _, node_touched = key
                         geo = self.geos[ordinal]
-                        if profile not in geo.by_profile:
+                        if profile not in geo.by_profile or (waiting and not node_touched):
                             continue
                         opt = geo.best_add(fixed | free, 0, one)
                         if opt is None:

@@ -178,3 +178,19 @@ def test_drains_on_nodes_a_plan_did_not_see_are_kept() -> None:
     # Node b was applying (not in the plan): its drain stays; node a was seen and is not drained now.
     assert kept_draining(previous, ["a", "c"], [("c", 2)]) == (("b", 1), ("c", 2))
     assert kept_draining(previous, ["a", "b"], []) == ()
+
+
+def test_while_a_pod_waits_only_changed_nodes_are_prewarmed() -> None:
+    # The 7g waits (a used 1g on every GPU); the 1g pod makes node a change. A ready 2g goes
+    # there, never to node b, which no pod needs changed.
+    data = {
+        "nodes": [node("a", gpu(0, "h100-80gb", "1g.10gb@0!")), node("b", gpu(0, "h100-80gb", "1g.10gb@0!"))],
+        "pending": [pod("big", "7g.80gb"), pod("small", "1g.10gb")],
+    }
+    result = planned(data, PlanOptions(prewarm={"2g.20gb": 1}))
+    changed = [n.name for n in result.nodes if n.changed]
+    assert changed == [result.assignment("default/small").node]
+    assert any(i.profile == "2g.20gb" for i in result.node(changed[0]).gpus[0].after)
+    # With nobody waiting, any node may get it.
+    idle = dict(data, pending=[])
+    assert planned(idle, PlanOptions(prewarm={"2g.20gb": 1})).summary.created == 1
