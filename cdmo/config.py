@@ -81,6 +81,29 @@ class OperatorConfig:
     #: The API server lets only a node's own agent write its MigLayout status (the chart's
     #: admission policy, enforced). When false, a report contradicting the spec is ignored.
     status_writers_verified: bool = False
+    #: Pre-warming (docs/planner.md): keep free instances of the profiles pods asked for lately,
+    #: created on free space only and the first taken back when a pod needs the room.
+    prewarm: bool = True
+    #: Demand history: arrivals per profile over this sliding window give its rate.
+    prewarm_window_seconds: float = 900.0
+    #: Expected asks within this long (about batch window + GI create + plugin refresh, with a
+    #: margin) are kept ready, rounded up ...
+    prewarm_horizon_seconds: float = 60.0
+    #: ... and at most this many free instances per profile.
+    prewarm_max_per_profile: int = 2
+    #: Draining for large pods (4g and 7g of an 8-unit GPU) that fit nowhere: at most this share of
+    #: the labelled GPUs drain at once (at least one; 0 turns it off), so smaller pods always keep
+    #: the rest of the fleet.
+    drain_max_fraction: float = 0.125
+    #: ... and only for pods that have waited this long (the tail of the wait).
+    drain_after_seconds: float = 300.0
+    #: ... and only GPUs whose used instances hold at most this share of it (nearly empty ones).
+    drain_max_used_share: float = 0.375
+    #: Idle defragmentation: when no pod waits, move free instances together (destroy and
+    #: re-create free ones only) at most this many GPU-instance operations per hour (0: off) ...
+    defrag_ops_per_hour: int = 60
+    #: ... looking at most this often.
+    defrag_interval_seconds: float = 300.0
 
     ENV = (
         ("partition_label", "CDMO_PARTITION_LABEL"),
@@ -98,6 +121,15 @@ class OperatorConfig:
         ("events_namespace", "CDMO_EVENTS_NAMESPACE"),
         ("list_chunk_size", "CDMO_LIST_CHUNK_SIZE"),
         ("status_writers_verified", "CDMO_STATUS_WRITERS_VERIFIED"),
+        ("prewarm", "CDMO_PREWARM"),
+        ("prewarm_window_seconds", "CDMO_PREWARM_WINDOW_SECONDS"),
+        ("prewarm_horizon_seconds", "CDMO_PREWARM_HORIZON_SECONDS"),
+        ("prewarm_max_per_profile", "CDMO_PREWARM_MAX_PER_PROFILE"),
+        ("drain_max_fraction", "CDMO_DRAIN_MAX_FRACTION"),
+        ("drain_after_seconds", "CDMO_DRAIN_AFTER_SECONDS"),
+        ("drain_max_used_share", "CDMO_DRAIN_MAX_USED_SHARE"),
+        ("defrag_ops_per_hour", "CDMO_DEFRAG_OPS_PER_HOUR"),
+        ("defrag_interval_seconds", "CDMO_DEFRAG_INTERVAL_SECONDS"),
     )
 
     @classmethod

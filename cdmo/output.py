@@ -20,11 +20,13 @@ import re
 import shutil
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
-from rich.console import Console
-from rich.table import Table
+
+if TYPE_CHECKING:  # rich is imported when a table is drawn: JSON output does not pay for it
+    from rich.console import Console
+    from rich.table import Table
 
 OUTPUT_FORMATS = ("table", "json", "yaml")
 
@@ -64,6 +66,8 @@ def camel_keys(data: Any) -> Any:
 
 def console() -> Console:
     """A console on stdout; wide enough that tables do not wrap when piped."""
+    from rich.console import Console
+
     width = None if sys.stdout.isatty() else max(shutil.get_terminal_size((160, 24)).columns, 160)
     return Console(width=width, soft_wrap=False, highlight=False)
 
@@ -90,7 +94,37 @@ def emit(data: Any, output: str, *, camel: bool = True) -> None:
         print_json(data, camel=camel)
 
 
+def print_json_items(data: Any) -> None:
+    """``data`` as JSON on stdout, one top-level list item per line (``cdmo plan --output json``).
+
+    The document is never held in memory as one string: a 10,000-pod plan is written an item at
+    a time, each item compact by the C encoder (the indenting encoder is pure Python and took as
+    long as planning). ``json.loads`` of the output equals ``data``.
+    """
+    write_json(data, sys.stdout)
+
+
+def write_json(data: Any, out: TextIO) -> None:
+    """See :func:`print_json`: a dict of lists is written one list item per line."""
+    if not isinstance(data, dict):
+        out.write(json.dumps(data) + "\n")
+        return
+    out.write("{")
+    for n, (key, value) in enumerate(data.items()):
+        out.write(("," if n else "") + "\n  " + json.dumps(key) + ": ")
+        if isinstance(value, list) and value:
+            out.write("[")
+            for i, item in enumerate(value):
+                out.write(("," if i else "") + "\n    " + json.dumps(item))
+            out.write("\n  ]")
+        else:
+            out.write(json.dumps(value))
+    out.write("\n}\n")
+
+
 def build_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+    from rich.table import Table
+
     table = Table(title=title, title_justify="left", show_lines=False)
     for col in columns:
         table.add_column(col)

@@ -18,7 +18,16 @@ import yaml
 
 from cdmo import exit_codes
 from cdmo.errors import InvalidInput, InvalidSnapshot
-from cdmo.output import OUTPUT_FORMATS, build_table, console, print_json, print_table, print_yaml
+from cdmo.mig.catalog import load_yaml
+from cdmo.output import (
+    OUTPUT_FORMATS,
+    build_table,
+    camel_keys,
+    console,
+    print_json_items,
+    print_table,
+    print_yaml,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,7 +98,7 @@ def _parse_text(text: str, name: str, *, json_first: bool) -> Any:
                     "", f"{name} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
                 ) from None
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
@@ -109,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"cdmo: warning: {warning}", file=sys.stderr)
     result = plan(snapshot)
     if args.output == "json":
-        print_json(plan_to_dict(result))
+        # one key style across verbs (camelCase); written an item at a time (a 10,000-pod plan)
+        print_json_items(camel_keys(plan_to_dict(result)))
         return exit_codes.SUCCESS
     if args.output == "yaml":
         print_yaml(plan_to_dict(result))

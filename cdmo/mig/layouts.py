@@ -18,10 +18,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import yaml
-
 from cdmo.errors import InvalidInput, InvalidLayout
-from cdmo.mig.catalog import GpuModel, Profile, all_models, get_model, is_profile_name
+from cdmo.mig.catalog import GpuModel, Profile, all_models, get_model, is_profile_name, load_yaml
 
 #: nvml.h: an ALL_ME instance "prevents allocation of all but _NO_ME profiles".
 _ALL_ME_GROUP = "media-all"
@@ -274,7 +272,7 @@ _GENERIC_SLICES = {"all-1g": 1, "all-2g": 2, "all-3g": 3, "all-4g": 4, "all-7g":
 @functools.cache
 def _named_data() -> dict[str, Any]:
     text = resources.files("cdmo.mig").joinpath("data/named-layouts.yaml").read_text()
-    data: dict[str, Any] = yaml.safe_load(text)  # packaged with cdmo: a mapping, checked by tests
+    data: dict[str, Any] = load_yaml(text)  # packaged with cdmo: a mapping, checked by tests
     return data
 
 

@@ -53,7 +53,8 @@ from cdmo.operator.publish import (
 from cdmo.operator.snapshot import build_snapshot, held_pods, node_states, screen_pods
 from cdmo.operator.stale import NodeState
 from cdmo.operator.trust import untrusted_nodes
-from cdmo.planner import Plan, parse_snapshot, plan
+from cdmo.operator.warmth import DemandHistory, count_gpus
+from cdmo.planner import Plan, PlanOptions, parse_snapshot, plan
 
 log = structlog.get_logger("cdmo.operator")
 
@@ -99,9 +100,9 @@ def _post_with_kopf(event: PodEvent) -> None:
     kopf.event(ref, type=event.type, reason=event.reason, message=event.message)
 
 
-def plan_snapshot(snapshot: Mapping[str, Any]) -> Plan:
+def plan_snapshot(snapshot: Mapping[str, Any], options: PlanOptions | None = None) -> Plan:
     """The planner on a live-cluster snapshot (unknown GPU models are left alone, not refused)."""
-    return plan(parse_snapshot(snapshot, allow_unknown_models=True))
+    return plan(parse_snapshot(snapshot, allow_unknown_models=True), options)
 
 
 class PlanningLoop:
@@ -113,7 +114,7 @@ class PlanningLoop:
         *,
         post_event: Callable[[PodEvent], None] = _post_with_kopf,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        planner: Callable[[Mapping[str, Any]], Plan] = plan_snapshot,
+        planner: Callable[[Mapping[str, Any], PlanOptions], Plan] = plan_snapshot,
     ) -> None:
         self.config = config
         self.writer = writer
@@ -134,6 +135,8 @@ class PlanningLoop:
         #: (node, generation) whose contradicting report was already told
         self._untrusted_reported: set[tuple[str, int]] = set()
         self.passes = 0
+        #: demand history (pre-warming) and the GPUs the last plan drained
+        self._history = DemandHistory(config)
 
     # -- waking ------------------------------------------------------------------------------
     def _event(self) -> asyncio.Event:
@@ -209,6 +212,7 @@ class PlanningLoop:
         held = held_pods(idx.miglayouts, states)
         plannable, rejected = screen_pods(p for p in waiting if p["key"] not in held)
         self.metrics.set_pending(profile_counts(waiting))
+        self._history.observe(idx.pending, now)
         unsatisfied: list[tuple[Mapping[str, Any], str, str]] = [(r.pod, r.code, r.message) for r in rejected]
 
         untrusted = untrusted_nodes(idx.miglayouts, self.config.status_writers_verified)
@@ -225,7 +229,10 @@ class PlanningLoop:
         )
         deferred: list[str] = []
         planned_out: list[tuple[Mapping[str, Any], str, str]] = []
-        if plannable:
+        # While no pod waits, plan now and then all the same: idle defragmentation.
+        idle = not idx.pending and all(s is NodeState.READY for s in states.values()) and bool(ready)
+        idle = idle and self._history.defrag_budget(now) > 0
+        if plannable or idle:
             snapshot = build_snapshot(
                 {n: idx.nodes[n] for n in ready},
                 {n: idx.miglayouts[n] for n in ready},
@@ -237,7 +244,14 @@ class PlanningLoop:
             for name in sorted(set(ready) - {n["name"] for n in snapshot["nodes"]}):
                 log.warning("Left node out of the plan", node=name, reason="the planner cannot read its data")
             started = time.monotonic()
-            the_plan = await asyncio.to_thread(self._planner, snapshot)
+            gpus = count_gpus(snapshot)
+            options = (
+                self._history.options(plannable, gpus, now)
+                if plannable
+                else self._history.idle_options(gpus, now)
+            )
+            the_plan = await asyncio.to_thread(self._planner, snapshot, options)
+            self._history.remember(the_plan, now, idle=not plannable)
             result.plan, result.planned = the_plan, True
             self.metrics.plans.inc()
             by_key = {p["key"]: p for p in plannable}

@@ -13,6 +13,7 @@ from cdmo.planner.bounds import plan
 from cdmo.planner.models import (
     Assignment,
     Device,
+    Drain,
     Gpu,
     GpuInstance,
     GpuPlan,
@@ -28,12 +29,14 @@ from cdmo.planner.models import (
     Toleration,
     Unsatisfied,
 )
+from cdmo.planner.options import PlanOptions
 from cdmo.planner.parse import parse_snapshot, snapshot_to_dict
 from cdmo.planner.render import plan_to_dict
 
 __all__ = [
     "Assignment",
     "Device",
+    "Drain",
     "Gpu",
     "GpuInstance",
     "GpuPlan",
@@ -43,6 +46,7 @@ __all__ = [
     "NodeSelectorTerm",
     "PendingPod",
     "Plan",
+    "PlanOptions",
     "PlanSummary",
     "Snapshot",
     "Taint",

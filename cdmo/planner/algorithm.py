@@ -13,11 +13,18 @@ Outline:
    swaps (one served pod for two waiting ones of the level) try to serve more.
 3. A pod goes where adding its demand ranks lowest: (free instances destroyed, instances
    created, GPUs newly touched, node newly touched, demand-weighted fragmentation, loss of large
-   free blocks then best fit, see geometry.Geometry._frag_vector), ties to the first node by name
+   free blocks then best fit, see fragmentation.frag_vector), ties to the first node by name
    and the lowest GPU index. Per group and demand a heap holds the distinct GPU states by that
    rank (entered with a cheap lower bound, searched when it tops the heap), so a pod looks at
    states, not at GPUs. A pod that asks for several devices may span the GPUs of one node; that
-   is searched per node.
+   is searched per node. The ranking itself lives in objective.py.
+4. Polish: for waiting pods, highest priority first, single nodes are re-packed exactly and a
+   change is kept only if the pods served, level by level from the highest, improve.
+5. Only if the caller asks (options.PlanOptions): GPUs drained for large pods that waited long,
+   idle defragmentation of free instances, then pre-warmed free instances on free space.
+
+The search's objects point both ways (GPU <-> node <-> group); :func:`plan` cuts those links when
+it is done, so a plan leaves no cyclic garbage.
 
 Everything is sorted before it is decided; no set or dict order reaches the plan, and every
 bound counts work, never time. Pure: imports nothing of Kubernetes or NVML.
@@ -25,25 +32,23 @@ bound counts work, never time. Pure: imports nothing of Kubernetes or NVML.
 
 from __future__ import annotations
 
-import functools
-import gc
 import heapq
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
-from cdmo.errors import InvalidInput
 from cdmo.mig.catalog import GpuModel, find_model
 from cdmo.mig.layouts import Instance, sort_layout
-from cdmo.mig.resources import RESOURCE_PREFIX, profile_from_resource
+from cdmo.planner.demand import demand_of, format_demand
 from cdmo.planner.eligibility import node_admits, referenced_label_keys, uses_name_fields
-from cdmo.planner.geometry import FRAG_LEN, AddOption, Demand, Geometry, bits_of, geometry
+from cdmo.planner.fragmentation import FRAG_LEN
+from cdmo.planner.geometry import AddOption, Demand, Geometry, bits_of, geometry
 from cdmo.planner.models import (
     Assignment,
     Device,
+    Drain,
     GpuPlan,
-    Node,
     NodePlan,
     PendingPod,
     Plan,
@@ -51,8 +56,20 @@ from cdmo.planner.models import (
     Snapshot,
     Unsatisfied,
 )
-
-STANDARD, COUNT = 0, 1
+from cdmo.planner.objective import COUNT, STANDARD, gpu_option_rank, lower_bound, rank
+from cdmo.planner.options import LARGE_SHARE, PlanOptions
+from cdmo.planner.reasons import explain
+from cdmo.planner.repair import RepairSteps
+from cdmo.planner.search import (
+    PRESSURE_SCALE,
+    NodeGroup,
+    Placement,
+    PodState,
+    SearchGpu,
+    SearchNode,
+    StateKey,
+)
+from cdmo.planner.view import RunView, WaitingPod
 
 #: When one GPU could take a multi-device pod, at most this many nodes holding free instances of
 #: its profiles are costed for spreading it over GPUs instead (small clusters: all of them).
@@ -60,181 +77,40 @@ SPLIT_SCAN_LIMIT = 8
 #: When no GPU can take it alone (or when counting), the search over nodes (touched first, then
 #: by name) stops at this many nodes that can take it (small clusters: all of them).
 SPLIT_FEASIBLE_LIMIT = 16
-#: Repairs: waiting pods per priority level that get one, and nodes tried per pod.
-REPAIR_POD_LIMIT = 200
-REPAIR_NODE_LIMIT = 6
-#: How deep a moved pod may itself be repaired, and how many node evaluations (walks) the
-#: repairs of one level may spend (work, not time, so that plans stay deterministic).
-REPAIR_DEPTH = 1
-REPAIR_WORK = 5_000
-#: Served pods per level that the swap step tries to trade for two waiting ones.
-SWAP_POD_LIMIT = 50
 #: Kinds of lower-priority pods, and nodes per kind, probed to break ties between two passes.
 ROOM_PROBES = 64
-#: Pressure is kept in whole numbers so that sums are exact (no float order effects).
-_PRESSURE_SCALE = 1_000_000
 _UNITS_LCM = 24  # placement axes are 4, 8 or 12 units
-_NO_LOSS = (0,) * FRAG_LEN
-
-#: A GPU's index key: (model ordinal, fixed bits, free bits, GPU touched, node touched).
-StateKey = tuple[int, int, int, bool, bool]
 
 
-class _Gpu:
-    __slots__ = ("fixed", "fixed0", "free", "free0", "geo", "id", "index", "key", "node", "touched")
-
-    def __init__(self, gid: int, node: _Node, src_index: int, geo: Geometry, fixed: int, free: int):
-        self.id = gid
-        self.node = node
-        self.index = src_index
-        self.geo = geo
-        self.fixed0 = self.fixed = fixed
-        self.free0 = self.free = free
-        #: Whether the layout differs from the snapshot's.
-        self.touched = False
-        self.key: StateKey = (-1, 0, 0, False, False)
-
-
-class _Node:
-    __slots__ = ("gpus", "group", "name", "order", "pods", "room", "src", "touched", "version")
-
-    def __init__(self, order: int, src: Node) -> None:
-        self.order = order
-        self.name = src.name
-        self.src = src
-        self.gpus: list[_Gpu] = []  # plannable GPUs only
-        self.touched = False
-        self.group: _Group | None = None
-        #: Bumped on every change of the node's GPUs: memoised costs check it.
-        self.version = 0
-        #: Keys of the pods this plan puts here.
-        self.pods: set[str] = set()
-        #: Placement units not held by fixed instances, summed over the GPUs, in 1/24ths of a GPU:
-        #: a pod whose size exceeds it cannot fit here (a cheap test before a real one).
-        self.room = 0
-
-
-class _Group:
-    __slots__ = (
-        "arrivals",
-        "costs",
-        "epoch",
-        "id",
-        "members",
-        "mheaps",
-        "nodes",
-        "pressure",
-        "rep",
-        "states",
-        "touched_nodes",
-        "values",
-    )
-
-    def __init__(self, gid: int, rep: _Node) -> None:
-        self.id = gid
-        self.rep = rep
-        self.nodes: list[_Node] = []
-        #: state key -> how many GPUs of the group are in it now
-        self.states: dict[StateKey, int] = {}
-        #: state key -> heap of (node order, GPU index, GPU id); stale entries are skipped
-        self.members: dict[StateKey, list[tuple[int, int, int]]] = {}
-        #: demand -> [heap of (rank, state key), how many arrivals it has seen]
-        self.mheaps: dict[Demand, list] = {}
-        #: state keys in the order they first became populated
-        self.arrivals: list[StateKey] = []
-        self.touched_nodes: dict[int, _Node] = {}
-        #: bumped on every state change in the group (failure memos check it)
-        self.epoch = 0
-        #: profile -> demand still waiting for nodes of this group (see Planner._begin_level)
-        self.pressure: dict[str, int] = {}
-        #: model ordinal -> {free-unit mask -> value of that free space to the waiting demand}
-        self.values: dict[int, dict[int, int]] = {}
-        #: (mode, demand, model ordinal, fixed, free) -> the best option's parts (see _best_option)
-        self.costs: dict[tuple, tuple | None] = {}
-
-
-@dataclass
-class _Pod:
-    pod: PendingPod
-    key: str
-    demand: Demand | None
-    #: Resource names that name no profile (only a snapshot built in code can have them).
-    bad_resources: tuple[str, ...]
-    groups: tuple[_Group, ...] = ()
-    #: Share of a GPU the demand takes, in 1/24ths of the placement axis (4, 8 and 12 divide 24).
-    size: int = 0
-    #: How many plannable GPUs the pod may use.
-    reach: int = 0
-
-    devices: int = 0
-
-    @property
-    def plannable(self) -> bool:
-        return bool(self.demand and self.groups and self.size > 0 and not self.bad_resources)
-
-
-@dataclass
-class _Placement:
-    node: _Node
-    #: (GPU, candidate bits handed to the pod, of which new)
-    parts: list[tuple[_Gpu, int, int]]
-
-
-def demand_of(pod: PendingPod) -> tuple[Demand, tuple[str, ...]]:
-    """The pod's MIG demand as sorted (profile, count), and any resource names that name no profile."""
-    return _demand(tuple(sorted(pod.requests.items())))
-
-
-@functools.lru_cache(maxsize=4096)
-def _demand(requests: tuple[tuple[str, object], ...]) -> tuple[Demand, tuple[str, ...]]:
-    counts: Counter[str] = Counter()
-    bad = []
-    for resource, raw in requests:
-        if not resource.startswith(RESOURCE_PREFIX):
-            continue
-        # Kubernetes quantities may arrive as strings ("2"); anything else that is not a whole
-        # number (only a snapshot built in code can carry one) asks for nothing.
-        count = int(raw) if isinstance(raw, str) and raw.isdigit() else raw
-        if not isinstance(count, int) or isinstance(count, bool) or count <= 0:
-            continue
-        try:
-            counts[profile_from_resource(resource)] += count
-        except InvalidInput:
-            bad.append(resource)
-    return tuple(sorted(counts.items())), tuple(bad)
-
-
-def format_demand(demand: Demand) -> str:
-    """``7g.80gb`` or ``2 x 1g.10gb + 3g.40gb``."""
-    return " + ".join(p if c == 1 else f"{c} x {p}" for p, c in demand)
-
-
-class Planner:
+class Planner(RepairSteps):
     """One planning run over one snapshot; :meth:`run` returns the plan."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, options: PlanOptions | None = None) -> None:
         self.snapshot = snapshot
+        self.options = options or PlanOptions()
+        #: GPU id -> key of the pod it drains for (set by _drain)
+        self.drains: dict[int, str] = {}
         self.src_nodes = tuple(sorted(snapshot.nodes, key=lambda n: n.name))
-        self.nodes: list[_Node] = []
-        self.gpus: list[_Gpu] = []
+        self.nodes: list[SearchNode] = []
+        self.gpus: list[SearchGpu] = []
         #: (node, GPU index) of GPUs left exactly as they are: unknown model, or an invalid layout
         self.frozen: dict[tuple[str, int], str] = {}
         self.geos: dict[int, Geometry] = {}
-        self.journal: list[tuple] = []
-        self.assigned: dict[str, _Placement] = {}
+        self.journal: list[tuple[Any, ...]] = []
+        self.assigned: dict[str, Placement] = {}
         self.mode = STANDARD
         self.fail_memo: dict[tuple[Demand, tuple[int, ...]], tuple[int, ...]] = {}
-        self.node_memo: dict[tuple[int, Demand], tuple[int, tuple | None]] = {}
+        self.node_memo: dict[tuple[int, Demand], tuple[int, tuple[Any, ...] | None]] = {}
         self.used_fit_memo: dict[tuple[int, Demand], bool] = {}
         self.empty_fit_memo: dict[tuple[tuple[int, ...], Demand], bool] = {}
         #: _option_parts for GPUs outside any group (reasons look at cordoned nodes' GPUs too)
-        self._loose_costs: dict[tuple, tuple | None] = {}
+        self._loose_costs: dict[tuple[Any, ...], tuple[Any, ...] | None] = {}
         self._largest: dict[str, Fraction] = {}
         self._needs: dict[tuple[int, Demand], tuple[tuple[int, int], ...] | None] = {}
         #: node evaluations so far (the repairs' budget counts them)
         self._walks = 0
         self._budget_end = 0
-        self._group_nodes: dict[tuple[int, ...], list[_Node]] = {}
+        self._group_nodes: dict[tuple[int, ...], list[SearchNode]] = {}
         self._free_orders: dict[tuple[tuple[int, ...], tuple[str, ...]], list[int]] = {}
         #: profile -> orders of nodes that hold free instances of it in the snapshot
         self.free_nodes: dict[str, list[int]] = {}
@@ -259,6 +135,25 @@ class Planner:
 
     # --- set-up ------------------------------------------------------------------------------
 
+    def close(self) -> None:
+        """Cut the indexes that point both ways (GPU <-> node <-> group).
+
+        They make the search fast, but as cycles they would outlive the plan until the cyclic
+        collector found them (about 12,000 objects per 100 nodes). Cut, reference counting frees
+        every object of the run as soon as the planner goes. The planner is unusable afterwards.
+        """
+        for group in self.groups:
+            group.nodes = []
+            group.touched_nodes = {}
+            group.mheaps = {}
+        for node in self.nodes:
+            node.gpus = []
+            node.group = None
+        self.journal = []
+        self.assigned = {}
+        self._group_nodes = {}
+        self.__dict__.pop("_reason_classes", None)
+
     def model_of(self, text: str) -> GpuModel | None:
         """The catalog model for a snapshot's model string (looked up once per distinct string)."""
         if text not in self._models:
@@ -267,7 +162,7 @@ class Planner:
 
     def _build_nodes(self) -> None:
         for order, src in enumerate(self.src_nodes):
-            node = _Node(order, src)
+            node = SearchNode(order, src)
             self.nodes.append(node)
             if not src.labelled:
                 continue
@@ -292,7 +187,7 @@ class Planner:
                     self.frozen[(src.name, g.index)] = "invalid-layout"
                     continue
                 self.geos[geo.ordinal] = geo
-                gpu = _Gpu(len(self.gpus), node, g.index, geo, fixed, free)
+                gpu = SearchGpu(len(self.gpus), node, g.index, geo, fixed, free)
                 self.gpus.append(gpu)
                 node.gpus.append(gpu)
                 node.room += self._room_of(geo, fixed)
@@ -301,17 +196,17 @@ class Planner:
                     if not orders or orders[-1] != order:
                         orders.append(order)
 
-    def _pod(self, pod: PendingPod) -> _Pod:
+    def _pod(self, pod: PendingPod) -> PodState:
         demand, bad = demand_of(pod)
-        return _Pod(
+        return PodState(
             pod=pod, key=pod.key, demand=demand or None, bad_resources=bad, devices=sum(c for _, c in demand)
         )
 
     def _build_groups(self) -> None:
         keys = referenced_label_keys(p.pod for p in self.pods)
         by_name = uses_name_fields(p.pod for p in self.pods)
-        groups: dict[tuple, _Group] = {}
-        self.groups: list[_Group] = []
+        groups: dict[tuple[Any, ...], NodeGroup] = {}
+        self.groups: list[NodeGroup] = []
         for node in self.nodes:
             if not node.gpus or node.src.unschedulable:
                 continue
@@ -326,14 +221,14 @@ class Planner:
             )
             group = groups.get(sig)
             if group is None:
-                group = groups[sig] = _Group(len(self.groups), node)
+                group = groups[sig] = NodeGroup(len(self.groups), node)
                 self.groups.append(group)
             group.nodes.append(node)
             node.group = group
         for gpu in self.gpus:
             if gpu.node.group is not None:
                 self._enter(gpu, self._key(gpu))
-        sig_groups: dict[tuple, tuple[_Group, ...]] = {}
+        sig_groups: dict[tuple[Any, ...], tuple[NodeGroup, ...]] = {}
         reach: dict[tuple[int, ...], int] = {}
         offered: dict[str, int] = {}
         for geo in self.geos.values():
@@ -341,10 +236,10 @@ class Planner:
                 size = int(frac * _UNITS_LCM)
                 offered[name] = min(size, offered.get(name, size))
         for p in self.pods:
-            psig = (tuple(p.pod.node_selector.items()), p.pod.node_affinity, p.pod.tolerations)
-            if psig not in sig_groups:
-                sig_groups[psig] = tuple(g for g in self.groups if node_admits(g.rep.src, p.pod))
-            p.groups = sig_groups[psig]
+            pod_sig = (tuple(p.pod.node_selector.items()), p.pod.node_affinity, p.pod.tolerations)
+            if pod_sig not in sig_groups:
+                sig_groups[pod_sig] = tuple(g for g in self.groups if node_admits(g.rep.src, p.pod))
+            p.groups = sig_groups[pod_sig]
             if p.demand and all(name in offered for name, _ in p.demand):
                 p.size = sum(offered[name] * c for name, c in p.demand)
             gkey = tuple(g.id for g in p.groups)
@@ -354,10 +249,10 @@ class Planner:
 
     # --- state and indexes -------------------------------------------------------------------
 
-    def _key(self, gpu: _Gpu) -> StateKey:
+    def _key(self, gpu: SearchGpu) -> StateKey:
         return (gpu.geo.ordinal, gpu.fixed, gpu.free, gpu.touched, gpu.node.touched)
 
-    def _enter(self, gpu: _Gpu, key: StateKey) -> None:
+    def _enter(self, gpu: SearchGpu, key: StateKey) -> None:
         group = gpu.node.group
         assert group is not None
         gpu.key = key
@@ -367,9 +262,9 @@ class Planner:
         if count == 0:
             group.arrivals.append(key)
 
-    def _rekey(self, gpu: _Gpu) -> None:
+    def _rekey(self, gpu: SearchGpu) -> None:
         group = gpu.node.group
-        if group is None:
+        if group is None or gpu.held:
             return
         new = self._key(gpu)
         if new == gpu.key:
@@ -380,9 +275,9 @@ class Planner:
 
     @staticmethod
     def _room_of(geo: Geometry, fixed: int) -> int:
-        return (geo.axis - geo.units_of(fixed).bit_count()) * _UNITS_LCM // geo.axis
+        return geo.room(fixed)
 
-    def _set_gpu(self, gpu: _Gpu, fixed: int, free: int) -> None:
+    def _set_gpu(self, gpu: SearchGpu, fixed: int, free: int) -> None:
         self.journal.append(("gpu", gpu, gpu.fixed, gpu.free, gpu.touched))
         gpu.node.room += self._room_of(gpu.geo, fixed) - self._room_of(gpu.geo, gpu.fixed)
         gpu.fixed, gpu.free = fixed, free
@@ -390,13 +285,13 @@ class Planner:
         gpu.node.version += 1
         self._rekey(gpu)
 
-    def _refresh_node(self, node: _Node) -> None:
+    def _refresh_node(self, node: SearchNode) -> None:
         touched = any(g.touched for g in node.gpus)
         if touched != node.touched:
             self.journal.append(("node", node, node.touched))
             self._flag_node(node, touched)
 
-    def _flag_node(self, node: _Node, touched: bool) -> None:
+    def _flag_node(self, node: SearchNode, touched: bool) -> None:
         node.touched = touched
         node.version += 1
         if node.group is not None:
@@ -446,12 +341,12 @@ class Planner:
         for pod in self.pods:
             if not pod.plannable:
                 continue
-            share = _PRESSURE_SCALE // max(pod.reach, 1)
+            share = PRESSURE_SCALE // max(pod.reach, 1)
             for group in pod.groups:
                 for profile, count in pod.demand or ():
                     group.pressure[profile] = group.pressure.get(profile, 0) + count * share
 
-    def _value(self, group: _Group | None, geo: Geometry, free_mask: int) -> int:
+    def _value(self, group: NodeGroup | None, geo: Geometry, free_mask: int) -> int:
         """How much of the waiting demand the free units ``free_mask`` of a GPU could still hold."""
         if group is None or not group.pressure:
             return 0
@@ -471,23 +366,16 @@ class Planner:
 
     # --- costs -------------------------------------------------------------------------------
 
-    def _rank(
-        self, destroyed: int, created: int, gpus: int, nodes: int, dloss: int, loss: tuple[int, ...]
-    ) -> tuple:
-        if self.mode == STANDARD:
-            return (destroyed, created, gpus, nodes, dloss, loss)
-        return (dloss, destroyed, created, gpus, nodes, loss)
-
     def _best_option(
         self,
-        group: _Group | None,
+        group: NodeGroup | None,
         geo: Geometry,
         fixed: int,
         free: int,
         touched: bool,
         node_touched: bool,
         demand: Demand,
-    ) -> tuple[tuple, AddOption] | None:
+    ) -> tuple[tuple[Any, ...], AddOption] | None:
         """The best way to add ``demand`` to one GPU under the current ranking, with its rank.
 
         Among one GPU's options the touched flags never change the order (options that destroy
@@ -499,12 +387,10 @@ class Planner:
         destroyed, created, change, dloss, loss, opt = parts
         gpus = int(change and not touched)
         nodes = int(change and not node_touched)
-        if self.mode == STANDARD:
-            return (destroyed, created, gpus, nodes, dloss, loss), opt
-        return (dloss, destroyed, created, gpus, nodes, loss), opt
+        return rank(self.mode, destroyed, created, gpus, nodes, dloss, loss), opt
 
     def _option_parts(
-        self, group: _Group | None, geo: Geometry, fixed: int, free: int, demand: Demand
+        self, group: NodeGroup | None, geo: Geometry, fixed: int, free: int, demand: Demand
     ) -> tuple[int, int, bool, int, tuple[int, ...], AddOption] | None:
         key = (self.mode, demand, geo.ordinal, fixed, free)
         costs = group.costs if group is not None else self._loose_costs
@@ -523,19 +409,16 @@ class Planner:
                 if self.mode == STANDARD and (opt.destroyed, opt.created) != (first.destroyed, first.created):
                     break  # sorted: nothing later ranks better under the standard ranking
                 dloss = before - self._value(group, geo, full & ~opt.units)
-                if self.mode == STANDARD:
-                    rank: tuple = (dloss, opt.loss)
-                else:
-                    rank = (dloss, opt.destroyed, opt.created, opt.loss)
-                if best is None or rank < best[0]:
-                    best = (rank, dloss, opt)
+                order = gpu_option_rank(self.mode, dloss, opt.destroyed, opt.created, opt.loss)
+                if best is None or order < best[0]:
+                    best = (order, dloss, opt)
             assert best is not None
             opt = best[2]
             result = (opt.destroyed, opt.created, bool(opt.created or opt.destroyed), best[1], opt.loss, opt)
         costs[key] = result
         return result
 
-    def _group_best(self, group: _Group, demand: Demand) -> tuple[tuple, int, int, int] | None:
+    def _group_best(self, group: NodeGroup, demand: Demand) -> tuple[tuple[Any, ...], int, int, int] | None:
         """The cheapest GPU state of ``group`` for ``demand``, and its first GPU (by node, index).
 
         States enter the demand's heap with a lower bound of their rank (nothing destroyed, only
@@ -553,7 +436,7 @@ class Planner:
             wanted = 0
             for _, c in demand:
                 wanted += c
-            standard = self.mode == STANDARD
+            mode = self.mode
             push = heapq.heappush
             geos = self.geos
             needs: dict[int, tuple[tuple[int, int], ...] | None] = {}
@@ -584,11 +467,7 @@ class Planner:
                         create -= c if have >= c else have
                 gpus = int(create > 0 and not touched)
                 nodes = int(create > 0 and not node_touched)
-                if standard:
-                    bound: tuple = (0, create, gpus, nodes, 0, _NO_LOSS)
-                else:
-                    bound = (0, 0, create, gpus, nodes, _NO_LOSS)
-                push(heap, (bound, key, False))
+                push(heap, (lower_bound(mode, create, gpus, nodes), key, False))
             entry[1] = len(arrivals)
         while heap:
             rank, key, costed = heap[0]
@@ -624,7 +503,7 @@ class Planner:
         self._needs[key] = need
         return need
 
-    def _node_option(self, node: _Node, demand: Demand) -> tuple[tuple, list] | None:
+    def _node_option(self, node: SearchNode, demand: Demand) -> tuple[tuple[Any, ...], list[Any]] | None:
         """The cheapest way found to put ``demand`` on ``node``, spanning its GPUs if need be."""
         memo_key = (node.order, demand)
         hit = self.node_memo.get(memo_key)
@@ -635,8 +514,8 @@ class Planner:
         return result
 
     def node_option(
-        self, node: _Node, demand: Demand, state: dict[int, tuple[int, int, bool]] | None = None
-    ) -> tuple[tuple, list] | None:
+        self, node: SearchNode, demand: Demand, state: dict[int, tuple[int, int, bool]] | None = None
+    ) -> tuple[tuple[Any, ...], list[Any]] | None:
         """Best of: all of ``demand`` on one GPU, or device by device (largest first) over the GPUs.
 
         ``state`` (GPU id -> fixed, free, touched) replaces the GPUs' current state when given.
@@ -651,12 +530,12 @@ class Planner:
         return best
 
     def _walk(
-        self, node: _Node, demand: Demand, state: dict, *, whole_first: bool
-    ) -> tuple[tuple, list] | None:
+        self, node: SearchNode, demand: Demand, state: dict[int, Any], *, whole_first: bool
+    ) -> tuple[tuple[Any, ...], list[Any]] | None:
         self._walks += 1
         remaining = Counter(dict(demand))
         node_touched = node.touched
-        steps: list[tuple[_Gpu, AddOption]] = []
+        steps: list[tuple[SearchGpu, AddOption]] = []
         destroyed = created = new_gpus = dloss = 0
         loss = [0] * FRAG_LEN
         while remaining:
@@ -693,16 +572,24 @@ class Planner:
                 remaining[p] -= c
                 if remaining[p] <= 0:
                     del remaining[p]
-        rank = self._rank(
-            destroyed, created, new_gpus, int(node_touched and not node.touched), dloss, tuple(loss)
+        found = rank(
+            self.mode,
+            destroyed,
+            created,
+            new_gpus,
+            int(node_touched and not node.touched),
+            dloss,
+            tuple(loss),
         )
-        return rank, steps
+        return found, steps
 
-    def _hosts(self, node: _Node, state: dict, profile: str) -> int:
+    def _hosts(self, node: SearchNode, state: dict[int, Any], profile: str) -> int:
         """How many GPUs of ``node`` (in ``state``) have free units for one ``profile``."""
         one = ((profile, 1),)
         count = 0
         for gpu in node.gpus:
+            if gpu.held:
+                continue
             need = self._need(gpu.geo, one)
             if need is not None:
                 caps = gpu.geo.caps_beside(state[gpu.id][0])
@@ -719,10 +606,12 @@ class Planner:
         return found
 
     def _pick_gpu(
-        self, node: _Node, state: dict, demand: Demand, node_touched: bool
-    ) -> tuple[_Gpu, AddOption] | None:
+        self, node: SearchNode, state: dict[int, Any], demand: Demand, node_touched: bool
+    ) -> tuple[SearchGpu, AddOption] | None:
         best = None
         for gpu in node.gpus:
+            if gpu.held:
+                continue
             fixed, free, touched = state[gpu.id]
             geo = gpu.geo
             need = self._need(geo, demand)
@@ -738,7 +627,7 @@ class Planner:
 
     # --- placing one pod ---------------------------------------------------------------------
 
-    def _place(self, pod: _Pod) -> bool:
+    def _place(self, pod: PodState) -> bool:
         """Put ``pod`` where it costs least; False (and nothing changed) if it fits nowhere."""
         demand = pod.demand
         assert demand is not None
@@ -746,7 +635,7 @@ class Planner:
         epochs = tuple(g.epoch for g in pod.groups)
         if self.fail_memo.get(memo_key) == epochs:
             return False
-        best: tuple | None = None  # (rank, node order, gpu index, payload)
+        best: tuple[Any, ...] | None = None  # (rank, node order, gpu index, payload)
         perfect = False
         for group in pod.groups:
             found = self._group_best(group, demand)
@@ -784,7 +673,7 @@ class Planner:
         self._apply(pod, node, steps)
         return True
 
-    def _place_on(self, pod: _Pod, node: _Node) -> bool:
+    def _place_on(self, pod: PodState, node: SearchNode) -> bool:
         assert pod.demand is not None
         option = self._node_option(node, pod.demand)
         if option is None:
@@ -792,7 +681,7 @@ class Planner:
         self._apply(pod, node, option[1])
         return True
 
-    def _split_candidates(self, pod: _Pod, *, exhaustive: bool) -> Iterable[_Node]:
+    def _split_candidates(self, pod: PodState, *, exhaustive: bool) -> Iterable[SearchNode]:
         """Nodes worth costing for a multi-GPU placement of ``pod``, best bets first.
 
         Exhaustive (no single GPU can take the pod without destroying, or counting): touched
@@ -837,7 +726,7 @@ class Planner:
         # has none left is not looked at again for this kind of pod.
         orders[:] = keep
 
-    def _nodes_of(self, groups: tuple[_Group, ...]) -> list[_Node]:
+    def _nodes_of(self, groups: tuple[NodeGroup, ...]) -> list[SearchNode]:
         key = tuple(g.id for g in groups)
         nodes = self._group_nodes.get(key)
         if nodes is None:
@@ -846,14 +735,14 @@ class Planner:
             )
         return nodes
 
-    def _apply(self, pod: _Pod, node: _Node, steps: list[tuple[_Gpu, AddOption]]) -> None:
+    def _apply(self, pod: PodState, node: SearchNode, steps: list[tuple[SearchGpu, AddOption]]) -> None:
         parts = []
         for gpu, opt in steps:
             new = opt.assigned & ~gpu.free
             self._set_gpu(gpu, opt.fixed, opt.free)
             parts.append((gpu, opt.assigned, new))
         self._refresh_node(node)
-        self.assigned[pod.key] = _Placement(node=node, parts=parts)
+        self.assigned[pod.key] = Placement(node=node, parts=parts)
         node.pods.add(pod.key)
         self.journal.append(("assign", pod.key))
 
@@ -877,7 +766,7 @@ class Planner:
 
     # --- levels and repairs ------------------------------------------------------------------
 
-    def _serve(self, pods: list[_Pod]) -> int:
+    def _serve(self, pods: list[PodState]) -> int:
         return sum(1 for p in pods if self._place(p))
 
     def _score(self) -> tuple[int, int, int, int]:
@@ -892,11 +781,11 @@ class Planner:
         nodes = sum(1 for n in self.nodes if n.touched)
         return destroyed, created, gpus, nodes
 
-    def fits(self, node: _Node, demand: Demand, state: dict[int, tuple[int, int, bool]]) -> bool:
+    def fits(self, node: SearchNode, demand: Demand, state: dict[int, tuple[int, int, bool]]) -> bool:
         """Whether ``demand`` fits on ``node`` if its GPUs were in ``state`` (GPU id -> fixed, free, touched)."""
         return self.node_option(node, demand, state) is not None
 
-    def fits_used_only(self, node: _Node, demand: Demand) -> bool:
+    def fits_used_only(self, node: SearchNode, demand: Demand) -> bool:
         """Whether ``demand`` fits on ``node`` beside the snapshot's used instances alone (cached)."""
         key = (node.order, demand)
         hit = self.used_fit_memo.get(key)
@@ -905,7 +794,7 @@ class Planner:
             hit = self.used_fit_memo[key] = self.fits(node, demand, state)
         return hit
 
-    def fits_empty(self, node: _Node, demand: Demand) -> bool:
+    def fits_empty(self, node: SearchNode, demand: Demand) -> bool:
         """Whether ``demand`` fits on ``node`` with all its GPUs empty (cached per GPU models)."""
         key = (tuple(g.geo.ordinal for g in node.gpus), demand)
         hit = self.empty_fit_memo.get(key)
@@ -913,7 +802,7 @@ class Planner:
             hit = self.empty_fit_memo[key] = self.fits(node, demand, {g.id: (0, 0, False) for g in node.gpus})
         return hit
 
-    def top_priority_on(self, node: _Node) -> int | None:
+    def top_priority_on(self, node: SearchNode) -> int | None:
         """The highest priority among the pods this plan puts on ``node`` (None: none)."""
         top = None
         for key in node.pods:
@@ -922,14 +811,14 @@ class Planner:
                 top = prio
         return top
 
-    def _room_for(self, pods: list[_Pod]) -> int:
+    def _room_for(self, pods: list[PodState]) -> int:
         """How many of ``pods`` could each fit, alone, beside everything planned so far.
 
         Pods with the same demand and eligibility count once each; at most ROOM_PROBES kinds and
         ROOM_PROBES nodes per kind are looked at (a tie-break between two passes, not a plan).
         """
         kinds: Counter[tuple[Demand, tuple[int, ...]]] = Counter()
-        groups: dict[tuple[int, ...], tuple[_Group, ...]] = {}
+        groups: dict[tuple[int, ...], tuple[NodeGroup, ...]] = {}
         for pod in pods:
             assert pod.demand is not None
             key = tuple(g.id for g in pod.groups)
@@ -942,129 +831,29 @@ class Planner:
                 room += kinds[(demand, key)]
         return room
 
-    def _could_fit(self, pod: _Pod) -> bool:
+    def _could_fit(self, pod: PodState) -> bool:
         assert pod.demand is not None
         return any(self.fits_used_only(n, pod.demand) for n in self._nodes_of(pod.groups))
 
-    def _repair(self, waiting: list[_Pod]) -> None:
-        """Serve waiting pods by moving pods this plan placed, never leaving one of them unserved.
-
-        Per waiting pod and per eligible node where it would fit beside the used instances:
-        re-pack the node with its planned pods plus this one (a few orders), or move one planned
-        pod away to make room, where that pod may in turn be repaired one level deeper.
-        Bounded by REPAIR_POD_LIMIT pods and REPAIR_WORK node evaluations per level.
-        """
-        self._budget_end = self._walks + REPAIR_WORK
-        for pod in sorted(waiting, key=lambda p: (p.size, p.reach, p.key))[:REPAIR_POD_LIMIT]:
-            if self._walks >= self._budget_end:
-                break
-            if pod.key not in self.assigned and not self._place(pod):
-                self._repair_one(pod, REPAIR_DEPTH, None)
-
-    def _repair_one(self, pod: _Pod, depth: int, avoid: _Node | None) -> bool:
-        assert pod.demand is not None
-        tried = 0
-        for node in self._nodes_of(pod.groups):
-            if node is avoid or not self.fits_used_only(node, pod.demand):
-                continue
-            if self._repack(node, pod) or self._move_one(node, pod, depth):
-                return True
-            tried += 1
-            if tried >= REPAIR_NODE_LIMIT or self._walks >= self._budget_end:
-                break
-        return False
-
-    def _swap(self, served: list[_Pod], waiting: list[_Pod]) -> None:
-        """Trade one served pod for two or more waiting pods of the same priority.
-
-        A big pod may hold the room that two small ones of its priority need; taking it back,
-        serving whoever fits, then placing it again where it can, keeps the trade only when more
-        pods of the level are served than before. Bounded like the repairs.
-        """
-        waiting = [p for p in waiting if self._could_fit(p)]
-        if len(waiting) < 2:
-            return
-        self._budget_end = self._walks + REPAIR_WORK
-        order = sorted(waiting, key=lambda p: (p.size, p.reach, p.key))
-        for pod in sorted(served, key=lambda p: (-p.size, p.key))[:SWAP_POD_LIMIT]:
-            if self._walks >= self._budget_end or sum(1 for w in order if w.key not in self.assigned) < 2:
-                return
-            if pod.key not in self.assigned:
-                continue
-            mark = len(self.journal)
-            self._unassign(pod.key)
-            gained = sum(1 for w in order if w.key not in self.assigned and self._place(w))
-            if gained + self._place(pod) <= 1:
-                self._undo(mark)
-
-    def _repack(self, node: _Node, pod: _Pod) -> bool:
-        mark = len(self.journal)
-        others = [self.pods_by_key[k] for k in sorted(node.pods)]
-        for key in sorted(node.pods):
-            self._unassign(key)
-        by_priority = sorted(others, key=lambda p: (-p.pod.priority, -p.size, p.key))
-        everyone = [*others, pod]
-        orders = [
-            [pod, *by_priority],
-            [*by_priority, pod],
-            sorted(everyone, key=lambda p: (-p.size, p.key)),
-            sorted(everyone, key=lambda p: (p.size, p.key)),
-        ]
-        # While packing, weigh free space by what exactly these pods ask for.
-        group = node.group
-        assert group is not None
-        saved = group.pressure, group.values
-        group.pressure, group.values, saved_costs = {}, {}, group.costs
-        group.costs = {}
-        for p in everyone:
-            for profile, count in p.demand or ():
-                group.pressure[profile] = group.pressure.get(profile, 0) + count * _PRESSURE_SCALE
-        self.node_memo.clear()
-        try:
-            tried: set[tuple[str, ...]] = set()
-            for order in orders:
-                sig = tuple(p.key for p in order)
-                if sig in tried or self._walks >= self._budget_end:
-                    continue
-                tried.add(sig)
-                step = len(self.journal)
-                if all(self._place_on(p, node) for p in order):
-                    return True
-                self._undo(step)
-            self._undo(mark)
-            return False
-        finally:
-            group.pressure, group.values = saved
-            group.costs = saved_costs
-            self.node_memo.clear()
-
-    def _move_one(self, node: _Node, pod: _Pod, depth: int) -> bool:
-        keys = sorted(
-            node.pods, key=lambda k: (self.pods_by_key[k].pod.priority, -self.pods_by_key[k].size, k)
-        )
-        for key in keys:
-            if self._walks >= self._budget_end:
-                return False
-            mark = len(self.journal)
-            self._unassign(key)
-            moved = self.pods_by_key[key]
-            if self._place_on(pod, node) and (
-                self._place(moved) or (depth > 0 and self._repair_one(moved, depth - 1, node))
-            ):
-                return True
-            self._undo(mark)
-        return False
-
     def run(self) -> Plan:
-        from cdmo.planner.reasons import explain  # reasons read the planner's indexes
-
-        levels: dict[int, list[_Pod]] = {}
+        levels: dict[int, list[PodState]] = {}
         for p in self.pods:
             levels.setdefault(p.pod.priority, []).append(p)
         order = sorted(levels, reverse=True)
+        self._levels = order
         self._measure_pressure()
+        holds = self._holds()
         for i, priority in enumerate(order):
-            todo = [p for p in levels[priority] if p.plannable]
+            for gpu, pod in list(holds.items()):
+                if pod.pod.priority < priority:
+                    continue  # drains for a lower level: open to this one
+                del holds[gpu]
+                if pod.key in self.assigned or (
+                    pod.pod.priority == priority and self._place_on_gpu(pod, gpu)
+                ):
+                    continue
+                self._hold(gpu)
+            todo = [p for p in levels[priority] if p.plannable and p.key not in self.assigned]
             if not todo:
                 continue
             largest = sorted(todo, key=lambda p: (-p.size, p.demand, p.reach, p.key))
@@ -1089,8 +878,250 @@ class Planner:
             self._swap(
                 [p for p in todo if p.key in self.assigned], [p for p in todo if p.key not in self.assigned]
             )
-        unsatisfied = explain(self, [p for p in self.pods if p.key not in self.assigned])
+        self._release_holds()
+        self._polish()
+        self._drain()
+        self._defragment()
+        self._prewarm()
+        waiting = [
+            WaitingPod(p.pod, p.key, p.demand, p.bad_resources)
+            for p in self.pods
+            if p.key not in self.assigned
+        ]
+        unsatisfied = explain(_View(self), waiting)
+        drained = {pod: self.gpus[g] for g, pod in self.drains.items()}
+        for n, u in enumerate(unsatisfied):
+            kept = drained.get(u.pod)
+            if kept is not None:
+                unsatisfied[n] = Unsatisfied(
+                    pod=u.pod,
+                    reason=(
+                        f"GPU {kept.index} of node {kept.node.name} is drained for it: no new pod gets it and "
+                        f"its free instances are destroyed; it runs there once the "
+                        f"{kept.fixed0.bit_count()} instance(s) in use finish"
+                    ),
+                    code="Draining",
+                    priority=u.priority,
+                )
         return self._build_plan(unsatisfied)
+
+    # --- draining for large pods and pre-warming (after the pods) -----------------------------
+
+    def _large_waiting(self) -> list[PodState]:
+        """Waiting single-device pods of a large profile (LARGE_SHARE) that have waited at least
+        ``options.drain_after_seconds``: highest priority first, then longest waiting."""
+        large = int(LARGE_SHARE * _UNITS_LCM)
+        waited = self.options.waited
+        after = self.options.drain_after_seconds
+        pods = [
+            p
+            for p in self.pods
+            if p.plannable
+            and p.devices == 1
+            and p.size >= large
+            and p.key not in self.assigned
+            and waited.get(p.key, 0.0) >= after
+        ]
+        return sorted(pods, key=lambda p: (-p.pod.priority, -waited.get(p.key, 0.0), -p.size, p.key))
+
+    def _holds(self) -> dict[SearchGpu, PodState]:
+        """GPUs the last plan drained, with the waiting large pod each may still be kept for.
+
+        Levels above the pod's priority may use the GPU. At the pod's own level it is offered to
+        that pod first; if the pod does not fit yet, the GPU is out of reach of every other pod of
+        that level and below, so that pods arriving later do not take the room it waits for.
+        """
+        wanted = {tuple(k) for k in self.options.draining}
+        if not wanted or self.options.drain_max_gpus <= 0:
+            return {}
+        gpus = [g for g in self.gpus if (g.node.name, g.index) in wanted and g.node.group is not None]
+        holds: dict[SearchGpu, PodState] = {}
+        for pod in self._large_waiting():
+            assert pod.demand is not None
+            for gpu in gpus:
+                if gpu not in holds and gpu.node.group in pod.groups and self._need(gpu.geo, pod.demand):
+                    holds[gpu] = pod
+                    break
+        return holds
+
+    def _place_on_gpu(self, pod: PodState, gpu: SearchGpu) -> bool:
+        assert pod.demand is not None
+        found = self._best_option(
+            gpu.node.group, gpu.geo, gpu.fixed, gpu.free, gpu.touched, gpu.node.touched, pod.demand
+        )
+        if found is None:
+            return False
+        self._apply(pod, gpu.node, [(gpu, found[1])])
+        return True
+
+    def _hold(self, gpu: SearchGpu) -> None:
+        group = gpu.node.group
+        assert group is not None
+        group.states[gpu.key] -= 1
+        group.epoch += 1
+        gpu.held = True
+        gpu.key = (-1, 0, 0, False, False)  # its heap entries are stale now
+        self.node_memo.clear()
+        self.used_fit_memo.clear()
+
+    def _release_holds(self) -> None:
+        for gpu in self.gpus:
+            if gpu.held:
+                gpu.held = False
+                self._enter(gpu, self._key(gpu))
+                self.node_memo.clear()
+                self.used_fit_memo.clear()
+
+    def _drain(self) -> None:
+        """Keep GPUs for large pods that fit nowhere: destroy their free instances, hand out none.
+
+        For each waiting large pod (highest priority, then largest first), the eligible GPU
+        closest to draining: the one the last plan drained, then the fewest placement units held,
+        then the fewest used instances (pods to wait for), then node and index. Only GPUs this
+        plan left as they are, whose model can hold the pod when empty. At most
+        ``options.drain_max_gpus`` GPUs at once; the caller keeps pods off a draining GPU until
+        it is empty (the node agent destroys instances there as their pods end).
+        """
+        limit = self.options.drain_max_gpus
+        if limit <= 0:
+            return
+        before = {tuple(k) for k in self.options.draining}
+        most_used = self.options.drain_max_used_share
+        for pod in self._large_waiting():
+            if len(self.drains) >= limit:
+                break
+            assert pod.demand is not None
+            best: tuple[Any, ...] | None = None
+            for node in self._nodes_of(pod.groups):
+                for gpu in node.gpus:
+                    if (
+                        gpu.id in self.drains
+                        or gpu.fixed != gpu.fixed0
+                        or not self._need(gpu.geo, pod.demand)
+                        or gpu.geo.units_of(gpu.fixed0).bit_count() > most_used * gpu.geo.axis
+                    ):
+                        continue
+                    rank = (
+                        (node.name, gpu.index) not in before,
+                        gpu.geo.units_of(gpu.fixed0).bit_count() * gpu.geo.unit_scale,
+                        gpu.fixed0.bit_count(),
+                        node.order,
+                        gpu.index,
+                    )
+                    if best is None or rank < best[0]:
+                        best = (rank, gpu)
+            if best is None:
+                continue
+            gpu = best[1]
+            self.drains[gpu.id] = pod.key
+            if gpu.free:
+                self._set_gpu(gpu, gpu.fixed, 0)
+                self._refresh_node(gpu.node)
+
+    def _defragment(self) -> None:
+        """While no pod waits, re-create a GPU's free instances where they leave larger free blocks.
+
+        Touches free instances only (used ones never move, so no pod notices): the same profiles
+        are destroyed and made again at the placements that keep the most room for the largest
+        profiles in demand (the fragmentation measure), and only where that raises how many of
+        the largest such profile the GPU could still take. Fullest gain first, within
+        ``options.defrag_ops`` operations (each destroy or create counts one).
+        """
+        budget = self.options.defrag_ops
+        if budget <= 0 or any(p.plannable for p in self.pods if p.key not in self.assigned):
+            return
+        wanted = self.options.defrag_profiles
+        moves: list[tuple[tuple[int, ...], int, int, SearchGpu, AddOption]] = []
+        for gpu in self.gpus:
+            if gpu.node.group is None or gpu.id in self.drains or gpu.fixed != gpu.fixed0 or not gpu.free:
+                continue
+            geo = gpu.geo
+            demand = tuple(sorted(Counter(geo.cands[i].profile for i in bits_of(gpu.free)).items()))
+            opt = geo.best_add(gpu.fixed, 0, demand)
+            if opt is None or opt.assigned == gpu.free:
+                continue
+            names = [p for p in wanted if p in geo.by_profile] or list(geo.profile_names)
+            names.sort(key=lambda p: (-geo.fraction[p], p))
+            before_caps = geo.cap[geo.full & ~geo.units_of(gpu.fixed | gpu.free)]
+            after_caps = geo.cap[geo.full & ~opt.units]
+            gain = tuple(
+                after_caps[geo.profile_names.index(p)] - before_caps[geo.profile_names.index(p)]
+                for p in names
+            )
+            if gain <= (0,) * len(gain):
+                continue
+            ops = (gpu.free & ~opt.assigned).bit_count() + (opt.assigned & ~gpu.free).bit_count()
+            moves.append((tuple(-g for g in gain), ops, gpu.id, gpu, opt))
+        for _, ops, _, gpu, opt in sorted(moves, key=lambda m: m[:3]):
+            if ops > budget:
+                continue
+            budget -= ops
+            self._set_gpu(gpu, gpu.fixed, opt.assigned)
+            self._refresh_node(gpu.node)
+
+    def _prewarm(self) -> None:
+        """Create free instances of ``options.prewarm``'s profiles on free space, destroying nothing.
+
+        Largest profile first; each instance goes where it costs least: a node this plan changes
+        anyway, then the least loss of large free blocks (fragmentation.frag_vector), then
+        node and index. GPUs that drain are left alone; while a pod waits, only nodes this plan
+        changes anyway get any.
+        """
+        wants = {p: n for p, n in self.options.prewarm.items() if n > 0}
+        if not wants:
+            return
+        # While pods wait, only nodes this plan changes anyway get pre-warmed instances: another
+        # node would apply a change (and take no pod meanwhile) for an instance nobody asked for.
+        waiting = any(p.plannable for p in self.pods if p.key not in self.assigned)
+        have: Counter[str] = Counter()
+        for gpu in self.gpus:
+            if gpu.node.group is None or gpu.id in self.drains:
+                continue
+            for i in bits_of(gpu.free):
+                have[gpu.geo.cands[i].profile] += 1
+        for profile in sorted(wants, key=lambda p: (-self._largest_fraction(p), p)):
+            one = ((profile, 1),)
+            for _ in range(wants[profile] - have[profile]):
+                # GPUs in one state cost alike: look at distinct states, each by its first GPU.
+                best: tuple[Any, ...] | None = None
+                for group in self.groups:
+                    for key, count in group.states.items():
+                        if count <= 0:
+                            continue
+                        ordinal, fixed, free, _, node_touched = key
+                        geo = self.geos[ordinal]
+                        if profile not in geo.by_profile or (waiting and not node_touched):
+                            continue
+                        opt = geo.best_add(fixed | free, 0, one)
+                        if opt is None:
+                            continue
+                        first = self._first_in_state(group, key)
+                        if first is None:
+                            continue
+                        rank = (not node_touched, opt.loss, first.node.order, first.index)
+                        if best is None or rank < best[0]:
+                            best = (rank, first, opt)
+                if best is None:
+                    break
+                _, chosen, opt = best
+                self._set_gpu(chosen, chosen.fixed, chosen.free | opt.assigned)
+                self._refresh_node(chosen.node)
+
+    def _first_in_state(self, group: NodeGroup, key: StateKey) -> SearchGpu | None:
+        """The GPU of ``group`` in state ``key`` first by node and index that does not drain."""
+        members = group.members[key]
+        while members and self.gpus[members[0][2]].key != key:
+            heapq.heappop(members)
+        if not members:
+            return None
+        first = self.gpus[members[0][2]]
+        if first.id not in self.drains:
+            return first
+        for _, _, gid in sorted(members):
+            gpu = self.gpus[gid]
+            if gpu.key == key and gid not in self.drains:
+                return gpu
+        return None
 
     # --- output ------------------------------------------------------------------------------
 
@@ -1157,7 +1188,11 @@ class Planner:
             gpus_touched=gpus_touched,
             nodes_touched=nodes_touched,
         )
+        drains = tuple(
+            sorted(Drain(self.gpus[g].node.name, self.gpus[g].index, pod) for g, pod in self.drains.items())
+        )
         return Plan(
+            draining=drains,
             nodes=tuple(node_plans),
             assignments=tuple(assignments),
             unsatisfied=tuple(sorted(unsatisfied, key=lambda u: u.pod)),
@@ -1165,24 +1200,51 @@ class Planner:
         )
 
 
-def plan(snapshot: Snapshot) -> Plan:
+class _View:
+    """The finished run as :class:`cdmo.planner.view.RunView` (what the explanations may read)."""
+
+    def __init__(self, planner: Planner) -> None:
+        self._planner = planner
+        self.src_nodes = planner.src_nodes
+        self.cluster_models = planner.cluster_models
+        self._nodes = {n.name: n for n in planner.nodes}
+
+    def pending_pods(self) -> list[PendingPod]:
+        return [p.pod for p in self._planner.pods]
+
+    def gpu_models(self, node: str) -> tuple[str, ...]:
+        found = self._nodes.get(node)
+        return tuple(g.geo.key for g in found.gpus) if found is not None else ()
+
+    def offers(self, node: str, profile: str) -> bool:
+        found = self._nodes.get(node)
+        return found is not None and any(profile in g.geo.by_profile for g in found.gpus)
+
+    def fits_empty(self, node: str, demand: Demand) -> bool:
+        return self._planner.fits_empty(self._nodes[node], demand)
+
+    def fits_used_only(self, node: str, demand: Demand) -> bool:
+        return self._planner.fits_used_only(self._nodes[node], demand)
+
+    def top_priority_on(self, node: str) -> int | None:
+        return self._planner.top_priority_on(self._nodes[node])
+
+
+_: type[RunView] = _View  # the interface is checked against its one implementation by mypy
+
+
+def plan(snapshot: Snapshot, options: PlanOptions | None = None) -> Plan:
     """The plan for ``snapshot``: pure and deterministic (the same snapshot gives the same plan).
 
     Invariants: every desired layout is valid for its model; every used instance stays, same
     profile and start; unlabelled nodes and GPUs of unknown model are left as they are; every
     pending pod is in exactly one of assignments and unsatisfied.
     """
-    # A plan allocates many small tuples that all die with it; the cyclic collector would walk
-    # the long-lived per-model caches again and again meanwhile (about a tenth of the time at
-    # 1000 nodes). Nothing a plan builds is cyclic garbage, so it is paused, then restored.
-    paused = gc.isenabled()
-    if paused:
-        gc.disable()
+    planner = Planner(snapshot, options)
     try:
-        return Planner(snapshot).run()
+        return planner.run()
     finally:
-        if paused:
-            gc.enable()
+        planner.close()
 
 
 __all__ = ["Planner", "demand_of", "format_demand", "plan"]

@@ -21,6 +21,7 @@ from cdmo.mig.catalog import find_model
 from cdmo.mig.resources import RESOURCE_PREFIX
 from cdmo.planner.algorithm import plan as search
 from cdmo.planner.models import Node, PendingPod, Plan, Snapshot, Unsatisfied
+from cdmo.planner.options import PlanOptions
 
 TOO_MANY_DEVICES = "TooManyDevices"
 
@@ -89,7 +90,7 @@ def screen_counts(snapshot: Snapshot) -> tuple[Snapshot, tuple[Unsatisfied, ...]
     return replace(snapshot, pending=tuple(kept)), tuple(refused)
 
 
-def plan(snapshot: Snapshot) -> Plan:
+def plan(snapshot: Snapshot, options: PlanOptions | None = None) -> Plan:
     """The plan for ``snapshot``: pure and deterministic (see :func:`cdmo.planner.algorithm.plan`).
 
     Pods asking for more devices than any labelled node can hold are unsatisfied with
@@ -97,7 +98,7 @@ def plan(snapshot: Snapshot) -> Plan:
     not there.
     """
     searched, refused = screen_counts(snapshot)
-    result = search(searched)
+    result = search(searched, options)
     if not refused:
         return result
     levels = {prio: [served, total] for prio, served, total in result.summary.served_by_priority}

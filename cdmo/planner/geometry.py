@@ -23,14 +23,7 @@ from fractions import Fraction
 
 from cdmo.mig.catalog import GpuModel, get_model, model_keys
 from cdmo.mig.layouts import Instance, enumerate_layouts, sort_layout
-
-#: Size classes of the fragmentation vector, as fractions of the placement axis (largest first).
-#: 8-unit GPUs have 8/4/2/1-unit profiles, A30 4/2/1, RTX PRO 6000 12/6/3.
-SIZE_CLASSES = (Fraction(1), Fraction(1, 2), Fraction(1, 4), Fraction(1, 8))
-
-#: Numbers in a fragmentation vector (:meth:`Geometry._frag_vector`), the same for every model so
-#: that GPUs of different models compare.
-FRAG_LEN = 10
+from cdmo.planner.fragmentation import block_classes, frag_vector
 
 #: Entries kept per model in the search cache (about 3 kB each) before it starts over.
 _ADD_CACHE_LIMIT = 20_000
@@ -104,22 +97,15 @@ class Geometry:
         for layout in enumerate_layouts(model):
             valid.add(self.bits(layout))
         self.valid = frozenset(valid)
-        base = model.base_profiles
-        #: (block size in units, aligned starts) per size class, largest first. Below the whole
-        #: GPU, each size has two: the starts where every base profile of that size may start
-        #: ("strict": 4g's start 0 on 8-unit GPUs) and those where any of them may (3g's 0 and 4).
-        self._classes: list[tuple[int, list[int]]] = []
-        for frac in SIZE_CLASSES:
-            starts = [set(p.starts) for p in base if self.fraction[p.name] == frac]
-            size = int(frac * self.axis)
-            if frac < 1:
-                self._classes.append((size, sorted(set.intersection(*starts)) if starts else []))
-            self._classes.append((size, sorted(set.union(*starts)) if starts else []))
-        self.frag = tuple(self._frag_vector(mask) for mask in range(self.full + 1))
+        #: (block size in units, aligned starts) per size class (cdmo.planner.fragmentation)
+        self._classes = block_classes(model, self.fraction)
+        self.frag = tuple(frag_vector(mask, self._classes, self.unit_scale) for mask in range(self.full + 1))
         #: Profile names in catalog order; ``cap[mask][i]``: how many of profile i fit in free units ``mask``.
         self.profile_names = model.profile_names
         self.cap = tuple(self._cap_vector(mask) for mask in range(self.full + 1))
         self._units_cache: dict[int, int] = {0: 0}
+        self._instances_cache: dict[int, tuple[Instance, ...]] = {}
+        self._room_cache: dict[int, int] = {}
         self._loss_cache: dict[tuple[int, int], tuple[int, ...]] = {}
         self._caps_cache: dict[int, tuple[int, ...]] = {}
         #: unit mask -> bits of the candidates that overlap it
@@ -136,7 +122,23 @@ class Geometry:
         return out
 
     def instances(self, bits: int) -> tuple[Instance, ...]:
-        return tuple(self.cands[i] for i in bits_of(bits))
+        """The instances of candidate set ``bits``, canonical order (cached: every plan lists
+        every GPU's layout, and a fleet has few distinct ones)."""
+        found = self._instances_cache.get(bits)
+        if found is None:
+            if len(self._instances_cache) >= _ADD_CACHE_LIMIT:
+                self._instances_cache.clear()
+            found = self._instances_cache[bits] = tuple(self.cands[i] for i in bits_of(bits))
+        return found
+
+    def room(self, fixed: int) -> int:
+        """Placement units the candidates in ``fixed`` leave free, in 24ths of a GPU (cached)."""
+        found = self._room_cache.get(fixed)
+        if found is None:
+            if len(self._room_cache) >= _ADD_CACHE_LIMIT:
+                self._room_cache.clear()
+            found = self._room_cache[fixed] = (self.axis - self.units_of(fixed).bit_count()) * self.unit_scale
+        return found
 
     def units_of(self, bits: int) -> int:
         """The placement units the candidates in ``bits`` occupy."""
@@ -149,39 +151,6 @@ class Geometry:
                 cached |= self.units[i]
             self._units_cache[bits] = cached
         return cached
-
-    def _frag_vector(self, free_mask: int) -> tuple[int, ...]:
-        """What the free units ``free_mask`` keep for large instances: FRAG_LEN numbers, larger is better.
-
-        In the order they are compared (a change's loss is this vector before minus after):
-
-        1. wholly free aligned blocks of the whole GPU, of the strict half (the block only the
-           most constrained half-size profile needs: 4g's start 0), of any half;
-        2. best fit: for the whole GPU and the two half classes, the sum over their aligned
-           blocks of (free units in the block) squared, in 24ths of a GPU. Taking a unit from a
-           block with f free units costs 2f - 1, so the fullest GPU and the fuller half lose least,
-           and small instances go next to used ones, away from free space;
-        3. wholly free blocks of the strict and any quarter, then of the eighth classes.
-
-        Equal-size intervals packed earliest-first give the maximum count, so each count is exact.
-        """
-        counts = []
-        for size, starts in self._classes:
-            block = (1 << size) - 1
-            taken = 0
-            count = 0
-            for s in starts:
-                m = block << s
-                if m & free_mask == m and not m & taken:
-                    taken |= m
-                    count += 1
-            counts.append(count)
-        scale = self.unit_scale
-        fill = []
-        for size, starts in self._classes[:3]:
-            block = (1 << size) - 1
-            fill.append(sum((((block << s) & free_mask).bit_count() * scale) ** 2 for s in starts))
-        return (*counts[:3], *fill, *counts[3:7])
 
     def caps_beside(self, fixed: int) -> tuple[int, ...]:
         """``cap`` of the units that the candidates in ``fixed`` leave free (cached)."""

@@ -226,6 +226,15 @@ class PlanSummary:
     nodes_touched: int
 
 
+@dataclass(frozen=True, order=True)
+class Drain:
+    """A GPU kept for a large pod until the pods on it finish (PlanOptions.drain_max_gpus)."""
+
+    node: str
+    gpu: int
+    pod: str
+
+
 @dataclass(frozen=True)
 class Plan:
     #: Every labelled node, by name.
@@ -235,6 +244,8 @@ class Plan:
     #: By pod name.
     unsatisfied: tuple[Unsatisfied, ...]
     summary: PlanSummary
+    #: GPUs drained for large pods, by node and index (empty unless the caller asks for draining).
+    draining: tuple[Drain, ...] = ()
 
     def node(self, name: str) -> NodePlan:
         for n in self.nodes:

@@ -17,6 +17,7 @@ NoFittingGpu       no eligible node has GPUs that could hold the demand even if 
 NoRoom             used instances leave no room for the demand on any eligible node
 Outranked          pods of higher priority in this plan take the room that is left
 NoRoomLeft         pods of the same priority in this plan take the room that is left
+Draining           (set by the planner) a GPU is drained for the pod; it waits for the pods there
 =================  ==========================================================================
 
 Pure: imports nothing of Kubernetes or NVML.
@@ -25,11 +26,10 @@ Pure: imports nothing of Kubernetes or NVML.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from cdmo.api import PARTITIONING_LABEL_KEY, PARTITIONING_LABEL_VALUE
 from cdmo.mig.catalog import find_model, models_with_profile
-from cdmo.planner.algorithm import _Node, _Pod, format_demand
+from cdmo.planner.demand import format_demand
 from cdmo.planner.eligibility import (
     matches_affinity,
     matches_selector,
@@ -38,9 +38,7 @@ from cdmo.planner.eligibility import (
     uses_name_fields,
 )
 from cdmo.planner.models import Node, Unsatisfied
-
-if TYPE_CHECKING:
-    from cdmo.planner.algorithm import Planner
+from cdmo.planner.view import RunView, WaitingPod
 
 LABEL = f"{PARTITIONING_LABEL_KEY}={PARTITIONING_LABEL_VALUE}"
 
@@ -55,9 +53,10 @@ def name_list(names: Sequence[str], limit: int = 3) -> str:
     return ", ".join(names[:limit]) + f" and {len(names) - limit} more"
 
 
-def explain(planner: Planner, pods: Sequence[_Pod]) -> list[Unsatisfied]:
+def explain(planner: RunView, pods: Sequence[WaitingPod]) -> list[Unsatisfied]:
     """One :class:`Unsatisfied` per pod, with the first cause that applies."""
     cache: dict[tuple[object, ...], tuple[str, str]] = {}
+    classes = _node_classes(planner)
     out = []
     for pod in pods:
         sig = (
@@ -69,19 +68,16 @@ def explain(planner: Planner, pods: Sequence[_Pod]) -> list[Unsatisfied]:
             pod.pod.priority,
         )
         if sig not in cache:
-            cache[sig] = _Explainer(planner, pod).reason()
+            cache[sig] = _Explainer(planner, pod, classes).reason()
         code, reason = cache[sig]
         out.append(Unsatisfied(pod=pod.key, reason=reason, code=code, priority=pod.pod.priority))
     return out
 
 
-def _node_classes(planner: Planner) -> list[list[Node]]:
-    """Labelled nodes grouped by all that the pods' filters can see of them (cached on the planner)."""
-    cached: list[list[Node]] | None = getattr(planner, "_reason_classes", None)
-    if cached is not None:
-        return cached
-    keys = referenced_label_keys(p.pod for p in planner.pods)
-    by_name = uses_name_fields(p.pod for p in planner.pods)
+def _node_classes(planner: RunView) -> list[list[Node]]:
+    """Labelled nodes grouped by all that the pods' filters can see of them."""
+    keys = referenced_label_keys(planner.pending_pods())
+    by_name = uses_name_fields(planner.pending_pods())
     classes: dict[tuple[object, ...], list[Node]] = {}
     for node in planner.src_nodes:
         if not node.labelled:
@@ -93,15 +89,14 @@ def _node_classes(planner: Planner) -> list[list[Node]]:
             node.name if by_name else None,
         )
         classes.setdefault(sig, []).append(node)
-    result = list(classes.values())
-    planner._reason_classes = result  # type: ignore[attr-defined]
-    return result
+    return list(classes.values())
 
 
 class _Explainer:
-    def __init__(self, planner: Planner, pod: _Pod) -> None:
+    def __init__(self, planner: RunView, pod: WaitingPod, classes: list[list[Node]]) -> None:
         self.planner = planner
         self.pod = pod
+        self.classes = classes
 
     def reason(self) -> tuple[str, str]:
         for check in (self._request, self._labelled, self._profiles, self._filters, self._gpus, self._room):
@@ -170,7 +165,7 @@ class _Explainer:
 
     def _filters(self) -> tuple[str, str] | None:
         pod = self.pod.pod
-        classes = _node_classes(self.planner)
+        classes = self.classes
         selected = [c for c in classes if matches_selector(c[0].labels, pod.node_selector)]
         selector = ",".join(f"{k}={v}" for k, v in pod.node_selector.items())
         if not selected:
@@ -217,9 +212,8 @@ class _Explainer:
 
     # --- the GPUs of the eligible nodes ------------------------------------------------------
 
-    def _eligible_planner_nodes(self) -> list[_Node]:
-        names = {n.name for n in self.eligible}
-        return [n for n in self.planner.nodes if n.name in names and n.gpus]
+    def _eligible_planner_nodes(self) -> list[str]:
+        return [n.name for n in self.eligible if self.planner.gpu_models(n.name)]
 
     def _gpus(self) -> tuple[str, str] | None:
         assert self.pod.demand is not None
@@ -232,8 +226,8 @@ class _Explainer:
                 "check the GPU models they report (cdmo profiles lists the known ones)",
             )
         for profile, _ in self.pod.demand:
-            if not any(profile in (g.geo.by_profile if g.geo else {}) for n in nodes for g in n.gpus):
-                models = sorted({g.geo.key for n in nodes for g in n.gpus if g.geo is not None})
+            if not any(self.planner.offers(n, profile) for n in nodes):
+                models = sorted({m for n in nodes for m in self.planner.gpu_models(n)})
                 return (
                     "NoFittingGpu",
                     f"no eligible node has a GPU that offers {profile} (eligible: {name_list(eligible_names)} "
@@ -263,7 +257,7 @@ class _Explainer:
                 "pods on those GPUs finish, or when a GPU that can hold it joins an eligible node",
             )
         priority = self.pod.pod.priority
-        where = name_list([n.name for n in used_fit])
+        where = name_list(used_fit)
         if any((top := self.planner.top_priority_on(n)) is not None and top > priority for n in used_fit):
             return (
                 "Outranked",

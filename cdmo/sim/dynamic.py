@@ -16,17 +16,22 @@ plan gave to it are not planned again until it is ready, and pending pods are li
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any
 
 from cdmo.api import PARTITIONING_LABEL_KEY, PARTITIONING_LABEL_VALUE
+from cdmo.config import OperatorConfig
+from cdmo.mig.layouts import Instance
 from cdmo.mig.resources import resource_from_profile
 from cdmo.node_agent.backend import NO_WAIT_RETRY
 from cdmo.node_agent.inuse import Holder, InUse
 from cdmo.node_agent.reconcile import ReconcileResult, reconcile_node
 from cdmo.node_agent.simulated import SimulatedBackend, SimulatedNode
-from cdmo.planner import Node, NodePlan, PendingPod, Snapshot, parse_snapshot, plan
+from cdmo.planner import Node, NodePlan, PendingPod, PlanOptions, Snapshot, parse_snapshot, plan
+from cdmo.planner.options import drain_limit, kept_draining, targets_from_counts
 from cdmo.sim.engine import Policy, SimInstance, SimNode
 from cdmo.sim.policies import BatchWindow
 from cdmo.sim.scenario import BatchSettings, TimeModel
@@ -51,8 +56,23 @@ class DynamicPolicy(Policy):
 
     name = "dynamic"
 
-    def __init__(self, settings: BatchSettings, time_model: TimeModel) -> None:
+    def __init__(
+        self, settings: BatchSettings, time_model: TimeModel, operator: OperatorConfig | None = None
+    ) -> None:
         self.settings = settings
+        #: Pre-warming and draining as the operator does them, with the operator's defaults.
+        self.operator = operator or OperatorConfig()
+        #: (arrival time, profile, devices) within the pre-warming window, oldest first
+        self._arrivals: deque[tuple[float, str, int]] = deque()
+        self._arrival_counts: Counter[str] = Counter()
+        self._targets: dict[str, int] = {}
+        #: (node, GPU index) the last plan drained, and the same as node idx -> GPU indexes
+        self._draining: tuple[tuple[str, int], ...] = ()
+        self._drain_gpus: dict[int, set[int]] = {}
+        #: (time, GPU-instance operations) of idle plans in the last hour; when the next may look
+        self._defrag_ops: deque[tuple[float, int]] = deque()
+        self._defrag_due = 0.0
+        self._defrag_token: int | None = None
         self.time_model = time_model
         self.window = BatchWindow(settings.batch_idle_seconds, settings.batch_max_seconds)
         self.backends: dict[int, SimulatedBackend] = {}
@@ -64,6 +84,8 @@ class DynamicPolicy(Policy):
         self._node_cache: dict[int, tuple[int, Node]] = {}
         self._pod_cache: dict[int, PendingPod] = {}
         self._log = _NullLog()
+        #: Negative timer tokens are this policy's own (the batch window counts up from 0).
+        self._timer_token = -1
         self.plans = 0
         self.planner_cpu = 0.0
         self.snapshot_cpu = 0.0
@@ -71,6 +93,9 @@ class DynamicPolicy(Policy):
         self.agent_blocked = 0
         self.agent_errors = 0
         self.unsatisfied = 0
+        self.drain_destroys = 0
+        self.idle_plans = 0
+        self.idle_ops = 0
 
     def attach(self, sim: Any) -> None:
         super().attach(sim)
@@ -91,18 +116,97 @@ class DynamicPolicy(Policy):
     def on_unschedulable(self, pod: int) -> None:
         self._demand()
 
+    def on_pod_arrive(self, pod: int) -> None:
+        op = self.operator
+        if not op.prewarm:
+            return
+        spec = self.sim.pods[pod]
+        now = self.sim.now
+        arrivals, counts = self._arrivals, self._arrival_counts
+        arrivals.append((now, spec.profile, spec.count))
+        counts[spec.profile] += spec.count
+        while arrivals and arrivals[0][0] < now - op.prewarm_window_seconds:
+            _, old, n = arrivals.popleft()
+            counts[old] -= n
+        # Kept count by count (what prewarm_targets computes from the whole window each time).
+        self._targets = targets_from_counts(
+            counts,
+            window_seconds=op.prewarm_window_seconds,
+            horizon_seconds=op.prewarm_horizon_seconds,
+            max_per_profile=op.prewarm_max_per_profile,
+        )
+        # A pod that took a ready instance leaves fewer than the target: plan to make another.
+        if self.sim.free_instances(spec.profile) < self._targets.get(spec.profile, 0):
+            self._demand()
+
     def on_pod_end(self, pod: int) -> None:
+        if self._drain_gpus:
+            self._destroy_drained()
         # A freed instance may let the planner make room: the operator sees the pod go.
         if self._has_demand():
             self._demand()
+        elif self._defrag_token is None and self._defrag_left() > 0:
+            # Nobody waits: look at the free space once the interval has passed.
+            self._defrag_token = self._timer_token = self._timer_token - 1
+            self.sim.set_timer(max(self.sim.now, self._defrag_due), self._defrag_token)
+
+    def _defrag_left(self) -> int:
+        """GPU-instance operations idle defragmentation may still spend in the last hour."""
+        per_hour = self.operator.defrag_ops_per_hour
+        if per_hour <= 0:
+            return 0
+        now = self.sim.now
+        while self._defrag_ops and self._defrag_ops[0][0] <= now - 3600:
+            self._defrag_ops.popleft()
+        return per_hour - sum(n for _, n in self._defrag_ops)
+
+    def _prewarm_short(self) -> bool:
+        return any(self.sim.free_instances(p) < n for p, n in self._targets.items())
+
+    def _destroy_drained(self) -> None:
+        """The node agent on a draining GPU destroys each instance as soon as its pod ends.
+
+        The operator's spec marks the GPU as draining; the agent's level-triggered pass sees the
+        instance free and destroys it before any pod can be bound to it (the simulator calls
+        this as the pod ends, before the scheduler's next retry).
+        """
+        for idx, indexes in sorted(self._drain_gpus.items()):
+            node = self.sim.nodes[idx]
+            if node.busy:
+                continue
+            free = [
+                inst
+                for gpu in node.gpus
+                if gpu.index in indexes
+                for inst in gpu.instances.values()
+                if inst.holder is None
+            ]
+            if not free:
+                continue
+            desired = {
+                gpu.index: [
+                    Instance(i.profile, i.start) for i in gpu.sorted_instances() if i.holder is not None
+                ]
+                for gpu in node.gpus
+                if gpu.index in indexes
+            }
+            if self._reconcile(node, desired):
+                self.drain_destroys += len(free)
 
     def on_node_ready(self, node: SimNode) -> None:
         for pod in [p for p, n in self._promised.items() if n == node.idx]:
             del self._promised[pod]
-        if self.sim.has_unschedulable():
+        if self.sim.has_unschedulable() or self._prewarm_short():
             self._demand()
 
     def on_timer(self, token: int) -> None:
+        if token < 0:
+            if token == self._defrag_token:
+                self._defrag_token = None
+                self._defrag_due = self.sim.now + self.operator.defrag_interval_seconds
+                if not self._has_demand() and not self.window.is_open:
+                    self._plan(idle=True)
+            return
         if token != self.window.token or not self.window.is_open:
             return
         self.window.close()
@@ -171,15 +275,43 @@ class DynamicPolicy(Policy):
             pending.append(pod)
         return Snapshot(nodes=tuple(nodes), pending=tuple(pending))
 
-    def _plan(self) -> None:
+    def plan_options(self, pods: Sequence[int]) -> PlanOptions:
+        """The operator's pre-warming targets, drain limits and the pods' waits for the next plan."""
+        op = self.operator
+        sim = self.sim
+        gpus = sum(len(n.gpus) for n in sim.nodes)
+        return PlanOptions(
+            prewarm=dict(self._targets) if op.prewarm else {},
+            drain_max_gpus=drain_limit(op.drain_max_fraction, gpus),
+            draining=self._draining,
+            waited={f"{NAMESPACE}/{sim.pods[p].name}": sim.now - sim.pods[p].arrival for p in pods},
+            drain_after_seconds=op.drain_after_seconds,
+            drain_max_used_share=op.drain_max_used_share,
+        )
+
+    def _plan(self, *, idle: bool = False) -> None:
         sim = self.sim
         pods = [p for p in sim.unschedulable_pods() if p not in self._promised]
-        if not pods:
+        if not pods and not self._prewarm_short() and not idle:
             return
         cpu0 = time.process_time()
         snapshot = self.parsed_snapshot(pods)
         cpu1 = time.process_time()
-        result = plan(snapshot)
+        options = self.plan_options(pods)
+        if idle:
+            options = dataclasses.replace(options, defrag_ops=self._defrag_left())
+        result = plan(snapshot, options)
+        if idle:
+            ops = result.summary.created + result.summary.destroyed
+            self._defrag_ops.append((sim.now, ops))
+            self.idle_plans += 1
+            self.idle_ops += ops
+        self._draining = kept_draining(
+            self._draining, [n.name for n in result.nodes], [(d.node, d.gpu) for d in result.draining]
+        )
+        self._drain_gpus = {}
+        for name, index in self._draining:
+            self._drain_gpus.setdefault(sim.node_by_name[name].idx, set()).add(index)
         cpu2 = time.process_time()
         self.snapshot_cpu += cpu1 - cpu0
         self.planner_cpu += cpu2 - cpu1
@@ -205,8 +337,10 @@ class DynamicPolicy(Policy):
 
     def _apply(self, node: SimNode, node_plan: NodePlan) -> bool:
         """Run the real agent on ``node`` for the planned layouts; True if the node changed."""
+        return self._reconcile(node, {g.index: list(g.after) for g in node_plan.gpus if g.changed})
+
+    def _reconcile(self, node: SimNode, desired: dict[int, list[Instance]]) -> bool:
         backend = self.backends[node.idx]
-        desired = {g.index: list(g.after) for g in node_plan.gpus if g.changed}
         result: ReconcileResult = reconcile_node(
             backend, desired, self._in_use(node), retry=NO_WAIT_RETRY, log=self._log
         )
@@ -256,4 +390,7 @@ class DynamicPolicy(Policy):
             "agent_blocked_gpus": self.agent_blocked,
             "agent_errors": self.agent_errors,
             "unsatisfied_in_plans": self.unsatisfied,
+            "drain_destroys": self.drain_destroys,
+            "idle_plans": self.idle_plans,
+            "idle_plan_operations": self.idle_ops,
         }

@@ -120,6 +120,9 @@ class Policy:
     def attach(self, sim: Simulation) -> None:
         self.sim = sim
 
+    def on_pod_arrive(self, pod: int) -> None:
+        """A pod was submitted (called after its first scheduling attempt; demand history)."""
+
     def on_unschedulable(self, pod: int) -> None:
         """A pod did not fit on its first scheduling attempt."""
 
@@ -251,6 +254,10 @@ class Simulation:
 
     def has_unschedulable(self) -> bool:
         return bool(self._unschedulable)
+
+    def free_instances(self, profile: str) -> int:
+        """Advertised free instances of ``profile`` on nodes that are not applying a change."""
+        return self._free_total.get(profile, 0)
 
     def unschedulable_set(self) -> frozenset[int] | set[int]:
         """The unschedulable pods, unordered (read only; cheaper than :meth:`unschedulable_pods`)."""
@@ -402,7 +409,9 @@ class Simulation:
         return (-p.priority, p.arrival, pid)
 
     def _arrive(self, pid: int) -> None:
-        if self._try_bind(pid):
+        bound = self._try_bind(pid)
+        self.policy.on_pod_arrive(pid)
+        if bound:
             return
         queue = self._pending.setdefault(self.pods[pid].profile, [])
         key = self._pending_key(pid)

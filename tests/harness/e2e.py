@@ -39,6 +39,11 @@ FAST = OperatorConfig(
     watch_server_timeout=60,
     watch_client_timeout=90,
     watch_connect_timeout=5,
+    # Pre-warming makes free instances no pod asked for, idle defragmentation moves free ones;
+    # these scenarios assert exact layouts and where pods land, so both are off here (tests/unit/test_operator_warmth.py and the
+    # simulator cover it).
+    prewarm=False,
+    defrag_ops_per_hour=0,
 )
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from cdmo.config import OperatorConfig
 from cdmo.mig.layouts import is_valid_layout
 from cdmo.planner import parse_snapshot
 from cdmo.sim.dynamic import DynamicPolicy
@@ -56,13 +57,13 @@ class Checking(DynamicPolicy):
         self.problems: list[str] = []
         self.snapshots_checked = 0
 
-    def _plan(self) -> None:
+    def _plan(self, *, idle: bool = False) -> None:
         pods = [p for p in self.sim.unschedulable_pods() if p not in self._promised]
         if pods and self.snapshots_checked < 5:
             # The incremental snapshot must be exactly what parsing the whole dict gives.
             assert self.parsed_snapshot(pods) == parse_snapshot(self.build_snapshot(pods))
             self.snapshots_checked += 1
-        super()._plan()
+        super()._plan(idle=idle)
         self.problems.extend(self.backend_mismatches())
         for node in self.sim.nodes:
             for gpu in node.gpus:
@@ -84,10 +85,12 @@ def test_dynamic_keeps_agent_and_simulator_in_step_and_disrupts_nothing() -> Non
 
 def test_time_model_sets_when_a_new_instance_is_usable() -> None:
     # Empty GPUs: the first pod waits the batch idle window (5 s), one GI create (1 s),
-    # the built-in plugin's advertisement (0.2 s), then the scheduler's retry (1 s).
+    # the built-in plugin's advertisement (0.2 s), then the scheduler's retry (1 s). Pre-warming
+    # off: it would create a second 7g.80gb on the same node (one more GI create, 1 s).
     sc = scenario()
+    cold = OperatorConfig(prewarm=False)
     run = Simulation(
-        sc, [PodSpec(0, "p", 100, "7g.80gb", 1, 600, 0)], DynamicPolicy(sc.dynamic, sc.time_model)
+        sc, [PodSpec(0, "p", 100, "7g.80gb", 1, 600, 0)], DynamicPolicy(sc.dynamic, sc.time_model, cold)
     ).run()
     assert run.start_times == [pytest.approx(107.2)]
     # dynamic-sighup: NVIDIA's plugin refreshed by SIGHUP (5 s) instead.
@@ -99,9 +102,13 @@ def test_time_model_sets_when_a_new_instance_is_usable() -> None:
         time_model={"gi_create_seconds": 4, "sighup_refresh_seconds": 20}, dynamic={"refresh": "sighup"}
     )
     run = Simulation(
-        slow, [PodSpec(0, "p", 100, "7g.80gb", 1, 600, 0)], DynamicPolicy(slow.dynamic, slow.time_model)
+        slow, [PodSpec(0, "p", 100, "7g.80gb", 1, 600, 0)], DynamicPolicy(slow.dynamic, slow.time_model, cold)
     ).run()
     assert run.start_times == [130.0]
+    warm = Simulation(
+        sc, [PodSpec(0, "p", 100, "7g.80gb", 1, 600, 0)], DynamicPolicy(sc.dynamic, sc.time_model)
+    ).run()
+    assert warm.start_times == [113.0] and warm.gi_created == 2
 
 
 def test_a_pod_no_gpu_can_hold_never_starts_and_costs_nothing() -> None:
@@ -112,3 +119,38 @@ def test_a_pod_no_gpu_can_hold_never_starts_and_costs_nothing() -> None:
     run = Simulation(sc, pods, policy).run()
     assert sum(s is not None for s in run.start_times) == 14  # 7 per A100-40GB GPU
     assert run.disrupted == 0
+
+
+def _one_gpu() -> Any:
+    return parse_scenario(
+        {
+            "duration": "2h",
+            "fleet": [{"name": "h", "model": "h100-80gb", "count": 1, "gpus": 1}],
+            "workload": {"rate_per_hour": 1, "mix": [{"profile": "1g.10gb", "duration": "10m"}]},
+        },
+        base_dir=Path("/"),
+    )
+
+
+def test_a_drained_gpu_goes_to_the_large_pod_before_later_small_ones() -> None:
+    # Three 1g pods hold the only GPU; a 7g pod waits; a 1g pod arrives after the first 1g ends.
+    # Draining: the freed 1g is destroyed at once and the later 1g is kept off the GPU, so the 7g
+    # runs when the last 1g ends. Without draining the later 1g takes the freed instance first.
+    sc = _one_gpu()
+    pods = [
+        PodSpec(0, "a", 0, "1g.10gb", 1, 100, 0),
+        PodSpec(1, "b", 1, "1g.10gb", 1, 200, 0),
+        PodSpec(2, "c", 2, "1g.10gb", 1, 300, 0),
+        PodSpec(3, "big", 20, "7g.80gb", 1, 100, 0),
+        PodSpec(4, "late", 150, "1g.10gb", 1, 1000, 0),
+    ]
+    quiet = {"prewarm": False, "defrag_ops_per_hour": 0}
+    drain = DynamicPolicy(sc.dynamic, sc.time_model, OperatorConfig(drain_after_seconds=0, **quiet))
+    run = Simulation(sc, pods, drain).run()
+    big, late = run.start_times[3], run.start_times[4]
+    assert big is not None and late is not None and big < late and big < 350
+    assert drain.drain_destroys >= 1 and run.disrupted == 0
+    plain = DynamicPolicy(sc.dynamic, sc.time_model, OperatorConfig(drain_max_fraction=0, **quiet))
+    run = Simulation(sc, pods, plain).run()
+    big, late = run.start_times[3], run.start_times[4]
+    assert late is not None and (big is None or late < big)

@@ -7,7 +7,6 @@ from clearml-queues.yaml), and assert on results, never on timing.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -186,21 +185,3 @@ def test_plans_are_counted(clearml: Report) -> None:
     s: dict[str, Any] = clearml.summaries
     assert s["dynamic"]["plans"] > 0 and s["first-fit"]["plans"] > 0
     assert s["static:all-balanced"]["plans"] == 0 and s["static:all-balanced"]["reconfigurations"] == 0
-
-
-def _table_block(text: str, command: str) -> list[str]:
-    """The lines printed after ``$ command`` in a console block, planner CPU seconds masked."""
-    lines = text.splitlines()
-    start = max(i for i, line in enumerate(lines) if line == f"$ {command}") + 1  # the last: the result
-    end = lines.index("```", start)
-    return [re.sub(r"\d+\.\d\ds", "CPU", line.rstrip()) for line in lines[start:end]]
-
-
-@pytest.mark.parametrize("doc", ["README.md", "docs/simulate.md"])
-def test_documented_table_is_what_the_simulator_prints(capsys: pytest.CaptureFixture[str], doc: str) -> None:
-    command = "cdmo simulate examples/clearml-queues.yaml"
-    code, out, _ = cli(capsys, "simulate", str(EXAMPLES / "clearml-queues.yaml"))
-    assert code == 0
-    printed = [re.sub(r"\d+\.\d\ds", "CPU", line.rstrip()) for line in out.splitlines()]
-    documented = _table_block((EXAMPLES.parent / doc).read_text(), command)
-    assert documented == printed, f"{doc} shows an old result: paste the output of `{command}`"

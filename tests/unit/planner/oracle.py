@@ -403,3 +403,70 @@ def served_by_priority(snapshot: Mapping[str, Any], plan: Mapping[str, Any]) -> 
     for a in plan["assignments"]:
         out[prio[a["pod"]]] += 1
     return out
+
+
+# --- priority inversions ----------------------------------------------------------------------
+
+
+def _fits_beside(models: list[str], kept: list[list[Instance]], demand: Counter[str]) -> bool:
+    """Whether ``demand`` fits on GPUs of ``models`` that must keep ``kept`` (one list per GPU)."""
+    wanted = sorted(demand)
+    per_gpu = [_options(m, k, set(wanted)) for m, k in zip(models, kept, strict=True)]
+    need = [demand[q] for q in wanted]
+
+    def search(i: int, left: list[int]) -> bool:
+        if all(x <= 0 for x in left):
+            return True
+        if i == len(per_gpu):
+            return False
+        return any(
+            search(i + 1, [a - b for a, b in zip(left, vec, strict=True)]) for vec in per_gpu[i]
+        ) or search(i + 1, left)
+
+    return search(0, need)
+
+
+def inversions(snapshot: Mapping[str, Any], plan: Mapping[str, Any]) -> list[str]:
+    """Waiting pods that would fit on a node if the plan's lower-priority pods there were not.
+
+    The contract's first rule (spec/planner-io.md, "What a plan aims for"): a pod is never left
+    waiting so that pods of lower priority can be served in its place. Checked on the dict forms,
+    node by node, with the hardware's layouts (cdmo.mig.layouts) and no code of the planner.
+    """
+    pods = {pod_key(p): p for p in snapshot.get("pending") or []}
+    prio = {k: p.get("priority", 0) for k, p in pods.items()}
+    nodes = {n["name"]: n for n in snapshot["nodes"]}
+    layouts = {(n["name"], g["index"]): g["instances"] for n in plan["nodes"] for g in n["gpus"]}
+    by_node: dict[str, list[Mapping[str, Any]]] = {}
+    for a in plan["assignments"]:
+        by_node.setdefault(a["node"], []).append(a)
+    found = []
+    for u in plan["unsatisfied"]:
+        waiting = pods[u["pod"]]
+        demand = pod_demand(waiting)
+        if not demand:
+            continue
+        level = prio[u["pod"]]
+        for name, src in sorted(nodes.items()):
+            lower = [a for a in by_node.get(name, []) if prio[a["pod"]] < level]
+            if not lower or not pod_fits_node(waiting, src):
+                continue
+            models, kept = [], []
+            for g in src.get("gpus") or []:
+                model = find_model(g["model"])
+                if model is None:
+                    continue
+                keep = {Instance(i["profile"], i["start"]) for i in g.get("instances") or [] if i["used"]}
+                for a in by_node.get(name, []):
+                    if prio[a["pod"]] >= level:
+                        keep |= {
+                            Instance(d["profile"], d["start"]) for d in a["devices"] if d["gpu"] == g["index"]
+                        }
+                models.append(model.key)
+                kept.append(sorted(keep, key=lambda i: (i.start, i.profile)))
+                assert (name, g["index"]) in layouts
+            if models and _fits_beside(models, kept, demand):
+                found.append(
+                    f"{u['pod']} (priority {level}) fits on {name} without {[a['pod'] for a in lower]}"
+                )
+    return found

@@ -14,7 +14,8 @@ import pytest
 from cdmo.mig.catalog import get_model, model_keys
 from cdmo.mig.layouts import Instance, validate_layout
 from cdmo.planner import parse_snapshot, plan, plan_to_dict
-from cdmo.planner.geometry import FRAG_LEN, geometry
+from cdmo.planner.fragmentation import FRAG_LEN
+from cdmo.planner.geometry import geometry
 
 from .conftest import gpu, node, pod
 from .oracle import check_plan

@@ -1,0 +1,262 @@
+"""Load sweep of a simulator scenario: several arrival rates x seeds x policies, paired.
+
+    .venv/bin/python scripts/sweep_simulate.py examples/clearml-queues.yaml \
+        --rate 1.0 --rate 1.2 --rate 1.4 --seeds 100-109 --policy dynamic --policy first-fit \
+        --json sweep.json
+
+Every stream's ``rate_per_hour`` is multiplied by each ``--rate``; every policy replays the same
+workload per seed (as ``cdmo simulate`` does). Printed per rate: slice utilization, p95 pending
+of each policy (median over seeds), the geometric mean over seeds of each policy's p95 over the
+first policy's, the seeds where it is the lower, and the mean wait per profile. ``--json`` keeps
+every figure, so docs/simulate.md's sweep tables can be redrawn from it
+(scripts/regenerate_results.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import heapq
+import json
+import math
+import statistics
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cdmo.sim.engine import RunResult
+from cdmo.sim.metrics import pending_times, percentile, summarize
+from cdmo.sim.runner import run_policy
+from cdmo.sim.scenario import Scenario, load_scenario
+from cdmo.sim.workload import PodSpec, generate_workload
+
+#: The policy name of the ideal fleet (no placement rules, no reconfiguration time).
+IDEAL = "ideal"
+
+#: Seconds added before taking logs, so that a p95 of 0 s still gives a finite ratio.
+RATIO_FLOOR_SECONDS = 1.0
+
+
+def scaled(scenario: Scenario, factor: float) -> Scenario:
+    """``scenario`` with every stream's arrival rate multiplied by ``factor``."""
+    streams = tuple(dataclasses.replace(s, rate_per_hour=s.rate_per_hour * factor) for s in scenario.streams)
+    return dataclasses.replace(scenario, streams=streams)
+
+
+def profile_waits(run: Any) -> dict[str, float]:
+    """Mean seconds waited per profile (pods that never started count until the horizon)."""
+    waits: dict[str, list[float]] = defaultdict(list)
+    for pod, start in zip(run.pods, run.start_times, strict=True):
+        waits[pod.profile].append((run.horizon if start is None else start) - pod.arrival)
+    return {p: round(sum(w) / len(w), 1) for p, w in sorted(waits.items())}
+
+
+def ideal_run(scenario: Scenario, pods: Sequence[PodSpec], horizon: float) -> RunResult:
+    """The same pods on an ideal fleet: no placement rules, no reconfiguration time.
+
+    Each GPU is a pool of its placement units; a device takes its profile's size in units
+    anywhere on any GPU of a model that offers the profile (a pod's devices on one node), at
+    once. Pending pods are tried by priority then arrival whenever a pod ends, each on the first
+    node with room (no head-of-line blocking, as kube-scheduler). A lower bound for any policy.
+    """
+    gpus: list[tuple[int, Any, list[int]]] = []  # (node, model, [free units per GPU])
+    for n, (group, index) in enumerate((g, i) for g in scenario.fleet for i in range(g.count)):
+        del index
+        gpus.append((n, group.model, [group.model.placement_axis_size] * group.gpus))
+    start: list[float | None] = [None] * len(pods)
+    held: dict[int, tuple[int, list[tuple[int, int]]]] = {}
+    events: list[tuple[float, int]] = []  # (end time, pod)
+    waiting: list[int] = []
+    util = 0.0
+    total = sum(len(free) * model.compute_slices_total for _, model, free in gpus)
+
+    def try_place(pid: int, now: float) -> bool:
+        pod = pods[pid]
+        for n, model, free in gpus:
+            if not model.has_profile(pod.profile):
+                continue
+            size = model.profile(pod.profile).placement_size
+            taken: list[tuple[int, int]] = []
+            left = list(free)
+            for _ in range(pod.count):
+                spot = next((g for g, f in enumerate(left) if f >= size), None)
+                if spot is None:
+                    break
+                left[spot] -= size
+                taken.append((spot, size))
+            if len(taken) == pod.count:
+                free[:] = left
+                held[pid] = (n, taken)
+                start[pid] = now
+                heapq.heappush(events, (now + pod.duration, pid))
+                return True
+        return False
+
+    order = sorted(range(len(pods)), key=lambda p: pods[p].arrival)
+    nxt = 0
+    while True:
+        t_arr = pods[order[nxt]].arrival if nxt < len(order) else math.inf
+        t_end = events[0][0] if events else math.inf
+        now = min(t_arr, t_end)
+        if now >= horizon:
+            break
+        if t_arr <= t_end:
+            pid = order[nxt]
+            nxt += 1
+            if not try_place(pid, now):
+                waiting.append(pid)
+            continue
+        _, pid = heapq.heappop(events)
+        n, taken = held.pop(pid)
+        for spot, size in taken:
+            gpus[n][2][spot] += size
+        waiting.sort(key=lambda p: (-pods[p].priority, pods[p].arrival, p))
+        waiting = [p for p in waiting if not try_place(p, now)]
+    for pid, t0 in enumerate(start):
+        if t0 is not None:
+            model = next(m for _, m, _ in gpus if m.has_profile(pods[pid].profile))
+            slices = model.profile(pods[pid].profile).compute_slices * pods[pid].count
+            util += slices * (min(t0 + pods[pid].duration, horizon) - t0)
+    return RunResult(
+        policy=IDEAL,
+        horizon=horizon,
+        pods=pods,
+        start_times=start,
+        disrupted=0,
+        reconfigurations=0,
+        gi_created=0,
+        gi_destroyed=0,
+        total_slices=total,
+        util_total=util,
+        util_series=[0.0],
+        util_bucket_seconds=horizon,
+        wall_seconds=0.0,
+        cpu_seconds=0.0,
+    )
+
+
+def run_one(scenario: Scenario, seed: int, policies: list[str]) -> dict[str, Any]:
+    pods = generate_workload(scenario, seed=seed, duration=scenario.duration)
+    out: dict[str, Any] = {}
+    for name in policies:
+        if name == IDEAL:
+            run = ideal_run(scenario, pods, scenario.duration)
+        else:
+            run = run_policy(scenario, pods, name, horizon=scenario.duration)
+        summary = summarize(run)
+        waits = pending_times(run)
+        out[name] = {
+            "p95": percentile(waits, 95),
+            "p99": percentile(waits, 99),
+            "mean": summary["pending_seconds"]["mean"],
+            "utilization": summary["utilization"],
+            "started": summary["pods"]["started"],
+            "submitted": summary["pods"]["submitted"],
+            "disrupted": summary["disrupted_pods"],
+            "by_profile_mean_wait": profile_waits(run),
+        }
+    return out
+
+
+def geomean_ratio(rows: list[dict[str, Any]], policy: str, base: str, key: str = "p95") -> float:
+    logs = [
+        math.log((r[policy][key] + RATIO_FLOOR_SECONDS) / (r[base][key] + RATIO_FLOOR_SECONDS)) for r in rows
+    ]
+    return math.exp(sum(logs) / len(logs))
+
+
+def _override_operator(pairs: list[str]) -> None:
+    """Make the simulator's dynamic policy use OperatorConfig with these fields changed."""
+    import cdmo.sim.dynamic
+    from cdmo.config import OperatorConfig
+
+    env = {}
+    for pair in pairs:
+        field_name, _, value = pair.partition("=")
+        env[dict(OperatorConfig.ENV)[field_name]] = value
+    config = OperatorConfig.from_env(env)
+    cdmo.sim.dynamic.OperatorConfig = lambda: config  # type: ignore[assignment,misc]
+
+
+def _seeds(text: str) -> list[int]:
+    if "-" in text:
+        lo, hi = text.split("-", 1)
+        return list(range(int(lo), int(hi) + 1))
+    return [int(s) for s in text.split(",")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("scenario", type=Path)
+    parser.add_argument("--rate", type=float, action="append", help="rate multipliers (default 1.0)")
+    parser.add_argument("--seeds", default="100-104", help="a range 100-109 or a list 1,2,3")
+    parser.add_argument(
+        "--policy", action="append", help="policies (or 'ideal'); the first is the base of the ratios"
+    )
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument(
+        "--operator",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="run dynamic with this cdmo.config.OperatorConfig field changed (e.g. prewarm=false)",
+    )
+    args = parser.parse_args(argv)
+    if args.operator:
+        _override_operator(args.operator)
+    policies = args.policy or ["first-fit", "dynamic"]
+    base_scenario = load_scenario(args.scenario)
+    seeds = _seeds(args.seeds)
+    result: dict[str, Any] = {
+        "scenario": base_scenario.name,
+        "seeds": seeds,
+        "policies": policies,
+        "rates": [],
+    }
+    for factor in args.rate or [1.0]:
+        scenario = scaled(base_scenario, factor)
+        rows = [run_one(scenario, seed, policies) for seed in seeds]
+        entry: dict[str, Any] = {
+            "factor": factor,
+            "rate_per_hour": sum(s.rate_per_hour for s in scenario.streams),
+            "runs": dict(zip((str(s) for s in seeds), rows, strict=True)),
+            "policies": {},
+        }
+        for name in policies:
+            p95s = [r[name]["p95"] for r in rows]
+            per_profile: dict[str, list[float]] = defaultdict(list)
+            for r in rows:
+                for prof, w in r[name]["by_profile_mean_wait"].items():
+                    per_profile[prof].append(w)
+            entry["policies"][name] = {
+                "utilization": round(statistics.mean(r[name]["utilization"] for r in rows), 4),
+                "p95_median": statistics.median(p95s),
+                "mean_wait": round(statistics.mean(r[name]["mean"] for r in rows), 1),
+                "p95_ratio_geomean": round(geomean_ratio(rows, name, policies[0]), 3),
+                "mean_ratio_geomean": round(geomean_ratio(rows, name, policies[0], "mean"), 3),
+                "seeds_lower_or_equal": sum(1 for r in rows if r[name]["p95"] <= r[policies[0]]["p95"]),
+                "by_profile_mean_wait": {
+                    p: round(statistics.mean(w), 1) for p, w in sorted(per_profile.items())
+                },
+                "disrupted": sum(r[name]["disrupted"] for r in rows),
+            }
+        result["rates"].append(entry)
+        print(f"{scenario.name} x{factor} ({entry['rate_per_hour']:.0f} pods/hour), seeds {args.seeds}:")
+        for name, fig in entry["policies"].items():
+            print(
+                f"  {name:22s} util {fig['utilization']:.1%}  p95 median {fig['p95_median']:8.1f} s  "
+                f"p95 ratio {fig['p95_ratio_geomean']:.3f}  mean ratio {fig['mean_ratio_geomean']:.3f}  "
+                f"lower/equal {fig['seeds_lower_or_equal']}/{len(seeds)}  waits {fig['by_profile_mean_wait']}"
+            )
+        sys.stdout.flush()
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

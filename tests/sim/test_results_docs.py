@@ -1,0 +1,100 @@
+"""The result tables of README.md and docs/simulate.md hold the figures of live runs.
+
+Figures are compared with ``cdmo simulate --output json`` and with the committed sweep JSON
+(docs/results/), never with a drawn table: a planner change means running
+scripts/regenerate_results.py, not pasting by hand. CPU seconds are timing and not compared.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from cdmo.cli import main
+from cdmo.sim.report import format_seconds
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMAND = "cdmo simulate examples/clearml-queues.yaml"
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "regenerate_results", ROOT / "scripts" / "regenerate_results.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def documented_rows(text: str, command: str) -> dict[str, list[str]]:
+    """Policy -> cells of the table printed after the last ``$ command`` in ``text``."""
+    lines = text.splitlines()
+    start = max(i for i, line in enumerate(lines) if line == f"$ {command}") + 1
+    end = lines.index("```", start)
+    rows = {}
+    for line in lines[start:end]:
+        if line.startswith("│"):
+            cells = [c.strip() for c in line.strip("│").split("│")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def expected_cells(summary: dict[str, Any]) -> list[str]:
+    """The table's cells for one policy, from its JSON (the last, planner CPU, is timing)."""
+    pend = summary["pending_seconds"]
+    return [
+        f"{summary['pods']['started']}/{summary['pods']['submitted']}",
+        str(summary["pods"]["never_started"]),
+        *(format_seconds(pend[k]) for k in ("p50", "p95", "p99", "max")),
+        f"{100 * summary['utilization']:.1f}%",
+        str(summary["reconfigurations"]),
+        f"+{summary['gpu_instances']['created']}/-{summary['gpu_instances']['destroyed']}",
+        str(summary["disrupted_pods"]),
+    ]
+
+
+@pytest.fixture(scope="module")
+def clearml_json() -> dict[str, Any]:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["simulate", str(ROOT / "examples" / "clearml-queues.yaml"), "--output", "json"]) == 0
+    return json.loads(out.getvalue())
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/simulate.md"])
+def test_documented_figures_are_those_of_simulate_json(clearml_json: dict[str, Any], doc: str) -> None:
+    rows = documented_rows((ROOT / doc).read_text(), COMMAND)
+    assert list(rows) == list(clearml_json), f"{doc}: run scripts/regenerate_results.py"
+    for policy, summary in clearml_json.items():
+        assert rows[policy][:-1] == expected_cells(summary), (
+            f"{doc}: {policy} shows old figures; run scripts/regenerate_results.py"
+        )
+
+
+def test_sweep_tables_hold_the_committed_sweep_figures() -> None:
+    text = (ROOT / "docs" / "simulate.md").read_text()
+    names = re.findall(r"<!-- sweep:([\w.-]+) -->", text)
+    assert names, "docs/simulate.md has no sweep table"
+    for name in names:
+        data = json.loads((ROOT / "docs" / "results" / f"{name}.json").read_text())
+        section = text.split(f"<!-- sweep:{name} -->", 1)[1].split(f"<!-- /sweep:{name} -->", 1)[0]
+        rows = [r.strip("|").split("|") for r in section.strip().splitlines()[2:]]
+        figures = {(r[0].strip(), r[2].strip()): r for r in rows}
+        for entry in data["rates"]:
+            for policy, fig in entry["policies"].items():
+                row = figures[(f"{entry['factor']:g}x", policy)]
+                assert float(row[3].strip().rstrip("%")) == pytest.approx(100 * fig["utilization"], abs=0.051)
+                assert float(row[5]) == pytest.approx(fig["p95_ratio_geomean"], abs=0.0051)
+                assert float(row[6]) == pytest.approx(fig["mean_ratio_geomean"], abs=0.0051)
+    # The script draws exactly these tables from the same JSON.
+    assert _script().replace_sweep_tables(text) == text
