@@ -47,16 +47,17 @@ def documented_rows(text: str, command: str) -> dict[str, list[str]]:
 
 
 def expected_cells(summary: dict[str, Any]) -> list[str]:
-    """The table's cells for one policy, from its JSON (the last, planner CPU, is timing)."""
-    pend = summary["pending_seconds"]
+    """The table's cells for one policy, from its JSON (``-o json``, camelCase keys as every
+    verb's; the last cell, planner CPU, is timing)."""
+    pend = summary["pendingSeconds"]
     return [
         f"{summary['pods']['started']}/{summary['pods']['submitted']}",
-        str(summary["pods"]["never_started"]),
+        str(summary["pods"]["neverStarted"]),
         *(format_seconds(pend[k]) for k in ("p50", "p95", "p99", "max")),
         f"{100 * summary['utilization']:.1f}%",
         str(summary["reconfigurations"]),
-        f"+{summary['gpu_instances']['created']}/-{summary['gpu_instances']['destroyed']}",
-        str(summary["disrupted_pods"]),
+        f"+{summary['gpuInstances']['created']}/-{summary['gpuInstances']['destroyed']}",
+        str(summary["disruptedPods"]),
     ]
 
 

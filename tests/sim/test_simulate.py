@@ -60,9 +60,35 @@ def test_dynamic_has_lower_p95_pending_than_first_fit(name: str, request: pytest
 
 
 def test_builtin_plugin_cuts_p95_pending_by_a_third_against_sighup(clearml: Report) -> None:
+    """Issue 11 on clearml-queues as shipped. Pre-warming (issue 13, on by default) starts most
+    pods on an instance made ahead under either refresh, so p95 is 0 s for both; the refresh
+    shows in the tail (p99) and, with pre-warming off, in p95 (the next test)."""
     p95 = {p: s["pending_seconds"]["p95"] for p, s in clearml.summaries.items()}
+    p99 = {p: s["pending_seconds"]["p99"] for p, s in clearml.summaries.items()}
     assert p95["dynamic"] <= 0.7 * p95["dynamic-sighup"], p95
     assert p95["dynamic"] < p95["first-fit"], p95
+    assert p99["dynamic"] < p99["dynamic-sighup"], p99
+
+
+def test_builtin_plugin_cuts_p95_pending_by_a_third_without_prewarming() -> None:
+    """The refresh alone: the same pods, pre-warming off, built-in plugin against SIGHUP."""
+    import dataclasses
+
+    from cdmo.config import OperatorConfig
+    from cdmo.sim.dynamic import DynamicPolicy
+    from cdmo.sim.engine import Simulation
+    from cdmo.sim.metrics import pending_times, percentile
+    from cdmo.sim.workload import generate_workload
+
+    sc = load_scenario(EXAMPLES / "clearml-queues.yaml")
+    pods = generate_workload(sc)
+    cold = OperatorConfig(prewarm=False)
+    p95 = {}
+    for refresh in ("builtin", "sighup"):
+        policy = DynamicPolicy(dataclasses.replace(sc.dynamic, refresh=refresh), sc.time_model, cold)
+        run = Simulation(sc, pods, policy, horizon=sc.duration).run()
+        p95[refresh] = percentile(pending_times(run), 95)
+    assert p95["builtin"] <= 0.7 * p95["sighup"], p95
 
 
 @pytest.mark.parametrize("name", ["clearml", "mixed", "burst"])
