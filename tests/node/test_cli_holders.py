@@ -6,52 +6,21 @@ process holds the whole GPU."""
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
-from typing import Any
 
-import grpc
 import pytest
 
 from cdmo.cli import main
-from cdmo.node_agent.podresources import api_pb2, api_pb2_grpc
+from tests.node.podresources_server import Held, Kubelet, serve_pod_resources
 
 DROP_ALL = "gpus: [{index: 0, instances: [{profile: 7g.80gb, start: 0}]}]\n"
 
 
-class Kubelet(api_pb2_grpc.PodResourcesListerServicer):
-    """A kubelet whose List answers ``rows``: (namespace/pod, resource name, device ids)."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, str, list[str]]] = []
-
-    def List(self, request: Any, context: Any) -> Any:
-        pods = []
-        for key, resource, ids in self.rows:
-            ns, name = key.split("/")
-            devices = [api_pb2.ContainerDevices(resource_name=resource, device_ids=ids)]
-            container = api_pb2.ContainerResources(name="main", devices=devices)
-            pods.append(api_pb2.PodResources(name=name, namespace=ns, containers=[container]))
-        return api_pb2.ListPodResourcesResponse(pod_resources=pods)
-
-
 @pytest.fixture
 def kubelet() -> Iterator[tuple[Kubelet, str]]:
-    tmp = tempfile.mkdtemp(prefix="cdmo-pr-", dir="/tmp")  # unix socket paths are short
-    socket_path = str(Path(tmp) / "kubelet.sock")
-    servicer = Kubelet()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    api_pb2_grpc.add_PodResourcesListerServicer_to_server(servicer, server)
-    server.add_insecure_port(f"unix://{socket_path}")
-    server.start()
-    try:
-        yield servicer, socket_path
-    finally:
-        server.stop(grace=None)
-        shutil.rmtree(tmp, ignore_errors=True)
+    with serve_pod_resources() as served:
+        yield served
 
 
 def cdmo(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -99,7 +68,7 @@ def test_apply_refuses_to_drop_a_held_instance_and_destroys_nothing(
 ) -> None:
     servicer, socket = kubelet
     state, uuids = node_state(tmp_path, capsys, socket)
-    servicer.rows = [("ml/holder", resource, [device.format(one=uuids[0])])]
+    servicer.held = [Held("ml", "holder", resource, (device.format(one=uuids[0]),))]
     before = json.loads(state.read_text())["gpus"]
     (tmp_path / "drop.yaml").write_text(DROP_ALL)
     args = ["--sim-state", str(state), "--pod-resources-socket", socket]
@@ -114,7 +83,7 @@ def test_apply_with_no_holder_destroys_and_creates_what_the_layout_says(
 ) -> None:
     servicer, socket = kubelet
     state, _ = node_state(tmp_path, capsys, socket)
-    servicer.rows = [("ml/elsewhere", "nvidia.com/mig-1g.10gb", ["MIG-on-another-node"])]
+    servicer.held = [Held("ml", "elsewhere", "nvidia.com/mig-1g.10gb", ("MIG-on-another-node",))]
     (tmp_path / "drop.yaml").write_text(DROP_ALL)
     args = ["--sim-state", str(state), "--pod-resources-socket", socket, "-o", "json"]
     code, out, err = cdmo(capsys, "node", "apply", str(tmp_path / "drop.yaml"), *args)
@@ -151,14 +120,14 @@ def test_enable_mig_refuses_while_a_pod_holds_the_whole_gpu(
     servicer, socket = kubelet
     state = mig_off(tmp_path, capsys, socket, [])
     gpu_uuid = json.loads(state.read_text())["gpus"][0]["uuid"]
-    servicer.rows = [("ml/whole-gpu", "nvidia.com/gpu", [gpu_uuid])]
+    servicer.held = [Held("ml", "whole-gpu", "nvidia.com/gpu", (gpu_uuid,))]
     args = ["--sim-state", str(state), "--pod-resources-socket", socket, "--enable-mig"]
     code, out, err = cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), *args)
     assert code == 1, out
     assert "pod ml/whole-gpu" in err and "MIG mode stays off on GPU 0" in err
     assert json.loads(state.read_text())["gpus"][0]["mig"] == {"current": False, "pending": False}
 
-    servicer.rows = []  # the pod is gone: now it may
+    servicer.held = []  # the pod is gone: now it may
     code, _out, err = cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), *args)
     assert code == 0, err
     assert json.loads(state.read_text())["gpus"][0]["mig"] == {"current": True, "pending": True}
@@ -180,7 +149,7 @@ def test_show_lists_every_ci_of_a_split_gi_and_who_holds_a_gpu_with_mig_off(
 ) -> None:
     servicer, socket = kubelet
     state, _ = node_state(tmp_path, capsys, socket)
-    servicer.rows = [("ml/second", "nvidia.com/mig-1g.10gb", ["MIG-split-ci-1::2"])]
+    servicer.held = [Held("ml", "second", "nvidia.com/mig-1g.10gb", ("MIG-split-ci-1::2",))]
     args = ["--sim-state", str(state), "--pod-resources-socket", socket]
     code, out, err = cdmo(capsys, "node", "show", *args, "-o", "json")
     assert code == 0, err
