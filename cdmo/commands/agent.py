@@ -122,20 +122,25 @@ def run(args: argparse.Namespace) -> int:
         advertiser = ReconfiguringTaint(kube, conf.node_name, conf.reconfiguring_taint)
     refresher = BuiltinRefresh(plugin) if plugin is not None else build_refresher(conf, kube)
     agent = Agent(conf, backend, kube, refresher, metrics=metrics, advertiser=advertiser)
-    stop = threading.Event()
     try:
-        if args.once:
-            agent.sync_once(stop)
-            return exit_codes.SUCCESS
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        agent.run(stop)
-        return exit_codes.SUCCESS
+        return _drive(agent, once=args.once)
     finally:
         if plugin is not None:
             plugin.stop()
         backend.close()
         kube.close()
+
+
+def _drive(agent: Any, *, once: bool) -> int:
+    """One pass (``--once``), or passes until SIGTERM or SIGINT: the same for both agents."""
+    stop = threading.Event()
+    if once:
+        agent.sync_once(stop)
+        return exit_codes.SUCCESS
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    agent.run(stop)
+    return exit_codes.SUCCESS
 
 
 def _start_plugin(conf: Any, backend: Any) -> Any:
@@ -178,14 +183,7 @@ def _run_standalone(args: argparse.Namespace, conf: Any) -> int:
             sys.stdout,
             advertiser=plugin,
         )
-        stop = threading.Event()
-        if args.once:
-            agent.sync_once(stop)
-            return exit_codes.SUCCESS
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        agent.run(stop)
-        return exit_codes.SUCCESS
+        return _drive(agent, once=args.once)
     finally:
         if plugin is not None:
             plugin.stop()
