@@ -112,10 +112,19 @@ class KubeClient:
 
     @staticmethod
     def _json(resp: Any) -> Any:
-        return json.loads(resp.data or b"null")
+        return json.loads(getattr(resp, "data", None) or b"null")
 
     def _request(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)``; connection failures retried with backoff, every failure a KubeError."""
+        """The JSON body of ``fn(*args, **kwargs)`` (None when empty); connection failures retried
+        with backoff, every failure a KubeError.
+
+        Every call passes ``_preload_content=False``, so the body is read here, inside the
+        retries: a connection that breaks or times out while the body arrives fails only then.
+        """
+
+        def call() -> Any:
+            return self._json(fn(*args, **kwargs))
+
         wait = (
             tenacity.wait_exponential(multiplier=self.retry_wait_seconds, max=5 * self.retry_wait_seconds)
             if self.retry_wait_seconds > 0
@@ -128,9 +137,13 @@ class KubeClient:
             reraise=True,
         )
         try:
-            return retrying(fn, *args, **kwargs)
+            return retrying(call)
         except ApiException as exc:
             raise _error(exc, what) from exc
+        except ValueError as exc:  # a body cut short or not JSON (json.JSONDecodeError)
+            raise KubeError(
+                f"{what}: the Kubernetes API answered with a body that is not JSON: {exc}"
+            ) from exc
         except CONNECTION_ERRORS as exc:
             raise KubeError(
                 f"{what}: cannot reach the Kubernetes API after {self.connect_attempts} tries: "
@@ -149,7 +162,7 @@ class KubeClient:
             _preload_content=False,
             _request_timeout=self.request_timeout_seconds,
         )
-        data = self._json(resp) or {}
+        data = resp or {}
         items = [i for i in data.get("items") or [] if (i.get("metadata") or {}).get("name") == name]
         return (items[0] if items else None), (data.get("metadata") or {}).get("resourceVersion")
 
@@ -177,7 +190,7 @@ class KubeClient:
                 yield str(event.get("type")), obj
         except ApiException as exc:
             raise _error(exc, f"watch MigLayout {name}") from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except CONNECTION_ERRORS as exc:
             if self._watches.get(w):
                 return  # interrupt() cut the connection: a normal end
             raise KubeError(f"watch MigLayout {name}: the connection failed: {exc}") from exc
@@ -217,7 +230,7 @@ class KubeClient:
             _preload_content=False,
             _request_timeout=self.request_timeout_seconds,
         )
-        return list((self._json(resp) or {}).get("items") or [])
+        return list((resp or {}).get("items") or [])
 
     def list_pods(self, namespace: str, label_selector: str, node: str) -> list[dict[str, Any]]:
         """Pods of ``namespace`` matching ``label_selector`` that are bound to ``node``."""
@@ -230,7 +243,7 @@ class KubeClient:
             _preload_content=False,
             _request_timeout=self.request_timeout_seconds,
         )
-        items = (self._json(resp) or {}).get("items") or []
+        items = (resp or {}).get("items") or []
         return [p for p in items if (p.get("spec") or {}).get("nodeName") == node]
 
     def delete_pod(self, namespace: str, name: str) -> None:
@@ -293,13 +306,14 @@ class KubeClient:
         )
 
     def read_node(self, name: str) -> dict[str, Any]:
-        try:
-            resp = self.core.read_node(
-                name, _preload_content=False, _request_timeout=self.request_timeout_seconds
-            )
-        except ApiException as exc:
-            raise _error(exc, f"read node {name}") from exc
-        return dict(self._json(resp) or {})
+        resp = self._request(
+            f"read node {name}",
+            self.core.read_node,
+            name,
+            _preload_content=False,
+            _request_timeout=self.request_timeout_seconds,
+        )
+        return dict(resp or {})
 
     def patch_node_taints(
         self, name: str, taints: list[dict[str, Any]], resource_version: str | None
@@ -309,16 +323,15 @@ class KubeClient:
         body: dict[str, Any] = {"spec": {"taints": taints}}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
-        try:
-            self.core.patch_node(
-                name,
-                body,
-                _content_type="application/merge-patch+json",
-                _preload_content=False,
-                _request_timeout=self.request_timeout_seconds,
-            )
-        except ApiException as exc:
-            raise _error(exc, f"patch the taints of node {name}") from exc
+        self._request(
+            f"patch the taints of node {name}",
+            self.core.patch_node,
+            name,
+            body,
+            _content_type="application/merge-patch+json",
+            _preload_content=False,
+            _request_timeout=self.request_timeout_seconds,
+        )
 
     def close(self) -> None:
         self.interrupt()

@@ -38,6 +38,8 @@ class Script:
         self.watch_gone = False
         #: seconds to wait before answering a GET (a slow or hung API server)
         self.delay_seconds = 0.0
+        #: seconds to wait between the headers and the body (a connection that stalls mid-answer)
+        self.body_delay_seconds = 0.0
 
 
 def make_handler(script: Script) -> type[BaseHTTPRequestHandler]:
@@ -72,6 +74,9 @@ def make_handler(script: Script) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             # The client may have given up (a timeout test): nothing to answer then.
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.wfile.flush()
+                if script.body_delay_seconds:
+                    time.sleep(script.body_delay_seconds)
                 self.wfile.write(data)
 
         def _fail(self) -> bool:
@@ -394,6 +399,20 @@ def test_a_refused_connection_is_a_kube_error_on_every_call() -> None:
 def test_a_request_that_times_out_is_a_kube_error(server: tuple[Script, KubeClient]) -> None:
     script, client = server
     script.delay_seconds = 1.0
+    client.request_timeout_seconds = 0.2
+    client.retry_wait_seconds = 0
+    client.api_client.rest_client.pool_manager.connection_pool_kw["retries"] = False
+    with pytest.raises(KubeError, match="cannot reach"):
+        client.list_node_pods("gpu-1")
+    assert len(script.requests) == 3
+
+
+def test_a_body_that_stalls_after_the_headers_is_tried_again_and_then_a_kube_error(
+    server: tuple[Script, KubeClient],
+) -> None:
+    """The client reads bodies lazily (_preload_content=False): the read is inside the retries."""
+    script, client = server
+    script.body_delay_seconds = 1.0
     client.request_timeout_seconds = 0.2
     client.retry_wait_seconds = 0
     client.api_client.rest_client.pool_manager.connection_pool_kw["retries"] = False
