@@ -167,8 +167,9 @@ def protected_instances(
 
 
 def gpu_holders(info: GpuInfo, in_use: InUse) -> tuple[Holder, ...]:
-    """Pods holding the whole GPU (``nvidia.com/gpu`` ids are GPU UUIDs) and processes on it."""
-    return in_use.holders_of(info.uuid)
+    """Pods holding the whole GPU (``nvidia.com/gpu`` ids are GPU UUIDs) and processes on it,
+    and the whole-GPU pods that may be on any GPU of the node (index ids, not yet admitted)."""
+    return (*in_use.holders_of(info.uuid), *in_use.whole_gpus)
 
 
 # --- one GPU ---------------------------------------------------------------------------------

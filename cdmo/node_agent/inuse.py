@@ -83,6 +83,8 @@ class BoundPod:
     #: profile -> devices asked for
     requests: Mapping[str, int]
     terminating: bool = False
+    #: asks for whole GPUs (``nvidia.com/gpu``) too: MIG mode must not change under it
+    whole_gpu: bool = False
 
     @property
     def key(self) -> str:
@@ -99,6 +101,9 @@ class InUse:
     reservations: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: profile -> pods whose instances cannot be told apart (pod-resources unreadable)
     unknown: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Pods on whole GPUs that cannot be tied to one GPU: index device ids, or bound to the node
+    #: and not yet admitted. Any GPU may be theirs, so no GPU's MIG mode may change under them.
+    whole_gpus: tuple[Holder, ...] = ()
 
     def holders_of(self, uuid: str | None) -> tuple[Holder, ...]:
         return self.holders.get(uuid, ()) if uuid else ()
@@ -115,10 +120,15 @@ class InUse:
             holders={k: tuple(sorted(v)) for k, v in sorted(merged.items()) if v},
             reservations=self.reservations,
             unknown=self.unknown,
+            whole_gpus=self.whole_gpus,
         )
 
 
 EMPTY_IN_USE = InUse()
+
+
+#: The resource of a whole GPU (MIG off), as NVIDIA's plugin and cdmo's own advertise it.
+WHOLE_GPU_RESOURCE = "nvidia.com/gpu"
 
 
 def mig_requests(pod: Mapping[str, Any]) -> dict[str, int]:
@@ -150,7 +160,8 @@ def build_bound_pods(pods: Iterable[Mapping[str, Any]]) -> list[BoundPod]:
         if phase in _DONE_PHASES:
             continue
         requests = mig_requests(pod)
-        if not requests:
+        whole_gpu = bool(read_demand(pod, lambda name: name == WHOLE_GPU_RESOURCE).requests)
+        if not requests and not whole_gpu:
             continue
         result.append(
             BoundPod(
@@ -158,6 +169,7 @@ def build_bound_pods(pods: Iterable[Mapping[str, Any]]) -> list[BoundPod]:
                 name=str(meta.get("name", "")),
                 requests=requests,
                 terminating=bool(meta.get("deletionTimestamp")),
+                whole_gpu=whole_gpu,
             )
         )
     return sorted(result, key=lambda p: p.key)
@@ -172,13 +184,18 @@ def build_in_use(
     holders: dict[str, list[Holder]] = {}
     held: Counter[tuple[str, str]] = Counter()
     unresolved: dict[str, set[str]] = {}
+    whole_gpus: set[Holder] = set()
+    admitted: set[str] = set()
     for row in pod_devices or ():
+        admitted.add(row.pod_key)
         res = parse_mig_resource(row.resource_name)
         for dev in row.device_ids:
             uuid = device_uuid(dev)
             if uuid is None:
                 if res is not None:
                     unresolved.setdefault(res.profile, set()).add(row.pod_key)
+                elif row.resource_name.startswith(WHOLE_GPU_RESOURCE):  # incl. nvidia.com/gpu.shared
+                    whole_gpus.add(Holder("pod", row.pod_key))  # an index id: which GPU is unknown
                 continue
             h = Holder("pod", row.pod_key)
             if h not in holders.setdefault(uuid, []):
@@ -190,6 +207,8 @@ def build_in_use(
     reservations: dict[str, list[str]] = {}
     unknown: dict[str, list[str]] = {}
     for pod in bound_pods:
+        if pod.whole_gpu and not pod.terminating and (pod_devices is None or pod.key not in admitted):
+            whole_gpus.add(Holder("reservation", pod.key))
         for profile, wanted in pod.requests.items():
             if pod_devices is None:
                 unknown.setdefault(profile, []).append(pod.key)
@@ -204,5 +223,6 @@ def build_in_use(
         holders={k: tuple(sorted(v)) for k, v in sorted(holders.items())},
         reservations={k: tuple(v) for k, v in sorted(reservations.items())},
         unknown={k: tuple(sorted(set(v))) for k, v in sorted(unknown.items())},
+        whole_gpus=tuple(sorted(whole_gpus)),
     )
     return base.with_processes(processes or {})

@@ -44,6 +44,8 @@ RESERVED = InUse(reservations={"1g.10gb": ("ml/w",)})
 UNKNOWN = InUse(unknown={"1g.10gb": ("ml/u",)})
 WHOLE_GPU_POD = InUse(holders={"GPU-0": (Holder("pod", "ml/full"),)})
 WHOLE_GPU_PROCESS = InUse(holders={"GPU-0": (Holder("process", "77"),)})
+#: a whole-GPU pod the agent cannot tie to one GPU (index device id, or bound and not admitted)
+WHOLE_GPU_ANYWHERE = InUse(whole_gpus=(Holder("reservation", "ml/full"),))
 
 
 # One row per rule: (desired on GPU 0, what GPU 0 holds, who holds what) -> state, reason, steps.
@@ -186,6 +188,8 @@ def test_diff_keeps_one_instance_per_desired_place() -> None:
         (True, False, gpu(mig=False), WHOLE_GPU_POD, "1g.10gb@0", (), set(), True),
         (True, False, gpu(mig=False), WHOLE_GPU_PROCESS, "1g.10gb@0", (), set(), True),
         (False, True, gpu(mig=False), WHOLE_GPU_PROCESS, "1g.10gb@0", (), set(), True),
+        (True, False, gpu(mig=False), WHOLE_GPU_ANYWHERE, "1g.10gb@0", (), set(), True),
+        (False, True, gpu(mig=False), WHOLE_GPU_ANYWHERE, "1g.10gb@0", (), set(), True),
         (True, False, gpu(mig=False), InUse(), "", (), set(), False),
         (True, False, gpu(mig=True), InUse(), "1g.10gb@0", (), set(), False),
         (True, False, gpu(mig=False, pending=True), InUse(), "1g.10gb@0", (), set(), False),
@@ -199,6 +203,8 @@ def test_diff_keeps_one_instance_per_desired_place() -> None:
         "pod-holds-whole-gpu",
         "process-on-gpu",
         "restore-waits-for-idle",
+        "whole-gpu-pod-on-an-unknown-gpu",
+        "restore-waits-for-an-unknown-whole-gpu-pod",
         "nothing-wanted",
         "already-on",
         "pending-reset",
@@ -224,7 +230,7 @@ def test_decide_mig_mode(
     assert mig.restored == restored
     assert (0 in mig.refused) == refused
     if refused:
-        holder = next(iter(in_use.holders.values()))[0]
+        holder = next(iter(in_use.holders.values()))[0] if in_use.holders else in_use.whole_gpus[0]
         assert str(holder) in mig.refused[0]
         decision = decide_node({0: layout(desired)}, observed, mig_refused=mig.refused)
         assert decision.gpus[0].reason == Reason.GPU_IN_USE

@@ -120,6 +120,25 @@ def test_index_device_ids_protect_every_instance_of_their_profile() -> None:
     assert in_use.unknown == {"2g.20gb": ("ml/ix",)}
 
 
+def test_whole_gpu_pods_that_cannot_be_tied_to_a_gpu_hold_every_gpus_mig_mode() -> None:
+    # an index device id under nvidia.com/gpu: which GPU it is, is unknown
+    in_use = build_in_use([PodDevices("ml", "ix", "main", "nvidia.com/gpu", ("0",))], [])
+    assert in_use.whole_gpus == (Holder("pod", "ml/ix"),)
+    # a bound pod asking a whole GPU, not yet admitted; an admitted one holds by its GPU UUID
+    bound = build_bound_pods(
+        [pod("wait", limits={"nvidia.com/gpu": 1}), pod("in", limits={"nvidia.com/gpu": 1})]
+    )
+    assert [p.whole_gpu for p in bound] == [True, True]
+    rows = [PodDevices("ml", "in", "main", "nvidia.com/gpu", ("GPU-0",))]
+    in_use = build_in_use(rows, bound)
+    assert in_use.whole_gpus == (Holder("reservation", "ml/wait"),)
+    assert in_use.holders_of("GPU-0") == (Holder("pod", "ml/in"),)
+    # without pod-resources, any bound whole-GPU pod may be on any GPU
+    assert len(build_in_use(None, bound).whole_gpus) == 2
+    # processes merged in keep them
+    assert build_in_use(rows, bound, {"GPU-1": [7]}).whole_gpus == in_use.whole_gpus
+
+
 def test_a_shared_resource_on_a_bound_pod_reserves_its_profile() -> None:
     p = pod("s", limits={"nvidia.com/mig-1g.10gb.shared": 1})
     assert mig_requests(p) == {"1g.10gb": 1}
