@@ -152,7 +152,6 @@ class Planner(RepairSteps):
         self.journal = []
         self.assigned = {}
         self._group_nodes = {}
-        self.__dict__.pop("_reason_classes", None)
 
     def model_of(self, text: str) -> GpuModel | None:
         """The catalog model for a snapshot's model string (looked up once per distinct string)."""

@@ -13,8 +13,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-#: A pod's profile is *large* when it takes at least this share of its GPU (4g and 7g of an
-#: 8-unit GPU; 2g and 4g of an A30): only such pods get a GPU drained for them.
+#: A pod's profile is *large* when it takes at least this share of its GPU's memory slices (3g,
+#: 4g and 7g of an 8-unit GPU, as docs/planner.md says; 2g and 4g of an A30): only such pods get
+#: a GPU drained for them.
 LARGE_SHARE = 0.5
 
 

@@ -55,6 +55,8 @@ def name_list(names: Sequence[str], limit: int = 3) -> str:
 
 def explain(planner: RunView, pods: Sequence[WaitingPod]) -> list[Unsatisfied]:
     """One :class:`Unsatisfied` per pod, with the first cause that applies."""
+    if not pods:
+        return []  # every pod served: no node classes to build
     cache: dict[tuple[object, ...], tuple[str, str]] = {}
     classes = _node_classes(planner)
     out = []
@@ -76,8 +78,9 @@ def explain(planner: RunView, pods: Sequence[WaitingPod]) -> list[Unsatisfied]:
 
 def _node_classes(planner: RunView) -> list[list[Node]]:
     """Labelled nodes grouped by all that the pods' filters can see of them."""
-    keys = referenced_label_keys(planner.pending_pods())
-    by_name = uses_name_fields(planner.pending_pods())
+    pending = planner.pending_pods()
+    keys = referenced_label_keys(pending)
+    by_name = uses_name_fields(pending)
     classes: dict[tuple[object, ...], list[Node]] = {}
     for node in planner.src_nodes:
         if not node.labelled:
