@@ -105,7 +105,9 @@ class DemandHistory:
         """Options of a plan while no pod waits: idle defragmentation within the hour's budget."""
         budget = self.defrag_budget(now)
         self._defrag_last = now.timestamp()
-        return replace(self.options([], gpus, now), defrag_ops=budget)
+        # Room is made for the profiles pods asked for lately (the planner tries the largest first).
+        asked = tuple(sorted({profile for _, profile, _ in self.arrivals}))
+        return replace(self.options([], gpus, now), defrag_ops=budget, defrag_profiles=asked)
 
 
 def count_gpus(snapshot: Mapping[str, Any]) -> int:

@@ -299,7 +299,9 @@ class DynamicPolicy(Policy):
         cpu1 = time.process_time()
         options = self.plan_options(pods)
         if idle:
-            options = dataclasses.replace(options, defrag_ops=self._defrag_left())
+            # As the operator: room for the profiles asked for within the demand window.
+            asked = tuple(sorted(p for p, n in self._arrival_counts.items() if n > 0))
+            options = dataclasses.replace(options, defrag_ops=self._defrag_left(), defrag_profiles=asked)
         result = plan(snapshot, options)
         if idle:
             ops = result.summary.created + result.summary.destroyed

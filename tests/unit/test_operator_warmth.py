@@ -54,3 +54,13 @@ def test_idle_defrag_keeps_its_interval_and_hourly_budget() -> None:
     assert history.defrag_budget(T0 + timedelta(seconds=400)) == 2  # 8 of 10 spent this hour
     assert history.defrag_budget(T0 + timedelta(seconds=3700)) == 10
     assert DemandHistory(OperatorConfig(defrag_ops_per_hour=0)).defrag_budget(T0) == 0
+
+
+def test_idle_defrag_makes_room_for_the_profiles_asked_for_lately() -> None:
+    history = DemandHistory(OperatorConfig())
+    history.observe(
+        [pod("default/a", "nvidia.com/mig-7g.80gb"), pod("default/b", "nvidia.com/mig-1g.10gb")], T0
+    )
+    assert history.idle_options(8, T0).defrag_profiles == ("1g.10gb", "7g.80gb")
+    history.observe([], T0 + timedelta(seconds=2000))  # out of the window: nothing in demand
+    assert history.idle_options(8, T0 + timedelta(seconds=2000)).defrag_profiles == ()
