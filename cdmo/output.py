@@ -94,14 +94,15 @@ def emit(data: Any, output: str, *, camel: bool = True) -> None:
         print_json(data, camel=camel)
 
 
-def print_json_items(data: Any) -> None:
+def print_json_items(data: Any, *, camel: bool = True) -> None:
     """``data`` as JSON on stdout, one top-level list item per line (``cdmo plan --output json``).
 
     The document is never held in memory as one string: a 10,000-pod plan is written an item at
     a time, each item compact by the C encoder (the indenting encoder is pure Python and took as
-    long as planning). ``json.loads`` of the output equals ``data``.
+    long as planning). ``json.loads`` of the output equals ``data`` with its keys in camelCase
+    (``camel=False``: as they are), the key style of every verb.
     """
-    write_json(data, sys.stdout)
+    write_json(camel_keys(data) if camel else data, sys.stdout)
 
 
 def write_json(data: Any, out: TextIO) -> None:

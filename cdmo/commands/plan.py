@@ -20,9 +20,8 @@ from cdmo import exit_codes
 from cdmo.errors import InvalidInput, InvalidSnapshot
 from cdmo.mig.catalog import load_yaml
 from cdmo.output import (
-    OUTPUT_FORMATS,
+    add_output_argument,
     build_table,
-    camel_keys,
     console,
     print_json_items,
     print_table,
@@ -36,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SNAPSHOT",
         help="snapshot file, YAML or JSON (nodes and pending pods, see docs/planner.md); - reads stdin",
     )
-    parser.add_argument("--output", "-o", choices=OUTPUT_FORMATS, default="table")
+    add_output_argument(parser)
     parser.add_argument(
         "--strict",
         action="store_true",
@@ -118,8 +117,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"cdmo: warning: {warning}", file=sys.stderr)
     result = plan(snapshot)
     if args.output == "json":
-        # one key style across verbs (camelCase); written an item at a time (a 10,000-pod plan)
-        print_json_items(camel_keys(plan_to_dict(result)))
+        # written an item at a time (a 10,000-pod plan); camelCase keys as every verb's
+        print_json_items(plan_to_dict(result))
         return exit_codes.SUCCESS
     if args.output == "yaml":
         print_yaml(plan_to_dict(result))

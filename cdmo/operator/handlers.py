@@ -109,16 +109,11 @@ def watch_selectors(config: OperatorConfig) -> dict[str, tuple[str, str]]:
 
 
 def _apply_watch_selectors(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
+    # kopf >= 1.45 (the lower bound in pyproject.toml) has server-side selectors and paged lists.
     watching: Any = settings.watching
-    if not hasattr(watching, "label_selectors"):
-        # kopf < 1.45 has no server-side selectors: it filters in the client, after the list.
-        log.warning(
-            "Watching without server-side selectors", reason="kopf has no settings.watching.label_selectors"
-        )
-        return
     for resource, (kind, selector) in watch_selectors(config).items():
         (watching.label_selectors if kind == "label" else watching.field_selectors)[resource] = selector
-    if hasattr(watching, "chunk_size") and config.list_chunk_size > 0:
+    if config.list_chunk_size > 0:
         watching.chunk_size = config.list_chunk_size
 
 
