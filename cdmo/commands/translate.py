@@ -117,6 +117,31 @@ def _put(obj: dict[str, Any], path: tuple[str, ...], value: dict[str, Any]) -> d
     return obj
 
 
+def _check_shape(pod: Mapping[str, Any], where: str) -> None:
+    """Refuse, with the field's path, a pod whose parts are not the shapes Kubernetes gives them.
+
+    The API server checks this before the webhook sees a pod; a file given to the CLI may not be.
+    """
+
+    def need(value: Any, kind: type, path: str) -> None:
+        if value is not None and not isinstance(value, kind):
+            shape = "a mapping" if kind is dict else "a list"
+            raise InvalidInput(f"{where}: {path} must be {shape}, not {type(value).__name__}")
+
+    need(pod.get("metadata"), dict, "metadata")
+    for key in ("labels", "annotations"):
+        need((pod.get("metadata") or {}).get(key), dict, f"metadata.{key}")
+    need(pod.get("spec"), dict, "spec")
+    spec = pod.get("spec") or {}
+    for kind in ("containers", "initContainers"):
+        need(spec.get(kind), list, f"spec.{kind}")
+        for i, container in enumerate(spec.get(kind) or []):
+            need(container, dict, f"spec.{kind}[{i}]")
+            need(container.get("resources"), dict, f"spec.{kind}[{i}].resources")
+            for part in ("limits", "requests"):
+                need((container.get("resources") or {}).get(part), dict, f"spec.{kind}[{i}].resources.{part}")
+
+
 def translate_object(obj: dict[str, Any], model: str | None) -> tuple[dict[str, Any], Translation]:
     """The object with its pod translated, and the decision; raises Refused or InvalidInput."""
     path = _template_path(obj)
@@ -125,6 +150,8 @@ def translate_object(obj: dict[str, Any], model: str | None) -> tuple[dict[str, 
             f"{obj.get('kind') or 'the object'} {((obj.get('metadata') or {}).get('name') or '')!r} is neither"
             " a Pod nor a workload with a pod template"
         )
+    need_kind = "the pod" if not path else "the pod template (" + ".".join(path) + ")"
+    _check_shape(_get(obj, path), need_kind)
     pod = copy.deepcopy(_get(obj, path))
     pod.setdefault("metadata", {}).setdefault(
         "namespace", (obj.get("metadata") or {}).get("namespace", "default")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from cdmo.api import GPU_PRODUCT_LABEL
@@ -41,7 +41,6 @@ class Translation:
     patch: tuple[dict[str, Any], ...] = ()
     choices: tuple[Choice, ...] = ()
     warnings: tuple[str, ...] = ()
-    asks: tuple[Ask, ...] = field(default=(), repr=False)
 
 
 def pod_name(pod: Mapping[str, Any]) -> str:
@@ -208,7 +207,6 @@ def translate_pod(
                 "refuse",
                 f"pod {name} asks {what}, but no labelled node carries a known MIG GPU model;"
                 " label MIG GPU nodes cdmo.clear.ml/gpu-partitioning=mig or set the webhook's default model",
-                asks=tuple(asks),
             )
     failures = []
     for model in models:
@@ -220,16 +218,13 @@ def translate_pod(
             f"{what} -> {', '.join(f'{c.count} x {c.profile}' for c in served)} on {model.key} (from {origin}): "
             + "; ".join(c.reason for c in served)
         )
-        return Translation(
-            "mutate", reason, tuple(build_patch(pod, asks, served, reason)), tuple(served), asks=tuple(asks)
-        )
+        return Translation("mutate", reason, tuple(build_patch(pod, asks, served, reason)), tuple(served))
     needs = "; ".join(describe_need(a.need) for a in asks)
     return Translation(
         "refuse",
         f"pod {name} asks {what} ({needs}), which no GPU model of {origin} can serve: "
         + "; ".join(failures)
         + f"; {_would_fit(asks, rule)}",
-        asks=tuple(asks),
     )
 
 

@@ -152,6 +152,31 @@ def _write(tmp_path: Path, text: str) -> str:
             1,
             "would refuse it",
         ),
+        (
+            "kind: Pod\nmetadata: [1]\nspec: {containers: [{name: m}]}\n",
+            ["--model", "h100-80gb"],
+            2,
+            "metadata must be a mapping",
+        ),
+        (
+            "kind: Pod\nmetadata: {name: x, labels: {clearml-injector/fraction: '0.5'}}\nspec: {containers: [c]}\n",
+            ["--model", "h100-80gb"],
+            2,
+            "spec.containers[0] must be a mapping",
+        ),
+        (
+            "kind: Pod\nmetadata: {name: x}\nspec: {containers: oops}\n",
+            ["--model", "h100-80gb"],
+            2,
+            "spec.containers must be a list",
+        ),
+        (
+            "kind: Pod\nmetadata: {name: x, annotations: {gpu-fraction: '0.5'}}\n"
+            "spec: {containers: [{name: m, resources: {limits: [1]}}]}\n",
+            ["--model", "h100-80gb"],
+            2,
+            "spec.containers[0].resources.limits must be a mapping",
+        ),
     ],
     ids=[
         "missing",
@@ -163,6 +188,10 @@ def _write(tmp_path: Path, text: str) -> str:
         "unknown-model",
         "bad-ask",
         "refused",
+        "metadata-not-a-mapping",
+        "container-not-a-mapping",
+        "containers-not-a-list",
+        "limits-not-a-mapping",
     ],
 )
 def test_bad_input_gives_one_line_and_an_exit_code(
