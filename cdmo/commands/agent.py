@@ -114,15 +114,16 @@ def run(args: argparse.Namespace) -> int:
     metrics = AgentMetrics()
     if conf.metrics_port and not args.once:
         metrics.serve(conf.metrics_port)
-    plugin = _start_plugin(conf, backend)
-    advertiser = plugin
-    if plugin is None and conf.reconfiguring_taint:
-        from cdmo.node_agent.taint import ReconfiguringTaint
+    plugin = None
+    try:  # the plugin starts inside: a failed start still closes NVML and the client
+        plugin = _start_plugin(conf, backend)
+        advertiser = plugin
+        if plugin is None and conf.reconfiguring_taint:
+            from cdmo.node_agent.taint import ReconfiguringTaint
 
-        advertiser = ReconfiguringTaint(kube, conf.node_name, conf.reconfiguring_taint)
-    refresher = BuiltinRefresh(plugin) if plugin is not None else build_refresher(conf, kube)
-    agent = Agent(conf, backend, kube, refresher, metrics=metrics, advertiser=advertiser)
-    try:
+            advertiser = ReconfiguringTaint(kube, conf.node_name, conf.reconfiguring_taint)
+        refresher = BuiltinRefresh(plugin) if plugin is not None else build_refresher(conf, kube)
+        agent = Agent(conf, backend, kube, refresher, metrics=metrics, advertiser=advertiser)
         return _drive(agent, once=args.once)
     finally:
         if plugin is not None:

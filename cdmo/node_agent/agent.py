@@ -83,6 +83,13 @@ class PassOutcome:
     result: ReconcileResult | None = None
 
 
+def backoff_delay(config: AgentConfig, failures: int) -> float:
+    """Seconds to the next pass: the resync period, or after failures a doubling backoff up to it."""
+    if failures == 0:
+        return config.resync_seconds
+    return min(config.resync_seconds, config.backoff_initial_seconds * 2 ** (failures - 1))
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -285,18 +292,13 @@ class Agent:
                     self.log.exception("Failed reconcile pass unexpectedly", error=str(exc))
                     settled = False
                 failures = 0 if settled else failures + 1
-                self._wake.wait(self._delay(failures))
+                self._wake.wait(backoff_delay(self.config, failures))
         finally:
             self._done.set()
             self._wake.set()
             self.kube.interrupt()
             watcher.join(timeout=5)
             self.log.info("Stopped node agent")
-
-    def _delay(self, failures: int) -> float:
-        if failures == 0:
-            return self.config.resync_seconds
-        return min(self.config.resync_seconds, self.config.backoff_initial_seconds * 2 ** (failures - 1))
 
     def _relay_stop(self, stop: threading.Event) -> None:
         while not self._done.is_set():

@@ -28,11 +28,12 @@ from cdmo.config import AgentConfig
 from cdmo.errors import CdmoError, Fatal
 from cdmo.mig.layouts import Instance
 from cdmo.node_agent.advertise import DeviceAdvertiser, NoAdvertiser
+from cdmo.node_agent.agent import backoff_delay
 from cdmo.node_agent.backend import DEFAULT_RETRY, GpuBackend, RetryPolicy
 from cdmo.node_agent.inuse import InUse
 from cdmo.node_agent.reconcile import reconcile_node
 from cdmo.node_agent.refresh import Refresher
-from cdmo.node_agent.status import build_status
+from cdmo.node_agent.status import build_status, managed_gpus
 
 log = structlog.get_logger("cdmo.node_agent.standalone")
 
@@ -99,6 +100,8 @@ class StandaloneAgent:
             desired,
             self.read_in_use,
             enable_mig=self.config.enable_mig,
+            # as the cluster agent: GPUs its last status showed cdmo managed get MIG back on
+            restore_mig=managed_gpus(self._previous) if self.config.auto_enable_mig else (),
             retry=self.retry,
             log=log,
             advertiser=self.advertiser,
@@ -132,13 +135,7 @@ class StandaloneAgent:
                 log.warning("Failed reconcile pass", error=str(exc))
                 settled = False
             failures = 0 if settled else failures + 1
-            delay = (
-                self.config.resync_seconds
-                if failures == 0
-                else min(
-                    self.config.resync_seconds, self.config.backoff_initial_seconds * 2 ** (failures - 1)
-                )
-            )
+            delay = backoff_delay(self.config, failures)
             deadline = time.monotonic() + delay
             while not stop.wait(min(FILE_POLL_SECONDS, max(deadline - time.monotonic(), 0))):
                 now = _fingerprint(self.path)

@@ -139,3 +139,22 @@ def test_cli_standalone_once_and_its_errors(short_dir: Path, capsys: pytest.Capt
     bad = [*base, "--device-list-strategy", "env", "--once"]
     assert main(bad) == 2
     assert "device list strategy" in capsys.readouterr().err
+    # a device-plugins directory that cannot be made: one line, not an unexpected error
+    unusable = [*base, "--sim-gpus", "h100-80gb", "--device-plugin-dir", "/proc/cdmo-nope", "--once"]
+    assert main(unusable) == 2
+    err = capsys.readouterr().err
+    assert "cannot use the device-plugins directory" in err and "unexpected" not in err
+
+
+def test_standalone_turns_mig_back_on_after_a_reboot_as_the_cluster_agent_does(tmp_path: Path) -> None:
+    node = SimulatedNode.from_models(["h100-80gb"], seed="st-reboot")
+    layout = tmp_path / "layout.yaml"
+    layout.write_text(ONE)
+    out = io.StringIO()
+    agent = make(node, layout, out)
+    assert agent.sync_once() is True
+    node.reboot()  # Hopper comes back with MIG off
+    agent.sync_once()
+    last = docs(out)[-1]["status"]
+    assert last["gpus"][0]["migEnabled"] is True
+    assert [i["profile"] for i in last["gpus"][0]["instances"]] == ["3g.40gb"]

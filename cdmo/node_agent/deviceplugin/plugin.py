@@ -272,7 +272,13 @@ class KubeletDevicePlugin:
 
     def start(self) -> None:
         """Read the GPUs, serve every resource, register with the kubelet, and watch."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidInput(
+                f"cannot use the device-plugins directory {self.dir}: {exc.strerror or exc}",
+                hint="mount the kubelet's device-plugins directory or pass --device-plugin-dir",
+            ) from None
         self._started = True
         self.refresh()
         self._thread = threading.Thread(target=self._loop, name="cdmo-device-plugin", daemon=True)
