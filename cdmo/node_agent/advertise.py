@@ -11,18 +11,35 @@ this order, for every GPU it changes:
 2. ``refresh()`` once at the end of the pass (also when the pass failed part way): re-read the
    GPUs and advertise exactly what they hold now. A device withdrawn but not destroyed (its
    destroy was refused) is offered again here.
+
+The agent also tells it, around the pass: ``set_desired(desired)`` before reconcile (the plan's
+resources are registered, its instances preferred), ``settle()`` once the devices are
+advertised again (the external modes lift the reconfiguring taint), and asks ``advertised()``
+for the status document (None where nothing in this process advertises).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol
+
+from cdmo.mig.layouts import Instance
 
 
 class DeviceAdvertiser(Protocol):
     def withdraw(self, uuids: Collection[str]) -> None: ...
 
     def refresh(self) -> None: ...
+
+
+class AgentAdvertiser(DeviceAdvertiser, Protocol):
+    """What the agent itself drives (reconcile needs only :class:`DeviceAdvertiser`)."""
+
+    def set_desired(self, desired: Mapping[int, Sequence[Instance]]) -> None: ...
+
+    def settle(self) -> None: ...
+
+    def advertised(self) -> dict[str, list[str]] | None: ...
 
 
 class NoAdvertiser:
@@ -32,4 +49,13 @@ class NoAdvertiser:
         return None
 
     def refresh(self) -> None:
+        return None
+
+    def set_desired(self, desired: Mapping[int, Sequence[Instance]]) -> None:
+        return None
+
+    def settle(self) -> None:
+        return None
+
+    def advertised(self) -> dict[str, list[str]] | None:
         return None

@@ -25,7 +25,7 @@ import structlog
 from cdmo.api import ConditionType, get_condition, parse_spec
 from cdmo.config import AgentConfig
 from cdmo.errors import CdmoError, Fatal, InvalidLayout
-from cdmo.node_agent.advertise import DeviceAdvertiser, NoAdvertiser
+from cdmo.node_agent.advertise import AgentAdvertiser, NoAdvertiser
 from cdmo.node_agent.backend import DEFAULT_RETRY, GpuBackend, NoPermission, RetryPolicy
 from cdmo.node_agent.inuse import InUse, build_bound_pods, build_in_use
 from cdmo.node_agent.kube import WatchExpired
@@ -108,7 +108,7 @@ class Agent:
         metrics: AgentMetrics | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
         clock: Callable[[], datetime] = _utcnow,
-        advertiser: DeviceAdvertiser | None = None,
+        advertiser: AgentAdvertiser | None = None,
     ) -> None:
         if not config.node_name:
             raise CdmoError(
@@ -184,9 +184,7 @@ class Agent:
             return PassOutcome(True, status)
 
         started = time.monotonic()
-        set_desired = getattr(self.advertiser, "set_desired", None)
-        if set_desired is not None:  # the plan's resources are registered, its instances preferred
-            set_desired(desired)
+        self.advertiser.set_desired(desired)  # the plan's resources registered, its instances preferred
         try:
             result = reconcile_node(
                 self.backend,
@@ -225,9 +223,8 @@ class Agent:
                 reason=refresh.reason,
             )
 
-        settle = getattr(self.advertiser, "settle", None)  # external modes: lift the reconfiguring taint
-        if settle is not None and (refresh is None or refresh.ok):
-            settle()
+        if refresh is None or refresh.ok:
+            self.advertiser.settle()  # external modes: lift the reconfiguring taint
 
         status = build_status(
             result, generation=generation, now=self.clock(), previous=previous, refresh=refresh

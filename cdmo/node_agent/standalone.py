@@ -27,7 +27,7 @@ import structlog
 from cdmo.config import AgentConfig
 from cdmo.errors import CdmoError, Fatal
 from cdmo.mig.layouts import Instance
-from cdmo.node_agent.advertise import DeviceAdvertiser, NoAdvertiser
+from cdmo.node_agent.advertise import AgentAdvertiser, NoAdvertiser
 from cdmo.node_agent.agent import backoff_delay
 from cdmo.node_agent.backend import DEFAULT_RETRY, GpuBackend, RetryPolicy
 from cdmo.node_agent.inuse import InUse
@@ -61,7 +61,7 @@ class StandaloneAgent:
         refresher: Refresher,
         out: TextIO,
         *,
-        advertiser: DeviceAdvertiser | None = None,
+        advertiser: AgentAdvertiser | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         self.config = config
@@ -92,9 +92,7 @@ class StandaloneAgent:
             log.warning("Refused layout file", path=str(self.path), error=str(exc))
             self._emit(doc)
             return True  # nothing to retry until the file changes
-        set_desired = getattr(self.advertiser, "set_desired", None)
-        if set_desired is not None:
-            set_desired(desired)
+        self.advertiser.set_desired(desired)
         result = reconcile_node(
             self.backend,
             desired,
@@ -112,9 +110,9 @@ class StandaloneAgent:
         )
         self._previous = status
         doc["status"] = status
-        advertised = getattr(self.advertiser, "advertised", None)
+        advertised = self.advertiser.advertised()
         if advertised is not None:
-            doc["advertised"] = advertised()
+            doc["advertised"] = advertised
         self._emit(doc)
         return result.settled and (refresh is None or refresh.ok)
 

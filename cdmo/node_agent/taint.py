@@ -23,6 +23,7 @@ import structlog
 import tenacity
 
 from cdmo.errors import CdmoError, InvalidInput, Transient
+from cdmo.mig.layouts import Instance
 from cdmo.node_agent.kube import NotFound
 
 log = structlog.get_logger("cdmo.node_agent.taint")
@@ -78,6 +79,12 @@ class ReconfiguringTaint:
 
     def refresh(self) -> None:
         return None  # NVIDIA's plugin is refreshed by the agent's refresher after the pass
+
+    def set_desired(self, desired: Mapping[int, Sequence[Instance]]) -> None:
+        return None  # NVIDIA's plugin reads no plan
+
+    def advertised(self) -> dict[str, list[str]] | None:
+        return None  # NVIDIA's plugin advertises, not this process
 
     def settle(self) -> None:
         """The plugin has re-advertised (or nothing needed it): lift the taint if it is there.

@@ -263,7 +263,10 @@ class KubeletDevicePlugin:
             return False, "not registered with the kubelet yet: " + ", ".join(missing)
         return True, f"the agent's device plugin advertises {len(resources)} resources to the kubelet"
 
-    def advertised(self) -> dict[str, list[str]]:
+    def settle(self) -> None:
+        return None  # the lists were sent during the pass: nothing waits on the kubelet here
+
+    def advertised(self) -> dict[str, list[str]] | None:
         """resource -> device IDs listed now (for the status document)."""
         with self._cond:
             return {r: [d.id for d in devs] for r, devs in self._lists.items()}
