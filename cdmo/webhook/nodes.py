@@ -16,6 +16,7 @@ import structlog
 from kubernetes import client
 
 from cdmo.api import GPU_PRODUCT_LABEL
+from cdmo.errors import CdmoError
 from cdmo.mig.catalog import find_model
 
 log = structlog.get_logger("cdmo.webhook")
@@ -32,6 +33,10 @@ def count_models(nodes: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+class NodesUnreadable(CdmoError):
+    """The webhook has never read the cluster's nodes, so it cannot tell which models they carry."""
+
+
 class NodeModels:
     """The models of the nodes selected by ``label_selector``, refreshed every ``refresh_seconds``."""
 
@@ -42,6 +47,8 @@ class NodeModels:
         self._refresh = refresh_seconds
         self.models: dict[str, int] = {}
         self.loaded = asyncio.Event()
+        #: why the last list failed (kept until one succeeds), for the answer while none has
+        self.error: str | None = None
         self._task: asyncio.Task[None] | None = None
 
     def _read(self) -> dict[str, int]:
@@ -52,8 +59,10 @@ class NodeModels:
         try:
             models = await asyncio.to_thread(self._read)
         except Exception as exc:  # the API server may be away for a while; keep the last answer
-            log.warning("Failed to list labelled nodes", error=str(exc))
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.warning("Failed to list labelled nodes", error=self.error)
             return
+        self.error = None
         if models != self.models:
             log.info("Read GPU models of labelled nodes", models=models)
         self.models = models
@@ -73,8 +82,18 @@ class NodeModels:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def current(self, wait: float = 5.0) -> dict[str, int]:
-        """The last list read; waits up to ``wait`` seconds for the first one."""
+        """The last list read; waits up to ``wait`` seconds for the first one.
+
+        Raises NodesUnreadable when no list was ever read: an empty answer would refuse every pod
+        with "no labelled node carries a MIG model", which sends people to fix labels that are
+        fine. The server answers 503 instead and the API server applies ``failurePolicy``.
+        """
         if not self.loaded.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.loaded.wait(), wait)
+        if not self.loaded.is_set():
+            raise NodesUnreadable(
+                f"cdmo cannot read the cluster's labelled nodes yet ({self.error or 'no answer'})",
+                hint="check the webhook's RBAC (nodes list) and the API server's reachability",
+            )
         return dict(self.models)

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from cdmo.translate.pods import pod_name
 from cdmo.translate.rule import DEFAULT_RULE, Rule
+from cdmo.webhook.nodes import NodesUnreadable
 from cdmo.webhook.review import BadReview, build_review_response
 
 log = structlog.get_logger("cdmo.webhook")
@@ -49,6 +50,9 @@ def build_app(models: ModelSource, settings: Settings = Settings()) -> web.Appli
             return web.json_response({"error": "the body is not JSON"}, status=400)
         except BadReview as exc:
             return web.json_response({"error": str(exc)}, status=400)
+        except NodesUnreadable as exc:  # the API server applies the webhook's failurePolicy
+            log.warning("Cannot answer: nodes unread", error=str(exc))
+            return web.json_response({"error": str(exc)}, status=503)
         req = review.get("request") or {}
         obj = req.get("object")
         obj = obj if isinstance(obj, dict) else {}

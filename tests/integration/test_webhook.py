@@ -369,3 +369,31 @@ def test_cdmo_webhook_command_serves_over_https_and_stops_on_sigterm(
             proc.kill()
             raise
     assert rc == 0
+
+
+async def test_nodes_never_read_is_a_503_so_the_api_server_applies_failure_policy() -> None:
+    """Not "no labelled node carries a MIG model" (labels are fine): the webhook cannot tell yet."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from cdmo.webhook.nodes import NodeModels, NodesUnreadable
+    from cdmo.webhook.server import build_app
+
+    api = kubernetes.client.ApiClient(kubernetes.client.Configuration(host="http://127.0.0.1:9"))
+    nodes = NodeModels(api, "cdmo.clear.ml/gpu-partitioning=mig", 60.0)
+
+    def refused() -> dict[str, int]:
+        raise kubernetes.client.ApiException(status=403, reason="Forbidden")
+
+    nodes._read = refused  # type: ignore[method-assign]
+    await nodes.refresh()
+    with pytest.raises(NodesUnreadable, match="Forbidden"):
+        await nodes.current(wait=0.01)
+    async with TestClient(TestServer(build_app(lambda: nodes.current(wait=0.01)))) as client:
+        resp = await client.post("/mutate", json=review(pod("p", annotations={"gpu-fraction": "0.5"})))
+        assert resp.status == 503
+        assert "cannot read the cluster's labelled nodes" in (await resp.json())["error"]
+    # once a list is read, the models are answered
+    nodes._read = lambda: {"h100-80gb": 2}  # type: ignore[method-assign]
+    await nodes.refresh()
+    assert await nodes.current(wait=0.01) == {"h100-80gb": 2} and nodes.error is None
+    api.close()
