@@ -169,8 +169,15 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             await memo.cdmo.writer.create_miglayout(name)
         memo.cdmo.loop.nudge()
 
-    @kopf.on.event(GROUP, VERSION, PLURAL, id="miglayout_changed", registry=registry)
-    def miglayout_changed(memo: kopf.Memo, **_: Any) -> None:
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="miglayout_changed", registry=registry)  # type: ignore[arg-type]
+    async def miglayout_changed(
+        name: str, type: str | None, memo: kopf.Memo, labelled_nodes: kopf.Index[str, Any], **_: Any
+    ) -> None:
+        # The planning loop rides on MigLayout daemons: when a labelled node's MigLayout is
+        # deleted (perhaps the only one), make it again at once rather than when the node
+        # next changes, or nothing may carry the loop meanwhile.
+        if type == "DELETED" and name in labelled_nodes:
+            await memo.cdmo.writer.create_miglayout(name)
         memo.cdmo.loop.nudge()
 
     @kopf.daemon(GROUP, VERSION, PLURAL, id="planning_loop", cancellation_timeout=2.0, registry=registry)  # type: ignore[arg-type]

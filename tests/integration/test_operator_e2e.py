@@ -244,3 +244,25 @@ def test_operator_survives_dropped_watches_and_410_gone() -> None:
         assert harness.operator is not None and harness.operator.alive
     finally:
         harness.close()
+
+
+def test_only_miglayout_deleted_while_its_node_is_labelled_is_made_again_and_planning_goes_on(
+    harness: Harness,
+) -> None:
+    # The planning loop rides on a MigLayout's kopf daemon: with the only MigLayout gone and
+    # nothing else changing, nothing would carry it until the node next changed.
+    harness.add_node("gpu-node-1")
+    harness.start_operator()
+    _wait_ready(harness, "gpu-node-1")
+    ml = harness.api.get(PLURAL, "gpu-node-1")
+    assert ml is not None
+    old_uid = ml["metadata"]["uid"]
+    harness.api.delete(PLURAL, "gpu-node-1")
+
+    def made_again(store: Store) -> bool:
+        again = store.get(store.type_of(PLURAL), None, "gpu-node-1")
+        return again is not None and again["metadata"]["uid"] != old_uid
+
+    harness.api.wait_for(made_again, 30.0, "the deleted MigLayout of a labelled node was not made again")
+    pod = harness.submit("after-delete", {"3g.40gb": 1})
+    harness.wait_running([pod], timeout=60)
