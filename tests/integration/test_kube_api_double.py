@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -12,7 +14,7 @@ import kubernetes
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from tests.harness.kube_api import KubeApiDouble
+from tests.harness.kube_api import BOOKMARK_INTERVAL, KubeApiDouble
 
 GROUP, VERSION, PLURAL = "cdmo.clear.ml", "v1alpha1", "miglayouts"
 
@@ -332,3 +334,31 @@ def test_a_cel_rule_without_a_python_equivalent_is_not_silently_accepted() -> No
             {"apiVersion": "example.com/v1", "kind": "Thing", "metadata": {"name": "t"}, "spec": {"a": 1}},
         )
     assert code == 500 and "self.size() > 0" in body["message"]
+
+
+def _watch_lines(url: str) -> list[tuple[float, dict[str, Any]]]:
+    """Every event of a watch until the server closes it, with the time it arrived."""
+    start = time.monotonic()
+    with urllib.request.urlopen(url, timeout=15) as rsp:
+        return [(time.monotonic() - start, json.loads(line)) for line in rsp]
+
+
+def test_quiet_watch_gets_bookmarks_at_the_interval_only_when_asked_real_server_sends_them_about_once_a_minute(
+    kube_api: KubeApiDouble,
+) -> None:
+    # The double's default interval is kube-apiserver's (about 60 s); the fixture shortens it
+    # to 0.5 s. A real server's cadence is not exact, so only lower bounds on gaps are checked.
+    assert BOOKMARK_INTERVAL == 60.0
+    kube_api.create(_pod("quiet"))
+    base = f"{kube_api.url}/api/v1/namespaces/default/pods?watch=true&timeoutSeconds=3"
+    rv = kube_api.wait_for(lambda store: store.rv, 5)
+    events = _watch_lines(f"{base}&resourceVersion={rv}&allowWatchBookmarks=true")
+    marks = [(t, ev) for t, ev in events if ev["type"] == "BOOKMARK"]
+    assert [ev["type"] for _, ev in events if ev["type"] != "BOOKMARK"] == []
+    assert len(marks) >= 3, f"a 3 s quiet watch at a 0.5 s interval got {len(marks)} bookmarks"
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(marks)]
+    assert min(gaps) >= 0.45, f"bookmarks came faster than the interval: {gaps}"
+    assert all(ev["object"]["metadata"]["resourceVersion"] == str(rv) for _, ev in marks)
+    assert all(ev["object"]["kind"] == "Pod" for _, ev in marks)
+    # a client that did not ask for bookmarks gets none
+    assert _watch_lines(f"{base}&resourceVersion={rv}") == []
