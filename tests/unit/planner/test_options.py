@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
 from cdmo.planner import PlanOptions, parse_snapshot, plan, plan_to_dict
-from cdmo.planner.options import drain_limit, kept_draining, prewarm_targets
+from cdmo.planner.options import drain_limit, kept_draining, model_drain_limits, prewarm_targets
 
 from .conftest import gpu, node, pod
 from .oracle import check_plan
@@ -194,3 +195,62 @@ def test_while_a_pod_waits_only_changed_nodes_are_prewarmed() -> None:
     # With nobody waiting, any node may get it.
     idle = dict(data, pending=[])
     assert planned(idle, PlanOptions(prewarm={"2g.20gb": 1})).summary.created == 1
+
+
+def _starving_small_pod_data() -> dict[str, Any]:
+    # GPU 0 is full; GPU 1 has units 3 and 5 free, where no 2g fits. A 7g pod and a 2g pod wait.
+    return {
+        "nodes": [
+            node(
+                "n",
+                gpu(0, "h100-80gb", *(f"1g.10gb@{s}!" for s in range(7))),
+                gpu(1, "h100-80gb", *(f"1g.10gb@{s}!" for s in (0, 1, 2, 4, 6))),
+            )
+        ],
+        "pending": [pod("big", "7g.80gb", priority=5), pod("small", "2g.20gb")],
+    }
+
+
+def test_drain_yields_to_a_smaller_pod_that_waited_long_on_the_same_model() -> None:
+    data = _starving_small_pod_data()
+    base = PlanOptions(drain_max_gpus=1, drain_yield_after_seconds=300)
+    # The small pod waited briefly: GPU 1 (fewest units held) drains for the 7g pod.
+    short = planned(data, dataclasses.replace(base, waited={"default/small": 10}))
+    assert [(d.gpu, d.pod) for d in short.draining] == [(1, "default/big")]
+    # The 2g pod has waited 10 minutes for an H100: no H100 drains, and a drain from the last plan
+    # is let go, so its freed units go to the small pods again.
+    waited = {"default/big": 3000.0, "default/small": 600.0}
+    long = planned(data, dataclasses.replace(base, waited=waited))
+    assert long.draining == ()
+    kept = planned(data, dataclasses.replace(base, waited=waited, draining=(("n", 1),)))
+    assert kept.draining == ()
+    # 0 turns the bound off (the old behaviour).
+    off = planned(data, dataclasses.replace(base, waited=waited, drain_yield_after_seconds=0))
+    assert [(d.gpu, d.pod) for d in off.draining] == [(1, "default/big")]
+
+
+def test_drain_yield_looks_only_at_models_the_small_pod_can_use() -> None:
+    # The small pod asks for a profile only A100-40GB GPUs offer: the H100s may still drain.
+    data = _starving_small_pod_data()
+    data["pending"][1] = pod("small", "1g.5gb")
+    data["nodes"].append(node("m", gpu(0, "a100-40gb", *(f"1g.5gb@{s}!" for s in range(7)))))
+    options = PlanOptions(
+        drain_max_gpus=1, drain_yield_after_seconds=300, waited={"default/big": 3000.0, "default/small": 900.0}
+    )
+    result = planned(data, options)
+    assert [(d.node, d.gpu) for d in result.draining] == [("n", 1)]
+
+
+def test_drain_keeps_to_a_share_of_each_model() -> None:
+    # Four H100s and four A100-80GBs: with a share of 1/4, at most one GPU of each model drains
+    # although the overall limit would allow four.
+    h100 = [gpu(i, "h100-80gb", "1g.10gb@0!") for i in range(4)]
+    a100 = [gpu(i, "a100-80gb", "1g.10gb@0!") for i in range(4)]
+    data = {
+        "nodes": [node("a", *a100), node("h", *h100)],
+        "pending": [pod(f"big{i}", "7g.80gb") for i in range(4)],
+    }
+    result = planned(data, PlanOptions(drain_max_gpus=4, drain_max_model_share=0.25))
+    assert sorted(d.node for d in result.draining) == ["a", "h"]
+    assert len(planned(data, PlanOptions(drain_max_gpus=4)).draining) == 4
+    assert model_drain_limits(["h100-80gb"] * 4 + ["a100-80gb"], 0.25) == {"h100-80gb": 1, "a100-80gb": 1}
