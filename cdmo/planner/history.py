@@ -116,6 +116,7 @@ class DemandHistory:
             drain_max_used_share=cfg.drain_max_used_share,
             drain_max_model_share=cfg.drain_max_fraction,
             drain_yield_after_seconds=cfg.drain_yield_after_seconds,
+            reclaim_max_used_share=cfg.reclaim_max_used_share,
         )
 
     def remember(self, plan: Plan, now: float, *, idle: bool = False) -> None:

@@ -49,6 +49,10 @@ class PlanOptions:
     #: drained one is let go) while a waiting pod smaller than the large ones, that the model
     #: could hold, has waited at least this long. 0 turns the bound off.
     drain_yield_after_seconds: float = 0.0
+    #: Consolidation while large pods wait: free instances on GPUs whose used instances hold at
+    #: most this share of the placement axis are destroyed (not held: small pods get new
+    #: instances on fuller GPUs), so that nearly empty GPUs can empty. 0 turns it off.
+    reclaim_max_used_share: float = 0.0
     #: Idle defragmentation: GPU-instance operations (destroys + creates) this plan may spend
     #: moving free instances together when no pod waits; 0 turns it off. The caller keeps the
     #: hourly budget and passes what is left.

@@ -235,7 +235,9 @@ def test_drain_yield_looks_only_at_models_the_small_pod_can_use() -> None:
     data["pending"][1] = pod("small", "1g.5gb")
     data["nodes"].append(node("m", gpu(0, "a100-40gb", *(f"1g.5gb@{s}!" for s in range(7)))))
     options = PlanOptions(
-        drain_max_gpus=1, drain_yield_after_seconds=300, waited={"default/big": 3000.0, "default/small": 900.0}
+        drain_max_gpus=1,
+        drain_yield_after_seconds=300,
+        waited={"default/big": 3000.0, "default/small": 900.0},
     )
     result = planned(data, options)
     assert [(d.node, d.gpu) for d in result.draining] == [("n", 1)]
@@ -254,3 +256,37 @@ def test_drain_keeps_to_a_share_of_each_model() -> None:
     assert sorted(d.node for d in result.draining) == ["a", "h"]
     assert len(planned(data, PlanOptions(drain_max_gpus=4)).draining) == 4
     assert model_drain_limits(["h100-80gb"] * 4 + ["a100-80gb"], 0.25) == {"h100-80gb": 1, "a100-80gb": 1}
+
+
+def test_reclaim_destroys_free_instances_of_nearly_empty_gpus_while_a_large_pod_waits() -> None:
+    data = {
+        "nodes": [
+            node(
+                "n",
+                gpu(0, "h100-80gb", "1g.10gb@0!", "1g.10gb@1", "1g.10gb@2"),
+                gpu(1, "h100-80gb", *(f"1g.10gb@{s}!" for s in range(5)), "1g.10gb@5"),
+            )
+        ],
+        "pending": [pod("big", "7g.80gb", priority=5)],
+    }
+    result = planned(data, PlanOptions(reclaim_max_used_share=0.5))
+    # GPU 0 (1 of 8 units used) loses its free instances; GPU 1 (5 of 8 used) keeps its one.
+    assert layout(result, "n", 0) == ["1g.10gb@0"] and "1g.10gb@5" in layout(result, "n", 1)
+    assert result.summary.destroyed == 2 and result.draining == ()
+    # Off by default, and nothing to do when no large pod waits.
+    assert planned(data, PlanOptions()).summary.destroyed == 0
+    quiet = {**data, "pending": [pod("small", "1g.10gb")]}
+    assert planned(quiet, PlanOptions(reclaim_max_used_share=0.5)).summary.destroyed == 0
+
+
+def test_drain_goes_to_the_pod_that_waited_longest_whatever_its_priority() -> None:
+    # A used 1g at start 0 on both GPUs: neither the 7g nor the 4g (start 0 only) fits.
+    data = {
+        "nodes": [node("n", *(gpu(i, "h100-80gb", "1g.10gb@0!") for i in range(2)))],
+        "pending": [pod("seven", "7g.80gb", priority=10), pod("four", "4g.40gb", priority=0)],
+    }
+    options = PlanOptions(drain_max_gpus=1, waited={"default/seven": 100.0, "default/four": 3000.0})
+    result = planned(data, options)
+    assert [d.pod for d in result.draining] == ["default/four"]
+    options = dataclasses.replace(options, waited={"default/seven": 3000.0, "default/four": 100.0})
+    assert [d.pod for d in planned(data, options).draining] == ["default/seven"]
