@@ -909,7 +909,7 @@ class Planner(RepairSteps):
 
     def _large_waiting(self) -> list[PodState]:
         """Waiting single-device pods of a large profile (LARGE_SHARE) that have waited at least
-        ``options.drain_after_seconds``: longest waiting first, then highest priority."""
+        ``options.drain_after_seconds``: highest priority first, then longest waiting."""
         large = int(LARGE_SHARE * _UNITS_LCM)
         waited = self.options.waited
         after = self.options.drain_after_seconds
@@ -922,10 +922,7 @@ class Planner(RepairSteps):
             and p.key not in self.assigned
             and waited.get(p.key, 0.0) >= after
         ]
-        # Longest waiting first, whatever the priority (the age rule): a drain is held only against
-        # its pod's level and below, so a higher-priority pod may still take the GPU once it is
-        # empty, and a 4g pod that waited an hour is not left behind every newer 7g pod.
-        return sorted(pods, key=lambda p: (-waited.get(p.key, 0.0), -p.pod.priority, -p.size, p.key))
+        return sorted(pods, key=lambda p: (-p.pod.priority, -waited.get(p.key, 0.0), -p.size, p.key))
 
     def _starved_models(self) -> set[str]:
         """GPU models that a waiting pod smaller than the large ones could use and that it has
@@ -1058,26 +1055,30 @@ class Planner(RepairSteps):
                 self._refresh_node(gpu.node)
 
     def _reclaim(self) -> None:
-        """While large pods wait, destroy the free instances of nearly empty GPUs they could use.
+        """While large pods wait long, destroy the free instances of nearly empty GPUs they could use.
 
-        Free instances only (no pod notices) on GPUs this plan left as they are, whose used
+        Only for the pods draining is for (large, single-device, waited at least
+        ``options.drain_after_seconds``). Free instances only (no pod notices) on GPUs this plan
+        left as they are, whose used
         instances hold at most ``options.reclaim_max_used_share`` of the GPU: left there, the
         scheduler hands them to new small pods and the GPU never empties; gone, the next small
         pods get instances made where the fragmentation measure puts them, on fuller GPUs.
-        Nothing is held: unlike draining, no capacity waits idle for a pod.
+        Nothing is held: unlike draining, no capacity waits idle for a pod. The drain's bound holds
+        here too: no model whose smaller pods have waited long loses free instances.
         """
         share = self.options.reclaim_max_used_share
         if share <= 0:
             return
-        large = int(LARGE_SHARE * _UNITS_LCM)
-        wanted = [p for p in self.pods if p.plannable and p.size >= large and p.key not in self.assigned]
+        wanted = self._large_waiting()
         if not wanted:
             return
+        starved = self._starved_models()
         for gpu in self.gpus:
             if (
                 gpu.node.group is None
                 or not gpu.free
                 or gpu.id in self.drains
+                or gpu.geo.key in starved
                 or gpu.fixed != gpu.fixed0
                 or gpu.free != gpu.free0
                 or gpu.geo.units_of(gpu.fixed).bit_count() > share * gpu.geo.axis

@@ -279,14 +279,18 @@ def test_reclaim_destroys_free_instances_of_nearly_empty_gpus_while_a_large_pod_
     assert planned(quiet, PlanOptions(reclaim_max_used_share=0.5)).summary.destroyed == 0
 
 
-def test_drain_goes_to_the_pod_that_waited_longest_whatever_its_priority() -> None:
+def test_drain_goes_to_the_higher_priority_then_the_longest_waiting_pod() -> None:
     # A used 1g at start 0 on both GPUs: neither the 7g nor the 4g (start 0 only) fits.
     data = {
         "nodes": [node("n", *(gpu(i, "h100-80gb", "1g.10gb@0!") for i in range(2)))],
-        "pending": [pod("seven", "7g.80gb", priority=10), pod("four", "4g.40gb", priority=0)],
+        "pending": [
+            pod("seven", "7g.80gb", priority=10),
+            pod("four", "4g.40gb", priority=0),
+            pod("old", "4g.40gb", priority=0),
+        ],
     }
-    options = PlanOptions(drain_max_gpus=1, waited={"default/seven": 100.0, "default/four": 3000.0})
-    result = planned(data, options)
-    assert [d.pod for d in result.draining] == ["default/four"]
-    options = dataclasses.replace(options, waited={"default/seven": 3000.0, "default/four": 100.0})
+    waited = {"default/seven": 100.0, "default/four": 3000.0, "default/old": 4000.0}
+    options = PlanOptions(drain_max_gpus=1, waited=waited)
     assert [d.pod for d in planned(data, options).draining] == ["default/seven"]
+    del data["pending"][0]
+    assert [d.pod for d in planned(data, options).draining] == ["default/old"]
