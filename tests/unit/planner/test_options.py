@@ -294,3 +294,23 @@ def test_drain_goes_to_the_higher_priority_then_the_longest_waiting_pod() -> Non
     assert [d.pod for d in planned(data, options).draining] == ["default/seven"]
     del data["pending"][0]
     assert [d.pod for d in planned(data, options).draining] == ["default/old"]
+
+
+def test_reclaim_spares_a_model_whose_small_pods_waited_long() -> None:
+    # The 2g pod cannot fit (GPU 0 is full, GPU 1's free 1g instances sit where no 2g goes once
+    # they stay); it waited 10 minutes: the H100s keep their free instances for small pods.
+    data = {
+        "nodes": [
+            node(
+                "n",
+                gpu(0, "h100-80gb", *(f"1g.10gb@{s}!" for s in range(7))),
+                gpu(1, "h100-80gb", *(f"1g.10gb@{s}!" for s in (0, 2, 4, 6)), "1g.10gb@1", "1g.10gb@5"),
+            )
+        ],
+        "pending": [pod("big", "7g.80gb", priority=5), pod("small", "2g.20gb")],
+    }
+    options = PlanOptions(reclaim_max_used_share=1.0, drain_yield_after_seconds=300)
+    fresh = planned(data, dataclasses.replace(options, waited={"default/small": 10.0}))
+    assert fresh.summary.destroyed == 2  # the free 1g instances of GPU 1 go
+    starving = planned(data, dataclasses.replace(options, waited={"default/small": 600.0}))
+    assert starving.summary.destroyed == 0
