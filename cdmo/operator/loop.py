@@ -212,7 +212,7 @@ class PlanningLoop:
         held = held_pods(idx.miglayouts, states)
         plannable, rejected = screen_pods(p for p in waiting if p["key"] not in held)
         self.metrics.set_pending(profile_counts(waiting))
-        self._history.observe(idx.pending, now, idx.bound)
+        asked = self._history.observe(idx.pending, now, idx.bound)
         unsatisfied: list[tuple[Mapping[str, Any], str, str]] = [(r.pod, r.code, r.message) for r in rejected]
 
         untrusted = untrusted_nodes(idx.miglayouts, self.config.status_writers_verified)
@@ -232,8 +232,10 @@ class PlanningLoop:
         # While no pod waits, plan now and then all the same: idle defragmentation.
         idle = not idx.pending and all(s is NodeState.READY for s in states.values()) and bool(ready)
         idle = idle and self._history.defrag_budget(now) > 0
-        # Pods took pre-warmed instances: plan to make more although no pod waits (as the simulator).
-        refill = not plannable and not idle and self.config.prewarm and bool(ready)
+        # New pods took pre-warmed instances: plan to make more although no pod waits (as the
+        # simulator), for their profiles only (one that free space cannot hold must not make every
+        # pass plan).
+        refill = not plannable and not idle and self.config.prewarm and bool(ready) and bool(asked)
         if refill:
             refill = self._history.prewarm_short(
                 free_instances(
@@ -247,6 +249,7 @@ class PlanningLoop:
                     )
                 ),
                 now,
+                asked,
             )
         if plannable or idle or refill:
             snapshot = build_snapshot(

@@ -49,26 +49,33 @@ class DemandHistory:
 
     def observe(
         self, pending: Iterable[Mapping[str, Any]], now: datetime, bound: Iterable[Mapping[str, Any]] = ()
-    ) -> None:
+    ) -> set[str]:
         """Record pods not seen before, pending or bound, each at its creation time (``now`` when
         unknown); forget pods that are gone (memory stays flat).
 
         Bound pods count too: a pod that took a pre-warmed instance at once is never pending when
-        the loop looks, yet it is demand (the simulator counts every pod the same way).
+        the loop looks, yet it is demand (the simulator counts every pod the same way). Returns
+        the profiles of the pods counted now.
         """
         t = now.timestamp()
         keys = []
+        asked: set[str] = set()
         for pod in (*pending, *bound):
             keys.append(pod["key"])
             created = parse_time(pod.get("created"))
             at = min(t, created.timestamp()) if created is not None else t
-            self.history.observe(pod["key"], _asks(pod), at, t)
+            asks = _asks(pod)
+            if self.history.observe(pod["key"], asks, at, t):
+                asked.update(p for p, _ in asks)
         self.history.forget(keys)
         self.history.targets(t)  # ages out what left the window
+        return asked
 
-    def prewarm_short(self, free: Mapping[str, int], now: datetime) -> bool:
-        """Whether a profile in demand has fewer free instances than its pre-warming target."""
-        return self.history.prewarm_short(free, now.timestamp())
+    def prewarm_short(
+        self, free: Mapping[str, int], now: datetime, profiles: Iterable[str] | None = None
+    ) -> bool:
+        """Whether a profile in demand (of ``profiles``) has fewer free instances than its target."""
+        return self.history.prewarm_short(free, now.timestamp(), profiles)
 
     def options(self, plannable: Iterable[Mapping[str, Any]], gpus: int, now: datetime) -> PlanOptions:
         """The next plan's options: pre-warming targets, drain limits, how long each pod waited."""

@@ -45,19 +45,19 @@ class DemandHistory:
         self._defrag_last: float | None = None
         self._targets: dict[str, int] | None = None
 
-    def observe(self, key: str, asks: Iterable[tuple[str, int]], at: float, now: float | None = None) -> None:
+    def observe(self, key: str, asks: Iterable[tuple[str, int]], at: float, now: float | None = None) -> bool:
         """Count pod ``key``'s asks (profile, devices) as made at ``at`` unless it was counted before.
 
         ``at`` is when the pod asked (its creation); ``now`` (default ``at``) is the caller's clock.
         A pod seen late (bound before the caller looked, or seen after a restart) still counts
-        at its own time, and not at all when that is already out of the window.
+        at its own time, and not at all when that is already out of the window. True if counted.
         """
         if key in self._seen:
-            return
+            return False
         self._seen.add(key)
         now = at if now is None else now
         if at < now - self.config.prewarm_window_seconds:
-            return
+            return False
         for profile, count in asks:
             if count > 0:
                 if not self.arrivals or self.arrivals[-1][0] <= at:
@@ -69,6 +69,7 @@ class DemandHistory:
                     self.arrivals = deque(items)
                 self._targets = None
         self._expire(now)
+        return True
 
     def forget(self, keep: Iterable[str]) -> None:
         """Forget the pods not in ``keep`` (no longer asking), so memory stays flat."""
@@ -100,9 +101,18 @@ class DemandHistory:
             )
         return dict(self._targets)
 
-    def prewarm_short(self, free: Mapping[str, int], now: float) -> bool:
-        """Whether some profile in demand has fewer free instances (``free``) than its target."""
-        return any(free.get(p, 0) < n for p, n in self.targets(now).items())
+    def prewarm_short(
+        self, free: Mapping[str, int], now: float, profiles: Iterable[str] | None = None
+    ) -> bool:
+        """Whether some profile in demand has fewer free instances (``free``) than its target.
+
+        ``profiles``: look only at these (the profiles of pods that just asked: a pod that took a
+        ready instance of its profile is what calls for a refill; a profile that stays short
+        because no free space can hold it must not make every pass plan).
+        """
+        targets = self.targets(now)
+        names = targets if profiles is None else [p for p in profiles if p in targets]
+        return any(free.get(p, 0) < targets[p] for p in names)
 
     def options(self, waited: Mapping[str, float], gpus: int, now: float) -> PlanOptions:
         """The next plan's options: pre-warming targets, drain limits, how long each pod waited."""

@@ -114,8 +114,9 @@ class DynamicPolicy(Policy):
         now = self.sim.now
         self.history.observe(self._key(pod), ((spec.profile, spec.count),), now)
         # A pod that took a ready instance leaves fewer than the target: the operator's next pass
-        # (after the batch window) plans to make another.
-        if self._prewarm_short():
+        # (after the batch window) plans to make another of its profile.
+        free = {spec.profile: self.sim.free_instances(spec.profile)}
+        if self.operator.prewarm and self.history.prewarm_short(free, now, (spec.profile,)):
             self._demand()
 
     def _key(self, pod: int) -> str:
