@@ -288,3 +288,9 @@ async def test_pods_that_took_prewarmed_instances_make_the_loop_refill_them() ->
         Indexes(nodes={"n1": _node("n1")}, miglayouts={"n1": _ml("n1", ready)}, bound=(bound,))
     )
     assert not result.planned and writer.patches == []
+    # Taken again by a pod seen before: no new ask, no refill (the next new pod triggers one).
+    writer.patches.clear()
+    result = await loop.run_pass(
+        Indexes(nodes={"n1": _node("n1")}, miglayouts={"n1": _ml("n1", used)}, bound=(bound,))
+    )
+    assert not result.planned

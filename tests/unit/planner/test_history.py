@@ -60,3 +60,17 @@ def test_forgotten_pods_count_again_when_seen_again() -> None:
     history.forget_pod("default/a")
     history.observe("default/a", [("1g.10gb", 1)], 20.0)
     assert len(history.arrivals) == 3
+
+
+def test_refill_looks_only_at_the_profiles_that_just_asked() -> None:
+    history = DemandHistory(CFG)
+    history.observe("default/a", [("1g.10gb", 1)], 0.0)
+    history.observe("default/b", [("7g.80gb", 1)], 0.0)
+    free = {"1g.10gb": 1}  # no 7g free: no free space may hold one
+    assert history.prewarm_short(free, 10.0)
+    assert not history.prewarm_short(free, 10.0, ["1g.10gb"])
+    assert history.prewarm_short(free, 10.0, ["7g.80gb"])
+    assert not history.prewarm_short(free, 10.0, ["2g.20gb"])  # not in demand at all
+    # observe says whether the pod was counted now (a refill is for new asks only).
+    assert not history.observe("default/a", [("1g.10gb", 1)], 20.0)
+    assert history.observe("default/c", [("1g.10gb", 1)], 20.0)
