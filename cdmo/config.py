@@ -99,6 +99,12 @@ class OperatorConfig:
     drain_after_seconds: float = 300.0
     #: ... and only GPUs whose used instances hold at most this share of it (nearly empty ones).
     drain_max_used_share: float = 0.375
+    #: ... and no GPU of a model drains while a smaller pod that model could hold has waited this
+    #: long (the bound that keeps small pods from starving in turn; 0: no such bound).
+    drain_yield_after_seconds: float = 300.0
+    #: While large pods wait, free instances of GPUs at most this share used are destroyed so
+    #: that those GPUs can empty (0: off).
+    reclaim_max_used_share: float = 0.0
     #: Idle defragmentation: when no pod waits, move free instances together (destroy and
     #: re-create free ones only) at most this many GPU-instance operations per hour (0: off) ...
     defrag_ops_per_hour: int = 60
@@ -128,6 +134,8 @@ class OperatorConfig:
         ("drain_max_fraction", "CDMO_DRAIN_MAX_FRACTION"),
         ("drain_after_seconds", "CDMO_DRAIN_AFTER_SECONDS"),
         ("drain_max_used_share", "CDMO_DRAIN_MAX_USED_SHARE"),
+        ("drain_yield_after_seconds", "CDMO_DRAIN_YIELD_AFTER_SECONDS"),
+        ("reclaim_max_used_share", "CDMO_RECLAIM_MAX_USED_SHARE"),
         ("defrag_ops_per_hour", "CDMO_DEFRAG_OPS_PER_HOUR"),
         ("defrag_interval_seconds", "CDMO_DEFRAG_INTERVAL_SECONDS"),
     )

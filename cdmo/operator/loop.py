@@ -53,7 +53,7 @@ from cdmo.operator.publish import (
 from cdmo.operator.snapshot import build_snapshot, held_pods, node_states, screen_pods
 from cdmo.operator.stale import NodeState
 from cdmo.operator.trust import untrusted_nodes
-from cdmo.operator.warmth import DemandHistory, count_gpus
+from cdmo.operator.warmth import DemandHistory, count_gpus, free_instances
 from cdmo.planner import Plan, PlanOptions, parse_snapshot, plan
 
 log = structlog.get_logger("cdmo.operator")
@@ -212,7 +212,7 @@ class PlanningLoop:
         held = held_pods(idx.miglayouts, states)
         plannable, rejected = screen_pods(p for p in waiting if p["key"] not in held)
         self.metrics.set_pending(profile_counts(waiting))
-        self._history.observe(idx.pending, now)
+        asked = self._history.observe(idx.pending, now, idx.bound)
         unsatisfied: list[tuple[Mapping[str, Any], str, str]] = [(r.pod, r.code, r.message) for r in rejected]
 
         untrusted = untrusted_nodes(idx.miglayouts, self.config.status_writers_verified)
@@ -232,7 +232,26 @@ class PlanningLoop:
         # While no pod waits, plan now and then all the same: idle defragmentation.
         idle = not idx.pending and all(s is NodeState.READY for s in states.values()) and bool(ready)
         idle = idle and self._history.defrag_budget(now) > 0
-        if plannable or idle:
+        # New pods took pre-warmed instances: plan to make more although no pod waits (as the
+        # simulator), for their profiles only (one that free space cannot hold must not make every
+        # pass plan).
+        refill = not plannable and not idle and self.config.prewarm and bool(ready) and bool(asked)
+        if refill:
+            refill = self._history.prewarm_short(
+                free_instances(
+                    build_snapshot(
+                        {n: idx.nodes[n] for n in ready},
+                        {n: idx.miglayouts[n] for n in ready},
+                        [],
+                        idx.bound,
+                        self.config,
+                        now,
+                    )
+                ),
+                now,
+                asked,
+            )
+        if plannable or idle or refill:
             snapshot = build_snapshot(
                 {n: idx.nodes[n] for n in ready},
                 {n: idx.miglayouts[n] for n in ready},
@@ -247,11 +266,11 @@ class PlanningLoop:
             gpus = count_gpus(snapshot)
             options = (
                 self._history.options(plannable, gpus, now)
-                if plannable
+                if plannable or refill
                 else self._history.idle_options(gpus, now)
             )
             the_plan = await asyncio.to_thread(self._planner, snapshot, options)
-            self._history.remember(the_plan, now, idle=not plannable)
+            self._history.remember(the_plan, now, idle=idle and not plannable)
             result.plan, result.planned = the_plan, True
             self.metrics.plans.inc()
             by_key = {p["key"]: p for p in plannable}

@@ -57,7 +57,7 @@ from cdmo.planner.models import (
     Unsatisfied,
 )
 from cdmo.planner.objective import COUNT, STANDARD, gpu_option_rank, lower_bound, rank
-from cdmo.planner.options import LARGE_SHARE, PlanOptions
+from cdmo.planner.options import LARGE_SHARE, PlanOptions, model_drain_limits
 from cdmo.planner.reasons import explain
 from cdmo.planner.repair import RepairSteps
 from cdmo.planner.search import (
@@ -880,6 +880,7 @@ class Planner(RepairSteps):
         self._release_holds()
         self._polish()
         self._drain()
+        self._reclaim()
         self._defragment()
         self._prewarm()
         waiting = [
@@ -923,6 +924,29 @@ class Planner(RepairSteps):
         ]
         return sorted(pods, key=lambda p: (-p.pod.priority, -waited.get(p.key, 0.0), -p.size, p.key))
 
+    def _starved_models(self) -> set[str]:
+        """GPU models that a waiting pod smaller than the large ones could use and that it has
+        waited for at least ``options.drain_yield_after_seconds``: draining there would starve it.
+
+        The bound on draining (docs/planner.md): a GPU is kept idle for a large pod only while the
+        smaller pods its model serves are not waiting long themselves; otherwise, under a load the
+        model's GPUs cannot carry, draining would turn their small instances into large ones for good.
+        """
+        large = int(LARGE_SHARE * _UNITS_LCM)
+        waited = self.options.waited
+        after = self.options.drain_yield_after_seconds
+        starved: set[str] = set()
+        if after <= 0:
+            return starved
+        for p in self.pods:
+            if not p.plannable or p.size >= large or p.key in self.assigned or waited.get(p.key, 0.0) < after:
+                continue
+            assert p.demand is not None
+            for geo in self.geos.values():
+                if geo.key not in starved and self._need(geo, p.demand) is not None:
+                    starved.add(geo.key)
+        return starved
+
     def _holds(self) -> dict[SearchGpu, PodState]:
         """GPUs the last plan drained, with the waiting large pod each may still be kept for.
 
@@ -933,7 +957,12 @@ class Planner(RepairSteps):
         wanted = {tuple(k) for k in self.options.draining}
         if not wanted or self.options.drain_max_gpus <= 0:
             return {}
-        gpus = [g for g in self.gpus if (g.node.name, g.index) in wanted and g.node.group is not None]
+        starved = self._starved_models()
+        gpus = [
+            g
+            for g in self.gpus
+            if (g.node.name, g.index) in wanted and g.node.group is not None and g.geo.key not in starved
+        ]
         holds: dict[SearchGpu, PodState] = {}
         for pod in self._large_waiting():
             assert pod.demand is not None
@@ -986,6 +1015,11 @@ class Planner(RepairSteps):
             return
         before = {tuple(k) for k in self.options.draining}
         most_used = self.options.drain_max_used_share
+        per_model = model_drain_limits(
+            (g.geo.key for g in self.gpus if g.node.group is not None), self.options.drain_max_model_share
+        )
+        drained: Counter[str] = Counter()
+        starved = self._starved_models()
         for pod in self._large_waiting():
             if len(self.drains) >= limit:
                 break
@@ -995,6 +1029,8 @@ class Planner(RepairSteps):
                 for gpu in node.gpus:
                     if (
                         gpu.id in self.drains
+                        or drained[gpu.geo.key] >= per_model[gpu.geo.key]
+                        or gpu.geo.key in starved
                         or gpu.fixed != gpu.fixed0
                         or not self._need(gpu.geo, pod.demand)
                         or gpu.geo.units_of(gpu.fixed0).bit_count() > most_used * gpu.geo.axis
@@ -1013,7 +1049,45 @@ class Planner(RepairSteps):
                 continue
             gpu = best[1]
             self.drains[gpu.id] = pod.key
+            drained[gpu.geo.key] += 1
             if gpu.free:
+                self._set_gpu(gpu, gpu.fixed, 0)
+                self._refresh_node(gpu.node)
+
+    def _reclaim(self) -> None:
+        """While large pods wait long, destroy the free instances of nearly empty GPUs they could use.
+
+        Only for the pods draining is for (large, single-device, waited at least
+        ``options.drain_after_seconds``). Free instances only (no pod notices) on GPUs this plan
+        left as they are, whose used
+        instances hold at most ``options.reclaim_max_used_share`` of the GPU: left there, the
+        scheduler hands them to new small pods and the GPU never empties; gone, the next small
+        pods get instances made where the fragmentation measure puts them, on fuller GPUs.
+        Nothing is held: unlike draining, no capacity waits idle for a pod. The drain's bound holds
+        here too: no model whose smaller pods have waited long loses free instances.
+        """
+        share = self.options.reclaim_max_used_share
+        if share <= 0:
+            return
+        wanted = self._large_waiting()
+        if not wanted:
+            return
+        starved = self._starved_models()
+        for gpu in self.gpus:
+            if (
+                gpu.node.group is None
+                or not gpu.free
+                or gpu.id in self.drains
+                or gpu.geo.key in starved
+                or gpu.fixed != gpu.fixed0
+                or gpu.free != gpu.free0
+                or gpu.geo.units_of(gpu.fixed).bit_count() > share * gpu.geo.axis
+            ):
+                continue
+            if any(
+                gpu.node.group in p.groups and self._need(gpu.geo, p.demand) is not None  # type: ignore[arg-type]
+                for p in wanted
+            ):
                 self._set_gpu(gpu, gpu.fixed, 0)
                 self._refresh_node(gpu.node)
 

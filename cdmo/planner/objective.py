@@ -18,10 +18,13 @@ One pod at a time, each placement is ranked by :func:`rank` (smaller is better).
 second time with the ``COUNT`` ranking, which puts fragmentation first (more pods fit when
 free space stays whole); the pass that serves more is kept (docs/planner.md, "How it plans").
 
-Exceptions to the order, each bounded and written down in docs/planner.md: a GPU drained for a
-large pod that waited long (free instances destroyed although no pod gets them this plan), and
-pre-warmed instances (created although no pod asks for them yet) — both only when the caller
-asks (:class:`cdmo.planner.options.PlanOptions`).
+Exceptions to the order, each bounded and written down in docs/planner.md, each only when the
+caller asks (:class:`cdmo.planner.options.PlanOptions`): a GPU drained for a large pod that
+waited long (free instances destroyed although no pod gets them this plan; at most a share of
+all GPUs and of each model's, and never on a model whose smaller pods have waited long
+themselves), reclaim (free instances of nearly empty GPUs destroyed while such a pod waits; off
+by default), idle defragmentation (free instances moved, within an hourly budget), and
+pre-warmed instances (created although no pod asks for them yet).
 
 To change the objective, change the tuples here; every search step compares only these.
 Pure: imports nothing of Kubernetes or NVML.

@@ -10,7 +10,8 @@ Pure data: imports nothing of Kubernetes or NVML.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 #: A pod's profile is *large* when it takes at least this share of its GPU's memory slices (3g,
@@ -40,6 +41,18 @@ class PlanOptions:
     #: Only GPUs whose used instances hold at most this share of the placement axis may drain
     #: (1.0: any): the emptier the GPU, the less capacity sits idle while it drains.
     drain_max_used_share: float = 1.0
+    #: At most this share of each GPU model's labelled GPUs drain at once (at least one per model;
+    #: 1.0: only ``drain_max_gpus`` bounds it). A pod that only one small pool of GPUs can hold
+    #: (7g.141gb on the H200s of a mixed fleet) would otherwise idle most of that pool.
+    drain_max_model_share: float = 1.0
+    #: The bound that keeps small pods from starving in turn: no GPU of a model drains (and a
+    #: drained one is let go) while a waiting pod smaller than the large ones, that the model
+    #: could hold, has waited at least this long. 0 turns the bound off.
+    drain_yield_after_seconds: float = 0.0
+    #: Consolidation while large pods wait: free instances on GPUs whose used instances hold at
+    #: most this share of the placement axis are destroyed (not held: small pods get new
+    #: instances on fuller GPUs), so that nearly empty GPUs can empty. 0 turns it off.
+    reclaim_max_used_share: float = 0.0
     #: Idle defragmentation: GPU-instance operations (destroys + creates) this plan may spend
     #: moving free instances together when no pod waits; 0 turns it off. The caller keeps the
     #: hourly budget and passes what is left.
@@ -66,6 +79,13 @@ def drain_limit(fraction: float, gpus: int) -> int:
     if fraction <= 0 or gpus <= 0:
         return 0
     return max(1, math.floor(fraction * gpus))
+
+
+def model_drain_limits(models: Iterable[str], share: float) -> Counter[str]:
+    """GPUs of each model (one entry per GPU in ``models``) that may drain at once: ``share`` of
+    them, at least 1."""
+    counts = Counter(models)
+    return Counter({m: max(1, math.floor(share * n)) for m, n in counts.items()})
 
 
 def prewarm_targets(

@@ -16,9 +16,7 @@ plan gave to it are not planned again until it is ready, and pending pods are li
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,7 +29,7 @@ from cdmo.node_agent.inuse import Holder, InUse
 from cdmo.node_agent.reconcile import ReconcileResult, reconcile_node
 from cdmo.node_agent.simulated import SimulatedBackend, SimulatedNode
 from cdmo.planner import Node, NodePlan, PendingPod, PlanOptions, Snapshot, parse_snapshot, plan
-from cdmo.planner.options import drain_limit, kept_draining, targets_from_counts
+from cdmo.planner.history import DemandHistory
 from cdmo.sim.engine import Policy, SimInstance, SimNode
 from cdmo.sim.policies import BatchWindow
 from cdmo.sim.scenario import BatchSettings, TimeModel
@@ -62,16 +60,11 @@ class DynamicPolicy(Policy):
         self.settings = settings
         #: Pre-warming and draining as the operator does them, with the operator's defaults.
         self.operator = operator or OperatorConfig()
-        #: (arrival time, profile, devices) within the pre-warming window, oldest first
-        self._arrivals: deque[tuple[float, str, int]] = deque()
-        self._arrival_counts: Counter[str] = Counter()
-        self._targets: dict[str, int] = {}
-        #: (node, GPU index) the last plan drained, and the same as node idx -> GPU indexes
-        self._draining: tuple[tuple[str, int], ...] = ()
+        #: Demand history, drained GPUs and the idle-defragmentation budget: the operator's own
+        #: (cdmo.planner.history), fed each pod as it arrives (when the operator's watch sees it).
+        self.history = DemandHistory(self.operator)
+        #: The GPUs the last plan drained, as node idx -> GPU indexes
         self._drain_gpus: dict[int, set[int]] = {}
-        #: (time, GPU-instance operations) of idle plans in the last hour; when the next may look
-        self._defrag_ops: deque[tuple[float, int]] = deque()
-        self._defrag_due = 0.0
         self._defrag_token: int | None = None
         self.time_model = time_model
         self.window = BatchWindow(settings.batch_idle_seconds, settings.batch_max_seconds)
@@ -117,51 +110,35 @@ class DynamicPolicy(Policy):
         self._demand()
 
     def on_pod_arrive(self, pod: int) -> None:
-        op = self.operator
-        if not op.prewarm:
-            return
         spec = self.sim.pods[pod]
         now = self.sim.now
-        arrivals, counts = self._arrivals, self._arrival_counts
-        arrivals.append((now, spec.profile, spec.count))
-        counts[spec.profile] += spec.count
-        while arrivals and arrivals[0][0] < now - op.prewarm_window_seconds:
-            _, old, n = arrivals.popleft()
-            counts[old] -= n
-        # Kept count by count (what prewarm_targets computes from the whole window each time).
-        self._targets = targets_from_counts(
-            counts,
-            window_seconds=op.prewarm_window_seconds,
-            horizon_seconds=op.prewarm_horizon_seconds,
-            max_per_profile=op.prewarm_max_per_profile,
-        )
-        # A pod that took a ready instance leaves fewer than the target: plan to make another.
-        if self.sim.free_instances(spec.profile) < self._targets.get(spec.profile, 0):
+        self.history.observe(self._key(pod), ((spec.profile, spec.count),), now)
+        # A pod that took a ready instance leaves fewer than the target: the operator's next pass
+        # (after the batch window) plans to make another of its profile.
+        free = {spec.profile: self.sim.free_instances(spec.profile)}
+        if self.operator.prewarm and self.history.prewarm_short(free, now, (spec.profile,)):
             self._demand()
 
+    def _key(self, pod: int) -> str:
+        return f"{NAMESPACE}/{self.sim.pods[pod].name}"
+
     def on_pod_end(self, pod: int) -> None:
+        self.history.forget_pod(self._key(pod))
         if self._drain_gpus:
             self._destroy_drained()
         # A freed instance may let the planner make room: the operator sees the pod go.
         if self._has_demand():
             self._demand()
-        elif self._defrag_token is None and self._defrag_left() > 0:
+        elif self._defrag_token is None and self.history.defrag_budget(self.sim.now) > 0:
             # Nobody waits: look at the free space once the interval has passed.
             self._defrag_token = self._timer_token = self._timer_token - 1
-            self.sim.set_timer(max(self.sim.now, self._defrag_due), self._defrag_token)
+            self.sim.set_timer(self.sim.now, self._defrag_token)
 
-    def _defrag_left(self) -> int:
-        """GPU-instance operations idle defragmentation may still spend in the last hour."""
-        per_hour = self.operator.defrag_ops_per_hour
-        if per_hour <= 0:
-            return 0
-        now = self.sim.now
-        while self._defrag_ops and self._defrag_ops[0][0] <= now - 3600:
-            self._defrag_ops.popleft()
-        return per_hour - sum(n for _, n in self._defrag_ops)
+    def _free_counts(self) -> dict[str, int]:
+        return {p: self.sim.free_instances(p) for p in self.history.targets(self.sim.now)}
 
     def _prewarm_short(self) -> bool:
-        return any(self.sim.free_instances(p) < n for p, n in self._targets.items())
+        return self.operator.prewarm and self.history.prewarm_short(self._free_counts(), self.sim.now)
 
     def _destroy_drained(self) -> None:
         """The node agent on a draining GPU destroys each instance as soon as its pod ends.
@@ -203,7 +180,6 @@ class DynamicPolicy(Policy):
         if token < 0:
             if token == self._defrag_token:
                 self._defrag_token = None
-                self._defrag_due = self.sim.now + self.operator.defrag_interval_seconds
                 if not self._has_demand() and not self.window.is_open:
                     self._plan(idle=True)
             return
@@ -277,17 +253,10 @@ class DynamicPolicy(Policy):
 
     def plan_options(self, pods: Sequence[int]) -> PlanOptions:
         """The operator's pre-warming targets, drain limits and the pods' waits for the next plan."""
-        op = self.operator
         sim = self.sim
         gpus = sum(len(n.gpus) for n in sim.nodes)
-        return PlanOptions(
-            prewarm=dict(self._targets) if op.prewarm else {},
-            drain_max_gpus=drain_limit(op.drain_max_fraction, gpus),
-            draining=self._draining,
-            waited={f"{NAMESPACE}/{sim.pods[p].name}": sim.now - sim.pods[p].arrival for p in pods},
-            drain_after_seconds=op.drain_after_seconds,
-            drain_max_used_share=op.drain_max_used_share,
-        )
+        waited = {self._key(p): sim.now - sim.pods[p].arrival for p in pods}
+        return self.history.options(waited, gpus, sim.now)
 
     def _plan(self, *, idle: bool = False) -> None:
         sim = self.sim
@@ -297,22 +266,16 @@ class DynamicPolicy(Policy):
         cpu0 = time.process_time()
         snapshot = self.parsed_snapshot(pods)
         cpu1 = time.process_time()
-        options = self.plan_options(pods)
-        if idle:
-            # As the operator: room for the profiles asked for within the demand window.
-            asked = tuple(sorted(p for p, n in self._arrival_counts.items() if n > 0))
-            options = dataclasses.replace(options, defrag_ops=self._defrag_left(), defrag_profiles=asked)
+        gpus = sum(len(n.gpus) for n in sim.nodes)
+        # As the operator: an idle plan (nobody waits) defragments within the hour's budget.
+        options = self.history.idle_options(gpus, sim.now) if idle else self.plan_options(pods)
         result = plan(snapshot, options)
+        self.history.remember(result, sim.now, idle=idle)
         if idle:
-            ops = result.summary.created + result.summary.destroyed
-            self._defrag_ops.append((sim.now, ops))
             self.idle_plans += 1
-            self.idle_ops += ops
-        self._draining = kept_draining(
-            self._draining, [n.name for n in result.nodes], [(d.node, d.gpu) for d in result.draining]
-        )
+            self.idle_ops += result.summary.created + result.summary.destroyed
         self._drain_gpus = {}
-        for name, index in self._draining:
+        for name, index in self.history.draining:
             self._drain_gpus.setdefault(sim.node_by_name[name].idx, set()).add(index)
         cpu2 = time.process_time()
         self.snapshot_cpu += cpu1 - cpu0

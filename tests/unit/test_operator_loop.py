@@ -265,3 +265,32 @@ async def test_a_report_contradicting_the_spec_keeps_the_node_out_unless_writers
     )
     result = await trusting.run_pass(idx)
     assert result.planned and "ReportContradictsSpec" not in [e.reason for e in result.events]
+
+
+async def test_pods_that_took_prewarmed_instances_make_the_loop_refill_them() -> None:
+    # No pod waits: the one that asked took its pre-warmed instance at once and is only ever seen
+    # bound. It still counts as demand (at its creation time), so the pass plans a new free 1g.
+    writer = FakeWriter()
+    config = OperatorConfig(batch_idle_seconds=0.05, defrag_ops_per_hour=0)
+    loop = PlanningLoop(config, writer, OperatorMetrics(), post_event=lambda e: None, clock=lambda: NOW)
+    bound = {**_pod("b", "nvidia.com/mig-1g.10gb"), "node": "n1", "created": "2026-01-01T11:58:00Z"}
+    used = [{"profile": "1g.10gb", "start": 0, "allocated": True, "pod": "default/b"}]
+    idx = Indexes(nodes={"n1": _node("n1")}, miglayouts={"n1": _ml("n1", used)}, bound=(bound,))
+    result = await loop.run_pass(idx)
+    assert result.planned and result.patched == ["n1"]
+    instances = writer.patches[0][1]["spec"]["gpus"][0]["instances"]
+    assert sorted((i["profile"], i["start"]) for i in instances)[0] == ("1g.10gb", 0)
+    assert len(instances) == 2  # the used one, and one made ready
+    # Ready now: the next pass has nothing to do.
+    ready = [*used, {"profile": "1g.10gb", "start": 1, "allocated": False}]
+    writer.patches.clear()
+    result = await loop.run_pass(
+        Indexes(nodes={"n1": _node("n1")}, miglayouts={"n1": _ml("n1", ready)}, bound=(bound,))
+    )
+    assert not result.planned and writer.patches == []
+    # Taken again by a pod seen before: no new ask, no refill (the next new pod triggers one).
+    writer.patches.clear()
+    result = await loop.run_pass(
+        Indexes(nodes={"n1": _node("n1")}, miglayouts={"n1": _ml("n1", used)}, bound=(bound,))
+    )
+    assert not result.planned

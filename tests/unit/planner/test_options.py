@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
 from cdmo.planner import PlanOptions, parse_snapshot, plan, plan_to_dict
-from cdmo.planner.options import drain_limit, kept_draining, prewarm_targets
+from cdmo.planner.options import drain_limit, kept_draining, model_drain_limits, prewarm_targets
 
 from .conftest import gpu, node, pod
 from .oracle import check_plan
@@ -194,3 +195,122 @@ def test_while_a_pod_waits_only_changed_nodes_are_prewarmed() -> None:
     # With nobody waiting, any node may get it.
     idle = dict(data, pending=[])
     assert planned(idle, PlanOptions(prewarm={"2g.20gb": 1})).summary.created == 1
+
+
+def _starving_small_pod_data() -> dict[str, Any]:
+    # GPU 0 is full; GPU 1 has units 3 and 5 free, where no 2g fits. A 7g pod and a 2g pod wait.
+    return {
+        "nodes": [
+            node(
+                "n",
+                gpu(0, "h100-80gb", *(f"1g.10gb@{s}!" for s in range(7))),
+                gpu(1, "h100-80gb", *(f"1g.10gb@{s}!" for s in (0, 1, 2, 4, 6))),
+            )
+        ],
+        "pending": [pod("big", "7g.80gb", priority=5), pod("small", "2g.20gb")],
+    }
+
+
+def test_drain_yields_to_a_smaller_pod_that_waited_long_on_the_same_model() -> None:
+    data = _starving_small_pod_data()
+    base = PlanOptions(drain_max_gpus=1, drain_yield_after_seconds=300)
+    # The small pod waited briefly: GPU 1 (fewest units held) drains for the 7g pod.
+    short = planned(data, dataclasses.replace(base, waited={"default/small": 10}))
+    assert [(d.gpu, d.pod) for d in short.draining] == [(1, "default/big")]
+    # The 2g pod has waited 10 minutes for an H100: no H100 drains, and a drain from the last plan
+    # is let go, so its freed units go to the small pods again.
+    waited = {"default/big": 3000.0, "default/small": 600.0}
+    long = planned(data, dataclasses.replace(base, waited=waited))
+    assert long.draining == ()
+    kept = planned(data, dataclasses.replace(base, waited=waited, draining=(("n", 1),)))
+    assert kept.draining == ()
+    # 0 turns the bound off (the old behaviour).
+    off = planned(data, dataclasses.replace(base, waited=waited, drain_yield_after_seconds=0))
+    assert [(d.gpu, d.pod) for d in off.draining] == [(1, "default/big")]
+
+
+def test_drain_yield_looks_only_at_models_the_small_pod_can_use() -> None:
+    # The small pod asks for a profile only A100-40GB GPUs offer: the H100s may still drain.
+    data = _starving_small_pod_data()
+    data["pending"][1] = pod("small", "1g.5gb")
+    data["nodes"].append(node("m", gpu(0, "a100-40gb", *(f"1g.5gb@{s}!" for s in range(7)))))
+    options = PlanOptions(
+        drain_max_gpus=1,
+        drain_yield_after_seconds=300,
+        waited={"default/big": 3000.0, "default/small": 900.0},
+    )
+    result = planned(data, options)
+    assert [(d.node, d.gpu) for d in result.draining] == [("n", 1)]
+
+
+def test_drain_keeps_to_a_share_of_each_model() -> None:
+    # Four H100s and four A100-80GBs: with a share of 1/4, at most one GPU of each model drains
+    # although the overall limit would allow four.
+    h100 = [gpu(i, "h100-80gb", "1g.10gb@0!") for i in range(4)]
+    a100 = [gpu(i, "a100-80gb", "1g.10gb@0!") for i in range(4)]
+    data = {
+        "nodes": [node("a", *a100), node("h", *h100)],
+        "pending": [pod(f"big{i}", "7g.80gb") for i in range(4)],
+    }
+    result = planned(data, PlanOptions(drain_max_gpus=4, drain_max_model_share=0.25))
+    assert sorted(d.node for d in result.draining) == ["a", "h"]
+    assert len(planned(data, PlanOptions(drain_max_gpus=4)).draining) == 4
+    assert model_drain_limits(["h100-80gb"] * 4 + ["a100-80gb"], 0.25) == {"h100-80gb": 1, "a100-80gb": 1}
+
+
+def test_reclaim_destroys_free_instances_of_nearly_empty_gpus_while_a_large_pod_waits() -> None:
+    data = {
+        "nodes": [
+            node(
+                "n",
+                gpu(0, "h100-80gb", "1g.10gb@0!", "1g.10gb@1", "1g.10gb@2"),
+                gpu(1, "h100-80gb", *(f"1g.10gb@{s}!" for s in range(5)), "1g.10gb@5"),
+            )
+        ],
+        "pending": [pod("big", "7g.80gb", priority=5)],
+    }
+    result = planned(data, PlanOptions(reclaim_max_used_share=0.5))
+    # GPU 0 (1 of 8 units used) loses its free instances; GPU 1 (5 of 8 used) keeps its one.
+    assert layout(result, "n", 0) == ["1g.10gb@0"] and "1g.10gb@5" in layout(result, "n", 1)
+    assert result.summary.destroyed == 2 and result.draining == ()
+    # Off by default, and nothing to do when no large pod waits.
+    assert planned(data, PlanOptions()).summary.destroyed == 0
+    quiet = {**data, "pending": [pod("small", "1g.10gb")]}
+    assert planned(quiet, PlanOptions(reclaim_max_used_share=0.5)).summary.destroyed == 0
+
+
+def test_drain_goes_to_the_higher_priority_then_the_longest_waiting_pod() -> None:
+    # A used 1g at start 0 on both GPUs: neither the 7g nor the 4g (start 0 only) fits.
+    data = {
+        "nodes": [node("n", *(gpu(i, "h100-80gb", "1g.10gb@0!") for i in range(2)))],
+        "pending": [
+            pod("seven", "7g.80gb", priority=10),
+            pod("four", "4g.40gb", priority=0),
+            pod("old", "4g.40gb", priority=0),
+        ],
+    }
+    waited = {"default/seven": 100.0, "default/four": 3000.0, "default/old": 4000.0}
+    options = PlanOptions(drain_max_gpus=1, waited=waited)
+    assert [d.pod for d in planned(data, options).draining] == ["default/seven"]
+    del data["pending"][0]
+    assert [d.pod for d in planned(data, options).draining] == ["default/old"]
+
+
+def test_reclaim_spares_a_model_whose_small_pods_waited_long() -> None:
+    # The 2g pod cannot fit (GPU 0 is full, GPU 1's free 1g instances sit where no 2g goes once
+    # they stay); it waited 10 minutes: the H100s keep their free instances for small pods.
+    data = {
+        "nodes": [
+            node(
+                "n",
+                gpu(0, "h100-80gb", *(f"1g.10gb@{s}!" for s in range(7))),
+                gpu(1, "h100-80gb", *(f"1g.10gb@{s}!" for s in (0, 2, 4, 6)), "1g.10gb@1", "1g.10gb@5"),
+            )
+        ],
+        "pending": [pod("big", "7g.80gb", priority=5), pod("small", "2g.20gb")],
+    }
+    options = PlanOptions(reclaim_max_used_share=1.0, drain_yield_after_seconds=300)
+    fresh = planned(data, dataclasses.replace(options, waited={"default/small": 10.0}))
+    assert fresh.summary.destroyed == 2  # the free 1g instances of GPU 1 go
+    starving = planned(data, dataclasses.replace(options, waited={"default/small": 600.0}))
+    assert starving.summary.destroyed == 0
