@@ -71,6 +71,10 @@ def cases(quick: bool = False) -> Iterator[tuple[str, Snapshot, PlanOptions | No
         if seed % 3 == 0:
             data["pending"] = data["pending"][:1]
         yield f"random-options-{seed}", parse_snapshot(data), _options(seed, data)
+    for seed in range(4):
+        # Oversubscribed, so that large pods wait and GPUs drain for them.
+        data = build_snapshot(30, 25, seed=seed)
+        yield f"bench-options-{seed}", parse_snapshot(data), _options(seed + 1, data)
 
 
 def sequence() -> Iterator[tuple[str, Snapshot]]:

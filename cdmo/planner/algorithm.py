@@ -56,7 +56,7 @@ from cdmo.planner.models import (
     Snapshot,
     Unsatisfied,
 )
-from cdmo.planner.objective import COUNT, STANDARD, gpu_option_rank, lower_bound, rank
+from cdmo.planner.objective import COUNT, STANDARD, Rank, gpu_option_rank, lower_bound, rank
 from cdmo.planner.options import LARGE_SHARE, PlanOptions
 from cdmo.planner.reasons import explain
 from cdmo.planner.repair import RepairSteps
@@ -99,6 +99,7 @@ class Planner(RepairSteps):
         self.journal: list[tuple[Any, ...]] = []
         self.assigned: dict[str, Placement] = {}
         self.mode = STANDARD
+        self._bounds = _Bounds(STANDARD)
         self.fail_memo: dict[tuple[Demand, tuple[int, ...]], tuple[int, ...]] = {}
         self.node_memo: dict[tuple[int, Demand], tuple[int, tuple[Any, ...] | None]] = {}
         self.used_fit_memo: dict[tuple[int, Demand], bool] = {}
@@ -106,7 +107,6 @@ class Planner(RepairSteps):
         #: _option_parts for GPUs outside any group (reasons look at cordoned nodes' GPUs too)
         self._loose_costs: dict[tuple[Any, ...], tuple[Any, ...] | None] = {}
         self._largest: dict[str, Fraction] = {}
-        self._needs: dict[tuple[int, Demand], tuple[tuple[int, int], ...] | None] = {}
         #: node evaluations so far (the repairs' budget counts them)
         self._walks = 0
         self._budget_end = 0
@@ -116,6 +116,10 @@ class Planner(RepairSteps):
         self.free_nodes: dict[str, list[int]] = {}
         self._models: dict[str, GpuModel | None] = {}
         self._build_nodes()
+        #: The GPUs by (node order, index, id): a GPU's ``place`` is its position here.
+        self.by_place = sorted(self.gpus, key=lambda g: (g.node.order, g.index, g.id))
+        for place, gpu in enumerate(self.by_place):
+            gpu.place = place
         #: Catalog keys of the known GPU models on labelled nodes.
         self.cluster_models = tuple(
             sorted(
@@ -257,7 +261,7 @@ class Planner(RepairSteps):
         gpu.key = key
         count = group.states.get(key, 0)
         group.states[key] = count + 1
-        heapq.heappush(group.members.setdefault(key, []), (gpu.node.order, gpu.index, gpu.id))
+        heapq.heappush(group.members.setdefault(key, []), gpu.place)
         if count == 0:
             group.arrivals.append(key)
 
@@ -277,7 +281,7 @@ class Planner(RepairSteps):
         return geo.room(fixed)
 
     def _set_gpu(self, gpu: SearchGpu, fixed: int, free: int) -> None:
-        self.journal.append(("gpu", gpu, gpu.fixed, gpu.free, gpu.touched))
+        self.journal.append(("gpu", gpu.id, gpu.fixed, gpu.free, gpu.touched))
         gpu.node.room += self._room_of(gpu.geo, fixed) - self._room_of(gpu.geo, gpu.fixed)
         gpu.fixed, gpu.free = fixed, free
         gpu.touched = (fixed | free) != (gpu.fixed0 | gpu.free0)
@@ -287,7 +291,7 @@ class Planner(RepairSteps):
     def _refresh_node(self, node: SearchNode) -> None:
         touched = any(g.touched for g in node.gpus)
         if touched != node.touched:
-            self.journal.append(("node", node, node.touched))
+            self.journal.append(("node", node.order, node.touched))
             self._flag_node(node, touched)
 
     def _flag_node(self, node: SearchNode, touched: bool) -> None:
@@ -306,23 +310,25 @@ class Planner(RepairSteps):
             entry = self.journal.pop()
             kind = entry[0]
             if kind == "gpu":
-                _, gpu, fixed, free, touched = entry
+                _, gid, fixed, free, touched = entry
+                gpu = self.gpus[gid]
                 gpu.node.room += self._room_of(gpu.geo, fixed) - self._room_of(gpu.geo, gpu.fixed)
                 gpu.fixed, gpu.free, gpu.touched = fixed, free, touched
                 gpu.node.version += 1
                 self._rekey(gpu)
             elif kind == "node":
-                self._flag_node(entry[1], entry[2])
+                self._flag_node(self.nodes[entry[1]], entry[2])
             elif kind == "assign":
-                placement = self.assigned.pop(entry[1])
-                placement.node.pods.discard(entry[1])
+                order, _ = self.assigned.pop(entry[1])
+                self.nodes[order].pods.discard(entry[1])
             else:  # unassign
                 self.assigned[entry[1]] = entry[2]
-                entry[2].node.pods.add(entry[1])
+                self.nodes[entry[2][0]].pods.add(entry[1])
 
     def _set_mode(self, mode: int) -> None:
         """Switch how placements are ranked; costs cached under the other ranking are dropped."""
         self.mode = mode
+        self._bounds = _Bounds(mode)
         for group in self.groups:
             group.mheaps.clear()
         self.node_memo.clear()
@@ -420,87 +426,85 @@ class Planner(RepairSteps):
     def _group_best(self, group: NodeGroup, demand: Demand) -> tuple[tuple[Any, ...], int, int, int] | None:
         """The cheapest GPU state of ``group`` for ``demand``, and its first GPU (by node, index).
 
-        States enter the demand's heap with a lower bound of their rank (nothing destroyed, only
-        what existing free instances cannot cover created, no fragmentation); a state is costed
-        for real only when its bound reaches the top, so states that cannot beat the best one
-        (typically untouched GPUs once touched ones have room) are never searched.
+        States are ranked by a cheap lower bound first (nothing destroyed, only what existing free
+        instances cannot cover created, no fragmentation); a state is costed for real only when
+        its bound reaches the top of the demand's heap, so states that cannot beat the best one
+        (typically untouched GPUs once touched ones have room) are never searched. The answer is
+        the least (rank, state key) over the populated states that can take the demand.
+
+        States with the same bound wait in one heap of keys per bound (``classes``); the demand's
+        heap holds each class once, by its least key, plus the states costed so far. That gives
+        the same order as one heap entry per state, with a few entries instead of thousands.
         """
         entry = group.mheaps.get(demand)
         if entry is None:
-            entry = group.mheaps[demand] = [[], 0]
-        heap, seen = entry
+            entry = group.mheaps[demand] = [[], 0, {}]
+        heap, seen, classes = entry
         arrivals = group.arrivals
         states = group.states
+        push = heapq.heappush
         if seen < len(arrivals):
-            wanted = 0
-            for _, c in demand:
-                wanted += c
-            mode = self.mode
-            push = heapq.heappush
+            bounds = self._bounds
             geos = self.geos
-            needs: dict[int, tuple[tuple[int, int], ...] | None] = {}
+            fresh: set[Rank] = set()
             for key in arrivals[seen:]:
                 if states.get(key, 0) <= 0:
                     continue
                 ordinal, fixed, free, touched, node_touched = key
-                geo = geos[ordinal]
-                if ordinal in needs:
-                    need = needs[ordinal]
+                create = geos[ordinal].creates_at_least(fixed, free, demand)
+                if create < 0:
+                    continue  # this model lacks a profile, or the free units cannot hold it
+                lb = bounds[(create, create > 0 and not touched, create > 0 and not node_touched)]
+                members = classes.get(lb)
+                if members is None:
+                    classes[lb] = [key]
+                    fresh.add(lb)
+                elif lb in fresh:
+                    members.append(key)  # heapified below
                 else:
-                    need = needs[ordinal] = self._need(geo, demand)
-                if need is None:
-                    continue  # this model lacks a profile, or one GPU can never hold it all
-                caps = geo.caps_beside(fixed)
-                fits = True
-                for i, c in need:
-                    if caps[i] < c:
-                        fits = False  # the free units cannot hold it, whatever is destroyed
-                        break
-                if not fits:
-                    continue
-                create = wanted
-                if free:
-                    bits = geo.profile_bits
-                    for p, c in demand:
-                        have = (free & bits.get(p, 0)).bit_count()
-                        create -= c if have >= c else have
-                gpus = int(create > 0 and not touched)
-                nodes = int(create > 0 and not node_touched)
-                push(heap, (lower_bound(mode, create, gpus, nodes), key, False))
+                    push(members, key)
+                    if members[0] is key:
+                        push(heap, (lb, key, False))
+            for lb in fresh:
+                members = classes[lb]
+                heapq.heapify(members)
+                push(heap, (lb, members[0], False))
             entry[1] = len(arrivals)
+        pop = heapq.heappop
         while heap:
             rank, key, costed = heap[0]
-            if states.get(key, 0) <= 0:
-                heapq.heappop(heap)
-                continue
             if not costed:
-                heapq.heappop(heap)
+                pop(heap)
+                members = classes[rank]
+                if not members or members[0] != key:
+                    continue  # the class's least key changed since: its entry is further down
+                pop(members)
+                if members:
+                    push(heap, (rank, members[0], False))
+                if states.get(key, 0) <= 0:
+                    continue
                 ordinal, fixed, free, touched, node_touched = key
                 found = self._best_option(
                     group, self.geos[ordinal], fixed, free, touched, node_touched, demand
                 )
                 if found is not None:
-                    heapq.heappush(heap, (found[0], key, True))
+                    push(heap, (found[0], key, True))
+                continue
+            if states.get(key, 0) <= 0:
+                pop(heap)
                 continue
             members = group.members[key]
-            while self.gpus[members[0][2]].key != key:
-                heapq.heappop(members)
-            order, index, gid = members[0]
-            return rank, order, index, gid
+            by_place = self.by_place
+            while by_place[members[0]].key != key:
+                pop(members)
+            gpu = by_place[members[0]]
+            return rank, gpu.node.order, gpu.index, gpu.id
         return None
 
     def _need(self, geo: Geometry, demand: Demand) -> tuple[tuple[int, int], ...] | None:
         """(profile index in ``geo.cap``, count) per profile of ``demand``; None if no GPU of
-        this model could ever hold all of it (cached)."""
-        key = (geo.ordinal, demand)
-        if key in self._needs:
-            return self._needs[key]
-        need: tuple[tuple[int, int], ...] | None = None
-        if geo.offers(demand) and geo.options(0, 0, demand):
-            names = geo.profile_names
-            need = tuple((names.index(p), c) for p, c in demand)
-        self._needs[key] = need
-        return need
+        this model could ever hold all of it."""
+        return geo.need(demand)
 
     def _node_option(self, node: SearchNode, demand: Demand) -> tuple[tuple[Any, ...], list[Any]] | None:
         """The cheapest way found to put ``demand`` on ``node``, spanning its GPUs if need be."""
@@ -739,18 +743,20 @@ class Planner(RepairSteps):
         for gpu, opt in steps:
             new = opt.assigned & ~gpu.free
             self._set_gpu(gpu, opt.fixed, opt.free)
-            parts.append((gpu, opt.assigned, new))
+            parts.append((gpu.id, opt.assigned, new))
         self._refresh_node(node)
-        self.assigned[pod.key] = Placement(node=node, parts=parts)
+        self.assigned[pod.key] = (node.order, tuple(parts))
         node.pods.add(pod.key)
         self.journal.append(("assign", pod.key))
 
     def _unassign(self, key: str) -> None:
         """Take a pod's devices back; free instances of the snapshot come back where they still fit."""
         placement = self.assigned.pop(key)
-        placement.node.pods.discard(key)
+        node = self.nodes[placement[0]]
+        node.pods.discard(key)
         self.journal.append(("unassign", key, placement))
-        for gpu, bits, _ in reversed(placement.parts):
+        for gid, bits, _ in reversed(placement[1]):
+            gpu = self.gpus[gid]
             geo = gpu.geo
             fixed = gpu.fixed & ~bits
             free = gpu.free | (bits & gpu.free0)
@@ -761,7 +767,7 @@ class Planner(RepairSteps):
                     free |= 1 << i
                     occupied |= u
             self._set_gpu(gpu, fixed, free)
-        self._refresh_node(placement.node)
+        self._refresh_node(node)
 
     # --- levels and repairs ------------------------------------------------------------------
 
@@ -1109,16 +1115,17 @@ class Planner(RepairSteps):
     def _first_in_state(self, group: NodeGroup, key: StateKey) -> SearchGpu | None:
         """The GPU of ``group`` in state ``key`` first by node and index that does not drain."""
         members = group.members[key]
-        while members and self.gpus[members[0][2]].key != key:
+        by_place = self.by_place
+        while members and by_place[members[0]].key != key:
             heapq.heappop(members)
         if not members:
             return None
-        first = self.gpus[members[0][2]]
+        first = by_place[members[0]]
         if first.id not in self.drains:
             return first
-        for _, _, gid in sorted(members):
-            gpu = self.gpus[gid]
-            if gpu.key == key and gid not in self.drains:
+        for place in sorted(members):
+            gpu = by_place[place]
+            if gpu.key == key and gpu.id not in self.drains:
                 return gpu
         return None
 
@@ -1163,9 +1170,10 @@ class Planner(RepairSteps):
         handed = 0
         by_pod = {p.key: p for p in self.pods}
         for key in sorted(self.assigned):
-            placement = self.assigned[key]
+            order, parts = self.assigned[key]
             devices = []
-            for gpu, bits, _ in placement.parts:
+            for gid, bits, _ in parts:
+                gpu = self.gpus[gid]
                 for i in bits_of(bits):
                     inst: Instance = gpu.geo.cands[i]
                     # New means: not in the snapshot (an instance destroyed and made again is not new).
@@ -1173,7 +1181,7 @@ class Planner(RepairSteps):
                     handed += not is_new
                     devices.append(Device(gpu.index, inst.profile, inst.start, is_new))
             devices.sort(key=lambda d: (d.gpu, d.start, d.profile))
-            assignments.append(Assignment(key, placement.node.name, tuple(devices), by_pod[key].pod.priority))
+            assignments.append(Assignment(key, self.nodes[order].name, tuple(devices), by_pod[key].pod.priority))
         levels: dict[int, list[int]] = {}
         for p in self.pods:
             counts = levels.setdefault(p.pod.priority, [0, 0])
@@ -1197,6 +1205,20 @@ class Planner(RepairSteps):
             unsatisfied=tuple(sorted(unsatisfied, key=lambda u: u.pod)),
             summary=summary,
         )
+
+
+class _Bounds(dict[tuple[int, bool, bool], Rank]):
+    """(instances created, GPU newly touched, node newly touched) -> the lower bound of a rank
+    under one ranking mode, made once per plan (the heaps compare these tuples by the thousand)."""
+
+    def __init__(self, mode: int) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def __missing__(self, key: tuple[int, bool, bool]) -> Rank:
+        created, gpus, nodes = key
+        found = self[key] = lower_bound(self.mode, created, int(gpus), int(nodes))
+        return found
 
 
 class _View:

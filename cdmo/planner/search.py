@@ -23,7 +23,20 @@ StateKey = tuple[int, int, int, bool, bool]
 
 
 class SearchGpu:
-    __slots__ = ("fixed", "fixed0", "free", "free0", "geo", "held", "id", "index", "key", "node", "touched")
+    __slots__ = (
+        "fixed",
+        "fixed0",
+        "free",
+        "free0",
+        "geo",
+        "held",
+        "id",
+        "index",
+        "key",
+        "node",
+        "place",
+        "touched",
+    )
 
     def __init__(self, gid: int, node: SearchNode, src_index: int, geo: Geometry, fixed: int, free: int):
         self.id = gid
@@ -37,6 +50,8 @@ class SearchGpu:
         self.key: StateKey = (-1, 0, 0, False, False)
         #: Kept out of reach while pods below a draining pod's priority are planned (Planner._hold).
         self.held = False
+        #: Position among the plan's GPUs by (node order, index): what the state heaps hold.
+        self.place = gid
 
 
 class SearchNode:
@@ -80,8 +95,8 @@ class NodeGroup:
         self.nodes: list[SearchNode] = []
         #: state key -> how many GPUs of the group are in it now
         self.states: dict[StateKey, int] = {}
-        #: state key -> heap of (node order, GPU index, GPU id); stale entries are skipped
-        self.members: dict[StateKey, list[tuple[int, int, int]]] = {}
+        #: state key -> heap of the GPUs' places (Planner.by_place); stale entries are skipped
+        self.members: dict[StateKey, list[int]] = {}
         #: demand -> [heap of (rank, state key), how many arrivals it has seen]
         self.mheaps: dict[Demand, list[Any]] = {}
         #: state keys in the order they first became populated
@@ -117,8 +132,7 @@ class PodState:
         return bool(self.demand and self.groups and self.size > 0 and not self.bad_resources)
 
 
-@dataclass(slots=True)
-class Placement:
-    node: SearchNode
-    #: (GPU, candidate bits handed to the pod, of which new)
-    parts: list[tuple[SearchGpu, int, int]]
+#: Where a pod goes: (node order, ((GPU id, candidate bits handed to the pod, of which new), ...)).
+#: Plain numbers, not objects: a tuple of numbers is not tracked by the cyclic collector, and a big
+#: plan holds one per pod (objects here made the collector scan the whole heap twice a plan).
+Placement = tuple[int, tuple[tuple[int, int, int], ...]]
