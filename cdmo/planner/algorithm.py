@@ -389,14 +389,30 @@ class Planner(RepairSteps):
         parts = self._option_parts(group, geo, fixed, free, demand)
         if parts is None:
             return None
-        destroyed, created, change, dloss, loss, opt = parts
+        destroyed, created, change, dloss, loss, which = parts
         gpus = int(change and not touched)
         nodes = int(change and not node_touched)
+        opt = geo.options(fixed, free, demand)[which]
         return rank(self.mode, destroyed, created, gpus, nodes, dloss, loss), opt
+
+    def _best_rank(
+        self, group: NodeGroup | None, geo: Geometry, fixed: int, free: int, touched: bool, node_touched: bool, demand: Demand
+    ) -> Rank | None:
+        """The rank of :meth:`_best_option` alone."""
+        parts = self._option_parts(group, geo, fixed, free, demand)
+        if parts is None:
+            return None
+        destroyed, created, change, dloss, loss, _ = parts
+        gpus = int(change and not touched)
+        nodes = int(change and not node_touched)
+        return rank(self.mode, destroyed, created, gpus, nodes, dloss, loss)
 
     def _option_parts(
         self, group: NodeGroup | None, geo: Geometry, fixed: int, free: int, demand: Demand
-    ) -> tuple[int, int, bool, int, tuple[int, ...], AddOption] | None:
+    ) -> tuple[int, int, bool, int, tuple[int, ...], int] | None:
+        """(destroyed, created, changes the layout, dloss, loss, which of ``geo.options``) of the
+        best option, cached per group. Numbers only: the cache holds thousands and the cyclic
+        collector skips tuples of numbers."""
         key = (self.mode, demand, geo.ordinal, fixed, free)
         costs = group.costs if group is not None else self._loose_costs
         try:
@@ -410,16 +426,16 @@ class Planner(RepairSteps):
             before = self._value(group, geo, full & ~geo.units_of(fixed))
             best = None
             first = options[0]
-            for opt in options:
+            for which, opt in enumerate(options):
                 if self.mode == STANDARD and (opt.destroyed, opt.created) != (first.destroyed, first.created):
                     break  # sorted: nothing later ranks better under the standard ranking
                 dloss = before - self._value(group, geo, full & ~opt.units)
                 order = gpu_option_rank(self.mode, dloss, opt.destroyed, opt.created, opt.loss)
                 if best is None or order < best[0]:
-                    best = (order, dloss, opt)
+                    best = (order, dloss, which)
             assert best is not None
-            opt = best[2]
-            result = (opt.destroyed, opt.created, bool(opt.created or opt.destroyed), best[1], opt.loss, opt)
+            opt = options[best[2]]
+            result = (opt.destroyed, opt.created, bool(opt.created or opt.destroyed), best[1], opt.loss, best[2])
         costs[key] = result
         return result
 
@@ -484,11 +500,9 @@ class Planner(RepairSteps):
                 if states.get(key, 0) <= 0:
                     continue
                 ordinal, fixed, free, touched, node_touched = key
-                found = self._best_option(
-                    group, self.geos[ordinal], fixed, free, touched, node_touched, demand
-                )
+                found = self._best_rank(group, self.geos[ordinal], fixed, free, touched, node_touched, demand)
                 if found is not None:
-                    push(heap, (found[0], key, True))
+                    push(heap, (found, key, True))
                 continue
             if states.get(key, 0) <= 0:
                 pop(heap)
@@ -623,10 +637,16 @@ class Planner(RepairSteps):
             caps = geo.caps_beside(fixed)
             if any(caps[i] < c for i, c in need):
                 continue
-            found = self._best_option(node.group, geo, fixed, free, touched, node_touched, demand)
-            if found is not None and (best is None or (found[0], gpu.index) < best[0]):
-                best = ((found[0], gpu.index), gpu, found[1])
-        return None if best is None else (best[1], best[2])
+            found = self._best_rank(node.group, geo, fixed, free, touched, node_touched, demand)
+            if found is not None and (best is None or (found, gpu.index) < best[0]):
+                best = ((found, gpu.index), gpu, touched)
+        if best is None:
+            return None
+        gpu, touched = best[1], best[2]
+        fixed, free, _ = state[gpu.id]
+        chosen = self._best_option(node.group, gpu.geo, fixed, free, touched, node_touched, demand)
+        assert chosen is not None
+        return gpu, chosen[1]
 
     # --- placing one pod ---------------------------------------------------------------------
 
