@@ -40,10 +40,11 @@ from typing import Any
 
 from cdmo.mig.catalog import GpuModel, find_model
 from cdmo.mig.layouts import Instance, sort_layout
+from cdmo.planner.cache import PlanCache, PodFacts
 from cdmo.planner.demand import demand_of, format_demand
-from cdmo.planner.eligibility import node_admits, referenced_label_keys, uses_name_fields
+from cdmo.planner.eligibility import node_admits
 from cdmo.planner.fragmentation import FRAG_LEN
-from cdmo.planner.geometry import AddOption, Demand, Geometry, bits_of, geometry
+from cdmo.planner.geometry import AddOption, Demand, Geometry, bits_of
 from cdmo.planner.models import (
     Assignment,
     Device,
@@ -85,9 +86,13 @@ _UNITS_LCM = 24  # placement axes are 4, 8 or 12 units
 class Planner(RepairSteps):
     """One planning run over one snapshot; :meth:`run` returns the plan."""
 
-    def __init__(self, snapshot: Snapshot, options: PlanOptions | None = None) -> None:
+    def __init__(
+        self, snapshot: Snapshot, options: PlanOptions | None = None, cache: PlanCache | None = None
+    ) -> None:
         self.snapshot = snapshot
         self.options = options or PlanOptions()
+        #: Facts derived from single nodes and pods, kept between plans by the caller's cache.
+        self.cache = cache if cache is not None else PlanCache()
         #: GPU id -> key of the pod it drains for (set by _drain)
         self.drains: dict[int, str] = {}
         self.src_nodes = tuple(sorted(snapshot.nodes, key=lambda n: n.name))
@@ -115,24 +120,16 @@ class Planner(RepairSteps):
         #: profile -> orders of nodes that hold free instances of it in the snapshot
         self.free_nodes: dict[str, list[int]] = {}
         self._models: dict[str, GpuModel | None] = {}
+        self.facts = [self.cache.node(n, self.model_of) for n in self.src_nodes]
         self._build_nodes()
         #: The GPUs by (node order, index, id): a GPU's ``place`` is its position here.
         self.by_place = sorted(self.gpus, key=lambda g: (g.node.order, g.index, g.id))
         for place, gpu in enumerate(self.by_place):
             gpu.place = place
         #: Catalog keys of the known GPU models on labelled nodes.
-        self.cluster_models = tuple(
-            sorted(
-                {
-                    m.key
-                    for n in self.src_nodes
-                    if n.labelled
-                    for g in n.gpus
-                    if (m := self.model_of(g.model)) is not None
-                }
-            )
-        )
+        self.cluster_models = tuple(sorted({m for f in self.facts for m in f.models}))
         pods = sorted(snapshot.pending, key=lambda p: (p.namespace, p.name))
+        self._pod_facts: list[PodFacts] = []
         self.pods = [self._pod(p) for p in pods]
         self.pods_by_key = {p.key: p for p in self.pods}
         self._build_groups()
@@ -164,64 +161,56 @@ class Planner(RepairSteps):
         return self._models[text]
 
     def _build_nodes(self) -> None:
-        for order, src in enumerate(self.src_nodes):
-            node = SearchNode(order, src)
+        """Search state from each node's facts (cdmo.planner.cache: derived once per node object)."""
+        gpus = self.gpus
+        geos = self.geos
+        free_nodes = self.free_nodes
+        for order, facts in enumerate(self.facts):
+            node = SearchNode(order, facts.node)
             self.nodes.append(node)
-            if not src.labelled:
-                continue
-            for g in src.gpus:
-                model = self.model_of(g.model)
-                if model is None:
-                    self.frozen[(src.name, g.index)] = "unknown-model"
-                    continue
-                geo = geometry(model)
-                fixed = free = 0
-                for inst in g.instances:
-                    i = geo.slot.get((inst.profile, inst.start))
-                    if i is None:
-                        fixed = -1
-                        break
-                    if inst.used:
-                        fixed |= 1 << i
-                    else:
-                        free |= 1 << i
-                if fixed < 0 or (fixed | free) not in geo.valid or fixed & free:
-                    # Only a snapshot built in code can get here (parse_snapshot refuses it).
-                    self.frozen[(src.name, g.index)] = "invalid-layout"
-                    continue
-                self.geos[geo.ordinal] = geo
-                gpu = SearchGpu(len(self.gpus), node, g.index, geo, fixed, free)
-                self.gpus.append(gpu)
+            for index, reason in facts.frozen:
+                self.frozen[(node.name, index)] = reason
+            for index, geo, fixed, free in facts.gpus:
+                geos[geo.ordinal] = geo
+                gpu = SearchGpu(len(gpus), node, index, geo, fixed, free)
+                gpus.append(gpu)
                 node.gpus.append(gpu)
-                node.room += self._room_of(geo, fixed)
-                for i in bits_of(free):
-                    orders = self.free_nodes.setdefault(geo.cands[i].profile, [])
-                    if not orders or orders[-1] != order:
-                        orders.append(order)
+            node.room = facts.room
+            for profile in facts.free_profiles:
+                free_nodes.setdefault(profile, []).append(order)
 
     def _pod(self, pod: PendingPod) -> PodState:
-        demand, bad = demand_of(pod)
-        return PodState(
-            pod=pod, key=pod.key, demand=demand or None, bad_resources=bad, devices=sum(c for _, c in demand)
+        facts = self.cache.pod(pod)
+        state = PodState(
+            pod=pod, key=pod.key, demand=facts.demand, bad_resources=facts.bad, devices=facts.devices
         )
+        self._pod_facts.append(facts)
+        return state
 
     def _build_groups(self) -> None:
-        keys = referenced_label_keys(p.pod for p in self.pods)
-        by_name = uses_name_fields(p.pod for p in self.pods)
+        keys = frozenset(k for f in self._pod_facts for k in f.label_keys)
+        by_name = any(f.uses_name for f in self._pod_facts)
         groups: dict[tuple[Any, ...], NodeGroup] = {}
         self.groups: list[NodeGroup] = []
-        for node in self.nodes:
+        for node, facts in zip(self.nodes, self.facts, strict=True):
             if not node.gpus or node.src.unschedulable:
                 continue
-            sig = (
-                tuple((k, v) for k, v in node.src.labels.items() if k in keys),
-                tuple(
-                    sorted(
-                        (t.key, t.value, t.effect) for t in node.src.taints if t.effect != "PreferNoSchedule"
-                    )
-                ),
-                node.name if by_name else None,
-            )
+            cached = facts.sig
+            if cached is not None and cached[0] == (keys, by_name):
+                sig = cached[1]
+            else:
+                sig = (
+                    tuple((k, v) for k, v in node.src.labels.items() if k in keys),
+                    tuple(
+                        sorted(
+                            (t.key, t.value, t.effect)
+                            for t in node.src.taints
+                            if t.effect != "PreferNoSchedule"
+                        )
+                    ),
+                    node.name if by_name else None,
+                )
+                facts.sig = ((keys, by_name), sig)
             group = groups.get(sig)
             if group is None:
                 group = groups[sig] = NodeGroup(len(self.groups), node)
@@ -231,15 +220,15 @@ class Planner(RepairSteps):
         for gpu in self.gpus:
             if gpu.node.group is not None:
                 self._enter(gpu, self._key(gpu))
-        sig_groups: dict[tuple[Any, ...], tuple[NodeGroup, ...]] = {}
+        sig_groups: dict[int, tuple[NodeGroup, ...]] = {}
         reach: dict[tuple[int, ...], int] = {}
         offered: dict[str, int] = {}
         for geo in self.geos.values():
             for name, frac in geo.fraction.items():
                 size = int(frac * _UNITS_LCM)
                 offered[name] = min(size, offered.get(name, size))
-        for p in self.pods:
-            pod_sig = (tuple(p.pod.node_selector.items()), p.pod.node_affinity, p.pod.tolerations)
+        for p, facts in zip(self.pods, self._pod_facts, strict=True):
+            pod_sig = facts.sig_id
             if pod_sig not in sig_groups:
                 sig_groups[pod_sig] = tuple(g for g in self.groups if node_admits(g.rep.src, p.pod))
             p.groups = sig_groups[pod_sig]
@@ -1152,13 +1141,17 @@ class Planner(RepairSteps):
     # --- output ------------------------------------------------------------------------------
 
     def _build_plan(self, unsatisfied: list[Unsatisfied]) -> Plan:
-        by_gpu = {(gpu.node.name, gpu.index): gpu for gpu in self.gpus}
         node_plans = []
         created_total = destroyed_total = 0
         gpus_touched = nodes_touched = 0
-        for node in self.nodes:
+        for node, facts in zip(self.nodes, self.facts, strict=True):
             if not node.src.labelled:
                 continue
+            if not any((g.fixed | g.free) != (g.fixed0 | g.free0) for g in node.gpus):
+                # Left as it is: the same entry every plan that leaves this node object alone.
+                node_plans.append(facts.unchanged_plan(self.model_of))
+                continue
+            by_gpu = {(gpu.node.name, gpu.index): gpu for gpu in node.gpus}
             gpu_plans = []
             for g in node.src.gpus:
                 gpu = by_gpu.get((node.name, g.index))
@@ -1274,14 +1267,15 @@ class _View:
 _: type[RunView] = _View  # the interface is checked against its one implementation by mypy
 
 
-def plan(snapshot: Snapshot, options: PlanOptions | None = None) -> Plan:
+def plan(snapshot: Snapshot, options: PlanOptions | None = None, cache: PlanCache | None = None) -> Plan:
     """The plan for ``snapshot``: pure and deterministic (the same snapshot gives the same plan).
 
     Invariants: every desired layout is valid for its model; every used instance stays, same
     profile and start; unlabelled nodes and GPUs of unknown model are left as they are; every
-    pending pod is in exactly one of assignments and unsatisfied.
+    pending pod is in exactly one of assignments and unsatisfied. ``cache`` (optional) keeps
+    facts about unchanged node and pod objects for the next plan; the plan is the same without it.
     """
-    planner = Planner(snapshot, options)
+    planner = Planner(snapshot, options, cache)
     try:
         return planner.run()
     finally:
