@@ -170,7 +170,7 @@ class Planner(RepairSteps):
             self.nodes.append(node)
             for index, reason in facts.frozen:
                 self.frozen[(node.name, index)] = reason
-            for index, geo, fixed, free in facts.gpus:
+            for (index, fixed, free), geo in zip(facts.gpus, facts.geos, strict=True):
                 geos[geo.ordinal] = geo
                 gpu = SearchGpu(len(gpus), node, index, geo, fixed, free)
                 gpus.append(gpu)
@@ -181,15 +181,13 @@ class Planner(RepairSteps):
 
     def _pod(self, pod: PendingPod) -> PodState:
         facts = self.cache.pod(pod)
-        state = PodState(
-            pod=pod, key=pod.key, demand=facts.demand, bad_resources=facts.bad, devices=facts.devices
-        )
         self._pod_facts.append(facts)
-        return state
+        demand, bad, devices, _, _, _ = facts
+        return PodState(pod=pod, key=pod.key, demand=demand, bad_resources=bad, devices=devices)
 
     def _build_groups(self) -> None:
-        keys = frozenset(k for f in self._pod_facts for k in f.label_keys)
-        by_name = any(f.uses_name for f in self._pod_facts)
+        keys = frozenset(k for f in self._pod_facts for k in f[3])
+        by_name = any(f[4] for f in self._pod_facts)
         groups: dict[tuple[Any, ...], NodeGroup] = {}
         self.groups: list[NodeGroup] = []
         for node, facts in zip(self.nodes, self.facts, strict=True):
@@ -228,7 +226,7 @@ class Planner(RepairSteps):
                 size = int(frac * _UNITS_LCM)
                 offered[name] = min(size, offered.get(name, size))
         for p, facts in zip(self.pods, self._pod_facts, strict=True):
-            pod_sig = facts.sig_id
+            pod_sig = facts[5]
             if pod_sig not in sig_groups:
                 sig_groups[pod_sig] = tuple(g for g in self.groups if node_admits(g.rep.src, p.pod))
             p.groups = sig_groups[pod_sig]

@@ -35,19 +35,33 @@ from cdmo.planner.models import GpuPlan, Node, NodePlan, PendingPod
 #: Distinct pod filter signatures numbered before the numbering starts over.
 _SIG_LIMIT = 100_000
 
-#: A plannable GPU: (index in the snapshot, model tables, used instances as bits, free as bits).
-GpuFacts = tuple[int, Geometry, int, int]
+#: A plannable GPU: (index in the snapshot, used instances as bits, free instances as bits); its
+#: model's tables are in NodeFacts.geos at the same position.
+GpuFacts = tuple[int, int, int]
 
 
 class NodeFacts:
     """What the planner derives from one node, whatever the rest of the snapshot holds."""
 
-    __slots__ = ("_unchanged", "capacity", "free_profiles", "frozen", "gpus", "models", "node", "room", "sig")
+    __slots__ = (
+        "_unchanged",
+        "capacity",
+        "free_profiles",
+        "frozen",
+        "geos",
+        "gpus",
+        "models",
+        "node",
+        "room",
+        "sig",
+    )
 
     def __init__(self, node: Node, model_of: Callable[[str], GpuModel | None]) -> None:
         self.node = node
         #: Plannable GPUs in snapshot order (labelled nodes only).
         self.gpus: tuple[GpuFacts, ...] = ()
+        #: The model tables of each plannable GPU.
+        self.geos: tuple[Geometry, ...] = ()
         #: (GPU index, reason) of GPUs left exactly as they are: unknown model, or an invalid layout.
         self.frozen: tuple[tuple[int, str], ...] = ()
         #: Catalog keys of the GPUs' known models (labelled nodes only).
@@ -63,6 +77,7 @@ class NodeFacts:
         self.sig: tuple[Any, Any] | None = None
         self._unchanged: NodePlan | None = None
         gpus: list[GpuFacts] = []
+        geos: list[Geometry] = []
         frozen: list[tuple[int, str]] = []
         models: list[str] = []
         free_profiles: dict[str, None] = {}
@@ -91,11 +106,13 @@ class NodeFacts:
                 # Only a snapshot built in code can get here (parse_snapshot refuses it).
                 frozen.append((g.index, "invalid-layout"))
                 continue
-            gpus.append((g.index, geo, fixed, free))
+            gpus.append((g.index, fixed, free))
+            geos.append(geo)
             self.room += geo.room(fixed)
             for i in bits_of(free):
                 free_profiles[geo.cands[i].profile] = None
         self.gpus = tuple(gpus)
+        self.geos = tuple(geos)
         self.frozen = tuple(frozen)
         self.models = tuple(models)
         self.free_profiles = tuple(free_profiles)
@@ -103,7 +120,9 @@ class NodeFacts:
     def unchanged_plan(self, model_of: Callable[[str], GpuModel | None]) -> NodePlan:
         """The node's entry in a plan that leaves every GPU of it as it is (built once)."""
         if self._unchanged is None:
-            by_index = {index: (geo, fixed | free) for index, geo, fixed, free in self.gpus}
+            by_index = {
+                index: (geo, fixed | free) for (index, fixed, free), geo in zip(self.gpus, self.geos, strict=True)
+            }
             gpu_plans = []
             for g in self.node.gpus:
                 found = by_index.get(g.index)
@@ -118,31 +137,21 @@ class NodeFacts:
         return self._unchanged
 
 
-class PodFacts:
-    """What the planner derives from one pending pod."""
+#: What the planner derives from one pending pod: (demand: sorted (profile, count) or None when
+#: it asks for no MIG device, resource names that name no profile, device count, label keys its
+#: selector and affinity look at, whether its affinity selects on ``metadata.name``, a number equal
+#: for pods whose selector, affinity and tolerations are equal). Numbers and strings only, so the
+#: cyclic collector does not track the thousands a big plan holds.
+PodFacts = tuple[Demand | None, tuple[str, ...], int, tuple[str, ...], bool, int]
 
-    __slots__ = ("bad", "demand", "devices", "label_keys", "pod", "sig", "sig_id", "uses_name")
 
-    def __init__(self, pod: PendingPod) -> None:
-        self.pod = pod
-        demand, bad = demand_of(pod)
-        #: Sorted (profile, count); None when the pod asks for no MIG device.
-        self.demand: Demand | None = demand or None
-        #: Resource names that name no profile.
-        self.bad = bad
-        self.devices = sum(c for _, c in demand)
-        #: What the node filters read (selector, affinity, tolerations), for grouping pods.
-        self.sig = (tuple(pod.node_selector.items()), pod.node_affinity, pod.tolerations)
-        #: Equal for pods with equal ``sig`` (given by the cache: comparing numbers is cheaper
-        #: than hashing the selector, affinity and tolerations again every plan).
-        self.sig_id = -1
-        keys = set(pod.node_selector)
-        for term in pod.node_affinity or ():
-            keys.update(r.key for r in term.match_expressions)
-        #: Label keys the pod's selector and affinity look at.
-        self.label_keys = frozenset(keys)
-        #: Whether its affinity selects on ``metadata.name``.
-        self.uses_name = any(term.match_fields for term in pod.node_affinity or ())
+def _label_keys(pod: PendingPod) -> tuple[str, ...]:
+    if not pod.node_selector and not pod.node_affinity:
+        return ()
+    keys = set(pod.node_selector)
+    for term in pod.node_affinity or ():
+        keys.update(r.key for r in term.match_expressions)
+    return tuple(sorted(keys))
 
 
 class PlanCache:
@@ -154,9 +163,13 @@ class PlanCache:
 
     def __init__(self) -> None:
         self._nodes: dict[int, NodeFacts] = {}
+        # Pods: facts and the pod itself in two maps, so that no small object per pod is tracked
+        # by the cyclic collector (the facts are numbers and strings only).
         self._pods: dict[int, PodFacts] = {}
+        self._pod_refs: dict[int, PendingPod] = {}
         self._seen_nodes: dict[int, NodeFacts] = {}
         self._seen_pods: dict[int, PodFacts] = {}
+        self._seen_pod_refs: dict[int, PendingPod] = {}
         #: pod filter signature -> a small number, equal for equal signatures
         self._sig_ids: dict[tuple[Any, ...], int] = {}
         #: Node facts built and reused by the last plan (for tests and benchmarks).
@@ -181,14 +194,22 @@ class PlanCache:
     def pod(self, pod: PendingPod) -> PodFacts:
         """The facts of ``pod``: kept from an earlier plan if it passed this very object."""
         key = id(pod)
-        facts = self._seen_pods.get(key)
-        if facts is not None and facts.pod is pod:
-            return facts
+        if self._seen_pod_refs.get(key) is pod:
+            return self._seen_pods[key]
         facts = self._pods.get(key)
-        if facts is None or facts.pod is not pod:
-            facts = PodFacts(pod)
-            facts.sig_id = self._sig_ids.setdefault(facts.sig, len(self._sig_ids))
+        if facts is None or self._pod_refs.get(key) is not pod:
+            demand, bad = demand_of(pod)
+            sig = (tuple(pod.node_selector.items()), pod.node_affinity, pod.tolerations)
+            facts: PodFacts = (
+                demand or None,
+                bad,
+                sum(c for _, c in demand),
+                _label_keys(pod),
+                any(term.match_fields for term in pod.node_affinity or ()),
+                self._sig_ids.setdefault(sig, len(self._sig_ids)),
+            )
         self._seen_pods[key] = facts
+        self._seen_pod_refs[key] = pod
         return facts
 
     def begin(self) -> None:
@@ -196,15 +217,18 @@ class PlanCache:
         self.built = self.reused = 0
         self._seen_nodes = {}
         self._seen_pods = {}
+        self._seen_pod_refs = {}
         if len(self._sig_ids) >= _SIG_LIMIT:
             # Start the numbering over, and forget the pods numbered before.
             self._sig_ids = {}
             self._pods = {}
+            self._pod_refs = {}
 
     def end(self) -> None:
         """End a plan: keep only the nodes and pods it saw (the current ones)."""
         self._nodes, self._seen_nodes = self._seen_nodes, {}
         self._pods, self._seen_pods = self._seen_pods, {}
+        self._pod_refs, self._seen_pod_refs = self._seen_pod_refs, {}
 
     def __len__(self) -> int:
         return len(self._nodes)

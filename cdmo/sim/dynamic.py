@@ -31,6 +31,7 @@ from cdmo.node_agent.inuse import Holder, InUse
 from cdmo.node_agent.reconcile import ReconcileResult, reconcile_node
 from cdmo.node_agent.simulated import SimulatedBackend, SimulatedNode
 from cdmo.planner import Node, NodePlan, PendingPod, PlanOptions, Snapshot, parse_snapshot, plan
+from cdmo.planner.cache import PlanCache
 from cdmo.planner.options import drain_limit, kept_draining, targets_from_counts
 from cdmo.sim.engine import Policy, SimInstance, SimNode
 from cdmo.sim.policies import BatchWindow
@@ -83,6 +84,8 @@ class DynamicPolicy(Policy):
         #: node idx -> (node version, parsed planner Node); pod -> parsed PendingPod
         self._node_cache: dict[int, tuple[int, Node]] = {}
         self._pod_cache: dict[int, PendingPod] = {}
+        #: The planner's facts about the unchanged Node and PendingPod objects above, between plans.
+        self._plan_cache = PlanCache()
         self._log = _NullLog()
         #: Negative timer tokens are this policy's own (the batch window counts up from 0).
         self._timer_token = -1
@@ -302,7 +305,7 @@ class DynamicPolicy(Policy):
             # As the operator: room for the profiles asked for within the demand window.
             asked = tuple(sorted(p for p, n in self._arrival_counts.items() if n > 0))
             options = dataclasses.replace(options, defrag_ops=self._defrag_left(), defrag_profiles=asked)
-        result = plan(snapshot, options)
+        result = plan(snapshot, options, cache=self._plan_cache)
         if idle:
             ops = result.summary.created + result.summary.destroyed
             self._defrag_ops.append((sim.now, ops))
