@@ -95,7 +95,7 @@ def fingerprints(quick: bool = False) -> dict[str, str]:
     try:
         from cdmo.planner.cache import PlanCache
     except ImportError:  # before the cache existed
-        PlanCache = None  # type: ignore[assignment,misc]  # noqa: N806
+        PlanCache = None  # type: ignore[assignment,misc]
     out: dict[str, str] = {}
     for name, snapshot, options in cases(quick):
         digest = _digest(plan(snapshot, options))
@@ -115,7 +115,9 @@ def fingerprints(quick: bool = False) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--write", type=Path, help="write the fingerprints here")
     group.add_argument("--check", type=Path, help="compare with fingerprints written earlier")

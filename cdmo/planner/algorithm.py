@@ -383,7 +383,14 @@ class Planner(RepairSteps):
         return rank(self.mode, destroyed, created, gpus, nodes, dloss, loss), opt
 
     def _best_rank(
-        self, group: NodeGroup | None, geo: Geometry, fixed: int, free: int, touched: bool, node_touched: bool, demand: Demand
+        self,
+        group: NodeGroup | None,
+        geo: Geometry,
+        fixed: int,
+        free: int,
+        touched: bool,
+        node_touched: bool,
+        demand: Demand,
     ) -> Rank | None:
         """The rank of :meth:`_best_option` alone."""
         parts = self._option_parts(group, geo, fixed, free, demand)
@@ -422,7 +429,14 @@ class Planner(RepairSteps):
                     best = (order, dloss, which)
             assert best is not None
             opt = options[best[2]]
-            result = (opt.destroyed, opt.created, bool(opt.created or opt.destroyed), best[1], opt.loss, best[2])
+            result = (
+                opt.destroyed,
+                opt.created,
+                bool(opt.created or opt.destroyed),
+                best[1],
+                opt.loss,
+                best[2],
+            )
         costs[key] = result
         return result
 
@@ -1192,7 +1206,9 @@ class Planner(RepairSteps):
                     handed += not is_new
                     devices.append(Device(gpu.index, inst.profile, inst.start, is_new))
             devices.sort(key=lambda d: (d.gpu, d.start, d.profile))
-            assignments.append(Assignment(key, self.nodes[order].name, tuple(devices), by_pod[key].pod.priority))
+            assignments.append(
+                Assignment(key, self.nodes[order].name, tuple(devices), by_pod[key].pod.priority)
+            )
         levels: dict[int, list[int]] = {}
         for p in self.pods:
             counts = levels.setdefault(p.pod.priority, [0, 0])

@@ -121,7 +121,8 @@ class NodeFacts:
         """The node's entry in a plan that leaves every GPU of it as it is (built once)."""
         if self._unchanged is None:
             by_index = {
-                index: (geo, fixed | free) for (index, fixed, free), geo in zip(self.gpus, self.geos, strict=True)
+                index: (geo, fixed | free)
+                for (index, fixed, free), geo in zip(self.gpus, self.geos, strict=True)
             }
             gpu_plans = []
             for g in self.node.gpus:
@@ -129,7 +130,9 @@ class NodeFacts:
                 if found is None:
                     known = model_of(g.model)
                     layout = sort_layout(i.instance for i in g.instances)
-                    gpu_plans.append(GpuPlan(g.index, g.model, known.key if known else None, g.instances, layout))
+                    gpu_plans.append(
+                        GpuPlan(g.index, g.model, known.key if known else None, g.instances, layout)
+                    )
                 else:
                     geo, now = found
                     gpu_plans.append(GpuPlan(g.index, g.model, geo.key, g.instances, geo.instances(now)))
