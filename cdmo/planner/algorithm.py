@@ -225,8 +225,8 @@ class Planner(RepairSteps):
             for name, frac in geo.fraction.items():
                 size = int(frac * _UNITS_LCM)
                 offered[name] = min(size, offered.get(name, size))
-        for p, facts in zip(self.pods, self._pod_facts, strict=True):
-            pod_sig = facts[5]
+        for p, pod_facts in zip(self.pods, self._pod_facts, strict=True):
+            pod_sig = pod_facts[5]
             if pod_sig not in sig_groups:
                 sig_groups[pod_sig] = tuple(g for g in self.groups if node_admits(g.rep.src, p.pod))
             p.groups = sig_groups[pod_sig]

@@ -199,11 +199,13 @@ class PlanCache:
         key = id(pod)
         if self._seen_pod_refs.get(key) is pod:
             return self._seen_pods[key]
-        facts = self._pods.get(key)
-        if facts is None or self._pod_refs.get(key) is not pod:
+        found = self._pods.get(key)
+        if found is not None and self._pod_refs.get(key) is pod:
+            facts = found
+        else:
             demand, bad = demand_of(pod)
             sig = (tuple(pod.node_selector.items()), pod.node_affinity, pod.tolerations)
-            facts: PodFacts = (
+            facts = (
                 demand or None,
                 bad,
                 sum(c for _, c in demand),
