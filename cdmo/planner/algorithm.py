@@ -188,13 +188,15 @@ class Planner(RepairSteps):
     def _build_groups(self) -> None:
         keys = frozenset(k for f in self._pod_facts for k in f[3])
         by_name = any(f[4] for f in self._pod_facts)
+        # What a node's cached signature was made for (strings only: not tracked by the collector).
+        sig_for = (tuple(sorted(keys)), by_name)
         groups: dict[tuple[Any, ...], NodeGroup] = {}
         self.groups: list[NodeGroup] = []
         for node, facts in zip(self.nodes, self.facts, strict=True):
             if not node.gpus or node.src.unschedulable:
                 continue
             cached = facts.sig
-            if cached is not None and cached[0] == (keys, by_name):
+            if cached is not None and cached[0] == sig_for:
                 sig = cached[1]
             else:
                 sig = (
@@ -208,7 +210,7 @@ class Planner(RepairSteps):
                     ),
                     node.name if by_name else None,
                 )
-                facts.sig = ((keys, by_name), sig)
+                facts.sig = (sig_for, sig)
             group = groups.get(sig)
             if group is None:
                 group = groups[sig] = NodeGroup(len(self.groups), node)
@@ -232,7 +234,7 @@ class Planner(RepairSteps):
             p.groups = sig_groups[pod_sig]
             if p.demand and all(name in offered for name, _ in p.demand):
                 p.size = sum(offered[name] * c for name, c in p.demand)
-            gkey = tuple(g.id for g in p.groups)
+            gkey = p.group_ids = tuple(g.id for g in p.groups)
             if gkey not in reach:
                 reach[gkey] = sum(len(n.gpus) for g in p.groups for n in g.nodes)
             p.reach = reach[gkey]
@@ -248,7 +250,11 @@ class Planner(RepairSteps):
         gpu.key = key
         count = group.states.get(key, 0)
         group.states[key] = count + 1
-        heapq.heappush(group.members.setdefault(key, []), gpu.place)
+        members = group.members.get(key)
+        if members is None:
+            group.members[key] = [gpu.place]
+        else:
+            heapq.heappush(members, gpu.place)
         if count == 0:
             group.arrivals.append(key)
 
@@ -269,14 +275,19 @@ class Planner(RepairSteps):
 
     def _set_gpu(self, gpu: SearchGpu, fixed: int, free: int) -> None:
         self.journal.append(("gpu", gpu.id, gpu.fixed, gpu.free, gpu.touched))
-        gpu.node.room += self._room_of(gpu.geo, fixed) - self._room_of(gpu.geo, gpu.fixed)
+        if fixed != gpu.fixed:
+            gpu.node.room += gpu.geo.room(fixed) - gpu.geo.room(gpu.fixed)
         gpu.fixed, gpu.free = fixed, free
         gpu.touched = (fixed | free) != (gpu.fixed0 | gpu.free0)
         gpu.node.version += 1
         self._rekey(gpu)
 
     def _refresh_node(self, node: SearchNode) -> None:
-        touched = any(g.touched for g in node.gpus)
+        touched = False
+        for g in node.gpus:
+            if g.touched:
+                touched = True
+                break
         if touched != node.touched:
             self.journal.append(("node", node.order, node.touched))
             self._flag_node(node, touched)
@@ -655,7 +666,7 @@ class Planner(RepairSteps):
         """Put ``pod`` where it costs least; False (and nothing changed) if it fits nowhere."""
         demand = pod.demand
         assert demand is not None
-        memo_key = (demand, tuple(g.id for g in pod.groups))
+        memo_key = (demand, pod.group_ids)
         epochs = tuple(g.epoch for g in pod.groups)
         if self.fail_memo.get(memo_key) == epochs:
             return False
@@ -1163,10 +1174,10 @@ class Planner(RepairSteps):
                 # Left as it is: the same entry every plan that leaves this node object alone.
                 node_plans.append(facts.unchanged_plan(self.model_of))
                 continue
-            by_gpu = {(gpu.node.name, gpu.index): gpu for gpu in node.gpus}
+            by_gpu = {gpu.index: gpu for gpu in node.gpus}
             gpu_plans = []
             for g in node.src.gpus:
-                gpu = by_gpu.get((node.name, g.index))
+                gpu = by_gpu.get(g.index)
                 if gpu is None:
                     known = self.model_of(g.model)
                     layout = sort_layout(i.instance for i in g.instances)
@@ -1194,18 +1205,25 @@ class Planner(RepairSteps):
         assignments = []
         handed = 0
         by_pod = {p.key: p for p in self.pods}
+        # Devices are values: equal ones (same GPU index, instance, newness) are one object.
+        made: dict[tuple[int, int, int, bool], Device] = {}
         for key in sorted(self.assigned):
             order, parts = self.assigned[key]
             devices = []
             for gid, bits, _ in parts:
                 gpu = self.gpus[gid]
                 for i in bits_of(bits):
-                    inst: Instance = gpu.geo.cands[i]
                     # New means: not in the snapshot (an instance destroyed and made again is not new).
                     is_new = not (gpu.free0 >> i) & 1
                     handed += not is_new
-                    devices.append(Device(gpu.index, inst.profile, inst.start, is_new))
-            devices.sort(key=lambda d: (d.gpu, d.start, d.profile))
+                    dkey = (gpu.geo.ordinal, gpu.index, i, is_new)
+                    device = made.get(dkey)
+                    if device is None:
+                        inst: Instance = gpu.geo.cands[i]
+                        device = made[dkey] = Device(gpu.index, inst.profile, inst.start, is_new)
+                    devices.append(device)
+            if len(devices) > 1:
+                devices.sort(key=lambda d: (d.gpu, d.start, d.profile))
             assignments.append(
                 Assignment(key, self.nodes[order].name, tuple(devices), by_pod[key].pod.priority)
             )

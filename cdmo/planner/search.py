@@ -124,6 +124,8 @@ class PodState:
     size: int = 0
     #: How many plannable GPUs the pod may use.
     reach: int = 0
+    #: The ids of ``groups`` (what the failure memo is keyed by).
+    group_ids: tuple[int, ...] = ()
 
     devices: int = 0
 
