@@ -460,7 +460,8 @@ class Planner(RepairSteps):
         (typically untouched GPUs once touched ones have room) are never searched. The answer is
         the least (rank, state key) over the populated states that can take the demand.
 
-        States with the same bound wait in one heap of keys per bound (``classes``); the demand's
+        States with the same bound wait in one heap of keys per bound (``classes``, by the id of
+        the bound: one tuple per mode, see _Bounds); the demand's
         heap holds each class once, by its least key, plus the states costed so far. That gives
         the same order as one heap entry per state, with a few entries instead of thousands.
         """
@@ -474,27 +475,36 @@ class Planner(RepairSteps):
         if seen < len(arrivals):
             bounds = self._bounds
             geos = self.geos
-            fresh: set[Rank] = set()
+            fresh: dict[int, Rank] = {}
+            tables: dict[int, tuple[Geometry, dict[int, int], int]] = {}
             for key in arrivals[seen:]:
                 if states.get(key, 0) <= 0:
                     continue
                 ordinal, fixed, free, touched, node_touched = key
-                create = geos[ordinal].creates_at_least(fixed, free, demand)
+                # Geometry.creates_at_least, its cache read here (called for every state and demand)
+                found = tables.get(ordinal)
+                if found is None:
+                    geo = geos[ordinal]
+                    found = tables[ordinal] = (geo, geo.bound_table(demand), len(geo.cands))
+                create = found[1].get(fixed << found[2] | free)
+                if create is None:
+                    create = found[0].creates_at_least(fixed, free, demand)
                 if create < 0:
                     continue  # this model lacks a profile, or the free units cannot hold it
                 lb = bounds[(create, create > 0 and not touched, create > 0 and not node_touched)]
-                members = classes.get(lb)
+                # Classes by the bound's identity: bounds are made once per mode (_Bounds).
+                members = classes.get(id(lb))
                 if members is None:
-                    classes[lb] = [key]
-                    fresh.add(lb)
-                elif lb in fresh:
+                    classes[id(lb)] = [key]
+                    fresh[id(lb)] = lb
+                elif id(lb) in fresh:
                     members.append(key)  # heapified below
                 else:
                     push(members, key)
                     if members[0] is key:
                         push(heap, (lb, key, False))
-            for lb in fresh:
-                members = classes[lb]
+            for ident, lb in fresh.items():
+                members = classes[ident]
                 heapq.heapify(members)
                 push(heap, (lb, members[0], False))
             entry[1] = len(arrivals)
@@ -503,7 +513,7 @@ class Planner(RepairSteps):
             rank, key, costed = heap[0]
             if not costed:
                 pop(heap)
-                members = classes[rank]
+                members = classes[id(rank)]
                 if not members or members[0] != key:
                     continue  # the class's least key changed since: its entry is further down
                 pop(members)

@@ -199,13 +199,19 @@ class Geometry:
         self._need_cache[demand] = need
         return need
 
+    def bound_table(self, demand: Demand) -> dict[int, int]:
+        """The cache of :meth:`creates_at_least` for ``demand``: ``fixed << len(cands) | free`` ->
+        its answer (a caller that asks by the thousand reads it first)."""
+        table = self._bound_cache.get(demand)
+        if table is None:
+            table = self._bound_cache[demand] = {}
+        return table
+
     def creates_at_least(self, fixed: int, free: int, demand: Demand) -> int:
         """Instances that adding ``demand`` to a GPU in state (fixed, free) must create at least
         (what the free instances of its profiles cannot cover); -1 when the units beside ``fixed``
         cannot hold it, whatever is destroyed. A cheap lower bound of :meth:`options` (cached)."""
-        table = self._bound_cache.get(demand)
-        if table is None:
-            table = self._bound_cache[demand] = {}
+        table = self.bound_table(demand)
         key = fixed << len(self.cands) | free
         found = table.get(key)
         if found is not None:
