@@ -122,10 +122,16 @@ class Planner(RepairSteps):
         self._models: dict[str, GpuModel | None] = {}
         self.facts = [self.cache.node(n, self.model_of) for n in self.src_nodes]
         self._build_nodes()
-        #: The GPUs by (node order, index, id): a GPU's ``place`` is its position here.
-        self.by_place = sorted(self.gpus, key=lambda g: (g.node.order, g.index, g.id))
-        for place, gpu in enumerate(self.by_place):
-            gpu.place = place
+        #: The GPUs by (node order, index, id): a GPU's ``place`` is its position here. They are
+        #: made node by node, so only a node whose GPUs are not listed by index needs sorting.
+        self.by_place: list[SearchGpu] = []
+        for node in self.nodes:
+            gpus = node.gpus
+            if any(gpus[i].index > gpus[i + 1].index for i in range(len(gpus) - 1)):
+                gpus = sorted(gpus, key=lambda g: (g.index, g.id))
+            for gpu in gpus:
+                gpu.place = len(self.by_place)
+                self.by_place.append(gpu)
         #: Catalog keys of the known GPU models on labelled nodes.
         self.cluster_models = tuple(sorted({m for f in self.facts for m in f.models}))
         pods = sorted(snapshot.pending, key=lambda p: (p.namespace, p.name))
@@ -217,9 +223,21 @@ class Planner(RepairSteps):
                 self.groups.append(group)
             group.nodes.append(node)
             node.group = group
-        for gpu in self.gpus:
-            if gpu.node.group is not None:
-                self._enter(gpu, self._key(gpu))
+        # Every GPU enters its state (as _enter does, in bulk: one heap per state, made at once).
+        for group in self.groups:
+            states, members, arrivals = group.states, group.members, group.arrivals
+            for node in group.nodes:
+                for gpu in node.gpus:
+                    key = gpu.key = (gpu.geo.ordinal, gpu.fixed, gpu.free, gpu.touched, node.touched)
+                    count = states.get(key, 0)
+                    states[key] = count + 1
+                    if count == 0:
+                        arrivals.append(key)
+                        members[key] = [gpu.place]
+                    else:
+                        members[key].append(gpu.place)
+            for places in members.values():
+                heapq.heapify(places)
         sig_groups: dict[int, tuple[NodeGroup, ...]] = {}
         reach: dict[tuple[int, ...], int] = {}
         offered: dict[str, int] = {}
@@ -522,9 +540,11 @@ class Planner(RepairSteps):
                 if states.get(key, 0) <= 0:
                     continue
                 ordinal, fixed, free, touched, node_touched = key
-                found = self._best_rank(group, self.geos[ordinal], fixed, free, touched, node_touched, demand)
-                if found is not None:
-                    push(heap, (found, key, True))
+                costed_rank = self._best_rank(
+                    group, self.geos[ordinal], fixed, free, touched, node_touched, demand
+                )
+                if costed_rank is not None:
+                    push(heap, (costed_rank, key, True))
                 continue
             if states.get(key, 0) <= 0:
                 pop(heap)
