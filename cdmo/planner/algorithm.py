@@ -160,6 +160,21 @@ class Planner(RepairSteps):
         self.assigned = {}
         self._group_nodes = {}
 
+    def _drop_search_indexes(self) -> None:
+        """Free the heaps, memos and journal once every placement is decided.
+
+        The explanations and the plan's output do not read them; freed before those build the
+        plan's many objects, they are not walked by the full collection those objects trigger.
+        """
+        for group in self.groups:
+            group.mheaps = {}
+            group.members = {}
+            group.arrivals = []
+        self.journal = []
+        self.fail_memo = {}
+        self.node_memo = {}
+        self._free_orders = {}
+
     def model_of(self, text: str) -> GpuModel | None:
         """The catalog model for a snapshot's model string (looked up once per distinct string)."""
         if text not in self._models:
@@ -950,6 +965,7 @@ class Planner(RepairSteps):
         self._drain()
         self._defragment()
         self._prewarm()
+        self._drop_search_indexes()
         waiting = [
             WaitingPod(p.pod, p.key, p.demand, p.bad_resources)
             for p in self.pods
