@@ -281,6 +281,7 @@ class Planner(RepairSteps):
         group = gpu.node.group
         assert group is not None
         gpu.key = key
+        group.changes += 1
         count = group.states.get(key, 0)
         group.states[key] = count + 1
         members = group.members.get(key)
@@ -500,8 +501,10 @@ class Planner(RepairSteps):
         """
         entry = group.mheaps.get(demand)
         if entry is None:
-            entry = group.mheaps[demand] = [[], 0, {}]
-        heap, seen, classes = entry
+            entry = group.mheaps[demand] = [[], 0, {}, -1, None]
+        elif entry[3] == group.changes:
+            return entry[4]  # no GPU of the group entered or left a state since the last answer
+        heap, seen, classes = entry[0], entry[1], entry[2]
         arrivals = group.arrivals
         states = group.states
         push = heapq.heappush
@@ -569,7 +572,9 @@ class Planner(RepairSteps):
             while by_place[members[0]].key != key:
                 pop(members)
             gpu = by_place[members[0]]
-            return rank, gpu.node.order, gpu.index, gpu.id
+            entry[3], entry[4] = group.changes, (rank, gpu.node.order, gpu.index, gpu.id)
+            return entry[4]
+        entry[3], entry[4] = group.changes, None
         return None
 
     def _need(self, geo: Geometry, demand: Demand) -> tuple[tuple[int, int], ...] | None:
@@ -1042,6 +1047,7 @@ class Planner(RepairSteps):
         assert group is not None
         group.states[gpu.key] -= 1
         group.epoch += 1
+        group.changes += 1
         gpu.held = True
         gpu.key = (-1, 0, 0, False, False)  # its heap entries are stale now
         self.node_memo.clear()

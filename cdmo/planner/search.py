@@ -76,6 +76,7 @@ class SearchNode:
 class NodeGroup:
     __slots__ = (
         "arrivals",
+        "changes",
         "costs",
         "epoch",
         "id",
@@ -104,6 +105,8 @@ class NodeGroup:
         self.touched_nodes: dict[int, SearchNode] = {}
         #: bumped on every state change in the group (failure memos check it)
         self.epoch = 0
+        #: bumped whenever a GPU enters or leaves a state (Planner._group_best's answers check it)
+        self.changes = 0
         #: profile -> demand still waiting for nodes of this group (see Planner._begin_level)
         self.pressure: dict[str, int] = {}
         #: model ordinal -> {free-unit mask -> value of that free space to the waiting demand}
