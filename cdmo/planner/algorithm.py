@@ -513,9 +513,13 @@ class Planner(RepairSteps):
             geos = self.geos
             fresh: dict[int, Rank] = {}
             tables: dict[int, tuple[Geometry, dict[int, int], int]] = {}
-            for key in arrivals[seen:]:
-                if states.get(key, 0) <= 0:
-                    continue
+            if seen == 0:
+                # A new heap: the populated states, each once (arrivals repeat states that left
+                # and came back; which of them enter first does not change any answer).
+                todo = [k for k, c in states.items() if c > 0]
+            else:
+                todo = [k for k in arrivals[seen:] if states.get(k, 0) > 0]
+            for key in todo:
                 ordinal, fixed, free, touched, node_touched = key
                 # Geometry.creates_at_least, its cache read here (called for every state and demand)
                 found = tables.get(ordinal)
