@@ -503,7 +503,8 @@ class Planner(RepairSteps):
         if entry is None:
             entry = group.mheaps[demand] = [[], 0, {}, -1, None]
         elif entry[3] == group.changes:
-            return entry[4]  # no GPU of the group entered or left a state since the last answer
+            kept: tuple[tuple[Any, ...], int, int, int] | None = entry[4]
+            return kept  # no GPU of the group entered or left a state since the last answer
         heap, seen, classes = entry[0], entry[1], entry[2]
         arrivals = group.arrivals
         states = group.states
@@ -576,8 +577,9 @@ class Planner(RepairSteps):
             while by_place[members[0]].key != key:
                 pop(members)
             gpu = by_place[members[0]]
-            entry[3], entry[4] = group.changes, (rank, gpu.node.order, gpu.index, gpu.id)
-            return entry[4]
+            answer = (rank, gpu.node.order, gpu.index, gpu.id)
+            entry[3], entry[4] = group.changes, answer
+            return answer
         entry[3], entry[4] = group.changes, None
         return None
 
