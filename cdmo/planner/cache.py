@@ -204,18 +204,25 @@ class PlanCache:
             facts = found
         else:
             demand, bad = demand_of(pod)
-            sig = (tuple(pod.node_selector.items()), pod.node_affinity, pod.tolerations)
-            facts = (
-                demand or None,
-                bad,
-                sum(c for _, c in demand),
-                _label_keys(pod),
-                any(term.match_fields for term in pod.node_affinity or ()),
-                self._sig_ids.setdefault(sig, len(self._sig_ids)),
-            )
+            if not pod.node_selector and pod.node_affinity is None and not pod.tolerations:
+                facts = (demand or None, bad, sum(c for _, c in demand), (), False, self._no_filters())
+            else:
+                sig = (tuple(pod.node_selector.items()), pod.node_affinity, pod.tolerations)
+                facts = (
+                    demand or None,
+                    bad,
+                    sum(c for _, c in demand),
+                    _label_keys(pod),
+                    any(term.match_fields for term in pod.node_affinity or ()),
+                    self._sig_ids.setdefault(sig, len(self._sig_ids)),
+                )
         self._seen_pods[key] = facts
         self._seen_pod_refs[key] = pod
         return facts
+
+    def _no_filters(self) -> int:
+        """The number of a pod without selector, affinity or tolerations (most pods)."""
+        return self._sig_ids.setdefault(((), None, ()), len(self._sig_ids))
 
     def begin(self) -> None:
         """Start a plan: count afresh what it builds and reuses."""
