@@ -186,16 +186,33 @@ class Planner(RepairSteps):
         gpus = self.gpus
         geos = self.geos
         free_nodes = self.free_nodes
+        stamp = self.cache.stamp
         for order, facts in enumerate(self.facts):
-            node = SearchNode(order, facts.node)
+            kept = facts.search
+            if kept is not None and facts.claimed != stamp:
+                # The node's search records from an earlier plan, set back to the snapshot's state.
+                node, node_gpus = kept
+                node.order = order
+                node.reset()
+                for gpu in node_gpus:
+                    gpu.reset(len(gpus))
+                    gpus.append(gpu)
+                    node.gpus.append(gpu)
+            else:
+                node = SearchNode(order, facts.node)
+                for (index, fixed, free), geo in zip(facts.gpus, facts.geos, strict=True):
+                    gpu = SearchGpu(len(gpus), node, index, geo, fixed, free)
+                    gpus.append(gpu)
+                    node.gpus.append(gpu)
+                if kept is None:
+                    facts.search = (node, tuple(node.gpus))
+            # Claimed for this plan: a snapshot that lists one Node object twice gets new records.
+            facts.claimed = stamp
             self.nodes.append(node)
             for index, reason in facts.frozen:
                 self.frozen[(node.name, index)] = reason
-            for (index, fixed, free), geo in zip(facts.gpus, facts.geos, strict=True):
+            for geo in facts.geos:
                 geos[geo.ordinal] = geo
-                gpu = SearchGpu(len(gpus), node, index, geo, fixed, free)
-                gpus.append(gpu)
-                node.gpus.append(gpu)
             node.room = facts.room
             for profile in facts.free_profiles:
                 free_nodes.setdefault(profile, []).append(order)

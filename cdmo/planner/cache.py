@@ -31,6 +31,7 @@ from cdmo.mig.layouts import sort_layout
 from cdmo.planner.demand import demand_of
 from cdmo.planner.geometry import Demand, Geometry, bits_of, geometry
 from cdmo.planner.models import GpuPlan, Node, NodePlan, PendingPod
+from cdmo.planner.search import SearchGpu, SearchNode
 
 #: Distinct pod filter signatures numbered before the numbering starts over.
 _SIG_LIMIT = 100_000
@@ -46,6 +47,7 @@ class NodeFacts:
     __slots__ = (
         "_unchanged",
         "capacity",
+        "claimed",
         "free_profiles",
         "frozen",
         "geos",
@@ -53,6 +55,7 @@ class NodeFacts:
         "models",
         "node",
         "room",
+        "search",
         "sig",
     )
 
@@ -76,6 +79,12 @@ class NodeFacts:
         #: signature; the last one asked (pods change far less often than nodes).
         self.sig: tuple[Any, Any] | None = None
         self._unchanged: NodePlan | None = None
+        #: The planner's search records of this node and its plannable GPUs, made by the first
+        #: plan that saw it and set back to the snapshot's state by each later one (a plan cuts
+        #: their links to its groups when it ends, so they point at nothing of an old plan).
+        self.search: tuple[SearchNode, tuple[SearchGpu, ...]] | None = None
+        #: PlanCache.stamp of the last plan that took ``search``.
+        self.claimed = -1
         gpus: list[GpuFacts] = []
         geos: list[Geometry] = []
         frozen: list[tuple[int, str]] = []
@@ -175,6 +184,8 @@ class PlanCache:
         self._seen_pod_refs: dict[int, PendingPod] = {}
         #: pod filter signature -> a small number, equal for equal signatures
         self._sig_ids: dict[tuple[Any, ...], int] = {}
+        #: Counts the plans (NodeFacts.claimed).
+        self.stamp = 0
         #: Node facts built and reused by the last plan (for tests and benchmarks).
         self.built = 0
         self.reused = 0
@@ -227,6 +238,7 @@ class PlanCache:
     def begin(self) -> None:
         """Start a plan: count afresh what it builds and reuses."""
         self.built = self.reused = 0
+        self.stamp += 1
         self._seen_nodes = {}
         self._seen_pods = {}
         self._seen_pod_refs = {}

@@ -53,6 +53,16 @@ class SearchGpu:
         #: Position among the plan's GPUs by (node order, index): what the state heaps hold.
         self.place = gid
 
+    def reset(self, gid: int) -> None:
+        """Back to the snapshot's state for a new plan (a PlanCache keeps the record between plans)."""
+        self.id = gid
+        self.fixed = self.fixed0
+        self.free = self.free0
+        self.touched = False
+        self.key = (-1, 0, 0, False, False)
+        self.held = False
+        self.place = gid
+
 
 class SearchNode:
     __slots__ = ("gpus", "group", "name", "order", "pods", "room", "src", "touched", "version")
@@ -70,6 +80,15 @@ class SearchNode:
         self.pods: set[str] = set()
         #: Placement units not held by fixed instances, summed over the GPUs, in 1/24ths of a GPU:
         #: a pod whose size exceeds it cannot fit here (a cheap test before a real one).
+        self.room = 0
+
+    def reset(self) -> None:
+        """Back to the snapshot's state for a new plan, without GPUs (the planner adds them)."""
+        self.gpus = []
+        self.touched = False
+        self.group = None
+        self.version = 0
+        self.pods = set()
         self.room = 0
 
 
