@@ -101,3 +101,13 @@ def test_a_cached_plan_leaves_no_cyclic_garbage() -> None:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def test_a_node_object_listed_twice_gets_its_own_search_records() -> None:
+    # Only a snapshot built in code can list one Node object twice; the cache's kept records of
+    # that node must not be shared by the two entries within one plan.
+    snapshot = parse_snapshot(_bench().build_snapshot(6, 4, seed=9))
+    twice = Snapshot(nodes=(*snapshot.nodes, snapshot.nodes[2]), pending=snapshot.pending)
+    cache = PlanCache()
+    plan(twice, cache=cache)
+    _same(plan(twice, cache=cache), plan(twice))
