@@ -9,14 +9,17 @@ or with one that saw other snapshots before (tests/unit/planner/test_cache.py ch
 
 - per node (:class:`NodeFacts`): each GPU's model tables and its layout as bits, or why it is left
   as it is; placement room; the profiles it holds free; the device capacity that the count screen
-  (cdmo.planner.bounds) reads; and the node's entry in the plan for a plan that leaves it as it is,
-  built once and reused by every such plan (the plan lists every labelled node);
+  (cdmo.planner.bounds) reads; the node's entry in the plan for a plan that leaves it as it is,
+  built once and reused by every such plan (the plan lists every labelled node); and the
+  planner's search records of the node and its GPUs, set back to the snapshot's state by each
+  plan that takes them;
 - per pod (:class:`PodFacts`): its demand and what the node filters read.
 
 Entries are keyed by object identity and hold the object itself, so an id is never reused while
 its entry lives; after each plan, entries of objects that plan did not see are dropped (kept alive
-only while the node or pod is current). The cache holds no search state and no link back to a
-plan: nothing in it points both ways.
+only while the node or pod is current). Nothing in it points both ways once a plan has ended (the
+plan cuts its search records' links to its groups and from node to GPUs), so dropped entries are
+freed by reference counting alone.
 
 Pure: imports nothing of Kubernetes or NVML.
 """
