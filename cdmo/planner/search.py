@@ -1,7 +1,9 @@
 """The planner's search state: GPUs as bit sets, nodes, groups of interchangeable nodes, pods.
 
 Mutable records that :class:`cdmo.planner.algorithm.Planner` builds from a snapshot for one plan
-and changes through its journal (so every step can be undone). They point both ways (GPU <->
+and changes through its journal (so every step can be undone); a node's and its GPUs' records may
+be kept by a :class:`cdmo.planner.cache.PlanCache` and set back (``reset``) for the next plan, so
+a field added here must be set back there too. They point both ways (GPU <->
 node <-> group) for speed; ``Planner.close`` cuts those links when a plan is done.
 
 Pure: imports nothing of Kubernetes or NVML.
