@@ -32,6 +32,7 @@ from typing import Any, Protocol, cast
 import structlog
 
 from cdmo.config import OperatorConfig
+from cdmo.errors import InvalidInput
 from cdmo.mig.layouts import Instance
 from cdmo.operator.demand import is_waiting, profile_counts
 from cdmo.operator.events import (
@@ -54,7 +55,8 @@ from cdmo.operator.snapshot import build_snapshot, held_pods, node_states, scree
 from cdmo.operator.stale import NodeState
 from cdmo.operator.trust import untrusted_nodes
 from cdmo.operator.warmth import DemandHistory, count_gpus, free_instances
-from cdmo.planner import Plan, PlanOptions, parse_snapshot, plan
+from cdmo.planner import Node, Plan, PlanOptions, Snapshot, parse_snapshot, plan
+from cdmo.planner.cache import PlanCache
 
 log = structlog.get_logger("cdmo.operator")
 
@@ -105,6 +107,52 @@ def plan_snapshot(snapshot: Mapping[str, Any], options: PlanOptions | None = Non
     return plan(parse_snapshot(snapshot, allow_unknown_models=True), options)
 
 
+class SnapshotPlanner:
+    """:func:`plan_snapshot` that keeps planner state between the passes of one loop.
+
+    A node whose snapshot entry equals the one the last pass gave under its name is passed to the
+    planner as the same parsed :class:`~cdmo.planner.Node` object, so the planner's
+    :class:`~cdmo.planner.cache.PlanCache` keeps what it derived from it (its GPUs as bit sets, its
+    entry in a plan that leaves it alone). Comparing two entries (plain dicts and lists) costs far
+    less than parsing one; the plan is the same as :func:`plan_snapshot`'s. Pods are parsed every
+    pass (few, and their order and waits change). One pass at a time (the loop's lock).
+    """
+
+    def __init__(self) -> None:
+        self.cache = PlanCache()
+        #: node name -> (its entry in the last snapshot, the Node parsed from it)
+        self._nodes: dict[str, tuple[Mapping[str, Any], Node]] = {}
+
+    def __call__(self, snapshot: Mapping[str, Any], options: PlanOptions | None = None) -> Plan:
+        entries = snapshot.get("nodes")
+        if not isinstance(entries, list) or not all(
+            isinstance(e, Mapping) and isinstance(e.get("name"), str) for e in entries
+        ):
+            return plan_snapshot(snapshot, options)  # parse_snapshot says what is wrong
+        names = [e["name"] for e in entries]
+        if len(set(names)) != len(names):
+            return plan_snapshot(snapshot, options)
+        changed = [e for e in entries if (old := self._nodes.get(e["name"])) is None or old[0] != e]
+        try:
+            parsed = parse_snapshot(
+                {"nodes": changed, "pending": snapshot.get("pending")}, allow_unknown_models=True
+            )
+        except InvalidInput:
+            return plan_snapshot(snapshot, options)  # its message names the entry in the whole snapshot
+        fresh = {n.name: n for n in parsed.nodes}
+        nodes = {}
+        for entry in entries:
+            name = entry["name"]
+            node = fresh.get(name)
+            nodes[name] = (entry, node) if node is not None else self._nodes[name]
+        self._nodes = nodes  # nodes no longer in the snapshot are forgotten
+        return plan(
+            Snapshot(nodes=tuple(n for _, n in nodes.values()), pending=parsed.pending),
+            options,
+            cache=self.cache,
+        )
+
+
 class PlanningLoop:
     def __init__(
         self,
@@ -114,14 +162,14 @@ class PlanningLoop:
         *,
         post_event: Callable[[PodEvent], None] = _post_with_kopf,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        planner: Callable[[Mapping[str, Any], PlanOptions], Plan] = plan_snapshot,
+        planner: Callable[[Mapping[str, Any], PlanOptions], Plan] | None = None,
     ) -> None:
         self.config = config
         self.writer = writer
         self.metrics = metrics if metrics is not None else OperatorMetrics()
         self._post = post_event
         self._clock = clock
-        self._planner = planner
+        self._planner = planner if planner is not None else SnapshotPlanner()
         self._wake: asyncio.Event | None = None
         self._first_change: float | None = None
         self._last_change = 0.0

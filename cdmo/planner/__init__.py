@@ -4,12 +4,14 @@ Public entry points (spec/planner-io.md is the contract):
 
 - :func:`parse_snapshot` (dict -> :class:`Snapshot`; raises InvalidSnapshot(path, message)),
 - :func:`plan` (pure, deterministic; counts no node can hold are answered before the search,
-  see :mod:`cdmo.planner.bounds`),
+  see :mod:`cdmo.planner.bounds`; an optional :class:`PlanCache` keeps facts about unchanged
+  nodes and pods between the plans of one loop, see :mod:`cdmo.planner.cache`),
 - :func:`plan_to_dict` and :func:`snapshot_to_dict` (the contract's dict shapes).
 """
 
 from cdmo.planner.algorithm import demand_of, format_demand
 from cdmo.planner.bounds import plan
+from cdmo.planner.cache import PlanCache
 from cdmo.planner.models import (
     Assignment,
     Device,
@@ -46,6 +48,7 @@ __all__ = [
     "NodeSelectorTerm",
     "PendingPod",
     "Plan",
+    "PlanCache",
     "PlanOptions",
     "PlanSummary",
     "Snapshot",

@@ -40,10 +40,11 @@ from typing import Any
 
 from cdmo.mig.catalog import GpuModel, find_model
 from cdmo.mig.layouts import Instance, sort_layout
+from cdmo.planner.cache import PlanCache, PodFacts
 from cdmo.planner.demand import demand_of, format_demand
-from cdmo.planner.eligibility import node_admits, referenced_label_keys, uses_name_fields
+from cdmo.planner.eligibility import node_admits
 from cdmo.planner.fragmentation import FRAG_LEN
-from cdmo.planner.geometry import AddOption, Demand, Geometry, bits_of, geometry
+from cdmo.planner.geometry import AddOption, Demand, Geometry, bits_of
 from cdmo.planner.models import (
     Assignment,
     Device,
@@ -56,7 +57,7 @@ from cdmo.planner.models import (
     Snapshot,
     Unsatisfied,
 )
-from cdmo.planner.objective import COUNT, STANDARD, gpu_option_rank, lower_bound, rank
+from cdmo.planner.objective import COUNT, STANDARD, Rank, gpu_option_rank, lower_bound, rank
 from cdmo.planner.options import LARGE_SHARE, PlanOptions, model_drain_limits
 from cdmo.planner.reasons import explain
 from cdmo.planner.repair import RepairSteps
@@ -85,9 +86,13 @@ _UNITS_LCM = 24  # placement axes are 4, 8 or 12 units
 class Planner(RepairSteps):
     """One planning run over one snapshot; :meth:`run` returns the plan."""
 
-    def __init__(self, snapshot: Snapshot, options: PlanOptions | None = None) -> None:
+    def __init__(
+        self, snapshot: Snapshot, options: PlanOptions | None = None, cache: PlanCache | None = None
+    ) -> None:
         self.snapshot = snapshot
         self.options = options or PlanOptions()
+        #: Facts derived from single nodes and pods, kept between plans by the caller's cache.
+        self.cache = cache if cache is not None else PlanCache()
         #: GPU id -> key of the pod it drains for (set by _drain)
         self.drains: dict[int, str] = {}
         self.src_nodes = tuple(sorted(snapshot.nodes, key=lambda n: n.name))
@@ -99,6 +104,7 @@ class Planner(RepairSteps):
         self.journal: list[tuple[Any, ...]] = []
         self.assigned: dict[str, Placement] = {}
         self.mode = STANDARD
+        self._bounds = _Bounds(STANDARD)
         self.fail_memo: dict[tuple[Demand, tuple[int, ...]], tuple[int, ...]] = {}
         self.node_memo: dict[tuple[int, Demand], tuple[int, tuple[Any, ...] | None]] = {}
         self.used_fit_memo: dict[tuple[int, Demand], bool] = {}
@@ -106,7 +112,6 @@ class Planner(RepairSteps):
         #: _option_parts for GPUs outside any group (reasons look at cordoned nodes' GPUs too)
         self._loose_costs: dict[tuple[Any, ...], tuple[Any, ...] | None] = {}
         self._largest: dict[str, Fraction] = {}
-        self._needs: dict[tuple[int, Demand], tuple[tuple[int, int], ...] | None] = {}
         #: node evaluations so far (the repairs' budget counts them)
         self._walks = 0
         self._budget_end = 0
@@ -115,20 +120,22 @@ class Planner(RepairSteps):
         #: profile -> orders of nodes that hold free instances of it in the snapshot
         self.free_nodes: dict[str, list[int]] = {}
         self._models: dict[str, GpuModel | None] = {}
+        self.facts = [self.cache.node(n, self.model_of) for n in self.src_nodes]
         self._build_nodes()
+        #: The GPUs by (node order, index, id): a GPU's ``place`` is its position here. They are
+        #: made node by node, so only a node whose GPUs are not listed by index needs sorting.
+        self.by_place: list[SearchGpu] = []
+        for node in self.nodes:
+            gpus = node.gpus
+            if any(gpus[i].index > gpus[i + 1].index for i in range(len(gpus) - 1)):
+                gpus = sorted(gpus, key=lambda g: (g.index, g.id))
+            for gpu in gpus:
+                gpu.place = len(self.by_place)
+                self.by_place.append(gpu)
         #: Catalog keys of the known GPU models on labelled nodes.
-        self.cluster_models = tuple(
-            sorted(
-                {
-                    m.key
-                    for n in self.src_nodes
-                    if n.labelled
-                    for g in n.gpus
-                    if (m := self.model_of(g.model)) is not None
-                }
-            )
-        )
+        self.cluster_models = tuple(sorted({m for f in self.facts for m in f.models}))
         pods = sorted(snapshot.pending, key=lambda p: (p.namespace, p.name))
+        self._pod_facts: list[PodFacts] = []
         self.pods = [self._pod(p) for p in pods]
         self.pods_by_key = {p.key: p for p in self.pods}
         self._build_groups()
@@ -153,6 +160,21 @@ class Planner(RepairSteps):
         self.assigned = {}
         self._group_nodes = {}
 
+    def _drop_search_indexes(self) -> None:
+        """Free the heaps, memos and journal once every placement is decided.
+
+        The explanations and the plan's output do not read them; freed before those build the
+        plan's many objects, they are not walked by the full collection those objects trigger.
+        """
+        for group in self.groups:
+            group.mheaps = {}
+            group.members = {}
+            group.arrivals = []
+        self.journal = []
+        self.fail_memo = {}
+        self.node_memo = {}
+        self._free_orders = {}
+
     def model_of(self, text: str) -> GpuModel | None:
         """The catalog model for a snapshot's model string (looked up once per distinct string)."""
         if text not in self._models:
@@ -160,88 +182,109 @@ class Planner(RepairSteps):
         return self._models[text]
 
     def _build_nodes(self) -> None:
-        for order, src in enumerate(self.src_nodes):
-            node = SearchNode(order, src)
+        """Search state from each node's facts (cdmo.planner.cache: derived once per node object)."""
+        gpus = self.gpus
+        geos = self.geos
+        free_nodes = self.free_nodes
+        stamp = self.cache.stamp
+        for order, facts in enumerate(self.facts):
+            kept = facts.search
+            if kept is not None and facts.claimed != stamp:
+                # The node's search records from an earlier plan, set back to the snapshot's state.
+                node, node_gpus = kept
+                node.order = order
+                node.reset()
+                for gpu in node_gpus:
+                    gpu.reset(len(gpus))
+                    gpus.append(gpu)
+                    node.gpus.append(gpu)
+            else:
+                node = SearchNode(order, facts.node)
+                for (index, fixed, free), geo in zip(facts.gpus, facts.geos, strict=True):
+                    gpu = SearchGpu(len(gpus), node, index, geo, fixed, free)
+                    gpus.append(gpu)
+                    node.gpus.append(gpu)
+                if kept is None:
+                    facts.search = (node, tuple(node.gpus))
+            # Claimed for this plan: a snapshot that lists one Node object twice gets new records.
+            facts.claimed = stamp
             self.nodes.append(node)
-            if not src.labelled:
-                continue
-            for g in src.gpus:
-                model = self.model_of(g.model)
-                if model is None:
-                    self.frozen[(src.name, g.index)] = "unknown-model"
-                    continue
-                geo = geometry(model)
-                fixed = free = 0
-                for inst in g.instances:
-                    i = geo.slot.get((inst.profile, inst.start))
-                    if i is None:
-                        fixed = -1
-                        break
-                    if inst.used:
-                        fixed |= 1 << i
-                    else:
-                        free |= 1 << i
-                if fixed < 0 or (fixed | free) not in geo.valid or fixed & free:
-                    # Only a snapshot built in code can get here (parse_snapshot refuses it).
-                    self.frozen[(src.name, g.index)] = "invalid-layout"
-                    continue
-                self.geos[geo.ordinal] = geo
-                gpu = SearchGpu(len(self.gpus), node, g.index, geo, fixed, free)
-                self.gpus.append(gpu)
-                node.gpus.append(gpu)
-                node.room += self._room_of(geo, fixed)
-                for i in bits_of(free):
-                    orders = self.free_nodes.setdefault(geo.cands[i].profile, [])
-                    if not orders or orders[-1] != order:
-                        orders.append(order)
+            for index, reason in facts.frozen:
+                self.frozen[(node.name, index)] = reason
+            for geo in facts.geos:
+                geos[geo.ordinal] = geo
+            node.room = facts.room
+            for profile in facts.free_profiles:
+                free_nodes.setdefault(profile, []).append(order)
 
     def _pod(self, pod: PendingPod) -> PodState:
-        demand, bad = demand_of(pod)
-        return PodState(
-            pod=pod, key=pod.key, demand=demand or None, bad_resources=bad, devices=sum(c for _, c in demand)
-        )
+        facts = self.cache.pod(pod)
+        self._pod_facts.append(facts)
+        demand, bad, devices, _, _, _ = facts
+        return PodState(pod=pod, key=pod.key, demand=demand, bad_resources=bad, devices=devices)
 
     def _build_groups(self) -> None:
-        keys = referenced_label_keys(p.pod for p in self.pods)
-        by_name = uses_name_fields(p.pod for p in self.pods)
+        keys = frozenset(k for f in self._pod_facts for k in f[3])
+        by_name = any(f[4] for f in self._pod_facts)
+        # What a node's cached signature was made for (strings only: not tracked by the collector).
+        sig_for = (tuple(sorted(keys)), by_name)
         groups: dict[tuple[Any, ...], NodeGroup] = {}
         self.groups: list[NodeGroup] = []
-        for node in self.nodes:
+        for node, facts in zip(self.nodes, self.facts, strict=True):
             if not node.gpus or node.src.unschedulable:
                 continue
-            sig = (
-                tuple((k, v) for k, v in node.src.labels.items() if k in keys),
-                tuple(
-                    sorted(
-                        (t.key, t.value, t.effect) for t in node.src.taints if t.effect != "PreferNoSchedule"
-                    )
-                ),
-                node.name if by_name else None,
-            )
+            cached = facts.sig
+            if cached is not None and cached[0] == sig_for:
+                sig = cached[1]
+            else:
+                sig = (
+                    tuple((k, v) for k, v in node.src.labels.items() if k in keys),
+                    tuple(
+                        sorted(
+                            (t.key, t.value, t.effect)
+                            for t in node.src.taints
+                            if t.effect != "PreferNoSchedule"
+                        )
+                    ),
+                    node.name if by_name else None,
+                )
+                facts.sig = (sig_for, sig)
             group = groups.get(sig)
             if group is None:
                 group = groups[sig] = NodeGroup(len(self.groups), node)
                 self.groups.append(group)
             group.nodes.append(node)
             node.group = group
-        for gpu in self.gpus:
-            if gpu.node.group is not None:
-                self._enter(gpu, self._key(gpu))
-        sig_groups: dict[tuple[Any, ...], tuple[NodeGroup, ...]] = {}
+        # Every GPU enters its state (as _enter does, in bulk: one heap per state, made at once).
+        for group in self.groups:
+            states, members, arrivals = group.states, group.members, group.arrivals
+            for node in group.nodes:
+                for gpu in node.gpus:
+                    key = gpu.key = (gpu.geo.ordinal, gpu.fixed, gpu.free, gpu.touched, node.touched)
+                    count = states.get(key, 0)
+                    states[key] = count + 1
+                    if count == 0:
+                        arrivals.append(key)
+                        members[key] = [gpu.place]
+                    else:
+                        members[key].append(gpu.place)
+            for places in members.values():
+                heapq.heapify(places)
+        sig_groups: dict[int, tuple[NodeGroup, ...]] = {}
         reach: dict[tuple[int, ...], int] = {}
         offered: dict[str, int] = {}
         for geo in self.geos.values():
             for name, frac in geo.fraction.items():
                 size = int(frac * _UNITS_LCM)
                 offered[name] = min(size, offered.get(name, size))
-        for p in self.pods:
-            pod_sig = (tuple(p.pod.node_selector.items()), p.pod.node_affinity, p.pod.tolerations)
+        for p, pod_facts in zip(self.pods, self._pod_facts, strict=True):
+            pod_sig = pod_facts[5]
             if pod_sig not in sig_groups:
                 sig_groups[pod_sig] = tuple(g for g in self.groups if node_admits(g.rep.src, p.pod))
             p.groups = sig_groups[pod_sig]
             if p.demand and all(name in offered for name, _ in p.demand):
                 p.size = sum(offered[name] * c for name, c in p.demand)
-            gkey = tuple(g.id for g in p.groups)
+            gkey = p.group_ids = tuple(g.id for g in p.groups)
             if gkey not in reach:
                 reach[gkey] = sum(len(n.gpus) for g in p.groups for n in g.nodes)
             p.reach = reach[gkey]
@@ -255,9 +298,14 @@ class Planner(RepairSteps):
         group = gpu.node.group
         assert group is not None
         gpu.key = key
+        group.changes += 1
         count = group.states.get(key, 0)
         group.states[key] = count + 1
-        heapq.heappush(group.members.setdefault(key, []), (gpu.node.order, gpu.index, gpu.id))
+        members = group.members.get(key)
+        if members is None:
+            group.members[key] = [gpu.place]
+        else:
+            heapq.heappush(members, gpu.place)
         if count == 0:
             group.arrivals.append(key)
 
@@ -277,17 +325,22 @@ class Planner(RepairSteps):
         return geo.room(fixed)
 
     def _set_gpu(self, gpu: SearchGpu, fixed: int, free: int) -> None:
-        self.journal.append(("gpu", gpu, gpu.fixed, gpu.free, gpu.touched))
-        gpu.node.room += self._room_of(gpu.geo, fixed) - self._room_of(gpu.geo, gpu.fixed)
+        self.journal.append(("gpu", gpu.id, gpu.fixed, gpu.free, gpu.touched))
+        if fixed != gpu.fixed:
+            gpu.node.room += gpu.geo.room(fixed) - gpu.geo.room(gpu.fixed)
         gpu.fixed, gpu.free = fixed, free
         gpu.touched = (fixed | free) != (gpu.fixed0 | gpu.free0)
         gpu.node.version += 1
         self._rekey(gpu)
 
     def _refresh_node(self, node: SearchNode) -> None:
-        touched = any(g.touched for g in node.gpus)
+        touched = False
+        for g in node.gpus:
+            if g.touched:
+                touched = True
+                break
         if touched != node.touched:
-            self.journal.append(("node", node, node.touched))
+            self.journal.append(("node", node.order, node.touched))
             self._flag_node(node, touched)
 
     def _flag_node(self, node: SearchNode, touched: bool) -> None:
@@ -306,23 +359,25 @@ class Planner(RepairSteps):
             entry = self.journal.pop()
             kind = entry[0]
             if kind == "gpu":
-                _, gpu, fixed, free, touched = entry
+                _, gid, fixed, free, touched = entry
+                gpu = self.gpus[gid]
                 gpu.node.room += self._room_of(gpu.geo, fixed) - self._room_of(gpu.geo, gpu.fixed)
                 gpu.fixed, gpu.free, gpu.touched = fixed, free, touched
                 gpu.node.version += 1
                 self._rekey(gpu)
             elif kind == "node":
-                self._flag_node(entry[1], entry[2])
+                self._flag_node(self.nodes[entry[1]], entry[2])
             elif kind == "assign":
-                placement = self.assigned.pop(entry[1])
-                placement.node.pods.discard(entry[1])
+                order, _ = self.assigned.pop(entry[1])
+                self.nodes[order].pods.discard(entry[1])
             else:  # unassign
                 self.assigned[entry[1]] = entry[2]
-                entry[2].node.pods.add(entry[1])
+                self.nodes[entry[2][0]].pods.add(entry[1])
 
     def _set_mode(self, mode: int) -> None:
         """Switch how placements are ranked; costs cached under the other ranking are dropped."""
         self.mode = mode
+        self._bounds = _Bounds(mode)
         for group in self.groups:
             group.mheaps.clear()
         self.node_memo.clear()
@@ -383,14 +438,37 @@ class Planner(RepairSteps):
         parts = self._option_parts(group, geo, fixed, free, demand)
         if parts is None:
             return None
-        destroyed, created, change, dloss, loss, opt = parts
+        destroyed, created, change, dloss, loss, which = parts
         gpus = int(change and not touched)
         nodes = int(change and not node_touched)
+        opt = geo.options(fixed, free, demand)[which]
         return rank(self.mode, destroyed, created, gpus, nodes, dloss, loss), opt
+
+    def _best_rank(
+        self,
+        group: NodeGroup | None,
+        geo: Geometry,
+        fixed: int,
+        free: int,
+        touched: bool,
+        node_touched: bool,
+        demand: Demand,
+    ) -> Rank | None:
+        """The rank of :meth:`_best_option` alone."""
+        parts = self._option_parts(group, geo, fixed, free, demand)
+        if parts is None:
+            return None
+        destroyed, created, change, dloss, loss, _ = parts
+        gpus = int(change and not touched)
+        nodes = int(change and not node_touched)
+        return rank(self.mode, destroyed, created, gpus, nodes, dloss, loss)
 
     def _option_parts(
         self, group: NodeGroup | None, geo: Geometry, fixed: int, free: int, demand: Demand
-    ) -> tuple[int, int, bool, int, tuple[int, ...], AddOption] | None:
+    ) -> tuple[int, int, bool, int, tuple[int, ...], int] | None:
+        """(destroyed, created, changes the layout, dloss, loss, which of ``geo.options``) of the
+        best option, cached per group. Numbers only: the cache holds thousands and the cyclic
+        collector skips tuples of numbers."""
         key = (self.mode, demand, geo.ordinal, fixed, free)
         costs = group.costs if group is not None else self._loose_costs
         try:
@@ -404,103 +482,128 @@ class Planner(RepairSteps):
             before = self._value(group, geo, full & ~geo.units_of(fixed))
             best = None
             first = options[0]
-            for opt in options:
+            for which, opt in enumerate(options):
                 if self.mode == STANDARD and (opt.destroyed, opt.created) != (first.destroyed, first.created):
                     break  # sorted: nothing later ranks better under the standard ranking
                 dloss = before - self._value(group, geo, full & ~opt.units)
                 order = gpu_option_rank(self.mode, dloss, opt.destroyed, opt.created, opt.loss)
                 if best is None or order < best[0]:
-                    best = (order, dloss, opt)
+                    best = (order, dloss, which)
             assert best is not None
-            opt = best[2]
-            result = (opt.destroyed, opt.created, bool(opt.created or opt.destroyed), best[1], opt.loss, opt)
+            opt = options[best[2]]
+            result = (
+                opt.destroyed,
+                opt.created,
+                bool(opt.created or opt.destroyed),
+                best[1],
+                opt.loss,
+                best[2],
+            )
         costs[key] = result
         return result
 
     def _group_best(self, group: NodeGroup, demand: Demand) -> tuple[tuple[Any, ...], int, int, int] | None:
         """The cheapest GPU state of ``group`` for ``demand``, and its first GPU (by node, index).
 
-        States enter the demand's heap with a lower bound of their rank (nothing destroyed, only
-        what existing free instances cannot cover created, no fragmentation); a state is costed
-        for real only when its bound reaches the top, so states that cannot beat the best one
-        (typically untouched GPUs once touched ones have room) are never searched.
+        States are ranked by a cheap lower bound first (nothing destroyed, only what existing free
+        instances cannot cover created, no fragmentation); a state is costed for real only when
+        its bound reaches the top of the demand's heap, so states that cannot beat the best one
+        (typically untouched GPUs once touched ones have room) are never searched. The answer is
+        the least (rank, state key) over the populated states that can take the demand.
+
+        States with the same bound wait in one heap of keys per bound (``classes``, by the id of
+        the bound: one tuple per mode, see _Bounds); the demand's
+        heap holds each class once, by its least key, plus the states costed so far. That gives
+        the same order as one heap entry per state, with a few entries instead of thousands.
         """
         entry = group.mheaps.get(demand)
         if entry is None:
-            entry = group.mheaps[demand] = [[], 0]
-        heap, seen = entry
+            entry = group.mheaps[demand] = [[], 0, {}, -1, None]
+        elif entry[3] == group.changes:
+            kept: tuple[tuple[Any, ...], int, int, int] | None = entry[4]
+            return kept  # no GPU of the group entered or left a state since the last answer
+        heap, seen, classes = entry[0], entry[1], entry[2]
         arrivals = group.arrivals
         states = group.states
+        push = heapq.heappush
         if seen < len(arrivals):
-            wanted = 0
-            for _, c in demand:
-                wanted += c
-            mode = self.mode
-            push = heapq.heappush
+            bounds = self._bounds
             geos = self.geos
-            needs: dict[int, tuple[tuple[int, int], ...] | None] = {}
-            for key in arrivals[seen:]:
+            fresh: dict[int, Rank] = {}
+            tables: dict[int, tuple[Geometry, dict[int, int], int]] = {}
+            if seen == 0:
+                # A new heap: the populated states, each once (arrivals repeat states that left
+                # and came back; which of them enter first does not change any answer).
+                todo = [k for k, c in states.items() if c > 0]
+            else:
+                todo = [k for k in arrivals[seen:] if states.get(k, 0) > 0]
+            for key in todo:
+                ordinal, fixed, free, touched, node_touched = key
+                # Geometry.creates_at_least, its cache read here (called for every state and demand)
+                found = tables.get(ordinal)
+                if found is None:
+                    geo = geos[ordinal]
+                    found = tables[ordinal] = (geo, geo.bound_table(demand), len(geo.cands))
+                create = found[1].get(fixed << found[2] | free)
+                if create is None:
+                    create = found[0].creates_at_least(fixed, free, demand)
+                if create < 0:
+                    continue  # this model lacks a profile, or the free units cannot hold it
+                lb = bounds[(create, create > 0 and not touched, create > 0 and not node_touched)]
+                # Classes by the bound's identity: bounds are made once per mode (_Bounds).
+                members = classes.get(id(lb))
+                if members is None:
+                    classes[id(lb)] = [key]
+                    fresh[id(lb)] = lb
+                elif id(lb) in fresh:
+                    members.append(key)  # heapified below
+                else:
+                    push(members, key)
+                    if members[0] is key:
+                        push(heap, (lb, key, False))
+            for ident, lb in fresh.items():
+                members = classes[ident]
+                heapq.heapify(members)
+                push(heap, (lb, members[0], False))
+            entry[1] = len(arrivals)
+        pop = heapq.heappop
+        while heap:
+            rank, key, costed = heap[0]
+            if not costed:
+                pop(heap)
+                members = classes[id(rank)]
+                if not members or members[0] != key:
+                    continue  # the class's least key changed since: its entry is further down
+                pop(members)
+                if members:
+                    push(heap, (rank, members[0], False))
                 if states.get(key, 0) <= 0:
                     continue
                 ordinal, fixed, free, touched, node_touched = key
-                geo = geos[ordinal]
-                if ordinal in needs:
-                    need = needs[ordinal]
-                else:
-                    need = needs[ordinal] = self._need(geo, demand)
-                if need is None:
-                    continue  # this model lacks a profile, or one GPU can never hold it all
-                caps = geo.caps_beside(fixed)
-                fits = True
-                for i, c in need:
-                    if caps[i] < c:
-                        fits = False  # the free units cannot hold it, whatever is destroyed
-                        break
-                if not fits:
-                    continue
-                create = wanted
-                if free:
-                    bits = geo.profile_bits
-                    for p, c in demand:
-                        have = (free & bits.get(p, 0)).bit_count()
-                        create -= c if have >= c else have
-                gpus = int(create > 0 and not touched)
-                nodes = int(create > 0 and not node_touched)
-                push(heap, (lower_bound(mode, create, gpus, nodes), key, False))
-            entry[1] = len(arrivals)
-        while heap:
-            rank, key, costed = heap[0]
-            if states.get(key, 0) <= 0:
-                heapq.heappop(heap)
-                continue
-            if not costed:
-                heapq.heappop(heap)
-                ordinal, fixed, free, touched, node_touched = key
-                found = self._best_option(
+                costed_rank = self._best_rank(
                     group, self.geos[ordinal], fixed, free, touched, node_touched, demand
                 )
-                if found is not None:
-                    heapq.heappush(heap, (found[0], key, True))
+                if costed_rank is not None:
+                    push(heap, (costed_rank, key, True))
+                continue
+            if states.get(key, 0) <= 0:
+                pop(heap)
                 continue
             members = group.members[key]
-            while self.gpus[members[0][2]].key != key:
-                heapq.heappop(members)
-            order, index, gid = members[0]
-            return rank, order, index, gid
+            by_place = self.by_place
+            while by_place[members[0]].key != key:
+                pop(members)
+            gpu = by_place[members[0]]
+            answer = (rank, gpu.node.order, gpu.index, gpu.id)
+            entry[3], entry[4] = group.changes, answer
+            return answer
+        entry[3], entry[4] = group.changes, None
         return None
 
     def _need(self, geo: Geometry, demand: Demand) -> tuple[tuple[int, int], ...] | None:
         """(profile index in ``geo.cap``, count) per profile of ``demand``; None if no GPU of
-        this model could ever hold all of it (cached)."""
-        key = (geo.ordinal, demand)
-        if key in self._needs:
-            return self._needs[key]
-        need: tuple[tuple[int, int], ...] | None = None
-        if geo.offers(demand) and geo.options(0, 0, demand):
-            names = geo.profile_names
-            need = tuple((names.index(p), c) for p, c in demand)
-        self._needs[key] = need
-        return need
+        this model could ever hold all of it."""
+        return geo.need(demand)
 
     def _node_option(self, node: SearchNode, demand: Demand) -> tuple[tuple[Any, ...], list[Any]] | None:
         """The cheapest way found to put ``demand`` on ``node``, spanning its GPUs if need be."""
@@ -619,10 +722,16 @@ class Planner(RepairSteps):
             caps = geo.caps_beside(fixed)
             if any(caps[i] < c for i, c in need):
                 continue
-            found = self._best_option(node.group, geo, fixed, free, touched, node_touched, demand)
-            if found is not None and (best is None or (found[0], gpu.index) < best[0]):
-                best = ((found[0], gpu.index), gpu, found[1])
-        return None if best is None else (best[1], best[2])
+            found = self._best_rank(node.group, geo, fixed, free, touched, node_touched, demand)
+            if found is not None and (best is None or (found, gpu.index) < best[0]):
+                best = ((found, gpu.index), gpu, touched)
+        if best is None:
+            return None
+        gpu, touched = best[1], best[2]
+        fixed, free, _ = state[gpu.id]
+        chosen = self._best_option(node.group, gpu.geo, fixed, free, touched, node_touched, demand)
+        assert chosen is not None
+        return gpu, chosen[1]
 
     # --- placing one pod ---------------------------------------------------------------------
 
@@ -630,7 +739,7 @@ class Planner(RepairSteps):
         """Put ``pod`` where it costs least; False (and nothing changed) if it fits nowhere."""
         demand = pod.demand
         assert demand is not None
-        memo_key = (demand, tuple(g.id for g in pod.groups))
+        memo_key = (demand, pod.group_ids)
         epochs = tuple(g.epoch for g in pod.groups)
         if self.fail_memo.get(memo_key) == epochs:
             return False
@@ -739,18 +848,20 @@ class Planner(RepairSteps):
         for gpu, opt in steps:
             new = opt.assigned & ~gpu.free
             self._set_gpu(gpu, opt.fixed, opt.free)
-            parts.append((gpu, opt.assigned, new))
+            parts.append((gpu.id, opt.assigned, new))
         self._refresh_node(node)
-        self.assigned[pod.key] = Placement(node=node, parts=parts)
+        self.assigned[pod.key] = (node.order, tuple(parts))
         node.pods.add(pod.key)
         self.journal.append(("assign", pod.key))
 
     def _unassign(self, key: str) -> None:
         """Take a pod's devices back; free instances of the snapshot come back where they still fit."""
         placement = self.assigned.pop(key)
-        placement.node.pods.discard(key)
+        node = self.nodes[placement[0]]
+        node.pods.discard(key)
         self.journal.append(("unassign", key, placement))
-        for gpu, bits, _ in reversed(placement.parts):
+        for gid, bits, _ in reversed(placement[1]):
+            gpu = self.gpus[gid]
             geo = gpu.geo
             fixed = gpu.fixed & ~bits
             free = gpu.free | (bits & gpu.free0)
@@ -761,7 +872,7 @@ class Planner(RepairSteps):
                     free |= 1 << i
                     occupied |= u
             self._set_gpu(gpu, fixed, free)
-        self._refresh_node(placement.node)
+        self._refresh_node(node)
 
     # --- levels and repairs ------------------------------------------------------------------
 
@@ -883,6 +994,7 @@ class Planner(RepairSteps):
         self._reclaim()
         self._defragment()
         self._prewarm()
+        self._drop_search_indexes()
         waiting = [
             WaitingPod(p.pod, p.key, p.demand, p.bad_resources)
             for p in self.pods
@@ -987,6 +1099,7 @@ class Planner(RepairSteps):
         assert group is not None
         group.states[gpu.key] -= 1
         group.epoch += 1
+        group.changes += 1
         gpu.held = True
         gpu.key = (-1, 0, 0, False, False)  # its heap entries are stale now
         self.node_memo.clear()
@@ -1183,32 +1296,37 @@ class Planner(RepairSteps):
     def _first_in_state(self, group: NodeGroup, key: StateKey) -> SearchGpu | None:
         """The GPU of ``group`` in state ``key`` first by node and index that does not drain."""
         members = group.members[key]
-        while members and self.gpus[members[0][2]].key != key:
+        by_place = self.by_place
+        while members and by_place[members[0]].key != key:
             heapq.heappop(members)
         if not members:
             return None
-        first = self.gpus[members[0][2]]
+        first = by_place[members[0]]
         if first.id not in self.drains:
             return first
-        for _, _, gid in sorted(members):
-            gpu = self.gpus[gid]
-            if gpu.key == key and gid not in self.drains:
+        for place in sorted(members):
+            gpu = by_place[place]
+            if gpu.key == key and gpu.id not in self.drains:
                 return gpu
         return None
 
     # --- output ------------------------------------------------------------------------------
 
     def _build_plan(self, unsatisfied: list[Unsatisfied]) -> Plan:
-        by_gpu = {(gpu.node.name, gpu.index): gpu for gpu in self.gpus}
         node_plans = []
         created_total = destroyed_total = 0
         gpus_touched = nodes_touched = 0
-        for node in self.nodes:
+        for node, facts in zip(self.nodes, self.facts, strict=True):
             if not node.src.labelled:
                 continue
+            if not any((g.fixed | g.free) != (g.fixed0 | g.free0) for g in node.gpus):
+                # Left as it is: the same entry every plan that leaves this node object alone.
+                node_plans.append(facts.unchanged_plan(self.model_of))
+                continue
+            by_gpu = {gpu.index: gpu for gpu in node.gpus}
             gpu_plans = []
             for g in node.src.gpus:
-                gpu = by_gpu.get((node.name, g.index))
+                gpu = by_gpu.get(g.index)
                 if gpu is None:
                     known = self.model_of(g.model)
                     layout = sort_layout(i.instance for i in g.instances)
@@ -1236,18 +1354,28 @@ class Planner(RepairSteps):
         assignments = []
         handed = 0
         by_pod = {p.key: p for p in self.pods}
+        # Devices are values: equal ones (same GPU index, instance, newness) are one object.
+        made: dict[tuple[int, int, int, bool], Device] = {}
         for key in sorted(self.assigned):
-            placement = self.assigned[key]
+            order, parts = self.assigned[key]
             devices = []
-            for gpu, bits, _ in placement.parts:
+            for gid, bits, _ in parts:
+                gpu = self.gpus[gid]
                 for i in bits_of(bits):
-                    inst: Instance = gpu.geo.cands[i]
                     # New means: not in the snapshot (an instance destroyed and made again is not new).
                     is_new = not (gpu.free0 >> i) & 1
                     handed += not is_new
-                    devices.append(Device(gpu.index, inst.profile, inst.start, is_new))
-            devices.sort(key=lambda d: (d.gpu, d.start, d.profile))
-            assignments.append(Assignment(key, placement.node.name, tuple(devices), by_pod[key].pod.priority))
+                    dkey = (gpu.geo.ordinal, gpu.index, i, is_new)
+                    device = made.get(dkey)
+                    if device is None:
+                        inst: Instance = gpu.geo.cands[i]
+                        device = made[dkey] = Device(gpu.index, inst.profile, inst.start, is_new)
+                    devices.append(device)
+            if len(devices) > 1:
+                devices.sort(key=lambda d: (d.gpu, d.start, d.profile))
+            assignments.append(
+                Assignment(key, self.nodes[order].name, tuple(devices), by_pod[key].pod.priority)
+            )
         levels: dict[int, list[int]] = {}
         for p in self.pods:
             counts = levels.setdefault(p.pod.priority, [0, 0])
@@ -1271,6 +1399,20 @@ class Planner(RepairSteps):
             unsatisfied=tuple(sorted(unsatisfied, key=lambda u: u.pod)),
             summary=summary,
         )
+
+
+class _Bounds(dict[tuple[int, bool, bool], Rank]):
+    """(instances created, GPU newly touched, node newly touched) -> the lower bound of a rank
+    under one ranking mode, made once per plan (the heaps compare these tuples by the thousand)."""
+
+    def __init__(self, mode: int) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def __missing__(self, key: tuple[int, bool, bool]) -> Rank:
+        created, gpus, nodes = key
+        found = self[key] = lower_bound(self.mode, created, int(gpus), int(nodes))
+        return found
 
 
 class _View:
@@ -1306,14 +1448,15 @@ class _View:
 _: type[RunView] = _View  # the interface is checked against its one implementation by mypy
 
 
-def plan(snapshot: Snapshot, options: PlanOptions | None = None) -> Plan:
+def plan(snapshot: Snapshot, options: PlanOptions | None = None, cache: PlanCache | None = None) -> Plan:
     """The plan for ``snapshot``: pure and deterministic (the same snapshot gives the same plan).
 
     Invariants: every desired layout is valid for its model; every used instance stays, same
     profile and start; unlabelled nodes and GPUs of unknown model are left as they are; every
-    pending pod is in exactly one of assignments and unsatisfied.
+    pending pod is in exactly one of assignments and unsatisfied. ``cache`` (optional) keeps
+    facts about unchanged node and pod objects for the next plan; the plan is the same without it.
     """
-    planner = Planner(snapshot, options)
+    planner = Planner(snapshot, options, cache)
     try:
         return planner.run()
     finally:

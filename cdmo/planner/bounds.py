@@ -20,6 +20,7 @@ from cdmo.demand import MAX_COUNT
 from cdmo.mig.catalog import find_model
 from cdmo.mig.resources import RESOURCE_PREFIX
 from cdmo.planner.algorithm import plan as search
+from cdmo.planner.cache import PlanCache
 from cdmo.planner.models import Node, PendingPod, Plan, Snapshot, Unsatisfied
 from cdmo.planner.options import PlanOptions
 
@@ -64,13 +65,19 @@ def _reason(pod: PendingPod, devices: int, most: int, where: str) -> str:
     )
 
 
-def screen_counts(snapshot: Snapshot) -> tuple[Snapshot, tuple[Unsatisfied, ...]]:
+def screen_counts(
+    snapshot: Snapshot, cache: PlanCache | None = None
+) -> tuple[Snapshot, tuple[Unsatisfied, ...]]:
     """The snapshot without the pods whose device count no labelled node can hold, and those pods
-    as :class:`Unsatisfied` (code ``TooManyDevices``). Linear in nodes + pods, whatever the counts."""
+    as :class:`Unsatisfied` (code ``TooManyDevices``). Linear in nodes + pods, whatever the counts.
+    With ``cache``, each node's capacity comes from its facts (cdmo.planner.cache)."""
     best: Node | None = None
     most = 0
     for node in sorted(snapshot.nodes, key=lambda n: n.name):
-        if node.labelled and (cap := node_capacity(node)) > most:
+        if not node.labelled:
+            continue
+        cap = cache.node(node, find_model).capacity if cache is not None else node_capacity(node)
+        if cap > most:
             best, most = node, cap
     where = f" (node {best.name})" if best is not None else ""
     kept: list[PendingPod] = []
@@ -90,15 +97,22 @@ def screen_counts(snapshot: Snapshot) -> tuple[Snapshot, tuple[Unsatisfied, ...]
     return replace(snapshot, pending=tuple(kept)), tuple(refused)
 
 
-def plan(snapshot: Snapshot, options: PlanOptions | None = None) -> Plan:
+def plan(snapshot: Snapshot, options: PlanOptions | None = None, *, cache: PlanCache | None = None) -> Plan:
     """The plan for ``snapshot``: pure and deterministic (see :func:`cdmo.planner.algorithm.plan`).
 
     Pods asking for more devices than any labelled node can hold are unsatisfied with
     ``TooManyDevices`` without entering the search; every other pod is planned as if they were
-    not there.
+    not there. ``cache``: a :class:`~cdmo.planner.cache.PlanCache` passed to every plan of one
+    planning loop keeps facts about the node and pod objects that stay the same from one
+    snapshot to the next (the plan is the same with or without it).
     """
-    searched, refused = screen_counts(snapshot)
-    result = search(searched, options)
+    cache = cache if cache is not None else PlanCache()
+    cache.begin()
+    try:
+        searched, refused = screen_counts(snapshot, cache)
+        result = search(searched, options, cache)
+    finally:
+        cache.end()
     if not refused:
         return result
     levels = {prio: [served, total] for prio, served, total in result.summary.served_by_priority}

@@ -28,6 +28,10 @@ from cdmo.planner.fragmentation import block_classes, frag_vector
 #: Entries kept per model in the search cache (about 3 kB each) before it starts over.
 _ADD_CACHE_LIMIT = 20_000
 
+#: Entries kept per model by creates_at_least (about 100 bytes each; a 1000-node plan asks
+#: about 80,000) before it starts over.
+_BOUND_CACHE_LIMIT = 200_000
+
 #: A demand: (profile, count) pairs sorted by profile name, counts > 0.
 Demand = tuple[tuple[str, int], ...]
 
@@ -113,6 +117,11 @@ class Geometry:
             sum(1 << i for i, u in enumerate(self.units) if u & mask) for mask in range(self.full + 1)
         )
         self._add_cache: dict[tuple[int, int, Demand], tuple[AddOption, ...]] = {}
+        self._need_cache: dict[Demand, tuple[tuple[int, int], ...] | None] = {}
+        #: demand -> {fixed and free as one int -> creates_at_least}: int keys, so that looking
+        #: up makes no tuple (the planner asks this once per GPU state and demand)
+        self._bound_cache: dict[Demand, dict[int, int]] = {}
+        self._bound_entries = 0
 
     def bits(self, instances: Iterable[Instance]) -> int:
         """The candidate bit set of ``instances``; raises KeyError for an illegal placement."""
@@ -175,6 +184,55 @@ class Geometry:
 
     def offers(self, demand: Demand) -> bool:
         return all(p in self.by_profile for p, _ in demand)
+
+    def need(self, demand: Demand) -> tuple[tuple[int, int], ...] | None:
+        """(profile index in ``cap``, count) per profile of ``demand``; None if no GPU of this
+        model could ever hold all of it (cached)."""
+        try:
+            return self._need_cache[demand]
+        except KeyError:
+            pass
+        need: tuple[tuple[int, int], ...] | None = None
+        if self.offers(demand) and self.options(0, 0, demand):
+            names = self.profile_names
+            need = tuple((names.index(p), c) for p, c in demand)
+        self._need_cache[demand] = need
+        return need
+
+    def bound_table(self, demand: Demand) -> dict[int, int]:
+        """The cache of :meth:`creates_at_least` for ``demand``: ``fixed << len(cands) | free`` ->
+        its answer (a caller that asks by the thousand reads it first)."""
+        table = self._bound_cache.get(demand)
+        if table is None:
+            table = self._bound_cache[demand] = {}
+        return table
+
+    def creates_at_least(self, fixed: int, free: int, demand: Demand) -> int:
+        """Instances that adding ``demand`` to a GPU in state (fixed, free) must create at least
+        (what the free instances of its profiles cannot cover); -1 when the units beside ``fixed``
+        cannot hold it, whatever is destroyed. A cheap lower bound of :meth:`options` (cached)."""
+        table = self.bound_table(demand)
+        key = fixed << len(self.cands) | free
+        found = table.get(key)
+        if found is not None:
+            return found
+        need = self.need(demand)
+        create = -1
+        if need is not None:
+            caps = self.caps_beside(fixed)
+            if all(caps[i] >= c for i, c in need):
+                create = 0
+                bits = self.profile_bits
+                for p, c in demand:
+                    have = (free & bits[p]).bit_count()
+                    create += c - have if have < c else 0
+        self._bound_entries += 1
+        if self._bound_entries > _BOUND_CACHE_LIMIT:
+            self._bound_cache.clear()
+            self._bound_entries = 1
+            table = self._bound_cache[demand] = {}
+        table[key] = create
+        return create
 
     def options(self, fixed: int, free: int, demand: Demand) -> tuple[AddOption, ...]:
         """Every distinct way to add ``demand`` to a GPU in state (fixed, free); () if impossible.

@@ -6,6 +6,7 @@ snapshots compare equal; nothing here is hashed. Pure: imports nothing of Kubern
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -203,8 +204,9 @@ class NodePlan:
     name: str
     gpus: tuple[GpuPlan, ...]
 
-    @property
+    @functools.cached_property
     def changed(self) -> bool:
+        # Cached (a frozen value): a planning loop reuses unchanged nodes' entries plan after plan.
         return any(g.changed for g in self.gpus)
 
     @property

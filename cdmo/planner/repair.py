@@ -323,7 +323,7 @@ class RepairSteps:
             for gpu, bit in devices:
                 old = by_gpu.get(gpu.id, (gpu, 0))
                 by_gpu[gpu.id] = (gpu, old[1] | bit)
-            parts = [(gpu, bits, bits & ~gpu.free0) for gpu, bits in by_gpu.values()]
-            self.assigned[key] = Placement(node=node, parts=parts)
+            parts = tuple((gpu.id, bits, bits & ~gpu.free0) for gpu, bits in by_gpu.values())
+            self.assigned[key] = (node.order, parts)
             node.pods.add(key)
             self.journal.append(("assign", key))

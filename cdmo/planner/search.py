@@ -1,7 +1,9 @@
 """The planner's search state: GPUs as bit sets, nodes, groups of interchangeable nodes, pods.
 
 Mutable records that :class:`cdmo.planner.algorithm.Planner` builds from a snapshot for one plan
-and changes through its journal (so every step can be undone). They point both ways (GPU <->
+and changes through its journal (so every step can be undone); a node's and its GPUs' records may
+be kept by a :class:`cdmo.planner.cache.PlanCache` and set back (``reset``) for the next plan, so
+a field added here must be set back there too. They point both ways (GPU <->
 node <-> group) for speed; ``Planner.close`` cuts those links when a plan is done.
 
 Pure: imports nothing of Kubernetes or NVML.
@@ -23,7 +25,20 @@ StateKey = tuple[int, int, int, bool, bool]
 
 
 class SearchGpu:
-    __slots__ = ("fixed", "fixed0", "free", "free0", "geo", "held", "id", "index", "key", "node", "touched")
+    __slots__ = (
+        "fixed",
+        "fixed0",
+        "free",
+        "free0",
+        "geo",
+        "held",
+        "id",
+        "index",
+        "key",
+        "node",
+        "place",
+        "touched",
+    )
 
     def __init__(self, gid: int, node: SearchNode, src_index: int, geo: Geometry, fixed: int, free: int):
         self.id = gid
@@ -37,6 +52,18 @@ class SearchGpu:
         self.key: StateKey = (-1, 0, 0, False, False)
         #: Kept out of reach while pods below a draining pod's priority are planned (Planner._hold).
         self.held = False
+        #: Position among the plan's GPUs by (node order, index): what the state heaps hold.
+        self.place = gid
+
+    def reset(self, gid: int) -> None:
+        """Back to the snapshot's state for a new plan (a PlanCache keeps the record between plans)."""
+        self.id = gid
+        self.fixed = self.fixed0
+        self.free = self.free0
+        self.touched = False
+        self.key = (-1, 0, 0, False, False)
+        self.held = False
+        self.place = gid
 
 
 class SearchNode:
@@ -57,10 +84,20 @@ class SearchNode:
         #: a pod whose size exceeds it cannot fit here (a cheap test before a real one).
         self.room = 0
 
+    def reset(self) -> None:
+        """Back to the snapshot's state for a new plan, without GPUs (the planner adds them)."""
+        self.gpus = []
+        self.touched = False
+        self.group = None
+        self.version = 0
+        self.pods = set()
+        self.room = 0
+
 
 class NodeGroup:
     __slots__ = (
         "arrivals",
+        "changes",
         "costs",
         "epoch",
         "id",
@@ -80,8 +117,8 @@ class NodeGroup:
         self.nodes: list[SearchNode] = []
         #: state key -> how many GPUs of the group are in it now
         self.states: dict[StateKey, int] = {}
-        #: state key -> heap of (node order, GPU index, GPU id); stale entries are skipped
-        self.members: dict[StateKey, list[tuple[int, int, int]]] = {}
+        #: state key -> heap of the GPUs' places (Planner.by_place); stale entries are skipped
+        self.members: dict[StateKey, list[int]] = {}
         #: demand -> [heap of (rank, state key), how many arrivals it has seen]
         self.mheaps: dict[Demand, list[Any]] = {}
         #: state keys in the order they first became populated
@@ -89,6 +126,8 @@ class NodeGroup:
         self.touched_nodes: dict[int, SearchNode] = {}
         #: bumped on every state change in the group (failure memos check it)
         self.epoch = 0
+        #: bumped whenever a GPU enters or leaves a state (Planner._group_best's answers check it)
+        self.changes = 0
         #: profile -> demand still waiting for nodes of this group (see Planner._begin_level)
         self.pressure: dict[str, int] = {}
         #: model ordinal -> {free-unit mask -> value of that free space to the waiting demand}
@@ -109,6 +148,8 @@ class PodState:
     size: int = 0
     #: How many plannable GPUs the pod may use.
     reach: int = 0
+    #: The ids of ``groups`` (what the failure memo is keyed by).
+    group_ids: tuple[int, ...] = ()
 
     devices: int = 0
 
@@ -117,8 +158,7 @@ class PodState:
         return bool(self.demand and self.groups and self.size > 0 and not self.bad_resources)
 
 
-@dataclass(slots=True)
-class Placement:
-    node: SearchNode
-    #: (GPU, candidate bits handed to the pod, of which new)
-    parts: list[tuple[SearchGpu, int, int]]
+#: Where a pod goes: (node order, ((GPU id, candidate bits handed to the pod, of which new), ...)).
+#: Plain numbers, not objects: a tuple of numbers is not tracked by the cyclic collector, and a big
+#: plan holds one per pod (objects here made the collector scan the whole heap twice a plan).
+Placement = tuple[int, tuple[tuple[int, int, int], ...]]

@@ -29,6 +29,7 @@ from cdmo.node_agent.inuse import Holder, InUse
 from cdmo.node_agent.reconcile import ReconcileResult, reconcile_node
 from cdmo.node_agent.simulated import SimulatedBackend, SimulatedNode
 from cdmo.planner import Node, NodePlan, PendingPod, PlanOptions, Snapshot, parse_snapshot, plan
+from cdmo.planner.cache import PlanCache
 from cdmo.planner.history import DemandHistory
 from cdmo.sim.engine import Policy, SimInstance, SimNode
 from cdmo.sim.policies import BatchWindow
@@ -76,6 +77,8 @@ class DynamicPolicy(Policy):
         #: node idx -> (node version, parsed planner Node); pod -> parsed PendingPod
         self._node_cache: dict[int, tuple[int, Node]] = {}
         self._pod_cache: dict[int, PendingPod] = {}
+        #: The planner's facts about the unchanged Node and PendingPod objects above, between plans.
+        self._plan_cache = PlanCache()
         self._log = _NullLog()
         #: Negative timer tokens are this policy's own (the batch window counts up from 0).
         self._timer_token = -1
@@ -269,7 +272,7 @@ class DynamicPolicy(Policy):
         gpus = sum(len(n.gpus) for n in sim.nodes)
         # As the operator: an idle plan (nobody waits) defragments within the hour's budget.
         options = self.history.idle_options(gpus, sim.now) if idle else self.plan_options(pods)
-        result = plan(snapshot, options)
+        result = plan(snapshot, options, cache=self._plan_cache)
         self.history.remember(result, sim.now, idle=idle)
         if idle:
             self.idle_plans += 1

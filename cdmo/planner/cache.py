@@ -1,0 +1,264 @@
+"""What the planner may keep between plans: facts derived from one immutable node or pod.
+
+A :class:`PlanCache` is optional and small. Pass the same one to every plan
+(``plan(snapshot, options, cache=cache)``) when the caller hands unchanged nodes and pods over as
+the *same* objects plan after plan (the simulator re-parses only the nodes that changed, see
+cdmo.sim.dynamic). Everything in it is derived from a :class:`~cdmo.planner.models.Node` or
+:class:`~cdmo.planner.models.PendingPod` alone, so a plan is the same with a cache, without one,
+or with one that saw other snapshots before (tests/unit/planner/test_cache.py checks it):
+
+- per node (:class:`NodeFacts`): each GPU's model tables and its layout as bits, or why it is left
+  as it is; placement room; the profiles it holds free; the device capacity that the count screen
+  (cdmo.planner.bounds) reads; the node's entry in the plan for a plan that leaves it as it is,
+  built once and reused by every such plan (the plan lists every labelled node); and the
+  planner's search records of the node and its GPUs, set back to the snapshot's state by each
+  plan that takes them;
+- per pod (:class:`PodFacts`): its demand and what the node filters read.
+
+Entries are keyed by object identity and hold the object itself, so an id is never reused while
+its entry lives; after each plan, entries of objects that plan did not see are dropped (kept alive
+only while the node or pod is current). Nothing in it points both ways once a plan has ended (the
+plan cuts its search records' links to its groups and from node to GPUs), so dropped entries are
+freed by reference counting alone.
+
+Pure: imports nothing of Kubernetes or NVML.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from cdmo.mig.catalog import GpuModel
+from cdmo.mig.layouts import sort_layout
+from cdmo.planner.demand import demand_of
+from cdmo.planner.geometry import Demand, Geometry, bits_of, geometry
+from cdmo.planner.models import GpuPlan, Node, NodePlan, PendingPod
+from cdmo.planner.search import SearchGpu, SearchNode
+
+#: Distinct pod filter signatures numbered before the numbering starts over.
+_SIG_LIMIT = 100_000
+
+#: A plannable GPU: (index in the snapshot, used instances as bits, free instances as bits); its
+#: model's tables are in NodeFacts.geos at the same position.
+GpuFacts = tuple[int, int, int]
+
+
+class NodeFacts:
+    """What the planner derives from one node, whatever the rest of the snapshot holds."""
+
+    __slots__ = (
+        "_unchanged",
+        "capacity",
+        "claimed",
+        "free_profiles",
+        "frozen",
+        "geos",
+        "gpus",
+        "models",
+        "node",
+        "room",
+        "search",
+        "sig",
+    )
+
+    def __init__(self, node: Node, model_of: Callable[[str], GpuModel | None]) -> None:
+        self.node = node
+        #: Plannable GPUs in snapshot order (labelled nodes only).
+        self.gpus: tuple[GpuFacts, ...] = ()
+        #: The model tables of each plannable GPU.
+        self.geos: tuple[Geometry, ...] = ()
+        #: (GPU index, reason) of GPUs left exactly as they are: unknown model, or an invalid layout.
+        self.frozen: tuple[tuple[int, str], ...] = ()
+        #: Catalog keys of the GPUs' known models (labelled nodes only).
+        self.models: tuple[str, ...] = ()
+        #: Placement units that used instances leave, in 24ths of a GPU, summed over the GPUs.
+        self.room = 0
+        #: Profiles of the free instances, in the order they first appear (candidates by GPU).
+        self.free_profiles: tuple[str, ...] = ()
+        #: Most MIG devices the node could hold at once (cdmo.planner.bounds.node_capacity).
+        self.capacity = 0
+        #: (label keys some pod selects on, whether pods select by name) -> the node's group
+        #: signature; the last one asked (pods change far less often than nodes).
+        self.sig: tuple[Any, Any] | None = None
+        self._unchanged: NodePlan | None = None
+        #: The planner's search records of this node and its plannable GPUs, made by the first
+        #: plan that saw it and set back to the snapshot's state by each later one (a plan cuts
+        #: their links to its groups when it ends, so they point at nothing of an old plan).
+        self.search: tuple[SearchNode, tuple[SearchGpu, ...]] | None = None
+        #: PlanCache.stamp of the last plan that took ``search``.
+        self.claimed = -1
+        gpus: list[GpuFacts] = []
+        geos: list[Geometry] = []
+        frozen: list[tuple[int, str]] = []
+        models: list[str] = []
+        free_profiles: dict[str, None] = {}
+        for g in node.gpus:
+            model = model_of(g.model)
+            if model is not None and model.profiles:
+                self.capacity += max(p.max_count for p in model.profiles)
+            if not node.labelled:
+                continue
+            if model is None:
+                frozen.append((g.index, "unknown-model"))
+                continue
+            models.append(model.key)
+            geo = geometry(model)
+            fixed = free = 0
+            for inst in g.instances:
+                i = geo.slot.get((inst.profile, inst.start))
+                if i is None:
+                    fixed = -1
+                    break
+                if inst.used:
+                    fixed |= 1 << i
+                else:
+                    free |= 1 << i
+            if fixed < 0 or (fixed | free) not in geo.valid or fixed & free:
+                # Only a snapshot built in code can get here (parse_snapshot refuses it).
+                frozen.append((g.index, "invalid-layout"))
+                continue
+            gpus.append((g.index, fixed, free))
+            geos.append(geo)
+            self.room += geo.room(fixed)
+            for i in bits_of(free):
+                free_profiles[geo.cands[i].profile] = None
+        self.gpus = tuple(gpus)
+        self.geos = tuple(geos)
+        self.frozen = tuple(frozen)
+        self.models = tuple(models)
+        self.free_profiles = tuple(free_profiles)
+
+    def unchanged_plan(self, model_of: Callable[[str], GpuModel | None]) -> NodePlan:
+        """The node's entry in a plan that leaves every GPU of it as it is (built once)."""
+        if self._unchanged is None:
+            by_index = {
+                index: (geo, fixed | free)
+                for (index, fixed, free), geo in zip(self.gpus, self.geos, strict=True)
+            }
+            gpu_plans = []
+            for g in self.node.gpus:
+                found = by_index.get(g.index)
+                if found is None:
+                    known = model_of(g.model)
+                    layout = sort_layout(i.instance for i in g.instances)
+                    gpu_plans.append(
+                        GpuPlan(g.index, g.model, known.key if known else None, g.instances, layout)
+                    )
+                else:
+                    geo, now = found
+                    gpu_plans.append(GpuPlan(g.index, g.model, geo.key, g.instances, geo.instances(now)))
+            self._unchanged = NodePlan(self.node.name, tuple(gpu_plans))
+        return self._unchanged
+
+
+#: What the planner derives from one pending pod: (demand: sorted (profile, count) or None when
+#: it asks for no MIG device, resource names that name no profile, device count, label keys its
+#: selector and affinity look at, whether its affinity selects on ``metadata.name``, a number equal
+#: for pods whose selector, affinity and tolerations are equal). Numbers and strings only, so the
+#: cyclic collector does not track the thousands a big plan holds.
+PodFacts = tuple[Demand | None, tuple[str, ...], int, tuple[str, ...], bool, int]
+
+
+def _label_keys(pod: PendingPod) -> tuple[str, ...]:
+    if not pod.node_selector and not pod.node_affinity:
+        return ()
+    keys = set(pod.node_selector)
+    for term in pod.node_affinity or ():
+        keys.update(r.key for r in term.match_expressions)
+    return tuple(sorted(keys))
+
+
+class PlanCache:
+    """Facts about nodes and pods kept between plans (see the module docstring).
+
+    Not thread-safe: one cache per planning loop. ``plan()`` without a cache uses a fresh one, so
+    both paths run the same code.
+    """
+
+    def __init__(self) -> None:
+        self._nodes: dict[int, NodeFacts] = {}
+        # Pods: facts and the pod itself in two maps, so that no small object per pod is tracked
+        # by the cyclic collector (the facts are numbers and strings only).
+        self._pods: dict[int, PodFacts] = {}
+        self._pod_refs: dict[int, PendingPod] = {}
+        self._seen_nodes: dict[int, NodeFacts] = {}
+        self._seen_pods: dict[int, PodFacts] = {}
+        self._seen_pod_refs: dict[int, PendingPod] = {}
+        #: pod filter signature -> a small number, equal for equal signatures
+        self._sig_ids: dict[tuple[Any, ...], int] = {}
+        #: Counts the plans (NodeFacts.claimed).
+        self.stamp = 0
+        #: Node facts built and reused by the last plan (for tests and benchmarks).
+        self.built = 0
+        self.reused = 0
+
+    def node(self, node: Node, model_of: Callable[[str], GpuModel | None]) -> NodeFacts:
+        """The facts of ``node``: kept from an earlier plan if it passed this very object."""
+        key = id(node)
+        facts = self._seen_nodes.get(key)
+        if facts is not None and facts.node is node:
+            return facts
+        facts = self._nodes.get(key)
+        if facts is None or facts.node is not node:
+            facts = NodeFacts(node, model_of)
+            self.built += 1
+        else:
+            self.reused += 1
+        self._seen_nodes[key] = facts
+        return facts
+
+    def pod(self, pod: PendingPod) -> PodFacts:
+        """The facts of ``pod``: kept from an earlier plan if it passed this very object."""
+        key = id(pod)
+        if self._seen_pod_refs.get(key) is pod:
+            return self._seen_pods[key]
+        found = self._pods.get(key)
+        if found is not None and self._pod_refs.get(key) is pod:
+            facts = found
+        else:
+            demand, bad = demand_of(pod)
+            if not pod.node_selector and pod.node_affinity is None and not pod.tolerations:
+                facts = (demand or None, bad, sum(c for _, c in demand), (), False, self._no_filters())
+            else:
+                sig = (tuple(pod.node_selector.items()), pod.node_affinity, pod.tolerations)
+                facts = (
+                    demand or None,
+                    bad,
+                    sum(c for _, c in demand),
+                    _label_keys(pod),
+                    any(term.match_fields for term in pod.node_affinity or ()),
+                    self._sig_ids.setdefault(sig, len(self._sig_ids)),
+                )
+        self._seen_pods[key] = facts
+        self._seen_pod_refs[key] = pod
+        return facts
+
+    def _no_filters(self) -> int:
+        """The number of a pod without selector, affinity or tolerations (most pods)."""
+        return self._sig_ids.setdefault(((), None, ()), len(self._sig_ids))
+
+    def begin(self) -> None:
+        """Start a plan: count afresh what it builds and reuses."""
+        self.built = self.reused = 0
+        self.stamp += 1
+        self._seen_nodes = {}
+        self._seen_pods = {}
+        self._seen_pod_refs = {}
+        if len(self._sig_ids) >= _SIG_LIMIT:
+            # Start the numbering over, and forget the pods numbered before.
+            self._sig_ids = {}
+            self._pods = {}
+            self._pod_refs = {}
+
+    def end(self) -> None:
+        """End a plan: keep only the nodes and pods it saw (the current ones)."""
+        self._nodes, self._seen_nodes = self._seen_nodes, {}
+        self._pods, self._seen_pods = self._seen_pods, {}
+        self._pod_refs, self._seen_pod_refs = self._seen_pod_refs, {}
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+
+__all__ = ["NodeFacts", "PlanCache", "PodFacts"]
