@@ -30,13 +30,16 @@ from cdmo.node_agent.backend import NO_WAIT_RETRY
 from cdmo.node_agent.inuse import Holder, InUse
 from cdmo.node_agent.reconcile import ReconcileResult, reconcile_node
 from cdmo.node_agent.simulated import SimulatedBackend, SimulatedNode
-from cdmo.planner import Node, NodePlan, PendingPod, PlanOptions, Snapshot, parse_snapshot, plan
+from cdmo.planner import Gpu, Node, NodePlan, PendingPod, PlanOptions, Snapshot, parse_snapshot, plan
 from cdmo.planner.options import drain_limit, kept_draining, targets_from_counts
-from cdmo.sim.engine import Policy, SimInstance, SimNode
+from cdmo.sim.engine import Policy, SimGpu, SimInstance, SimNode
 from cdmo.sim.policies import BatchWindow
 from cdmo.sim.scenario import BatchSettings, TimeModel
 
 NAMESPACE = "default"
+_LABELS = {PARTITIONING_LABEL_KEY: PARTITIONING_LABEL_VALUE}
+#: Parsed GPUs kept by content (model, index, instances with their used flags); cleared past this.
+_GPU_MEMO_LIMIT = 200_000
 
 
 class _NullLog:
@@ -83,6 +86,7 @@ class DynamicPolicy(Policy):
         #: node idx -> (node version, parsed planner Node); pod -> parsed PendingPod
         self._node_cache: dict[int, tuple[int, Node]] = {}
         self._pod_cache: dict[int, PendingPod] = {}
+        self._gpu_memo: dict[tuple[str, int, tuple[tuple[str, int, bool], ...]], Gpu] = {}
         self._log = _NullLog()
         #: Negative timer tokens are this policy's own (the batch window counts up from 0).
         self._timer_token = -1
@@ -216,19 +220,18 @@ class DynamicPolicy(Policy):
 
     def node_dict(self, node: SimNode) -> dict[str, Any]:
         """One node as spec/planner-io.md writes it."""
-        labels = {PARTITIONING_LABEL_KEY: PARTITIONING_LABEL_VALUE}
-        gpus = [
-            {
-                "index": gpu.index,
-                "model": gpu.model.key,
-                "instances": [
-                    {"profile": i.profile, "start": i.start, "used": i.holder is not None}
-                    for i in gpu.sorted_instances()
-                ],
-            }
-            for gpu in node.gpus
-        ]
-        return {"name": node.name, "labels": labels, "gpus": gpus}
+        return {"name": node.name, "labels": dict(_LABELS), "gpus": [self._gpu_dict(g) for g in node.gpus]}
+
+    @staticmethod
+    def _gpu_dict(gpu: SimGpu) -> dict[str, Any]:
+        return {
+            "index": gpu.index,
+            "model": gpu.model.key,
+            "instances": [
+                {"profile": i.profile, "start": i.start, "used": i.holder is not None}
+                for i in gpu.sorted_instances()
+            ],
+        }
 
     def pod_dict(self, pod: int) -> dict[str, Any]:
         spec = self.sim.pods[pod]
@@ -253,18 +256,21 @@ class DynamicPolicy(Policy):
     def parsed_snapshot(self, pods: Sequence[int]) -> Snapshot:
         """What ``parse_snapshot(build_snapshot(pods))`` gives, parsing only what changed since the last plan.
 
-        Each node's dict and each pod's dict go through the real :func:`parse_snapshot` once per change;
-        the parsed parts are reused while the node's version stays the same.
+        Each GPU's dict and each pod's dict go through the real :func:`parse_snapshot` once per
+        distinct content: a node whose version moved (a pod started or ended on one of its GPUs) is
+        rebuilt from its GPUs' parsed parts, and only a GPU whose instances or holders are new to
+        the memo is parsed again (a pod's start touches one GPU of eight). Unchanged nodes keep
+        their parsed object, so the planner sees the same objects from plan to plan.
         """
         nodes = []
+        cache = self._node_cache
         for node in self.sim.nodes:
             if node.busy:
                 continue
-            cached = self._node_cache.get(node.idx)
+            cached = cache.get(node.idx)
             if cached is None or cached[0] != node.version:
-                parsed = parse_snapshot({"nodes": [self.node_dict(node)], "pending": []}).nodes[0]
-                cached = (node.version, parsed)
-                self._node_cache[node.idx] = cached
+                cached = (node.version, self._parse_node(node, None if cached is None else cached[1]))
+                cache[node.idx] = cached
             nodes.append(cached[1])
         pending = []
         for pid in self._pods_by_name(pods):
@@ -274,6 +280,28 @@ class DynamicPolicy(Policy):
                 self._pod_cache[pid] = pod
             pending.append(pod)
         return Snapshot(nodes=tuple(nodes), pending=tuple(pending))
+
+    def _parse_node(self, node: SimNode, last: Node | None) -> Node:
+        """``node`` as parse_snapshot gives it: the whole dict the first time, then GPU by GPU."""
+        if last is None:
+            return parse_snapshot({"nodes": [self.node_dict(node)], "pending": []}).nodes[0]
+        memo = self._gpu_memo
+        if len(memo) > _GPU_MEMO_LIMIT:
+            memo.clear()  # bounded memory; a miss only costs one GPU's parse
+        gpus = []
+        for gpu in node.gpus:
+            key = (
+                gpu.model.key,
+                gpu.index,
+                tuple((i.profile, i.start, i.holder is not None) for _, i in sorted(gpu.instances.items())),
+            )
+            parsed = memo.get(key)
+            if parsed is None:
+                raw = {"name": node.name, "labels": _LABELS, "gpus": [self._gpu_dict(gpu)]}
+                parsed = memo[key] = parse_snapshot({"nodes": [raw], "pending": []}).nodes[0].gpus[0]
+            gpus.append(parsed)
+        # parse_snapshot sorts a node's GPUs by index; the simulator keeps them in index order.
+        return dataclasses.replace(last, gpus=tuple(gpus))
 
     def plan_options(self, pods: Sequence[int]) -> PlanOptions:
         """The operator's pre-warming targets, drain limits and the pods' waits for the next plan."""
