@@ -104,6 +104,11 @@ def build_nodes(scenario: Scenario) -> list[SimNode]:
     return [SimNode(name, idx, g.name, g.model, g.gpus) for idx, (name, g) in enumerate(specs)]
 
 
+def replay_order(pods: Iterable[PodSpec], horizon: float) -> list[PodSpec]:
+    """The pods a run replays, by arrival (stable): a pod is indexed by its position here."""
+    return sorted((p for p in pods if p.arrival < horizon), key=lambda p: p.arrival)
+
+
 class Policy:
     """How a cluster's MIG layouts change; the engine calls these hooks, the policy calls back.
 
@@ -197,8 +202,7 @@ class Simulation:
     ) -> None:
         self.scenario = scenario
         self.horizon = scenario.duration if horizon is None else horizon
-        # Pods are indexed by position; arrival order is what the event loop replays.
-        self.pods = sorted((p for p in pods if p.arrival < self.horizon), key=lambda p: p.arrival)
+        self.pods = replay_order(pods, self.horizon)
         self.policy = policy
         self.retry = scenario.retry_seconds
         self.time_model = scenario.time_model

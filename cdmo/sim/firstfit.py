@@ -234,10 +234,9 @@ def plan_first_fit(
                 lacking[p] -= n
     result = {}
     for name, gpus in nodes:
-        fork = forks.get(name)
-        if fork is None:
+        if name not in forks:
             continue
-        geos = [g.geometry() for g in fork]
+        geos = [g.geometry() for g in forks[name]]
         if geos != [g.geometry() for g in gpus]:
             result[name] = geos
     return result

@@ -10,10 +10,10 @@ from cdmo.sim.engine import RunResult, Simulation
 from cdmo.sim.metrics import summarize
 from cdmo.sim.policies import make_policy
 from cdmo.sim.scenario import Scenario, check_policy
+from cdmo.sim.workers import Progress, run_policies
 from cdmo.sim.workload import PodSpec, generate_workload
 
-#: progress(policy, fraction of simulated time done)
-Progress = Callable[[str, float], None]
+__all__ = ["Progress", "Report", "run_policy", "simulate"]
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,13 @@ def simulate(
     seed: int | None = None,
     duration: float | None = None,
     progress: Progress | None = None,
+    jobs: int = 1,
 ) -> Report:
-    """Every policy of ``scenario`` (or ``policies``) on the same workload; deterministic for a seed."""
+    """Every policy of ``scenario`` (or ``policies``) on the same workload; deterministic for a seed.
+
+    ``jobs`` > 1 runs up to that many policies at once in worker processes
+    (:mod:`cdmo.sim.workers`); every figure but the measured times is the same as with 1.
+    """
     names = tuple(policies) if policies else scenario.policies
     for i, name in enumerate(names):
         check_policy(name, scenario.models, f"--policy[{i}]" if policies else f"policies[{i}]")
@@ -55,7 +60,11 @@ def simulate(
     horizon = scenario.duration if duration is None else duration
     pods = generate_workload(scenario, seed=use_seed, duration=horizon)
     runs: dict[str, RunResult] = {}
+    if jobs > 1 and len(names) > 1:
+        runs = run_policies(scenario, pods, names, horizon=horizon, jobs=jobs, progress=progress)
     for name in names:
+        if name in runs:
+            continue
         cb = (lambda frac, n=name: progress(n, frac)) if progress is not None else None
         runs[name] = run_policy(scenario, pods, name, horizon=horizon, progress=cb)
     return Report(
