@@ -23,10 +23,12 @@ What is modelled, the same for every policy:
 from __future__ import annotations
 
 import bisect
+import gc
 import heapq
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +109,25 @@ def build_nodes(scenario: Scenario) -> list[SimNode]:
 def replay_order(pods: Iterable[PodSpec], horizon: float) -> list[PodSpec]:
     """The pods a run replays, by arrival (stable): a pod is indexed by its position here."""
     return sorted((p for p in pods if p.arrival < horizon), key=lambda p: p.arrival)
+
+
+@contextmanager
+def _long_lived_frozen() -> Iterator[None]:
+    """The objects that exist before the loop (workload, fleet, modules) kept out of GC passes.
+
+    They live for the whole run, yet every full collection of the cyclic GC walks them all: with
+    200,000 pods that was a quarter of the dynamic policy's CPU time on large.yaml.
+    :func:`gc.freeze` moves them to the permanent generation; collections still run as usual
+    for everything the run allocates. Left alone when someone else froze objects already.
+    """
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 class Policy:
@@ -477,6 +498,30 @@ class Simulation:
 
     def run(self) -> RunResult:
         wall0, cpu0 = time.perf_counter(), time.process_time()
+        with _long_lived_frozen():
+            self._loop()
+        self._advance(self.horizon)
+        if self._progress is not None:
+            self._progress(1.0)
+        return RunResult(
+            policy=self.policy.name,
+            horizon=self.horizon,
+            pods=self.pods,
+            start_times=self.start_times,
+            disrupted=self.disrupted,
+            reconfigurations=self.reconfigurations,
+            gi_created=self.gi_created,
+            gi_destroyed=self.gi_destroyed,
+            total_slices=self.total_slices,
+            util_total=self._util.total,
+            util_series=list(self._util.area),
+            util_bucket_seconds=self._util.width,
+            wall_seconds=time.perf_counter() - wall0,
+            cpu_seconds=time.process_time() - cpu0,
+            policy_stats=self.policy.stats(),
+        )
+
+    def _loop(self) -> None:
         pods = self.pods
         events = self._events
         horizon = self.horizon
@@ -511,23 +556,3 @@ class Simulation:
                     node = self.nodes[node_idx]
                     self._set_ready(node)
                     self.policy.on_node_ready(node)
-        self._advance(horizon)
-        if self._progress is not None:
-            self._progress(1.0)
-        return RunResult(
-            policy=self.policy.name,
-            horizon=horizon,
-            pods=pods,
-            start_times=self.start_times,
-            disrupted=self.disrupted,
-            reconfigurations=self.reconfigurations,
-            gi_created=self.gi_created,
-            gi_destroyed=self.gi_destroyed,
-            total_slices=self.total_slices,
-            util_total=self._util.total,
-            util_series=list(self._util.area),
-            util_bucket_seconds=self._util.width,
-            wall_seconds=time.perf_counter() - wall0,
-            cpu_seconds=time.process_time() - cpu0,
-            policy_stats=self.policy.stats(),
-        )
