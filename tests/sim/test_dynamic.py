@@ -156,3 +156,38 @@ def test_a_drained_gpu_goes_to_the_large_pod_before_later_small_ones() -> None:
     run = Simulation(sc, pods, plain).run()
     big, late = run.start_times[3], run.start_times[4]
     assert late is not None and (big is None or late < big)
+
+
+class CheckingEveryPlan(DynamicPolicy):
+    """Compares the incremental snapshot with a full parse before every plan of a run."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.compared = 0
+        self.mismatches = 0
+
+    def _plan(self, *, idle: bool = False) -> None:
+        pods = [p for p in self.sim.unschedulable_pods() if p not in self._promised]
+        self.compared += 1
+        self.mismatches += self.parsed_snapshot(pods) != parse_snapshot(self.build_snapshot(pods))
+        super()._plan(idle=idle)
+
+
+def test_incremental_snapshot_equals_a_full_parse_before_every_plan() -> None:
+    # Pods start and end on single GPUs between plans: nodes are rebuilt from parsed GPUs that
+    # the memo kept, which must be exactly what parsing the whole dict gives.
+    sc = scenario()
+    policy = CheckingEveryPlan(sc.dynamic, sc.time_model)
+    run = Simulation(sc, generate_workload(sc, seed=3), policy).run()
+    assert policy.compared > 20 and run.reconfigurations > 0
+    assert policy.mismatches == 0
+    assert policy._gpu_memo, "nodes were never rebuilt GPU by GPU: the test did not reach the memo"
+
+
+def test_a_run_leaves_the_collector_as_it_found_it() -> None:
+    import gc
+
+    sc = scenario()
+    assert gc.get_freeze_count() == 0
+    Simulation(sc, generate_workload(sc, seed=2), DynamicPolicy(sc.dynamic, sc.time_model)).run()
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
