@@ -189,5 +189,6 @@ def test_a_run_leaves_the_collector_as_it_found_it() -> None:
 
     sc = scenario()
     assert gc.get_freeze_count() == 0
+    thresholds = gc.get_threshold()
     Simulation(sc, generate_workload(sc, seed=2), DynamicPolicy(sc.dynamic, sc.time_model)).run()
-    assert gc.get_freeze_count() == 0 and gc.isenabled()
+    assert gc.get_freeze_count() == 0 and gc.isenabled() and gc.get_threshold() == thresholds
