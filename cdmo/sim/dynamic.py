@@ -87,6 +87,9 @@ class DynamicPolicy(Policy):
         self._node_cache: dict[int, tuple[int, Node]] = {}
         self._pod_cache: dict[int, PendingPod] = {}
         self._gpu_memo: dict[tuple[str, int, tuple[tuple[str, int, bool], ...]], Gpu] = {}
+        #: (defrag budget, profiles) -> id of a parsed GPU -> (that GPU, whether defragmenting it
+        #: alone changes it); see _idle_plan_is_void
+        self._void_memo: dict[tuple[int, tuple[str, ...]], dict[int, tuple[Gpu, bool]]] = {}
         self._log = _NullLog()
         #: Negative timer tokens are this policy's own (the batch window counts up from 0).
         self._timer_token = -1
@@ -99,6 +102,7 @@ class DynamicPolicy(Policy):
         self.unsatisfied = 0
         self.drain_destroys = 0
         self.idle_plans = 0
+        self.idle_plans_skipped = 0
         self.idle_ops = 0
 
     def attach(self, sim: Any) -> None:
@@ -330,6 +334,11 @@ class DynamicPolicy(Policy):
             # As the operator: room for the profiles asked for within the demand window.
             asked = tuple(sorted(p for p, n in self._arrival_counts.items() if n > 0))
             options = dataclasses.replace(options, defrag_ops=self._defrag_left(), defrag_profiles=asked)
+        if idle and self._idle_plan_is_void(snapshot, options):
+            self.idle_plans_skipped += 1
+            self.snapshot_cpu += cpu1 - cpu0
+            self.planner_cpu += time.process_time() - cpu1
+            return
         result = plan(snapshot, options)
         if idle:
             ops = result.summary.created + result.summary.destroyed
@@ -355,6 +364,37 @@ class DynamicPolicy(Policy):
             if a.node in changed and a.pod in self._pod_by_key:
                 self._promised[self._pod_by_key[a.pod]] = sim.node_by_name[a.node].idx
         self.agent_cpu += time.process_time() - cpu2
+
+    def _idle_plan_is_void(self, snapshot: Snapshot, options: PlanOptions) -> bool:
+        """Whether this idle plan provably changes nothing, so that running it can be left out.
+
+        With no pod pending, no GPU draining and every pre-warming target met, an idle plan can
+        only defragment, and defragmentation decides GPU by GPU (docs/planner.md): it re-places a
+        GPU's free instances only where that raises the room on that GPU, within the budget. So
+        each GPU state with free instances is put to the real planner once, alone, with the same
+        budget and profiles, and the answer kept by state; when no GPU would change alone, the
+        whole plan changes nothing. A test runs the whole plan each time this says void and checks
+        that it changed nothing.
+        """
+        if snapshot.pending or options.draining or self._prewarm_short():
+            return False
+        alone_options = dataclasses.replace(options, prewarm={}, draining=(), waited={})
+        memo = self._void_memo.setdefault((options.defrag_ops, options.defrag_profiles), {})
+        if len(memo) > _GPU_MEMO_LIMIT:
+            memo.clear()
+        for node in snapshot.nodes:
+            for gpu in node.gpus:
+                # Parsed GPUs come from the memo by content: the same state is the same object.
+                known = memo.get(id(gpu))
+                if known is None:
+                    changes = False
+                    if not all(i.used for i in gpu.instances):  # it touches free instances only
+                        alone = Snapshot(nodes=(dataclasses.replace(node, gpus=(gpu,)),), pending=())
+                        changes = any(n.changed for n in plan(alone, alone_options).nodes)
+                    known = memo[id(gpu)] = (gpu, changes)  # the entry keeps the id's object alive
+                if known[1]:
+                    return False
+        return True
 
     def _in_use(self, node: SimNode) -> InUse:
         pods = self.sim.pods
@@ -422,5 +462,6 @@ class DynamicPolicy(Policy):
             "unsatisfied_in_plans": self.unsatisfied,
             "drain_destroys": self.drain_destroys,
             "idle_plans": self.idle_plans,
+            "idle_plans_skipped": self.idle_plans_skipped,
             "idle_plan_operations": self.idle_ops,
         }
