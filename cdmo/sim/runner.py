@@ -10,7 +10,7 @@ from cdmo.sim.engine import RunResult, Simulation
 from cdmo.sim.metrics import summarize
 from cdmo.sim.policies import make_policy
 from cdmo.sim.scenario import Scenario, check_policy
-from cdmo.sim.workers import Progress, run_policies
+from cdmo.sim.workers import PolicyWorkers, Progress
 from cdmo.sim.workload import PodSpec, generate_workload
 
 __all__ = ["Progress", "Report", "run_policy", "simulate"]
@@ -58,15 +58,17 @@ def simulate(
         check_policy(name, scenario.models, f"--policy[{i}]" if policies else f"policies[{i}]")
     use_seed = scenario.seed if seed is None else seed
     horizon = scenario.duration if duration is None else duration
-    pods = generate_workload(scenario, seed=use_seed, duration=horizon)
     runs: dict[str, RunResult] = {}
     if jobs > 1 and len(names) > 1:
-        runs = run_policies(scenario, pods, names, horizon=horizon, jobs=jobs, progress=progress)
-    for name in names:
-        if name in runs:
-            continue
-        cb = (lambda frac, n=name: progress(n, frac)) if progress is not None else None
-        runs[name] = run_policy(scenario, pods, name, horizon=horizon, progress=cb)
+        # The workers start, and import cdmo, while this process generates the workload.
+        with PolicyWorkers(min(jobs, len(names)), with_progress=progress is not None) as workers:
+            pods = generate_workload(scenario, seed=use_seed, duration=horizon)
+            runs = workers.run(scenario, pods, names, horizon=horizon, progress=progress)
+    else:
+        pods = generate_workload(scenario, seed=use_seed, duration=horizon)
+        for name in names:
+            cb = (lambda frac, n=name: progress(n, frac)) if progress is not None else None
+            runs[name] = run_policy(scenario, pods, name, horizon=horizon, progress=cb)
     return Report(
         scenario=scenario,
         seed=use_seed,

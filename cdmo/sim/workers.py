@@ -89,6 +89,66 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+def _cost_rank(name: str) -> int:
+    """Costliest first, so that one worker does not start the longest policy last."""
+    if name.startswith("dynamic"):
+        return 0  # the real planner and node agent
+    if name == "first-fit":
+        return 1
+    return 2
+
+
+class PolicyWorkers:
+    """A pool of worker processes for a scenario's policies; use it as a context manager.
+
+    The workers start (and import cdmo) as soon as the pool is made, so the caller can generate
+    the workload meanwhile. Leaving the ``with`` block by an exception (Ctrl-C included)
+    terminates the workers at once; leaving it normally waits for them to exit.
+    """
+
+    def __init__(self, jobs: int, *, with_progress: bool = False) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._queue = ctx.Queue() if with_progress else None
+        with _sigint_ignored():
+            self._pool = ctx.Pool(max(1, jobs), initializer=_init_worker, initargs=(self._queue,))
+
+    def __enter__(self) -> PolicyWorkers:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self._pool.terminate()  # Ctrl-C or a failed policy: stop the others now
+        else:
+            self._pool.close()
+        self._pool.join()
+
+    def run(
+        self,
+        scenario: Scenario,
+        pods: Sequence[PodSpec],
+        names: Sequence[str],
+        *,
+        horizon: float,
+        progress: Progress | None = None,
+    ) -> dict[str, RunResult]:
+        """Every policy in ``names`` over ``pods``, by name (see :func:`run_policies`)."""
+        rows = pods_to_rows(pods)
+        order = sorted(names, key=_cost_rank)  # stable: the scenario's order within a rank
+        tasks = {name: self._pool.apply_async(_run_one, (scenario, rows, name, horizon)) for name in order}
+        queue_ = self._queue if progress is not None else None
+        done: dict[str, RunResult] = {}
+        while len(done) < len(tasks):
+            waiting = next(n for n in order if n not in done)
+            tasks[waiting].wait(_POLL_SECONDS)
+            _forward_progress(queue_, progress)
+            for name in order:
+                if name not in done and tasks[name].ready():
+                    done[name] = tasks[name].get()  # a worker's exception is raised here
+        _forward_progress(queue_, progress)
+        replayed = tuple(replay_order(pods, horizon))
+        return {name: dataclasses.replace(done[name], pods=replayed) for name in names}
+
+
 def run_policies(
     scenario: Scenario,
     pods: Sequence[PodSpec],
@@ -100,35 +160,12 @@ def run_policies(
 ) -> dict[str, RunResult]:
     """Every policy in ``names`` over ``pods``, ``jobs`` at a time in worker processes, by name.
 
-    Each run is what :func:`cdmo.sim.runner.run_policy` would give in this process (its ``pods`` are
-    the replayed pods, as there); only wall and CPU times differ. Tasks are handed out in the
-    order of ``names``, so list the longest policy first.
+    Each run is what :func:`cdmo.sim.runner.run_policy` would give in this process (its ``pods``
+    are the replayed pods, as there); only wall and CPU times differ. The dynamic policies go
+    to the workers first, then first-fit, then the static layouts.
     """
-    workers = max(1, min(jobs, len(names)))
-    ctx = multiprocessing.get_context("spawn")
-    progress_queue = ctx.Queue() if progress is not None else None
-    rows = pods_to_rows(pods)
-    with _sigint_ignored():
-        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(progress_queue,))
-    try:
-        tasks = {name: pool.apply_async(_run_one, (scenario, rows, name, horizon)) for name in names}
-        done: dict[str, RunResult] = {}
-        while len(done) < len(tasks):
-            waiting = next(n for n in names if n not in done)
-            tasks[waiting].wait(_POLL_SECONDS)
-            _forward_progress(progress_queue, progress)
-            for name, task in tasks.items():
-                if name not in done and task.ready():
-                    done[name] = task.get()  # a worker's exception is raised here
-        _forward_progress(progress_queue, progress)
-    except BaseException:
-        pool.terminate()  # Ctrl-C or a failed policy: stop the others now, not when they finish
-        pool.join()
-        raise
-    pool.close()
-    pool.join()
-    replayed = tuple(replay_order(pods, horizon))
-    return {name: dataclasses.replace(done[name], pods=replayed) for name in names}
+    with PolicyWorkers(min(jobs, len(names)), with_progress=progress is not None) as workers:
+        return workers.run(scenario, pods, names, horizon=horizon, progress=progress)
 
 
 def _forward_progress(progress_queue: Any, progress: Progress | None) -> None:
