@@ -87,6 +87,8 @@ class DynamicPolicy(Policy):
         self._node_cache: dict[int, tuple[int, Node]] = {}
         self._pod_cache: dict[int, PendingPod] = {}
         self._gpu_memo: dict[tuple[str, int, tuple[tuple[str, int, bool], ...]], Gpu] = {}
+        #: node idx -> GPU index -> (GPU version, parsed GPU) as of the last rebuild of the node
+        self._gpu_seen: dict[int, dict[int, tuple[int, Gpu]]] = {}
         #: (defrag budget, profiles) -> id of a parsed GPU -> (that GPU, whether defragmenting it
         #: alone changes it); see _idle_plan_is_void
         self._void_memo: dict[tuple[int, tuple[str, ...]], dict[int, tuple[Gpu, bool]]] = {}
@@ -292,8 +294,13 @@ class DynamicPolicy(Policy):
         memo = self._gpu_memo
         if len(memo) > _GPU_MEMO_LIMIT:
             memo.clear()  # bounded memory; a miss only costs one GPU's parse
+        seen = self._gpu_seen.setdefault(node.idx, {})
         gpus = []
         for gpu in node.gpus:
+            last_seen = seen.get(gpu.index)
+            if last_seen is not None and last_seen[0] == gpu.version:
+                gpus.append(last_seen[1])  # this GPU did not change, only another of the node
+                continue
             key = (
                 gpu.model.key,
                 gpu.index,
@@ -303,6 +310,7 @@ class DynamicPolicy(Policy):
             if parsed is None:
                 raw = {"name": node.name, "labels": _LABELS, "gpus": [self._gpu_dict(gpu)]}
                 parsed = memo[key] = parse_snapshot({"nodes": [raw], "pending": []}).nodes[0].gpus[0]
+            seen[gpu.index] = (gpu.version, parsed)
             gpus.append(parsed)
         # parse_snapshot sorts a node's GPUs by index; the simulator keeps them in index order.
         return dataclasses.replace(last, gpus=tuple(gpus))

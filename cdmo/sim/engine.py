@@ -68,13 +68,15 @@ class SimInstance:
 
 
 class SimGpu:
-    __slots__ = ("index", "instances", "model", "node")
+    __slots__ = ("index", "instances", "model", "node", "version")
 
     def __init__(self, node: SimNode, index: int, model: GpuModel) -> None:
         self.node = node
         self.index = index
         self.model = model
         self.instances: dict[int, SimInstance] = {}  # start -> instance (starts never overlap)
+        #: Bumped when an instance is made or destroyed here, or a pod takes or leaves one.
+        self.version = 0
 
     def layout(self) -> tuple[Instance, ...]:
         return tuple(Instance(i.profile, i.start) for _, i in sorted(self.instances.items()))
@@ -335,6 +337,7 @@ class Simulation:
             if inst.holder is not None:
                 self._disrupt(inst.holder)
             del gpu.instances[inst.start]
+            gpu.version += 1
         made = [
             self._add_instance(node.gpus[g], profile, start, advertised=False) for g, profile, start in create
         ]
@@ -365,6 +368,7 @@ class Simulation:
         self._uid += 1
         inst = SimInstance(self._uid, gpu, profile, start, self.slices_of(gpu.model, profile), advertised)
         gpu.instances[start] = inst
+        gpu.version += 1
         return inst
 
     def _index(self, node: SimNode, profile: str, delta: int) -> None:
@@ -433,6 +437,7 @@ class Simulation:
                 break
         for inst in devices:
             inst.holder = pid
+            inst.gpu.version += 1
             self._held += inst.slices
         self._index(node, profile, -count)
         self.start_times[pid] = self.now
@@ -483,6 +488,7 @@ class Simulation:
         node.version += 1
         for inst in devices:
             inst.holder = None
+            inst.gpu.version += 1
             self._held -= inst.slices
             if inst.advertised and not node.busy and inst.gpu.instances.get(inst.start) is inst:
                 self._index(node, inst.profile, +1)
@@ -502,6 +508,7 @@ class Simulation:
         self.nodes[self.pod_node[pid]].version += 1
         for inst in devices:
             inst.holder = None
+            inst.gpu.version += 1
             self._held -= inst.slices
             # The surviving devices of a killed pod are free again.
             if inst.advertised and not inst.gpu.node.busy and inst.gpu.instances.get(inst.start) is inst:
