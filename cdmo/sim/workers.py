@@ -3,14 +3,14 @@
 Each policy replays the same workload on its own fresh fleet and shares nothing with the others,
 so policies run side by side with no change to any figure but the measured times.
 
-Spawn-safe on every platform: the pool uses the ``spawn`` start method (no state inherited by
-``fork``, the same on Linux as on macOS and Windows), the task function is module-level, and its
+Spawn-safe on every platform: the workers use the ``spawn`` start method (no state inherited by
+``fork``, the same on Linux as on macOS and Windows), the worker function is module-level, and its
 arguments are plain data: the scenario, the pods as tuples (pickling 200,000 slotted dataclasses
 costs seconds; tuples of numbers and strings cost milliseconds) and the policy's name. A worker
 sends its run back without the pods; the parent puts its own back in.
 
 Ctrl-C: in a terminal it reaches the whole process group. Workers ignore SIGINT (they are started
-with it ignored, which a new Python keeps, and the initializer ignores it again), so only the
+with it ignored, which a new Python keeps, and ignore it again first thing), so only the
 parent answers: it terminates the pool and lets KeyboardInterrupt go on to the CLI (exit 130), and
 no worker prints a traceback.
 """
@@ -26,8 +26,11 @@ import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 from typing import Any
 
+from cdmo.errors import CdmoError
 from cdmo.sim.engine import RunResult, Simulation, replay_order
 from cdmo.sim.policies import make_policy
 from cdmo.sim.scenario import Scenario
@@ -39,9 +42,6 @@ Progress = Callable[[str, float], None]
 _POD_FIELDS = tuple(f.name for f in dataclasses.fields(PodSpec))
 #: How often the parent looks at the workers' progress and results (seconds).
 _POLL_SECONDS = 0.1
-
-#: The worker's side of the progress queue (set by the pool's initializer; None: no progress).
-_progress_queue: Any = None
 
 
 def default_jobs() -> int:
@@ -61,19 +61,39 @@ def pods_from_rows(rows: Sequence[tuple[Any, ...]]) -> list[PodSpec]:
     return [PodSpec(*row) for row in rows]
 
 
-def _init_worker(progress_queue: Any) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    global _progress_queue
-    _progress_queue = progress_queue
-
-
-def _run_one(scenario: Scenario, rows: list[tuple[Any, ...]], name: str, horizon: float) -> RunResult:
+def _run_one(
+    scenario: Scenario, rows: list[tuple[Any, ...]], name: str, horizon: float, progress_queue: Any
+) -> RunResult:
     """One policy in a worker; the run comes back without its pods (the parent has them)."""
-    q = _progress_queue
+    q = progress_queue
     progress = (lambda frac: q.put((name, frac))) if q is not None else None
     policy = make_policy(name, scenario)
     result = Simulation(scenario, pods_from_rows(rows), policy, horizon=horizon, progress=progress).run()
     return dataclasses.replace(result, pods=())
+
+
+def _worker_main(conn: Connection, progress_queue: Any) -> None:
+    """A worker: run the policies the parent sends, one at a time, until it sends None."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return  # the parent went away
+        if task is None:
+            return
+        scenario, rows, name, horizon = task
+        try:
+            conn.send(("ok", _run_one(scenario, rows, name, horizon, progress_queue)))
+        except Exception as exc:  # sent to the parent, which raises it as its own
+            try:
+                conn.send(("error", exc))
+            except Exception:  # an exception that does not pickle: its text does
+                conn.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
+
+
+class WorkerDied(CdmoError):
+    """A worker process ended without sending back the run of its policy (killed, out of memory)."""
 
 
 @contextmanager
@@ -98,29 +118,70 @@ def _cost_rank(name: str) -> int:
     return 2
 
 
-class PolicyWorkers:
-    """A pool of worker processes for a scenario's policies; use it as a context manager.
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
-    The workers start (and import cdmo) as soon as the pool is made, so the caller can generate
-    the workload meanwhile. Leaving the ``with`` block by an exception (Ctrl-C included)
-    terminates the workers at once; leaving it normally waits for them to exit.
+
+def _died(w: _Worker) -> WorkerDied:
+    w.process.join(timeout=5)  # its exit code, once the kernel has it
+    return WorkerDied(
+        f"the worker process running policy {w.policy} ended with exit code {w.process.exitcode} "
+        "before it finished (killed? out of memory?); try again with --jobs 1 to run the "
+        "policies in one process"
+    )
+
+
+class _Worker:
+    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+        self.process = process
+        self.conn = conn
+        self.policy: str | None = None
+
+
+class PolicyWorkers:
+    """Worker processes for a scenario's policies; use it as a context manager.
+
+    The workers start (and import cdmo) as soon as this is made, so the caller can generate the
+    workload meanwhile. A worker that dies while it runs a policy (killed, out of memory) raises
+    :class:`WorkerDied` instead of leaving the parent waiting; ``multiprocessing.Pool`` would
+    wait forever for that task. Leaving the ``with`` block by an exception (Ctrl-C included)
+    terminates the workers at once; leaving it normally asks them to exit and waits.
     """
 
     def __init__(self, jobs: int, *, with_progress: bool = False) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._queue = ctx.Queue() if with_progress else None
+        self._workers: list[_Worker] = []
         with _sigint_ignored():
-            self._pool = ctx.Pool(max(1, jobs), initializer=_init_worker, initargs=(self._queue,))
+            for _ in range(max(1, jobs)):
+                parent_end, child_end = ctx.Pipe()
+                process = ctx.Process(target=_worker_main, args=(child_end, self._queue), daemon=True)
+                process.start()
+                child_end.close()
+                self._workers.append(_Worker(process, parent_end))
 
     def __enter__(self) -> PolicyWorkers:
+        # SIGTERM (``kill``, ``timeout``) would end this process at once and leave the workers
+        # running on; as an exception it goes through __exit__, which stops them first.
+        self._previous_sigterm = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is not None:
-            self._pool.terminate()  # Ctrl-C or a failed policy: stop the others now
-        else:
-            self._pool.close()
-        self._pool.join()
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+        for w in self._workers:
+            if exc_type is not None:
+                w.process.terminate()  # Ctrl-C or a failed policy: stop the others now
+            else:
+                try:
+                    w.conn.send(None)
+                except OSError:
+                    w.process.terminate()
+        for w in self._workers:
+            w.process.join()
+            w.conn.close()
 
     def run(
         self,
@@ -133,17 +194,32 @@ class PolicyWorkers:
     ) -> dict[str, RunResult]:
         """Every policy in ``names`` over ``pods``, by name (see :func:`run_policies`)."""
         rows = pods_to_rows(pods)
-        order = sorted(names, key=_cost_rank)  # stable: the scenario's order within a rank
-        tasks = {name: self._pool.apply_async(_run_one, (scenario, rows, name, horizon)) for name in order}
+        todo = sorted(names, key=_cost_rank)  # stable: the scenario's order within a rank
         queue_ = self._queue if progress is not None else None
         done: dict[str, RunResult] = {}
-        while len(done) < len(tasks):
-            waiting = next(n for n in order if n not in done)
-            tasks[waiting].wait(_POLL_SECONDS)
+        while len(done) < len(names):
+            for w in self._workers:
+                if w.policy is None and todo:
+                    w.policy = todo.pop(0)
+                    try:
+                        w.conn.send((scenario, rows, w.policy, horizon))
+                    except OSError:
+                        raise _died(w) from None
+            busy = [w for w in self._workers if w.policy is not None]
+            wait([x for w in busy for x in (w.conn, w.process.sentinel)], timeout=_POLL_SECONDS)
             _forward_progress(queue_, progress)
-            for name in order:
-                if name not in done and tasks[name].ready():
-                    done[name] = tasks[name].get()  # a worker's exception is raised here
+            for w in busy:
+                if w.conn.poll():
+                    try:
+                        status, payload = w.conn.recv()
+                    except (EOFError, OSError):
+                        raise _died(w) from None
+                    if status == "error":
+                        raise payload
+                    done[w.policy] = payload  # type: ignore[index]
+                    w.policy = None
+                elif not w.process.is_alive():
+                    raise _died(w)
         _forward_progress(queue_, progress)
         replayed = tuple(replay_order(pods, horizon))
         return {name: dataclasses.replace(done[name], pods=replayed) for name in names}

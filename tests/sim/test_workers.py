@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -108,9 +110,16 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc to list the workers")
-def test_ctrl_c_in_a_terminal_stops_parent_and_workers_with_130() -> None:
-    # A terminal's Ctrl-C goes to the whole process group: the parent and every worker.
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""
+
+
+@contextmanager
+def _simulating_with_two_workers() -> Iterator[tuple[subprocess.Popen[str], list[int]]]:
+    """``cdmo simulate large.yaml --jobs 2`` in its own process group, once both workers run."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -133,25 +142,56 @@ def test_ctrl_c_in_a_terminal_stops_parent_and_workers_with_130() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(workers) < 2 and proc.poll() is None:
             time.sleep(0.2)
-            # The pool's workers, not multiprocessing's resource tracker.
+            # The workers, not multiprocessing's resource tracker.
             workers = [c for c in _children(proc.pid) if "resource_tracker" not in _cmdline(c)]
         assert len(workers) == 2, f"expected two workers, saw {workers}"
         time.sleep(1.0)  # let the workers get into the simulation
         assert proc.poll() is None, "the simulation ended before it could be interrupted"
-        os.killpg(proc.pid, signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        yield proc, workers
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _still_running(pids: list[int]) -> list[int]:
+    return [p for p in pids if Path(f"/proc/{p}").exists()]
+
+
+needs_proc = pytest.mark.skipif(
+    not Path("/proc/self/task").is_dir(), reason="needs Linux /proc to find the workers"
+)
+
+
+@needs_proc
+def test_ctrl_c_in_a_terminal_stops_parent_and_workers_with_130() -> None:
+    with _simulating_with_two_workers() as (proc, workers):
+        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
+        out, err = proc.communicate(timeout=30)
     assert proc.returncode == exit_codes.INTERRUPTED == 130
     assert "Traceback" not in err and "KeyboardInterrupt" not in err and out == ""
     assert err.strip() == "cdmo: interrupted"
-    left = [w for w in workers if Path(f"/proc/{w}").exists()]
-    assert left == [], f"workers still running after the parent exited: {left}"
+    assert _still_running(workers) == []
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
-    except OSError:
-        return ""
+@needs_proc
+def test_sigterm_to_the_command_stops_its_workers_too() -> None:
+    # What `timeout` and `kill` send: the workers must not run on without their parent.
+    with _simulating_with_two_workers() as (proc, workers):
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in err and out == ""
+    assert _still_running(workers) == []
+
+
+@needs_proc
+def test_a_worker_that_dies_ends_the_run_with_one_line_instead_of_a_hang() -> None:
+    with _simulating_with_two_workers() as (proc, workers):
+        os.kill(workers[0], signal.SIGKILL)  # as the kernel's OOM killer would
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == exit_codes.ERROR
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "ended with exit code -9" in lines[0] and "--jobs 1" in lines[0], err
+    assert out == ""
+    assert _still_running(workers) == []
