@@ -1,8 +1,9 @@
-"""``cdmo simulate SCENARIO [--policy P ...] [--seed N] [--duration D] [--output table|json|yaml] [--plot FILE.png]``.
+"""``cdmo simulate SCENARIO [--policy P ...] [--seed N] [--duration D] [--jobs N] [--output table|json|yaml] [--plot FILE.png]``.
 
 Runs a scenario (docs/simulate.md) on simulated GPUs: the same workload for every policy, one
 table (or one JSON document with a key per policy) on stdout, a progress bar on stderr for long
-runs in a terminal.
+runs in a terminal. Policies run side by side in up to ``--jobs`` worker processes (default: the
+CPUs this process may use); the figures are the same as one at a time.
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--duration", metavar="D", help="simulated time instead of the scenario's: seconds or 30m, 4h, 1d"
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="policies run at once in worker processes (default: the number of CPUs; 1: in this "
+        "process); never more than the policies; the results do not depend on it",
+    )
     add_output_argument(parser)
     parser.add_argument(
         "--plot", metavar="FILE.png", help="write pending-time CDFs and utilization over time"
@@ -50,9 +58,13 @@ def run(args: argparse.Namespace) -> int:
     from cdmo.output import console, emit, print_table
     from cdmo.sim.report import build_document, build_table, describe, write_plot
     from cdmo.sim.scenario import check_scale, load_scenario, parse_duration
+    from cdmo.sim.workers import default_jobs
 
     if args.seed is not None and args.seed < 0:
         raise InvalidInput(f"--seed {args.seed} must be >= 0")
+    if args.jobs is not None and args.jobs < 1:
+        raise InvalidInput(f"--jobs {args.jobs} must be 1 or more (1 runs the policies one after another)")
+    jobs = default_jobs() if args.jobs is None else args.jobs
     duration = parse_duration(args.duration, "--duration") if args.duration is not None else None
     plot = Path(args.plot) if args.plot else None
     if plot is not None:
@@ -65,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         check_scale(scenario, duration, "--duration")
     policies = args.policy or list(scenario.policies)
 
-    report = _run_with_progress(scenario, policies, args.seed, duration, show=not args.no_progress)
+    report = _run_with_progress(scenario, policies, args.seed, duration, jobs, show=not args.no_progress)
     if args.output != "table":
         emit(build_document(report), args.output)
     else:
@@ -79,7 +91,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_with_progress(
-    scenario: Scenario, policies: Sequence[str], seed: int | None, duration: float | None, *, show: bool
+    scenario: Scenario,
+    policies: Sequence[str],
+    seed: int | None,
+    duration: float | None,
+    jobs: int,
+    *,
+    show: bool,
 ) -> Report:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -89,11 +107,11 @@ def _run_with_progress(
 
     err = Console(stderr=True)
     if not (show and err.is_terminal):
-        return simulate(scenario, policies=policies, seed=seed, duration=duration)
+        return simulate(scenario, policies=policies, seed=seed, duration=duration, jobs=jobs)
     # Estimate the work from the workload size; generating it again is cheap next to simulating it.
     pods = len(generate_workload(scenario, seed=seed, duration=duration))
     if pods * len(policies) < PROGRESS_THRESHOLD:
-        return simulate(scenario, policies=policies, seed=seed, duration=duration)
+        return simulate(scenario, policies=policies, seed=seed, duration=duration, jobs=jobs)
     with Progress(
         TextColumn("{task.description:<22}"),
         BarColumn(),
@@ -107,4 +125,4 @@ def _run_with_progress(
         def update(name: str, fraction: float) -> None:
             progress.update(tasks[name], completed=fraction)
 
-        return simulate(scenario, policies=policies, seed=seed, duration=duration, progress=update)
+        return simulate(scenario, policies=policies, seed=seed, duration=duration, progress=update, jobs=jobs)

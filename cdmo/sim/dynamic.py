@@ -16,6 +16,7 @@ plan gave to it are not planned again until it is ready, and pending pods are li
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -28,14 +29,17 @@ from cdmo.node_agent.backend import NO_WAIT_RETRY
 from cdmo.node_agent.inuse import Holder, InUse
 from cdmo.node_agent.reconcile import ReconcileResult, reconcile_node
 from cdmo.node_agent.simulated import SimulatedBackend, SimulatedNode
-from cdmo.planner import Node, NodePlan, PendingPod, PlanOptions, Snapshot, parse_snapshot, plan
+from cdmo.planner import Gpu, Node, NodePlan, PendingPod, PlanOptions, Snapshot, parse_snapshot, plan
 from cdmo.planner.cache import PlanCache
 from cdmo.planner.history import DemandHistory
-from cdmo.sim.engine import Policy, SimInstance, SimNode
+from cdmo.sim.engine import Policy, SimGpu, SimInstance, SimNode
 from cdmo.sim.policies import BatchWindow
 from cdmo.sim.scenario import BatchSettings, TimeModel
 
 NAMESPACE = "default"
+_LABELS = {PARTITIONING_LABEL_KEY: PARTITIONING_LABEL_VALUE}
+#: Parsed GPUs kept by content (model, index, instances with their used flags); cleared past this.
+_GPU_MEMO_LIMIT = 200_000
 
 
 class _NullLog:
@@ -79,6 +83,12 @@ class DynamicPolicy(Policy):
         self._pod_cache: dict[int, PendingPod] = {}
         #: The planner's facts about the unchanged Node and PendingPod objects above, between plans.
         self._plan_cache = PlanCache()
+        self._gpu_memo: dict[tuple[str, int, tuple[tuple[str, int, bool], ...]], Gpu] = {}
+        #: node idx -> GPU index -> (GPU version, parsed GPU) as of the last rebuild of the node
+        self._gpu_seen: dict[int, dict[int, tuple[int, Gpu]]] = {}
+        #: (defrag budget, profiles) -> id of a parsed GPU -> (that GPU, whether defragmenting it
+        #: alone changes it); see _idle_plan_is_void
+        self._void_memo: dict[tuple[int, tuple[str, ...]], dict[int, tuple[Gpu, bool]]] = {}
         self._log = _NullLog()
         #: Negative timer tokens are this policy's own (the batch window counts up from 0).
         self._timer_token = -1
@@ -91,6 +101,7 @@ class DynamicPolicy(Policy):
         self.unsatisfied = 0
         self.drain_destroys = 0
         self.idle_plans = 0
+        self.idle_plans_skipped = 0
         self.idle_ops = 0
 
     def attach(self, sim: Any) -> None:
@@ -195,19 +206,18 @@ class DynamicPolicy(Policy):
 
     def node_dict(self, node: SimNode) -> dict[str, Any]:
         """One node as spec/planner-io.md writes it."""
-        labels = {PARTITIONING_LABEL_KEY: PARTITIONING_LABEL_VALUE}
-        gpus = [
-            {
-                "index": gpu.index,
-                "model": gpu.model.key,
-                "instances": [
-                    {"profile": i.profile, "start": i.start, "used": i.holder is not None}
-                    for i in gpu.sorted_instances()
-                ],
-            }
-            for gpu in node.gpus
-        ]
-        return {"name": node.name, "labels": labels, "gpus": gpus}
+        return {"name": node.name, "labels": dict(_LABELS), "gpus": [self._gpu_dict(g) for g in node.gpus]}
+
+    @staticmethod
+    def _gpu_dict(gpu: SimGpu) -> dict[str, Any]:
+        return {
+            "index": gpu.index,
+            "model": gpu.model.key,
+            "instances": [
+                {"profile": i.profile, "start": i.start, "used": i.holder is not None}
+                for i in gpu.sorted_instances()
+            ],
+        }
 
     def pod_dict(self, pod: int) -> dict[str, Any]:
         spec = self.sim.pods[pod]
@@ -232,18 +242,21 @@ class DynamicPolicy(Policy):
     def parsed_snapshot(self, pods: Sequence[int]) -> Snapshot:
         """What ``parse_snapshot(build_snapshot(pods))`` gives, parsing only what changed since the last plan.
 
-        Each node's dict and each pod's dict go through the real :func:`parse_snapshot` once per change;
-        the parsed parts are reused while the node's version stays the same.
+        Each GPU's dict and each pod's dict go through the real :func:`parse_snapshot` once per
+        distinct content: a node whose version moved (a pod started or ended on one of its GPUs) is
+        rebuilt from its GPUs' parsed parts, and only a GPU whose instances or holders are new to
+        the memo is parsed again (a pod's start touches one GPU of eight). Unchanged nodes keep
+        their parsed object, so the planner sees the same objects from plan to plan.
         """
         nodes = []
+        cache = self._node_cache
         for node in self.sim.nodes:
             if node.busy:
                 continue
-            cached = self._node_cache.get(node.idx)
+            cached = cache.get(node.idx)
             if cached is None or cached[0] != node.version:
-                parsed = parse_snapshot({"nodes": [self.node_dict(node)], "pending": []}).nodes[0]
-                cached = (node.version, parsed)
-                self._node_cache[node.idx] = cached
+                cached = (node.version, self._parse_node(node, None if cached is None else cached[1]))
+                cache[node.idx] = cached
             nodes.append(cached[1])
         pending = []
         for pid in self._pods_by_name(pods):
@@ -253,6 +266,34 @@ class DynamicPolicy(Policy):
                 self._pod_cache[pid] = pod
             pending.append(pod)
         return Snapshot(nodes=tuple(nodes), pending=tuple(pending))
+
+    def _parse_node(self, node: SimNode, last: Node | None) -> Node:
+        """``node`` as parse_snapshot gives it: the whole dict the first time, then GPU by GPU."""
+        if last is None:
+            return parse_snapshot({"nodes": [self.node_dict(node)], "pending": []}).nodes[0]
+        memo = self._gpu_memo
+        if len(memo) > _GPU_MEMO_LIMIT:
+            memo.clear()  # bounded memory; a miss only costs one GPU's parse
+        seen = self._gpu_seen.setdefault(node.idx, {})
+        gpus = []
+        for gpu in node.gpus:
+            last_seen = seen.get(gpu.index)
+            if last_seen is not None and last_seen[0] == gpu.version:
+                gpus.append(last_seen[1])  # this GPU did not change, only another of the node
+                continue
+            key = (
+                gpu.model.key,
+                gpu.index,
+                tuple((i.profile, i.start, i.holder is not None) for _, i in sorted(gpu.instances.items())),
+            )
+            parsed = memo.get(key)
+            if parsed is None:
+                raw = {"name": node.name, "labels": _LABELS, "gpus": [self._gpu_dict(gpu)]}
+                parsed = memo[key] = parse_snapshot({"nodes": [raw], "pending": []}).nodes[0].gpus[0]
+            seen[gpu.index] = (gpu.version, parsed)
+            gpus.append(parsed)
+        # parse_snapshot sorts a node's GPUs by index; the simulator keeps them in index order.
+        return dataclasses.replace(last, gpus=tuple(gpus))
 
     def plan_options(self, pods: Sequence[int]) -> PlanOptions:
         """The operator's pre-warming targets, drain limits and the pods' waits for the next plan."""
@@ -272,6 +313,12 @@ class DynamicPolicy(Policy):
         gpus = sum(len(n.gpus) for n in sim.nodes)
         # As the operator: an idle plan (nobody waits) defragments within the hour's budget.
         options = self.history.idle_options(gpus, sim.now) if idle else self.plan_options(pods)
+        if idle and self._idle_plan_is_void(snapshot, options):
+            # It would drain nothing and spend no operations: the history is as it would leave it.
+            self.idle_plans_skipped += 1
+            self.snapshot_cpu += cpu1 - cpu0
+            self.planner_cpu += time.process_time() - cpu1
+            return
         result = plan(snapshot, options, cache=self._plan_cache)
         self.history.remember(result, sim.now, idle=idle)
         if idle:
@@ -293,6 +340,37 @@ class DynamicPolicy(Policy):
             if a.node in changed and a.pod in self._pod_by_key:
                 self._promised[self._pod_by_key[a.pod]] = sim.node_by_name[a.node].idx
         self.agent_cpu += time.process_time() - cpu2
+
+    def _idle_plan_is_void(self, snapshot: Snapshot, options: PlanOptions) -> bool:
+        """Whether this idle plan provably changes nothing, so that running it can be left out.
+
+        With no pod pending, no GPU draining and every pre-warming target met, an idle plan can
+        only defragment, and defragmentation decides GPU by GPU (docs/planner.md): it re-places a
+        GPU's free instances only where that raises the room on that GPU, within the budget. So
+        each GPU state with free instances is put to the real planner once, alone, with the same
+        budget and profiles, and the answer kept by state; when no GPU would change alone, the
+        whole plan changes nothing. A test runs the whole plan each time this says void and checks
+        that it changed nothing.
+        """
+        if snapshot.pending or options.draining or self._prewarm_short():
+            return False
+        alone_options = dataclasses.replace(options, prewarm={}, draining=(), waited={})
+        memo = self._void_memo.setdefault((options.defrag_ops, options.defrag_profiles), {})
+        if len(memo) > _GPU_MEMO_LIMIT:
+            memo.clear()
+        for node in snapshot.nodes:
+            for gpu in node.gpus:
+                # Parsed GPUs come from the memo by content: the same state is the same object.
+                known = memo.get(id(gpu))
+                if known is None:
+                    changes = False
+                    if not all(i.used for i in gpu.instances):  # it touches free instances only
+                        alone = Snapshot(nodes=(dataclasses.replace(node, gpus=(gpu,)),), pending=())
+                        changes = any(n.changed for n in plan(alone, alone_options).nodes)
+                    known = memo[id(gpu)] = (gpu, changes)  # the entry keeps the id's object alive
+                if known[1]:
+                    return False
+        return True
 
     def _in_use(self, node: SimNode) -> InUse:
         pods = self.sim.pods
@@ -360,5 +438,6 @@ class DynamicPolicy(Policy):
             "unsatisfied_in_plans": self.unsatisfied,
             "drain_destroys": self.drain_destroys,
             "idle_plans": self.idle_plans,
+            "idle_plans_skipped": self.idle_plans_skipped,
             "idle_plan_operations": self.idle_ops,
         }

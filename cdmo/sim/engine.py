@@ -23,10 +23,12 @@ What is modelled, the same for every policy:
 from __future__ import annotations
 
 import bisect
+import gc
 import heapq
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,13 +68,15 @@ class SimInstance:
 
 
 class SimGpu:
-    __slots__ = ("index", "instances", "model", "node")
+    __slots__ = ("index", "instances", "model", "node", "version")
 
     def __init__(self, node: SimNode, index: int, model: GpuModel) -> None:
         self.node = node
         self.index = index
         self.model = model
         self.instances: dict[int, SimInstance] = {}  # start -> instance (starts never overlap)
+        #: Bumped when an instance is made or destroyed here, or a pod takes or leaves one.
+        self.version = 0
 
     def layout(self) -> tuple[Instance, ...]:
         return tuple(Instance(i.profile, i.start) for _, i in sorted(self.instances.items()))
@@ -102,6 +106,43 @@ def build_nodes(scenario: Scenario) -> list[SimNode]:
         key=lambda s: s[0],
     )
     return [SimNode(name, idx, g.name, g.model, g.gpus) for idx, (name, g) in enumerate(specs)]
+
+
+def replay_order(pods: Iterable[PodSpec], horizon: float) -> list[PodSpec]:
+    """The pods a run replays, by arrival (stable): a pod is indexed by its position here."""
+    return sorted((p for p in pods if p.arrival < horizon), key=lambda p: p.arrival)
+
+
+#: The cyclic GC's youngest-generation threshold during a run (Python's default is 700).
+GC_YOUNG_THRESHOLD = 20_000
+
+
+@contextmanager
+def _collector_set_for_a_run() -> Iterator[None]:
+    """The cyclic GC set for a long run, and put back as it was after it.
+
+    Two changes, neither turns the collector off:
+
+    - The objects that exist before the loop (workload, fleet, modules) live for the whole run,
+      yet every full collection walked them all: with 200,000 pods that was a quarter of the
+      dynamic policy's CPU time on large.yaml. :func:`gc.freeze` moves them to the permanent
+      generation (skipped when someone else froze objects already).
+    - The planner allocates millions of short-lived containers per simulated day that reference
+      counting frees at once; with the default threshold (700) the collector ran about 40,000
+      young passes a day to find almost nothing. A larger young threshold makes them rarer;
+      cyclic garbage is still collected, in bounded batches.
+    """
+    frozen = not gc.get_freeze_count()
+    if frozen:
+        gc.freeze()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(max(thresholds[0], GC_YOUNG_THRESHOLD), *thresholds[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        if frozen:
+            gc.unfreeze()
 
 
 class Policy:
@@ -197,8 +238,7 @@ class Simulation:
     ) -> None:
         self.scenario = scenario
         self.horizon = scenario.duration if horizon is None else horizon
-        # Pods are indexed by position; arrival order is what the event loop replays.
-        self.pods = sorted((p for p in pods if p.arrival < self.horizon), key=lambda p: p.arrival)
+        self.pods = replay_order(pods, self.horizon)
         self.policy = policy
         self.retry = scenario.retry_seconds
         self.time_model = scenario.time_model
@@ -297,6 +337,7 @@ class Simulation:
             if inst.holder is not None:
                 self._disrupt(inst.holder)
             del gpu.instances[inst.start]
+            gpu.version += 1
         made = [
             self._add_instance(node.gpus[g], profile, start, advertised=False) for g, profile, start in create
         ]
@@ -327,6 +368,7 @@ class Simulation:
         self._uid += 1
         inst = SimInstance(self._uid, gpu, profile, start, self.slices_of(gpu.model, profile), advertised)
         gpu.instances[start] = inst
+        gpu.version += 1
         return inst
 
     def _index(self, node: SimNode, profile: str, delta: int) -> None:
@@ -395,6 +437,7 @@ class Simulation:
                 break
         for inst in devices:
             inst.holder = pid
+            inst.gpu.version += 1
             self._held += inst.slices
         self._index(node, profile, -count)
         self.start_times[pid] = self.now
@@ -445,6 +488,7 @@ class Simulation:
         node.version += 1
         for inst in devices:
             inst.holder = None
+            inst.gpu.version += 1
             self._held -= inst.slices
             if inst.advertised and not node.busy and inst.gpu.instances.get(inst.start) is inst:
                 self._index(node, inst.profile, +1)
@@ -464,6 +508,7 @@ class Simulation:
         self.nodes[self.pod_node[pid]].version += 1
         for inst in devices:
             inst.holder = None
+            inst.gpu.version += 1
             self._held -= inst.slices
             # The surviving devices of a killed pod are free again.
             if inst.advertised and not inst.gpu.node.busy and inst.gpu.instances.get(inst.start) is inst:
@@ -473,6 +518,30 @@ class Simulation:
 
     def run(self) -> RunResult:
         wall0, cpu0 = time.perf_counter(), time.process_time()
+        with _collector_set_for_a_run():
+            self._loop()
+        self._advance(self.horizon)
+        if self._progress is not None:
+            self._progress(1.0)
+        return RunResult(
+            policy=self.policy.name,
+            horizon=self.horizon,
+            pods=self.pods,
+            start_times=self.start_times,
+            disrupted=self.disrupted,
+            reconfigurations=self.reconfigurations,
+            gi_created=self.gi_created,
+            gi_destroyed=self.gi_destroyed,
+            total_slices=self.total_slices,
+            util_total=self._util.total,
+            util_series=list(self._util.area),
+            util_bucket_seconds=self._util.width,
+            wall_seconds=time.perf_counter() - wall0,
+            cpu_seconds=time.process_time() - cpu0,
+            policy_stats=self.policy.stats(),
+        )
+
+    def _loop(self) -> None:
         pods = self.pods
         events = self._events
         horizon = self.horizon
@@ -507,23 +576,3 @@ class Simulation:
                     node = self.nodes[node_idx]
                     self._set_ready(node)
                     self.policy.on_node_ready(node)
-        self._advance(horizon)
-        if self._progress is not None:
-            self._progress(1.0)
-        return RunResult(
-            policy=self.policy.name,
-            horizon=horizon,
-            pods=pods,
-            start_times=self.start_times,
-            disrupted=self.disrupted,
-            reconfigurations=self.reconfigurations,
-            gi_created=self.gi_created,
-            gi_destroyed=self.gi_destroyed,
-            total_slices=self.total_slices,
-            util_total=self._util.total,
-            util_series=list(self._util.area),
-            util_bucket_seconds=self._util.width,
-            wall_seconds=time.perf_counter() - wall0,
-            cpu_seconds=time.process_time() - cpu0,
-            policy_stats=self.policy.stats(),
-        )

@@ -161,14 +161,18 @@ def plan_first_fit(
 ) -> dict[str, list[dict[str, int]]]:
     """nos' planner over ``nodes`` (name, GPUs) in the given order; returns changed nodes' geometries.
 
-    Pure: the inputs are copied, the result maps a node name to one geometry per GPU.
+    Pure: the inputs are never changed (a visited node is tried on a copy), the result maps a node
+    name to one geometry per GPU. Work beyond the cluster's free counts is spent only on the nodes
+    visited before the lacking devices are covered: in a large fleet most nodes are never looked at.
     """
-    state = {name: [g.copy() for g in gpus] for name, gpus in nodes}
-    original = {name: [g.geometry() for g in gpus] for name, gpus in state.items()}
-    cluster_free: Counter[str] = Counter()
-    for gpus in state.values():
+    # Copies only of the nodes whose trial was kept; every other node stays the caller's object.
+    forks: dict[str, list[GpuGeometry]] = {}
+    free_sum: dict[str, int] = {}
+    for _, gpus in nodes:
         for g in gpus:
-            cluster_free.update(g.free)
+            for p, n in g.free.items():
+                free_sum[p] = free_sum.get(p, 0) + n
+    cluster_free: Counter[str] = Counter(free_sum)
 
     lacking_by_pod: dict[int, dict[str, int]] = {}
     lacking: Counter[str] = Counter()
@@ -183,11 +187,14 @@ def plan_first_fit(
     # nos' sorter: priority first, then the smaller profile first; stable, so arrival order breaks ties.
     ordered = sorted(pods, key=lambda p: (-p.priority, _profile_rank(p.profile)))
     placed: set[int] = set()
-    candidates = [name for name, gpus in state.items() if any(g.has_free_capacity() for g in gpus)]
-    for name in candidates:
+    for name, gpus in nodes:
         if not +lacking:
             break
-        fork = [g.copy() for g in state[name]]
+        # nos lists the nodes with free capacity first; asking as each is visited gives the same
+        # answer (a node's GPUs change only once it has been visited) without asking all of them.
+        if not any(g.has_free_capacity() for g in gpus):
+            continue
+        fork = [g.copy() for g in gpus]
         before_free: Counter[str] = Counter()
         for g in fork:
             before_free.update(g.free)
@@ -219,16 +226,18 @@ def plan_first_fit(
             added.append(pod)
         if not added:
             continue
-        state[name] = fork
+        forks[name] = fork
         cluster_free = trial_free
         for pod in added:
             placed.add(pod.pod)
             for p, n in lacking_by_pod.get(pod.pod, {}).items():
                 lacking[p] -= n
     result = {}
-    for name, gpus in state.items():
-        geos = [g.geometry() for g in gpus]
-        if geos != original[name]:
+    for name, gpus in nodes:
+        if name not in forks:
+            continue
+        geos = [g.geometry() for g in forks[name]]
+        if geos != [g.geometry() for g in gpus]:
             result[name] = geos
     return result
 
@@ -340,6 +349,8 @@ class FirstFitPolicy(Policy):
         self.window = BatchWindow(settings.batch_idle_seconds, settings.batch_max_seconds)
         self.in_flight: set[int] = set()
         self._requeue_armed = False
+        #: node idx -> (node version, GPU views) as of the last plan that looked at the node
+        self._views: dict[int, tuple[int, list[GpuGeometry]]] = {}
         self.plans = 0
         self.planner_cpu = 0.0
         self.failed_creations = 0
@@ -400,26 +411,31 @@ class FirstFitPolicy(Policy):
         if not candidates:
             return
         cpu0 = time.process_time()
-        view = [
-            (
-                node.name,
-                [
-                    GpuGeometry(
-                        gpu.model,
-                        dict(Counter(i.profile for i in gpu.instances.values() if i.holder is not None)),
-                        dict(Counter(i.profile for i in gpu.instances.values() if i.holder is None)),
-                    )
-                    for gpu in node.gpus
-                ],
-            )
-            for node in sim.nodes
-        ]
+        view = [(node.name, self._gpu_view(node)) for node in sim.nodes]
         changes = plan_first_fit(view, candidates)
         self.plans += 1
         for name in sorted(changes):
             node = sim.node_by_name[name]
             self._apply(node, changes[name])
         self.planner_cpu += time.process_time() - cpu0
+
+    def _gpu_view(self, node: SimNode) -> list[GpuGeometry]:
+        """The planner's view of ``node``'s GPUs, rebuilt only when the node changed since the last plan.
+
+        plan_first_fit never changes its inputs, so the same objects serve plan after plan.
+        """
+        cached = self._views.get(node.idx)
+        if cached is None or cached[0] != node.version:
+            gpus = []
+            for gpu in node.gpus:
+                used: dict[str, int] = {}
+                free: dict[str, int] = {}
+                for i in gpu.instances.values():
+                    counts = free if i.holder is None else used
+                    counts[i.profile] = counts.get(i.profile, 0) + 1
+                gpus.append(GpuGeometry(gpu.model, used, free))
+            cached = self._views[node.idx] = (node.version, gpus)
+        return cached[1]
 
     def _apply(self, node: SimNode, geometries: Sequence[Mapping[str, int]]) -> None:
         destroy = []

@@ -10,10 +10,10 @@ from cdmo.sim.engine import RunResult, Simulation
 from cdmo.sim.metrics import summarize
 from cdmo.sim.policies import make_policy
 from cdmo.sim.scenario import Scenario, check_policy
+from cdmo.sim.workers import PolicyWorkers, Progress
 from cdmo.sim.workload import PodSpec, generate_workload
 
-#: progress(policy, fraction of simulated time done)
-Progress = Callable[[str, float], None]
+__all__ = ["Progress", "Report", "run_policy", "simulate"]
 
 
 @dataclass(frozen=True)
@@ -46,18 +46,29 @@ def simulate(
     seed: int | None = None,
     duration: float | None = None,
     progress: Progress | None = None,
+    jobs: int = 1,
 ) -> Report:
-    """Every policy of ``scenario`` (or ``policies``) on the same workload; deterministic for a seed."""
+    """Every policy of ``scenario`` (or ``policies``) on the same workload; deterministic for a seed.
+
+    ``jobs`` > 1 runs up to that many policies at once in worker processes
+    (:mod:`cdmo.sim.workers`); every figure but the measured times is the same as with 1.
+    """
     names = tuple(policies) if policies else scenario.policies
     for i, name in enumerate(names):
         check_policy(name, scenario.models, f"--policy[{i}]" if policies else f"policies[{i}]")
     use_seed = scenario.seed if seed is None else seed
     horizon = scenario.duration if duration is None else duration
-    pods = generate_workload(scenario, seed=use_seed, duration=horizon)
     runs: dict[str, RunResult] = {}
-    for name in names:
-        cb = (lambda frac, n=name: progress(n, frac)) if progress is not None else None
-        runs[name] = run_policy(scenario, pods, name, horizon=horizon, progress=cb)
+    if jobs > 1 and len(names) > 1:
+        # The workers start, and import cdmo, while this process generates the workload.
+        with PolicyWorkers(min(jobs, len(names)), with_progress=progress is not None) as workers:
+            pods = generate_workload(scenario, seed=use_seed, duration=horizon)
+            runs = workers.run(scenario, pods, names, horizon=horizon, progress=progress)
+    else:
+        pods = generate_workload(scenario, seed=use_seed, duration=horizon)
+        for name in names:
+            cb = (lambda frac, n=name: progress(n, frac)) if progress is not None else None
+            runs[name] = run_policy(scenario, pods, name, horizon=horizon, progress=cb)
     return Report(
         scenario=scenario,
         seed=use_seed,

@@ -9,11 +9,11 @@ import pytest
 
 from cdmo.config import OperatorConfig
 from cdmo.mig.layouts import is_valid_layout
-from cdmo.planner import parse_snapshot
+from cdmo.planner import parse_snapshot, plan
 from cdmo.sim.dynamic import DynamicPolicy
 from cdmo.sim.engine import Simulation
 from cdmo.sim.policies import make_policy
-from cdmo.sim.scenario import parse_scenario
+from cdmo.sim.scenario import load_scenario, parse_scenario
 from cdmo.sim.workload import PodSpec, generate_workload
 
 
@@ -156,3 +156,101 @@ def test_a_drained_gpu_goes_to_the_large_pod_before_later_small_ones() -> None:
     run = Simulation(sc, pods, plain).run()
     big, late = run.start_times[3], run.start_times[4]
     assert late is not None and (big is None or late < big)
+
+
+class CheckingEveryPlan(DynamicPolicy):
+    """Compares the incremental snapshot with a full parse before every plan of a run."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.compared = 0
+        self.mismatches = 0
+
+    def _plan(self, *, idle: bool = False) -> None:
+        pods = [p for p in self.sim.unschedulable_pods() if p not in self._promised]
+        self.compared += 1
+        self.mismatches += self.parsed_snapshot(pods) != parse_snapshot(self.build_snapshot(pods))
+        super()._plan(idle=idle)
+
+
+def test_incremental_snapshot_equals_a_full_parse_before_every_plan() -> None:
+    # Pods start and end on single GPUs between plans: nodes are rebuilt from parsed GPUs that
+    # the memo kept, which must be exactly what parsing the whole dict gives.
+    sc = scenario()
+    policy = CheckingEveryPlan(sc.dynamic, sc.time_model)
+    run = Simulation(sc, generate_workload(sc, seed=3), policy).run()
+    assert policy.compared > 20 and run.reconfigurations > 0
+    assert policy.mismatches == 0
+    assert policy._gpu_memo, "nodes were never rebuilt GPU by GPU: the test did not reach the memo"
+
+
+def test_a_run_leaves_the_collector_as_it_found_it() -> None:
+    import gc
+
+    sc = scenario()
+    assert gc.get_freeze_count() == 0
+    thresholds = gc.get_threshold()
+    Simulation(sc, generate_workload(sc, seed=2), DynamicPolicy(sc.dynamic, sc.time_model)).run()
+    assert gc.get_freeze_count() == 0 and gc.isenabled() and gc.get_threshold() == thresholds
+
+
+class ShadowingVoidPlans(DynamicPolicy):
+    """Runs the whole plan each time an idle plan is found void, and records what it changed."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.void = 0
+        self.not_void = 0
+        self.void_but_changed = 0
+
+    def _idle_plan_is_void(self, snapshot: Any, options: Any) -> bool:
+        void = super()._idle_plan_is_void(snapshot, options)
+        if void:
+            self.void += 1
+            result = plan(snapshot, options)
+            self.void_but_changed += bool(
+                any(n.changed for n in result.nodes) or result.draining or result.assignments
+            )
+        else:
+            self.not_void += 1
+        return void
+
+
+class NeverSkipping(DynamicPolicy):
+    def _idle_plan_is_void(self, snapshot: Any, options: Any) -> bool:
+        return False
+
+
+@pytest.fixture(scope="module")
+def mixed_fleet() -> tuple[Any, list[PodSpec]]:
+    sc = load_scenario(Path(__file__).resolve().parents[2] / "examples" / "mixed-fleet.yaml")
+    return sc, generate_workload(sc, duration=8 * 3600)
+
+
+def test_an_idle_plan_found_void_would_have_changed_nothing(mixed_fleet: tuple[Any, list[PodSpec]]) -> None:
+    sc, pods = mixed_fleet
+    policy = ShadowingVoidPlans(sc.dynamic, sc.time_model)
+    Simulation(sc, pods, policy, horizon=8 * 3600).run()
+    # Both answers occur: plans left out, and idle plans that defragment (so they must run).
+    assert policy.void > 10 and policy.not_void > 0 and policy.idle_ops > 0
+    assert policy.void_but_changed == 0
+
+
+def test_leaving_out_void_idle_plans_changes_no_result(mixed_fleet: tuple[Any, list[PodSpec]]) -> None:
+    sc, pods = mixed_fleet
+    runs = {}
+    for cls in (DynamicPolicy, NeverSkipping):
+        policy = cls(sc.dynamic, sc.time_model)
+        run = Simulation(sc, pods, policy, horizon=8 * 3600).run()
+        runs[cls] = (policy, run)
+    (skipping, a), (full, b) = runs[DynamicPolicy], runs[NeverSkipping]
+    assert skipping.idle_plans_skipped > 10 and full.idle_plans_skipped == 0
+    assert a.start_times == b.start_times
+    assert (a.reconfigurations, a.gi_created, a.gi_destroyed, a.disrupted, a.util_total) == (
+        b.reconfigurations,
+        b.gi_created,
+        b.gi_destroyed,
+        b.disrupted,
+        b.util_total,
+    )
+    assert skipping.idle_ops == full.idle_ops and skipping.plans + skipping.idle_plans_skipped == full.plans

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +161,55 @@ def test_every_gpu_starts_with_one_7g() -> None:
         sc, [PodSpec(0, "p", 10, "1g.10gb", 1, 60, 0)], FirstFitPolicy(sc.first_fit, sc.time_model)
     )
     assert {g.layout() for n in sim.nodes for g in n.gpus} == {(Instance("7g.80gb", 0),)}
+
+
+def test_planner_leaves_its_inputs_as_they_were() -> None:
+    # The policy hands the same view objects to plan after plan: the planner must only read them.
+    busy = [GpuGeometry(H100, used={"3g.40gb": 1}, free={"1g.10gb": 1}), GpuGeometry(H100, used={}, free={})]
+    free = [GpuGeometry(H100, used={}, free={"7g.80gb": 1})]
+    nodes = [("a", busy), ("b", free)]
+    before = [(name, [(dict(g.used), dict(g.free)) for g in gpus]) for name, gpus in nodes]
+    plan = plan_first_fit(nodes, [CandidatePod(0, "4g.40gb", 1, 0), CandidatePod(1, "1g.10gb", 2, 0)])
+    assert plan, "the planner changed nothing: the test did not exercise a trial"
+    assert [(name, [(g.used, g.free) for g in gpus]) for name, gpus in nodes] == before
+
+
+class ComparingViews(FirstFitPolicy):
+    """Checks before every plan that the kept per-node views equal views built afresh."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.compared = 0
+        self.mismatches = 0
+
+    def _plan(self) -> None:
+        for node in self.sim.nodes:
+            fresh = [
+                (
+                    {
+                        p: n
+                        for p, n in Counter(
+                            i.profile for i in g.instances.values() if i.holder is not None
+                        ).items()
+                    },
+                    {
+                        p: n
+                        for p, n in Counter(
+                            i.profile for i in g.instances.values() if i.holder is None
+                        ).items()
+                    },
+                )
+                for g in node.gpus
+            ]
+            kept = [(v.used, v.free) for v in self._gpu_view(node)]
+            self.compared += 1
+            self.mismatches += kept != fresh
+        super()._plan()
+
+
+def test_kept_views_equal_fresh_ones_before_every_plan() -> None:
+    sc = scenario()
+    policy = ComparingViews(sc.first_fit, sc.time_model)
+    run = Simulation(sc, generate_workload(sc, seed=1), policy).run()
+    assert policy.plans > 3 and run.reconfigurations > 0 and policy.compared > 0
+    assert policy.mismatches == 0
