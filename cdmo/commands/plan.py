@@ -18,7 +18,6 @@ import yaml
 
 from cdmo import exit_codes
 from cdmo.errors import InvalidInput, InvalidSnapshot
-from cdmo.mig.catalog import load_yaml
 from cdmo.output import (
     add_output_argument,
     build_table,
@@ -27,6 +26,7 @@ from cdmo.output import (
     print_table,
     print_yaml,
 )
+from cdmo.yamlload import load_yaml
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
