@@ -22,6 +22,7 @@ Pure: imports nothing of cdmo, Kubernetes or NVML.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -126,8 +127,10 @@ def _load_events(text: str) -> Any:
     cached = plain.cache.get
     value_of = plain.value
     parser = SAFE_LOADER(text)
+    # types-PyYAML leaves CParser's methods untyped
+    get: Callable[[], Any] = parser.get_event
+    dispose: Callable[[], None] = parser.dispose
     try:
-        get = parser.get_event
         get()  # StreamStart
         if type(get()) is not DocumentStartEvent:
             return None  # an empty stream: safe_load gives None too
@@ -184,4 +187,4 @@ def _load_events(text: str) -> Any:
             raise _Unsupported("more than one document")
         return root
     finally:
-        parser.dispose()
+        dispose()
