@@ -34,9 +34,6 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_planner import build_snapshot  # noqa: E402
 
 SECTION = "## cdmo plan end to end"
 #: plan() time the issue's other work aims at; the last column assumes it.
@@ -45,6 +42,10 @@ CASES = (("json", "json"), ("yaml", "json"), ("json", "table"), ("yaml", "table"
 
 
 def write_snapshots(nodes: int, folder: Path) -> dict[str, Path]:
+    # imported here: the --stages child must import cdmo itself, inside its first stage
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_planner import build_snapshot
+
     data = build_snapshot(nodes, 10)
     paths = {"json": folder / "snapshot.json", "yaml": folder / "snapshot.yaml"}
     paths["json"].write_text(json.dumps(data))
