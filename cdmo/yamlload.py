@@ -126,6 +126,9 @@ def _load_events(text: str) -> Any:
     starts = plain.starts()
     cached = plain.cache.get
     value_of = plain.value
+    # Tags start with "!" and anchors with "&": a text without either has none, and the events
+    # need not be asked (a "!" or "&" inside a string only means asking).
+    marked = "!" in text or "&" in text
     parser = SAFE_LOADER(text)
     # types-PyYAML leaves CParser's methods untyped
     get: Callable[[], Any] = parser.get_event
@@ -144,17 +147,17 @@ def _load_events(text: str) -> Any:
             event = get()
             kind = type(event)
             if kind is ScalarEvent:
-                if event.anchor is not None or event.tag is not None:
+                if marked and (event.anchor is not None or event.tag is not None):
                     raise _Unsupported("a tag or an anchor")
                 item: Any = event.value
-                if event.implicit[0] and (starts is None or item[:1] in starts):
+                if (starts is None or item[:1] in starts) and event.implicit[0]:
                     found = cached(item, _MISSING)
                     item = value_of(item) if found is _MISSING else found
                 if top is None:
                     root = item
                     break
             elif kind is MappingStartEvent or kind is SequenceStartEvent:
-                if event.anchor is not None or event.tag is not None:
+                if marked and (event.anchor is not None or event.tag is not None):
                     raise _Unsupported("a tag or an anchor")
                 container: Any = {} if kind is MappingStartEvent else []
                 if top is None:
