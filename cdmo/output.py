@@ -202,6 +202,18 @@ def format_plain_table(title: str | None, columns: Sequence[str], rows: Iterable
     and the text is printed as it is (rich would read ``[...]`` in a cell as markup).
     """
     body = [["" if v is None else str(v) for v in row] for row in rows]
+    out = [title] if title else []
+    if all(c.isascii() for c in columns) and all(
+        cell.isascii() and "\n" not in cell for row in body for cell in row
+    ):
+        # The common case, one format call per row: a character is a terminal cell.
+        widths = [max([len(c), *(len(row[i]) for row in body)]) for i, c in enumerate(columns)]
+        fmt = "│ " + " │ ".join(f"{{:<{w}}}" for w in widths) + " │"
+        head = "┃ " + " ┃ ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " ┃"
+        out += [_rule(_TOP, widths), head, _rule(_HEAD_RULE, widths)]
+        out += [fmt.format(*row) for row in body]
+        out.append(_rule(_BOTTOM, widths))
+        return "\n".join(out) + "\n"
     widths = [_cell_width(c) for c in columns]
     split: list[list[list[str]]] = []
     for row in body:
@@ -209,9 +221,6 @@ def format_plain_table(title: str | None, columns: Sequence[str], rows: Iterable
         split.append(cells)
         for i, lines in enumerate(cells):
             widths[i] = max(widths[i], *(_cell_width(line) for line in lines))
-
-    def rule(box: str, fill: str) -> str:
-        return box[0] + box[2].join(fill * (w + 2) for w in widths) + box[3]
 
     def line(box: str, cells: Sequence[str]) -> str:
         sep = f" {box[2]} "
@@ -221,14 +230,17 @@ def format_plain_table(title: str | None, columns: Sequence[str], rows: Iterable
             + f" {box[3]}"
         )
 
-    out = [title] if title else []
-    out += [rule(_TOP, _TOP[1]), line(_HEAD, columns), rule(_HEAD_RULE, _HEAD_RULE[1])]
+    out += [_rule(_TOP, widths), line(_HEAD, columns), _rule(_HEAD_RULE, widths)]
     for cells in split:
         height = max((len(lines) for lines in cells), default=1)
         for k in range(height):
             out.append(line(_ROW, [lines[k] if k < len(lines) else "" for lines in cells]))
-    out.append(rule(_BOTTOM, _BOTTOM[1]))
+    out.append(_rule(_BOTTOM, widths))
     return "\n".join(out) + "\n"
+
+
+def _rule(box: str, widths: Sequence[int]) -> str:
+    return box[0] + box[2].join(box[1] * (w + 2) for w in widths) + box[3]
 
 
 def print_rows(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
