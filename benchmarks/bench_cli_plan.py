@@ -60,13 +60,22 @@ def _cdmo() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "cdmo.cli"]
 
 
-def time_command(argv: list[str], repeat: int) -> tuple[float, float]:
+def time_command(argv: list[str], repeat: int, env: dict[str, str] | None = None) -> tuple[float, float]:
     """Best wall and best CPU seconds (user + system of the child) of ``argv`` over ``repeat`` runs."""
     walls, cpus = [], []
     for _ in range(repeat):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
-        proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.run(
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            # python -m puts the working directory first on sys.path: run an older cdmo from its
+            # own tree, or this checkout's cdmo/ would shadow it
+            cwd=env.get("PYTHONPATH") if env else None,
+        )
         walls.append(time.perf_counter() - start)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
@@ -133,17 +142,34 @@ def measure_stages(paths: dict[str, Path], repeat: int) -> dict[str, tuple[float
     return best
 
 
-def measure(nodes: int, repeat: int) -> dict[str, Any]:
+def measure(nodes: int, repeat: int, baseline: Path | None) -> dict[str, Any]:
+    """``baseline``: a source tree of an older cdmo (``git archive REV cdmo | tar -x -C DIR``),
+    timed the same way, case by case, right after this one (an A/B in the same minutes)."""
+    old_env = {**os.environ, "PYTHONPATH": str(baseline)} if baseline else None
+    old_cdmo = [sys.executable, "-m", "cdmo.cli"]
     with tempfile.TemporaryDirectory(prefix="bench-cli-plan-") as tmp:
         paths = write_snapshots(nodes, Path(tmp))
         sizes = {k: p.stat().st_size for k, p in paths.items()}
         startup = time_command([*_cdmo(), "--help"], repeat)
+        before: dict[Any, tuple[float, float]] = {}
+        if old_env:
+            before["startup"] = time_command([*old_cdmo, "--help"], repeat, old_env)
         runs = {}
         for inp, out in CASES:
-            argv = [*_cdmo(), "plan", str(paths[inp])] + (["-o", out] if out != "table" else [])
-            runs[(inp, out)] = time_command(argv, repeat)
+            args = ["plan", str(paths[inp])] + (["-o", out] if out != "table" else [])
+            runs[(inp, out)] = time_command([*_cdmo(), *args], repeat)
+            if old_env:
+                before[(inp, out)] = time_command([*old_cdmo, *args], repeat, old_env)
         stages = measure_stages(paths, repeat)
-    return {"nodes": nodes, "sizes": sizes, "startup": startup, "runs": runs, "stages": stages}
+    return {
+        "nodes": nodes,
+        "sizes": sizes,
+        "startup": startup,
+        "runs": runs,
+        "stages": stages,
+        "before": before,
+        "baseline_label": "",
+    }
 
 
 def render(m: dict[str, Any], repeat: int) -> str:
@@ -166,14 +192,28 @@ def render(m: dict[str, Any], repeat: int) -> str:
         f"| command | wall s | CPU s | wall s, plan() at {PLAN_TARGET_S} s | CPU s, plan() at {PLAN_TARGET_S} s |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
+    before = m["before"]
+    if before:
+        lines[-2] += " before: wall s | before: CPU s |"
+        lines[-1] += " ---: | ---: |"
     for (inp, out), (wall, cpu) in m["runs"].items():
         flag = " -o json" if out == "json" else ""
         lines.append(
             f"| `cdmo plan snapshot.{inp}{flag}` | {wall:.2f} | {cpu:.2f} | "
             f"{wall - plan_wall + PLAN_TARGET_S:.2f} | {cpu - plan_cpu + PLAN_TARGET_S:.2f} |"
+            + (" {:.2f} | {:.2f} |".format(*before[(inp, out)]) if before else "")
         )
     wall, cpu = m["startup"]
-    lines.append(f"| `cdmo --help` (start-up) | {wall:.2f} | {cpu:.2f} | | |")
+    lines.append(
+        f"| `cdmo --help` (start-up) | {wall:.2f} | {cpu:.2f} | | |"
+        + (" {:.2f} | {:.2f} |".format(*before["startup"]) if before else "")
+    )
+    if before:
+        lines += [
+            "",
+            f"*Before*: the same commands on {m['baseline_label']}, each run right after the new one",
+            "(`--baseline DIR`: a `git archive` of that commit's `cdmo/`, put on PYTHONPATH).",
+        ]
     lines += [
         "",
         f"The stages, each timed inside fresh processes (caches cold, as for one command; best of {repeat}).",
@@ -204,6 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeat", type=int, default=5, help="runs per measure; the best counts")
     parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also time an older cdmo: DIR holds its cdmo/ (git archive REV cdmo | tar -x -C DIR)",
+    )
+    parser.add_argument(
+        "--baseline-label", default="the older code", help="what --baseline is, for the docs (e.g. a commit)"
+    )
     parser.add_argument("--stages", nargs=2, metavar=("JSON", "YAML"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.stages:  # the child process of measure_stages
@@ -211,7 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not 1 <= args.nodes <= 5000 or not 1 <= args.repeat <= 50:
         parser.error("--nodes takes 1 to 5000 and --repeat 1 to 50")
-    section = render(measure(args.nodes, args.repeat), args.repeat)
+    if args.baseline and not (args.baseline / "cdmo" / "cli.py").is_file():
+        parser.error(f"--baseline {args.baseline}: no cdmo/cli.py there; see --help")
+    measured = measure(args.nodes, args.repeat, args.baseline)
+    measured["baseline_label"] = args.baseline_label
+    section = render(measured, args.repeat)
     print(section)
     if args.write_docs:
         write_docs(section, ROOT / "docs" / "benchmarks.md")
