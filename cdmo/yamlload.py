@@ -1,7 +1,9 @@
 """Loading YAML the way ``yaml.safe_load`` does, fast enough for a 10,000-pod snapshot.
 
-``load_yaml(text)`` gives the same data as ``yaml.safe_load(text)`` and raises the same errors;
-it is what cdmo reads every YAML document with (snapshots, the MIG catalog, layouts).
+``load_yaml(text)`` gives the same data as ``yaml.safe_load(text)`` and, for bad input, the
+error ``yaml.load(text, Loader=yaml.CSafeLoader)`` raises (what cdmo used before): the same kind,
+line and column as safe_load's, worded by libyaml. It is what cdmo reads YAML documents with
+(snapshots, the MIG catalog and layouts, scenarios, traces, layout files).
 
 Why not plain ``yaml.load(text, Loader=yaml.CSafeLoader)``: libyaml parses quickly, but PyYAML
 first composes the whole document into node objects (a node and two marks per scalar, about a
@@ -15,7 +17,8 @@ null) through a cache keyed by the scalar's text, with PyYAML's own resolver and
 The fast path takes what snapshots hold: mappings, sequences and scalars without tags. Anything
 else (anchors and aliases, explicit tags, merge keys ``<<``, keys that are mappings or lists,
 a second document, any error) sends the whole text through ``yaml.load`` with the C safe loader,
-so those cases, and every error message with its line and column, are PyYAML's own.
+so those cases, and every error message with its line and column, are PyYAML's own. Implicit
+resolvers are PyYAML's as shipped for the safe loader (read once, at the first load).
 
 Pure: imports nothing of cdmo, Kubernetes or NVML.
 """
@@ -52,8 +55,9 @@ _SCALAR_TAGS = frozenset(
         "tag:yaml.org,2002:timestamp",
     }
 )
-#: Distinct plain scalars remembered across documents: snapshots repeat a few hundred values
-#: (counts, starts, true/false); names, which are all different, never reach the cache.
+#: Distinct plain scalars remembered across documents (then forgotten all at once): snapshots
+#: repeat a few hundred values (counts, starts, true/false, keys); a scalar whose first character
+#: no resolver looks at (most names: gpu-0001, job-17) never reaches the cache.
 _CACHE_LIMIT = 65536
 _MISSING = object()
 
