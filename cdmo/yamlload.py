@@ -94,7 +94,10 @@ class _Plain:
         elif tag in _SCALAR_TAGS:
             # The same constructor yaml.safe_load would call; ints, floats, bools, None and
             # dates are immutable, so one object may stand for every occurrence.
-            result = self._constructor.yaml_constructors[tag](self._constructor, ScalarNode(tag, text))
+            try:
+                result = self._constructor.yaml_constructors[tag](self._constructor, ScalarNode(tag, text))
+            except Exception as exc:  # e.g. an int of more than 4300 digits: safe_load's own error
+                raise _Unsupported(tag) from exc
         else:
             raise _Unsupported(tag)  # merge key <<, the value key =
         if len(self.cache) >= _CACHE_LIMIT:
@@ -119,9 +122,15 @@ def load_yaml(text: str) -> Any:
         return yaml.load(text, Loader=SAFE_LOADER)  # PyYAML without libyaml: no events to skip
     try:
         return _load_events(text)
+    except yaml.YAMLError:
+        # Only libyaml's parser raises these here (scalars are built inside _Plain.value, which
+        # hands every failure to the full loader): the full loader would meet the same error at
+        # the same event first, since composing and building start only with its events, and
+        # reading a big file twice to say so costs seconds.
+        raise
     except Exception:
-        # _Unsupported, or an error: the full loader reads the text again and answers as
-        # safe_load would, the same data or the same error (its message, line and column).
+        # _Unsupported, or a scalar PyYAML refuses to build: the full loader reads the text
+        # again and answers as safe_load would, the same data or the same error.
         return yaml.load(text, Loader=SAFE_LOADER)
 
 
@@ -147,36 +156,40 @@ def _load_events(text: str) -> Any:
         top: Any = None
         key: Any = _MISSING
         root: Any = None
+        missing = _MISSING
+        # local names: read once per event, globals cost a dictionary look-up each time
+        scalar, mapping_start, sequence_start = ScalarEvent, MappingStartEvent, SequenceStartEvent
+        mapping_end, sequence_end = MappingEndEvent, SequenceEndEvent
         while True:
             event = get()
             kind = type(event)
-            if kind is ScalarEvent:
+            if kind is scalar:
                 if marked and (event.anchor is not None or event.tag is not None):
                     raise _Unsupported("a tag or an anchor")
                 item: Any = event.value
                 if (starts is None or item[:1] in starts) and event.implicit[0]:
-                    found = cached(item, _MISSING)
-                    item = value_of(item) if found is _MISSING else found
+                    found = cached(item, missing)
+                    item = value_of(item) if found is missing else found
                 if top is None:
                     root = item
                     break
-            elif kind is MappingStartEvent or kind is SequenceStartEvent:
+            elif kind is mapping_start or kind is sequence_start:
                 if marked and (event.anchor is not None or event.tag is not None):
                     raise _Unsupported("a tag or an anchor")
-                container: Any = {} if kind is MappingStartEvent else []
+                container: Any = {} if kind is mapping_start else []
                 if top is None:
                     root = container
                 elif type(top) is list:
                     top.append(container)
-                elif key is _MISSING:
+                elif key is missing:
                     raise _Unsupported("a key that is a mapping or a list")
                 else:
                     top[key] = container
-                    key = _MISSING
+                    key = missing
                 parents.append((top, key))
                 top = container
                 continue
-            elif kind is MappingEndEvent or kind is SequenceEndEvent:
+            elif kind is mapping_end or kind is sequence_end:
                 top, key = parents.pop()
                 if top is None:
                     break
@@ -185,11 +198,11 @@ def _load_events(text: str) -> Any:
                 raise _Unsupported(kind.__name__)  # an alias
             if type(top) is list:
                 top.append(item)
-            elif key is _MISSING:
+            elif key is missing:
                 key = item
             else:
                 top[key] = item
-                key = _MISSING
+                key = missing
         if type(get()) is not DocumentEndEvent or type(get()) is not StreamEndEvent:
             raise _Unsupported("more than one document")
         return root

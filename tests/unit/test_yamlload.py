@@ -223,3 +223,18 @@ def test_arbitrary_scalar_text_loads_as_safe_load_loads_it(parts: list[str]) -> 
     # Whatever the text (valid or not), the same data or the same error.
     assert_loads_like_safe_load("a: " + "\nb: ".join(parts) + "\n")
     assert_loads_like_safe_load("- " + "\n- ".join(parts) + "\n")
+
+
+@needs_libyaml
+def test_a_syntax_error_is_reported_without_reading_the_text_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A big snapshot with a typo at its end: the parser's error, at once, not after a second
+    # read through PyYAML's full loader (which takes seconds on a 1000-node snapshot).
+    text = "nodes:\n" + "- {name: n, gpus: []}\n" * 2000 + "pending: [\n"
+    expected = _outcome(_libyaml_load, text)
+    assert expected[0] == "error"
+
+    def no_second_read(*_: Any, **__: Any) -> Any:
+        raise AssertionError("the text was read twice")
+
+    monkeypatch.setattr(yamlload.yaml, "load", no_second_read)
+    assert _outcome(load_yaml, text) == expected
