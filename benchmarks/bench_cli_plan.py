@@ -126,28 +126,29 @@ def run_stages(json_path: str, yaml_path: str) -> dict[str, tuple[float, float]]
     return stages
 
 
-def run_instrumented(argv: list[str]) -> dict[str, float]:
-    """``cdmo ARGV`` through cdmo.cli.main in this process, with ``plan()`` timed inside it."""
-    import cdmo.planner
-
-    real_plan = cdmo.planner.plan
-    spent: dict[str, float] = {}
-
-    def timed_plan(*args: Any, **kwargs: Any) -> Any:
-        w, c = time.perf_counter(), time.process_time()
-        try:
-            return real_plan(*args, **kwargs)
-        finally:
-            spent.update(plan_wall=time.perf_counter() - w, plan_cpu=time.process_time() - c)
-
-    cdmo.planner.plan = timed_plan  # cdmo plan imports it from cdmo.planner when it runs
-    from cdmo.cli import main
-
-    with _stdout_to_nowhere():
-        code = main(argv)
-    if code != 0:
-        raise SystemExit(f"cdmo {' '.join(argv)} exited {code}")
-    return spent
+#: ``python -c`` program: ``cdmo ARGV`` through cdmo.cli.main with ``plan()`` timed inside it, in a
+#: process that imports nothing more than the command does (json and time aside).
+INSTRUMENTED = """
+import json, os, sys, time
+import cdmo.planner
+real_plan = cdmo.planner.plan
+spent = {}
+def timed_plan(*args, **kwargs):
+    w, c = time.perf_counter(), time.process_time()
+    try:
+        return real_plan(*args, **kwargs)
+    finally:
+        spent.update(plan_wall=time.perf_counter() - w, plan_cpu=time.process_time() - c)
+cdmo.planner.plan = timed_plan  # cdmo plan imports it from cdmo.planner when it runs
+from cdmo.cli import main
+out = sys.stdout
+sys.stdout = open(os.devnull, "w")
+code = main(sys.argv[1:])
+sys.stdout.flush()
+sys.stdout = out
+print(json.dumps(spent))
+sys.exit(code)
+"""
 
 
 def time_without_plan(args: list[str], repeat: int) -> tuple[float, float]:
@@ -161,7 +162,7 @@ def time_without_plan(args: list[str], repeat: int) -> tuple[float, float]:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, __file__, "--instrumented", *args], capture_output=True, text=True, check=True
+            [sys.executable, "-c", INSTRUMENTED, *args], capture_output=True, text=True, check=True
         )
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -323,13 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         "--baseline-label", default="the older code", help="what --baseline is, for the docs (e.g. a commit)"
     )
     parser.add_argument("--stages", nargs=2, metavar=("JSON", "YAML"), help=argparse.SUPPRESS)
-    parser.add_argument("--instrumented", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.stages:  # the child process of measure_stages
         print(json.dumps(run_stages(*args.stages)))
-        return 0
-    if args.instrumented:  # the child process of time_without_plan
-        print(json.dumps(run_instrumented(args.instrumented)))
         return 0
     if not 1 <= args.nodes <= 5000 or not 1 <= args.repeat <= 50:
         parser.error("--nodes takes 1 to 5000 and --repeat 1 to 50")
