@@ -143,7 +143,7 @@ cdmo.planner.plan = timed_plan  # cdmo plan imports it from cdmo.planner when it
 from cdmo.cli import main
 out = sys.stdout
 sys.stdout = open(os.devnull, "w")
-code = main(sys.argv[1:])
+code = main()  # the command line, as the cdmo script passes it
 sys.stdout.flush()
 sys.stdout = out
 print(json.dumps(spent))

@@ -124,8 +124,9 @@ def split_debug(argv: Sequence[str]) -> tuple[list[str], bool]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the verb ``argv`` names (the process's own command line when None)."""
     try:
-        return _main(sys.argv[1:] if argv is None else argv)
+        return _main(sys.argv[1:] if argv is None else argv, exits_after=argv is None)
     except KeyboardInterrupt:
         # Ctrl-C while parsing or importing, before _main's own handler is in place.
         return exit_codes.INTERRUPTED
@@ -133,11 +134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _quiet_broken_pipe()
 
 
-def _main(argv: Sequence[str]) -> int:
+def _main(argv: Sequence[str], *, exits_after: bool = False) -> int:
     words, debug = split_debug(argv)
     parser = build_parser(words)
     args = parser.parse_args(words)
     args.debug = args.debug or debug
+    # True when the process ends with this verb (cdmo run from a shell, not main() called by a
+    # test): a verb may then leave process-wide state, such as frozen objects, as it is.
+    args.exits_after = exits_after
     try:
         module = importlib.import_module(args._module)
         code = int(module.run(args) or 0)

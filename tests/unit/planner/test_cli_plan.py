@@ -298,3 +298,15 @@ def test_cdmo_plan_json_imports_neither_rich_nor_other_verbs() -> None:
     assert "cdmo.commands.plan" in modules and "cdmo.planner" in modules
     assert not {m for m in modules if m.split(".")[0] in ("rich", "kopf", "kubernetes", "grpc", "structlog")}
     assert not {m for m in modules if m.startswith("cdmo.commands.") and m != "cdmo.commands.plan"}
+
+
+def test_cdmo_plan_called_in_process_leaves_the_collector_as_it_was(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # cdmo plan freezes the snapshot and the plan for the collector while it runs; main() called
+    # by a caller that lives on (this test) must find nothing frozen afterwards.
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    code, _, _ = run_cli(capsys, "plan", str(SNAPSHOTS / "handout.yaml"), "-o", "json")
+    assert code == 0 and gc.get_freeze_count() == 0
