@@ -66,7 +66,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser; given ``argv``, only the verb it names gets its arguments (and its module
-    imported), so ``cdmo plan`` does not pay for importing every other verb (about 0.2 s)."""
+    imported), so ``cdmo plan`` does not pay for importing every other verb (about 0.2 s), and
+    ``cdmo --help`` (no verb: the verbs' one-line summaries only) imports none."""
     chosen = _verb_of(argv)
     parser = _Parser(prog="cdmo", description="cdmo: dynamic MIG partitioning for Kubernetes")
     parser.add_argument("--version", action="version", version=f"cdmo {__version__}")
@@ -80,7 +81,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     for verb, (module_name, summary) in COMMANDS.items():
         p = sub.add_parser(verb, help=summary, description=summary)
         p.set_defaults(_module=module_name)
-        if chosen is None or chosen == verb:
+        if argv is None or chosen == verb:
             _LazyArgs(module_name).add(p)
     return parser
 
@@ -123,8 +124,9 @@ def split_debug(argv: Sequence[str]) -> tuple[list[str], bool]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the verb ``argv`` names (the process's own command line when None)."""
     try:
-        return _main(sys.argv[1:] if argv is None else argv)
+        return _main(sys.argv[1:] if argv is None else argv, exits_after=argv is None)
     except KeyboardInterrupt:
         # Ctrl-C while parsing or importing, before _main's own handler is in place.
         return exit_codes.INTERRUPTED
@@ -132,11 +134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _quiet_broken_pipe()
 
 
-def _main(argv: Sequence[str]) -> int:
+def _main(argv: Sequence[str], *, exits_after: bool = False) -> int:
     words, debug = split_debug(argv)
     parser = build_parser(words)
     args = parser.parse_args(words)
     args.debug = args.debug or debug
+    # True when the process ends with this verb (cdmo run from a shell, not main() called by a
+    # test): a verb may then leave process-wide state, such as frozen objects, as it is.
+    args.exits_after = exits_after
     try:
         module = importlib.import_module(args._module)
         code = int(module.run(args) or 0)

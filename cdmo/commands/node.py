@@ -20,6 +20,7 @@ import yaml
 from cdmo import exit_codes
 from cdmo.errors import InvalidInput
 from cdmo.output import add_output_argument
+from cdmo.yamlload import load_yaml
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -137,7 +138,7 @@ def read_layout_file(path: str) -> dict[int, Any]:
 
     p = Path(path)
     try:
-        doc = yaml.safe_load(p.read_text())
+        doc = load_yaml(p.read_text())
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-import yaml
-
 from cdmo.errors import UnknownModel, UnknownProfile
+
+# The shared YAML helper lives in cdmo.yamlload; re-exported here for the callers that import it
+# from the catalog.
+from cdmo.yamlload import load_yaml as load_yaml
 
 #: Profile names as NVIDIA writes them: 1g.10gb, 1g.10gb+me, 1g.24gb+me.all, 1g.24gb+gfx, 1g.24gb-me.
 PROFILE_NAME_PATTERN = r"^[0-9]+g\.[0-9]+gb(\+me\.all|\+me|\+gfx|-me)?$"
@@ -195,16 +197,6 @@ def _build_model(raw: dict[str, Any], gi_consts: dict[str, int], ci_consts: dict
         confidence=str(raw.get("confidence", "")),
         profiles=tuple(profiles),
     )
-
-
-#: libyaml's safe loader where PyYAML was built with it (loads the catalog about 10x faster than
-#: the pure-Python one; half of ``cdmo plan``'s start-up went there), else the pure-Python one.
-SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` with :data:`SAFE_LOADER` (same results, same errors)."""
-    return yaml.load(text, Loader=SAFE_LOADER)
 
 
 @functools.cache

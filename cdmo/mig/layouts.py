@@ -19,7 +19,8 @@ from importlib import resources
 from typing import Any
 
 from cdmo.errors import InvalidInput, InvalidLayout
-from cdmo.mig.catalog import GpuModel, Profile, all_models, get_model, is_profile_name, load_yaml
+from cdmo.mig.catalog import GpuModel, Profile, all_models, get_model, is_profile_name
+from cdmo.yamlload import load_yaml
 
 #: nvml.h: an ALL_ME instance "prevents allocation of all but _NO_ME profiles".
 _ALL_ME_GROUP = "media-all"

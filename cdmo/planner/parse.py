@@ -59,12 +59,16 @@ def _fail(path: str, message: str) -> InvalidSnapshot:
 
 
 def _mapping(value: Any, path: str, what: str = "an object (mapping)") -> Mapping[str, Any]:
+    if type(value) is dict:  # what JSON and YAML give; skips the slower Mapping ABC check
+        return value
     if not isinstance(value, Mapping):
         raise _fail(path, f"must be {what}, not {_kind(value)}")
     return value
 
 
 def _list(value: Any, path: str) -> list[Any]:
+    if type(value) is list:  # read only here: no copy needed
+        return value
     if not isinstance(value, list | tuple):
         raise _fail(path, f"must be a list, not {_kind(value)}")
     return list(value)
@@ -224,6 +228,11 @@ def _parse_gpu(raw: Any, path: str, *, check_model: bool) -> Gpu:
             "(a catalog key, or the product name exactly as NVML reports it, e.g. 'NVIDIA H100 80GB HBM3'); "
             "a GPU cdmo cannot partition belongs on a node without the partitioning label",
         )
+    key = _layout_key(data.get("instances")) if model is not None else None
+    if key is not None:
+        known = _LAYOUTS.get((model_text, key))
+        if known is not None:
+            return Gpu(index=index, model=model_text, instances=known)
     raw_instances = _list(data["instances"], f"{path}.instances") if data.get("instances") is not None else []
     instances = []
     for k, item in enumerate(raw_instances):
@@ -256,7 +265,39 @@ def _parse_gpu(raw: Any, path: str, *, check_model: bool) -> Gpu:
         if problems:
             raise _fail(f"{path}.instances", f"not a layout {model.key} can hold: " + "; ".join(problems))
     ordered = tuple(sorted(instances, key=lambda i: (i.start, i.profile)))
+    if key is not None:
+        if len(_LAYOUTS) >= _LAYOUT_CACHE_LIMIT:
+            _LAYOUTS.clear()
+        _LAYOUTS[(model_text, key)] = ordered
     return Gpu(index=index, model=model_text, instances=ordered)
+
+
+#: Checked layouts by (model as written, instances as written): a big cluster repeats a few
+#: hundred layouts over thousands of GPUs, and checking one (placements, overlaps, counts) was
+#: most of the parse time. Only layouts that passed are kept, keyed by values of exactly the
+#: types that pass (``start: true`` or ``used: 1`` never match a cached ``1`` or ``True``), so a
+#: hit gives what the full check would give. Bounded: snapshots may hold any number of layouts.
+_LAYOUTS: dict[tuple[str, tuple[tuple[str, int, bool], ...]], tuple[GpuInstance, ...]] = {}
+_LAYOUT_CACHE_LIMIT = 4096
+#: More instances than any GPU can hold is never cached (the full check says why it is wrong).
+_MAX_CACHED_INSTANCES = 16
+
+
+def _layout_key(raw: Any) -> tuple[tuple[str, int, bool], ...] | None:
+    """``raw`` instances as a cache key, or None where one is not plainly well typed."""
+    if raw is None:
+        return ()
+    if type(raw) is not list or len(raw) > _MAX_CACHED_INSTANCES:
+        return None
+    key = []
+    for item in raw:
+        if type(item) is not dict:
+            return None
+        profile, start, used = item.get("profile"), item.get("start"), item.get("used")
+        if type(profile) is not str or type(start) is not int or type(used) is not bool:
+            return None
+        key.append((profile, start, used))
+    return tuple(key)
 
 
 def _parse_pod(raw: Any, path: str) -> PendingPod:
@@ -288,6 +329,11 @@ def _parse_pod(raw: Any, path: str) -> PendingPod:
     )
 
 
+#: Resource names already found to name a MIG profile: 10,000 pods ask for a dozen (bounded).
+_MIG_RESOURCES: set[str] = set()
+_MIG_RESOURCES_LIMIT = 1024
+
+
 def _parse_requests(value: Any, path: str) -> dict[str, int]:
     raw = _mapping(value, path, "an object of resource: count")
     out: dict[str, int] = {}
@@ -296,17 +342,20 @@ def _parse_requests(value: Any, path: str) -> dict[str, int]:
             raise _fail(path, f"resource names must be strings, not {_kind(key)}")
         if not key.startswith(RESOURCE_PREFIX):
             continue  # cpu, memory and the like: the planner has nothing to say about them
-        kpath = _at(path, key)
-        profile = key[len(RESOURCE_PREFIX) :]
-        try:
-            profile_from_resource(key)
-        except InvalidInput:
-            raise _fail(
-                kpath,
-                f"{profile!r} is not a MIG profile; MIG resources look like nvidia.com/mig-1g.10gb "
-                "or nvidia.com/mig-1g.10gb.me",
-            ) from None
-        out[key] = _count(raw[key], kpath)
+        if key not in _MIG_RESOURCES:
+            try:
+                profile_from_resource(key)
+            except InvalidInput:
+                raise _fail(
+                    _at(path, key),
+                    f"{key[len(RESOURCE_PREFIX) :]!r} is not a MIG profile; MIG resources look like "
+                    "nvidia.com/mig-1g.10gb or nvidia.com/mig-1g.10gb.me",
+                ) from None
+            if len(_MIG_RESOURCES) < _MIG_RESOURCES_LIMIT:
+                _MIG_RESOURCES.add(key)
+        count = raw[key]
+        # a plain whole number is the common case; anything else gets the full check and path
+        out[key] = count if type(count) is int and count >= 0 else _count(count, _at(path, key))
     return out
 
 

@@ -67,8 +67,12 @@ def _before(instances: tuple[GpuInstance, ...]) -> str:
     return ", ".join(f"{i}{' (used)' if i.used else ''}" for i in instances) or "-"
 
 
-def layout_rows(plan: Plan) -> list[tuple[str, str, str, str, str, str]]:
-    """(node, GPU, model, before, after, what changes and for whom) per GPU of each labelled node."""
+def layout_rows(plan: Plan, *, unchanged: bool = True) -> list[tuple[str, str, str, str, str, str]]:
+    """(node, GPU, model, before, after, what changes and for whom) per GPU of each labelled node.
+
+    ``unchanged=False`` leaves out the GPUs whose layout stays and none of whose free instances
+    goes to a pod (what a big cluster's table would mostly be).
+    """
     owner: dict[tuple[str, int, str, int], str] = {}
     for a in plan.assignments:
         for d in a.devices:
@@ -87,6 +91,8 @@ def layout_rows(plan: Plan) -> list[tuple[str, str, str, str, str, str]]:
             notes += [f"-{inst} (free)" for inst in g.destroyed]
             if g.model_key is None:
                 notes.append("left as it is: unknown GPU model")
+            if not unchanged and not notes and not g.changed:
+                continue
             rows.append(
                 (
                     n.name,

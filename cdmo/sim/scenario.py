@@ -24,6 +24,7 @@ from cdmo.errors import CdmoError, InvalidInput
 from cdmo.mig.catalog import GpuModel, find_model, model_keys
 from cdmo.mig.layouts import named_layouts
 from cdmo.mig.resources import QUEUE_SLICES, queue_profile
+from cdmo.yamlload import load_yaml
 
 #: The static layouts the issue names; any other mig-parted name of every fleet model works too.
 STATIC_LAYOUTS = ("all-1g", "all-balanced", "all-3g", "all-7g")
@@ -664,7 +665,7 @@ def load_scenario(path: str | Path) -> Scenario:
     if not p.is_file():
         raise InvalidScenario("", f"no such scenario file: {p}", hint="try examples/clearml-queues.yaml")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = load_yaml(p.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -20,6 +20,7 @@ import yaml
 
 from cdmo.mig.catalog import GpuModel
 from cdmo.sim.scenario import InvalidScenario, Lognormal, Scenario, Stream, parse_duration, resolve_profile
+from cdmo.yamlload import load_yaml
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +147,7 @@ def _read_rows(path: Path) -> list[tuple[str, Mapping[str, Any]]]:
         return rows
     if suffix in (".yaml", ".yml"):
         try:
-            data = yaml.safe_load(text)
+            data = load_yaml(text)  # traces can be long: the fast loader
         except yaml.YAMLError:
             raise InvalidScenario(str(path), "not valid YAML") from None
         if isinstance(data, Mapping) and "pods" in data:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from cdmo.cli import main
+from cdmo.commands.plan import LIST_EVERY_GPU_UP_TO
+from cdmo.output import camel_keys
+from cdmo.planner import parse_snapshot, plan, plan_to_dict
 
 from .conftest import SNAPSHOTS
 from .oracle import check_plan
@@ -167,3 +172,141 @@ def test_bad_json_file_names_line_and_column(capsys: pytest.CaptureFixture[str],
     path.write_text('{"nodes": [}\n')
     code, _, err = run_cli(capsys, "plan", str(path))
     assert code == 2 and "is not valid JSON" in err and "line 1 column 12" in err
+
+
+# -- output of big and small plans (issue 13: `cdmo plan` under 1 s on 1000 nodes) ----------------
+
+BENCH = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_planner.py"
+
+
+def _bench_snapshot(nodes: int) -> dict[str, Any]:
+    spec = importlib.util.spec_from_file_location("bench_planner", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data: dict[str, Any] = module.build_snapshot(nodes)
+    return data
+
+
+def _expected_doc(data: dict[str, Any]) -> dict[str, Any]:
+    doc: dict[str, Any] = camel_keys(plan_to_dict(plan(parse_snapshot(data))))
+    return doc
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SNAPSHOTS.glob("*.yaml")))
+def test_json_and_yaml_are_the_plan_dict_in_camel_case(capsys: pytest.CaptureFixture[str], name: str) -> None:
+    # cdmo plan camel-cases only the summary (the one part with snake_case keys) instead of
+    # copying the whole plan: the output must be what camel-casing all of it gives.
+    expected = _expected_doc(yaml.safe_load((SNAPSHOTS / name).read_text()))
+    code, out, _ = run_cli(capsys, "plan", str(SNAPSHOTS / name), "-o", "json")
+    assert code == 0 and json.loads(out) == expected
+    code, out, _ = run_cli(capsys, "plan", str(SNAPSHOTS / name), "-o", "yaml")
+    # written item by item, the same text as one whole-document safe_dump
+    assert code == 0 and out == yaml.safe_dump(expected, sort_keys=False, default_flow_style=False)
+
+
+@pytest.fixture(scope="module")
+def big_cluster(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    data = _bench_snapshot(16)  # 128 GPUs: more than the table lists in full
+    path = tmp_path_factory.mktemp("big") / "snapshot.yaml"
+    path.write_text(yaml.dump(data, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False))
+    return path, data
+
+
+def test_big_plan_yaml_is_the_text_of_one_whole_dump(
+    capsys: pytest.CaptureFixture[str], big_cluster: tuple[Path, dict[str, Any]]
+) -> None:
+    path, data = big_cluster
+    code, out, _ = run_cli(capsys, "plan", str(path), "-o", "yaml")
+    assert code == 0
+    assert out == yaml.safe_dump(_expected_doc(data), sort_keys=False, default_flow_style=False)
+
+
+def _gpus_worth_listing(data: dict[str, Any], doc: dict[str, Any]) -> set[tuple[str, int]]:
+    """Independently of render.py: GPUs whose layout changes or that hand a free instance out."""
+    before = {
+        (n["name"], g["index"]): sorted((i["profile"], i["start"]) for i in g.get("instances") or [])
+        for n in data["nodes"]
+        for g in n.get("gpus") or []
+    }
+    out = {
+        (n["name"], g["index"])
+        for n in doc["nodes"]
+        for g in n["gpus"]
+        if sorted((i["profile"], i["start"]) for i in g["instances"]) != before[(n["name"], g["index"])]
+    }
+    out |= {(a["node"], d["gpu"]) for a in doc["assignments"] for d in a["devices"] if not d["new"]}
+    return out
+
+
+def test_big_plan_table_lists_the_gpus_that_change_and_says_how_many_stay(
+    capsys: pytest.CaptureFixture[str], big_cluster: tuple[Path, dict[str, Any]]
+) -> None:
+    path, data = big_cluster
+    total = sum(len(n["gpus"]) for n in data["nodes"])
+    assert total > LIST_EVERY_GPU_UP_TO
+    code, out, _ = run_cli(capsys, "plan", str(path))
+    assert code == 0
+    listed = {
+        (cells[1], int(cells[2]))
+        for line in out.splitlines()
+        if line.startswith("│ gpu-")
+        for cells in [[c.strip() for c in line.split("│")]]
+    }
+    expected = _gpus_worth_listing(data, _expected_doc(data))
+    assert listed == expected
+    assert 0 < len(listed) < total
+    hidden = total - len(listed)
+    assert f"{hidden} other GPUs stay as they are with no free instance handed out" in out
+    assert "-o json or -o yaml lists every GPU" in out
+    assert "unchanged" not in out  # every row listed changes something
+    # the box is whole: every line of the layout table is as wide as its top border
+    lines = out.splitlines()
+    top = lines.index(next(line for line in lines if line.startswith("┏")))
+    bottom = lines.index(next(line for line in lines if line.startswith("└")))
+    assert {len(line) for line in lines[top : bottom + 1]} == {len(lines[top])}
+
+
+def test_small_plan_table_still_lists_every_gpu(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "plan", str(SNAPSHOTS / "reasons.yaml"))
+    assert code == 0
+    assert "unchanged" in out and "stay as they are" not in out
+
+
+def _modules_after(*argv: str) -> set[str]:
+    """The modules a fresh interpreter has imported after ``cdmo ARGV`` (stdout discarded)."""
+    script = (
+        "import contextlib, io, sys\n"
+        "from cdmo.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        f"        main({list(argv)!r})\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print('\\n'.join(sorted(sys.modules)))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return set(proc.stdout.split())
+
+
+def test_cdmo_help_imports_no_verb_module() -> None:
+    assert not {m for m in _modules_after("--help") if m.startswith("cdmo.commands.")}
+
+
+def test_cdmo_plan_json_imports_neither_rich_nor_other_verbs() -> None:
+    modules = _modules_after("plan", str(SNAPSHOTS / "reasons.yaml"), "-o", "json")
+    assert "cdmo.commands.plan" in modules and "cdmo.planner" in modules
+    assert not {m for m in modules if m.split(".")[0] in ("rich", "kopf", "kubernetes", "grpc", "structlog")}
+    assert not {m for m in modules if m.startswith("cdmo.commands.") and m != "cdmo.commands.plan"}
+
+
+def test_cdmo_plan_called_in_process_leaves_the_collector_as_it_was(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # cdmo plan freezes the snapshot and the plan for the collector while it runs; main() called
+    # by a caller that lives on (this test) must find nothing frozen afterwards.
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    code, _, _ = run_cli(capsys, "plan", str(SNAPSHOTS / "handout.yaml"), "-o", "json")
+    assert code == 0 and gc.get_freeze_count() == 0

@@ -319,3 +319,44 @@ def test_malformed_affinity_names_the_field(req: dict[str, Any], field: str, say
 def test_top_level_must_be_a_mapping() -> None:
     with pytest.raises(InvalidSnapshot, match="an object with nodes and pending"):
         parse_snapshot(["nodes"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("start", True, "must be a whole number"),
+        ("used", 1, "must be true or false"),
+        ("start", 1.0, "whole"),
+    ],
+    ids=["start true", "used 1", "start 1.0"],
+)
+def test_a_layout_checked_once_is_still_refused_with_values_of_the_wrong_type(
+    field: str, value: Any, says: str
+) -> None:
+    # parse.py keeps layouts that passed; 1 == True == 1.0 in Python, so the cache must not let a
+    # wrongly typed value ride on a layout checked before.
+    good = {"nodes": [node("n", gpu(0, "h100-80gb", "1g.10gb@1!"))]}
+    assert parse_snapshot(good) == parse_snapshot(copy.deepcopy(good))
+    bad = copy.deepcopy(good)
+    bad["nodes"][0]["gpus"][0]["instances"][0][field] = value
+    with pytest.raises(InvalidSnapshot) as info:
+        parse_snapshot(bad)
+    assert info.value.path == f"nodes[0].gpus[0].instances[0].{field}"
+    assert says in str(info.value)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SNAPSHOTS.glob("*.yaml")))
+def test_parse_gives_the_same_snapshot_with_and_without_checked_layouts(name: str) -> None:
+    from cdmo.planner import parse
+
+    data = load_fixture(name)
+    parse._LAYOUTS.clear()
+    cold = parse_snapshot(data)
+    assert parse._LAYOUTS  # the fixture's layouts were kept ...
+    assert parse_snapshot(data) == cold  # ... and give the same GPUs
+    extra = copy.deepcopy(data)
+    for n in extra["nodes"]:
+        for g in n.get("gpus") or []:
+            for inst in g.get("instances") or []:
+                inst["note"] = "extra fields are ignored"
+    assert parse_snapshot(extra) == cold
