@@ -22,7 +22,6 @@ import gc
 import json
 import os
 import platform
-import re
 import resource
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from docs_section import write_section  # benchmarks/ is on sys.path when run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -296,17 +296,6 @@ def render(m: dict[str, Any], repeat: int) -> str:
     return "\n".join(lines)
 
 
-def write_docs(section: str, path: Path) -> None:
-    """Replace this script's section of ``path`` (up to the next ``## ``), keeping the rest."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
@@ -337,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     section = render(measured, args.repeat)
     print(section)
     if args.write_docs:
-        write_docs(section, ROOT / "docs" / "benchmarks.md")
+        write_section(SECTION, section, ROOT / "docs" / "benchmarks.md")
     return 0
 
 

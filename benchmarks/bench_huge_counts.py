@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import platform
-import re
 import sys
 import time
 import tracemalloc
 from pathlib import Path
 
 import yaml
+from docs_section import write_section  # benchmarks/ is on sys.path when run
 
 from cdmo.planner import Snapshot, parse_snapshot, plan
 from cdmo.planner.algorithm import plan as search
@@ -87,17 +87,6 @@ def render(rows: list[tuple[str, float, int]], unbounded: list[tuple[str, float]
     return "\n".join(lines)
 
 
-def write_docs(section: str, path: Path) -> None:
-    """Replace this script's section of ``path`` (up to the next ``## ``), keeping the rest."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
@@ -107,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     section = render(rows, unbounded)
     print(section)
     if args.write_docs:
-        write_docs(section, ROOT / "docs" / "benchmarks.md")
+        write_section(SECTION, section, ROOT / "docs" / "benchmarks.md")
     return 0
 
 

@@ -21,7 +21,6 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import resource
 import subprocess
 import sys
@@ -32,6 +31,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from docs_section import write_section  # noqa: E402  # benchmarks/ is on sys.path when run
 
 from cdmo.sim.report import format_seconds  # noqa: E402
 from cdmo.sim.scenario import load_scenario  # noqa: E402
@@ -147,17 +148,6 @@ def render(scenario: Path, results: list[dict[str, Any]], repeat: int) -> str:
     return "\n".join(lines)
 
 
-def write_docs(section: str, path: Path) -> None:
-    """Replace the ``## Simulator`` section of ``path`` (up to the next ``## ``), keeping the rest."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("scenario", nargs="?", default=str(ROOT / "examples" / "large.yaml"))
@@ -181,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     section = render(scenario, results, args.repeat)
     print(section)
     if args.write_docs:
-        write_docs(section, ROOT / "docs" / "benchmarks.md")
+        write_section(SECTION, section, ROOT / "docs" / "benchmarks.md")
     return 0
 
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from docs_section import write_section  # benchmarks/ is on sys.path when run
 
 from cdmo.sim.fault_campaign import Figures, run_campaign
 
@@ -70,17 +71,6 @@ def render(figures: Figures, first_seed: int, steps: int, seconds: float) -> str
     return "\n".join(lines).rstrip("\n")
 
 
-def write_docs(section: str, path: Path) -> None:
-    """Replace this script's section of ``path`` (up to the next ``## ``), keeping the rest."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=300, help="how many runs (one seed each)")
@@ -95,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     section = render(figures, args.first_seed, args.steps, time.perf_counter() - started)
     print(section)
     if args.write_docs:
-        write_docs(section, ROOT / "docs" / "benchmarks.md")
+        write_section(SECTION, section, ROOT / "docs" / "benchmarks.md")
     return 1 if figures.violations else 0
 
 
