@@ -25,7 +25,7 @@ from dataclasses import replace
 
 from cdmo.config import OperatorConfig
 from cdmo.planner.models import Plan
-from cdmo.planner.options import PlanOptions, drain_limit, kept_draining, prewarm_targets
+from cdmo.planner.options import PlanOptions, drain_limit, kept_draining, targets_from_counts
 
 #: Idle defragmentation's budget is per hour.
 _HOUR = 3600.0
@@ -44,6 +44,9 @@ class DemandHistory:
         self._defrag_ops: deque[tuple[float, int]] = deque()
         self._defrag_last: float | None = None
         self._targets: dict[str, int] | None = None
+        #: devices per profile in ``arrivals``, kept as they enter and leave the window, so that a
+        #: target costs O(profiles) and not a walk of the window on every arrival
+        self._counts: dict[str, int] = {}
 
     def observe(self, key: str, asks: Iterable[tuple[str, int]], at: float, now: float | None = None) -> bool:
         """Count pod ``key``'s asks (profile, devices) as made at ``at`` unless it was counted before.
@@ -67,6 +70,7 @@ class DemandHistory:
                     items = list(self.arrivals)
                     bisect.insort(items, (at, profile, count))
                     self.arrivals = deque(items)
+                self._counts[profile] = self._counts.get(profile, 0) + count
                 self._targets = None
         self._expire(now)
         return True
@@ -82,7 +86,12 @@ class DemandHistory:
     def _expire(self, now: float) -> None:
         since = now - self.config.prewarm_window_seconds
         while self.arrivals and self.arrivals[0][0] < since:
-            self.arrivals.popleft()
+            _, profile, count = self.arrivals.popleft()
+            left = self._counts[profile] - count
+            if left:
+                self._counts[profile] = left
+            else:
+                del self._counts[profile]
             self._targets = None
 
     def targets(self, now: float) -> dict[str, int]:
@@ -92,9 +101,9 @@ class DemandHistory:
             return {}
         self._expire(now)
         if self._targets is None:
-            self._targets = prewarm_targets(
-                self.arrivals,
-                now,
+            # the same as prewarm_targets(self.arrivals, now, ...) once expired
+            self._targets = targets_from_counts(
+                self._counts,
                 window_seconds=cfg.prewarm_window_seconds,
                 horizon_seconds=cfg.prewarm_horizon_seconds,
                 max_per_profile=cfg.prewarm_max_per_profile,
@@ -154,5 +163,5 @@ class DemandHistory:
         self._defrag_last = now
         # Room is made for the profiles pods asked for lately (the planner tries the largest first).
         self._expire(now)
-        asked = tuple(sorted({profile for _, profile, _ in self.arrivals}))
+        asked = tuple(sorted(self._counts))
         return replace(self.options({}, gpus, now), defrag_ops=budget, defrag_profiles=asked)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from cdmo.config import OperatorConfig
 from cdmo.planner import Drain, Plan, PlanSummary
 from cdmo.planner.history import DemandHistory
+from cdmo.planner.options import prewarm_targets
 
 CFG = OperatorConfig(prewarm_window_seconds=600, prewarm_horizon_seconds=60, prewarm_max_per_profile=2)
 
@@ -74,3 +78,36 @@ def test_refill_looks_only_at_the_profiles_that_just_asked() -> None:
     # observe says whether the pod was counted now (a refill is for new asks only).
     assert not history.observe("default/a", [("1g.10gb", 1)], 20.0)
     assert history.observe("default/c", [("1g.10gb", 1)], 20.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0, 2000, allow_nan=False),  # when the pod asked
+            st.floats(0, 300, allow_nan=False),  # how late the caller saw it
+            st.sampled_from(["1g.10gb", "2g.20gb", "7g.80gb"]),
+            st.integers(1, 3),
+        ),
+        max_size=60,
+    )
+)
+def test_kept_counts_give_the_targets_a_walk_of_the_window_gives(
+    asks: list[tuple[float, float, str, int]],
+) -> None:
+    # The history keeps devices per profile as asks enter and leave the window; the targets must
+    # be those of prewarm_targets over the whole window, whatever order the pods are seen in.
+    cfg = OperatorConfig(prewarm_window_seconds=300, prewarm_horizon_seconds=60, prewarm_max_per_profile=5)
+    history = DemandHistory(cfg)
+    now = 0.0
+    for i, (at, late, profile, count) in enumerate(asks):
+        now = max(now, at + late)
+        history.observe(f"default/p{i}", [(profile, count)], at, now=now)
+        expected = prewarm_targets(
+            list(history.arrivals),
+            now,
+            window_seconds=cfg.prewarm_window_seconds,
+            horizon_seconds=cfg.prewarm_horizon_seconds,
+            max_per_profile=cfg.prewarm_max_per_profile,
+        )
+        assert history.targets(now) == expected
