@@ -438,11 +438,7 @@ class Planner(RepairSteps):
         parts = self._option_parts(group, geo, fixed, free, demand)
         if parts is None:
             return None
-        destroyed, created, change, dloss, loss, which = parts
-        gpus = int(change and not touched)
-        nodes = int(change and not node_touched)
-        opt = geo.options(fixed, free, demand)[which]
-        return rank(self.mode, destroyed, created, gpus, nodes, dloss, loss), opt
+        return self._rank_of(parts, touched, node_touched), geo.options(fixed, free, demand)[parts[5]]
 
     def _best_rank(
         self,
@@ -458,6 +454,12 @@ class Planner(RepairSteps):
         parts = self._option_parts(group, geo, fixed, free, demand)
         if parts is None:
             return None
+        return self._rank_of(parts, touched, node_touched)
+
+    def _rank_of(
+        self, parts: tuple[int, int, bool, int, tuple[int, ...], int], touched: bool, node_touched: bool
+    ) -> Rank:
+        """The rank of an option from its cached parts and whether its GPU and node are touched."""
         destroyed, created, change, dloss, loss, _ = parts
         gpus = int(change and not touched)
         nodes = int(change and not node_touched)
