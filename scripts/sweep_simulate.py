@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cdmo.config import OperatorConfig
+from cdmo.errors import InvalidInput
 from cdmo.sim.engine import RunResult
 from cdmo.sim.metrics import pending_times, percentile, summarize
 from cdmo.sim.runner import run_policy
@@ -137,14 +139,16 @@ def ideal_run(scenario: Scenario, pods: Sequence[PodSpec], horizon: float) -> Ru
     )
 
 
-def run_one(scenario: Scenario, seed: int, policies: list[str]) -> dict[str, Any]:
+def run_one(
+    scenario: Scenario, seed: int, policies: list[str], operator: OperatorConfig | None = None
+) -> dict[str, Any]:
     pods = generate_workload(scenario, seed=seed, duration=scenario.duration)
     out: dict[str, Any] = {}
     for name in policies:
         if name == IDEAL:
             run = ideal_run(scenario, pods, scenario.duration)
         else:
-            run = run_policy(scenario, pods, name, horizon=scenario.duration)
+            run = run_policy(scenario, pods, name, horizon=scenario.duration, operator=operator)
         summary = summarize(run)
         waits = pending_times(run)
         out[name] = {
@@ -167,17 +171,26 @@ def geomean_ratio(rows: list[dict[str, Any]], policy: str, base: str, key: str =
     return math.exp(sum(logs) / len(logs))
 
 
-def _override_operator(pairs: list[str]) -> None:
-    """Make the simulator's dynamic policy use OperatorConfig with these fields changed."""
-    import cdmo.sim.dynamic
-    from cdmo.config import OperatorConfig
+def operator_config(pairs: list[str]) -> OperatorConfig:
+    """The operator's configuration with these ``FIELD=VALUE`` pairs changed (the operator's
+    own parsing of its environment, so values read as the chart's settings do).
 
+    Raises ValueError with a message that names the bad pair.
+    """
+    env_of = dict(OperatorConfig.ENV)
     env = {}
     for pair in pairs:
-        field_name, _, value = pair.partition("=")
-        env[dict(OperatorConfig.ENV)[field_name]] = value
-    config = OperatorConfig.from_env(env)
-    cdmo.sim.dynamic.OperatorConfig = lambda: config  # type: ignore[assignment,misc]
+        field_name, sep, value = pair.partition("=")
+        if not sep or field_name not in env_of:
+            raise ValueError(
+                f"--operator {pair!r}: give FIELD=VALUE with FIELD one of {', '.join(sorted(env_of))}"
+            )
+        env[env_of[field_name]] = value
+    try:
+        return OperatorConfig.from_env(env)
+    except InvalidInput as exc:  # it names the environment variable; say which flag instead
+        bad = next(p for p in pairs if env_of[p.partition("=")[0]] in str(exc))
+        raise ValueError(f"--operator {bad!r}: {str(exc).split(' is ', 1)[-1]}") from None
 
 
 def _seeds(text: str) -> list[int]:
@@ -206,8 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         help="run dynamic with this cdmo.config.OperatorConfig field changed (e.g. prewarm=false)",
     )
     args = parser.parse_args(argv)
-    if args.operator:
-        _override_operator(args.operator)
+    try:
+        operator = operator_config(args.operator) if args.operator else None
+    except ValueError as exc:
+        parser.error(str(exc))
     policies = args.policy or ["first-fit", "dynamic"]
     base_scenario = load_scenario(args.scenario)
     seeds = _seeds(args.seeds)
@@ -219,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for factor in args.rate or [1.0]:
         scenario = scaled(base_scenario, factor)
-        rows = [run_one(scenario, seed, policies) for seed in seeds]
+        rows = [run_one(scenario, seed, policies, operator) for seed in seeds]
         entry: dict[str, Any] = {
             "factor": factor,
             "rate_per_hour": sum(s.rate_per_hour for s in scenario.streams),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from cdmo.config import OperatorConfig
 from cdmo.mig.layouts import Instance, named_layout
 from cdmo.sim.engine import Policy, SimGpu
 from cdmo.sim.scenario import Scenario, check_policy
@@ -56,8 +57,12 @@ class BatchWindow:
         self.token += 1  # timers set before are stale now
 
 
-def make_policy(name: str, scenario: Scenario) -> Policy:
-    """The policy called ``name`` (dynamic, first-fit, static:<layout>) for ``scenario``."""
+def make_policy(name: str, scenario: Scenario, operator: OperatorConfig | None = None) -> Policy:
+    """The policy called ``name`` (dynamic, first-fit, static:<layout>) for ``scenario``.
+
+    ``operator`` is the operator configuration the dynamic policies plan with (pre-warming,
+    draining, defragmentation); the operator's defaults when None, as ``cdmo simulate`` runs.
+    """
     check_policy(name, scenario.models)
     if name.startswith("static:"):
         return StaticPolicy(name.removeprefix("static:"))
@@ -70,7 +75,9 @@ def make_policy(name: str, scenario: Scenario) -> Policy:
     if name == "dynamic-sighup":
         # The same agent and planner, NVIDIA's plugin refreshed by SIGHUP after each change
         # instead of the built-in plugin that advertises during the pass.
-        policy = DynamicPolicy(dataclasses.replace(scenario.dynamic, refresh="sighup"), scenario.time_model)
+        policy = DynamicPolicy(
+            dataclasses.replace(scenario.dynamic, refresh="sighup"), scenario.time_model, operator
+        )
         policy.name = "dynamic-sighup"
         return policy
-    return DynamicPolicy(scenario.dynamic, scenario.time_model)
+    return DynamicPolicy(scenario.dynamic, scenario.time_model, operator)

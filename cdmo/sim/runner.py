@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cdmo.config import OperatorConfig
 from cdmo.sim.engine import RunResult, Simulation
 from cdmo.sim.metrics import summarize
 from cdmo.sim.policies import make_policy
@@ -33,9 +34,12 @@ def run_policy(
     *,
     horizon: float | None = None,
     progress: Callable[[float], None] | None = None,
+    operator: OperatorConfig | None = None,
 ) -> RunResult:
-    """One policy over ``pods`` on a fresh fleet."""
-    sim = Simulation(scenario, pods, make_policy(policy, scenario), horizon=horizon, progress=progress)
+    """One policy over ``pods`` on a fresh fleet (``operator``: see :func:`make_policy`)."""
+    sim = Simulation(
+        scenario, pods, make_policy(policy, scenario, operator), horizon=horizon, progress=progress
+    )
     return sim.run()
 
 
