@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from fractions import Fraction
 
 from cdmo.mig.catalog import GpuModel, get_model, model_keys
-from cdmo.mig.layouts import Instance, enumerate_layouts, sort_layout
+from cdmo.mig.layouts import Instance, layout_candidates, valid_layout_bits
 from cdmo.planner.fragmentation import block_classes, frag_vector
 
 #: Entries kept per model in the search cache (about 3 kB each) before it starts over.
@@ -84,7 +84,7 @@ class Geometry:
         #: different models compare.
         self.unit_scale = 24 // self.axis
         self.full = (1 << self.axis) - 1
-        cands = sort_layout(Instance(p.name, s) for p in model.profiles for s in p.starts)
+        cands = layout_candidates(model)
         self.cands: tuple[Instance, ...] = cands
         self.index = {c: i for i, c in enumerate(cands)}
         #: (profile, start) -> candidate index
@@ -97,10 +97,9 @@ class Geometry:
         self.profile_bits = {name: sum(1 << i for i in idx) for name, idx in self.by_profile.items()}
         self.size = {p.name: p.placement_size for p in model.profiles}
         self.fraction = {p.name: Fraction(p.placement_size, self.axis) for p in model.profiles}
-        valid = {0}
-        for layout in enumerate_layouts(model):
-            valid.add(self.bits(layout))
-        self.valid = frozenset(valid)
+        #: Every valid layout as candidate bits, the empty one included (candidates are in the
+        #: order valid_layout_bits counts them).
+        self.valid = valid_layout_bits(model) | {0}
         #: (block size in units, aligned starts) per size class (cdmo.planner.fragmentation)
         self._classes = block_classes(model, self.fraction)
         self.frag = tuple(frag_vector(mask, self._classes, self.unit_scale) for mask in range(self.full + 1))
