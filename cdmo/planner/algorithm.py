@@ -39,8 +39,8 @@ from fractions import Fraction
 from typing import Any
 
 from cdmo.mig.catalog import GpuModel, find_model
-from cdmo.mig.layouts import Instance, sort_layout
-from cdmo.planner.cache import PlanCache, PodFacts
+from cdmo.mig.layouts import Instance
+from cdmo.planner.cache import KeptKey, PlanCache, PodFacts, kept_gpu_plan
 from cdmo.planner.demand import demand_of, format_demand
 from cdmo.planner.eligibility import node_admits
 from cdmo.planner.fragmentation import FRAG_LEN
@@ -1318,30 +1318,29 @@ class Planner(RepairSteps):
         node_plans = []
         created_total = destroyed_total = 0
         gpus_touched = nodes_touched = 0
+        # Entries of GPUs left as they are, one per distinct (index, model, instances): the plan
+        # lists every GPU of every labelled node, and most stay as they are.
+        shared: dict[KeptKey, GpuPlan] = {}
+        model_of = self.model_of
         for node, facts in zip(self.nodes, self.facts, strict=True):
             if not node.src.labelled:
                 continue
-            if not any((g.fixed | g.free) != (g.fixed0 | g.free0) for g in node.gpus):
+            changed = [g for g in node.gpus if (g.fixed | g.free) != (g.fixed0 | g.free0)]
+            if not changed:
                 # Left as it is: the same entry every plan that leaves this node object alone.
-                node_plans.append(facts.unchanged_plan(self.model_of))
+                node_plans.append(facts.unchanged_plan(model_of, shared))
                 continue
-            by_gpu = {gpu.index: gpu for gpu in node.gpus}
+            by_gpu = {gpu.index: gpu for gpu in changed}
             gpu_plans = []
             for g in node.src.gpus:
                 gpu = by_gpu.get(g.index)
                 if gpu is None:
-                    known = self.model_of(g.model)
-                    layout = sort_layout(i.instance for i in g.instances)
-                    gpu_plans.append(
-                        GpuPlan(g.index, g.model, known.key if known else None, g.instances, layout)
-                    )
+                    kept = shared.get((g.index, g.model, id(g.instances)))
+                    gpu_plans.append(kept or kept_gpu_plan(g, model_of, shared))
                     continue
                 geo = gpu.geo
                 now = gpu.fixed | gpu.free
                 before = gpu.fixed0 | gpu.free0
-                if now == before:
-                    gpu_plans.append(GpuPlan(g.index, g.model, geo.key, g.instances, geo.instances(now)))
-                    continue
                 created = geo.instances(now & ~before)
                 destroyed = geo.instances(before & ~now)
                 created_total += len(created)
@@ -1350,34 +1349,52 @@ class Planner(RepairSteps):
                 gpu_plans.append(
                     GpuPlan(g.index, g.model, geo.key, g.instances, geo.instances(now), created, destroyed)
                 )
-            plan = NodePlan(node.name, tuple(gpu_plans))
-            nodes_touched += plan.changed
-            node_plans.append(plan)
+            nodes_touched += 1
+            node_plans.append(NodePlan(node.name, tuple(gpu_plans)))
         assignments = []
         handed = 0
-        by_pod = {p.key: p for p in self.pods}
-        # Devices are values: equal ones (same GPU index, instance, newness) are one object.
+        # Devices are values: equal ones (same GPU index, instance, newness) are one object, and
+        # so are equal tuples of them (most pods get one device, and many get the same one).
         made: dict[tuple[int, int, int, bool], Device] = {}
-        for key in sorted(self.assigned):
-            order, parts = self.assigned[key]
-            devices = []
-            for gid, bits, _ in parts:
-                gpu = self.gpus[gid]
-                for i in bits_of(bits):
-                    # New means: not in the snapshot (an instance destroyed and made again is not new).
-                    is_new = not (gpu.free0 >> i) & 1
-                    handed += not is_new
-                    dkey = (gpu.geo.ordinal, gpu.index, i, is_new)
+        tuples: dict[tuple[tuple[int, int, int, bool], ...], tuple[Device, ...]] = {}
+        nodes = self.nodes
+        gpus = self.gpus
+        pods_by_key = self.pods_by_key
+        assigned = self.assigned
+        geos = self.geos
+        for key in sorted(assigned):
+            order, parts = assigned[key]
+            tkey: tuple[tuple[int, int, int, bool], ...]
+            if len(parts) == 1 and not parts[0][1] & (parts[0][1] - 1):
+                # One device (most pods): its bit without walking the bits.
+                gpu = gpus[parts[0][0]]
+                i = parts[0][1].bit_length() - 1
+                # New means: not in the snapshot (an instance destroyed and made again is not new).
+                is_new = not (gpu.free0 >> i) & 1
+                handed += not is_new
+                tkey = ((gpu.geo.ordinal, gpu.index, i, is_new),)
+            else:
+                dkeys = []
+                for gid, bits, _ in parts:
+                    gpu = gpus[gid]
+                    for i in bits_of(bits):
+                        is_new = not (gpu.free0 >> i) & 1
+                        handed += not is_new
+                        dkeys.append((gpu.geo.ordinal, gpu.index, i, is_new))
+                tkey = tuple(dkeys)
+            devices = tuples.get(tkey)
+            if devices is None:
+                found = []
+                for dkey in tkey:
                     device = made.get(dkey)
                     if device is None:
-                        inst: Instance = gpu.geo.cands[i]
-                        device = made[dkey] = Device(gpu.index, inst.profile, inst.start, is_new)
-                    devices.append(device)
-            if len(devices) > 1:
-                devices.sort(key=lambda d: (d.gpu, d.start, d.profile))
-            assignments.append(
-                Assignment(key, self.nodes[order].name, tuple(devices), by_pod[key].pod.priority)
-            )
+                        inst: Instance = geos[dkey[0]].cands[dkey[2]]
+                        device = made[dkey] = Device(dkey[1], inst.profile, inst.start, dkey[3])
+                    found.append(device)
+                if len(found) > 1:
+                    found.sort(key=lambda d: (d.gpu, d.start, d.profile))
+                devices = tuples[tkey] = tuple(found)
+            assignments.append(Assignment(key, nodes[order].name, devices, pods_by_key[key].pod.priority))
         levels: dict[int, list[int]] = {}
         for p in self.pods:
             counts = levels.setdefault(p.pod.priority, [0, 0])

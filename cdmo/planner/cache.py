@@ -30,10 +30,10 @@ from collections.abc import Callable
 from typing import Any
 
 from cdmo.mig.catalog import GpuModel
-from cdmo.mig.layouts import sort_layout
+from cdmo.mig.layouts import Instance, sort_layout
 from cdmo.planner.demand import demand_of
 from cdmo.planner.geometry import Demand, Geometry, bits_of, geometry
-from cdmo.planner.models import GpuPlan, Node, NodePlan, PendingPod
+from cdmo.planner.models import Gpu, GpuPlan, Node, NodePlan, PendingPod
 from cdmo.planner.search import SearchGpu, SearchNode
 
 #: Distinct pod filter signatures numbered before the numbering starts over.
@@ -129,27 +129,64 @@ class NodeFacts:
         self.models = tuple(models)
         self.free_profiles = tuple(free_profiles)
 
-    def unchanged_plan(self, model_of: Callable[[str], GpuModel | None]) -> NodePlan:
-        """The node's entry in a plan that leaves every GPU of it as it is (built once)."""
+    def unchanged_plan(
+        self, model_of: Callable[[str], GpuModel | None], shared: dict[KeptKey, GpuPlan]
+    ) -> NodePlan:
+        """The node's entry in a plan that leaves every GPU of it as it is (built once).
+
+        ``shared``: the plan's unchanged GPU entries (see :func:`kept_gpu_plan`).
+        """
         if self._unchanged is None:
-            by_index = {
-                index: (geo, fixed | free)
-                for (index, fixed, free), geo in zip(self.gpus, self.geos, strict=True)
-            }
-            gpu_plans = []
-            for g in self.node.gpus:
-                found = by_index.get(g.index)
-                if found is None:
-                    known = model_of(g.model)
-                    layout = sort_layout(i.instance for i in g.instances)
-                    gpu_plans.append(
-                        GpuPlan(g.index, g.model, known.key if known else None, g.instances, layout)
-                    )
-                else:
-                    geo, now = found
-                    gpu_plans.append(GpuPlan(g.index, g.model, geo.key, g.instances, geo.instances(now)))
-            self._unchanged = NodePlan(self.node.name, tuple(gpu_plans))
+            self._unchanged = NodePlan(
+                self.node.name,
+                tuple(
+                    shared.get((g.index, g.model, id(g.instances))) or kept_gpu_plan(g, model_of, shared)
+                    for g in self.node.gpus
+                ),
+            )
         return self._unchanged
+
+
+#: (GPU index, model as written, id of its instances tuple): what an unchanged GPU's entry in a
+#: plan is made of.
+KeptKey = tuple[int, str, int]
+
+
+def kept_gpu_plan(
+    gpu: Gpu, model_of: Callable[[str], GpuModel | None], shared: dict[KeptKey, GpuPlan]
+) -> GpuPlan:
+    """The plan's entry for ``gpu`` left as it is, shared by the GPUs that equal it.
+
+    An unchanged GPU's entry depends on its index, model and instances alone (its desired layout
+    is its instances in canonical order, whether the planner searched it or left it frozen), and
+    a cluster repeats a few layouts over thousands of GPUs (parse_snapshot hands equal layouts
+    over as one tuple): one frozen value per distinct GPU means fewer objects for each plan to
+    make and for the collector to walk. ``shared`` lives for one plan, whose snapshot keeps the
+    instance tuples alive, so their ids stay theirs.
+    """
+    key = (gpu.index, gpu.model, id(gpu.instances))
+    found = shared.get(key)
+    if found is None:
+        known = model_of(gpu.model)
+        after: tuple[Instance, ...] | None = None
+        if known is not None:
+            # The model's own candidates where it has them (values shared by every plan).
+            slot = geometry(known).slot
+            bits = 0
+            for inst in gpu.instances:
+                i = slot.get((inst.profile, inst.start))
+                if i is None:
+                    break
+                bits |= 1 << i
+            else:
+                if bits.bit_count() == len(gpu.instances):
+                    after = geometry(known).instances(bits)
+        if after is None:
+            after = sort_layout(i.instance for i in gpu.instances)
+        found = shared[key] = GpuPlan(
+            gpu.index, gpu.model, known.key if known is not None else None, gpu.instances, after
+        )
+    return found
 
 
 #: What the planner derives from one pending pod: (demand: sorted (profile, count) or None when
@@ -261,4 +298,4 @@ class PlanCache:
         return len(self._nodes)
 
 
-__all__ = ["NodeFacts", "PlanCache", "PodFacts"]
+__all__ = ["KeptKey", "NodeFacts", "PlanCache", "PodFacts", "kept_gpu_plan"]
