@@ -33,7 +33,7 @@ from cdmo.mig.catalog import GpuModel
 from cdmo.mig.layouts import Instance, sort_layout
 from cdmo.planner.demand import demand_of
 from cdmo.planner.geometry import Demand, Geometry, bits_of, geometry
-from cdmo.planner.models import Gpu, GpuPlan, Node, NodePlan, PendingPod
+from cdmo.planner.models import Gpu, GpuInstance, GpuPlan, Node, NodePlan, PendingPod
 from cdmo.planner.search import SearchGpu, SearchNode
 
 #: Distinct pod filter signatures numbered before the numbering starts over.
@@ -42,6 +42,40 @@ _SIG_LIMIT = 100_000
 #: A plannable GPU: (index in the snapshot, used instances as bits, free instances as bits); its
 #: model's tables are in NodeFacts.geos at the same position.
 GpuFacts = tuple[int, int, int]
+
+
+#: What one GPU's model and instances give, whatever node it is on: (its instances, the most
+#: MIG devices it could hold, catalog key or None, model tables or None where the layout is not
+#: valid, used instances as bits, free instances as bits, placement room beside the used ones,
+#: profiles of the free instances in candidate order).
+GpuMemo = tuple[tuple[GpuInstance, ...], int, str | None, Geometry | None, int, int, int, tuple[str, ...]]
+
+#: GPU entries kept by a PlanCache before it starts over (a few hundred bytes each).
+_GPU_MEMO_LIMIT = 100_000
+
+
+def _gpu_facts(
+    model_text: str, instances: tuple[GpuInstance, ...], model_of: Callable[[str], GpuModel | None]
+) -> GpuMemo:
+    model = model_of(model_text)
+    if model is None:
+        return (instances, 0, None, None, 0, 0, 0, ())
+    capacity = max(p.max_count for p in model.profiles) if model.profiles else 0
+    geo = geometry(model)
+    fixed = free = 0
+    for inst in instances:
+        i = geo.slot.get((inst.profile, inst.start))
+        if i is None:
+            fixed = -1
+            break
+        if inst.used:
+            fixed |= 1 << i
+        else:
+            free |= 1 << i
+    if fixed < 0 or (fixed | free) not in geo.valid or fixed & free:
+        return (instances, capacity, model.key, None, 0, 0, 0, ())
+    profiles = tuple(dict.fromkeys(geo.cands[i].profile for i in bits_of(free)))
+    return (instances, capacity, model.key, geo, fixed, free, geo.room(fixed), profiles)
 
 
 class NodeFacts:
@@ -62,7 +96,12 @@ class NodeFacts:
         "sig",
     )
 
-    def __init__(self, node: Node, model_of: Callable[[str], GpuModel | None]) -> None:
+    def __init__(
+        self,
+        node: Node,
+        model_of: Callable[[str], GpuModel | None],
+        memo: dict[tuple[str, int], GpuMemo] | None = None,
+    ) -> None:
         self.node = node
         #: Plannable GPUs in snapshot order (labelled nodes only).
         self.gpus: tuple[GpuFacts, ...] = ()
@@ -93,36 +132,34 @@ class NodeFacts:
         frozen: list[tuple[int, str]] = []
         models: list[str] = []
         free_profiles: dict[str, None] = {}
+        labelled = node.labelled
         for g in node.gpus:
-            model = model_of(g.model)
-            if model is not None and model.profiles:
-                self.capacity += max(p.max_count for p in model.profiles)
-            if not node.labelled:
+            # What a GPU's model and instances give, shared by the GPUs that equal it (a cluster
+            # repeats a few layouts over thousands of GPUs; parse_snapshot hands equal layouts
+            # over as one tuple). The entry holds the tuple, so its id stays its own.
+            key = (g.model, id(g.instances))
+            found = memo.get(key) if memo is not None else None
+            if found is None or found[0] is not g.instances:
+                found = _gpu_facts(g.model, g.instances, model_of)
+                if memo is not None:
+                    memo[key] = found
+            _, capacity, model_key, geo, fixed, free, room, profiles = found
+            self.capacity += capacity
+            if not labelled:
                 continue
-            if model is None:
+            if model_key is None:
                 frozen.append((g.index, "unknown-model"))
                 continue
-            models.append(model.key)
-            geo = geometry(model)
-            fixed = free = 0
-            for inst in g.instances:
-                i = geo.slot.get((inst.profile, inst.start))
-                if i is None:
-                    fixed = -1
-                    break
-                if inst.used:
-                    fixed |= 1 << i
-                else:
-                    free |= 1 << i
-            if fixed < 0 or (fixed | free) not in geo.valid or fixed & free:
+            models.append(model_key)
+            if geo is None:
                 # Only a snapshot built in code can get here (parse_snapshot refuses it).
                 frozen.append((g.index, "invalid-layout"))
                 continue
             gpus.append((g.index, fixed, free))
             geos.append(geo)
-            self.room += geo.room(fixed)
-            for i in bits_of(free):
-                free_profiles[geo.cands[i].profile] = None
+            self.room += room
+            for profile in profiles:
+                free_profiles[profile] = None
         self.gpus = tuple(gpus)
         self.geos = tuple(geos)
         self.frozen = tuple(frozen)
@@ -215,6 +252,8 @@ class PlanCache:
 
     def __init__(self) -> None:
         self._nodes: dict[int, NodeFacts] = {}
+        #: (GPU model as written, id of its instances tuple) -> what they give (NodeFacts)
+        self._gpus: dict[tuple[str, int], GpuMemo] = {}
         # Pods: facts and the pod itself in two maps, so that no small object per pod is tracked
         # by the cyclic collector (the facts are numbers and strings only).
         self._pods: dict[int, PodFacts] = {}
@@ -238,7 +277,7 @@ class PlanCache:
             return facts
         facts = self._nodes.get(key)
         if facts is None or facts.node is not node:
-            facts = NodeFacts(node, model_of)
+            facts = NodeFacts(node, model_of, self._gpus)
             self.built += 1
         else:
             self.reused += 1
@@ -282,6 +321,8 @@ class PlanCache:
         self._seen_nodes = {}
         self._seen_pods = {}
         self._seen_pod_refs = {}
+        if len(self._gpus) >= _GPU_MEMO_LIMIT:
+            self._gpus = {}
         if len(self._sig_ids) >= _SIG_LIMIT:
             # Start the numbering over, and forget the pods numbered before.
             self._sig_ids = {}
