@@ -134,11 +134,11 @@ class Planner(RepairSteps):
                 self.by_place.append(gpu)
         #: Catalog keys of the known GPU models on labelled nodes.
         self.cluster_models = tuple(sorted({m for f in self.facts for m in f.models}))
-        pods = sorted(snapshot.pending, key=lambda p: (p.namespace, p.name))
-        self._pod_facts: list[PodFacts] = []
-        self.pods = [self._pod(p) for p in pods]
-        self.pods_by_key = {p.key: p for p in self.pods}
+        pods = sorted(snapshot.pending, key=_by_namespace_and_name)
+        self._pod_facts: list[PodFacts] = self.cache.pods(pods)
         self._build_groups()
+        self.pods = self._pod_states(pods)
+        self.pods_by_key = {p.key: p for p in self.pods}
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -217,11 +217,51 @@ class Planner(RepairSteps):
             for profile in facts.free_profiles:
                 free_nodes.setdefault(profile, []).append(order)
 
-    def _pod(self, pod: PendingPod) -> PodState:
-        facts = self.cache.pod(pod)
-        self._pod_facts.append(facts)
-        demand, bad, devices, _, _, _ = facts
-        return PodState(pod=pod, key=pod.key, demand=demand, bad_resources=bad, devices=devices)
+    def _pod_states(self, pods: list[PendingPod]) -> list[PodState]:
+        """The search state of each pod, from its facts and the node groups.
+
+        Pods with the same filters see the same groups, and pods with the same demand take the
+        same share of a GPU: both are worked out once per distinct filters or demand, not once
+        per pod (a big cluster's 10,000 pods have a few dozen of each).
+        """
+        by_sig: dict[int, tuple[tuple[NodeGroup, ...], tuple[int, ...], int]] = {}
+        reach: dict[tuple[int, ...], int] = {}
+        sizes: dict[Demand | None, int] = {}
+        offered: dict[str, int] = {}
+        for geo in self.geos.values():
+            for name, frac in geo.fraction.items():
+                units = int(frac * _UNITS_LCM)
+                offered[name] = min(units, offered.get(name, units))
+        states = []
+        for pod, (demand, bad, devices, _, _, pod_sig) in zip(pods, self._pod_facts, strict=True):
+            seen = by_sig.get(pod_sig)
+            if seen is None:
+                groups = tuple(g for g in self.groups if node_admits(g.rep.src, pod))
+                gkey = tuple(g.id for g in groups)
+                if gkey not in reach:
+                    reach[gkey] = sum(len(n.gpus) for g in groups for n in g.nodes)
+                seen = by_sig[pod_sig] = (groups, gkey, reach[gkey])
+            size = sizes.get(demand)
+            if size is None:
+                size = sizes[demand] = (
+                    sum(offered[name] * c for name, c in demand)
+                    if demand and all(name in offered for name, _ in demand)
+                    else 0
+                )
+            states.append(
+                PodState(
+                    pod=pod,
+                    key=pod.key,
+                    demand=demand,
+                    bad_resources=bad,
+                    groups=seen[0],
+                    size=size,
+                    reach=seen[2],
+                    group_ids=seen[1],
+                    devices=devices,
+                )
+            )
+        return states
 
     def _build_groups(self) -> None:
         keys = frozenset(k for f in self._pod_facts for k in f[3])
@@ -270,24 +310,6 @@ class Planner(RepairSteps):
                         members[key].append(gpu.place)
             for places in members.values():
                 heapq.heapify(places)
-        sig_groups: dict[int, tuple[NodeGroup, ...]] = {}
-        reach: dict[tuple[int, ...], int] = {}
-        offered: dict[str, int] = {}
-        for geo in self.geos.values():
-            for name, frac in geo.fraction.items():
-                size = int(frac * _UNITS_LCM)
-                offered[name] = min(size, offered.get(name, size))
-        for p, pod_facts in zip(self.pods, self._pod_facts, strict=True):
-            pod_sig = pod_facts[5]
-            if pod_sig not in sig_groups:
-                sig_groups[pod_sig] = tuple(g for g in self.groups if node_admits(g.rep.src, p.pod))
-            p.groups = sig_groups[pod_sig]
-            if p.demand and all(name in offered for name, _ in p.demand):
-                p.size = sum(offered[name] * c for name, c in p.demand)
-            gkey = p.group_ids = tuple(g.id for g in p.groups)
-            if gkey not in reach:
-                reach[gkey] = sum(len(n.gpus) for g in p.groups for n in g.nodes)
-            p.reach = reach[gkey]
 
     # --- state and indexes -------------------------------------------------------------------
 
@@ -392,13 +414,20 @@ class Planner(RepairSteps):
             group.pressure = {}
             group.values = {}
             group.costs = {}
+        # Pods alike (same groups, demand and reach) add alike: counted first, added once per kind
+        # (whole numbers, so the sums are exactly those of adding pod by pod).
+        kinds: dict[tuple[tuple[int, ...], Demand | None, int], int] = {}
         for pod in self.pods:
-            if not pod.plannable:
-                continue
-            share = PRESSURE_SCALE // max(pod.reach, 1)
-            for group in pod.groups:
-                for profile, count in pod.demand or ():
-                    group.pressure[profile] = group.pressure.get(profile, 0) + count * share
+            if pod.plannable:
+                kind = (pod.group_ids, pod.demand, pod.reach)
+                kinds[kind] = kinds.get(kind, 0) + 1
+        groups = self.groups
+        for (group_ids, demand, reach), pods in kinds.items():
+            share = PRESSURE_SCALE // max(reach, 1) * pods
+            for gid in group_ids:
+                pressure = groups[gid].pressure
+                for profile, count in demand or ():
+                    pressure[profile] = pressure.get(profile, 0) + count * share
 
     def _value(self, group: NodeGroup | None, geo: Geometry, free_mask: int) -> int:
         """How much of the waiting demand the free units ``free_mask`` of a GPU could still hold."""
@@ -1418,6 +1447,10 @@ class Planner(RepairSteps):
             unsatisfied=tuple(sorted(unsatisfied, key=lambda u: u.pod)),
             summary=summary,
         )
+
+
+def _by_namespace_and_name(pod: PendingPod) -> tuple[str, str]:
+    return (pod.namespace, pod.name)
 
 
 class _Bounds(dict[tuple[int, bool, bool], Rank]):

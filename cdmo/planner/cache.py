@@ -26,7 +26,7 @@ Pure: imports nothing of Kubernetes or NVML.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from cdmo.mig.catalog import GpuModel
@@ -263,6 +263,8 @@ class PlanCache:
         self._seen_pod_refs: dict[int, PendingPod] = {}
         #: pod filter signature -> a small number, equal for equal signatures
         self._sig_ids: dict[tuple[Any, ...], int] = {}
+        #: demand -> the facts of a pod without selector, affinity or tolerations asking for it
+        self._plain: dict[Demand, PodFacts] = {}
         #: Counts the plans (NodeFacts.claimed).
         self.stamp = 0
         #: Node facts built and reused by the last plan (for tests and benchmarks).
@@ -284,31 +286,53 @@ class PlanCache:
         self._seen_nodes[key] = facts
         return facts
 
+    def pods(self, pods: Iterable[PendingPod]) -> list[PodFacts]:
+        """:meth:`pod` of each pod, in order (one call for the thousands of pods of a plan)."""
+        seen, seen_refs = self._seen_pods, self._seen_pod_refs
+        kept, kept_refs = self._pods, self._pod_refs
+        out = []
+        for pod in pods:
+            key = id(pod)
+            if seen_refs.get(key) is pod:
+                out.append(seen[key])
+                continue
+            facts = kept[key] if kept_refs.get(key) is pod else self._facts(pod)
+            seen[key] = facts
+            seen_refs[key] = pod
+            out.append(facts)
+        return out
+
     def pod(self, pod: PendingPod) -> PodFacts:
         """The facts of ``pod``: kept from an earlier plan if it passed this very object."""
         key = id(pod)
         if self._seen_pod_refs.get(key) is pod:
             return self._seen_pods[key]
         found = self._pods.get(key)
-        if found is not None and self._pod_refs.get(key) is pod:
-            facts = found
-        else:
-            demand, bad = demand_of(pod)
-            if not pod.node_selector and pod.node_affinity is None and not pod.tolerations:
-                facts = (demand or None, bad, sum(c for _, c in demand), (), False, self._no_filters())
-            else:
-                sig = (tuple(pod.node_selector.items()), pod.node_affinity, pod.tolerations)
-                facts = (
-                    demand or None,
-                    bad,
-                    sum(c for _, c in demand),
-                    _label_keys(pod),
-                    any(term.match_fields for term in pod.node_affinity or ()),
-                    self._sig_ids.setdefault(sig, len(self._sig_ids)),
-                )
+        facts = found if found is not None and self._pod_refs.get(key) is pod else self._facts(pod)
         self._seen_pods[key] = facts
         self._seen_pod_refs[key] = pod
         return facts
+
+    def _facts(self, pod: PendingPod) -> PodFacts:
+        demand, bad = demand_of(pod)
+        if not pod.node_selector and pod.node_affinity is None and not pod.tolerations:
+            # Most pods: their facts depend on the demand alone, so equal asks share one tuple.
+            plain = self._plain.get(demand)
+            if plain is None or plain[1] != bad:
+                plain = (demand or None, bad, sum(c for _, c in demand), (), False, self._no_filters())
+                if len(self._plain) >= _SIG_LIMIT:
+                    self._plain = {}
+                self._plain[demand] = plain
+            return plain
+        sig = (tuple(pod.node_selector.items()), pod.node_affinity, pod.tolerations)
+        return (
+            demand or None,
+            bad,
+            sum(c for _, c in demand),
+            _label_keys(pod),
+            any(term.match_fields for term in pod.node_affinity or ()),
+            self._sig_ids.setdefault(sig, len(self._sig_ids)),
+        )
 
     def _no_filters(self) -> int:
         """The number of a pod without selector, affinity or tolerations (most pods)."""
@@ -326,6 +350,7 @@ class PlanCache:
         if len(self._sig_ids) >= _SIG_LIMIT:
             # Start the numbering over, and forget the pods numbered before.
             self._sig_ids = {}
+            self._plain = {}
             self._pods = {}
             self._pod_refs = {}
 
