@@ -13,7 +13,9 @@ or with one that saw other snapshots before (tests/unit/planner/test_cache.py ch
   built once and reused by every such plan (the plan lists every labelled node); and the
   planner's search records of the node and its GPUs, set back to the snapshot's state by each
   plan that takes them;
-- per pod (:class:`PodFacts`): its demand and what the node filters read.
+- per pod (:class:`PodFacts`): its demand and what the node filters read;
+- per GPU model and instances tuple (:data:`GpuMemo`): what a GPU gives whatever node it is on,
+  shared by the many GPUs of a big cluster that hold the same layout.
 
 Entries are keyed by object identity and hold the object itself, so an id is never reused while
 its entry lives; after each plan, entries of objects that plan did not see are dropped (kept alive
