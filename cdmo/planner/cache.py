@@ -28,7 +28,7 @@ Pure: imports nothing of Kubernetes or NVML.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from cdmo.mig.catalog import GpuModel
@@ -267,6 +267,9 @@ class PlanCache:
         self._sig_ids: dict[tuple[Any, ...], int] = {}
         #: demand -> the facts of a pod without selector, affinity or tolerations asking for it
         self._plain: dict[Demand, PodFacts] = {}
+        #: id of a pod's requests mapping -> (the mapping, its demand, names of no profile); one
+        #: plan's only (it holds the mappings)
+        self._asks: dict[int, tuple[Mapping[str, int], Demand, tuple[str, ...]]] = {}
         #: Counts the plans (NodeFacts.claimed).
         self.stamp = 0
         #: Node facts built and reused by the last plan (for tests and benchmarks).
@@ -316,7 +319,13 @@ class PlanCache:
         return facts
 
     def _facts(self, pod: PendingPod) -> PodFacts:
-        demand, bad = demand_of(pod)
+        # parse_snapshot hands equal requests over as one mapping: its demand is read once.
+        requests = pod.requests
+        asked = self._asks.get(id(requests))
+        if asked is None or asked[0] is not requests:
+            demand, bad = demand_of(pod)
+            asked = self._asks[id(requests)] = (requests, demand, bad)
+        _, demand, bad = asked
         if not pod.node_selector and pod.node_affinity is None and not pod.tolerations:
             # Most pods: their facts depend on the demand alone, so equal asks share one tuple.
             plain = self._plain.get(demand)
@@ -347,6 +356,7 @@ class PlanCache:
         self._seen_nodes = {}
         self._seen_pods = {}
         self._seen_pod_refs = {}
+        self._asks = {}
         if len(self._gpus) >= _GPU_MEMO_LIMIT:
             self._gpus = {}
         if len(self._sig_ids) >= _SIG_LIMIT:
@@ -358,6 +368,7 @@ class PlanCache:
 
     def end(self) -> None:
         """End a plan: keep only the nodes and pods it saw (the current ones)."""
+        self._asks = {}
         self._nodes, self._seen_nodes = self._seen_nodes, {}
         self._pods, self._seen_pods = self._seen_pods, {}
         self._pod_refs, self._seen_pod_refs = self._seen_pod_refs, {}

@@ -466,7 +466,20 @@ def _requests_fast(raw: Any) -> dict[str, int] | None:
         if type(count) is not int or count < 0:
             return None
         out[key] = count
-    return out
+    # Pods of one kind ask alike: equal requests are one mapping (frozen with the pod, never
+    # changed), so the planner reads each distinct ask once.
+    items = tuple(out.items())
+    shared = _REQUESTS.get(items)
+    if shared is None:
+        if len(_REQUESTS) >= _REQUESTS_LIMIT:
+            _REQUESTS.clear()
+        shared = _REQUESTS[items] = out
+    return shared
+
+
+#: Requests read by the fast path, by their (resource, count) pairs in order.
+_REQUESTS: dict[tuple[tuple[str, int], ...], dict[str, int]] = {}
+_REQUESTS_LIMIT = 4096
 
 
 def _toleration_fast(raw: Any) -> Toleration | None:
