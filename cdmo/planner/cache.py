@@ -28,7 +28,7 @@ Pure: imports nothing of Kubernetes or NVML.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from cdmo.mig.catalog import GpuModel
@@ -267,9 +267,9 @@ class PlanCache:
         self._sig_ids: dict[tuple[Any, ...], int] = {}
         #: demand -> the facts of a pod without selector, affinity or tolerations asking for it
         self._plain: dict[Demand, PodFacts] = {}
-        #: id of a pod's requests mapping -> (the mapping, its demand, names of no profile); one
-        #: plan's only (it holds the mappings)
-        self._asks: dict[int, tuple[Mapping[str, int], Demand, tuple[str, ...]]] = {}
+        #: ids of a pod's requests, selector, affinity and tolerations -> (those objects, the
+        #: pod's facts); one plan's only (it holds the objects, so their ids stay theirs)
+        self._kinds: dict[tuple[int, int, int, int], tuple[Any, Any, Any, Any, PodFacts]] = {}
         #: Counts the plans (NodeFacts.claimed).
         self.stamp = 0
         #: Node facts built and reused by the last plan (for tests and benchmarks).
@@ -319,13 +319,24 @@ class PlanCache:
         return facts
 
     def _facts(self, pod: PendingPod) -> PodFacts:
-        # parse_snapshot hands equal requests over as one mapping: its demand is read once.
-        requests = pod.requests
-        asked = self._asks.get(id(requests))
-        if asked is None or asked[0] is not requests:
-            demand, bad = demand_of(pod)
-            asked = self._asks[id(requests)] = (requests, demand, bad)
-        _, demand, bad = asked
+        # parse_snapshot hands pods of one kind over with one requests mapping, one selector, one
+        # tuple of tolerations and one affinity: a kind's facts are derived once per plan.
+        requests, selector = pod.requests, pod.node_selector
+        affinity, tolerations = pod.node_affinity, pod.tolerations
+        key = (id(requests), id(selector), id(affinity), id(tolerations))
+        kind = self._kinds.get(key)
+        if (
+            kind is None
+            or kind[0] is not requests
+            or kind[1] is not selector
+            or kind[2] is not affinity
+            or kind[3] is not tolerations
+        ):
+            kind = self._kinds[key] = (requests, selector, affinity, tolerations, self._derive(pod))
+        return kind[4]
+
+    def _derive(self, pod: PendingPod) -> PodFacts:
+        demand, bad = demand_of(pod)
         if not pod.node_selector and pod.node_affinity is None and not pod.tolerations:
             # Most pods: their facts depend on the demand alone, so equal asks share one tuple.
             plain = self._plain.get(demand)
@@ -356,7 +367,7 @@ class PlanCache:
         self._seen_nodes = {}
         self._seen_pods = {}
         self._seen_pod_refs = {}
-        self._asks = {}
+        self._kinds = {}
         if len(self._gpus) >= _GPU_MEMO_LIMIT:
             self._gpus = {}
         if len(self._sig_ids) >= _SIG_LIMIT:
@@ -368,7 +379,7 @@ class PlanCache:
 
     def end(self) -> None:
         """End a plan: keep only the nodes and pods it saw (the current ones)."""
-        self._asks = {}
+        self._kinds = {}
         self._nodes, self._seen_nodes = self._seen_nodes, {}
         self._pods, self._seen_pods = self._seen_pods, {}
         self._pod_refs, self._seen_pod_refs = self._seen_pod_refs, {}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from cdmo.demand import MAX_COUNT, parse_count
 from cdmo.errors import InvalidInput, InvalidSnapshot
@@ -421,6 +421,7 @@ def _pod_fast(raw: Any, i: int) -> PendingPod | None:
             if type(k) is not str or not k or type(v) is not str:
                 return None
             selector[k] = v
+    selector = _shared(_SELECTORS, tuple(selector.items()), selector)
     tolerations: tuple[Toleration, ...] = ()
     raw_tolerations = raw.get("tolerations")
     if raw_tolerations is not None:
@@ -432,8 +433,9 @@ def _pod_fast(raw: Any, i: int) -> PendingPod | None:
             if toleration is None:
                 return None
             found.append(toleration)
-        tolerations = tuple(found)
+        tolerations = _shared(_TOLERATION_SETS, tuple(_toleration_key(t) for t in found), tuple(found))
     affinity = raw.get("affinity")
+    terms = _parse_affinity(affinity, f"pending[{i}].affinity") if affinity is not None else None
     return PendingPod(
         name=name,
         namespace=namespace,
@@ -441,8 +443,33 @@ def _pod_fast(raw: Any, i: int) -> PendingPod | None:
         priority=priority,
         node_selector=selector,
         tolerations=tolerations,
-        node_affinity=_parse_affinity(affinity, f"pending[{i}].affinity") if affinity is not None else None,
+        node_affinity=_shared(_AFFINITIES, terms, terms) if terms is not None else None,
     )
+
+
+#: Pods of one kind share their selector, tolerations and affinity as one object each (frozen
+#: with the pod, never changed), so the planner reads each distinct kind once (PlanCache).
+_SELECTORS: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+_TOLERATION_SETS: dict[tuple[tuple[str, str, str, str], ...], tuple[Toleration, ...]] = {}
+_AFFINITIES: dict[tuple[NodeSelectorTerm, ...], tuple[NodeSelectorTerm, ...]] = {}
+_SHARED_LIMIT = 4096
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _shared(table: dict[_K, _V], key: _K, value: _V) -> _V:
+    """The value kept under ``key``, or ``value`` kept from now on (bounded: starts over)."""
+    found = table.get(key)
+    if found is None:
+        if len(table) >= _SHARED_LIMIT:
+            table.clear()
+        found = table[key] = value
+    return found
+
+
+def _toleration_key(t: Toleration) -> tuple[str, str, str, str]:
+    return (t.key, t.operator, t.value, t.effect)
 
 
 def _requests_fast(raw: Any) -> dict[str, int] | None:
@@ -468,18 +495,11 @@ def _requests_fast(raw: Any) -> dict[str, int] | None:
         out[key] = count
     # Pods of one kind ask alike: equal requests are one mapping (frozen with the pod, never
     # changed), so the planner reads each distinct ask once.
-    items = tuple(out.items())
-    shared = _REQUESTS.get(items)
-    if shared is None:
-        if len(_REQUESTS) >= _REQUESTS_LIMIT:
-            _REQUESTS.clear()
-        shared = _REQUESTS[items] = out
-    return shared
+    return _shared(_REQUESTS, tuple(out.items()), out)
 
 
 #: Requests read by the fast path, by their (resource, count) pairs in order.
 _REQUESTS: dict[tuple[tuple[str, int], ...], dict[str, int]] = {}
-_REQUESTS_LIMIT = 4096
 
 
 def _toleration_fast(raw: Any) -> Toleration | None:
