@@ -201,31 +201,46 @@ def kept_gpu_plan(
     a cluster repeats a few layouts over thousands of GPUs (parse_snapshot hands equal layouts
     over as one tuple): one frozen value per distinct GPU means fewer objects for each plan to
     make and for the collector to walk. ``shared`` lives for one plan, whose snapshot keeps the
-    instance tuples alive, so their ids stay theirs.
+    instance tuples alive, so their ids stay theirs; entries kept longer (_KEPT) hold their tuple.
     """
     key = (gpu.index, gpu.model, id(gpu.instances))
     found = shared.get(key)
-    if found is None:
-        known = model_of(gpu.model)
-        after: tuple[Instance, ...] | None = None
-        if known is not None:
-            # The model's own candidates where it has them (values shared by every plan).
-            slot = geometry(known).slot
-            bits = 0
-            for inst in gpu.instances:
-                i = slot.get((inst.profile, inst.start))
-                if i is None:
-                    break
-                bits |= 1 << i
-            else:
-                if bits.bit_count() == len(gpu.instances):
-                    after = geometry(known).instances(bits)
-        if after is None:
-            after = sort_layout(i.instance for i in gpu.instances)
-        found = shared[key] = GpuPlan(
-            gpu.index, gpu.model, known.key if known is not None else None, gpu.instances, after
-        )
+    if found is not None:
+        return found
+    # Kept between plans too: parse_snapshot hands a layout it read before over as the same
+    # tuple, so a planning loop builds each distinct entry once (the entry holds the tuple).
+    kept = _KEPT.get(key)
+    if kept is not None and kept[0] is gpu.instances:
+        found = shared[key] = kept[1]
+        return found
+    known = model_of(gpu.model)
+    after: tuple[Instance, ...] | None = None
+    if known is not None:
+        # The model's own candidates where it has them (values shared by every plan).
+        slot = geometry(known).slot
+        bits = 0
+        for inst in gpu.instances:
+            i = slot.get((inst.profile, inst.start))
+            if i is None:
+                break
+            bits |= 1 << i
+        else:
+            if bits.bit_count() == len(gpu.instances):
+                after = geometry(known).instances(bits)
+    if after is None:
+        after = sort_layout(i.instance for i in gpu.instances)
+    found = shared[key] = GpuPlan(
+        gpu.index, gpu.model, known.key if known is not None else None, gpu.instances, after
+    )
+    if len(_KEPT) >= _KEPT_LIMIT:
+        _KEPT.clear()
+    _KEPT[key] = (gpu.instances, found)
     return found
+
+
+#: Unchanged GPUs' entries kept between plans (see kept_gpu_plan), bounded: then starts over.
+_KEPT: dict[KeptKey, tuple[tuple[GpuInstance, ...], GpuPlan]] = {}
+_KEPT_LIMIT = 16_384
 
 
 #: What the planner derives from one pending pod: (demand: sorted (profile, count) or None when
