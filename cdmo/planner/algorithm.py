@@ -36,6 +36,7 @@ import heapq
 from collections import Counter
 from collections.abc import Iterable
 from fractions import Fraction
+from operator import attrgetter
 from typing import Any
 
 from cdmo.mig.catalog import GpuModel, find_model
@@ -134,7 +135,7 @@ class Planner(RepairSteps):
                 self.by_place.append(gpu)
         #: Catalog keys of the known GPU models on labelled nodes.
         self.cluster_models = tuple(sorted({m for f in self.facts for m in f.models}))
-        pods = sorted(snapshot.pending, key=_by_namespace_and_name)
+        pods = sorted(snapshot.pending, key=attrgetter("namespace", "name"))
         self._pod_facts: list[PodFacts] = self.cache.pods(pods)
         self._build_groups()
         self.pods = self._pod_states(pods)
@@ -1447,10 +1448,6 @@ class Planner(RepairSteps):
             unsatisfied=tuple(sorted(unsatisfied, key=lambda u: u.pod)),
             summary=summary,
         )
-
-
-def _by_namespace_and_name(pod: PendingPod) -> tuple[str, str]:
-    return (pod.namespace, pod.name)
 
 
 class _Bounds(dict[tuple[int, bool, bool], Rank]):
