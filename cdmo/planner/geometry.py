@@ -346,7 +346,7 @@ class Geometry:
         full = self.full
         free_before = full & ~fixed_units
         hits = self.hits
-        found = tuple(
+        ways = [
             (
                 assigned,
                 assigned.bit_count(),
@@ -357,7 +357,10 @@ class Geometry:
                 self._loss(free_before, full & ~(fixed_units | assigned_units)),
             )
             for assigned, assigned_units in placed
-        )
+        ]
+        # Least loss first, then lowest candidates: the order _search keeps the first of.
+        ways.sort(key=lambda w: (w[5], w[0]))
+        found = tuple(ways)
         if len(self._ways_cache) >= _ADD_CACHE_LIMIT:
             self._ways_cache.clear()
         self._ways_cache[key] = found
@@ -368,10 +371,14 @@ class Geometry:
             if profile not in self.by_profile:
                 return ()
         valid = self.valid
+        axis = self.axis
         n_free = free.bit_count()
-        found: dict[tuple[int, int, int], tuple[tuple[int, int, tuple[int, ...], int], int, int]] = {}
+        seen: set[int] = set()
+        found: list[tuple[int, AddOption]] = []
         # Per way: the free instances it hands out, those it keeps (dropping the highest first
-        # while the rest would not make a valid layout), and those it must destroy.
+        # while the rest would not make a valid layout), and those it must destroy. Ways that
+        # destroy, create and occupy alike are one option, the cheapest: the ways come least
+        # loss and lowest candidates first, so the first of them is it.
         for assigned, size, spare, base, occupied, loss in self._ways(fixed, demand):
             keep = free & spare
             while keep and (base | keep) not in valid:
@@ -379,15 +386,20 @@ class Geometry:
             handed = (assigned & free).bit_count()
             destroyed = n_free - handed - keep.bit_count()
             created = size - handed
-            sig = (destroyed, created, occupied)
-            cost = (destroyed, created, loss, assigned)
-            old = found.get(sig)
-            if old is None or cost < old[0]:
-                found[sig] = (cost, keep, occupied)
-        return tuple(
-            AddOption(destroyed, created, loss, assigned, fixed | assigned, keep, occupied)
-            for (destroyed, created, loss, assigned), keep, occupied in sorted(found.values())
-        )
+            # (destroyed, created) as one number that orders as the pair (created < 2**16)
+            cheap = destroyed << 16 | created
+            sig = cheap << axis | occupied
+            if sig in seen:
+                continue
+            seen.add(sig)
+            found.append((cheap, AddOption(destroyed, created, loss, assigned, base, keep, occupied)))
+        # Fewest destroyed, then fewest created; a stable sort keeps least loss first within.
+        found.sort(key=_first)
+        return tuple(option for _, option in found)
+
+
+def _first(entry: tuple[int, AddOption]) -> int:
+    return entry[0]
 
 
 @functools.cache
