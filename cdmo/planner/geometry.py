@@ -9,8 +9,11 @@ placements, overlap, max counts, exclusive groups, compute slices); valid layout
 under removal, so partial layouts are tested the same way while searching.
 
 :meth:`Geometry.options` answers "the ways to add this multiset of profiles to a GPU in this
-state" by a small depth-first search over placements, cached per (state, multiset); ``cap``
-says how many instances of each profile a set of free placement units could still hold.
+state": the placements beside the used instances are searched depth-first once per (used
+instances, multiset) and costed for each set of free instances the planner asks about (a big
+cluster holds many free sets beside the same used ones); both are cached. ``cap`` says how many
+instances of each profile a set of free placement units could still hold. The valid layouts
+come as bit sets straight from cdmo.mig.layouts (valid_layout_bits).
 
 Pure: imports nothing of Kubernetes or NVML.
 """
