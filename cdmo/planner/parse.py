@@ -323,8 +323,9 @@ _GPUS: dict[tuple[int, str, int], Gpu] = {}
 
 def _gpu_fast(raw: Any) -> Gpu | None:
     """A GPU whose index and model are plainly well typed and whose layout, as written, was
-    checked before (see _LAYOUTS), without building the paths of its fields; None otherwise
-    (then the full check runs, and names the field of any problem)."""
+    checked before (_LAYOUTS) or is plainly valid for a known model (_layout_fast), without
+    building the paths of its fields; None otherwise (then the full check runs, and names the
+    field of any problem)."""
     if type(raw) is not dict:
         return None
     index, model_text = raw.get("index"), raw.get("model")
