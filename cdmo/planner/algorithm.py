@@ -36,11 +36,12 @@ import heapq
 from collections import Counter
 from collections.abc import Iterable
 from fractions import Fraction
+from operator import attrgetter
 from typing import Any
 
 from cdmo.mig.catalog import GpuModel, find_model
-from cdmo.mig.layouts import Instance, sort_layout
-from cdmo.planner.cache import PlanCache, PodFacts
+from cdmo.mig.layouts import Instance
+from cdmo.planner.cache import KeptKey, PlanCache, PodFacts, kept_gpu_plan
 from cdmo.planner.demand import demand_of, format_demand
 from cdmo.planner.eligibility import node_admits
 from cdmo.planner.fragmentation import FRAG_LEN
@@ -134,11 +135,11 @@ class Planner(RepairSteps):
                 self.by_place.append(gpu)
         #: Catalog keys of the known GPU models on labelled nodes.
         self.cluster_models = tuple(sorted({m for f in self.facts for m in f.models}))
-        pods = sorted(snapshot.pending, key=lambda p: (p.namespace, p.name))
-        self._pod_facts: list[PodFacts] = []
-        self.pods = [self._pod(p) for p in pods]
-        self.pods_by_key = {p.key: p for p in self.pods}
+        pods = sorted(snapshot.pending, key=attrgetter("namespace", "name"))
+        self._pod_facts: list[PodFacts] = self.cache.pods(pods)
         self._build_groups()
+        self.pods = self._pod_states(pods)
+        self.pods_by_key = {p.key: p for p in self.pods}
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -217,11 +218,51 @@ class Planner(RepairSteps):
             for profile in facts.free_profiles:
                 free_nodes.setdefault(profile, []).append(order)
 
-    def _pod(self, pod: PendingPod) -> PodState:
-        facts = self.cache.pod(pod)
-        self._pod_facts.append(facts)
-        demand, bad, devices, _, _, _ = facts
-        return PodState(pod=pod, key=pod.key, demand=demand, bad_resources=bad, devices=devices)
+    def _pod_states(self, pods: list[PendingPod]) -> list[PodState]:
+        """The search state of each pod, from its facts and the node groups.
+
+        Pods with the same filters see the same groups, and pods with the same demand take the
+        same share of a GPU: both are worked out once per distinct filters or demand, not once
+        per pod (a big cluster's 10,000 pods have a few dozen of each).
+        """
+        by_sig: dict[int, tuple[tuple[NodeGroup, ...], tuple[int, ...], int]] = {}
+        reach: dict[tuple[int, ...], int] = {}
+        sizes: dict[Demand | None, int] = {}
+        offered: dict[str, int] = {}
+        for geo in self.geos.values():
+            for name, frac in geo.fraction.items():
+                units = int(frac * _UNITS_LCM)
+                offered[name] = min(units, offered.get(name, units))
+        states = []
+        for pod, (demand, bad, devices, _, _, pod_sig) in zip(pods, self._pod_facts, strict=True):
+            seen = by_sig.get(pod_sig)
+            if seen is None:
+                groups = tuple(g for g in self.groups if node_admits(g.rep.src, pod))
+                gkey = tuple(g.id for g in groups)
+                if gkey not in reach:
+                    reach[gkey] = sum(len(n.gpus) for g in groups for n in g.nodes)
+                seen = by_sig[pod_sig] = (groups, gkey, reach[gkey])
+            size = sizes.get(demand)
+            if size is None:
+                size = sizes[demand] = (
+                    sum(offered[name] * c for name, c in demand)
+                    if demand and all(name in offered for name, _ in demand)
+                    else 0
+                )
+            states.append(
+                PodState(
+                    pod=pod,
+                    key=pod.key,
+                    demand=demand,
+                    bad_resources=bad,
+                    groups=seen[0],
+                    size=size,
+                    reach=seen[2],
+                    group_ids=seen[1],
+                    devices=devices,
+                )
+            )
+        return states
 
     def _build_groups(self) -> None:
         keys = frozenset(k for f in self._pod_facts for k in f[3])
@@ -270,24 +311,6 @@ class Planner(RepairSteps):
                         members[key].append(gpu.place)
             for places in members.values():
                 heapq.heapify(places)
-        sig_groups: dict[int, tuple[NodeGroup, ...]] = {}
-        reach: dict[tuple[int, ...], int] = {}
-        offered: dict[str, int] = {}
-        for geo in self.geos.values():
-            for name, frac in geo.fraction.items():
-                size = int(frac * _UNITS_LCM)
-                offered[name] = min(size, offered.get(name, size))
-        for p, pod_facts in zip(self.pods, self._pod_facts, strict=True):
-            pod_sig = pod_facts[5]
-            if pod_sig not in sig_groups:
-                sig_groups[pod_sig] = tuple(g for g in self.groups if node_admits(g.rep.src, p.pod))
-            p.groups = sig_groups[pod_sig]
-            if p.demand and all(name in offered for name, _ in p.demand):
-                p.size = sum(offered[name] * c for name, c in p.demand)
-            gkey = p.group_ids = tuple(g.id for g in p.groups)
-            if gkey not in reach:
-                reach[gkey] = sum(len(n.gpus) for g in p.groups for n in g.nodes)
-            p.reach = reach[gkey]
 
     # --- state and indexes -------------------------------------------------------------------
 
@@ -392,13 +415,20 @@ class Planner(RepairSteps):
             group.pressure = {}
             group.values = {}
             group.costs = {}
+        # Pods alike (same groups, demand and reach) add alike: counted first, added once per kind
+        # (whole numbers, so the sums are exactly those of adding pod by pod).
+        kinds: dict[tuple[tuple[int, ...], Demand | None, int], int] = {}
         for pod in self.pods:
-            if not pod.plannable:
-                continue
-            share = PRESSURE_SCALE // max(pod.reach, 1)
-            for group in pod.groups:
-                for profile, count in pod.demand or ():
-                    group.pressure[profile] = group.pressure.get(profile, 0) + count * share
+            if pod.plannable:
+                kind = (pod.group_ids, pod.demand, pod.reach)
+                kinds[kind] = kinds.get(kind, 0) + 1
+        groups = self.groups
+        for (group_ids, demand, reach), pods in kinds.items():
+            share = PRESSURE_SCALE // max(reach, 1) * pods
+            for gid in group_ids:
+                pressure = groups[gid].pressure
+                for profile, count in demand or ():
+                    pressure[profile] = pressure.get(profile, 0) + count * share
 
     def _value(self, group: NodeGroup | None, geo: Geometry, free_mask: int) -> int:
         """How much of the waiting demand the free units ``free_mask`` of a GPU could still hold."""
@@ -1318,30 +1348,29 @@ class Planner(RepairSteps):
         node_plans = []
         created_total = destroyed_total = 0
         gpus_touched = nodes_touched = 0
+        # Entries of GPUs left as they are, one per distinct (index, model, instances): the plan
+        # lists every GPU of every labelled node, and most stay as they are.
+        shared: dict[KeptKey, GpuPlan] = {}
+        model_of = self.model_of
         for node, facts in zip(self.nodes, self.facts, strict=True):
             if not node.src.labelled:
                 continue
-            if not any((g.fixed | g.free) != (g.fixed0 | g.free0) for g in node.gpus):
+            changed = [g for g in node.gpus if (g.fixed | g.free) != (g.fixed0 | g.free0)]
+            if not changed:
                 # Left as it is: the same entry every plan that leaves this node object alone.
-                node_plans.append(facts.unchanged_plan(self.model_of))
+                node_plans.append(facts.unchanged_plan(model_of, shared))
                 continue
-            by_gpu = {gpu.index: gpu for gpu in node.gpus}
+            by_gpu = {gpu.index: gpu for gpu in changed}
             gpu_plans = []
             for g in node.src.gpus:
                 gpu = by_gpu.get(g.index)
                 if gpu is None:
-                    known = self.model_of(g.model)
-                    layout = sort_layout(i.instance for i in g.instances)
-                    gpu_plans.append(
-                        GpuPlan(g.index, g.model, known.key if known else None, g.instances, layout)
-                    )
+                    kept = shared.get((g.index, g.model, id(g.instances)))
+                    gpu_plans.append(kept or kept_gpu_plan(g, model_of, shared))
                     continue
                 geo = gpu.geo
                 now = gpu.fixed | gpu.free
                 before = gpu.fixed0 | gpu.free0
-                if now == before:
-                    gpu_plans.append(GpuPlan(g.index, g.model, geo.key, g.instances, geo.instances(now)))
-                    continue
                 created = geo.instances(now & ~before)
                 destroyed = geo.instances(before & ~now)
                 created_total += len(created)
@@ -1350,34 +1379,52 @@ class Planner(RepairSteps):
                 gpu_plans.append(
                     GpuPlan(g.index, g.model, geo.key, g.instances, geo.instances(now), created, destroyed)
                 )
-            plan = NodePlan(node.name, tuple(gpu_plans))
-            nodes_touched += plan.changed
-            node_plans.append(plan)
+            nodes_touched += 1
+            node_plans.append(NodePlan(node.name, tuple(gpu_plans)))
         assignments = []
         handed = 0
-        by_pod = {p.key: p for p in self.pods}
-        # Devices are values: equal ones (same GPU index, instance, newness) are one object.
+        # Devices are values: equal ones (same GPU index, instance, newness) are one object, and
+        # so are equal tuples of them (most pods get one device, and many get the same one).
         made: dict[tuple[int, int, int, bool], Device] = {}
-        for key in sorted(self.assigned):
-            order, parts = self.assigned[key]
-            devices = []
-            for gid, bits, _ in parts:
-                gpu = self.gpus[gid]
-                for i in bits_of(bits):
-                    # New means: not in the snapshot (an instance destroyed and made again is not new).
-                    is_new = not (gpu.free0 >> i) & 1
-                    handed += not is_new
-                    dkey = (gpu.geo.ordinal, gpu.index, i, is_new)
+        tuples: dict[tuple[tuple[int, int, int, bool], ...], tuple[Device, ...]] = {}
+        nodes = self.nodes
+        gpus = self.gpus
+        pods_by_key = self.pods_by_key
+        assigned = self.assigned
+        geos = self.geos
+        for key in sorted(assigned):
+            order, parts = assigned[key]
+            tkey: tuple[tuple[int, int, int, bool], ...]
+            if len(parts) == 1 and not parts[0][1] & (parts[0][1] - 1):
+                # One device (most pods): its bit without walking the bits.
+                gpu = gpus[parts[0][0]]
+                i = parts[0][1].bit_length() - 1
+                # New means: not in the snapshot (an instance destroyed and made again is not new).
+                is_new = not (gpu.free0 >> i) & 1
+                handed += not is_new
+                tkey = ((gpu.geo.ordinal, gpu.index, i, is_new),)
+            else:
+                dkeys = []
+                for gid, bits, _ in parts:
+                    gpu = gpus[gid]
+                    for i in bits_of(bits):
+                        is_new = not (gpu.free0 >> i) & 1
+                        handed += not is_new
+                        dkeys.append((gpu.geo.ordinal, gpu.index, i, is_new))
+                tkey = tuple(dkeys)
+            devices = tuples.get(tkey)
+            if devices is None:
+                found = []
+                for dkey in tkey:
                     device = made.get(dkey)
                     if device is None:
-                        inst: Instance = gpu.geo.cands[i]
-                        device = made[dkey] = Device(gpu.index, inst.profile, inst.start, is_new)
-                    devices.append(device)
-            if len(devices) > 1:
-                devices.sort(key=lambda d: (d.gpu, d.start, d.profile))
-            assignments.append(
-                Assignment(key, self.nodes[order].name, tuple(devices), by_pod[key].pod.priority)
-            )
+                        inst: Instance = geos[dkey[0]].cands[dkey[2]]
+                        device = made[dkey] = Device(dkey[1], inst.profile, inst.start, dkey[3])
+                    found.append(device)
+                if len(found) > 1:
+                    found.sort(key=lambda d: (d.gpu, d.start, d.profile))
+                devices = tuples[tkey] = tuple(found)
+            assignments.append(Assignment(key, nodes[order].name, devices, pods_by_key[key].pod.priority))
         levels: dict[int, list[int]] = {}
         for p in self.pods:
             counts = levels.setdefault(p.pod.priority, [0, 0])

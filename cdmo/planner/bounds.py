@@ -82,8 +82,12 @@ def screen_counts(
     where = f" (node {best.name})" if best is not None else ""
     kept: list[PendingPod] = []
     refused: list[Unsatisfied] = []
+    # parse_snapshot hands equal requests over as one mapping: each is counted once.
+    counted: dict[int, int] = {}
     for pod in snapshot.pending:
-        devices = _devices(pod)
+        devices = counted.get(id(pod.requests), -1)
+        if devices < 0:
+            devices = counted[id(pod.requests)] = _devices(pod)
         # Pods that ask for nothing, or whose requests the planner cannot read, keep their
         # own reasons (NoMigRequest, UnknownProfile): only a count too big is decided here.
         if (most > 0 and devices > most) or devices > MAX_COUNT:

@@ -9,8 +9,11 @@ placements, overlap, max counts, exclusive groups, compute slices); valid layout
 under removal, so partial layouts are tested the same way while searching.
 
 :meth:`Geometry.options` answers "the ways to add this multiset of profiles to a GPU in this
-state" by a small depth-first search over placements, cached per (state, multiset); ``cap``
-says how many instances of each profile a set of free placement units could still hold.
+state": the placements beside the used instances are searched depth-first once per (used
+instances, multiset) and costed for each set of free instances the planner asks about (a big
+cluster holds many free sets beside the same used ones); both are cached. ``cap`` says how many
+instances of each profile a set of free placement units could still hold. The valid layouts
+come as bit sets straight from cdmo.mig.layouts (valid_layout_bits).
 
 Pure: imports nothing of Kubernetes or NVML.
 """
@@ -22,7 +25,7 @@ from collections.abc import Iterable
 from fractions import Fraction
 
 from cdmo.mig.catalog import GpuModel, get_model, model_keys
-from cdmo.mig.layouts import Instance, enumerate_layouts, sort_layout
+from cdmo.mig.layouts import Instance, layout_candidates, valid_layout_bits
 from cdmo.planner.fragmentation import block_classes, frag_vector
 
 #: Entries kept per model in the search cache (about 3 kB each) before it starts over.
@@ -42,6 +45,15 @@ def bits_of(bits: int) -> Iterable[int]:
         low = bits & -bits
         yield low.bit_length() - 1
         bits ^= low
+
+
+#: What Geometry.creates_at_least keeps per demand (see Geometry._bound_cache).
+BoundEntry = tuple[dict[int, int], tuple[tuple[int, int], ...], dict[int, bool]]
+
+#: One placement of a demand beside a GPU's fixed instances, as :meth:`Geometry._ways` keeps it:
+#: (candidates placed, how many, free candidates it may keep, fixed | placed, units occupied
+#: afterwards, loss of large free blocks).
+Way = tuple[int, int, int, int, int, tuple[int, ...]]
 
 
 class AddOption:
@@ -84,7 +96,7 @@ class Geometry:
         #: different models compare.
         self.unit_scale = 24 // self.axis
         self.full = (1 << self.axis) - 1
-        cands = sort_layout(Instance(p.name, s) for p in model.profiles for s in p.starts)
+        cands = layout_candidates(model)
         self.cands: tuple[Instance, ...] = cands
         self.index = {c: i for i, c in enumerate(cands)}
         #: (profile, start) -> candidate index
@@ -97,10 +109,9 @@ class Geometry:
         self.profile_bits = {name: sum(1 << i for i in idx) for name, idx in self.by_profile.items()}
         self.size = {p.name: p.placement_size for p in model.profiles}
         self.fraction = {p.name: Fraction(p.placement_size, self.axis) for p in model.profiles}
-        valid = {0}
-        for layout in enumerate_layouts(model):
-            valid.add(self.bits(layout))
-        self.valid = frozenset(valid)
+        #: Every valid layout as candidate bits, the empty one included (candidates are in the
+        #: order valid_layout_bits counts them).
+        self.valid = valid_layout_bits(model) | {0}
         #: (block size in units, aligned starts) per size class (cdmo.planner.fragmentation)
         self._classes = block_classes(model, self.fraction)
         self.frag = tuple(frag_vector(mask, self._classes, self.unit_scale) for mask in range(self.full + 1))
@@ -117,10 +128,13 @@ class Geometry:
             sum(1 << i for i, u in enumerate(self.units) if u & mask) for mask in range(self.full + 1)
         )
         self._add_cache: dict[tuple[int, int, Demand], tuple[AddOption, ...]] = {}
+        self._ways_cache: dict[tuple[int, Demand], tuple[Way, ...]] = {}
         self._need_cache: dict[Demand, tuple[tuple[int, int], ...] | None] = {}
-        #: demand -> {fixed and free as one int -> creates_at_least}: int keys, so that looking
-        #: up makes no tuple (the planner asks this once per GPU state and demand)
-        self._bound_cache: dict[Demand, dict[int, int]] = {}
+        #: demand -> ({fixed and free as one int -> creates_at_least}: int keys, so that looking
+        #: up makes no tuple (the planner asks this once per GPU state and demand); the candidate
+        #: bits of each of its profiles with the count; {fixed -> whether the units beside it
+        #: hold the demand}): one entry per demand, so that a call hashes the demand once.
+        self._bound_cache: dict[Demand, BoundEntry] = {}
         self._bound_entries = 0
 
     def bits(self, instances: Iterable[Instance]) -> int:
@@ -202,35 +216,53 @@ class Geometry:
     def bound_table(self, demand: Demand) -> dict[int, int]:
         """The cache of :meth:`creates_at_least` for ``demand``: ``fixed << len(cands) | free`` ->
         its answer (a caller that asks by the thousand reads it first)."""
-        table = self._bound_cache.get(demand)
-        if table is None:
-            table = self._bound_cache[demand] = {}
-        return table
+        entry = self._bound_cache.get(demand)
+        if entry is None:
+            entry = self._bound_entry(demand)
+        return entry[0]
+
+    def _bound_entry(self, demand: Demand) -> BoundEntry:
+        bits = self.profile_bits
+        entry = self._bound_cache[demand] = ({}, tuple((bits.get(p, 0), c) for p, c in demand), {})
+        return entry
 
     def creates_at_least(self, fixed: int, free: int, demand: Demand) -> int:
         """Instances that adding ``demand`` to a GPU in state (fixed, free) must create at least
         (what the free instances of its profiles cannot cover); -1 when the units beside ``fixed``
         cannot hold it, whatever is destroyed. A cheap lower bound of :meth:`options` (cached)."""
-        table = self.bound_table(demand)
+        entry = self._bound_cache.get(demand)
+        if entry is None:
+            entry = self._bound_entry(demand)
+        table, wants, fits = entry
         key = fixed << len(self.cands) | free
         found = table.get(key)
         if found is not None:
             return found
-        need = self.need(demand)
+        # Whether the units beside ``fixed`` hold the demand depends on ``fixed`` alone: decided
+        # once per (fixed, demand), not once per (fixed, free, demand) as the planner asks.
+        holds = fits.get(fixed)
+        if holds is None:
+            need = self.need(demand)
+            if need is None:
+                holds = False
+            else:
+                caps = self.caps_beside(fixed)
+                holds = all(caps[i] >= c for i, c in need)
+            fits[fixed] = holds
         create = -1
-        if need is not None:
-            caps = self.caps_beside(fixed)
-            if all(caps[i] >= c for i, c in need):
-                create = 0
-                bits = self.profile_bits
-                for p, c in demand:
-                    have = (free & bits[p]).bit_count()
-                    create += c - have if have < c else 0
+        if holds:
+            create = 0
+            for bits, count in wants:
+                have = (free & bits).bit_count()
+                if have < count:
+                    create += count - have
         self._bound_entries += 1
         if self._bound_entries > _BOUND_CACHE_LIMIT:
-            self._bound_cache.clear()
+            # A long-running operator must not grow without bound: start every table over.
+            for old, _, old_fits in self._bound_cache.values():
+                old.clear()
+                old_fits.clear()
             self._bound_entries = 1
-            table = self._bound_cache[demand] = {}
         table[key] = create
         return create
 
@@ -271,48 +303,33 @@ class Geometry:
             )
         return loss
 
-    def _search(self, fixed: int, free: int, demand: Demand) -> tuple[AddOption, ...]:
+    def _ways(self, fixed: int, demand: Demand) -> tuple[Way, ...]:
+        """Every placement of ``demand`` beside the instances ``fixed`` (whatever is free), each
+        with what its cost does not owe to the free instances (cached per (fixed, demand): the
+        planner asks :meth:`options` for several free sets beside the same used ones)."""
+        key = (fixed, demand)
+        found = self._ways_cache.get(key)
+        if found is not None:
+            return found
         wanted: list[str] = []
         for profile, count in demand:
-            if profile not in self.by_profile:
-                return ()
             wanted.extend([profile] * count)
         wanted.sort(key=lambda p: (-self.size[p], p))
         n = len(wanted)
         valid = self.valid
         units = self.units
-        hits = self.hits
-        full = self.full
         fixed_units = self.units_of(fixed)
-        free_before = full & ~fixed_units
-        n_free = free.bit_count()
-        found: dict[tuple[int, int, int], tuple[tuple[int, int, tuple[int, ...], int], int, int]] = {}
-
-        def leaf(assigned: int, assigned_units: int) -> None:
-            handed = assigned & free
-            keep = free & ~assigned & ~hits[assigned_units]
-            base = fixed | assigned
-            while keep and (base | keep) not in valid:
-                keep &= ~(1 << (keep.bit_length() - 1))  # drop the highest free instance first
-            destroyed = n_free - handed.bit_count() - keep.bit_count()
-            created = (assigned & ~free).bit_count()
-            occupied = fixed_units | assigned_units
-            sig = (destroyed, created, occupied)
-            cost = (destroyed, created, self._loss(free_before, full & ~occupied), assigned)
-            old = found.get(sig)
-            if old is None or cost < old[0]:
-                found[sig] = (cost, keep, occupied)
-
+        placed: list[tuple[int, int]] = []
         if n == 1:
             for ci in self.by_profile[wanted[0]]:
                 u = units[ci]
                 if not u & fixed_units and (fixed | (1 << ci)) in valid:
-                    leaf(1 << ci, u)
+                    placed.append((1 << ci, u))
         else:
 
             def extend(k: int, assigned: int, assigned_units: int, lo: int) -> None:
                 if k == n:
-                    leaf(assigned, assigned_units)
+                    placed.append((assigned, assigned_units))
                     return
                 profile = wanted[k]
                 cands = self.by_profile[profile]
@@ -329,10 +346,63 @@ class Geometry:
                     extend(k + 1, grown, assigned_units | u, pos + 1)
 
             extend(0, 0, 0, 0)
-        return tuple(
-            AddOption(destroyed, created, loss, assigned, fixed | assigned, keep, occupied)
-            for (destroyed, created, loss, assigned), keep, occupied in sorted(found.values())
-        )
+        full = self.full
+        free_before = full & ~fixed_units
+        hits = self.hits
+        ways = [
+            (
+                assigned,
+                assigned.bit_count(),
+                # free instances that may stay: not handed out, overlapping nothing placed
+                ~assigned & ~hits[assigned_units],
+                fixed | assigned,
+                fixed_units | assigned_units,
+                self._loss(free_before, full & ~(fixed_units | assigned_units)),
+            )
+            for assigned, assigned_units in placed
+        ]
+        # Least loss first, then lowest candidates: the order _search keeps the first of.
+        ways.sort(key=lambda w: (w[5], w[0]))
+        found = tuple(ways)
+        if len(self._ways_cache) >= _ADD_CACHE_LIMIT:
+            self._ways_cache.clear()
+        self._ways_cache[key] = found
+        return found
+
+    def _search(self, fixed: int, free: int, demand: Demand) -> tuple[AddOption, ...]:
+        for profile, _ in demand:
+            if profile not in self.by_profile:
+                return ()
+        valid = self.valid
+        axis = self.axis
+        n_free = free.bit_count()
+        seen: set[int] = set()
+        found: list[tuple[int, AddOption]] = []
+        # Per way: the free instances it hands out, those it keeps (dropping the highest first
+        # while the rest would not make a valid layout), and those it must destroy. Ways that
+        # destroy, create and occupy alike are one option, the cheapest: the ways come least
+        # loss and lowest candidates first, so the first of them is it.
+        for assigned, size, spare, base, occupied, loss in self._ways(fixed, demand):
+            keep = free & spare
+            while keep and (base | keep) not in valid:
+                keep &= ~(1 << (keep.bit_length() - 1))  # drop the highest free instance first
+            handed = (assigned & free).bit_count()
+            destroyed = n_free - handed - keep.bit_count()
+            created = size - handed
+            # (destroyed, created) as one number that orders as the pair (created < 2**16)
+            cheap = destroyed << 16 | created
+            sig = cheap << axis | occupied
+            if sig in seen:
+                continue
+            seen.add(sig)
+            found.append((cheap, AddOption(destroyed, created, loss, assigned, base, keep, occupied)))
+        # Fewest destroyed, then fewest created; a stable sort keeps least loss first within.
+        found.sort(key=_first)
+        return tuple(option for _, option in found)
+
+
+def _first(entry: tuple[int, AddOption]) -> int:
+    return entry[0]
 
 
 @functools.cache

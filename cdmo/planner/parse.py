@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from cdmo.demand import MAX_COUNT, parse_count
 from cdmo.errors import InvalidInput, InvalidSnapshot
-from cdmo.mig.catalog import find_model, is_profile_name, model_keys
+from cdmo.mig.catalog import GpuModel, find_model, is_profile_name, model_keys
 from cdmo.mig.layouts import Instance, validate_layout
 from cdmo.mig.resources import RESOURCE_PREFIX, profile_from_resource
+from cdmo.planner.geometry import geometry
 from cdmo.planner.models import (
     AFFINITY_OPERATORS,
     TAINT_EFFECTS,
@@ -157,7 +158,7 @@ def parse_snapshot(data: Mapping[str, Any], *, allow_unknown_models: bool = Fals
     pods = []
     seen_pods: dict[str, int] = {}
     for i, raw in enumerate(_list(raw_pending, "pending") if raw_pending is not None else []):
-        pod = _parse_pod(raw, f"pending[{i}]")
+        pod = _pod_fast(raw, i) or _parse_pod(raw, f"pending[{i}]")
         if pod.key in seen_pods:
             raise _fail(
                 f"pending[{i}].name", f"pod {pod.key} appears twice (also pending[{seen_pods[pod.key]}])"
@@ -187,7 +188,9 @@ def _parse_node(raw: Any, path: str, allow_unknown_models: bool) -> Node:
     gpus = []
     indexes: dict[int, int] = {}
     for j, g in enumerate(raw_gpus):
-        gpu = _parse_gpu(g, f"{path}.gpus[{j}]", check_model=node.labelled and not allow_unknown_models)
+        gpu = _gpu_fast(g) or _parse_gpu(
+            g, f"{path}.gpus[{j}]", check_model=node.labelled and not allow_unknown_models
+        )
         if gpu.index in indexes:
             raise _fail(
                 f"{path}.gpus[{j}].index",
@@ -260,7 +263,7 @@ def _parse_gpu(raw: Any, path: str, *, check_model: bool) -> Gpu:
                     f"{', '.join(map(str, starts))}",
                 )
         instances.append(GpuInstance(profile=profile, start=start, used=used))
-    if model is not None:
+    if model is not None and not _holds(model, instances):
         problems = validate_layout(model, [Instance(i.profile, i.start) for i in instances])
         if problems:
             raise _fail(f"{path}.instances", f"not a layout {model.key} can hold: " + "; ".join(problems))
@@ -298,6 +301,225 @@ def _layout_key(raw: Any) -> tuple[tuple[str, int, bool], ...] | None:
             return None
         key.append((profile, start, used))
     return tuple(key)
+
+
+def _holds(model: GpuModel, instances: list[GpuInstance]) -> bool:
+    """Whether ``model`` can hold ``instances`` (one set look-up among its valid layouts; only a
+    layout this says no to is checked rule by rule, for the reasons)."""
+    geo = geometry(model)
+    bits = 0
+    for inst in instances:
+        i = geo.slot.get((inst.profile, inst.start))
+        if i is None or (bits >> i) & 1:
+            return False
+        bits |= 1 << i
+    return bits in geo.valid
+
+
+#: Parsed GPUs by (index, model as written, id of their checked layout): a big cluster's GPUs
+#: repeat, and equal frozen values may be one object (fewer objects for every plan to walk).
+_GPUS: dict[tuple[int, str, int], Gpu] = {}
+
+
+def _gpu_fast(raw: Any) -> Gpu | None:
+    """A GPU whose index and model are plainly well typed and whose layout, as written, was
+    checked before (_LAYOUTS) or is plainly valid for a known model (_layout_fast), without
+    building the paths of its fields; None otherwise (then the full check runs, and names the
+    field of any problem)."""
+    if type(raw) is not dict:
+        return None
+    index, model_text = raw.get("index"), raw.get("model")
+    if type(index) is not int or index < 0 or type(model_text) is not str:
+        return None
+    key = _layout_key(raw.get("instances"))
+    if key is None:
+        return None
+    # Only layouts of known models that passed the full check are kept, so a hit passes it.
+    known = _LAYOUTS.get((model_text, key)) or _layout_fast(model_text, key)
+    if known is None:
+        return None
+    gkey = (index, model_text, id(known))
+    gpu = _GPUS.get(gkey)
+    if gpu is None or gpu.instances is not known:
+        if len(_GPUS) >= _LAYOUT_CACHE_LIMIT:
+            _GPUS.clear()
+        gpu = _GPUS[gkey] = Gpu(index=index, model=model_text, instances=known)
+    return gpu
+
+
+#: Instances by (profile, start, used): a fleet has a few hundred distinct ones.
+_INSTANCES: dict[tuple[str, int, bool], GpuInstance] = {}
+
+
+def _layout_fast(model_text: str, key: tuple[tuple[str, int, bool], ...]) -> tuple[GpuInstance, ...] | None:
+    """The layout ``key`` of a known model when every instance is at a legal placement and the
+    model can hold them all (what the full check of _parse_gpu accepts), kept in _LAYOUTS; None
+    for anything else (then the full check runs and says what is wrong)."""
+    model = find_model(model_text)
+    if model is None:
+        return None
+    geo = geometry(model)
+    bits = 0
+    instances = []
+    for item in key:
+        profile, start, _ = item
+        i = geo.slot.get((profile, start))
+        if i is None or (bits >> i) & 1:
+            return None
+        bits |= 1 << i
+        inst = _INSTANCES.get(item)
+        if inst is None:
+            if len(_INSTANCES) >= _LAYOUT_CACHE_LIMIT:
+                _INSTANCES.clear()
+            inst = _INSTANCES[item] = GpuInstance(profile=profile, start=start, used=item[2])
+        instances.append(inst)
+    if bits not in geo.valid:
+        return None
+    ordered = tuple(sorted(instances, key=lambda i: (i.start, i.profile)))
+    if len(_LAYOUTS) >= _LAYOUT_CACHE_LIMIT:
+        _LAYOUTS.clear()
+    _LAYOUTS[(model_text, key)] = ordered
+    return ordered
+
+
+#: The fields a toleration is made of (others are ignored, as the contract allows).
+_TOLERATION_FIELDS = ("key", "operator", "value", "effect")
+#: Checked tolerations by their four fields as written (strings or absent): few distinct ones.
+_TOLERATIONS: dict[tuple[str | None, ...], Toleration] = {}
+_TOLERATION_CACHE_LIMIT = 1024
+
+
+def _pod_fast(raw: Any, i: int) -> PendingPod | None:
+    """The pod ``pending[i]`` when every field is plainly well typed (strings, whole numbers, MIG
+    counts, string selectors, known tolerations), without building the paths of its fields, as
+    10,000 pods would; None otherwise: then :func:`_parse_pod` reads it again and names the field
+    of any problem. Both give equal pods (tests/unit/planner/test_parse.py)."""
+    if type(raw) is not dict:
+        return None
+    name = raw.get("name")
+    if type(name) is not str or not name.strip():
+        return None
+    namespace = raw.get("namespace")
+    if namespace is None:
+        namespace = "default"
+    elif type(namespace) is not str or not namespace.strip():
+        return None
+    requests = _requests_fast(raw.get("requests"))
+    if requests is None:
+        return None
+    priority = raw.get("priority")
+    if priority is None:
+        priority = 0
+    elif type(priority) is not int:
+        return None
+    selector: dict[str, str] = {}
+    raw_selector = raw.get("nodeSelector")
+    if raw_selector is not None:
+        if type(raw_selector) is not dict:
+            return None
+        for k in sorted(raw_selector, key=str):
+            v = raw_selector[k]
+            if type(k) is not str or not k or type(v) is not str:
+                return None
+            selector[k] = v
+    selector = _shared(_SELECTORS, tuple(selector.items()), selector)
+    tolerations: tuple[Toleration, ...] = ()
+    raw_tolerations = raw.get("tolerations")
+    if raw_tolerations is not None:
+        if type(raw_tolerations) is not list:
+            return None
+        found = []
+        for item in raw_tolerations:
+            toleration = _toleration_fast(item)
+            if toleration is None:
+                return None
+            found.append(toleration)
+        tolerations = _shared(_TOLERATION_SETS, tuple(_toleration_key(t) for t in found), tuple(found))
+    affinity = raw.get("affinity")
+    terms = _parse_affinity(affinity, f"pending[{i}].affinity") if affinity is not None else None
+    return PendingPod(
+        name=name,
+        namespace=namespace,
+        requests=requests,
+        priority=priority,
+        node_selector=selector,
+        tolerations=tolerations,
+        node_affinity=_shared(_AFFINITIES, terms, terms) if terms is not None else None,
+    )
+
+
+#: Pods of one kind share their selector, tolerations and affinity as one object each (frozen
+#: with the pod, never changed), so the planner reads each distinct kind once (PlanCache).
+_SELECTORS: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+_TOLERATION_SETS: dict[tuple[tuple[str, str, str, str], ...], tuple[Toleration, ...]] = {}
+_AFFINITIES: dict[tuple[NodeSelectorTerm, ...], tuple[NodeSelectorTerm, ...]] = {}
+_SHARED_LIMIT = 4096
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _shared(table: dict[_K, _V], key: _K, value: _V) -> _V:
+    """The value kept under ``key``, or ``value`` kept from now on (bounded: starts over)."""
+    found = table.get(key)
+    if found is None:
+        if len(table) >= _SHARED_LIMIT:
+            table.clear()
+        found = table[key] = value
+    return found
+
+
+def _toleration_key(t: Toleration) -> tuple[str, str, str, str]:
+    return (t.key, t.operator, t.value, t.effect)
+
+
+def _requests_fast(raw: Any) -> dict[str, int] | None:
+    """:func:`_parse_requests` for string names and whole counts; None for anything else."""
+    if type(raw) is not dict:
+        return None
+    out: dict[str, int] = {}
+    for key in sorted(raw, key=str):
+        if type(key) is not str:
+            return None
+        if not key.startswith(RESOURCE_PREFIX):
+            continue
+        if key not in _MIG_RESOURCES:
+            try:
+                profile_from_resource(key)
+            except InvalidInput:
+                return None
+            if len(_MIG_RESOURCES) < _MIG_RESOURCES_LIMIT:
+                _MIG_RESOURCES.add(key)
+        count = raw[key]
+        if type(count) is not int or count < 0:
+            return None
+        out[key] = count
+    # Pods of one kind ask alike: equal requests are one mapping (frozen with the pod, never
+    # changed), so the planner reads each distinct ask once.
+    return _shared(_REQUESTS, tuple(out.items()), out)
+
+
+#: Requests read by the fast path, by their (resource, count) pairs in order.
+_REQUESTS: dict[tuple[tuple[str, int], ...], dict[str, int]] = {}
+
+
+def _toleration_fast(raw: Any) -> Toleration | None:
+    """A toleration whose fields, as written, were checked before (one object per distinct one)."""
+    if type(raw) is not dict:
+        return None
+    key = tuple(raw.get(f) for f in _TOLERATION_FIELDS)
+    if not all(v is None or type(v) is str for v in key):
+        return None
+    found = _TOLERATIONS.get(key)
+    if found is None:
+        try:
+            found = _parse_toleration(raw, "")
+        except InvalidSnapshot:
+            return None  # the full check says where
+        if len(_TOLERATIONS) >= _TOLERATION_CACHE_LIMIT:
+            _TOLERATIONS.clear()
+        _TOLERATIONS[key] = found
+    return found
 
 
 def _parse_pod(raw: Any, path: str) -> PendingPod:

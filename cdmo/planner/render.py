@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cdmo.mig.layouts import format_layout
+from cdmo.mig.layouts import Instance, format_layout
 from cdmo.planner.models import GpuInstance, Plan
 
 
@@ -74,14 +74,21 @@ def layout_rows(plan: Plan, *, unchanged: bool = True) -> list[tuple[str, str, s
     goes to a pod (what a big cluster's table would mostly be).
     """
     owner: dict[tuple[str, int, str, int], str] = {}
+    owned: set[tuple[str, int]] = set()
     for a in plan.assignments:
         for d in a.devices:
             owner[(a.node, d.gpu, d.profile, d.start)] = a.pod
+            owned.add((a.node, d.gpu))
     rows = []
+    # A big cluster repeats a few layouts (the plan shares their tuples): each written once.
+    befores: dict[int, tuple[tuple[GpuInstance, ...], str]] = {}
+    afters: dict[int, tuple[tuple[Instance, ...], str]] = {}
     for n in plan.nodes:
         for g in n.gpus:
+            if not unchanged and not g.changed and g.model_key is not None and (n.name, g.index) not in owned:
+                continue  # no note to write: left out below anyway
             notes = []
-            created = set(g.created)
+            created = set(g.created) if g.created else ()
             for inst in g.after:
                 pod = owner.get((n.name, g.index, inst.profile, inst.start))
                 if inst in created:
@@ -93,13 +100,19 @@ def layout_rows(plan: Plan, *, unchanged: bool = True) -> list[tuple[str, str, s
                 notes.append("left as it is: unknown GPU model")
             if not unchanged and not notes and not g.changed:
                 continue
+            before = befores.get(id(g.before))
+            if before is None or before[0] is not g.before:
+                before = befores[id(g.before)] = (g.before, _before(g.before))
+            after = afters.get(id(g.after))
+            if after is None or after[0] is not g.after:
+                after = afters[id(g.after)] = (g.after, format_layout(g.after).replace(",", ", ") or "-")
             rows.append(
                 (
                     n.name,
                     str(g.index),
                     g.model_key or g.model,
-                    _before(g.before),
-                    format_layout(g.after).replace(",", ", ") or "-",
+                    before[1],
+                    after[1],
                     "; ".join(notes) or ("unchanged" if not g.changed else ""),
                 )
             )

@@ -18,11 +18,13 @@ from cdmo.mig.layouts import (
     feasible_multisets,
     format_layout,
     free_placements,
+    layout_candidates,
     maximal_multisets,
     named_layout,
     named_layouts,
     pack_layout,
     parse_layout,
+    valid_layout_bits,
     validate_layout,
 )
 
@@ -206,6 +208,35 @@ def test_every_enumerated_layout_validates(key: str) -> None:
     model = get_model(key)
     for lay in enumerate_layouts(model):
         assert validate_layout(model, lay) == []
+
+
+def _layouts_by_rules(key: str, include_variants: bool) -> list[tuple[Instance, ...]]:
+    """Every valid layout, each grown layout judged from scratch by validate_layout."""
+    model = get_model(key)
+    cands = [
+        c for c in layout_candidates(model) if include_variants or not model.profile(c.profile).is_variant
+    ]
+    out: list[tuple[Instance, ...]] = []
+
+    def extend(chosen: list[Instance], start: int) -> None:
+        for i in range(start, len(cands)):
+            grown = [*chosen, cands[i]]
+            if not validate_layout(model, grown):
+                out.append(tuple(grown))
+                extend(grown, i + 1)
+
+    extend([], 0)
+    return sorted(out, key=lambda lay: (len(lay), [(i.start, i.profile) for i in lay]))
+
+
+@pytest.mark.parametrize("key", [m.key for m in all_models()])
+def test_the_incremental_enumeration_equals_judging_every_layout_by_the_rules(key: str) -> None:
+    model = get_model(key)
+    for variants in (True, False):
+        assert list(enumerate_layouts(model, include_variants=variants)) == _layouts_by_rules(key, variants)
+    index = {c: i for i, c in enumerate(layout_candidates(model))}
+    bits = {sum(1 << index[i] for i in lay) for lay in enumerate_layouts(model)}
+    assert valid_layout_bits(model) == bits
 
 
 def _instances(draw: st.DrawFn, key: str) -> list[Instance]:

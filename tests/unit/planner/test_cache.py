@@ -111,3 +111,36 @@ def test_a_node_object_listed_twice_gets_its_own_search_records() -> None:
     cache = PlanCache()
     plan(twice, cache=cache)
     _same(plan(twice, cache=cache), plan(twice))
+
+
+def _unshared(snapshot: Snapshot) -> Snapshot:
+    """The snapshot with every pod's and GPU's parts as objects of their own (as code may build
+    it), where parse_snapshot hands equal requests, selectors, tolerations and layouts over as one."""
+    import copy
+    from dataclasses import replace
+
+    pods = tuple(
+        replace(
+            p,
+            requests=dict(p.requests),
+            node_selector=dict(p.node_selector),
+            tolerations=copy.deepcopy(p.tolerations),
+            node_affinity=copy.deepcopy(p.node_affinity),
+        )
+        for p in snapshot.pending
+    )
+    nodes = tuple(
+        replace(n, gpus=tuple(replace(g, instances=copy.deepcopy(g.instances)) for g in n.gpus))
+        for n in snapshot.nodes
+    )
+    return Snapshot(nodes=nodes, pending=pods)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(min_value=0, max_value=10_000))
+def test_shared_and_unshared_parts_give_the_same_plan(seed: int) -> None:
+    snapshot = parse_snapshot(random_snapshot(seed))
+    alone = _unshared(snapshot)
+    assert alone.pending == snapshot.pending and alone.nodes == snapshot.nodes
+    assert plan_to_dict(plan(alone)) == plan_to_dict(plan(snapshot))
+    assert plan(alone) == plan(snapshot)

@@ -360,3 +360,100 @@ def test_parse_gives_the_same_snapshot_with_and_without_checked_layouts(name: st
             for inst in g.get("instances") or []:
                 inst["note"] = "extra fields are ignored"
     assert parse_snapshot(extra) == cold
+
+
+WELL_TYPED_PODS: list[dict[str, Any]] = [
+    pod("plain", "1g.10gb"),
+    pod("two", "1g.10gb", "1g.10gb", "3g.40gb", namespace="ml", priority=-5),
+    pod("sel", "2g.20gb", nodeSelector={"zone": "a", "b": "c"}),
+    pod("tol", "7g.80gb", tolerations=[{"key": "dedicated", "operator": "Equal", "value": "ml"}]),
+    pod("every", "7g.80gb", tolerations=[{"operator": "Exists"}], note="extra fields are ignored"),
+    pod(
+        "aff",
+        "1g.10gb",
+        affinity={
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "Exists"}]}]
+                }
+            }
+        },
+    ),
+    {"name": "cpu", "requests": {"cpu": "2", "nvidia.com/mig-1g.10gb": 0}},
+]
+#: Pods only the full check reads (values it converts), each with what it makes of them.
+CONVERTED_PODS: list[dict[str, Any]] = [
+    {"name": "count-string", "requests": {"nvidia.com/mig-1g.10gb": "2"}},
+    {"name": "label-number", "requests": {}, "nodeSelector": {"rack": 7}},
+    {"name": "toleration-tuple", "requests": {}, "tolerations": ({"operator": "Exists"},)},
+    {"name": "toleration-number", "requests": {}, "tolerations": [{"key": "k", "value": 3}]},
+]
+
+
+@pytest.mark.parametrize("raw", WELL_TYPED_PODS + CONVERTED_PODS, ids=lambda r: r["name"])
+def test_the_fast_path_reads_a_pod_as_the_full_check_does(raw: dict[str, Any]) -> None:
+    from cdmo.planner import parse
+
+    full = parse._parse_pod(copy.deepcopy(raw), "pending[0]")
+    fast = parse._pod_fast(copy.deepcopy(raw), 0)
+    if raw in WELL_TYPED_PODS:
+        assert fast is not None, "a plainly typed pod should not need the full check"
+    assert fast is None or fast == full
+    assert parse_snapshot({"nodes": [], "pending": [raw]}).pending == (full,)
+
+
+@pytest.mark.parametrize(
+    ("raw", "where", "says"),
+    [
+        (
+            {"name": "p", "requests": {}, "tolerations": [{"operator": "Bogus"}]},
+            "tolerations[0].operator",
+            "Bogus",
+        ),
+        (
+            {"name": "p", "requests": {}, "tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]},
+            "tolerations[0].value",
+            "empty",
+        ),
+        (
+            {"name": "p", "requests": {"nvidia.com/mig-bogus": 1}},
+            'requests["nvidia.com/mig-bogus"]',
+            "not a MIG profile",
+        ),
+        (
+            {"name": "p", "requests": {"nvidia.com/mig-1g.10gb": -1}},
+            'requests["nvidia.com/mig-1g.10gb"]',
+            "whole number",
+        ),
+        ({"name": "p", "requests": {}, "nodeSelector": {"": "a"}}, "nodeSelector", "non-empty"),
+        ({"name": "p", "requests": {}, "priority": True}, "priority", "whole number"),
+        ({"name": " ", "requests": {}}, "name", "empty"),
+    ],
+    ids=["operator", "exists-value", "profile", "negative", "empty-key", "priority-bool", "blank-name"],
+)
+def test_a_pod_the_fast_path_refuses_gets_the_full_checks_message(
+    raw: dict[str, Any], where: str, says: str
+) -> None:
+    good = {"name": "ok", "requests": {}, "tolerations": [{"operator": "Exists"}]}
+    parse_snapshot({"nodes": [], "pending": [good]})  # a toleration checked once is kept
+    with pytest.raises(InvalidSnapshot) as info:
+        parse_snapshot({"nodes": [], "pending": [good, raw]})
+    assert info.value.path == f"pending[1].{where}"
+    assert says in str(info.value)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SNAPSHOTS.glob("*.yaml")))
+def test_layouts_read_by_the_fast_path_equal_those_of_the_full_check(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cdmo.planner import parse
+
+    data = load_fixture(name)
+    for cache in (parse._LAYOUTS, parse._GPUS, parse._INSTANCES):
+        cache.clear()
+    fast = parse_snapshot(copy.deepcopy(data))
+    for cache in (parse._LAYOUTS, parse._GPUS, parse._INSTANCES):
+        cache.clear()
+    monkeypatch.setattr(parse, "_layout_fast", lambda *_: None)
+    monkeypatch.setattr(parse, "_holds", lambda *_: False)  # every layout checked rule by rule
+    assert parse_snapshot(copy.deepcopy(data)) == fast
