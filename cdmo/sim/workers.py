@@ -7,7 +7,10 @@ Spawn-safe on every platform: the workers use the ``spawn`` start method (no sta
 ``fork``, the same on Linux as on macOS and Windows), the worker function is module-level, and its
 arguments are plain data: the scenario, the pods as tuples (pickling 200,000 slotted dataclasses
 costs seconds; tuples of numbers and strings cost milliseconds) and the policy's name. A worker
-sends its run back without the pods; the parent puts its own back in.
+sends its run back without the pods; the parent puts its own back in. Progress travels on the
+same pipe as the run, ahead of it, so the parent sees every fraction of a policy, in order, before
+its run (a separate ``multiprocessing.Queue`` flushes from a thread of its own and could deliver
+the last fractions after the run, or not before the parent stopped reading).
 
 Ctrl-C: in a terminal it reaches the whole process group. Workers ignore SIGINT (they are started
 with it ignored, which a new Python keeps, and ignore it again first thing), so only the
@@ -21,7 +24,6 @@ import dataclasses
 import multiprocessing
 import operator
 import os
-import queue
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -62,17 +64,23 @@ def pods_from_rows(rows: Sequence[tuple[Any, ...]]) -> list[PodSpec]:
 
 
 def _run_one(
-    scenario: Scenario, rows: list[tuple[Any, ...]], name: str, horizon: float, progress_queue: Any
+    scenario: Scenario,
+    rows: list[tuple[Any, ...]],
+    name: str,
+    horizon: float,
+    conn: Connection | None,
 ) -> RunResult:
-    """One policy in a worker; the run comes back without its pods (the parent has them)."""
-    q = progress_queue
-    progress = (lambda frac: q.put((name, frac))) if q is not None else None
+    """One policy in a worker; the run comes back without its pods (the parent has them).
+
+    With ``conn``, each fraction of simulated time done goes to the parent on it as it happens.
+    """
+    progress = (lambda frac: conn.send(("progress", frac))) if conn is not None else None
     policy = make_policy(name, scenario)
     result = Simulation(scenario, pods_from_rows(rows), policy, horizon=horizon, progress=progress).run()
     return dataclasses.replace(result, pods=())
 
 
-def _worker_main(conn: Connection, progress_queue: Any) -> None:
+def _worker_main(conn: Connection, with_progress: bool) -> None:
     """A worker: run the policies the parent sends, one at a time, until it sends None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
@@ -84,7 +92,8 @@ def _worker_main(conn: Connection, progress_queue: Any) -> None:
             return
         scenario, rows, name, horizon = task
         try:
-            conn.send(("ok", _run_one(scenario, rows, name, horizon, progress_queue)))
+            run = _run_one(scenario, rows, name, horizon, conn if with_progress else None)
+            conn.send(("ok", run))
         except Exception as exc:  # sent to the parent, which raises it as its own
             try:
                 conn.send(("error", exc))
@@ -150,12 +159,12 @@ class PolicyWorkers:
 
     def __init__(self, jobs: int, *, with_progress: bool = False) -> None:
         ctx = multiprocessing.get_context("spawn")
-        self._queue = ctx.Queue() if with_progress else None
+        self._with_progress = with_progress
         self._workers: list[_Worker] = []
         with _sigint_ignored():
             for _ in range(max(1, jobs)):
                 parent_end, child_end = ctx.Pipe()
-                process = ctx.Process(target=_worker_main, args=(child_end, self._queue), daemon=True)
+                process = ctx.Process(target=_worker_main, args=(child_end, with_progress), daemon=True)
                 process.start()
                 child_end.close()
                 self._workers.append(_Worker(process, parent_end))
@@ -195,7 +204,8 @@ class PolicyWorkers:
         """Every policy in ``names`` over ``pods``, by name (see :func:`run_policies`)."""
         rows = pods_to_rows(pods)
         todo = sorted(names, key=_cost_rank)  # stable: the scenario's order within a rank
-        queue_ = self._queue if progress is not None else None
+        if progress is not None and not self._with_progress:
+            raise ValueError("progress needs PolicyWorkers(..., with_progress=True)")
         done: dict[str, RunResult] = {}
         while len(done) < len(names):
             for w in self._workers:
@@ -207,20 +217,24 @@ class PolicyWorkers:
                         raise _died(w) from None
             busy = [w for w in self._workers if w.policy is not None]
             wait([x for w in busy for x in (w.conn, w.process.sentinel)], timeout=_POLL_SECONDS)
-            _forward_progress(queue_, progress)
             for w in busy:
-                if w.conn.poll():
+                if not w.conn.poll():
+                    if not w.process.is_alive():
+                        raise _died(w)
+                    continue
+                while w.policy is not None and w.conn.poll():
                     try:
                         status, payload = w.conn.recv()
                     except (EOFError, OSError):
                         raise _died(w) from None
+                    if status == "progress":
+                        if progress is not None:
+                            progress(w.policy, payload)
+                        continue
                     if status == "error":
                         raise payload
-                    done[w.policy] = payload  # type: ignore[index]
+                    done[w.policy] = payload
                     w.policy = None
-                elif not w.process.is_alive():
-                    raise _died(w)
-        _forward_progress(queue_, progress)
         replayed = tuple(replay_order(pods, horizon))
         return {name: dataclasses.replace(done[name], pods=replayed) for name in names}
 
@@ -242,14 +256,3 @@ def run_policies(
     """
     with PolicyWorkers(min(jobs, len(names)), with_progress=progress is not None) as workers:
         return workers.run(scenario, pods, names, horizon=horizon, progress=progress)
-
-
-def _forward_progress(progress_queue: Any, progress: Progress | None) -> None:
-    if progress_queue is None or progress is None:
-        return
-    while True:
-        try:
-            name, fraction = progress_queue.get_nowait()
-        except queue.Empty:
-            return
-        progress(name, fraction)
