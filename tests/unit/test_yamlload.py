@@ -244,7 +244,26 @@ def test_a_syntax_error_is_reported_without_reading_the_text_again(monkeypatch: 
 
 #: Edits that keep a dumped text close to the block grammar or just outside it: indentation one
 #: off, a mark moved, a key split or merged, comments, quotes, trailing spaces, empty lines.
-_EDITS = [" ", "  ", "- ", "-", ":", ": ", "#", "'", "''", "\n", "\n  ", "\n- ", "x", "1", "~", "[]", "{}", "a b"]
+_EDITS = [
+    " ",
+    "  ",
+    "- ",
+    "-",
+    ":",
+    ": ",
+    "#",
+    "'",
+    "''",
+    "\n",
+    "\n  ",
+    "\n- ",
+    "x",
+    "1",
+    "~",
+    "[]",
+    "{}",
+    "a b",
+]
 
 
 @given(
