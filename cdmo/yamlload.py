@@ -152,9 +152,12 @@ def _load_block(text: str) -> Any:
         raise _Unsupported("no lines")
     plain = _plain()
     starts = plain.starts()
+    if starts is None:
+        raise _Unsupported("a resolver for every first character")  # none in PyYAML as shipped
     cached = plain.cache.get
     value_of = plain.value
     missing = _MISSING
+    key_limit = _KEY_LIMIT
     # The collections being filled, outermost first: (column, container, is a list). The
     # innermost one is kept in locals (col, items, seq); ``pending`` is the key of ``items`` (a
     # mapping) whose value may still come on the lines below ("key:" ending its line): the
@@ -176,10 +179,9 @@ def _load_block(text: str) -> Any:
         # the value of the line, if any (a key's or an entry's)
         value: Any = missing
         if word:
-            value = word
-            if starts is None or word[:1] in starts:
-                found = cached(word, missing)
-                value = value_of(word) if found is missing else found
+            value = cached(word, missing)
+            if value is missing:
+                value = value_of(word) if word[:1] in starts else word
         elif quote:
             value = quoted.replace("''", "'")
         elif empty:
@@ -221,12 +223,11 @@ def _load_block(text: str) -> Any:
                 top_col, items, seq = col + 2 * depth, child, False
         if not key:
             raise _Unsupported("a value without a key")
-        if len(key) > _KEY_LIMIT:
+        if len(key) > key_limit:
             raise _Unsupported("a key too long to be a simple key")
-        k: Any = key
-        if starts is None or key[:1] in starts:
-            found = cached(key, missing)
-            k = value_of(key) if found is missing else found
+        k: Any = cached(key, missing)
+        if k is missing:
+            k = value_of(key) if key[:1] in starts else key
         if value is missing:
             items[k] = None
             pending = k
