@@ -129,6 +129,8 @@ _LINE = re.compile(
     rf"(?:({_PLAIN_RE})|(')((?:[ -&(-~]|'')*)'|(\[\]|\{{\}}))?$",
     re.MULTILINE,
 )
+#: Characters that the block grammar holds in single quotes at most (see _load_block).
+_OFF_BLOCK = ("#", '"', "\t", "\r", "&", "*", "!", "|", ">", "%", "? ", "\\")
 #: A mapping key longer than this may not be a YAML simple key (libyaml's limit is 1024
 #: characters from the key to its colon): such text takes the events path.
 _KEY_LIMIT = 1000
@@ -145,6 +147,14 @@ def _load_block(text: str) -> Any:
     """
     if not text.isascii():
         raise _Unsupported("text outside the block grammar")  # line breaks beyond "\n", BOMs
+    # Scans at C speed that send most hand-written YAML (comments, flow collections, double
+    # quotes, block scalars, tags, anchors) to libyaml before a line is matched. Such characters
+    # are only allowed inside single quotes, where these checks are merely cautious.
+    for off in _OFF_BLOCK:
+        if off in text:
+            raise _Unsupported(f"{off!r} in the text")
+    if text.count("[") != text.count("[]") or text.count("{") != text.count("{}"):
+        raise _Unsupported("a flow collection")
     # a final newline ends the last line; it does not start an empty one
     end = len(text) - 1 if text.endswith("\n") else len(text)
     expected = text.count("\n", 0, end) + 1
