@@ -191,6 +191,15 @@ def render(m: dict[str, Any], repeat: int, baseline_label: str | None) -> str:
                 f"| {mode} | {label} | {r['gc0']:.0f} | {r['gc1']:.0f} | {r['gc2']:.0f} | {r['gc0_s']:.3f} "
                 f"| {r['gc1_s']:.3f} | {r['gc2_s']:.3f} | {r['tracked']:,.0f} |"
             )
+    lines += [
+        "",
+        "How to read it: a full pass scans every tracked object, and CPython starts one when the",
+        "objects moved into the oldest generation since the last full pass outnumber a quarter of",
+        "those it held after that pass. So what the full passes cost a plan follows the objects the",
+        "plan makes that outlive two younger passes (its search records per pod and per GPU, and in",
+        "a cold run the per-model option tables), not the objects kept from before: fewer of those",
+        "only makes the next full pass come sooner.",
+    ]
     cold, warm = m["cold, collector on"]["new"], m["warm, collector on"]["new"]
     paused = m["warm, collector paused"]["new"]
     lines += [

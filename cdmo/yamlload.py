@@ -14,7 +14,13 @@ collector paused. Here the data is built straight from libyaml's events, so noth
 result outlives an event, and plain scalars are resolved (``7`` an int, ``true`` a bool, ``~``
 null) through a cache keyed by the scalar's text, with PyYAML's own resolver and constructors.
 
-The fast path takes what snapshots hold: mappings, sequences and scalars without tags. Anything
+Block YAML of the kind ``yaml.dump`` writes for plain data (every line ``key: value``,
+``key:`` or ``- ...`` with one-line plain or single-quoted scalars, indentation as YAML nests it)
+is read faster still, without libyaml's events: one regular expression over the text and a loop
+over its lines (_load_block; 0.31 -> 0.18 s for a 2.7 MB snapshot). A text with anything else in
+it, or any line the loop cannot place, goes to the events path below, which answers as before.
+
+The events path takes what snapshots hold: mappings, sequences and scalars without tags. Anything
 else (anchors and aliases, explicit tags, merge keys ``<<``, keys that are mappings or lists,
 a second document, any error) sends the whole text through ``yaml.load`` with the C safe loader,
 so those cases, and every error message with its line and column, are PyYAML's own. Implicit
