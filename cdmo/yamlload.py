@@ -135,6 +135,9 @@ _LINE = re.compile(
     rf"(?:({_PLAIN_RE})|(')((?:[ -&(-~]|'')*)'|(\[\]|\{{\}}))?$",
     re.MULTILINE,
 )
+#: Collections nested deeper than this take the events path: libyaml refuses a document nested
+#: about 1000 levels deep ("exceeded maximum nesting depth"), and load_yaml answers as it does.
+_DEPTH_LIMIT = 500
 #: Characters that the block grammar holds in single quotes at most (see _load_block).
 _OFF_BLOCK = ("#", '"', "\t", "\r", "&", "*", "!", "|", ">", "%", "? ", "\\")
 #: A mapping key longer than this may not be a YAML simple key (libyaml's limit is 1024
@@ -219,6 +222,8 @@ def _load_block(text: str) -> Any:
                 pending = missing  # else "key:" with nothing below: null, set already
             if col != top_col or bool(marks) != seq:
                 raise _Unsupported("indentation the block grammar does not hold")
+            if len(stack) + len(marks) > _DEPTH_LIMIT:
+                raise _Unsupported("collections nested deeper than libyaml reads them")
             if marks:
                 # The first mark is an entry of ``items`` (a sequence at this column), each
                 # further one a sequence inside the entry before it.

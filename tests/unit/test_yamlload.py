@@ -311,6 +311,8 @@ def test_block_text_takes_the_block_path(text: str) -> None:
         "a: " + "x" * 10 + "\n" + "k" * 1001 + ": 1\n",  # a key longer than a simple key may be
         "a:\r\n  b: 1\r\n",  # carriage returns
         "a: é\n",  # beyond ASCII
+        "- " * 1001 + "a\n",  # nested deeper than libyaml reads (its error, not data)
+        "".join(" " * i + "k:\n" for i in range(1000)) + " " * 1000 + "k: 1\n",
         "",
     ],
 )
