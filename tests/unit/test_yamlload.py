@@ -238,3 +238,93 @@ def test_a_syntax_error_is_reported_without_reading_the_text_again(monkeypatch: 
 
     monkeypatch.setattr(yamlload.yaml, "load", no_second_read)
     assert _outcome(load_yaml, text) == expected
+
+
+# -- the block path (yamlload._load_block) -------------------------------------------------------
+
+#: Edits that keep a dumped text close to the block grammar or just outside it: indentation one
+#: off, a mark moved, a key split or merged, comments, quotes, trailing spaces, empty lines.
+_EDITS = [
+    " ",
+    "  ",
+    "- ",
+    "-",
+    ":",
+    ": ",
+    "#",
+    "'",
+    "''",
+    "\n",
+    "\n  ",
+    "\n- ",
+    "x",
+    "1",
+    "~",
+    "[]",
+    "{}",
+    "a b",
+]
+
+
+@given(
+    _data,
+    st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 3), st.sampled_from(_EDITS)), max_size=3),
+)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_edited_block_text_loads_as_safe_load_loads_it(data: Any, edits: list[tuple[int, int, str]]) -> None:
+    # Block YAML as yaml.dump writes it, then cut, spliced and re-indented at random: whatever
+    # the block path takes must be what libyaml reads, and what it does not take goes there.
+    text = yaml.dump(data, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), default_flow_style=False)
+    for at, cut, insert in edits:
+        at %= len(text) + 1
+        text = text[:at] + insert + text[at + cut :]
+    assert_loads_like_safe_load(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a:\n- 1\n- 2\nb: x\n",  # a sequence at its key's column, as yaml.dump writes it
+        "a:\n  - 1\n  - 2\nb:\n  c: d\n  e:\n  f: []\n",
+        "- - 1\n  - 2\n- - - x: 1\n      y: 2\n",
+        "- a:\n  - b\n  c: 'it''s'\n- {}\n- []\n- ''\n",
+        "a: NVIDIA H100 80GB HBM3\nb: nvidia.com/mig-1g.10gb\n-1: -x\n.5: on\nc: 2001-12-14\n",
+    ],
+)
+def test_block_text_takes_the_block_path(text: str) -> None:
+    assert _same(yamlload._load_block(text), yaml.safe_load(text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: b\n  c\n",  # a plain scalar over two lines
+        "a:\n  b: 1\n c: 2\n",  # a key between two indentations
+        "a: 1\n\nb: 2\n",  # an empty line
+        "a: 1 # note\n",  # a comment
+        "a: 1 \n",  # a trailing space
+        "a:  1\n",  # two spaces after the colon
+        "- a\nb: 1\n",  # a sequence, then a mapping at the root
+        "  a: 1\n",  # an indented first line
+        "a: 'x\n  y'\n",  # a quoted string over two lines
+        "---\na: 1\n",  # a document marker
+        "a: " + "x" * 10 + "\n" + "k" * 1001 + ": 1\n",  # a key longer than a simple key may be
+        "a:\r\n  b: 1\r\n",  # carriage returns
+        "a: é\n",  # beyond ASCII
+        "- " * 1001 + "a\n",  # nested deeper than libyaml reads (its error, not data)
+        "".join(" " * i + "k:\n" for i in range(1000)) + " " * 1000 + "k: 1\n",
+        "",
+    ],
+)
+def test_text_outside_the_block_grammar_is_left_to_libyaml(text: str) -> None:
+    with pytest.raises(yamlload._Unsupported):
+        yamlload._load_block(text)
+    assert_loads_like_safe_load(text)
+
+
+def test_a_dumped_snapshot_takes_the_block_path() -> None:
+    text = (ROOT / "tests/data/snapshots/handout.yaml").read_text()
+    data = yaml.safe_load(text)
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    dumped = yaml.dump(data, Dumper=dumper, default_flow_style=False, sort_keys=False)
+    assert _same(yamlload._load_block(dumped), data)
