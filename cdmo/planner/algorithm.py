@@ -81,6 +81,13 @@ SPLIT_FEASIBLE_LIMIT = 16
 #: Kinds of lower-priority pods, and nodes per kind, probed to break ties between two passes.
 ROOM_PROBES = 64
 _UNITS_LCM = 24  # placement axes are 4, 8 or 12 units
+#: Read from a cost table: not costed yet (None is a cached answer: the demand does not fit).
+_UNCOSTED: Any = object()
+
+#: An option's cached parts: (destroyed, created, changes the layout, dloss, loss, which option).
+OptionParts = tuple[int, int, bool, int, tuple[int, ...], int]
+#: ``fixed << len(cands) | free`` -> the best option's parts (None: the demand does not fit).
+CostTable = dict[int, OptionParts | None]
 
 
 class Planner(RepairSteps):
@@ -110,7 +117,7 @@ class Planner(RepairSteps):
         self.used_fit_memo: dict[tuple[int, Demand], bool] = {}
         self.empty_fit_memo: dict[tuple[tuple[int, ...], Demand], bool] = {}
         #: _option_parts for GPUs outside any group (reasons look at cordoned nodes' GPUs too)
-        self._loose_costs: dict[tuple[Any, ...], tuple[Any, ...] | None] = {}
+        self._loose_costs: dict[tuple[Any, ...], CostTable] = {}
         self._largest: dict[str, Fraction] = {}
         #: node evaluations so far (the repairs' budget counts them)
         self._walks = 0
@@ -464,25 +471,44 @@ class Planner(RepairSteps):
             return None
         return self._rank_of(parts, touched, node_touched)
 
-    def _rank_of(
-        self, parts: tuple[int, int, bool, int, tuple[int, ...], int], touched: bool, node_touched: bool
-    ) -> Rank:
+    def _rank_of(self, parts: OptionParts, touched: bool, node_touched: bool) -> Rank:
         """The rank of an option from its cached parts and whether its GPU and node are touched."""
         destroyed, created, change, dloss, loss, _ = parts
         gpus = int(change and not touched)
         nodes = int(change and not node_touched)
         return rank(self.mode, destroyed, created, gpus, nodes, dloss, loss)
 
-    def _option_parts(
-        self, group: NodeGroup | None, geo: Geometry, fixed: int, free: int, demand: Demand
-    ) -> tuple[int, int, bool, int, tuple[int, ...], int] | None:
-        """(destroyed, created, changes the layout, dloss, loss, which of ``geo.options``) of the
-        best option, cached per group. Numbers only: the cache holds thousands and the cyclic
-        collector skips tuples of numbers."""
-        key = (self.mode, demand, geo.ordinal, fixed, free)
+    def _cost_table(self, group: NodeGroup | None, geo: Geometry, demand: Demand) -> CostTable:
+        """The cache of :meth:`_option_parts` for ``demand`` on ``geo``'s GPUs of ``group`` under
+        the current ranking: ``fixed << len(geo.cands) | free`` -> the parts.
+
+        Keyed by one int per state: the costing loop reads it by the ten thousand, and a key
+        tuple holding the demand cost more to hash than the lookup it served.
+        """
         costs = group.costs if group is not None else self._loose_costs
+        key = (self.mode, demand, geo.ordinal)
+        table = costs.get(key)
+        if table is None:
+            table = costs[key] = {}
+        return table
+
+    def _option_parts(
+        self,
+        group: NodeGroup | None,
+        geo: Geometry,
+        fixed: int,
+        free: int,
+        demand: Demand,
+        table: CostTable | None = None,
+    ) -> OptionParts | None:
+        """(destroyed, created, changes the layout, dloss, loss, which of ``geo.options``) of the
+        best option, cached per group (``table``: :meth:`_cost_table`, when the caller has it).
+        Numbers only: the cache holds thousands and the cyclic collector skips tuples of numbers."""
+        if table is None:
+            table = self._cost_table(group, geo, demand)
+        key = fixed << len(geo.cands) | free
         try:
-            return costs[key]
+            return table[key]
         except KeyError:
             pass
         result = None
@@ -509,7 +535,7 @@ class Planner(RepairSteps):
                 opt.loss,
                 best[2],
             )
-        costs[key] = result
+        table[key] = result
         return result
 
     def _group_best(self, group: NodeGroup, demand: Demand) -> tuple[tuple[Any, ...], int, int, int] | None:
@@ -577,23 +603,44 @@ class Planner(RepairSteps):
                 push(heap, (lb, members[0], False))
             entry[1] = len(arrivals)
         pop = heapq.heappop
+        cost_tables: dict[int, tuple[Geometry, CostTable, int]] = {}
+        mode = self.mode
         while heap:
-            rank, key, costed = heap[0]
+            head, key, costed = heap[0]
             if not costed:
                 pop(heap)
-                members = classes[id(rank)]
+                members = classes[id(head)]
                 if not members or members[0] != key:
                     continue  # the class's least key changed since: its entry is further down
                 pop(members)
                 if members:
-                    push(heap, (rank, members[0], False))
+                    push(heap, (head, members[0], False))
                 if states.get(key, 0) <= 0:
                     continue
                 ordinal, fixed, free, touched, node_touched = key
-                costed_rank = self._best_rank(
-                    group, self.geos[ordinal], fixed, free, touched, node_touched, demand
-                )
-                if costed_rank is not None:
+                # _best_rank, unrolled, its cache read here: nearly every state is costed here.
+                costing = cost_tables.get(ordinal)
+                if costing is None:
+                    geo = self.geos[ordinal]
+                    costing = cost_tables[ordinal] = (
+                        geo,
+                        self._cost_table(group, geo, demand),
+                        len(geo.cands),
+                    )
+                parts = costing[1].get(fixed << costing[2] | free, _UNCOSTED)
+                if parts is _UNCOSTED:
+                    parts = self._option_parts(group, costing[0], fixed, free, demand, costing[1])
+                if parts is not None:
+                    change = parts[2]
+                    costed_rank = rank(
+                        mode,
+                        parts[0],
+                        parts[1],
+                        int(change and not touched),
+                        int(change and not node_touched),
+                        parts[3],
+                        parts[4],
+                    )
                     push(heap, (costed_rank, key, True))
                 continue
             if states.get(key, 0) <= 0:
@@ -604,7 +651,7 @@ class Planner(RepairSteps):
             while by_place[members[0]].key != key:
                 pop(members)
             gpu = by_place[members[0]]
-            answer = (rank, gpu.node.order, gpu.index, gpu.id)
+            answer = (head, gpu.node.order, gpu.index, gpu.id)
             entry[3], entry[4] = group.changes, answer
             return answer
         entry[3], entry[4] = group.changes, None
@@ -750,17 +797,21 @@ class Planner(RepairSteps):
         demand = pod.demand
         assert demand is not None
         memo_key = (demand, pod.group_ids)
-        epochs = tuple(g.epoch for g in pod.groups)
-        if self.fail_memo.get(memo_key) == epochs:
+        failed = self.fail_memo.get(memo_key)
+        if failed is not None and failed == tuple(g.epoch for g in pod.groups):
             return False
         best: tuple[Any, ...] | None = None  # (rank, node order, gpu index, payload)
         perfect = False
         for group in pod.groups:
-            found = self._group_best(group, demand)
-            if found is not None:
-                rank, order, index, gid = found
-                if best is None or (rank, order, index) < best[:3]:
-                    best = (rank, order, index, gid)
+            # _group_best's own check, read here first: most groups did not change since the last
+            # pod (only the group that got it did), and this runs per pod and group.
+            entry = group.mheaps.get(demand)
+            if entry is not None and entry[3] == group.changes:
+                found = entry[4]
+            else:
+                found = self._group_best(group, demand)
+            if found is not None and (best is None or found[:3] < best[:3]):
+                best = found
         if best is not None:
             gpu = self.gpus[best[3]]
             chosen = self._best_option(
@@ -774,8 +825,14 @@ class Planner(RepairSteps):
             exhaustive = True
         if pod.devices >= 2 and not perfect:
             feasible = 0
+            memo = self.node_memo
             for node in self._split_candidates(pod, exhaustive=exhaustive):
-                option = self._node_option(node, demand)
+                # _node_option's memo, read here first: an exhaustive scan meets the same full
+                # nodes pod after pod.
+                hit = memo.get((node.order, demand))
+                option = (
+                    hit[1] if hit is not None and hit[0] == node.version else self._node_option(node, demand)
+                )
                 if option is None:
                     continue
                 cand = (option[0], node.order, -1, (node, option[1]))
@@ -785,7 +842,7 @@ class Planner(RepairSteps):
                 if exhaustive and feasible >= SPLIT_FEASIBLE_LIMIT:
                     break
         if best is None:
-            self.fail_memo[memo_key] = epochs
+            self.fail_memo[memo_key] = tuple(g.epoch for g in pod.groups)
             return False
         node, steps = best[3]
         self._apply(pod, node, steps)
@@ -859,7 +916,10 @@ class Planner(RepairSteps):
             new = opt.assigned & ~gpu.free
             self._set_gpu(gpu, opt.fixed, opt.free)
             parts.append((gpu.id, opt.assigned, new))
-        self._refresh_node(node)
+        if not node.touched or not gpu.touched:
+            # Otherwise the node stays touched: its GPU just set is (most pods land on a node
+            # that is touched already, and this saves looking at its other GPUs).
+            self._refresh_node(node)
         self.assigned[pod.key] = (node.order, tuple(parts))
         node.pods.add(pod.key)
         self.journal.append(("assign", pod.key))

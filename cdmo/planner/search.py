@@ -132,8 +132,9 @@ class NodeGroup:
         self.pressure: dict[str, int] = {}
         #: model ordinal -> {free-unit mask -> value of that free space to the waiting demand}
         self.values: dict[int, dict[int, int]] = {}
-        #: (mode, demand, model ordinal, fixed, free) -> the best option's parts (see _best_option)
-        self.costs: dict[tuple[Any, ...], tuple[Any, ...] | None] = {}
+        #: (mode, demand, model ordinal) -> {fixed << len(cands) | free -> the best option's parts}
+        #: (see Planner._cost_table)
+        self.costs: dict[tuple[Any, ...], dict[int, Any]] = {}
 
 
 @dataclass(slots=True)
