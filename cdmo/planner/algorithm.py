@@ -703,10 +703,18 @@ class Planner(RepairSteps):
             if pick is None:
                 # One device at a time: first the profile the fewest GPUs here can still take,
                 # then the largest, so that a device only one GPU fits is not crowded out.
-                first = min(
-                    part,
-                    key=lambda pc: (self._hosts(node, state, pc[0]), -self._largest_fraction(pc[0]), pc[0]),
-                )[0]
+                first = (
+                    part[0][0]
+                    if len(part) == 1  # one profile left (most multi-device pods): nothing to weigh
+                    else min(
+                        part,
+                        key=lambda pc: (
+                            self._hosts(node, state, pc[0]),
+                            -self._largest_fraction(pc[0]),
+                            pc[0],
+                        ),
+                    )[0]
+                )
                 part = ((first, 1),)
                 pick = self._pick_gpu(node, state, part, node_touched)
                 if pick is None:
@@ -746,10 +754,14 @@ class Planner(RepairSteps):
         """How many GPUs of ``node`` (in ``state``) have free units for one ``profile``."""
         one = ((profile, 1),)
         count = 0
+        last: Geometry | None = None
+        need = None
         for gpu in node.gpus:
             if gpu.held:
                 continue
-            need = self._need(gpu.geo, one)
+            if gpu.geo is not last:  # a node's GPUs are mostly of one model
+                last = gpu.geo
+                need = self._need(last, one)
             if need is not None:
                 caps = gpu.geo.caps_beside(state[gpu.id][0])
                 count += caps[need[0][0]] > 0
@@ -768,20 +780,26 @@ class Planner(RepairSteps):
         self, node: SearchNode, state: dict[int, Any], demand: Demand, node_touched: bool
     ) -> tuple[SearchGpu, AddOption] | None:
         best = None
+        last: Geometry | None = None
+        need = None
         for gpu in node.gpus:
             if gpu.held:
                 continue
             fixed, free, touched = state[gpu.id]
             geo = gpu.geo
-            need = self._need(geo, demand)
+            if geo is not last:  # a node's GPUs are mostly of one model
+                last = geo
+                need = self._need(geo, demand)
             if need is None:
                 continue
             caps = geo.caps_beside(fixed)
-            if any(caps[i] < c for i, c in need):
-                continue
-            found = self._best_rank(node.group, geo, fixed, free, touched, node_touched, demand)
-            if found is not None and (best is None or (found, gpu.index) < best[0]):
-                best = ((found, gpu.index), gpu, touched)
+            for i, c in need:
+                if caps[i] < c:
+                    break
+            else:
+                found = self._best_rank(node.group, geo, fixed, free, touched, node_touched, demand)
+                if found is not None and (best is None or (found, gpu.index) < best[0]):
+                    best = ((found, gpu.index), gpu, touched)
         if best is None:
             return None
         gpu, touched = best[1], best[2]
@@ -887,9 +905,19 @@ class Planner(RepairSteps):
             ]
         seen = 0
         keep: list[int] = []
+        masks: dict[int, int] = {}  # model ordinal -> candidate bits of the pod's profiles
         for pos, order in enumerate(orders):
             node = self.nodes[order]
-            if not any(gpu.free & gpu.geo.profile_bits.get(p, 0) for gpu in node.gpus for p in profiles):
+            for gpu in node.gpus:
+                mask = masks.get(gpu.geo.ordinal)
+                if mask is None:
+                    mask = 0
+                    for p in profiles:
+                        mask |= gpu.geo.profile_bits.get(p, 0)
+                    masks[gpu.geo.ordinal] = mask
+                if gpu.free & mask:
+                    break
+            else:
                 continue  # handed out or destroyed: dropped from the list below
             keep.append(order)
             if seen >= SPLIT_SCAN_LIMIT:
