@@ -81,13 +81,15 @@ SPLIT_FEASIBLE_LIMIT = 16
 #: Kinds of lower-priority pods, and nodes per kind, probed to break ties between two passes.
 ROOM_PROBES = 64
 _UNITS_LCM = 24  # placement axes are 4, 8 or 12 units
-#: Read from a cost table: not costed yet (None is a cached answer: the demand does not fit).
-_UNCOSTED: Any = object()
 
 #: An option's cached parts: (destroyed, created, changes the layout, dloss, loss, which option).
 OptionParts = tuple[int, int, bool, int, tuple[int, ...], int]
 #: ``fixed << len(cands) | free`` -> the best option's parts (None: the demand does not fit).
 CostTable = dict[int, OptionParts | None]
+#: Read from a cost table, compared by identity: not costed yet (None is a cached answer).
+_UNCOSTED: OptionParts = (-1, -1, False, -1, (), -1)
+#: A group's value table before it has one (never written: Planner._value makes the real one).
+_NO_VALUES: dict[int, int] = {}
 
 
 class Planner(RepairSteps):
@@ -507,22 +509,32 @@ class Planner(RepairSteps):
         if table is None:
             table = self._cost_table(group, geo, demand)
         key = fixed << len(geo.cands) | free
-        try:
-            return table[key]
-        except KeyError:
-            pass
+        # Not try/except: most callers come here on a miss, and raising costs more than looking.
+        cached = table.get(key, _UNCOSTED)
+        if cached is not _UNCOSTED:
+            return cached
         result = None
         options = geo.options(fixed, free, demand)
         if options:
             full = geo.full
-            before = self._value(group, geo, full & ~geo.units_of(fixed))
+            mode = self.mode
+            # _value's cache, read here first (_value fills it): asked once per option costed.
+            values = group.values.get(geo.ordinal, _NO_VALUES) if group is not None else _NO_VALUES
+            mask = full & ~geo.units_of(fixed)
+            before = values.get(mask)
+            if before is None:
+                before = self._value(group, geo, mask)
             best = None
             first = options[0]
             for which, opt in enumerate(options):
-                if self.mode == STANDARD and (opt.destroyed, opt.created) != (first.destroyed, first.created):
+                if mode == STANDARD and (opt.destroyed != first.destroyed or opt.created != first.created):
                     break  # sorted: nothing later ranks better under the standard ranking
-                dloss = before - self._value(group, geo, full & ~opt.units)
-                order = gpu_option_rank(self.mode, dloss, opt.destroyed, opt.created, opt.loss)
+                mask = full & ~opt.units
+                after = values.get(mask)
+                if after is None:
+                    after = self._value(group, geo, mask)
+                dloss = before - after
+                order = gpu_option_rank(mode, dloss, opt.destroyed, opt.created, opt.loss)
                 if best is None or order < best[0]:
                     best = (order, dloss, which)
             assert best is not None
