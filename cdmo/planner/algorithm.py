@@ -86,6 +86,9 @@ _UNITS_LCM = 24  # placement axes are 4, 8 or 12 units
 OptionParts = tuple[int, int, bool, int, tuple[int, ...], int]
 #: ``fixed << len(cands) | free`` -> the best option's parts (None: the demand does not fit).
 CostTable = dict[int, OptionParts | None]
+#: Kinds of state-heap entries (Planner._group_best), in the order equal ranks and keys pop:
+#: the least key of a class of states with one bound, one state by its bound, one state costed.
+_CLASS, _STATE, _COSTED = 0, 1, 2
 #: Read from a cost table, compared by identity: not costed yet (None is a cached answer).
 _UNCOSTED: OptionParts = (-1, -1, False, -1, (), -1)
 #: A group's value table before it has one (never written: Planner._value makes the real one).
@@ -559,10 +562,12 @@ class Planner(RepairSteps):
         (typically untouched GPUs once touched ones have room) are never searched. The answer is
         the least (rank, state key) over the populated states that can take the demand.
 
-        States with the same bound wait in one heap of keys per bound (``classes``, by the id of
-        the bound: one tuple per mode, see _Bounds); the demand's
-        heap holds each class once, by its least key, plus the states costed so far. That gives
-        the same order as one heap entry per state, with a few entries instead of thousands.
+        When the heap is made, the populated states with the same bound wait in one heap of keys
+        per bound (``classes``, by the id of the bound: one tuple per mode, see _Bounds); the
+        demand's heap holds each class once, by its least key, plus the states costed so far.
+        That gives the same order as one heap entry per state, with a few entries instead of
+        thousands. States that arrive later (a few per placement) enter the heap one by one,
+        which costs fewer heap steps than keeping them in their class.
         """
         entry = group.mheaps.get(demand)
         if entry is None:
@@ -598,35 +603,33 @@ class Planner(RepairSteps):
                 if create < 0:
                     continue  # this model lacks a profile, or the free units cannot hold it
                 lb = bounds[(create, create > 0 and not touched, create > 0 and not node_touched)]
+                if seen:
+                    push(heap, (lb, key, _STATE))  # a few at a time: straight into the heap
+                    continue
                 # Classes by the bound's identity: bounds are made once per mode (_Bounds).
                 members = classes.get(id(lb))
                 if members is None:
                     classes[id(lb)] = [key]
                     fresh[id(lb)] = lb
-                elif id(lb) in fresh:
-                    members.append(key)  # heapified below
                 else:
-                    push(members, key)
-                    if members[0] is key:
-                        push(heap, (lb, key, False))
+                    members.append(key)  # heapified below
             for ident, lb in fresh.items():
                 members = classes[ident]
                 heapq.heapify(members)
-                push(heap, (lb, members[0], False))
+                push(heap, (lb, members[0], _CLASS))
             entry[1] = len(arrivals)
         pop = heapq.heappop
         cost_tables: dict[int, tuple[Geometry, CostTable, int]] = {}
         mode = self.mode
         while heap:
-            head, key, costed = heap[0]
-            if not costed:
+            head, key, kind = heap[0]
+            if kind != _COSTED:
                 pop(heap)
-                members = classes[id(head)]
-                if not members or members[0] != key:
-                    continue  # the class's least key changed since: its entry is further down
-                pop(members)
-                if members:
-                    push(heap, (head, members[0], False))
+                if kind == _CLASS:
+                    members = classes[id(head)]
+                    pop(members)  # the class's least key: its next one takes its place
+                    if members:
+                        push(heap, (head, members[0], _CLASS))
                 if states.get(key, 0) <= 0:
                     continue
                 ordinal, fixed, free, touched, node_touched = key
@@ -653,7 +656,7 @@ class Planner(RepairSteps):
                         parts[3],
                         parts[4],
                     )
-                    push(heap, (costed_rank, key, True))
+                    push(heap, (costed_rank, key, _COSTED))
                 continue
             if states.get(key, 0) <= 0:
                 pop(heap)
