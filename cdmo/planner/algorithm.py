@@ -86,9 +86,9 @@ _UNITS_LCM = 24  # placement axes are 4, 8 or 12 units
 OptionParts = tuple[int, int, bool, int, tuple[int, ...], int]
 #: ``fixed << len(cands) | free`` -> the best option's parts (None: the demand does not fit).
 CostTable = dict[int, OptionParts | None]
-#: Kinds of state-heap entries (Planner._group_best), in the order equal ranks and keys pop:
-#: the least key of a class of states with one bound, one state by its bound, one state costed.
-_CLASS, _STATE, _COSTED = 0, 1, 2
+#: Kinds of state-heap entries (Planner._group_best): a state by its bound, a state costed. For
+#: one state and equal numbers the bound pops first, so the state is costed before it answers.
+_STATE, _COSTED = 1, 2
 #: Read from a cost table, compared by identity: not costed yet (None is a cached answer).
 _UNCOSTED: OptionParts = (-1, -1, False, -1, (), -1)
 #: A group's value table before it has one (never written: Planner._value makes the real one).
@@ -562,27 +562,24 @@ class Planner(RepairSteps):
         (typically untouched GPUs once touched ones have room) are never searched. The answer is
         the least (rank, state key) over the populated states that can take the demand.
 
-        When the heap is made, the populated states with the same bound wait in one heap of keys
-        per bound (``classes``, by the id of the bound: one tuple per mode, see _Bounds); the
-        demand's heap holds each class once, by its least key, plus the states costed so far.
-        That gives the same order as one heap entry per state, with a few entries instead of
-        thousands. States that arrive later (a few per placement) enter the heap one by one,
-        which costs fewer heap steps than keeping them in their class.
+        The demand's heap holds (bound, key) for states not costed yet and (rank, key) for those
+        costed; a state that empties stays until it surfaces, one that comes back enters again.
+        (Grouping the states by bound into one entry per bound, as this once did, kept the heap
+        small but cost more heap steps per placement than it saved.)
         """
         entry = group.mheaps.get(demand)
         if entry is None:
-            entry = group.mheaps[demand] = [[], 0, {}, -1, None]
-        elif entry[3] == group.changes:
-            kept: tuple[tuple[Any, ...], int, int, int] | None = entry[4]
+            entry = group.mheaps[demand] = [[], 0, -1, None]
+        elif entry[2] == group.changes:
+            kept: tuple[tuple[Any, ...], int, int, int] | None = entry[3]
             return kept  # no GPU of the group entered or left a state since the last answer
-        heap, seen, classes = entry[0], entry[1], entry[2]
+        heap, seen = entry[0], entry[1]
         arrivals = group.arrivals
         states = group.states
         push = heapq.heappush
         if seen < len(arrivals):
             bounds = self._bounds
             geos = self.geos
-            fresh: dict[int, Rank] = {}
             tables: dict[int, tuple[Geometry, dict[int, int], int]] = {}
             if seen == 0:
                 # A new heap: the populated states, each once (arrivals repeat states that left
@@ -604,19 +601,11 @@ class Planner(RepairSteps):
                     continue  # this model lacks a profile, or the free units cannot hold it
                 lb = bounds[(create, create > 0 and not touched, create > 0 and not node_touched)]
                 if seen:
-                    push(heap, (lb, key, _STATE))  # a few at a time: straight into the heap
-                    continue
-                # Classes by the bound's identity: bounds are made once per mode (_Bounds).
-                members = classes.get(id(lb))
-                if members is None:
-                    classes[id(lb)] = [key]
-                    fresh[id(lb)] = lb
+                    push(heap, (lb, key, _STATE))
                 else:
-                    members.append(key)  # heapified below
-            for ident, lb in fresh.items():
-                members = classes[ident]
-                heapq.heapify(members)
-                push(heap, (lb, members[0], _CLASS))
+                    heap.append((lb, key, _STATE))  # heapified below
+            if not seen:
+                heapq.heapify(heap)
             entry[1] = len(arrivals)
         pop = heapq.heappop
         cost_tables: dict[int, tuple[Geometry, CostTable, int]] = {}
@@ -625,11 +614,6 @@ class Planner(RepairSteps):
             head, key, kind = heap[0]
             if kind != _COSTED:
                 pop(heap)
-                if kind == _CLASS:
-                    members = classes[id(head)]
-                    pop(members)  # the class's least key: its next one takes its place
-                    if members:
-                        push(heap, (head, members[0], _CLASS))
                 if states.get(key, 0) <= 0:
                     continue
                 ordinal, fixed, free, touched, node_touched = key
@@ -667,9 +651,9 @@ class Planner(RepairSteps):
                 pop(members)
             gpu = by_place[members[0]]
             answer = (head, gpu.node.order, gpu.index, gpu.id)
-            entry[3], entry[4] = group.changes, answer
+            entry[2], entry[3] = group.changes, answer
             return answer
-        entry[3], entry[4] = group.changes, None
+        entry[2], entry[3] = group.changes, None
         return None
 
     def _need(self, geo: Geometry, demand: Demand) -> tuple[tuple[int, int], ...] | None:
@@ -839,8 +823,8 @@ class Planner(RepairSteps):
             # _group_best's own check, read here first: most groups did not change since the last
             # pod (only the group that got it did), and this runs per pod and group.
             entry = group.mheaps.get(demand)
-            if entry is not None and entry[3] == group.changes:
-                found = entry[4]
+            if entry is not None and entry[2] == group.changes:
+                found = entry[3]
             else:
                 found = self._group_best(group, demand)
             if found is not None and (best is None or found[:3] < best[:3]):

@@ -119,7 +119,8 @@ class NodeGroup:
         self.states: dict[StateKey, int] = {}
         #: state key -> heap of the GPUs' places (Planner.by_place); stale entries are skipped
         self.members: dict[StateKey, list[int]] = {}
-        #: demand -> [heap of (rank, state key), how many arrivals it has seen]
+        #: demand -> [heap of (bound or rank, state key, kind), how many arrivals it has seen,
+        #: ``changes`` when last answered, that answer] (see Planner._group_best)
         self.mheaps: dict[Demand, list[Any]] = {}
         #: state keys in the order they first became populated
         self.arrivals: list[StateKey] = []
