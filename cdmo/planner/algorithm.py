@@ -441,16 +441,10 @@ class Planner(RepairSteps):
     # --- costs -------------------------------------------------------------------------------
 
     def _best_option(
-        self,
-        group: NodeGroup | None,
-        geo: Geometry,
-        fixed: int,
-        free: int,
-        touched: bool,
-        node_touched: bool,
-        demand: Demand,
-    ) -> tuple[tuple[Any, ...], AddOption] | None:
-        """The best way to add ``demand`` to one GPU under the current ranking, with its rank.
+        self, group: NodeGroup | None, geo: Geometry, fixed: int, free: int, demand: Demand
+    ) -> AddOption | None:
+        """The best way to add ``demand`` to one GPU under the current ranking (its rank:
+        :meth:`_best_rank`).
 
         Among one GPU's options the touched flags never change the order (options that destroy
         and create alike change the layout alike), so the choice is cached per group without them.
@@ -458,7 +452,7 @@ class Planner(RepairSteps):
         parts = self._option_parts(group, geo, fixed, free, demand)
         if parts is None:
             return None
-        return self._rank_of(parts, touched, node_touched), geo.options(fixed, free, demand)[parts[5]]
+        return geo.options(fixed, free, demand)[parts[5]]
 
     def _best_rank(
         self,
@@ -798,14 +792,14 @@ class Planner(RepairSteps):
             else:
                 found = self._best_rank(node.group, geo, fixed, free, touched, node_touched, demand)
                 if found is not None and (best is None or (found, gpu.index) < best[0]):
-                    best = ((found, gpu.index), gpu, touched)
+                    best = ((found, gpu.index), gpu)
         if best is None:
             return None
-        gpu, touched = best[1], best[2]
+        gpu = best[1]
         fixed, free, _ = state[gpu.id]
-        chosen = self._best_option(node.group, gpu.geo, fixed, free, touched, node_touched, demand)
+        chosen = self._best_option(node.group, gpu.geo, fixed, free, demand)
         assert chosen is not None
-        return gpu, chosen[1]
+        return gpu, chosen
 
     # --- placing one pod ---------------------------------------------------------------------
 
@@ -831,13 +825,11 @@ class Planner(RepairSteps):
                 best = found
         if best is not None:
             gpu = self.gpus[best[3]]
-            chosen = self._best_option(
-                gpu.node.group, gpu.geo, gpu.fixed, gpu.free, gpu.touched, gpu.node.touched, demand
-            )
+            chosen = self._best_option(gpu.node.group, gpu.geo, gpu.fixed, gpu.free, demand)
             assert chosen is not None
-            perfect = not chosen[1].destroyed and not chosen[1].created
-            exhaustive = bool(chosen[1].destroyed) or self.mode == COUNT
-            best = (best[0], best[1], best[2], (gpu.node, [(gpu, chosen[1])]))
+            perfect = not chosen.destroyed and not chosen.created
+            exhaustive = bool(chosen.destroyed) or self.mode == COUNT
+            best = (best[0], best[1], best[2], (gpu.node, [(gpu, chosen)]))
         else:
             exhaustive = True
         if pod.devices >= 2 and not perfect:
@@ -1183,12 +1175,10 @@ class Planner(RepairSteps):
 
     def _place_on_gpu(self, pod: PodState, gpu: SearchGpu) -> bool:
         assert pod.demand is not None
-        found = self._best_option(
-            gpu.node.group, gpu.geo, gpu.fixed, gpu.free, gpu.touched, gpu.node.touched, pod.demand
-        )
+        found = self._best_option(gpu.node.group, gpu.geo, gpu.fixed, gpu.free, pod.demand)
         if found is None:
             return False
-        self._apply(pod, gpu.node, [(gpu, found[1])])
+        self._apply(pod, gpu.node, [(gpu, found)])
         return True
 
     def _hold(self, gpu: SearchGpu) -> None:
