@@ -325,7 +325,7 @@ class Planner(RepairSteps):
         group = gpu.node.group
         if group is None or gpu.held:
             return
-        new = self._key(gpu)
+        new = (gpu.geo.ordinal, gpu.fixed, gpu.free, gpu.touched, gpu.node.touched)  # _key, inline
         if new == gpu.key:
             return
         group.states[gpu.key] -= 1
@@ -575,13 +575,13 @@ class Planner(RepairSteps):
             bounds = self._bounds
             geos = self.geos
             tables: dict[int, tuple[Geometry, dict[int, int], int]] = {}
-            if seen == 0:
-                # A new heap: the populated states, each once (arrivals repeat states that left
-                # and came back; which of them enter first does not change any answer).
-                todo = [k for k, c in states.items() if c > 0]
-            else:
-                todo = [k for k in arrivals[seen:] if states.get(k, 0) > 0]
+            # A new heap takes the populated states, each once (arrivals repeat states that left
+            # and came back; which of them enter first does not change any answer); an older one
+            # the states that arrived since.
+            todo = states if seen == 0 else arrivals[seen:]
             for key in todo:
+                if states.get(key, 0) <= 0:
+                    continue
                 ordinal, fixed, free, touched, node_touched = key
                 # Geometry.creates_at_least, its cache read here (called for every state and demand)
                 found = tables.get(ordinal)
