@@ -83,6 +83,18 @@ SPLIT_FEASIBLE_LIMIT = 16
 ROOM_PROBES = 64
 _UNITS_LCM = 24  # placement axes are 4, 8 or 12 units
 
+#: An option's cached parts: (destroyed, created, changes the layout, dloss, loss, which option).
+OptionParts = tuple[int, int, bool, int, tuple[int, ...], int]
+#: ``fixed << len(cands) | free`` -> the best option's parts (None: the demand does not fit).
+CostTable = dict[int, OptionParts | None]
+#: Kinds of state-heap entries (Planner._group_best): a state by its bound, a state costed. For
+#: one state and equal numbers the bound pops first, so the state is costed before it answers.
+_STATE, _COSTED = 1, 2
+#: Read from a cost table, compared by identity: not costed yet (None is a cached answer).
+_UNCOSTED: OptionParts = (-1, -1, False, -1, (), -1)
+#: A group's value table before it has one (never written: Planner._value makes the real one).
+_NO_VALUES: dict[int, int] = {}
+
 
 class Planner(RepairSteps):
     """One planning run over one snapshot; :meth:`run` returns the plan."""
@@ -111,7 +123,7 @@ class Planner(RepairSteps):
         self.used_fit_memo: dict[tuple[int, Demand], bool] = {}
         self.empty_fit_memo: dict[tuple[tuple[int, ...], Demand], bool] = {}
         #: _option_parts for GPUs outside any group (reasons look at cordoned nodes' GPUs too)
-        self._loose_costs: dict[tuple[Any, ...], tuple[Any, ...] | None] = {}
+        self._loose_costs: dict[tuple[Any, ...], CostTable] = {}
         self._largest: dict[str, Fraction] = {}
         #: node evaluations so far (the repairs' budget counts them)
         self._walks = 0
@@ -336,7 +348,7 @@ class Planner(RepairSteps):
         group = gpu.node.group
         if group is None or gpu.held:
             return
-        new = self._key(gpu)
+        new = (gpu.geo.ordinal, gpu.fixed, gpu.free, gpu.touched, gpu.node.touched)  # _key, inline
         if new == gpu.key:
             return
         group.states[gpu.key] -= 1
@@ -398,12 +410,20 @@ class Planner(RepairSteps):
                 self.nodes[entry[2][0]].pods.add(entry[1])
 
     def _set_mode(self, mode: int) -> None:
-        """Switch how placements are ranked; costs cached under the other ranking are dropped."""
+        """Switch how placements are ranked; costs cached under the other ranking are dropped.
+
+        The state heaps stay when the ranking does not change (each level starts in STANDARD):
+        they follow every state change, undo included, so their answers are the same as a new
+        heap's, and building them again cost a third of a 1000-node plan's placing. The node memo
+        is cleared all the same: the repairs' budget counts the node walks it saves.
+        """
+        self.node_memo.clear()
+        if mode == self.mode:
+            return
         self.mode = mode
         self._bounds = _Bounds(mode)
         for group in self.groups:
             group.mheaps.clear()
-        self.node_memo.clear()
 
     def _measure_pressure(self) -> None:
         """Measure, per group, how much of the pending demand may go to it.
@@ -451,16 +471,10 @@ class Planner(RepairSteps):
     # --- costs -------------------------------------------------------------------------------
 
     def _best_option(
-        self,
-        group: NodeGroup | None,
-        geo: Geometry,
-        fixed: int,
-        free: int,
-        touched: bool,
-        node_touched: bool,
-        demand: Demand,
-    ) -> tuple[tuple[Any, ...], AddOption] | None:
-        """The best way to add ``demand`` to one GPU under the current ranking, with its rank.
+        self, group: NodeGroup | None, geo: Geometry, fixed: int, free: int, demand: Demand
+    ) -> AddOption | None:
+        """The best way to add ``demand`` to one GPU under the current ranking (its rank:
+        :meth:`_best_rank`).
 
         Among one GPU's options the touched flags never change the order (options that destroy
         and create alike change the layout alike), so the choice is cached per group without them.
@@ -468,7 +482,7 @@ class Planner(RepairSteps):
         parts = self._option_parts(group, geo, fixed, free, demand)
         if parts is None:
             return None
-        return self._rank_of(parts, touched, node_touched), geo.options(fixed, free, demand)[parts[5]]
+        return geo.options(fixed, free, demand)[parts[5]]
 
     def _best_rank(
         self,
@@ -486,39 +500,68 @@ class Planner(RepairSteps):
             return None
         return self._rank_of(parts, touched, node_touched)
 
-    def _rank_of(
-        self, parts: tuple[int, int, bool, int, tuple[int, ...], int], touched: bool, node_touched: bool
-    ) -> Rank:
+    def _rank_of(self, parts: OptionParts, touched: bool, node_touched: bool) -> Rank:
         """The rank of an option from its cached parts and whether its GPU and node are touched."""
         destroyed, created, change, dloss, loss, _ = parts
         gpus = int(change and not touched)
         nodes = int(change and not node_touched)
         return rank(self.mode, destroyed, created, gpus, nodes, dloss, loss)
 
-    def _option_parts(
-        self, group: NodeGroup | None, geo: Geometry, fixed: int, free: int, demand: Demand
-    ) -> tuple[int, int, bool, int, tuple[int, ...], int] | None:
-        """(destroyed, created, changes the layout, dloss, loss, which of ``geo.options``) of the
-        best option, cached per group. Numbers only: the cache holds thousands and the cyclic
-        collector skips tuples of numbers."""
-        key = (self.mode, demand, geo.ordinal, fixed, free)
+    def _cost_table(self, group: NodeGroup | None, geo: Geometry, demand: Demand) -> CostTable:
+        """The cache of :meth:`_option_parts` for ``demand`` on ``geo``'s GPUs of ``group`` under
+        the current ranking: ``fixed << len(geo.cands) | free`` -> the parts.
+
+        Keyed by one int per state: the costing loop reads it by the ten thousand, and a key
+        tuple holding the demand cost more to hash than the lookup it served.
+        """
         costs = group.costs if group is not None else self._loose_costs
-        try:
-            return costs[key]
-        except KeyError:
-            pass
+        key = (self.mode, demand, geo.ordinal)
+        table = costs.get(key)
+        if table is None:
+            table = costs[key] = {}
+        return table
+
+    def _option_parts(
+        self,
+        group: NodeGroup | None,
+        geo: Geometry,
+        fixed: int,
+        free: int,
+        demand: Demand,
+        table: CostTable | None = None,
+    ) -> OptionParts | None:
+        """(destroyed, created, changes the layout, dloss, loss, which of ``geo.options``) of the
+        best option, cached per group (``table``: :meth:`_cost_table`, when the caller has it).
+        Numbers only: the cache holds thousands and the cyclic collector skips tuples of numbers."""
+        if table is None:
+            table = self._cost_table(group, geo, demand)
+        key = fixed << len(geo.cands) | free
+        # Not try/except: most callers come here on a miss, and raising costs more than looking.
+        cached = table.get(key, _UNCOSTED)
+        if cached is not _UNCOSTED:
+            return cached
         result = None
         options = geo.options(fixed, free, demand)
         if options:
             full = geo.full
-            before = self._value(group, geo, full & ~geo.units_of(fixed))
+            mode = self.mode
+            # _value's cache, read here first (_value fills it): asked once per option costed.
+            values = group.values.get(geo.ordinal, _NO_VALUES) if group is not None else _NO_VALUES
+            mask = full & ~geo.units_of(fixed)
+            before = values.get(mask)
+            if before is None:
+                before = self._value(group, geo, mask)
             best = None
             first = options[0]
             for which, opt in enumerate(options):
-                if self.mode == STANDARD and (opt.destroyed, opt.created) != (first.destroyed, first.created):
+                if mode == STANDARD and (opt.destroyed != first.destroyed or opt.created != first.created):
                     break  # sorted: nothing later ranks better under the standard ranking
-                dloss = before - self._value(group, geo, full & ~opt.units)
-                order = gpu_option_rank(self.mode, dloss, opt.destroyed, opt.created, opt.loss)
+                mask = full & ~opt.units
+                after = values.get(mask)
+                if after is None:
+                    after = self._value(group, geo, mask)
+                dloss = before - after
+                order = gpu_option_rank(mode, dloss, opt.destroyed, opt.created, opt.loss)
                 if best is None or order < best[0]:
                     best = (order, dloss, which)
             assert best is not None
@@ -531,7 +574,7 @@ class Planner(RepairSteps):
                 opt.loss,
                 best[2],
             )
-        costs[key] = result
+        table[key] = result
         return result
 
     def _group_best(self, group: NodeGroup, demand: Demand) -> tuple[tuple[Any, ...], int, int, int] | None:
@@ -543,33 +586,32 @@ class Planner(RepairSteps):
         (typically untouched GPUs once touched ones have room) are never searched. The answer is
         the least (rank, state key) over the populated states that can take the demand.
 
-        States with the same bound wait in one heap of keys per bound (``classes``, by the id of
-        the bound: one tuple per mode, see _Bounds); the demand's
-        heap holds each class once, by its least key, plus the states costed so far. That gives
-        the same order as one heap entry per state, with a few entries instead of thousands.
+        The demand's heap holds (bound, key) for states not costed yet and (rank, key) for those
+        costed; a state that empties stays until it surfaces, one that comes back enters again.
+        (Grouping the states by bound into one entry per bound, as this once did, kept the heap
+        small but cost more heap steps per placement than it saved.)
         """
         entry = group.mheaps.get(demand)
         if entry is None:
-            entry = group.mheaps[demand] = [[], 0, {}, -1, None]
-        elif entry[3] == group.changes:
-            kept: tuple[tuple[Any, ...], int, int, int] | None = entry[4]
+            entry = group.mheaps[demand] = [[], 0, -1, None]
+        elif entry[2] == group.changes:
+            kept: tuple[tuple[Any, ...], int, int, int] | None = entry[3]
             return kept  # no GPU of the group entered or left a state since the last answer
-        heap, seen, classes = entry[0], entry[1], entry[2]
+        heap, seen = entry[0], entry[1]
         arrivals = group.arrivals
         states = group.states
         push = heapq.heappush
         if seen < len(arrivals):
             bounds = self._bounds
             geos = self.geos
-            fresh: dict[int, Rank] = {}
             tables: dict[int, tuple[Geometry, dict[int, int], int]] = {}
-            if seen == 0:
-                # A new heap: the populated states, each once (arrivals repeat states that left
-                # and came back; which of them enter first does not change any answer).
-                todo = [k for k, c in states.items() if c > 0]
-            else:
-                todo = [k for k in arrivals[seen:] if states.get(k, 0) > 0]
+            # A new heap takes the populated states, each once (arrivals repeat states that left
+            # and came back; which of them enter first does not change any answer); an older one
+            # the states that arrived since.
+            todo = states if seen == 0 else arrivals[seen:]
             for key in todo:
+                if states.get(key, 0) <= 0:
+                    continue
                 ordinal, fixed, free, touched, node_touched = key
                 # Geometry.creates_at_least, its cache read here (called for every state and demand)
                 found = tables.get(ordinal)
@@ -582,41 +624,47 @@ class Planner(RepairSteps):
                 if create < 0:
                     continue  # this model lacks a profile, or the free units cannot hold it
                 lb = bounds[(create, create > 0 and not touched, create > 0 and not node_touched)]
-                # Classes by the bound's identity: bounds are made once per mode (_Bounds).
-                members = classes.get(id(lb))
-                if members is None:
-                    classes[id(lb)] = [key]
-                    fresh[id(lb)] = lb
-                elif id(lb) in fresh:
-                    members.append(key)  # heapified below
+                if seen:
+                    push(heap, (lb, key, _STATE))
                 else:
-                    push(members, key)
-                    if members[0] is key:
-                        push(heap, (lb, key, False))
-            for ident, lb in fresh.items():
-                members = classes[ident]
-                heapq.heapify(members)
-                push(heap, (lb, members[0], False))
+                    heap.append((lb, key, _STATE))  # heapified below
+            if not seen:
+                heapq.heapify(heap)
             entry[1] = len(arrivals)
         pop = heapq.heappop
+        cost_tables: dict[int, tuple[Geometry, CostTable, int]] = {}
+        mode = self.mode
         while heap:
-            rank, key, costed = heap[0]
-            if not costed:
+            head, key, kind = heap[0]
+            if kind != _COSTED:
                 pop(heap)
-                members = classes[id(rank)]
-                if not members or members[0] != key:
-                    continue  # the class's least key changed since: its entry is further down
-                pop(members)
-                if members:
-                    push(heap, (rank, members[0], False))
                 if states.get(key, 0) <= 0:
                     continue
                 ordinal, fixed, free, touched, node_touched = key
-                costed_rank = self._best_rank(
-                    group, self.geos[ordinal], fixed, free, touched, node_touched, demand
-                )
-                if costed_rank is not None:
-                    push(heap, (costed_rank, key, True))
+                # _best_rank, unrolled, its cache read here: nearly every state is costed here.
+                costing = cost_tables.get(ordinal)
+                if costing is None:
+                    geo = self.geos[ordinal]
+                    costing = cost_tables[ordinal] = (
+                        geo,
+                        self._cost_table(group, geo, demand),
+                        len(geo.cands),
+                    )
+                parts = costing[1].get(fixed << costing[2] | free, _UNCOSTED)
+                if parts is _UNCOSTED:
+                    parts = self._option_parts(group, costing[0], fixed, free, demand, costing[1])
+                if parts is not None:
+                    change = parts[2]
+                    costed_rank = rank(
+                        mode,
+                        parts[0],
+                        parts[1],
+                        int(change and not touched),
+                        int(change and not node_touched),
+                        parts[3],
+                        parts[4],
+                    )
+                    push(heap, (costed_rank, key, _COSTED))
                 continue
             if states.get(key, 0) <= 0:
                 pop(heap)
@@ -626,10 +674,10 @@ class Planner(RepairSteps):
             while by_place[members[0]].key != key:
                 pop(members)
             gpu = by_place[members[0]]
-            answer = (rank, gpu.node.order, gpu.index, gpu.id)
-            entry[3], entry[4] = group.changes, answer
+            answer = (head, gpu.node.order, gpu.index, gpu.id)
+            entry[2], entry[3] = group.changes, answer
             return answer
-        entry[3], entry[4] = group.changes, None
+        entry[2], entry[3] = group.changes, None
         return None
 
     def _need(self, geo: Geometry, demand: Demand) -> tuple[tuple[int, int], ...] | None:
@@ -678,10 +726,18 @@ class Planner(RepairSteps):
             if pick is None:
                 # One device at a time: first the profile the fewest GPUs here can still take,
                 # then the largest, so that a device only one GPU fits is not crowded out.
-                first = min(
-                    part,
-                    key=lambda pc: (self._hosts(node, state, pc[0]), -self._largest_fraction(pc[0]), pc[0]),
-                )[0]
+                first = (
+                    part[0][0]
+                    if len(part) == 1  # one profile left (most multi-device pods): nothing to weigh
+                    else min(
+                        part,
+                        key=lambda pc: (
+                            self._hosts(node, state, pc[0]),
+                            -self._largest_fraction(pc[0]),
+                            pc[0],
+                        ),
+                    )[0]
+                )
                 part = ((first, 1),)
                 pick = self._pick_gpu(node, state, part, node_touched)
                 if pick is None:
@@ -721,10 +777,14 @@ class Planner(RepairSteps):
         """How many GPUs of ``node`` (in ``state``) have free units for one ``profile``."""
         one = ((profile, 1),)
         count = 0
+        last: Geometry | None = None
+        need = None
         for gpu in node.gpus:
             if gpu.held:
                 continue
-            need = self._need(gpu.geo, one)
+            if gpu.geo is not last:  # a node's GPUs are mostly of one model
+                last = gpu.geo
+                need = self._need(last, one)
             if need is not None:
                 caps = gpu.geo.caps_beside(state[gpu.id][0])
                 count += caps[need[0][0]] > 0
@@ -743,27 +803,33 @@ class Planner(RepairSteps):
         self, node: SearchNode, state: dict[int, Any], demand: Demand, node_touched: bool
     ) -> tuple[SearchGpu, AddOption] | None:
         best = None
+        last: Geometry | None = None
+        need = None
         for gpu in node.gpus:
             if gpu.held:
                 continue
             fixed, free, touched = state[gpu.id]
             geo = gpu.geo
-            need = self._need(geo, demand)
+            if geo is not last:  # a node's GPUs are mostly of one model
+                last = geo
+                need = self._need(geo, demand)
             if need is None:
                 continue
             caps = geo.caps_beside(fixed)
-            if any(caps[i] < c for i, c in need):
-                continue
-            found = self._best_rank(node.group, geo, fixed, free, touched, node_touched, demand)
-            if found is not None and (best is None or (found, gpu.index) < best[0]):
-                best = ((found, gpu.index), gpu, touched)
+            for i, c in need:
+                if caps[i] < c:
+                    break
+            else:
+                found = self._best_rank(node.group, geo, fixed, free, touched, node_touched, demand)
+                if found is not None and (best is None or (found, gpu.index) < best[0]):
+                    best = ((found, gpu.index), gpu)
         if best is None:
             return None
-        gpu, touched = best[1], best[2]
+        gpu = best[1]
         fixed, free, _ = state[gpu.id]
-        chosen = self._best_option(node.group, gpu.geo, fixed, free, touched, node_touched, demand)
+        chosen = self._best_option(node.group, gpu.geo, fixed, free, demand)
         assert chosen is not None
-        return gpu, chosen[1]
+        return gpu, chosen
 
     # --- placing one pod ---------------------------------------------------------------------
 
@@ -772,32 +838,40 @@ class Planner(RepairSteps):
         demand = pod.demand
         assert demand is not None
         memo_key = (demand, pod.group_ids)
-        epochs = tuple(g.epoch for g in pod.groups)
-        if self.fail_memo.get(memo_key) == epochs:
+        failed = self.fail_memo.get(memo_key)
+        if failed is not None and failed == tuple(g.epoch for g in pod.groups):
             return False
         best: tuple[Any, ...] | None = None  # (rank, node order, gpu index, payload)
         perfect = False
         for group in pod.groups:
-            found = self._group_best(group, demand)
-            if found is not None:
-                rank, order, index, gid = found
-                if best is None or (rank, order, index) < best[:3]:
-                    best = (rank, order, index, gid)
+            # _group_best's own check, read here first: most groups did not change since the last
+            # pod (only the group that got it did), and this runs per pod and group.
+            entry = group.mheaps.get(demand)
+            if entry is not None and entry[2] == group.changes:
+                found = entry[3]
+            else:
+                found = self._group_best(group, demand)
+            if found is not None and (best is None or found[:3] < best[:3]):
+                best = found
         if best is not None:
             gpu = self.gpus[best[3]]
-            chosen = self._best_option(
-                gpu.node.group, gpu.geo, gpu.fixed, gpu.free, gpu.touched, gpu.node.touched, demand
-            )
+            chosen = self._best_option(gpu.node.group, gpu.geo, gpu.fixed, gpu.free, demand)
             assert chosen is not None
-            perfect = not chosen[1].destroyed and not chosen[1].created
-            exhaustive = bool(chosen[1].destroyed) or self.mode == COUNT
-            best = (best[0], best[1], best[2], (gpu.node, [(gpu, chosen[1])]))
+            perfect = not chosen.destroyed and not chosen.created
+            exhaustive = bool(chosen.destroyed) or self.mode == COUNT
+            best = (best[0], best[1], best[2], (gpu.node, [(gpu, chosen)]))
         else:
             exhaustive = True
         if pod.devices >= 2 and not perfect:
             feasible = 0
+            memo = self.node_memo
             for node in self._split_candidates(pod, exhaustive=exhaustive):
-                option = self._node_option(node, demand)
+                # _node_option's memo, read here first: an exhaustive scan meets the same full
+                # nodes pod after pod.
+                hit = memo.get((node.order, demand))
+                option = (
+                    hit[1] if hit is not None and hit[0] == node.version else self._node_option(node, demand)
+                )
                 if option is None:
                     continue
                 cand = (option[0], node.order, -1, (node, option[1]))
@@ -807,7 +881,7 @@ class Planner(RepairSteps):
                 if exhaustive and feasible >= SPLIT_FEASIBLE_LIMIT:
                     break
         if best is None:
-            self.fail_memo[memo_key] = epochs
+            self.fail_memo[memo_key] = tuple(g.epoch for g in pod.groups)
             return False
         node, steps = best[3]
         self._apply(pod, node, steps)
@@ -852,9 +926,19 @@ class Planner(RepairSteps):
             ]
         seen = 0
         keep: list[int] = []
+        masks: dict[int, int] = {}  # model ordinal -> candidate bits of the pod's profiles
         for pos, order in enumerate(orders):
             node = self.nodes[order]
-            if not any(gpu.free & gpu.geo.profile_bits.get(p, 0) for gpu in node.gpus for p in profiles):
+            for gpu in node.gpus:
+                mask = masks.get(gpu.geo.ordinal)
+                if mask is None:
+                    mask = 0
+                    for p in profiles:
+                        mask |= gpu.geo.profile_bits.get(p, 0)
+                    masks[gpu.geo.ordinal] = mask
+                if gpu.free & mask:
+                    break
+            else:
                 continue  # handed out or destroyed: dropped from the list below
             keep.append(order)
             if seen >= SPLIT_SCAN_LIMIT:
@@ -881,7 +965,10 @@ class Planner(RepairSteps):
             new = opt.assigned & ~gpu.free
             self._set_gpu(gpu, opt.fixed, opt.free)
             parts.append((gpu.id, opt.assigned, new))
-        self._refresh_node(node)
+        if not node.touched or not gpu.touched:
+            # Otherwise the node stays touched: its GPU just set is (most pods land on a node
+            # that is touched already, and this saves looking at its other GPUs).
+            self._refresh_node(node)
         self.assigned[pod.key] = (node.order, tuple(parts))
         node.pods.add(pod.key)
         self.journal.append(("assign", pod.key))
@@ -1118,12 +1205,10 @@ class Planner(RepairSteps):
 
     def _place_on_gpu(self, pod: PodState, gpu: SearchGpu) -> bool:
         assert pod.demand is not None
-        found = self._best_option(
-            gpu.node.group, gpu.geo, gpu.fixed, gpu.free, gpu.touched, gpu.node.touched, pod.demand
-        )
+        found = self._best_option(gpu.node.group, gpu.geo, gpu.fixed, gpu.free, pod.demand)
         if found is None:
             return False
-        self._apply(pod, gpu.node, [(gpu, found[1])])
+        self._apply(pod, gpu.node, [(gpu, found)])
         return True
 
     def _hold(self, gpu: SearchGpu) -> None:

@@ -119,7 +119,8 @@ class NodeGroup:
         self.states: dict[StateKey, int] = {}
         #: state key -> heap of the GPUs' places (Planner.by_place); stale entries are skipped
         self.members: dict[StateKey, list[int]] = {}
-        #: demand -> [heap of (rank, state key), how many arrivals it has seen]
+        #: demand -> [heap of (bound or rank, state key, kind), how many arrivals it has seen,
+        #: ``changes`` when last answered, that answer] (see Planner._group_best)
         self.mheaps: dict[Demand, list[Any]] = {}
         #: state keys in the order they first became populated
         self.arrivals: list[StateKey] = []
@@ -132,8 +133,9 @@ class NodeGroup:
         self.pressure: dict[str, int] = {}
         #: model ordinal -> {free-unit mask -> value of that free space to the waiting demand}
         self.values: dict[int, dict[int, int]] = {}
-        #: (mode, demand, model ordinal, fixed, free) -> the best option's parts (see _best_option)
-        self.costs: dict[tuple[Any, ...], tuple[Any, ...] | None] = {}
+        #: (mode, demand, model ordinal) -> {fixed << len(cands) | free -> the best option's parts}
+        #: (see Planner._cost_table)
+        self.costs: dict[tuple[Any, ...], dict[int, Any]] = {}
 
 
 @dataclass(slots=True)
