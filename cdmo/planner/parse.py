@@ -404,9 +404,15 @@ def _pod_fast(raw: Any, i: int) -> PendingPod | None:
         namespace = "default"
     elif type(namespace) is not str or not namespace.strip():
         return None
-    requests = _requests_fast(raw.get("requests"))
-    if requests is None:
-        return None
+    raw_requests = raw.get("requests")
+    if raw_requests is None:
+        return None  # the full check says it is missing
+    # The full check itself (it builds a field's path only for a problem, raising what
+    # _parse_pod would: name and namespace, checked first there too, passed above). Pods of one
+    # kind ask alike: equal requests are one mapping (frozen with the pod, never changed), so
+    # the planner reads each distinct ask once.
+    requests = _parse_requests(raw_requests, f"pending[{i}].requests")
+    requests = _shared(_REQUESTS, tuple(requests.items()), requests)
     priority = raw.get("priority")
     if priority is None:
         priority = 0
@@ -453,6 +459,8 @@ def _pod_fast(raw: Any, i: int) -> PendingPod | None:
 _SELECTORS: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
 _TOLERATION_SETS: dict[tuple[tuple[str, str, str, str], ...], tuple[Toleration, ...]] = {}
 _AFFINITIES: dict[tuple[NodeSelectorTerm, ...], tuple[NodeSelectorTerm, ...]] = {}
+#: ... and equal requests one mapping, by their (resource, count) pairs in order.
+_REQUESTS: dict[tuple[tuple[str, int], ...], dict[str, int]] = {}
 _SHARED_LIMIT = 4096
 
 _K = TypeVar("_K")
@@ -471,36 +479,6 @@ def _shared(table: dict[_K, _V], key: _K, value: _V) -> _V:
 
 def _toleration_key(t: Toleration) -> tuple[str, str, str, str]:
     return (t.key, t.operator, t.value, t.effect)
-
-
-def _requests_fast(raw: Any) -> dict[str, int] | None:
-    """:func:`_parse_requests` for string names and whole counts; None for anything else."""
-    if type(raw) is not dict:
-        return None
-    out: dict[str, int] = {}
-    for key in sorted(raw, key=str):
-        if type(key) is not str:
-            return None
-        if not key.startswith(RESOURCE_PREFIX):
-            continue
-        if key not in _MIG_RESOURCES:
-            try:
-                profile_from_resource(key)
-            except InvalidInput:
-                return None
-            if len(_MIG_RESOURCES) < _MIG_RESOURCES_LIMIT:
-                _MIG_RESOURCES.add(key)
-        count = raw[key]
-        if type(count) is not int or count < 0:
-            return None
-        out[key] = count
-    # Pods of one kind ask alike: equal requests are one mapping (frozen with the pod, never
-    # changed), so the planner reads each distinct ask once.
-    return _shared(_REQUESTS, tuple(out.items()), out)
-
-
-#: Requests read by the fast path, by their (resource, count) pairs in order.
-_REQUESTS: dict[tuple[tuple[str, int], ...], dict[str, int]] = {}
 
 
 def _toleration_fast(raw: Any) -> Toleration | None:
