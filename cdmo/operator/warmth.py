@@ -39,14 +39,6 @@ class DemandHistory:
         self.config = config
         self.history = _History(config)
 
-    @property
-    def arrivals(self) -> Any:
-        return self.history.arrivals
-
-    @property
-    def draining(self) -> tuple[tuple[str, int], ...]:
-        return self.history.draining
-
     def observe(
         self, pending: Iterable[Mapping[str, Any]], now: datetime, bound: Iterable[Mapping[str, Any]] = ()
     ) -> set[str]:

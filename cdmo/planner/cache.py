@@ -307,7 +307,8 @@ class PlanCache:
         return facts
 
     def pods(self, pods: Iterable[PendingPod]) -> list[PodFacts]:
-        """:meth:`pod` of each pod, in order (one call for the thousands of pods of a plan)."""
+        """The facts of each pod, in order: kept from an earlier plan for a pod it passed as this
+        very object, else derived (once per kind of pod)."""
         seen, seen_refs = self._seen_pods, self._seen_pod_refs
         kept, kept_refs = self._pods, self._pod_refs
         out = []
@@ -321,17 +322,6 @@ class PlanCache:
             seen_refs[key] = pod
             out.append(facts)
         return out
-
-    def pod(self, pod: PendingPod) -> PodFacts:
-        """The facts of ``pod``: kept from an earlier plan if it passed this very object."""
-        key = id(pod)
-        if self._seen_pod_refs.get(key) is pod:
-            return self._seen_pods[key]
-        found = self._pods.get(key)
-        facts = found if found is not None and self._pod_refs.get(key) is pod else self._facts(pod)
-        self._seen_pods[key] = facts
-        self._seen_pod_refs[key] = pod
-        return facts
 
     def _facts(self, pod: PendingPod) -> PodFacts:
         # parse_snapshot hands pods of one kind over with one requests mapping, one selector, one

@@ -201,7 +201,10 @@ class PolicyWorkers:
         horizon: float,
         progress: Progress | None = None,
     ) -> dict[str, RunResult]:
-        """Every policy in ``names`` over ``pods``, by name (see :func:`run_policies`)."""
+        """Every policy in ``names`` over ``pods``, by name, each run what
+        :func:`cdmo.sim.runner.run_policy` would give in this process (its ``pods`` are the
+        replayed pods, as there; only wall and CPU times differ). The dynamic policies go to the
+        workers first, then first-fit, then the static layouts."""
         rows = pods_to_rows(pods)
         todo = sorted(names, key=_cost_rank)  # stable: the scenario's order within a rank
         if progress is not None and not self._with_progress:
@@ -237,22 +240,3 @@ class PolicyWorkers:
                     w.policy = None
         replayed = tuple(replay_order(pods, horizon))
         return {name: dataclasses.replace(done[name], pods=replayed) for name in names}
-
-
-def run_policies(
-    scenario: Scenario,
-    pods: Sequence[PodSpec],
-    names: Sequence[str],
-    *,
-    horizon: float,
-    jobs: int,
-    progress: Progress | None = None,
-) -> dict[str, RunResult]:
-    """Every policy in ``names`` over ``pods``, ``jobs`` at a time in worker processes, by name.
-
-    Each run is what :func:`cdmo.sim.runner.run_policy` would give in this process (its ``pods``
-    are the replayed pods, as there); only wall and CPU times differ. The dynamic policies go
-    to the workers first, then first-fit, then the static layouts.
-    """
-    with PolicyWorkers(min(jobs, len(names)), with_progress=progress is not None) as workers:
-        return workers.run(scenario, pods, names, horizon=horizon, progress=progress)
