@@ -115,7 +115,6 @@ def run(args: argparse.Namespace) -> int:
     if conf.metrics_port and not args.once:
         metrics.serve(conf.metrics_port)
     plugin = None
-    stuck: list[str] = []
     try:  # the plugin starts inside: a failed start still closes NVML and the client
         plugin = _start_plugin(conf, backend)
         advertiser = plugin
@@ -125,13 +124,12 @@ def run(args: argparse.Namespace) -> int:
             advertiser = ReconfiguringTaint(kube, conf.node_name, conf.reconfiguring_taint)
         refresher = BuiltinRefresh(plugin) if plugin is not None else build_refresher(conf, kube)
         agent = Agent(conf, backend, kube, refresher, metrics=metrics, advertiser=advertiser)
-        code = _drive(agent, once=args.once)
+        return _drive(agent, once=args.once)
     finally:
         if plugin is not None:
-            stuck = plugin.stop()
+            plugin.stop()
         backend.close()
         kube.close()
-    return _exit_code(code, stuck)
 
 
 def _drive(agent: Any, *, once: bool) -> int:
@@ -144,28 +142,6 @@ def _drive(agent: Any, *, once: bool) -> int:
         signal.signal(sig, lambda *_: stop.set())
     agent.run(stop)
     return exit_codes.SUCCESS
-
-
-def _exit_code(code: int, stuck: list[str]) -> int:
-    """``code``; but with gRPC worker threads that did not end, exit now with it.
-
-    The sockets are gone and NVML is closed by then. A normal return would hang: Python joins
-    ``concurrent.futures`` threads at exit, and the kubelet would wait for the pod's grace
-    period to end in a SIGKILL.
-    """
-    if not stuck:
-        return code
-    import os
-    import sys
-
-    import structlog
-
-    structlog.get_logger("cdmo.agent").error(
-        "Exiting without waiting for stuck device plugin threads", threads=stuck, exit_code=code
-    )
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 def _start_plugin(conf: Any, backend: Any) -> Any:
@@ -196,7 +172,6 @@ def _run_standalone(args: argparse.Namespace, conf: Any) -> int:
     read_layout_file(args.standalone)  # a missing or broken file is refused before anything starts
     backend = build_backend(conf)
     plugin = None
-    stuck: list[str] = []
     try:
         plugin = _start_plugin(conf, backend)
         agent = StandaloneAgent(
@@ -209,9 +184,8 @@ def _run_standalone(args: argparse.Namespace, conf: Any) -> int:
             sys.stdout,
             advertiser=plugin,
         )
-        code = _drive(agent, once=args.once)
+        return _drive(agent, once=args.once)
     finally:
         if plugin is not None:
-            stuck = plugin.stop()
+            plugin.stop()
         backend.close()
-    return _exit_code(code, stuck)

@@ -123,8 +123,7 @@ def _stop(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
-            # The agent's own bound is about 10 s (plugin thread 5 s, servers and workers 5 s).
-            proc.wait(30)
+            proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
@@ -247,65 +246,4 @@ def test_standalone_agent_against_an_independent_kubelet(workdir: Path, strategy
         kubelet.stdin.close()  # type: ignore[union-attr]
         _stop(kubelet)
     assert agent.returncode == 0
-    assert not list(dp.glob("cdmo-*.sock")), "the agent left its sockets behind"
-
-
-STUCK_AGENT = """\
-import sys, threading
-from cdmo.node_agent.deviceplugin import api_pb2
-from cdmo.node_agent.deviceplugin import plugin
-plugin.STOP_WAIT_SECONDS = 1.0
-never = threading.Event()
-
-def stuck_stream(self, resource, context):
-    yield api_pb2.ListAndWatchResponse()
-    never.wait()  # a worker that gRPC never lets go of
-
-plugin.KubeletDevicePlugin._stream = stuck_stream
-from cdmo.cli import main
-sys.exit(main())
-"""
-
-
-def test_standalone_agent_exits_on_sigterm_even_with_a_stuck_grpc_worker(workdir: Path) -> None:
-    """The CI failure of 2026-11-29: the agent outlived SIGTERM by 10 s. Python joins gRPC's
-    worker threads at exit, so one stuck worker held the process; the agent now exits without it."""
-    import grpc
-
-    from cdmo.node_agent.deviceplugin import api_pb2, api_pb2_grpc
-
-    dp = workdir / "dp"
-    dp.mkdir()
-    layout = workdir / "layout.yaml"
-    layout.write_text(FIRST)
-    log = workdir / "agent.log"
-    agent = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            STUCK_AGENT,
-            *["agent", "--standalone", str(layout), "--sim-state", str(workdir / "state.json")],
-            *["--sim-gpus", "h100-80gb,h100-80gb", "--device-plugin-dir", str(dp), "--metrics-port", "0"],
-        ],
-        stdout=subprocess.PIPE,
-        stderr=log.open("w"),
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        out = Lines(agent)
-        out.wait(lambda docs: docs and "status" in docs[-1], 30)
-        sock = dp / "cdmo-mig-3g.40gb.sock"
-        with grpc.insecure_channel(f"unix:{sock}") as channel:
-            stream = api_pb2_grpc.DevicePluginStub(channel).ListAndWatch(api_pb2.Empty())
-            next(stream)  # a worker thread now sits in the stuck handler
-            agent.send_signal(signal.SIGTERM)
-            agent.wait(60)  # stop() gives up on the worker after about 1 s
-    finally:
-        if agent.poll() is None:
-            agent.kill()
-            agent.wait(5)
-    err = log.read_text()
-    assert agent.returncode == 0, err[-2000:]
-    assert "Exiting without waiting for stuck device plugin threads" in err
     assert not list(dp.glob("cdmo-*.sock")), "the agent left its sockets behind"

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from cdmo.errors import InvalidInput
 from cdmo.mig.layouts import Instance
 from cdmo.node_agent.backend import NO_WAIT_RETRY, NvmlReturn
-from cdmo.node_agent.deviceplugin import api_pb2, api_pb2_grpc
-from cdmo.node_agent.deviceplugin import plugin as plugin_module
 from cdmo.node_agent.deviceplugin.plugin import KubeletDevicePlugin, PluginSettings, endpoint_name
 from cdmo.node_agent.reconcile import reconcile_node
 from cdmo.node_agent.simulated import SimulatedBackend, SimulatedNode
@@ -170,51 +166,6 @@ def test_re_registers_when_the_kubelet_restarts(node, kubelet, short_dir) -> Non
         assert kubelet.wait_for(lambda k: len(k.registrations) > before and len(k.devices(R3)) == 1, 5)
         assert (short_dir / endpoint_name(R3)).exists()
     finally:
-        plugin.stop()
-
-
-def test_stop_ends_every_worker_thread_of_a_plugin_with_open_streams(node, kubelet, short_dir) -> None:  # type: ignore[no-untyped-def]
-    plugin = make_plugin(node, short_dir)
-    apply(node, plugin, {0: [Instance("3g.40gb", 0), Instance("1g.10gb", 4)]})
-    assert kubelet.wait_for(lambda k: len(k.devices(R3)) == 1 and len(k.devices(R1)) == 1)
-    workers = [t for t in threading.enumerate() if t.name.startswith(plugin.worker_prefix + "_")]
-    assert len(workers) >= 2  # one per open ListAndWatch stream at least
-    assert plugin.stop() == []
-    assert not any(t.is_alive() for t in workers)
-    assert not list(short_dir.glob("cdmo-*.sock"))
-
-
-def test_stop_is_bounded_and_names_a_stream_handler_stuck_in_grpc(
-    node, kubelet, short_dir, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
-    """A worker that never returns (gRPC issue 22874: a yield on a cancelled call can block
-    forever) must not hold stop(), and stop() must say which thread it left behind, because
-    Python joins such threads at exit (the CLI then exits without them)."""
-    monkeypatch.setattr(plugin_module, "STOP_WAIT_SECONDS", 1.0)
-    plugin = make_plugin(node, short_dir)
-    release = threading.Event()
-    try:
-        apply(node, plugin, {0: [Instance("3g.40gb", 0)]})
-        assert kubelet.wait_for(lambda k: len(k.devices(R3)) == 1)
-
-        def stuck_stream(resource: str, context: object) -> Iterator[object]:
-            yield api_pb2.ListAndWatchResponse()
-            release.wait()
-
-        monkeypatch.setattr(plugin, "_stream", stuck_stream)
-        channel = grpc.insecure_channel(f"unix:{short_dir / endpoint_name(R3)}")
-        stream = api_pb2_grpc.DevicePluginStub(channel).ListAndWatch(api_pb2.Empty())
-        next(stream)  # the handler is now parked in release.wait()
-        result: list[list[str]] = []
-        stopper = threading.Thread(target=lambda: result.append(plugin.stop()))
-        stopper.start()
-        stopper.join(60)  # a bound for the test only: stop() itself gives up after about 1 s
-        assert not stopper.is_alive(), "stop() waited for a stuck handler"
-        assert len(result[0]) == 1 and result[0][0].startswith(plugin.worker_prefix + "_")
-        assert not list(short_dir.glob("cdmo-*.sock"))
-        channel.close()
-    finally:
-        release.set()
         plugin.stop()
 
 

@@ -18,14 +18,12 @@ resource of the GPUs it manages (and ``nvidia.com/gpu`` for GPUs with MIG off):
   registers again.
 
 Threads: the gRPC servers' workers and one background thread; all shared state is behind one
-lock (a condition variable wakes the streams). ``stop`` is bounded: it returns the workers that
-gRPC did not let go of, and the agent then exits without waiting for them.
+lock (a condition variable wakes the streams).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import threading
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -94,17 +92,6 @@ def _socket_id(path: Path) -> tuple[int, int] | None:
     return (st.st_ino, st.st_ctime_ns)
 
 
-#: ``stop``: open streams get this long to end on their own before gRPC cancels them.
-STOP_GRACE_SECONDS = 0.5
-#: ``stop``: the most it waits for the servers and their worker threads. A worker stuck in
-#: gRPC (a handler that never returns, or a send that is never completed) would otherwise hold
-#: the process at exit, since ``concurrent.futures`` joins its threads then.
-STOP_WAIT_SECONDS = 5.0
-
-_Stopping = tuple[threading.Event, futures.ThreadPoolExecutor]
-_plugin_ids = itertools.count(1)
-
-
 class _Endpoint:
     """One resource's gRPC server on its socket."""
 
@@ -112,19 +99,14 @@ class _Endpoint:
         self.resource = resource
         self.path = path
         self.server: grpc.Server | None = None
-        self.executor: futures.ThreadPoolExecutor | None = None
         self.registered_with: tuple[int, int] | None = None
         self.plugin = plugin
 
     def serve(self) -> None:
         self.stop()
         self.path.unlink(missing_ok=True)
-        # Every open ListAndWatch stream holds a worker thread; the kubelet opens one. The
-        # threads carry the plugin's name prefix so that stop() can tell whether they ended.
-        self.executor = futures.ThreadPoolExecutor(
-            max_workers=8, thread_name_prefix=self.plugin.worker_prefix
-        )
-        server = grpc.server(self.executor)
+        # Every open ListAndWatch stream holds a worker thread; the kubelet opens one.
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="cdmo-dp"))
         api_pb2_grpc.add_DevicePluginServicer_to_server(_Servicer(self.plugin, self.resource), server)
         server.add_insecure_port(f"unix:{self.path}")
         server.start()
@@ -135,30 +117,10 @@ class _Endpoint:
         return self.server is not None and self.path.exists()
 
     def stop(self) -> None:
-        """Stop serving, waiting at most ``STOP_WAIT_SECONDS`` (a re-serve in the background)."""
-        finish_stop(self.begin_stop(), time.monotonic() + STOP_WAIT_SECONDS)
-
-    def begin_stop(self) -> _Stopping | None:
-        """Refuse new calls now; open streams end within ``STOP_GRACE_SECONDS``. Does not block."""
+        if self.server is not None:
+            self.server.stop(grace=None)
+            self.server = None
         self.registered_with = None
-        if self.server is None or self.executor is None:
-            return None
-        # Not grace=None: that waits, without a bound, until gRPC has finished every call.
-        stopping = (self.server.stop(grace=STOP_GRACE_SECONDS), self.executor)
-        self.server = self.executor = None
-        return stopping
-
-
-def finish_stop(stopping: _Stopping | None, deadline: float) -> None:
-    """Wait for a stopping server until ``deadline``, then let its idle workers go."""
-    if stopping is None:
-        return
-    stopped, executor = stopping
-    if stopped.wait(max(deadline - time.monotonic(), 0.0)):
-        # Only once the server has stopped: a running server may still hand work to it.
-        executor.shutdown(wait=False, cancel_futures=True)
-    else:
-        log.warning("Device plugin server did not stop in time", seconds=STOP_WAIT_SECONDS)
 
 
 class _Servicer(api_pb2_grpc.DevicePluginServicer):
@@ -245,8 +207,6 @@ class KubeletDevicePlugin:
         self._warned_nvidia = False
         self._started = False
         self._ticking = threading.Lock()
-        #: names of this plugin's gRPC worker threads start with it
-        self.worker_prefix = f"cdmo-dp{next(_plugin_ids)}"
 
     # --- the DeviceAdvertiser contract ---------------------------------------------------------
 
@@ -327,31 +287,15 @@ class KubeletDevicePlugin:
         self._thread = threading.Thread(target=self._loop, name="cdmo-device-plugin", daemon=True)
         self._thread.start()
 
-    def stop(self) -> list[str]:
-        """Stop serving and remove the sockets, in at most about ``STOP_WAIT_SECONDS`` + 5 s.
-
-        Returns the names of the gRPC worker threads still running then (none, unless gRPC
-        left a call hanging): the caller should not wait for them at exit.
-        """
+    def stop(self) -> None:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        deadline = time.monotonic() + STOP_WAIT_SECONDS
-        # All servers stop at once, so that their grace periods run side by side.
-        stopping = [ep.begin_stop() for ep in self._endpoints.values()]
         for ep in self._endpoints.values():
+            ep.stop()
             ep.path.unlink(missing_ok=True)
-        for one in stopping:
-            finish_stop(one, deadline)
-        workers = [t for t in threading.enumerate() if t.name.startswith(self.worker_prefix + "_")]
-        for t in workers:
-            t.join(max(deadline - time.monotonic(), 0.0))
-        stuck = [t.name for t in workers if t.is_alive()]
-        if stuck:
-            log.warning("Device plugin worker threads did not end", threads=stuck)
-        return stuck
 
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.poll_seconds):
@@ -507,16 +451,11 @@ class KubeletDevicePlugin:
                     return
                 self._cond.wait(left)
 
-    def _wake(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
-
     def _stream(self, resource: str, context: Any) -> Iterator[Any]:
         with self._cond:
             self._next_stream += 1
             sid = self._next_stream
             self._streams[sid] = (resource, 0)
-        context.add_callback(self._wake)  # a cancelled stream ends now, not at its next look
         sent = 0
         try:
             while not self._stop.is_set() and context.is_active():
