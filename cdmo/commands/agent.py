@@ -138,10 +138,26 @@ def _drive(agent: Any, *, once: bool) -> int:
     if once:
         agent.sync_once(stop)
         return exit_codes.SUCCESS
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    set_on_signals(stop, (signal.SIGTERM, signal.SIGINT))
     agent.run(stop)
     return exit_codes.SUCCESS
+
+
+def set_on_signals(event: threading.Event, signals: tuple[signal.Signals, ...]) -> None:
+    """Set ``event`` when one of ``signals`` arrives, from a thread of its own.
+
+    Not ``event.set()`` in the handler: Python runs handlers in the main thread, between two
+    bytecodes, so one can run while that thread is inside ``event.wait()`` holding the event's
+    lock, and ``set()`` would then wait forever for the lock its own thread holds (an agent that
+    ignored SIGTERM until it was killed, seen in CI). The thread waits until the main thread
+    lets go of the lock.
+    """
+
+    def handler(signum: int, frame: object) -> None:
+        threading.Thread(target=event.set, name="cdmo-signal", daemon=True).start()
+
+    for sig in signals:
+        signal.signal(sig, handler)
 
 
 def _start_plugin(conf: Any, backend: Any) -> Any:
