@@ -147,7 +147,7 @@ def timed_plan(*args, **kwargs):
         return real_plan(*args, **kwargs)
     finally:
         spent = dict(plan_wall=time.perf_counter() - w, plan_cpu=time.process_time() - c)
-        # on stderr, now: the command ends its process itself (EXIT_WITHOUT_TEARDOWN)
+        # on stderr, at once: whatever the command does after plan(), this line is out
         print("SPENT " + json.dumps(spent), file=sys.stderr, flush=True)
 cdmo.planner.plan = timed_plan  # cdmo plan imports it from cdmo.planner when it runs
 from cdmo.cli import main

@@ -135,21 +135,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str], *, exits_after: bool = False) -> int:
-    """``exits_after``: the process ends with this verb (cdmo run from a shell, not main()
-    called by a test)."""
     words, debug = split_debug(argv)
     parser = build_parser(words)
     args = parser.parse_args(words)
     args.debug = args.debug or debug
+    # True when the process ends with this verb (cdmo run from a shell, not main() called by a
+    # test): a verb may then leave process-wide state, such as frozen objects, as it is.
+    args.exits_after = exits_after
     try:
         module = importlib.import_module(args._module)
         code = int(module.run(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
-        if exits_after and getattr(module, "EXIT_WITHOUT_TEARDOWN", False):
-            # The verb's data dies with the process: freeing it object by object first is
-            # wasted time (mypy ends the same way). Everything it wrote is flushed above.
-            sys.stderr.flush()
-            os._exit(code)
         return code
     except InvalidInput as exc:
         _report(exc, args.debug)

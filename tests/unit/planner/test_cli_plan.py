@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -311,29 +310,3 @@ def test_cdmo_plan_called_in_process_leaves_the_collector_as_it_was(
     assert gc.get_freeze_count() == 0
     code, _, _ = run_cli(capsys, "plan", str(SNAPSHOTS / "handout.yaml"), "-o", "json")
     assert code == 0 and gc.get_freeze_count() == 0
-
-
-@pytest.fixture(scope="module")
-def bigger_cluster(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("bigger") / "snapshot.json"
-    path.write_text(json.dumps(_bench_snapshot(40)))
-    return path
-
-
-@pytest.mark.parametrize("output", ["json", "yaml", "table"])
-def test_the_process_ends_without_teardown_but_with_all_of_its_output(
-    capsys: pytest.CaptureFixture[str], bigger_cluster: Path, output: str
-) -> None:
-    # As a process, cdmo plan ends with os._exit right after flushing (EXIT_WITHOUT_TEARDOWN):
-    # output bigger than a pipe's buffer must arrive whole, and equal what main() prints.
-    proc = subprocess.run(
-        [sys.executable, "-m", "cdmo.cli", "plan", str(bigger_cluster), "-o", output],
-        capture_output=True,
-        text=True,
-        # stdout buffered, as it is by default on a pipe (os._exit drops what is not flushed)
-        env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
-    )
-    code, out, _ = run_cli(capsys, "plan", str(bigger_cluster), "-o", output)
-    assert proc.returncode == code == 0, proc.stderr
-    assert len(proc.stdout) > 65536 or output == "table"
-    assert proc.stdout == out
