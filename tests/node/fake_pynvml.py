@@ -19,6 +19,10 @@ import pynvml as real
 
 from cdmo.node_agent.simulated import CI_PROFILE_SLICES, SimNvmlError, SimulatedNode
 
+#: The row nvmlDeviceGetComputeRunningProcesses returns: nvidia-ml-py 12.535 (the lowest that
+#: cdmo allows) calls the v3 layout c_nvmlProcessInfo_t; later releases name it _v3_t.
+_PROCESS_INFO: Any = getattr(real, "c_nvmlProcessInfo_v3_t", None) or real.c_nvmlProcessInfo_t
+
 _DEVICE, _MIG, _GI, _CI = 1, 2, 3, 4
 
 #: What the fake copies from the real module: constants, structs, handle types, errors, helpers.
@@ -382,7 +386,7 @@ def make_fake_pynvml(node: SimulatedNode, *, ci_device_is_parent: bool = False) 
             if kind == _DEVICE and not node.gpu(gpu).mig_current:
                 # MIG off: processes run on the GPU as a whole.
                 for pid in node.gpu_processes(gpu):
-                    info = real.c_nvmlProcessInfo_v3_t()
+                    info = _PROCESS_INFO()
                     info.pid = pid
                     info.usedGpuMemory = 1 << 30
                     rows.append(real.nvmlStructToFriendlyObject(info))
@@ -391,7 +395,7 @@ def make_fake_pynvml(node: SimulatedNode, *, ci_device_is_parent: bool = False) 
                 if kind == _MIG and (g, c) != (gi_id, ci_id):
                     continue
                 for pid in node.processes(gpu, ci.uuid):
-                    info = real.c_nvmlProcessInfo_v3_t()
+                    info = _PROCESS_INFO()
                     info.pid = pid
                     info.usedGpuMemory = 1 << 30
                     info.gpuInstanceId = g
