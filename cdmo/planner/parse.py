@@ -408,11 +408,8 @@ def _pod_fast(raw: Any, i: int) -> PendingPod | None:
     if raw_requests is None:
         return None  # the full check says it is missing
     # The full check itself (it builds a field's path only for a problem, raising what
-    # _parse_pod would: name and namespace, checked first there too, passed above). Pods of one
-    # kind ask alike: equal requests are one mapping (frozen with the pod, never changed), so
-    # the planner reads each distinct ask once.
+    # _parse_pod would: name and namespace, checked first there too, passed above).
     requests = _parse_requests(raw_requests, f"pending[{i}].requests")
-    requests = _shared(_REQUESTS, tuple(requests.items()), requests)
     priority = raw.get("priority")
     if priority is None:
         priority = 0
@@ -428,7 +425,6 @@ def _pod_fast(raw: Any, i: int) -> PendingPod | None:
             if type(k) is not str or not k or type(v) is not str:
                 return None
             selector[k] = v
-    selector = _shared(_SELECTORS, tuple(selector.items()), selector)
     tolerations: tuple[Toleration, ...] = ()
     raw_tolerations = raw.get("tolerations")
     if raw_tolerations is not None:
@@ -440,26 +436,45 @@ def _pod_fast(raw: Any, i: int) -> PendingPod | None:
             if toleration is None:
                 return None
             found.append(toleration)
-        tolerations = _shared(_TOLERATION_SETS, tuple(_toleration_key(t) for t in found), tuple(found))
+        tolerations = tuple(found)
     affinity = raw.get("affinity")
     terms = _parse_affinity(affinity, f"pending[{i}].affinity") if affinity is not None else None
+    return _pending_pod(name, namespace, requests, priority, selector, tolerations, terms)
+
+
+def _pending_pod(
+    name: str,
+    namespace: str,
+    requests: dict[str, int],
+    priority: int,
+    selector: dict[str, str],
+    tolerations: tuple[Toleration, ...],
+    affinity: tuple[NodeSelectorTerm, ...] | None,
+) -> PendingPod:
+    """The pod, its parts shared with every equal pod's (both parse paths end here)."""
+    shared_requests = _shared(_REQUESTS, tuple(requests.items()), requests)
+    shared_selector = _shared(_SELECTORS, tuple(selector.items()), selector)
+    if tolerations:
+        tolerations = _shared(_TOLERATION_SETS, tuple(_toleration_key(t) for t in tolerations), tolerations)
+    if affinity is not None:
+        affinity = _shared(_AFFINITIES, affinity, affinity)
     return PendingPod(
         name=name,
         namespace=namespace,
-        requests=requests,
+        requests=shared_requests,
         priority=priority,
-        node_selector=selector,
+        node_selector=shared_selector,
         tolerations=tolerations,
-        node_affinity=_shared(_AFFINITIES, terms, terms) if terms is not None else None,
+        node_affinity=affinity,
     )
 
 
-#: Pods of one kind share their selector, tolerations and affinity as one object each (frozen
-#: with the pod, never changed), so the planner reads each distinct kind once (PlanCache).
+#: Pods of one kind share their requests, selector, tolerations and affinity as one object each
+#: (frozen with the pod, never changed), so the planner reads each distinct kind once (PlanCache).
 _SELECTORS: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
 _TOLERATION_SETS: dict[tuple[tuple[str, str, str, str], ...], tuple[Toleration, ...]] = {}
 _AFFINITIES: dict[tuple[NodeSelectorTerm, ...], tuple[NodeSelectorTerm, ...]] = {}
-#: ... and equal requests one mapping, by their (resource, count) pairs in order.
+#: (Requests by their (resource, count) pairs in order.)
 _REQUESTS: dict[tuple[tuple[str, int], ...], dict[str, int]] = {}
 _SHARED_LIMIT = 4096
 
@@ -518,15 +533,7 @@ def _parse_pod(raw: Any, path: str) -> PendingPod:
         )
     )
     affinity = _parse_affinity(data.get("affinity"), f"{path}.affinity")
-    return PendingPod(
-        name=name,
-        namespace=namespace,
-        requests=requests,
-        priority=priority,
-        node_selector=selector,
-        tolerations=tolerations,
-        node_affinity=affinity,
-    )
+    return _pending_pod(name, namespace, requests, priority, selector, tolerations, affinity)
 
 
 #: Resource names already found to name a MIG profile: 10,000 pods ask for a dozen (bounded).

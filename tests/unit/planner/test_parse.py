@@ -402,6 +402,30 @@ def test_the_fast_path_reads_a_pod_as_the_full_check_does(raw: dict[str, Any]) -
     assert parse_snapshot({"nodes": [], "pending": [raw]}).pending == (full,)
 
 
+def test_pods_alike_share_their_parts_on_both_paths() -> None:
+    """Equal asks are one object each, whether a pod took the fast path or the full check."""
+    tol = [{"key": "k", "value": "3"}]
+    fast = {
+        "name": "a",
+        "requests": {"nvidia.com/mig-1g.10gb": 1},
+        "nodeSelector": {"z": "1"},
+        "tolerations": tol,
+    }
+    # The same asks written so that only the full check reads them (a count and a label as numbers).
+    full = {
+        "name": "b",
+        "requests": {"nvidia.com/mig-1g.10gb": "1"},
+        "nodeSelector": {"z": 1},
+        "tolerations": tol,
+    }
+    a, b = parse_snapshot({"nodes": [], "pending": [fast, copy.deepcopy(full)]}).pending
+    c = parse_snapshot({"nodes": [], "pending": [copy.deepcopy(full)]}).pending[0]
+    for x, y in ((a, b), (a, c)):
+        assert x.requests is y.requests
+        assert x.node_selector is y.node_selector
+        assert x.tolerations is y.tolerations
+
+
 @pytest.mark.parametrize(
     ("raw", "where", "says"),
     [
