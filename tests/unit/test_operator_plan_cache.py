@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,18 +10,11 @@ import pytest
 from cdmo.errors import InvalidInput
 from cdmo.operator.loop import SnapshotPlanner, plan_snapshot
 from cdmo.planner import PlanOptions, plan_to_dict
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.harness.bench import build_snapshot
 
 
 def _snapshot(nodes: int, seed: int) -> dict[str, Any]:
-    spec = importlib.util.spec_from_file_location("bench_planner", ROOT / "benchmarks" / "bench_planner.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench_planner", module)
-    spec.loader.exec_module(module)
-    data: dict[str, Any] = module.build_snapshot(nodes, 4, seed=seed)
-    return data
+    return build_snapshot(nodes, 4, seed=seed)
 
 
 def _same(planner: SnapshotPlanner, snapshot: dict[str, Any], options: PlanOptions | None = None) -> None:

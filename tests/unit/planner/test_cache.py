@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import gc
-import importlib.util
-import sys
-from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -13,19 +10,9 @@ from hypothesis import strategies as st
 
 from cdmo.planner import PlanOptions, Snapshot, parse_snapshot, plan, plan_to_dict
 from cdmo.planner.cache import PlanCache
+from tests.harness.bench import build_snapshot
 
 from .oracle import random_snapshot
-
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def _bench() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_planner", ROOT / "benchmarks" / "bench_planner.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench_planner", module)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _same(a: Any, b: Any) -> None:
@@ -61,9 +48,8 @@ def test_a_cache_kept_over_changing_snapshots_gives_the_plans_without_it(
 
 def test_the_cache_reuses_unchanged_nodes_and_forgets_the_gone() -> None:
     # The check can fail: a cache that rebuilt every node, or kept every node ever seen, is caught.
-    bench = _bench()
-    first = parse_snapshot(bench.build_snapshot(30, 5, seed=1))
-    other = parse_snapshot(bench.build_snapshot(30, 5, seed=2))
+    first = parse_snapshot(build_snapshot(30, 5, seed=1))
+    other = parse_snapshot(build_snapshot(30, 5, seed=2))
     cache = PlanCache()
     _same(plan(first, cache=cache), plan(first))
     assert (cache.built, cache.reused) == (30, 0)
@@ -75,7 +61,7 @@ def test_the_cache_reuses_unchanged_nodes_and_forgets_the_gone() -> None:
 
 def test_an_unchanged_node_is_listed_by_the_same_object_plan_after_plan() -> None:
     # "Reuse, do not copy": a node the plan leaves alone is the same NodePlan in every plan.
-    snapshot = parse_snapshot(_bench().build_snapshot(20, 3, seed=4))
+    snapshot = parse_snapshot(build_snapshot(20, 3, seed=4))
     cache = PlanCache()
     one, two = plan(snapshot, cache=cache), plan(snapshot, cache=cache)
     unchanged = [(a, b) for a, b in zip(one.nodes, two.nodes, strict=True) if not a.changed]
@@ -87,7 +73,7 @@ def test_an_unchanged_node_is_listed_by_the_same_object_plan_after_plan() -> Non
 
 
 def test_a_cached_plan_leaves_no_cyclic_garbage() -> None:
-    snapshot = parse_snapshot(_bench().build_snapshot(20))
+    snapshot = parse_snapshot(build_snapshot(20))
     cache = PlanCache()
     plan(snapshot, cache=cache)
     was_enabled = gc.isenabled()
@@ -106,7 +92,7 @@ def test_a_cached_plan_leaves_no_cyclic_garbage() -> None:
 def test_a_node_object_listed_twice_gets_its_own_search_records() -> None:
     # Only a snapshot built in code can list one Node object twice; the cache's kept records of
     # that node must not be shared by the two entries within one plan.
-    snapshot = parse_snapshot(_bench().build_snapshot(6, 4, seed=9))
+    snapshot = parse_snapshot(build_snapshot(6, 4, seed=9))
     twice = Snapshot(nodes=(*snapshot.nodes, snapshot.nodes[2]), pending=snapshot.pending)
     cache = PlanCache()
     plan(twice, cache=cache)

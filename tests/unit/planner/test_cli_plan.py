@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from cdmo.cli import main
 from cdmo.commands.plan import LIST_EVERY_GPU_UP_TO
 from cdmo.output import camel_keys
 from cdmo.planner import parse_snapshot, plan, plan_to_dict
+from tests.harness.bench import build_snapshot
 
 from .conftest import SNAPSHOTS
 from .oracle import check_plan
@@ -176,17 +176,6 @@ def test_bad_json_file_names_line_and_column(capsys: pytest.CaptureFixture[str],
 
 # -- output of big and small plans (issue 13: `cdmo plan` under 1 s on 1000 nodes) ----------------
 
-BENCH = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_planner.py"
-
-
-def _bench_snapshot(nodes: int) -> dict[str, Any]:
-    spec = importlib.util.spec_from_file_location("bench_planner", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    data: dict[str, Any] = module.build_snapshot(nodes)
-    return data
-
 
 def _expected_doc(data: dict[str, Any]) -> dict[str, Any]:
     doc: dict[str, Any] = camel_keys(plan_to_dict(plan(parse_snapshot(data))))
@@ -207,7 +196,7 @@ def test_json_and_yaml_are_the_plan_dict_in_camel_case(capsys: pytest.CaptureFix
 
 @pytest.fixture(scope="module")
 def big_cluster(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    data = _bench_snapshot(16)  # 128 GPUs: more than the table lists in full
+    data = build_snapshot(16)  # 128 GPUs: more than the table lists in full
     path = tmp_path_factory.mktemp("big") / "snapshot.yaml"
     path.write_text(yaml.dump(data, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False))
     return path, data

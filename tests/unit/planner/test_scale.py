@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import gc
-import importlib.util
-from pathlib import Path
-from types import ModuleType
 
 from cdmo.planner import parse_snapshot, plan, plan_to_dict
 from cdmo.planner.algorithm import Planner
+from tests.harness.bench import build_snapshot
 
 from .oracle import check_plan
 
-BENCH = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_planner.py"
-
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_planner", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_benchmark_cluster_gets_a_valid_plan() -> None:
-    data = _bench().build_snapshot(100)
+    data = build_snapshot(100)
     result = plan(parse_snapshot(data))
     assert check_plan(data, plan_to_dict(result)) == []
     # The snapshot has room for most pods; those that wait ask for the impossible (zone e, 9g.99gb)
@@ -45,7 +33,7 @@ def test_benchmark_cluster_gets_a_valid_plan() -> None:
 def test_a_plan_leaves_no_cyclic_garbage() -> None:
     # The planner's indexes point both ways (GPU <-> node <-> group); plan() cuts them when it is
     # done, so reference counting frees the run's objects and the cyclic collector finds nothing.
-    snapshot = parse_snapshot(_bench().build_snapshot(20))
+    snapshot = parse_snapshot(build_snapshot(20))
     plan(snapshot)  # the first plan of a process builds the per-model tables once
     was_enabled = gc.isenabled()
     gc.collect()

@@ -8,28 +8,15 @@ away at every level (as it did before) and require the very same plans.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cdmo.planner import PlanOptions, parse_snapshot, plan, plan_to_dict
 from cdmo.planner.algorithm import Planner, _Bounds
+from tests.harness.bench import build_snapshot
 
 from .oracle import random_snapshot
-
-BENCH = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_planner.py"
-
-
-def _bench() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_planner", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench_planner", module)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _set_mode_rebuilding(self: Planner, mode: int) -> None:
@@ -71,7 +58,7 @@ def test_heaps_kept_between_levels_on_a_crowded_cluster_with_every_option(
     # Three priority levels, oversubscribed (second passes, repairs, swaps, undo), and with
     # draining, defragmentation and pre-warming on: every path that changes states after the
     # heaps were built.
-    data = _bench().build_snapshot(12, 25, seed=seed)
+    data = build_snapshot(12, 25, seed=seed)
     pods = [f"{p.get('namespace', 'default')}/{p['name']}" for p in data["pending"]]
     gpus = [(n["name"], g["index"]) for n in data["nodes"] for g in n["gpus"]]
     options = PlanOptions(
