@@ -185,12 +185,12 @@ def operator_config(pairs: list[str]) -> OperatorConfig:
             raise ValueError(
                 f"--operator {pair!r}: give FIELD=VALUE with FIELD one of {', '.join(sorted(env_of))}"
             )
+        try:  # each pair alone, so that an error names its own pair
+            OperatorConfig.from_env({env_of[field_name]: value})
+        except InvalidInput as exc:  # "environment variable X='v' is not a valid bool"
+            raise ValueError(f"--operator {pair!r}: {str(exc).split(' is ', 1)[-1]}") from None
         env[env_of[field_name]] = value
-    try:
-        return OperatorConfig.from_env(env)
-    except InvalidInput as exc:  # it names the environment variable; say which flag instead
-        bad = next(p for p in pairs if env_of[p.partition("=")[0]] in str(exc))
-        raise ValueError(f"--operator {bad!r}: {str(exc).split(' is ', 1)[-1]}") from None
+    return OperatorConfig.from_env(env)
 
 
 def _seeds(text: str) -> list[int]:
