@@ -7,7 +7,6 @@ scripts/regenerate_results.py, not pasting by hand. CPU seconds are timing and n
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -18,19 +17,14 @@ import pytest
 
 from cdmo.cli import main
 from cdmo.sim.report import format_seconds
+from tests.harness.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMAND = "cdmo simulate examples/clearml-queues.yaml"
 
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "regenerate_results", ROOT / "scripts" / "regenerate_results.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/regenerate_results.py")
 
 
 def documented_rows(text: str, command: str) -> dict[str, list[str]]:

@@ -6,7 +6,6 @@ never patches cdmo in-process and a worker process would get it too.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
@@ -18,16 +17,13 @@ from cdmo.sim.policies import make_policy
 from cdmo.sim.runner import run_policy
 from cdmo.sim.scenario import load_scenario
 from cdmo.sim.workload import generate_workload
+from tests.harness.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _sweep() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("sweep_simulate", ROOT / "scripts" / "sweep_simulate.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/sweep_simulate.py")
 
 
 def test_make_policy_gives_the_dynamic_policies_the_operator_configuration() -> None:

@@ -6,7 +6,6 @@ The counterfactual that separates who is served first (strict priority) from how
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -15,6 +14,7 @@ import pytest
 
 from cdmo.sim.scenario import load_scenario
 from cdmo.sim.workload import generate_workload
+from tests.harness.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,11 +37,7 @@ policies: [dynamic, first-fit]
 
 
 def _sweep() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("sweep_simulate", ROOT / "scripts" / "sweep_simulate.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/sweep_simulate.py")
 
 
 def test_equal_priority_keeps_every_pod_but_its_priority() -> None:
