@@ -208,11 +208,38 @@ def operator_config(pairs: list[str]) -> OperatorConfig:
     return OperatorConfig.from_env(env)
 
 
-def _seeds(text: str) -> list[int]:
-    if "-" in text:
-        lo, hi = text.split("-", 1)
-        return list(range(int(lo), int(hi) + 1))
-    return [int(s) for s in text.split(",")]
+#: Bounds on a sweep's size: each seed and each rate is a full simulation per policy, and a rate
+#: far above the scenario's own makes a workload no run would finish in time.
+MAX_SEEDS = 1000
+MAX_RATE = 10.0
+
+
+def seeds_arg(text: str) -> list[int]:
+    """``--seeds``: a range ``100-109`` or a list ``1,2,3`` of non-negative seeds."""
+    try:
+        if "-" in text:
+            lo, hi = (int(x) for x in text.split("-", 1))
+            seeds = list(range(lo, hi + 1)) if 0 <= lo <= hi and hi - lo < MAX_SEEDS else []
+        else:
+            seeds = [int(x) for x in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or len(seeds) > MAX_SEEDS or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a range LO-HI (LO <= HI) or a list 1,2,3 of at most {MAX_SEEDS} seeds, each >= 0"
+        )
+    return seeds
+
+
+def rate_arg(text: str) -> float:
+    """``--rate``: a multiplier of the scenario's arrival rates, above 0 and at most MAX_RATE."""
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = math.nan
+    if not 0 < rate <= MAX_RATE:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{text!r}: give a multiplier above 0 and at most {MAX_RATE:g}")
+    return rate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,8 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("scenario", type=Path)
-    parser.add_argument("--rate", type=float, action="append", help="rate multipliers (default 1.0)")
-    parser.add_argument("--seeds", default="100-104", help="a range 100-109 or a list 1,2,3")
+    parser.add_argument(
+        "--rate", type=rate_arg, action="append", help=f"rate multipliers, at most {MAX_RATE:g} (default 1.0)"
+    )
+    parser.add_argument("--seeds", default="100-104", type=seeds_arg, help="a range 100-109 or a list 1,2,3")
     parser.add_argument(
         "--policy", action="append", help="policies (or 'ideal'); the first is the base of the ratios"
     )
@@ -244,10 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     policies = args.policy or ["first-fit", "dynamic"]
-    base_scenario = load_scenario(args.scenario)
+    try:
+        base_scenario = load_scenario(args.scenario)
+    except InvalidInput as exc:  # a missing file or a bad field: one line, as cdmo simulate says it
+        parser.error(str(exc))
     if args.equal_priority:
         base_scenario = equal_priority(base_scenario)
-    seeds = _seeds(args.seeds)
+    seeds: list[int] = args.seeds
+    contiguous = seeds == list(range(seeds[0], seeds[-1] + 1))
+    seeds_text = f"{seeds[0]}-{seeds[-1]}" if contiguous else ",".join(map(str, seeds))
     result: dict[str, Any] = {
         "scenario": base_scenario.name,
         "equal_priority": args.equal_priority,
@@ -285,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         result["rates"].append(entry)
         every = ", every pod at priority 0" if args.equal_priority else ""
         print(
-            f"{scenario.name} x{factor} ({entry['rate_per_hour']:.0f} pods/hour{every}), seeds {args.seeds}:"
+            f"{scenario.name} x{factor} ({entry['rate_per_hour']:.0f} pods/hour{every}), seeds {seeds_text}:"
         )
         for name, fig in entry["policies"].items():
             print(

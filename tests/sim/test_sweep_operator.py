@@ -76,3 +76,42 @@ def test_a_bad_operator_pair_is_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert says in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--seeds", "abc"], "argument --seeds: 'abc': give a range LO-HI"),
+        (["--seeds", "9-2"], "argument --seeds: '9-2'"),
+        (["--seeds", "0-5000"], "at most 1000 seeds"),
+        (["--rate", "-1"], "argument --rate: '-1': give a multiplier above 0 and at most 10"),
+        (["--rate", "1e9"], "argument --rate: '1e9'"),
+        (["--rate", "nan"], "argument --rate: 'nan'"),
+    ],
+)
+def test_a_bad_seed_list_or_rate_is_one_line_and_exit_2(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before these were checked, a bad list ended in a traceback, and a huge rate or seed range in
+    # a sweep that would not finish.
+    with pytest.raises(SystemExit) as exited:
+        _sweep().main([str(ROOT / "examples" / "clearml-queues.yaml"), *argv])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert says in err
+    assert "Traceback" not in err
+
+
+def test_a_missing_scenario_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        _sweep().main([str(tmp_path / "nosuch.yaml"), "--seeds", "1"])
+    assert exited.value.code == 2
+    assert "no such scenario file" in capsys.readouterr().err
+
+
+def test_seed_lists_and_ranges_read_as_written() -> None:
+    assert _sweep().seeds_arg("100-103") == [100, 101, 102, 103]
+    assert _sweep().seeds_arg("5,1,9") == [5, 1, 9]
+    assert _sweep().rate_arg("1.4") == 1.4
