@@ -35,7 +35,7 @@ def _same(a: Any, b: Any) -> bool:
     """Equality where NaN equals NaN (``.nan`` loads as a float that equals nothing).
 
     Without recursion: the texts nested 500 deep load as data with the libyaml of PyYAML 6.0.2
-    (the lowest cdmo allows), and comparing them level by level would pass Python's limit.
+    (seen when it was the lowest bound), and comparing them level by level would pass Python's limit.
     """
     todo = [(a, b)]
     while todo:
