@@ -63,9 +63,9 @@ def sweep_table(data: dict[str, Any]) -> list[str]:
     """A markdown table of one sweep: a row per rate and policy."""
     base = data["policies"][0]
     header = [
-        "| rate | pods/hour | policy | slice util | p95 (median over seeds) | p95 / "
+        "| rate | pods/hour | offered load | policy | slice util | p95 (median over seeds) | p95 / "
         f"{base} (geomean) | mean wait / {base} | seeds p95 <= {base} | mean wait per profile |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---|",
+        "|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     rows = []
     seeds = len(data["seeds"])
@@ -74,7 +74,8 @@ def sweep_table(data: dict[str, Any]) -> list[str]:
             fig = entry["policies"][name]
             waits = ", ".join(f"{p} {_seconds(w)}" for p, w in fig["by_profile_mean_wait"].items())
             rows.append(
-                f"| {entry['factor']:g}x | {entry['rate_per_hour']:.0f} | {name} | {100 * fig['utilization']:.1f}% | "
+                f"| {entry['factor']:g}x | {entry['rate_per_hour']:.0f} | {100 * entry['offered_load']:.1f}% | "
+                f"{name} | {100 * fig['utilization']:.1f}% | "
                 f"{_seconds(fig['p95_median'])} | {fig['p95_ratio_geomean']:.2f} | {fig['mean_ratio_geomean']:.2f} | "
                 f"{fig['seeds_lower_or_equal']}/{seeds} | {waits} |"
             )

@@ -5,9 +5,11 @@
         --json sweep.json
 
 Every stream's ``rate_per_hour`` is multiplied by each ``--rate``; every policy replays the same
-workload per seed (as ``cdmo simulate`` does). Printed per rate: slice utilization, p95 pending
-of each policy (median over seeds), the geometric mean over seeds of each policy's p95 over the
-first policy's, the seeds where it is the lower, and the mean wait per profile. ``--json`` keeps
+workload per seed (as ``cdmo simulate`` does). Printed per rate: the offered load (the work the
+pods bring in compute-slice time, over the fleet's: above 100% queues grow whatever the policy),
+slice utilization, p95 pending of each policy (median over seeds), the geometric mean over
+seeds of each policy's p95 over the first policy's, the seeds where it is the lower, and the mean
+wait per profile. ``--json`` keeps
 every figure, so docs/simulate.md's sweep tables can be redrawn from it
 (scripts/regenerate_results.py).
 """
@@ -32,7 +34,7 @@ from cdmo.sim.engine import RunResult
 from cdmo.sim.metrics import pending_times, percentile, summarize
 from cdmo.sim.runner import run_policy
 from cdmo.sim.scenario import Scenario, load_scenario
-from cdmo.sim.workload import PodSpec, generate_workload
+from cdmo.sim.workload import PodSpec, generate_workload, offered_slice_seconds
 
 #: The policy name of the ideal fleet (no placement rules, no reconfiguration time).
 IDEAL = "ideal"
@@ -147,6 +149,7 @@ def ideal_run(scenario: Scenario, pods: Sequence[PodSpec], horizon: float) -> Ru
         gi_destroyed=0,
         total_slices=total,
         util_total=util,
+        offered_slice_seconds=offered_slice_seconds(pods, scenario.models, horizon),
         util_series=[0.0],
         util_bucket_seconds=horizon,
         wall_seconds=0.0,
@@ -171,6 +174,7 @@ def run_one(
             "p99": percentile(waits, 99),
             "mean": summary["pending_seconds"]["mean"],
             "utilization": summary["utilization"],
+            "offered_load": summary["offered_load"],
             "started": summary["pods"]["started"],
             "submitted": summary["pods"]["submitted"],
             "disrupted": summary["disrupted_pods"],
@@ -295,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         entry: dict[str, Any] = {
             "factor": factor,
             "rate_per_hour": sum(s.rate_per_hour for s in scenario.streams),
+            # The same for every policy (one workload per seed): the first policy's runs say it.
+            "offered_load": round(statistics.mean(r[policies[0]]["offered_load"] for r in rows), 4),
             "runs": dict(zip((str(s) for s in seeds), rows, strict=True)),
             "policies": {},
         }
@@ -319,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         result["rates"].append(entry)
         every = ", every pod at priority 0" if args.equal_priority else ""
         print(
-            f"{scenario.name} x{factor} ({entry['rate_per_hour']:.0f} pods/hour{every}), seeds {seeds_text}:"
+            f"{scenario.name} x{factor} ({entry['rate_per_hour']:.0f} pods/hour{every}, offered load "
+            f"{entry['offered_load']:.1%} of the fleet's slices), seeds {seeds_text}:"
         )
         for name, fig in entry["policies"].items():
             print(

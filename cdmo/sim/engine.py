@@ -35,7 +35,7 @@ from typing import Any
 from cdmo.mig.catalog import GpuModel
 from cdmo.mig.layouts import Instance, check_layout, validate_layout
 from cdmo.sim.scenario import Scenario
-from cdmo.sim.workload import PodSpec
+from cdmo.sim.workload import PodSpec, offered_slice_seconds
 
 _END, _TICK, _TIMER, _READY = 1, 2, 3, 4
 
@@ -217,6 +217,8 @@ class RunResult:
     gi_destroyed: int
     total_slices: int
     util_total: float
+    #: Compute-slice seconds of work the pods bring (cdmo.sim.workload.offered_slice_seconds).
+    offered_slice_seconds: float
     util_series: list[float]
     util_bucket_seconds: float
     wall_seconds: float
@@ -534,6 +536,7 @@ class Simulation:
             gi_destroyed=self.gi_destroyed,
             total_slices=self.total_slices,
             util_total=self._util.total,
+            offered_slice_seconds=offered_slice_seconds(self.pods, self.scenario.models, self.horizon),
             util_series=list(self._util.area),
             util_bucket_seconds=self._util.width,
             wall_seconds=time.perf_counter() - wall0,

@@ -72,6 +72,9 @@ def summarize(run: RunResult) -> dict[str, Any]:
         "utilization": round(run.util_total / (run.total_slices * run.horizon), 4)
         if run.total_slices
         else 0.0,
+        "offered_load": round(run.offered_slice_seconds / (run.total_slices * run.horizon), 4)
+        if run.total_slices
+        else 0.0,
         "reconfigurations": run.reconfigurations,
         "plans": int(stats.get("plans", 0)),
         "gpu_instances": {"created": run.gi_created, "destroyed": run.gi_destroyed},

@@ -41,10 +41,17 @@ def build_document(report: Report) -> dict[str, Any]:
 def describe(report: Report) -> str:
     """One line saying what was simulated."""
     sc = report.scenario
-    return (
+    line = (
         f"{sc.name}: {sc.node_count} nodes, {sc.gpu_count} GPUs ({', '.join(m.key for m in sc.models)}), "
         f"{len(report.pods)} pods over {format_seconds(report.horizon)}, seed {report.seed}"
     )
+    # Every policy replays the same pods, so any summary says the offered load.
+    first = next(iter(report.summaries.values()), None)
+    if first is not None:
+        line += f"; offered load {100 * first['offered_load']:.1f}% of the fleet's compute slices"
+        if first["offered_load"] > 1:
+            line += " (more than it can serve: queues grow until the end whatever the policy)"
+    return line
 
 
 def build_table(report: Report) -> Table:

@@ -96,6 +96,31 @@ def generate_workload(
     )
 
 
+def offered_slice_seconds(pods: Iterable[PodSpec], models: Sequence[GpuModel], horizon: float) -> float:
+    """Compute-slice seconds of work that the pods arriving before ``horizon`` bring.
+
+    Over the fleet's compute-slice seconds in the same time this is the offered load (arrival
+    rate x work per pod / capacity, as queueing theory has it). Above 1 the fleet cannot keep up:
+    queues grow until the end whatever the policy. Utilization stays below it (the fleet starts
+    empty, and pods that arrive late run past the end). A pod counts its profile's compute slices
+    on the first of ``models`` that offers it (a profile's compute slices are the same on every
+    model that has it), times its count and its whole duration.
+    """
+    slices: dict[str, int] = {}
+    total = 0.0
+    for pod in pods:
+        if pod.arrival >= horizon:
+            continue
+        per_device = slices.get(pod.profile)
+        if per_device is None:
+            model = next((m for m in models if m.has_profile(pod.profile)), None)
+            if model is None:
+                raise ValueError(f"no model of the fleet offers {pod.profile}")
+            per_device = slices[pod.profile] = model.profile(pod.profile).compute_slices
+        total += per_device * pod.count * pod.duration
+    return total
+
+
 # --- trace files ------------------------------------------------------------------------------------
 
 _TRACE_FIELDS = (

@@ -178,3 +178,16 @@ def test_a_policy_that_breaks_the_hardware_rules_is_stopped() -> None:
 
     with pytest.raises(RuntimeError, match="overlap left n-000/0 invalid"):
         Simulation(scenario(), [], Overlap()).run()
+
+
+def test_offered_load_is_the_work_the_pods_bring_over_the_fleets_capacity() -> None:
+    # On 2 H100s (14 slices) for an hour: a 7g pod for half the hour (7 x 1800), a 4g that cannot
+    # start (all-7g offers no 4g) still brings 4 x 600, and a 1g arriving 10 minutes before the
+    # end brings its whole hour (1 x 3600), although only 600 s of it fall in the run.
+    specs = pods((0, "7g.80gb", 1800), (3000, "4g.40gb", 600), (3000, "1g.10gb", 3600))
+    run = Simulation(scenario(), specs, StaticPolicy("all-7g")).run()
+    offered = (7 * 1800 + 4 * 600 + 1 * 3600) / (14 * 3600)
+    summary = summarize(run)
+    assert summary["offered_load"] == round(offered, 4)
+    assert summary["utilization"] == 0.25  # only the 7g ran: what runs is at most what is offered
+    assert summary["utilization"] < summary["offered_load"]

@@ -74,6 +74,14 @@ def test_documented_figures_are_those_of_simulate_json(clearml_json: dict[str, A
         assert rows[policy][:-1] == expected_cells(summary), (
             f"{doc}: {policy} shows old figures; run scripts/regenerate_results.py"
         )
+    # The line above the table says the offered load, the same in every policy's summary.
+    lines = (ROOT / doc).read_text().splitlines()
+    said = lines[max(i for i, line in enumerate(lines) if line == f"$ {COMMAND}") + 1]
+    offered = {s["offeredLoad"] for s in clearml_json.values()}
+    assert len(offered) == 1
+    assert f"offered load {100 * offered.pop():.1f}% of the fleet's compute slices" in said, (
+        f"{doc}: run scripts/regenerate_results.py"
+    )
 
 
 def test_sweep_tables_hold_the_committed_sweep_figures() -> None:
@@ -84,12 +92,15 @@ def test_sweep_tables_hold_the_committed_sweep_figures() -> None:
         data = json.loads((ROOT / "docs" / "results" / f"{name}.json").read_text())
         section = text.split(f"<!-- sweep:{name} -->", 1)[1].split(f"<!-- /sweep:{name} -->", 1)[0]
         rows = [r.strip("|").split("|") for r in section.strip().splitlines()[2:]]
-        figures = {(r[0].strip(), r[2].strip()): r for r in rows}
+        figures = {(r[0].strip(), r[3].strip()): r for r in rows}
         for entry in data["rates"]:
             for policy, fig in entry["policies"].items():
                 row = figures[(f"{entry['factor']:g}x", policy)]
-                assert float(row[3].strip().rstrip("%")) == pytest.approx(100 * fig["utilization"], abs=0.051)
-                assert float(row[5]) == pytest.approx(fig["p95_ratio_geomean"], abs=0.0051)
-                assert float(row[6]) == pytest.approx(fig["mean_ratio_geomean"], abs=0.0051)
+                assert float(row[2].strip().rstrip("%")) == pytest.approx(
+                    100 * entry["offered_load"], abs=0.051
+                )
+                assert float(row[4].strip().rstrip("%")) == pytest.approx(100 * fig["utilization"], abs=0.051)
+                assert float(row[6]) == pytest.approx(fig["p95_ratio_geomean"], abs=0.0051)
+                assert float(row[7]) == pytest.approx(fig["mean_ratio_geomean"], abs=0.0051)
     # The script draws exactly these tables from the same JSON.
     assert _script().replace_sweep_tables(text) == text
