@@ -75,38 +75,61 @@ def profile_waits(run: Any) -> dict[str, float]:
 def ideal_run(scenario: Scenario, pods: Sequence[PodSpec], horizon: float) -> RunResult:
     """The same pods on an ideal fleet: no placement rules, no reconfiguration time.
 
-    Each GPU is a pool of its placement units; a device takes its profile's size in units
-    anywhere on any GPU of a model that offers the profile (a pod's devices on one node), at
-    once. Pending pods are tried by priority then arrival whenever a pod ends, each on the first
-    node with room (no head-of-line blocking, as kube-scheduler). A lower bound for any policy.
+    Each GPU is two pools, its placement units and its compute slices; a device takes its
+    profile's size in units and its compute slices anywhere on any GPU of a model that offers the
+    profile, up to the profile's most instances per GPU (a pod's devices on one node), at once.
+    The pools keep the hardware's capacity (an H100 holds seven 1g.10gb, not eight, although it
+    has eight units); only where instances may start is gone. Pending pods are tried by priority
+    then arrival whenever a pod ends, each on the first node with room (no head-of-line
+    blocking, as kube-scheduler). Not a bound on what a policy can reach: it never holds room
+    back for a large pod, so small pods can keep a whole-GPU pod waiting.
     """
-    gpus: list[tuple[int, Any, list[int]]] = []  # (node, model, [free units per GPU])
+    # (node, model, per GPU: [free units, free compute slices, {profile: instances}])
+    gpus: list[tuple[int, Any, list[list[Any]]]] = []
     for n, (group, index) in enumerate((g, i) for g in scenario.fleet for i in range(g.count)):
         del index
-        gpus.append((n, group.model, [group.model.placement_axis_size] * group.gpus))
+        model = group.model
+        gpus.append(
+            (
+                n,
+                model,
+                [[model.placement_axis_size, model.compute_slices_total, {}] for _ in range(group.gpus)],
+            )
+        )
     start: list[float | None] = [None] * len(pods)
-    held: dict[int, tuple[int, list[tuple[int, int]]]] = {}
+    held: dict[int, tuple[int, list[tuple[int, Any]]]] = {}
     events: list[tuple[float, int]] = []  # (end time, pod)
     waiting: list[int] = []
     util = 0.0
-    total = sum(len(free) * model.compute_slices_total for _, model, free in gpus)
+    total = sum(len(state) * model.compute_slices_total for _, model, state in gpus)
 
     def try_place(pid: int, now: float) -> bool:
         pod = pods[pid]
-        for n, model, free in gpus:
+        for n, model, state in gpus:
             if not model.has_profile(pod.profile):
                 continue
-            size = model.profile(pod.profile).placement_size
-            taken: list[tuple[int, int]] = []
-            left = list(free)
+            profile = model.profile(pod.profile)
+            taken: list[tuple[int, Any]] = []
+            left = [[units, slices, dict(counts)] for units, slices, counts in state]
             for _ in range(pod.count):
-                spot = next((g for g, f in enumerate(left) if f >= size), None)
+                spot = next(
+                    (
+                        g
+                        for g, (units, slices, counts) in enumerate(left)
+                        if units >= profile.placement_size
+                        and slices >= profile.compute_slices
+                        and counts.get(profile.name, 0) < profile.max_count
+                    ),
+                    None,
+                )
                 if spot is None:
                     break
-                left[spot] -= size
-                taken.append((spot, size))
+                left[spot][0] -= profile.placement_size
+                left[spot][1] -= profile.compute_slices
+                left[spot][2][profile.name] = left[spot][2].get(profile.name, 0) + 1
+                taken.append((spot, profile))
             if len(taken) == pod.count:
-                free[:] = left
+                state[:] = left
                 held[pid] = (n, taken)
                 start[pid] = now
                 heapq.heappush(events, (now + pod.duration, pid))
@@ -129,8 +152,11 @@ def ideal_run(scenario: Scenario, pods: Sequence[PodSpec], horizon: float) -> Ru
             continue
         _, pid = heapq.heappop(events)
         n, taken = held.pop(pid)
-        for spot, size in taken:
-            gpus[n][2][spot] += size
+        for spot, profile in taken:
+            gpu = gpus[n][2][spot]
+            gpu[0] += profile.placement_size
+            gpu[1] += profile.compute_slices
+            gpu[2][profile.name] -= 1
         waiting.sort(key=lambda p: (-pods[p].priority, pods[p].arrival, p))
         waiting = [p for p in waiting if not try_place(p, now)]
     for pid, t0 in enumerate(start):
