@@ -13,6 +13,8 @@ keep the same number of GPUs per large profile: a GPU takes another role only wh
 from __future__ import annotations
 
 import argparse
+import bisect
+import itertools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,17 +34,19 @@ MAX_SAMPLES = 100_000
 
 
 def running(run: RunResult, times: Sequence[float]) -> dict[str, list[int]]:
-    """Profile -> pods of that profile running at each of ``times`` (sorted)."""
-    counts: dict[str, list[int]] = {}
+    """Profile -> pods of that profile running at each of ``times`` (sorted): a pod runs from its
+    start until its end, that instant excluded. One pass over the pods (a difference array per
+    profile), so a big run with many samples stays quick."""
+    steps: dict[str, list[int]] = {}
     for pod, start in zip(run.pods, run.start_times, strict=True):
-        series = counts.setdefault(pod.profile, [0] * len(times))
+        diff = steps.setdefault(pod.profile, [0] * (len(times) + 1))
         if start is None:
             continue
-        end = start + pod.duration
-        for i, t in enumerate(times):
-            if start <= t < end:
-                series[i] += 1
-    return dict(sorted(counts.items()))
+        first = bisect.bisect_left(times, start)
+        last = bisect.bisect_left(times, start + pod.duration)
+        diff[first] += 1
+        diff[last] -= 1
+    return {profile: list(itertools.accumulate(diff[:-1])) for profile, diff in sorted(steps.items())}
 
 
 def main(argv: list[str] | None = None) -> int:
