@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cdmo.cli import main
-from cdmo.mig.catalog import get_model
+from cdmo.mig.catalog import get_model, model_keys
 from cdmo.sim.metrics import summarize
 from cdmo.sim.runner import run_policy
 from cdmo.sim.scenario import load_scenario
@@ -118,3 +118,13 @@ def test_simulate_says_the_offered_load_and_when_it_is_more_than_the_fleet_holds
     assert f"offered load {100 * offered:.1f}% of the fleet's compute slices" in said
     assert ("queues grow until the end whatever the policy" in said) is overloaded
     assert (offered > 1) is overloaded
+
+
+def test_a_profile_has_the_same_compute_slices_on_every_model_that_offers_it() -> None:
+    # offered_slice_seconds takes a profile's slices from the first model that offers it.
+    seen: dict[str, set[int]] = {}
+    for key in model_keys():
+        for profile in get_model(key).profiles:
+            seen.setdefault(profile.name, set()).add(profile.compute_slices)
+    assert len(seen) > 10
+    assert {name: counts for name, counts in seen.items() if len(counts) > 1} == {}
