@@ -101,38 +101,43 @@ def ideal_run(scenario: Scenario, pods: Sequence[PodSpec], horizon: float) -> Ru
     waiting: list[int] = []
     util = 0.0
     total = sum(len(state) * model.compute_slices_total for _, model, state in gpus)
+    # Free compute slices per node: a node without enough for the pod is passed over unscanned.
+    node_free = [len(state) * model.compute_slices_total for _, model, state in gpus]
+    profiles: dict[tuple[str, str], Any] = {}  # (model, profile) -> the profile, or None
 
     def try_place(pid: int, now: float) -> bool:
         pod = pods[pid]
         for n, model, state in gpus:
-            if not model.has_profile(pod.profile):
+            key = (model.key, pod.profile)
+            if key not in profiles:
+                profiles[key] = model.profile(pod.profile) if model.has_profile(pod.profile) else None
+            profile = profiles[key]
+            if profile is None or node_free[n] < profile.compute_slices * pod.count:
                 continue
-            profile = model.profile(pod.profile)
+            units, slices, name = profile.placement_size, profile.compute_slices, profile.name
             taken: list[tuple[int, Any]] = []
-            left = [[units, slices, dict(counts)] for units, slices, counts in state]
+            # Take device by device on the node's own state; give back if the pod does not fit.
             for _ in range(pod.count):
                 spot = next(
                     (
                         g
-                        for g, (units, slices, counts) in enumerate(left)
-                        if units >= profile.placement_size
-                        and slices >= profile.compute_slices
-                        and counts.get(profile.name, 0) < profile.max_count
+                        for g, gpu in enumerate(state)
+                        if gpu[0] >= units and gpu[1] >= slices and gpu[2].get(name, 0) < profile.max_count
                     ),
                     None,
                 )
                 if spot is None:
                     break
-                left[spot][0] -= profile.placement_size
-                left[spot][1] -= profile.compute_slices
-                left[spot][2][profile.name] = left[spot][2].get(profile.name, 0) + 1
+                _take(state[spot], profile, 1)
                 taken.append((spot, profile))
             if len(taken) == pod.count:
-                state[:] = left
+                node_free[n] -= slices * pod.count
                 held[pid] = (n, taken)
                 start[pid] = now
                 heapq.heappush(events, (now + pod.duration, pid))
                 return True
+            for spot, given in taken:
+                _take(state[spot], given, -1)
         return False
 
     order = sorted(range(len(pods)), key=lambda p: pods[p].arrival)
@@ -152,12 +157,19 @@ def ideal_run(scenario: Scenario, pods: Sequence[PodSpec], horizon: float) -> Ru
         _, pid = heapq.heappop(events)
         n, taken = held.pop(pid)
         for spot, profile in taken:
-            gpu = gpus[n][2][spot]
-            gpu[0] += profile.placement_size
-            gpu[1] += profile.compute_slices
-            gpu[2][profile.name] -= 1
+            _take(gpus[n][2][spot], profile, -1)
+            node_free[n] += profile.compute_slices
         waiting.sort(key=lambda p: (-pods[p].priority, pods[p].arrival, p))
-        waiting = [p for p in waiting if not try_place(p, now)]
+        # Placing only takes room, so once a kind of pod fails in this pass the later ones of
+        # that kind fail too: they are kept without trying (the same starts, far fewer scans).
+        failed: set[tuple[str, int]] = set()
+        still: list[int] = []
+        for p in waiting:
+            kind = (pods[p].profile, pods[p].count)
+            if kind in failed or not try_place(p, now):
+                failed.add(kind)
+                still.append(p)
+        waiting = still
     for pid, t0 in enumerate(start):
         if t0 is not None:
             model = next(m for _, m, _ in gpus if m.has_profile(pods[pid].profile))
@@ -180,6 +192,13 @@ def ideal_run(scenario: Scenario, pods: Sequence[PodSpec], horizon: float) -> Ru
         wall_seconds=0.0,
         cpu_seconds=0.0,
     )
+
+
+def _take(gpu: list[Any], profile: Any, sign: int) -> None:
+    """Take (``sign`` 1) or give back (-1) one ``profile`` device on an ideal GPU's pools."""
+    gpu[0] -= sign * profile.placement_size
+    gpu[1] -= sign * profile.compute_slices
+    gpu[2][profile.name] = gpu[2].get(profile.name, 0) + sign
 
 
 def run_one(
