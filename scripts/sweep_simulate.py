@@ -6,10 +6,10 @@
 
 Every stream's ``rate_per_hour`` is multiplied by each ``--rate``; every policy replays the same
 workload per seed (as ``cdmo simulate`` does). Printed per rate: the offered load (the work the
-pods bring in compute-slice time, over the fleet's: above 100% queues grow whatever the policy),
-slice utilization, p95 pending of each policy (median over seeds), the geometric mean over
-seeds of each policy's p95 over the first policy's, the seeds where it is the lower, and the mean
-wait per profile. ``--json`` keeps every figure, so docs/simulate.md's sweep tables can be
+pods bring in compute-slice time, over the fleet's: above 100% the fleet falls behind whatever the
+policy), slice utilization, p95 pending of each policy (median over seeds), the geometric mean
+over seeds of each policy's p95 over the first policy's, the seeds where it is the lower, and the
+mean wait per profile. ``--json`` keeps every figure, so docs/simulate.md's sweep tables can be
 redrawn from it (scripts/regenerate_results.py).
 """
 

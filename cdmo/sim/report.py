@@ -50,7 +50,9 @@ def describe(report: Report) -> str:
     if first is not None:
         line += f"; offered load {100 * first['offered_load']:.1f}% of the fleet's compute slices"
         if first["offered_load"] > 1:
-            line += " (more than it can serve: queues grow until the end whatever the policy)"
+            # Not "queues grow": in a run short against its pods' durations the excess may be
+            # pods running past the end rather than pods waiting.
+            line += " (more than it can do in the run: whatever the policy, pods wait or run past the end)"
     return line
 
 

@@ -100,8 +100,9 @@ def offered_slice_seconds(pods: Iterable[PodSpec], models: Sequence[GpuModel], h
     """Compute-slice seconds of work that the pods arriving before ``horizon`` bring.
 
     Over the fleet's compute-slice seconds in the same time this is the offered load (arrival
-    rate x work per pod / capacity, as queueing theory has it). Above 1 the fleet cannot keep up:
-    queues grow until the end whatever the policy. Utilization stays below it (the fleet starts
+    rate x work per pod / capacity, as queueing theory has it). Above 1 the fleet cannot do the
+    work in the run whatever the policy: pods wait, or run past the end; in a run long against the
+    pods' durations, queues grow until the end. Utilization stays below it (the fleet starts
     empty, and pods that arrive late run past the end). A pod counts its profile's compute slices
     on the first of ``models`` that offers it (a profile's compute slices are the same on every
     model that has it), times its count and its whole duration.

@@ -1,6 +1,6 @@
 """Offered load: the work the pods bring (compute slices x duration) over the fleet's capacity.
 
-Above 100% queues grow whatever the policy, and no policy's utilization exceeds it
+Above 100% the fleet falls behind whatever the policy, and no policy's utilization exceeds it
 (docs/simulate.md, "What the result says"). ``cdmo simulate`` says it, and the load sweeps record
 it per rate beside each policy's utilization.
 """
@@ -116,7 +116,9 @@ def test_simulate_says_the_offered_load_and_when_it_is_more_than_the_fleet_holds
     assert main(["simulate", str(path), "--policy", "first-fit"]) == 0
     said = capsys.readouterr().out.splitlines()[0]
     assert f"offered load {100 * offered:.1f}% of the fleet's compute slices" in said
-    assert ("queues grow until the end whatever the policy" in said) is overloaded
+    assert (
+        "more than it can do in the run: whatever the policy, pods wait or run past the end" in said
+    ) is overloaded
     assert (offered > 1) is overloaded
 
 
