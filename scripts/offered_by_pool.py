@@ -26,7 +26,7 @@ from cdmo.sim.workload import PodSpec, generate_workload, offered_slice_seconds
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # A sibling script, not a package: found through the path set above.
-from sweep_simulate import rate_arg, scaled, seeds_arg
+from sweep_simulate import rate_arg, scaled, seeds_arg, seeds_text
 
 
 def pools(models: Sequence[GpuModel], profiles: set[str]) -> list[tuple[GpuModel, ...]]:
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds
     ]
     print(
-        f"{scenario.name} x{args.rate:g}, seeds {args.seeds[0]}-{args.seeds[-1]}: offered load per pool, mean (least-most)"
+        f"{scenario.name} x{args.rate:g}, seeds {seeds_text(args.seeds)}: offered load per pool, mean (least-most)"
     )
     for name in per_seed[0]:
         values = [loads[name] for loads in per_seed]

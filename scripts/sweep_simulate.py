@@ -279,6 +279,13 @@ def seeds_arg(text: str) -> list[int]:
     return seeds
 
 
+def seeds_text(seeds: Sequence[int]) -> str:
+    """Seeds as ``--seeds`` takes them: ``100-109`` for a run of consecutive ones, else ``1,5,9``."""
+    if list(seeds) == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
+
+
 def rate_arg(text: str) -> float:
     """``--rate``: a multiplier of the scenario's arrival rates, above 0 and at most MAX_RATE."""
     try:
@@ -328,8 +335,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.equal_priority:
         base_scenario = equal_priority(base_scenario)
     seeds: list[int] = args.seeds
-    contiguous = seeds == list(range(seeds[0], seeds[-1] + 1))
-    seeds_text = f"{seeds[0]}-{seeds[-1]}" if contiguous else ",".join(map(str, seeds))
     result: dict[str, Any] = {
         "scenario": base_scenario.name,
         "equal_priority": args.equal_priority,
@@ -370,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         every = ", every pod at priority 0" if args.equal_priority else ""
         print(
             f"{scenario.name} x{factor} ({entry['rate_per_hour']:.0f} pods/hour{every}, offered load "
-            f"{entry['offered_load']:.1%} of the fleet's slices), seeds {seeds_text}:"
+            f"{entry['offered_load']:.1%} of the fleet's slices), seeds {seeds_text(seeds)}:"
         )
         for name, fig in entry["policies"].items():
             print(

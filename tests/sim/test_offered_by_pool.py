@@ -85,3 +85,9 @@ def test_a_missing_scenario_is_one_line_and_exit_2(
         _script().main([str(tmp_path / "nope.yaml")])
     assert exc.value.code == 2
     assert "nope.yaml" in capsys.readouterr().err
+
+
+def test_a_list_of_seeds_is_named_as_given(capsys: pytest.CaptureFixture[str]) -> None:
+    # Not "100-105": only seeds 100 and 105 ran.
+    assert _script().main([str(ROOT / "examples" / "clearml-queues.yaml"), "--seeds", "100,105"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("clearml-queues x1, seeds 100,105: ")
