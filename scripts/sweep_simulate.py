@@ -96,6 +96,7 @@ def ideal_run(scenario: Scenario, pods: Sequence[PodSpec], horizon: float) -> Ru
             )
         )
     start: list[float | None] = [None] * len(pods)
+    slices_held = [0] * len(pods)  # compute slices of each started pod's devices
     held: dict[int, tuple[int, list[tuple[int, Any]]]] = {}
     events: list[tuple[float, int]] = []  # (end time, pod)
     waiting: list[int] = []
@@ -132,6 +133,7 @@ def ideal_run(scenario: Scenario, pods: Sequence[PodSpec], horizon: float) -> Ru
                 taken.append((spot, profile))
             if len(taken) == pod.count:
                 node_free[n] -= slices * pod.count
+                slices_held[pid] = slices * pod.count
                 held[pid] = (n, taken)
                 start[pid] = now
                 heapq.heappush(events, (now + pod.duration, pid))
@@ -172,9 +174,7 @@ def ideal_run(scenario: Scenario, pods: Sequence[PodSpec], horizon: float) -> Ru
         waiting = still
     for pid, t0 in enumerate(start):
         if t0 is not None:
-            model = next(m for _, m, _ in gpus if m.has_profile(pods[pid].profile))
-            slices = model.profile(pods[pid].profile).compute_slices * pods[pid].count
-            util += slices * (min(t0 + pods[pid].duration, horizon) - t0)
+            util += slices_held[pid] * (min(t0 + pods[pid].duration, horizon) - t0)
     return RunResult(
         policy=IDEAL,
         horizon=horizon,
