@@ -22,7 +22,7 @@ from pathlib import Path
 from cdmo.errors import InvalidInput
 from cdmo.sim.engine import RunResult
 from cdmo.sim.runner import run_policy
-from cdmo.sim.scenario import load_scenario, parse_duration
+from cdmo.sim.scenario import check_policy, load_scenario, parse_duration
 from cdmo.sim.workload import generate_workload
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         scenario = scaled(load_scenario(args.scenario), args.rate)
         start = parse_duration(args.start, "--from", allow_zero=True)
         step = parse_duration(args.step, "--step")
+        policies = [
+            check_policy(name, scenario.models, "--policy")
+            for name in args.policy or ["dynamic", "first-fit"]
+        ]
     except InvalidInput as exc:
         parser.error(str(exc))
     if args.seed is not None and args.seed < 0:
@@ -79,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{scenario.name} x{args.rate:g}, seed {scenario.seed if args.seed is None else args.seed}: "
         f"pods running from {args.start} to the end, every {args.step} (least-most)"
     )
-    for name in args.policy or ["dynamic", "first-fit"]:
+    for name in policies:
         run = run_policy(scenario, pods, name, horizon=scenario.duration)
         cells = [f"{profile} {min(c)}-{max(c)}" for profile, c in running(run, times).items()]
         print(f"  {name:22s} " + ", ".join(cells))

@@ -32,7 +32,7 @@ from cdmo.errors import InvalidInput
 from cdmo.sim.engine import RunResult
 from cdmo.sim.metrics import pending_times, percentile, summarize
 from cdmo.sim.runner import run_policy
-from cdmo.sim.scenario import Scenario, load_scenario
+from cdmo.sim.scenario import Scenario, check_policy, load_scenario
 from cdmo.sim.workload import PodSpec, generate_workload, offered_slice_seconds
 
 #: The policy name of the ideal fleet (no placement rules, no reconfiguration time).
@@ -331,6 +331,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         base_scenario = load_scenario(args.scenario)
     except InvalidInput as exc:  # a missing file or a bad field: one line, as cdmo simulate says it
+        parser.error(str(exc))
+    try:
+        for name in policies:
+            if name != IDEAL:
+                check_policy(name, base_scenario.models, "--policy")
+    except InvalidInput as exc:  # before any run: a typo must not cost the sweep's first hours
         parser.error(str(exc))
     if args.equal_priority:
         base_scenario = equal_priority(base_scenario)

@@ -73,6 +73,7 @@ def test_it_prints_the_range_per_profile_for_each_policy(
         (["--step", "0.0001"], "samples; at most 100000"),
         (["--seed", "-1"], "--seed -1 must be >= 0"),
         (["--rate", "0"], "--rate"),
+        (["--policy", "ideal"], "--policy: unknown policy 'ideal'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(

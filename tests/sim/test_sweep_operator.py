@@ -87,6 +87,7 @@ def test_a_bad_operator_pair_is_one_line_and_exit_2(
         (["--rate", "-1"], "argument --rate: '-1': give a multiplier above 0 and at most 10"),
         (["--rate", "1e9"], "argument --rate: '1e9'"),
         (["--rate", "nan"], "argument --rate: 'nan'"),
+        (["--seeds", "1", "--policy", "ideal", "--policy", "nosuch"], "--policy: unknown policy 'nosuch'"),
     ],
 )
 def test_a_bad_seed_list_or_rate_is_one_line_and_exit_2(
