@@ -129,11 +129,13 @@ class GpuDiff:
 
 
 def holders_of_instance(inst: GpuInstanceInfo, in_use: InUse) -> list[Holder]:
-    """Pods and processes on any compute instance of ``inst``, and unknown pods of its profile."""
+    """Pods and processes on any compute instance of ``inst``, unknown pods of its profile, and
+    pods that may hold any instance (a MIG index id under a name without a profile)."""
     holders: list[Holder] = []
     for uuid in inst.uuids:
         holders.extend(h for h in in_use.holders_of(uuid) if h not in holders)
     holders.extend(Holder("unknown", pod) for pod in in_use.unknown.get(inst.profile, ()))
+    holders.extend(in_use.any_instance)
     return holders
 
 

@@ -13,14 +13,19 @@ resource such as ``nvidia.com/mig-1g.10gb.shared`` or a site's own name still ho
 ids are the device plugin's: a MIG UUID, a GPU UUID (``nvidia.com/gpu``), or, when NVIDIA's
 plugin shares a device by time-slicing or MPS, ``<uuid>::<replica>`` (its ``AnnotatedID``);
 :func:`device_uuid` reads the UUID out of each. An id that names no UUID at all (the plugin's
-``deviceIDStrategy: index``) cannot be matched to an instance: under a MIG resource name it
-protects every instance of that profile, as an unreadable pod-resources would.
+``deviceIDStrategy: index``: ``<gpu>`` for a whole GPU, ``<gpu>:<mig device>`` for a MIG
+device) cannot be matched to an instance: under a MIG resource name it protects every instance
+of that profile, as an unreadable pod-resources would; a MIG index id under any other name
+(``nvidia.com/gpu`` with the plugin's ``migStrategy: single``, a renamed resource) says no
+profile, so it protects every instance of the node. The index alone is not trusted to name the
+GPU or the instance: MIG device indexes move when instances come and go.
 
 Pure: builds frozen data from what the edges read; no I/O here.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +40,8 @@ _DONE_PHASES = ("Succeeded", "Failed")
 #: NVIDIA's device plugin writes a shared replica's id as ``<device id>::<replica>``.
 _REPLICA_SEPARATOR = "::"
 _UUID_PREFIXES = ("MIG-", "GPU-")
+#: ``deviceIDStrategy: index`` names a MIG device ``<gpu index>:<MIG device index>``.
+_MIG_INDEX_ID = re.compile(r"\d+:\d+")
 
 #: No node holds more MIG devices than this; a bound pod's larger count reserves no more
 #: (a count of 10**12 must not build a list of 10**12 entries every pass).
@@ -47,15 +54,26 @@ def device_uuid(device_id: str) -> str | None:
     ``MIG-<uuid>`` -> itself; ``MIG-<uuid>::3`` (a time-sliced or MPS replica) -> ``MIG-<uuid>``;
     ``GPU-<uuid>`` and its replicas -> the GPU UUID; an index id such as ``0:1`` -> None.
     """
-    base = device_id.split(_REPLICA_SEPARATOR, 1)[0].strip()
+    base = _base_id(device_id)
     return base if base.startswith(_UUID_PREFIXES) else None
+
+
+def is_mig_index_id(device_id: str) -> bool:
+    """Whether a pod-resources device id is a MIG device's index id (``0:1``, ``0:1::3``)."""
+    return _MIG_INDEX_ID.fullmatch(_base_id(device_id)) is not None
+
+
+def _base_id(device_id: str) -> str:
+    """The device id without a shared replica's ``::<replica>``."""
+    return device_id.split(_REPLICA_SEPARATOR, 1)[0].strip()
 
 
 @dataclass(frozen=True, order=True)
 class Holder:
     """Something that keeps an instance from being destroyed."""
 
-    #: pod (pod-resources), process (NVML), reservation (bound, not admitted), unknown (no pod-resources)
+    #: pod (pod-resources), process (NVML), reservation (bound, not admitted), unknown (no
+    #: pod-resources, or an index id under a MIG name), indexed (a MIG index id under another name)
     kind: str
     #: namespace/name of a pod, or a pid
     name: str
@@ -71,6 +89,11 @@ class Holder:
             return f"pod {self.name} (bound to this node, not yet admitted)"
         if self.kind == "unknown":
             return f"pod {self.name} (pod-resources unreadable: it may hold any instance of this profile)"
+        if self.kind == "indexed":
+            return (
+                f"pod {self.name} (holds a MIG device by an index id under a name that says no "
+                "profile: it may hold any instance)"
+            )
         return f"pod {self.name}"
 
 
@@ -104,6 +127,10 @@ class InUse:
     #: Pods on whole GPUs that cannot be tied to one GPU: index device ids, or bound to the node
     #: and not yet admitted. Any GPU may be theirs, so no GPU's MIG mode may change under them.
     whole_gpus: tuple[Holder, ...] = ()
+    #: Pods holding a MIG device by an index id under a resource name that says no profile
+    #: (``nvidia.com/gpu`` under ``migStrategy: single``, a renamed resource): any instance of the
+    #: node may be theirs, so every instance is protected while they run.
+    any_instance: tuple[Holder, ...] = ()
 
     def holders_of(self, uuid: str | None) -> tuple[Holder, ...]:
         return self.holders.get(uuid, ()) if uuid else ()
@@ -121,6 +148,7 @@ class InUse:
             reservations=self.reservations,
             unknown=self.unknown,
             whole_gpus=self.whole_gpus,
+            any_instance=self.any_instance,
         )
 
 
@@ -185,6 +213,7 @@ def build_in_use(
     held: Counter[tuple[str, str]] = Counter()
     unresolved: dict[str, set[str]] = {}
     whole_gpus: set[Holder] = set()
+    any_instance: set[Holder] = set()
     admitted: set[str] = set()
     for row in pod_devices or ():
         admitted.add(row.pod_key)
@@ -194,6 +223,8 @@ def build_in_use(
             if uuid is None:
                 if res is not None:
                     unresolved.setdefault(res.profile, set()).add(row.pod_key)
+                elif is_mig_index_id(dev):  # a MIG device, but of which profile nobody says
+                    any_instance.add(Holder("indexed", row.pod_key))
                 elif row.resource_name.startswith(WHOLE_GPU_RESOURCE):  # incl. nvidia.com/gpu.shared
                     whole_gpus.add(Holder("pod", row.pod_key))  # an index id: which GPU is unknown
                 continue
@@ -224,5 +255,6 @@ def build_in_use(
         reservations={k: tuple(v) for k, v in sorted(reservations.items())},
         unknown={k: tuple(sorted(set(v))) for k, v in sorted(unknown.items())},
         whole_gpus=tuple(sorted(whole_gpus)),
+        any_instance=tuple(sorted(any_instance)),
     )
     return base.with_processes(processes or {})

@@ -56,8 +56,19 @@ def node_state(tmp_path: Path, capsys: pytest.CaptureFixture[str], socket: str) 
         ("nvidia.com/mig-1g.10gb", "{one}::3"),
         ("nvidia.com/mig-1g.10gb.shared", "{one}::0"),
         ("nvidia.com/mig-1g.10gb", "MIG-split-ci-1"),
+        ("nvidia.com/mig-1g.10gb", "0:1"),  # deviceIDStrategy: index
+        ("nvidia.com/gpu", "0:1"),  # index ids with migStrategy: single
+        ("example.com/my-gpu-slice", "0:0::2"),  # a renamed, shared resource with index ids
     ],
-    ids=["plain-uuid", "replica-id", "shared-resource", "second-ci-of-split-gi"],
+    ids=[
+        "plain-uuid",
+        "replica-id",
+        "shared-resource",
+        "second-ci-of-split-gi",
+        "index-id",
+        "index-id-single-strategy",
+        "index-id-renamed",
+    ],
 )
 def test_apply_refuses_to_drop_a_held_instance_and_destroys_nothing(
     tmp_path: Path,

@@ -82,6 +82,27 @@ def test_shared_and_renamed_holders_keep_their_instance(
     assert holds(sim, 0) == "1g.10gb@0"
 
 
+@pytest.mark.parametrize("resource", ["nvidia.com/gpu", "example.com/my-gpu-slice"])
+def test_a_mig_index_id_under_a_name_without_a_profile_keeps_every_instance(
+    any_backend: GpuBackend, resource: str
+) -> None:
+    # deviceIDStrategy: index names a MIG device <gpu>:<index>; under nvidia.com/gpu (migStrategy
+    # single) or a renamed resource nothing says which instance, so none of the node's may go.
+    any_backend.create_instance(0, "1g.10gb", 0)
+    any_backend.create_instance(1, "2g.20gb", 2)
+    in_use = build_in_use([row("ml/indexed", resource, "1:0")])
+    desired = {0: layout("7g.80gb@0"), 1: layout("7g.80gb@0")}
+    result = reconcile_node(any_backend, desired, in_use, retry=RETRY)
+    assert [result.gpu(i).state for i in (0, 1)] == [GpuState.BLOCKED, GpuState.BLOCKED]
+    assert result.destroyed == ()
+    assert (holds(any_backend, 0), holds(any_backend, 1)) == ("1g.10gb@0", "2g.20gb@2")
+    assert "ml/indexed" in result.gpu(0).message
+    # the same pod under its profile's name keeps that profile only: the 2g.20gb may go
+    in_use = build_in_use([row("ml/indexed", "nvidia.com/mig-1g.10gb", "1:0")])
+    result = reconcile_node(any_backend, desired, in_use, retry=RETRY)
+    assert result.gpu(0).state == GpuState.BLOCKED and holds(any_backend, 1) == "7g.80gb@0"
+
+
 def test_a_bound_pod_asking_a_shared_resource_reserves_an_instance_of_its_profile(
     sim: SimulatedBackend,
 ) -> None:

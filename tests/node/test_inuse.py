@@ -14,6 +14,7 @@ from cdmo.node_agent.inuse import (
     build_bound_pods,
     build_in_use,
     device_uuid,
+    is_mig_index_id,
     mig_requests,
 )
 from cdmo.node_agent.podresources.client import PodDevices
@@ -118,6 +119,23 @@ def test_index_device_ids_protect_every_instance_of_their_profile() -> None:
     in_use = build_in_use([PodDevices("ml", "ix", "main", "nvidia.com/mig-2g.20gb", ("0:1",))], [])
     assert in_use.holders == {}
     assert in_use.unknown == {"2g.20gb": ("ml/ix",)}
+
+
+@pytest.mark.parametrize(
+    ("device_id", "mig_index"),
+    [("0:1", True), ("12:0::3", True), (" 3:4 ", True), ("0", False), ("MIG-a", False), ("0:1:2", False)],
+)
+def test_mig_index_ids_are_told_from_gpu_indexes_and_uuids(device_id: str, mig_index: bool) -> None:
+    assert is_mig_index_id(device_id) is mig_index
+
+
+@pytest.mark.parametrize("resource", ["nvidia.com/gpu", "nvidia.com/gpu.shared", "example.com/slice"])
+def test_mig_index_ids_under_a_name_without_a_profile_hold_every_instance(resource: str) -> None:
+    rows = [PodDevices("ml", "ix", "main", resource, ("1:2::0",))]
+    in_use = build_in_use(rows, [], {"MIG-x": [7]})
+    assert in_use.any_instance == (Holder("indexed", "ml/ix"),)
+    assert in_use.whole_gpus == () and in_use.unknown == {}  # a MIG device: no MIG-off GPU is theirs
+    assert "ml/ix" in str(in_use.any_instance[0]) and in_use.any_instance[0].pod == "ml/ix"
 
 
 def test_whole_gpu_pods_that_cannot_be_tied_to_a_gpu_hold_every_gpus_mig_mode() -> None:
