@@ -13,6 +13,7 @@ API call (the watch's HTTP read is cut with :meth:`KubeClient.interrupt`).
 
 from __future__ import annotations
 
+import builtins
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +31,12 @@ from cdmo.node_agent.backend import DEFAULT_RETRY, GpuBackend, NoPermission, Ret
 from cdmo.node_agent.inuse import InUse, build_bound_pods, build_in_use
 from cdmo.node_agent.kube import WatchExpired
 from cdmo.node_agent.metrics import AgentMetrics
-from cdmo.node_agent.podresources.client import PodDevices, PodResourcesClient
+from cdmo.node_agent.podresources.client import (
+    AllocatableDevices,
+    PodDevices,
+    PodResourcesClient,
+    PodResourcesUnavailable,
+)
 from cdmo.node_agent.reconcile import ReconcileResult, reconcile_node
 from cdmo.node_agent.refresh import Refresher
 from cdmo.node_agent.status import (
@@ -72,6 +78,8 @@ class PodDevicesSource(Protocol):
     def available(self) -> bool: ...
 
     def list(self) -> list[PodDevices]: ...
+
+    def allocatable(self) -> builtins.list[AllocatableDevices]: ...
 
 
 @dataclass(frozen=True)
@@ -140,8 +148,14 @@ class Agent:
     def read_in_use(self) -> InUse:
         """Pod-resources + pods bound to this node (NVML processes are added by reconcile)."""
         pod_devices: list[PodDevices] | None = None
+        allocatable: list[AllocatableDevices] | None = None
         if self.pod_resources.available():
             pod_devices = self.pod_resources.list()
+            try:
+                allocatable = self.pod_resources.allocatable()
+            except PodResourcesUnavailable as exc:
+                # Only pools of renamed resources need it; the rest of the pass stands without.
+                self.log.debug("Skipped GetAllocatableResources", error=str(exc))
         elif not self._warned_no_pod_resources:
             self._warned_no_pod_resources = True
             self.log.warning(
@@ -149,7 +163,7 @@ class Agent:
                 socket=self.config.pod_resources_socket,
             )
         bound = build_bound_pods(self.kube.list_node_pods(self.node))
-        return build_in_use(pod_devices, bound)
+        return build_in_use(pod_devices, bound, allocatable=allocatable)
 
     # --- one pass ----------------------------------------------------------------------------
 

@@ -147,7 +147,9 @@ def protected_instances(
     """(gpu, gi_id) -> holders, for every instance that must not be destroyed.
 
     Reservations of a profile take free healthy instances of it that the desired layout keeps
-    first, then others in (gpu, start) order: a bound pod keeps an instance to land on. Only
+    first, then others in (gpu, start) order: a bound pod keeps an instance to land on. Those of
+    a renamed resource (``InUse.pool_reservations``) take, the same way, free healthy instances
+    whose device the kubelet lists under that name. Only
     instances in ``actual`` can be reserved: pass the node's current instances.
     """
     result: dict[tuple[int, int], list[Holder]] = {}
@@ -163,6 +165,19 @@ def protected_instances(
                 free.setdefault(inst.profile, []).append((kept, gpu, inst))
     for profile, pods in sorted(in_use.reservations.items()):
         candidates = sorted(free.get(profile, []), key=lambda c: (c[0], c[1], c[2].start))
+        for pod, (_, gpu, inst) in zip(pods, candidates, strict=False):
+            result.setdefault((gpu, inst.gi_id), []).append(Holder("reservation", pod))
+    # A renamed resource's pods take free instances among the devices listed under its name.
+    for _resource, (uuids, pods) in sorted(in_use.pool_reservations.items()):
+        candidates = sorted(
+            (
+                c
+                for cs in free.values()
+                for c in cs
+                if (c[1], c[2].gi_id) not in result and uuids & set(c[2].uuids)
+            ),
+            key=lambda c: (c[0], c[1], c[2].start),
+        )
         for pod, (_, gpu, inst) in zip(pods, candidates, strict=False):
             result.setdefault((gpu, inst.gi_id), []).append(Holder("reservation", pod))
     return {k: tuple(v) for k, v in sorted(result.items())}

@@ -20,6 +20,11 @@ of that profile, as an unreadable pod-resources would; a MIG index id under any 
 profile, so it protects every instance of the node. The index alone is not trusted to name the
 GPU or the instance: MIG device indexes move when instances come and go.
 
+A bound pod not yet admitted that asks for a resource whose name says no profile (a renamed
+resource, ``nvidia.com/gpu`` under ``migStrategy: single``) reserves free instances among the
+devices the kubelet lists under that name (pod-resources ``GetAllocatableResources``): the
+device plugin will hand it one of those.
+
 Pure: builds frozen data from what the edges read; no I/O here.
 """
 
@@ -33,7 +38,7 @@ from typing import Any
 
 from cdmo.demand import read_demand
 from cdmo.mig.resources import parse_mig_resource
-from cdmo.node_agent.podresources.client import PodDevices
+from cdmo.node_agent.podresources.client import AllocatableDevices, PodDevices
 
 _DONE_PHASES = ("Succeeded", "Failed")
 
@@ -108,6 +113,9 @@ class BoundPod:
     terminating: bool = False
     #: asks for whole GPUs (``nvidia.com/gpu``) too: MIG mode must not change under it
     whole_gpu: bool = False
+    #: resource name -> devices asked for, for extended resources that name no MIG profile: a
+    #: renamed resource may be a pool of MIG devices (GetAllocatableResources tells which)
+    others: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -131,6 +139,9 @@ class InUse:
     #: (``nvidia.com/gpu`` under ``migStrategy: single``, a renamed resource): any instance of the
     #: node may be theirs, so every instance is protected while they run.
     any_instance: tuple[Holder, ...] = ()
+    #: resource name that says no profile -> (the MIG UUIDs the kubelet lists under it, pods
+    #: bound but not admitted, one entry per device they still wait for)
+    pool_reservations: Mapping[str, tuple[frozenset[str], tuple[str, ...]]] = field(default_factory=dict)
 
     def holders_of(self, uuid: str | None) -> tuple[Holder, ...]:
         return self.holders.get(uuid, ()) if uuid else ()
@@ -149,6 +160,7 @@ class InUse:
             unknown=self.unknown,
             whole_gpus=self.whole_gpus,
             any_instance=self.any_instance,
+            pool_reservations=self.pool_reservations,
         )
 
 
@@ -179,8 +191,14 @@ def mig_requests(pod: Mapping[str, Any]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+def _other_device_resource(name: str) -> bool:
+    """An extended resource (``domain/name``) that names no MIG profile: maybe a renamed MIG pool."""
+    return "/" in name and not name.startswith("kubernetes.io/") and parse_mig_resource(name) is None
+
+
 def build_bound_pods(pods: Iterable[Mapping[str, Any]]) -> list[BoundPod]:
-    """Pods bound to the node (already filtered by spec.nodeName) that ask for MIG and are not done."""
+    """Pods bound to the node (already filtered by spec.nodeName) that ask for MIG, a whole GPU or
+    another extended resource, and are not done."""
     result = []
     for pod in pods:
         meta = pod.get("metadata") or {}
@@ -189,7 +207,11 @@ def build_bound_pods(pods: Iterable[Mapping[str, Any]]) -> list[BoundPod]:
             continue
         requests = mig_requests(pod)
         whole_gpu = bool(read_demand(pod, lambda name: name == WHOLE_GPU_RESOURCE).requests)
-        if not requests and not whole_gpu:
+        others = {
+            name: min(count, MAX_RESERVATIONS_PER_POD)
+            for name, count in read_demand(pod, _other_device_resource).requests.items()
+        }
+        if not requests and not whole_gpu and not others:
             continue
         result.append(
             BoundPod(
@@ -198,6 +220,7 @@ def build_bound_pods(pods: Iterable[Mapping[str, Any]]) -> list[BoundPod]:
                 requests=requests,
                 terminating=bool(meta.get("deletionTimestamp")),
                 whole_gpu=whole_gpu,
+                others=others,
             )
         )
     return sorted(result, key=lambda p: p.key)
@@ -207,10 +230,13 @@ def build_in_use(
     pod_devices: Sequence[PodDevices] | None,
     bound_pods: Sequence[BoundPod] = (),
     processes: Mapping[str, Sequence[int]] | None = None,
+    allocatable: Sequence[AllocatableDevices] | None = None,
 ) -> InUse:
-    """Merge the three sources. ``pod_devices`` None means pod-resources could not be read."""
+    """Merge the sources. ``pod_devices`` None means pod-resources could not be read;
+    ``allocatable`` (GetAllocatableResources) None that it could not, or was not asked."""
     holders: dict[str, list[Holder]] = {}
     held: Counter[tuple[str, str]] = Counter()
+    held_other: Counter[tuple[str, str]] = Counter()
     unresolved: dict[str, set[str]] = {}
     whole_gpus: set[Holder] = set()
     any_instance: set[Holder] = set()
@@ -234,8 +260,12 @@ def build_in_use(
         if res is not None:
             # The pod asked for replicas, and got one id per replica.
             held[(row.pod_key, res.profile)] += len(row.device_ids)
+        else:
+            held_other[(row.pod_key, row.resource_name)] += len(row.device_ids)
+    pools, index_pools = _mig_pools(allocatable or ())
 
     reservations: dict[str, list[str]] = {}
+    pool_pods: dict[str, list[str]] = {}
     unknown: dict[str, list[str]] = {}
     for pod in bound_pods:
         if pod.whole_gpu and not pod.terminating and (pod_devices is None or pod.key not in admitted):
@@ -247,6 +277,14 @@ def build_in_use(
             missing = min(wanted - held[(pod.key, profile)], MAX_RESERVATIONS_PER_POD)
             if missing > 0 and not pod.terminating:
                 reservations.setdefault(profile, []).extend([pod.key] * missing)
+        for resource, wanted in pod.others.items():
+            missing = min(wanted - held_other[(pod.key, resource)], MAX_RESERVATIONS_PER_POD)
+            if missing <= 0 or pod.terminating:
+                continue
+            if resource in pools:
+                pool_pods.setdefault(resource, []).extend([pod.key] * missing)
+            elif resource in index_pools:  # its devices have index ids: any instance may be the one
+                any_instance.add(Holder("reservation", pod.key))
     for profile, pods in unresolved.items():
         unknown.setdefault(profile, []).extend(pods)
 
@@ -256,5 +294,24 @@ def build_in_use(
         unknown={k: tuple(sorted(set(v))) for k, v in sorted(unknown.items())},
         whole_gpus=tuple(sorted(whole_gpus)),
         any_instance=tuple(sorted(any_instance)),
+        pool_reservations={r: (pools[r], tuple(pods)) for r, pods in sorted(pool_pods.items())},
     )
     return base.with_processes(processes or {})
+
+
+def _mig_pools(allocatable: Sequence[AllocatableDevices]) -> tuple[dict[str, frozenset[str]], set[str]]:
+    """Resource names that say no profile but list MIG devices: name -> their MIG UUIDs, and the
+    names whose MIG devices have index ids (which instance each is, nobody can say)."""
+    pools: dict[str, frozenset[str]] = {}
+    index_pools: set[str] = set()
+    for entry in allocatable:
+        if parse_mig_resource(entry.resource_name) is not None:
+            continue  # a profile's own name: reserved by profile
+        uuids = frozenset(
+            u for u in (device_uuid(d) for d in entry.device_ids) if u is not None and u.startswith("MIG-")
+        )
+        if uuids:
+            pools[entry.resource_name] = pools.get(entry.resource_name, frozenset()) | uuids
+        if any(is_mig_index_id(d) for d in entry.device_ids):
+            index_pools.add(entry.resource_name)
+    return pools, index_pools

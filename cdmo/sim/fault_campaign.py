@@ -36,6 +36,7 @@ tests can show the checker catches them.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import copy
 import random
@@ -58,7 +59,7 @@ from cdmo.node_agent.agent import Agent
 from cdmo.node_agent.backend import NO_WAIT_RETRY, NvmlReturn
 from cdmo.node_agent.inuse import EMPTY_IN_USE, InUse
 from cdmo.node_agent.kube import KubeError
-from cdmo.node_agent.podresources.client import PodDevices, PodResourcesUnavailable
+from cdmo.node_agent.podresources.client import AllocatableDevices, PodDevices, PodResourcesUnavailable
 from cdmo.node_agent.refresh import RefreshOutcome
 from cdmo.node_agent.simulated import SimGpuInstance, SimulatedBackend, SimulatedCrash, SimulatedNode
 
@@ -204,6 +205,9 @@ class CampaignPodResources:
             self.fail -= 1
             raise PodResourcesUnavailable("pod-resources List failed (injected)")
         return [row for p in self.world.pods for row in p.rows()]
+
+    def allocatable(self) -> builtins.list[AllocatableDevices]:
+        return []  # the campaign's pods ask for MIG profiles by name: no renamed pools
 
 
 class CampaignRefresher:

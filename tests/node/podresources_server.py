@@ -1,5 +1,6 @@
 """A kubelet pod-resources gRPC server on a unix socket in a short temp dir, answering List
-with the devices a test gives it (as the NVIDIA device plugin would have them allocated)."""
+with the devices a test gives it (as the NVIDIA device plugin would have them allocated), and
+GetAllocatableResources with the devices it would have advertised."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class Kubelet(api_pb2_grpc.PodResourcesListerServicer):
 
     def __init__(self) -> None:
         self.held: list[Held] = []
+        #: resource name -> device ids, for GetAllocatableResources (None: not served, as an old kubelet)
+        self.allocatable: dict[str, list[str]] | None = {}
 
     def List(self, request: Any, context: Any) -> Any:
         return api_pb2.ListPodResourcesResponse(
@@ -51,6 +54,16 @@ class Kubelet(api_pb2_grpc.PodResourcesListerServicer):
                     ],
                 )
                 for h in self.held
+            ]
+        )
+
+    def GetAllocatableResources(self, request: Any, context: Any) -> Any:
+        if self.allocatable is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "unknown method GetAllocatableResources")
+        return api_pb2.AllocatableResourcesResponse(
+            devices=[
+                api_pb2.ContainerDevices(resource_name=name, device_ids=ids)
+                for name, ids in sorted((self.allocatable or {}).items())
             ]
         )
 

@@ -16,13 +16,19 @@ from cdmo.api import build_miglayout, get_condition
 from cdmo.config import AgentConfig
 from cdmo.errors import CdmoError
 from cdmo.mig.layouts import Instance
-from cdmo.node_agent.agent import Agent
+from cdmo.node_agent.agent import Agent, PodDevicesSource
 from cdmo.node_agent.backend import NoPermission, NvmlReturn
 from cdmo.node_agent.kube import KubeError, WatchExpired
-from cdmo.node_agent.podresources.client import PodDevices
+from cdmo.node_agent.podresources.client import (
+    AllocatableDevices,
+    PodDevices,
+    PodResourcesClient,
+    PodResourcesUnavailable,
+)
 from cdmo.node_agent.refresh import RefreshOutcome
 from cdmo.node_agent.simulated import SimulatedBackend, SimulatedNode
 from tests.node.conftest import RETRY, layout
+from tests.node.podresources_server import serve_pod_resources
 
 NODE = "gpu-1"
 NOW = datetime(2025, 5, 1, tzinfo=UTC)
@@ -157,6 +163,8 @@ class FakeRefresher:
 class FakePodResources:
     def __init__(self, rows: list[PodDevices] | None = None, *, available: bool = True) -> None:
         self.rows = rows or []
+        #: GetAllocatableResources; None: the kubelet does not serve it
+        self.pools: list[AllocatableDevices] | None = []
         self._available = available
 
     def available(self) -> bool:
@@ -165,12 +173,17 @@ class FakePodResources:
     def list(self) -> list[PodDevices]:
         return list(self.rows)
 
+    def allocatable(self) -> list[AllocatableDevices]:
+        if self.pools is None:
+            raise PodResourcesUnavailable("GetAllocatableResources: UNIMPLEMENTED")
+        return list(self.pools)
+
 
 def make_agent(
     kube: FakeKube,
     node: SimulatedNode,
     refresher: FakeRefresher | None = None,
-    pod_resources: FakePodResources | None = None,
+    pod_resources: PodDevicesSource | None = None,
     **conf: Any,
 ) -> Agent:
     config = AgentConfig(node_name=NODE, backend="simulated", **{"backoff_initial_seconds": 0.01, **conf})
@@ -305,6 +318,43 @@ def test_bound_pods_and_pod_resources_keep_instances(node: SimulatedNode) -> Non
     held = {i["start"]: i.get("pod") for i in status["gpus"][0]["instances"] if i["allocated"]}
     assert held == {0: "ml/runner", 1: "ml/next"}
     assert layouts(node) == ["1g.10gb@0", "1g.10gb@1"]
+
+
+def test_a_bound_pod_of_a_renamed_pool_keeps_its_instance_over_grpc(node: SimulatedNode) -> None:
+    # The NVIDIA plugin advertising a 1g.10gb under a site's own name: only the kubelet's
+    # GetAllocatableResources (a real gRPC server here) says which instance the pod will get.
+    with serve_pod_resources() as (kubelet, socket):
+        kube = FakeKube()
+        kube.set_layout({0: layout("1g.10gb@0,1g.10gb@1")})
+        agent = make_agent(kube, node, pod_resources=PodResourcesClient(socket))
+        assert agent.sync_once().settled
+        by_start = {i.start: i.uuid or "" for i in SimulatedBackend(node).list_instances(0)}
+        kubelet.allocatable = {
+            "example.com/my-gpu-slice": [by_start[1] + "::0", by_start[1] + "::1"],
+            "nvidia.com/mig-1g.10gb": [by_start[0]],
+        }
+        kube.pods = [
+            {
+                "metadata": {"name": "next", "namespace": "ml"},
+                "spec": {
+                    "nodeName": NODE,
+                    "containers": [{"name": "c", "resources": {"limits": {"example.com/my-gpu-slice": 1}}}],
+                },
+                "status": {"phase": "Pending"},
+            }
+        ]
+        kube.set_layout({0: layout("1g.10gb@0,2g.20gb@2")})  # 1g.10gb@1 goes
+        assert not agent.sync_once().settled
+        status = kube.status()
+        assert status["phase"] == "Blocked"
+        assert "pod ml/next (bound to this node, not yet admitted)" in status["lastError"]
+        held = {i["start"]: i.get("pod") for i in status["gpus"][0]["instances"] if i["allocated"]}
+        assert held == {1: "ml/next"}
+        assert layouts(node) == ["1g.10gb@0", "1g.10gb@1"]
+        # a kubelet that does not serve GetAllocatableResources: nothing says what the name holds
+        kubelet.allocatable = None
+        assert agent.sync_once().settled
+        assert layouts(node) == ["1g.10gb@0", "2g.20gb@2"]
 
 
 def test_without_pod_resources_bound_pods_protect_their_whole_profile(node: SimulatedNode) -> None:

@@ -54,6 +54,9 @@ class NoPodResources:
     def list(self) -> list[Any]:
         return []
 
+    def allocatable(self) -> list[Any]:
+        return []
+
 
 def test_agent_applies_its_miglayout_over_http(api: Any) -> None:
     objects = custom(api)

@@ -8,7 +8,7 @@ import pytest
 from cdmo.mig.layouts import format_layout
 from cdmo.node_agent.backend import GpuBackend
 from cdmo.node_agent.inuse import BoundPod, build_in_use
-from cdmo.node_agent.podresources.client import PodDevices
+from cdmo.node_agent.podresources.client import AllocatableDevices, PodDevices
 from cdmo.node_agent.reconcile import GpuState, reconcile_node
 from cdmo.node_agent.simulated import SimulatedBackend, SimulatedNode
 from cdmo.node_agent.status import build_gpu_entries
@@ -101,6 +101,22 @@ def test_a_mig_index_id_under_a_name_without_a_profile_keeps_every_instance(
     in_use = build_in_use([row("ml/indexed", "nvidia.com/mig-1g.10gb", "1:0")])
     result = reconcile_node(any_backend, desired, in_use, retry=RETRY)
     assert result.gpu(0).state == GpuState.BLOCKED and holds(any_backend, 1) == "7g.80gb@0"
+
+
+def test_a_bound_pod_asking_a_renamed_resource_keeps_a_free_instance_of_that_pool(
+    any_backend: GpuBackend,
+) -> None:
+    outside = any_backend.create_instance(0, "1g.10gb", 0)
+    pooled = any_backend.create_instance(1, "1g.10gb", 0)
+    assert outside.uuid and pooled.uuid
+    pools = [AllocatableDevices("example.com/my-gpu-slice", (pooled.uuid + "::0", pooled.uuid + "::1"))]
+    bound = [BoundPod("ml", "next", {}, others={"example.com/my-gpu-slice": 1})]
+    in_use = build_in_use([], bound, allocatable=pools)
+    desired = {0: layout("7g.80gb@0"), 1: layout("7g.80gb@0")}
+    result = reconcile_node(any_backend, desired, in_use, retry=RETRY)
+    assert result.gpu(1).state == GpuState.BLOCKED and holds(any_backend, 1) == "1g.10gb@0"
+    assert "pod ml/next (bound to this node, not yet admitted)" in result.gpu(1).message
+    assert holds(any_backend, 0) == "7g.80gb@0"  # the same profile outside the pool may go
 
 
 def test_a_bound_pod_asking_a_shared_resource_reserves_an_instance_of_its_profile(

@@ -17,7 +17,7 @@ from cdmo.node_agent.inuse import (
     is_mig_index_id,
     mig_requests,
 )
-from cdmo.node_agent.podresources.client import PodDevices
+from cdmo.node_agent.podresources.client import AllocatableDevices, PodDevices
 
 
 def pod(
@@ -136,6 +136,41 @@ def test_mig_index_ids_under_a_name_without_a_profile_hold_every_instance(resour
     assert in_use.any_instance == (Holder("indexed", "ml/ix"),)
     assert in_use.whole_gpus == () and in_use.unknown == {}  # a MIG device: no MIG-off GPU is theirs
     assert "ml/ix" in str(in_use.any_instance[0]) and in_use.any_instance[0].pod == "ml/ix"
+
+
+def test_bound_pods_keep_their_asks_of_names_that_say_no_profile() -> None:
+    p = pod("r", limits={"example.com/my-gpu-slice": 2, "cpu": "2", "hugepages-2Mi": "1Gi"})
+    (bound,) = build_bound_pods([p, pod("cpu", limits={"cpu": 1, "memory": "1Gi"})])
+    assert bound.others == {"example.com/my-gpu-slice": 2} and bound.requests == {}
+    big = build_bound_pods([pod("b", limits={"example.com/my-gpu-slice": 10**12})])
+    assert big[0].others == {"example.com/my-gpu-slice": MAX_RESERVATIONS_PER_POD}
+
+
+def test_a_renamed_pool_reserves_what_its_bound_pods_still_wait_for() -> None:
+    allocatable = [
+        AllocatableDevices("example.com/my-gpu-slice", ("MIG-a::0", "MIG-a::1", "MIG-b::0")),
+        AllocatableDevices("nvidia.com/mig-1g.10gb", ("MIG-c",)),  # a profile's name: reserved by profile
+        AllocatableDevices("example.com/nic", ("0000:3b:00.1",)),  # no MIG device: no pool
+        AllocatableDevices("nvidia.com/gpu", ("0:0", "0:1")),  # migStrategy single, index ids
+    ]
+    bound = [
+        BoundPod("ml", "in", {}, others={"example.com/my-gpu-slice": 2}),  # admitted with one of two
+        BoundPod("ml", "wait", {}, others={"example.com/my-gpu-slice": 1, "example.com/nic": 1}),
+        BoundPod("ml", "gone", {}, terminating=True, others={"example.com/my-gpu-slice": 1}),
+        BoundPod("ml", "single", {}, others={"nvidia.com/gpu": 1}),
+    ]
+    rows = [PodDevices("ml", "in", "main", "example.com/my-gpu-slice", ("MIG-a::1",))]
+    in_use = build_in_use(rows, bound, allocatable=allocatable)
+    assert in_use.pool_reservations == {
+        "example.com/my-gpu-slice": (frozenset({"MIG-a", "MIG-b"}), ("ml/in", "ml/wait"))
+    }
+    assert in_use.any_instance == (Holder("reservation", "ml/single"),)
+    assert in_use.holders == {"MIG-a": (Holder("pod", "ml/in"),)}
+    # processes merged in keep them; without GetAllocatableResources nothing says what a name holds
+    assert (
+        build_in_use(rows, bound, {"MIG-x": [1]}, allocatable).pool_reservations == in_use.pool_reservations
+    )
+    assert build_in_use(rows, bound).pool_reservations == {}
 
 
 def test_whole_gpu_pods_that_cannot_be_tied_to_a_gpu_hold_every_gpus_mig_mode() -> None:
