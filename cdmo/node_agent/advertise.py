@@ -7,7 +7,11 @@ this order, for every GPU it changes:
 1. ``withdraw(uuids)`` with every MIG device UUID (every compute instance) of the GPU instances
    it is about to destroy, *before* it re-checks their holders and destroys them. When it
    returns, the devices are no longer offered to the kubelet and ``Allocate`` refuses them, so
-   no pod can be admitted to a device that is about to go.
+   no pod can be admitted to a device that is about to go. It returns those of them that the
+   kubelet was handed (``Allocate``) in the last :data:`HANDED_OUT_GRACE_SECONDS`: the kubelet
+   records an allocation in pod-resources only after ``Allocate`` returns, so a container may be
+   starting on such a device although pod-resources does not list it yet. Reconcile keeps them
+   this pass.
 2. ``refresh()`` once at the end of the pass (also when the pass failed part way): re-read the
    GPUs and advertise exactly what they hold now. A device withdrawn but not destroyed (its
    destroy was refused) is offered again here.
@@ -25,9 +29,14 @@ from typing import Protocol
 
 from cdmo.mig.layouts import Instance
 
+#: How long a device handed to the kubelet counts as held without pod-resources listing it. The
+#: kubelet records it right after ``Allocate`` returns (in the same admission step); ten seconds
+#: leave a wide margin and delay a destroy only as long when nothing took the device after all.
+HANDED_OUT_GRACE_SECONDS = 10.0
+
 
 class DeviceAdvertiser(Protocol):
-    def withdraw(self, uuids: Collection[str]) -> None: ...
+    def withdraw(self, uuids: Collection[str]) -> frozenset[str]: ...
 
     def refresh(self) -> None: ...
 
@@ -45,8 +54,8 @@ class AgentAdvertiser(DeviceAdvertiser, Protocol):
 class NoAdvertiser:
     """External device-plugin modes: nothing in this process advertises devices."""
 
-    def withdraw(self, uuids: Collection[str]) -> None:
-        return None
+    def withdraw(self, uuids: Collection[str]) -> frozenset[str]:
+        return frozenset()  # nothing here hands devices to the kubelet
 
     def refresh(self) -> None:
         return None

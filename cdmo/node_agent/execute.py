@@ -174,12 +174,13 @@ class _Executor:
         by_gi = {i.gi_id: i for i in gd.actual}
         log = self.log.bind(gpu=gd.index)
         doomed = [by_gi[s.gi_id] for s in gd.diff.destroys if s.gi_id in by_gi]
+        handed: frozenset[str] = frozenset()
         if doomed:
-            advertiser.withdraw(sorted({u for inst in doomed for u in inst.uuids}))
+            handed = advertiser.withdraw(sorted({u for inst in doomed for u in inst.uuids}))
         for step in gd.diff.steps:
             if step.action == Action.DESTROY:
                 assert step.gi_id is not None  # destroy steps always name their GPU instance
-                if not self.destroy(gd, by_gi[step.gi_id], run, log):
+                if not self.destroy(gd, by_gi[step.gi_id], run, log, handed):
                     break  # its space is not free (or it is held): creating next to it would only fail
             elif step.action == Action.REPAIR:
                 assert step.gi_id is not None
@@ -188,10 +189,20 @@ class _Executor:
                 self.create(step, run, log)
         return self.result(gd, run)
 
-    def destroy(self, gd: GpuDecision, inst: GpuInstanceInfo, run: _Run, log: Any) -> bool:
+    def destroy(
+        self,
+        gd: GpuDecision,
+        inst: GpuInstanceInfo,
+        run: _Run,
+        log: Any,
+        handed: frozenset[str] = frozenset(),
+    ) -> bool:
+        """Destroy ``inst`` unless the node's current truth says it is held; ``handed``: devices
+        the kubelet was just given (DeviceAdvertiser.withdraw), held whatever pod-resources says."""
         try:
             fresh = observe_node(self.backend, self.in_use, retry=self.retry).without(self.gone)
             holders = recheck_holders(fresh, self.decision, gd.index, inst.gi_id, inst.uuids)
+            holders = (*holders, *(Holder("allocated", u) for u in inst.uuids if u in handed))
         except Fatal:
             raise
         except CdmoError as exc:

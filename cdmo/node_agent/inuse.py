@@ -78,14 +78,15 @@ class Holder:
     """Something that keeps an instance from being destroyed."""
 
     #: pod (pod-resources), process (NVML), reservation (bound, not admitted), unknown (no
-    #: pod-resources, or an index id under a MIG name), indexed (a MIG index id under another name)
+    #: pod-resources, or an index id under a MIG name), indexed (a MIG index id under another
+    #: name), allocated (handed to the kubelet by the agent's device plugin, not yet in pod-resources)
     kind: str
-    #: namespace/name of a pod, or a pid
+    #: namespace/name of a pod, a pid, or (allocated) a device id
     name: str
 
     @property
     def pod(self) -> str | None:
-        return None if self.kind == "process" else self.name
+        return None if self.kind in ("process", "allocated") else self.name
 
     def __str__(self) -> str:
         if self.kind == "process":
@@ -94,6 +95,11 @@ class Holder:
             return f"pod {self.name} (bound to this node, not yet admitted)"
         if self.kind == "unknown":
             return f"pod {self.name} (pod-resources unreadable: it may hold any instance of this profile)"
+        if self.kind == "allocated":
+            return (
+                f"the kubelet (it was just handed device {self.name} for a container; "
+                "pod-resources does not list it yet)"
+            )
         if self.kind == "indexed":
             return (
                 f"pod {self.name} (holds a MIG device by an index id under a name that says no "

@@ -73,9 +73,10 @@ class ReconfiguringTaint:
         self.node = node
         self.key, self.effect = parse_taint(taint)
 
-    def withdraw(self, uuids: Collection[str]) -> None:
+    def withdraw(self, uuids: Collection[str]) -> frozenset[str]:
         if uuids:
             self._set(True)
+        return frozenset()  # NVIDIA's plugin hands devices out; reservations cover its pods
 
     def refresh(self) -> None:
         return None  # NVIDIA's plugin is refreshed by the agent's refresher after the pass

@@ -180,10 +180,11 @@ def test_standalone_agent_against_an_independent_kubelet(workdir: Path, strategy
         assert registered == set(want)
         assert all(e["version"] == "v1beta1" for e in kl.items if e["event"] == "register")
 
-        # Allocate of a listed device answers with that device in the strategy's form.
-        dev = want["nvidia.com/mig-3g.40gb"][0]
+        # Allocate of a listed device answers with that device in the strategy's form. (One the
+        # next layout keeps: a device just handed out is kept until pod-resources can list it.)
+        dev = want["nvidia.com/mig-2g.20gb"][0]
         kubelet.stdin.write(
-            json.dumps({"op": "allocate", "resource": "nvidia.com/mig-3g.40gb", "ids": [dev]}) + "\n"
+            json.dumps({"op": "allocate", "resource": "nvidia.com/mig-2g.20gb", "ids": [dev]}) + "\n"
         )  # type: ignore[union-attr]
         kubelet.stdin.flush()  # type: ignore[union-attr]
         ans = kl.wait(lambda ev: [e for e in ev if e["event"].startswith("allocate")], 5)[0]

@@ -12,9 +12,10 @@ import pytest
 
 from cdmo.errors import InvalidInput
 from cdmo.mig.layouts import Instance
+from cdmo.node_agent.advertise import HANDED_OUT_GRACE_SECONDS
 from cdmo.node_agent.backend import NO_WAIT_RETRY, NvmlReturn
 from cdmo.node_agent.deviceplugin.plugin import KubeletDevicePlugin, PluginSettings, endpoint_name
-from cdmo.node_agent.reconcile import reconcile_node
+from cdmo.node_agent.reconcile import GpuState, reconcile_node
 from cdmo.node_agent.simulated import SimulatedBackend, SimulatedNode
 from tests.harness.kubelet import AdmissionError, SimKubelet
 
@@ -137,6 +138,31 @@ def test_a_held_instance_is_withdrawn_then_offered_again(node, kubelet, short_di
         result = apply(node, plugin, {0: [Instance("7g.80gb", 0)]})
         assert result.blocked or result.errors or not result.destroyed
         assert kubelet.wait_for(lambda k: list(k.devices(R3)) == [uuid])
+    finally:
+        plugin.stop()
+
+
+def test_a_device_just_handed_to_the_kubelet_is_kept_until_pod_resources_can_list_it(  # type: ignore[no-untyped-def]
+    node, kubelet, short_dir
+) -> None:
+    # The kubelet records an allocation in pod-resources only after Allocate returns: a plan
+    # landing in between would find the device free there, and destroy it under a starting pod.
+    now = [1000.0]
+    settings = PluginSettings(plugin_dir=str(short_dir), poll_seconds=0.1)
+    plugin = KubeletDevicePlugin(SimulatedBackend(node), settings, clock=lambda: now[0])
+    plugin.start()
+    try:
+        apply(node, plugin, {0: [Instance("3g.40gb", 0), Instance("3g.40gb", 4)]})
+        assert kubelet.wait_for(lambda k: len(k.devices(R3)) == 2)
+        handed = kubelet.admit("ml/starting", R3).ids[0]  # Allocate over gRPC; no pod-resources row
+        result = apply(node, plugin, {0: [Instance("7g.80gb", 0)]})
+        assert result.gpu(0).state == GpuState.BLOCKED
+        assert f"the kubelet (it was just handed device {handed}" in result.gpu(0).message
+        assert handed in uuids(node, "3g.40gb")
+        assert handed not in {u for i in result.destroyed for u in i.uuids}
+        now[0] += HANDED_OUT_GRACE_SECONDS  # by now pod-resources would list it, were it in use
+        result = apply(node, plugin, {0: [Instance("7g.80gb", 0)]})
+        assert result.settled and uuids(node, "3g.40gb") == set()
     finally:
         plugin.stop()
 

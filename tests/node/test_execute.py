@@ -83,8 +83,9 @@ class RecordingAdvertiser:
     def _present(self) -> tuple[str, ...]:
         return tuple(sorted(u for g in (0, 1) for i in self.backend.list_instances(g) for u in i.uuids))
 
-    def withdraw(self, uuids: Collection[str]) -> None:
+    def withdraw(self, uuids: Collection[str]) -> frozenset[str]:
         self.events.append(("withdraw", tuple(uuids), self._present()))
+        return frozenset()
 
     def refresh(self) -> None:
         self.events.append(("refresh", (), self._present()))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,7 @@ import tenacity
 
 from cdmo.errors import CdmoError, InvalidInput
 from cdmo.mig.layouts import Instance
+from cdmo.node_agent.advertise import HANDED_OUT_GRACE_SECONDS
 from cdmo.node_agent.backend import GpuBackend, GpuInstanceInfo
 from cdmo.node_agent.deviceplugin import api_pb2, api_pb2_grpc
 from cdmo.node_agent.deviceplugin.devices import (
@@ -177,7 +178,13 @@ class KubeletDevicePlugin:
 
     strategy = "builtin"
 
-    def __init__(self, backend: GpuBackend, settings: PluginSettings | None = None) -> None:
+    def __init__(
+        self,
+        backend: GpuBackend,
+        settings: PluginSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.backend = backend
         self.settings = settings or PluginSettings()
         self.list_strategies = parse_device_list_strategy(self.settings.device_list_strategy)
@@ -191,6 +198,9 @@ class KubeletDevicePlugin:
         self._cond = threading.Condition(threading.RLock())
         self._devices: tuple[PluginDevice, ...] = ()
         self._withdrawn: set[str] = set()
+        self._clock = clock
+        #: device id -> when Allocate handed it to the kubelet (the last HANDED_OUT_GRACE_SECONDS)
+        self._handed: dict[str, float] = {}
         self._resources: set[str] = set()
         self._kept: frozenset[tuple[int, Instance]] = frozenset()
         self._mig_wanted: frozenset[int] = frozenset()
@@ -210,17 +220,21 @@ class KubeletDevicePlugin:
 
     # --- the DeviceAdvertiser contract ---------------------------------------------------------
 
-    def withdraw(self, uuids: Collection[str]) -> None:
-        """Stop offering ``uuids`` and refuse them in Allocate; return once the streams sent it."""
+    def withdraw(self, uuids: Collection[str]) -> frozenset[str]:
+        """Stop offering ``uuids`` and refuse them in Allocate; return once the streams sent it,
+        with those of them handed to the kubelet in the last HANDED_OUT_GRACE_SECONDS."""
         wanted = set(uuids)
         if not wanted:
-            return
+            return frozenset()
         with self._cond:
             self._withdrawn |= wanted
             changed = self._publish()
             targets = {r: self._versions[r] for r in changed}
-        log.info("Withdrew devices", uuids=sorted(wanted), resources=sorted(changed))
+            since = self._clock() - HANDED_OUT_GRACE_SECONDS
+            handed = frozenset(u for u in wanted if self._handed.get(u, since) > since)
+        log.info("Withdrew devices", uuids=sorted(wanted), resources=sorted(changed), handed=sorted(handed))
         self._wait_sent(targets)
+        return handed
 
     def refresh(self) -> None:
         """Read the GPUs again and offer exactly what they hold (withdrawn devices included)."""
@@ -502,6 +516,11 @@ class KubeletDevicePlugin:
                 if dev_id not in listed:
                     raise CdmoError(f"{resource} has no device {dev_id}")
                 out.append(listed[dev_id])
+            now = self._clock()
+            for gone in [u for u, at in self._handed.items() if at <= now - HANDED_OUT_GRACE_SECONDS]:
+                del self._handed[gone]  # bounded: only the grace's devices stay
+            for dev in out:
+                self._handed[dev.id] = now
         log.info("Allocated devices", resource=resource, uuids=ids)
         return out
 
