@@ -44,7 +44,7 @@ from cdmo.node_agent.decide import (
     protected_instances,
 )
 from cdmo.node_agent.execute import GpuResult, ReconcileResult, execute_decision
-from cdmo.node_agent.inuse import EMPTY_IN_USE
+from cdmo.node_agent.inuse import EMPTY_IN_USE, Holder
 from cdmo.node_agent.observe import InUseSource, NodeObservation, observe_node
 
 __all__ = [
@@ -81,17 +81,34 @@ def prepare_node(
     restore_mig: Collection[str] = (),
     retry: RetryPolicy = DEFAULT_RETRY,
     log: Any = None,
+    advertiser: DeviceAdvertiser | None = None,
 ) -> NodeDecision:
     """Observe the node and decide what each GPU needs. Changes nothing, except MIG mode: with
     ``enable_mig``, or for GPUs whose UUID is in ``restore_mig`` (cdmo managed them with MIG on
     before a reboot or reset), MIG is switched on where the spec wants instances and nothing
-    holds the whole GPU."""
+    holds the whole GPU. As before a destroy, the GPU is withdrawn from the kubelet first and
+    its holders read again; one the kubelet was just handed stays as it is this pass."""
     log = log or _log
     observed = observe_node(backend, in_use, retry=retry)
     mig = decide_mig_mode(desired, observed, enable_mig=enable_mig, restore_mig=restore_mig)
+    refused = dict(mig.refused)
+    if mig.switch_on and advertiser is not None:
+        uuids = {index: observed.gpus[index].uuid for index in mig.switch_on}
+        handed = advertiser.withdraw(sorted(u for u in uuids.values() if u))
+        observed = observe_node(backend, in_use, retry=retry)  # the re-check, after the withdraw
+        mig = decide_mig_mode(desired, observed, enable_mig=enable_mig, restore_mig=restore_mig)
+        refused = dict(mig.refused)
+        for index in mig.switch_on:
+            if uuids.get(index) in handed:
+                refused[index] = (
+                    f"MIG mode stays off on GPU {index}: {Holder('allocated', uuids[index])} "
+                    "uses the whole GPU; switching MIG on would take it away"
+                )
     errors: dict[int, str] = {}
     restored: list[int] = []
     for index in mig.switch_on:
+        if index in refused:
+            continue
         try:
             change = call_with_retry(retry, backend.set_mig_mode, index, True)
         except Fatal:
@@ -109,11 +126,11 @@ def prepare_node(
             reset_needed=change.reset_needed,
             automatic=index in mig.restored,
         )
-    for index, why in sorted(mig.refused.items()):
+    for index, why in sorted(refused.items()):
         log.warning("Kept MIG mode off: the GPU is in use", gpu=index, why=why)
-    if mig.switch_on:
+    if set(mig.switch_on) - set(refused):
         observed = observe_node(backend, in_use, retry=retry)  # a GPU switched on gets its layout now
-    decision = decide_node(desired, observed, mig_refused=mig.refused, mig_errors=errors)
+    decision = decide_node(desired, observed, mig_refused=refused, mig_errors=errors)
     return dataclasses.replace(decision, mig_restored=tuple(restored))
 
 
@@ -139,7 +156,14 @@ def reconcile_node(
     advertiser = advertiser if advertiser is not None else NoAdvertiser()
     try:
         decision = prepare_node(
-            backend, desired, in_use, enable_mig=enable_mig, restore_mig=restore_mig, retry=retry, log=log
+            backend,
+            desired,
+            in_use,
+            enable_mig=enable_mig,
+            restore_mig=restore_mig,
+            retry=retry,
+            log=log,
+            advertiser=advertiser,
         )
     except BaseException:
         advertiser.refresh()

@@ -220,6 +220,29 @@ def test_mig_off_gpus_are_offered_as_whole_gpus(short_dir, kubelet) -> None:  # 
         plugin.stop()
 
 
+def test_mig_stays_off_on_a_gpu_just_handed_to_the_kubelet_whole(short_dir, kubelet) -> None:  # type: ignore[no-untyped-def]
+    node = SimulatedNode.from_models(["h100-80gb", "h100-80gb"], seed="off", mig_enabled=False)
+    now = [1000.0]
+    settings = PluginSettings(plugin_dir=str(short_dir), poll_seconds=0.1)
+    plugin = KubeletDevicePlugin(SimulatedBackend(node), settings, clock=lambda: now[0])
+    plugin.start()
+    try:
+        assert kubelet.wait_for(lambda k: len(k.devices("nvidia.com/gpu")) == 2)
+        handed = kubelet.admit("ml/whole", "nvidia.com/gpu").ids[0]  # no pod-resources row yet
+        index = next(g.index for g in SimulatedBackend(node).list_gpus() if g.uuid == handed)
+        desired = {index: [Instance("7g.80gb", 0)]}
+        plugin.set_desired(desired)
+        backend = SimulatedBackend(node)
+        result = reconcile_node(backend, desired, retry=NO_WAIT_RETRY, advertiser=plugin, enable_mig=True)
+        assert not backend.list_gpus()[index].mig_current
+        assert f"the kubelet (it was just handed device {handed}" in result.gpu(index).message
+        now[0] += HANDED_OUT_GRACE_SECONDS
+        reconcile_node(backend, desired, retry=NO_WAIT_RETRY, advertiser=plugin, enable_mig=True)
+        assert backend.list_gpus()[index].mig_current or backend.list_gpus()[index].mig_pending
+    finally:
+        plugin.stop()
+
+
 def test_bad_settings_are_refused_with_a_hint(node) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidInput, match="too long"):
         KubeletDevicePlugin(SimulatedBackend(node), PluginSettings(plugin_dir="/tmp/" + "x" * 100))
