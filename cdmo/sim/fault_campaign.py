@@ -8,7 +8,8 @@ and the device plugin; the GPUs are :class:`SimulatedNode`, which enforces NVML'
 
 Holders: pods admitted on a plain MIG UUID, on ``MIG-<uuid>::N`` (a time-sliced or MPS
 replica), on a ``nvidia.com/mig-<profile>.shared`` resource, on the second compute instance of
-a GPU instance split by another tool; NVML processes; pods bound to the node but not yet
+a GPU instance split by another tool, by an index id (``0:1``) under ``nvidia.com/gpu`` (the
+plugin's ``migStrategy: single`` with ``deviceIDStrategy: index``); NVML processes; pods bound to the node but not yet
 admitted, some with a native sidecar that asks for a device too; pods bound in the middle of a
 pass (between the agent's first read and its re-check); bound pods asking 10^12 or 2^70 devices.
 
@@ -24,8 +25,8 @@ Invariants, checked after every step:
    bound pods wait for survive the pass (reboots excepted: they take everything);
 2. a pass raises nothing but cdmo's own errors (a crash of the simulated process excepted);
 3. after every successful pass, the status lists exactly the GPU instances the GPUs hold;
-4. after a quiet phase (faults off, pods admitted or gone, a layout that keeps every held
-   instance), every GPU holds a valid layout, equal to the desired one, and every GPU
+4. after a quiet phase (faults off, pods admitted or gone, index-id holders gone as they keep
+   every instance of the node, a layout that keeps every held instance), every GPU holds a valid layout, equal to the desired one, and every GPU
    instance has a compute instance spanning it.
 
 ``run_campaign(seeds)`` returns figures (runs, steps, faults by kind, violations by kind).
@@ -76,7 +77,7 @@ NVML_FAULT_CALLS = (
     "nvmlDeviceGetComputeRunningProcesses",
 )
 NVML_FAULT_CODES = (NvmlReturn.GPU_IS_LOST, NvmlReturn.IN_USE, NvmlReturn.UNKNOWN, NvmlReturn.TIMEOUT)
-HOLDER_FORMS = ("plain", "replica", "shared", "split", "process", "bound", "sidecar", "huge")
+HOLDER_FORMS = ("plain", "replica", "shared", "split", "process", "bound", "sidecar", "huge", "indexed")
 _NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -100,6 +101,8 @@ class WorldPod:
 
     @property
     def resource(self) -> str:
+        if self.form == "indexed":
+            return "nvidia.com/gpu"  # NVIDIA's migStrategy single: MIG devices under the GPU's name
         base = resource_from_profile(self.profile)
         return base + ".shared" if self.form == "shared" else base
 
@@ -125,6 +128,8 @@ class WorldPod:
             return []
         if self.form == "replica":
             ids = tuple(f"{u}::{i + 1}" for i, u in enumerate(self.uuids))
+        elif self.form == "indexed":
+            ids = tuple(f"0:{i}" for i in range(len(self.uuids)))  # deviceIDStrategy: index
         else:
             ids = tuple(self.uuids)
         return [PodDevices(NAMESPACE, self.name, "main", self.resource, ids)]
@@ -207,7 +212,10 @@ class CampaignPodResources:
         return [row for p in self.world.pods for row in p.rows()]
 
     def allocatable(self) -> builtins.list[AllocatableDevices]:
-        return []  # the campaign's pods ask for MIG profiles by name: no renamed pools
+        # What the plugin offers under nvidia.com/gpu for the "indexed" pods (migStrategy single,
+        # deviceIDStrategy index): every MIG device, by index id. Other pods ask by profile name.
+        count = sum(len(gi.cis) for _, gi in self.world.all_gis())
+        return [AllocatableDevices("nvidia.com/gpu", tuple(f"0:{i}" for i in range(count)))]
 
 
 class CampaignRefresher:
@@ -669,8 +677,8 @@ class World:
         self.kube.fail.clear()
         self.pods.extend(self.bind_mid_pass)
         self.bind_mid_pass = []
-        for pod in [p for p in self.pods if not p.admitted]:
-            self.pods.remove(pod)
+        for pod in [p for p in self.pods if not p.admitted or p.form == "indexed"]:
+            self.pods.remove(pod)  # an index-id holder keeps every instance: none could change
         # One more GPU instance left without its compute instance, as a death between the two
         # creates leaves it, on a GPU with MIG on and room (the faults above leave such GIs too,
         # but the passes right after them usually repair or replace them already).

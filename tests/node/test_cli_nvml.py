@@ -106,9 +106,13 @@ HOLDER_FORMS: dict[str, Callable[[str, str], tuple[str, str]]] = {
     "shared-resource": lambda profile, uuid: (f"nvidia.com/mig-{profile}.shared", f"{uuid}::1"),
     "second-ci-of-split-gi": lambda profile, uuid: (f"nvidia.com/mig-{profile}", uuid),
 }
+#: deviceIDStrategy: index under migStrategy single: no UUID, no profile; it holds every instance.
+INDEX_FORM: dict[str, Callable[[str, str], tuple[str, str]]] = {
+    "mig-index-id-single-strategy": lambda profile, uuid: ("nvidia.com/gpu", "0:2"),
+}
 
 
-@pytest.mark.parametrize("form", list(HOLDER_FORMS))
+@pytest.mark.parametrize("form", [*HOLDER_FORMS, *INDEX_FORM])
 def test_apply_refuses_to_drop_a_held_instance_and_destroys_nothing(
     form: str,
     cdmo_on_standin: Callable[..., subprocess.CompletedProcess[str]],
@@ -121,7 +125,7 @@ def test_apply_refuses_to_drop_a_held_instance_and_destroys_nothing(
         profile, uuid = "2g.20gb", split_second_ci(standin)
     else:
         profile, uuid = "1g.10gb", uuid_at(0, 6)
-    resource, device_id = HOLDER_FORMS[form](profile, uuid)
+    resource, device_id = {**HOLDER_FORMS, **INDEX_FORM}[form](profile, uuid)
     servicer.held = [Held("ml", "train-1", resource, (device_id,))]
     before = instances(standin)
 

@@ -53,6 +53,14 @@ def test_checker_catches_an_agent_whose_recheck_reads_nothing_new() -> None:
     assert any("bound mid-pass" in e for e in figures.examples)
 
 
+def test_checker_catches_an_agent_blind_to_mig_index_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the agent before index ids under nvidia.com/gpu held anything: it read them as whole GPUs
+    monkeypatch.setattr("cdmo.node_agent.inuse.is_mig_index_id", lambda device_id: False)
+    figures = run_campaign(CI_SEEDS, steps=25)
+    assert figures.violations["held-destroyed"] > 0
+    assert any("(indexed)" in e for e in figures.examples)
+
+
 def test_checker_sees_a_gpu_instance_left_without_its_compute_instance() -> None:
     world = World(7)
     world.build()
