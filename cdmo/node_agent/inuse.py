@@ -20,6 +20,10 @@ of that profile, as an unreadable pod-resources would; a MIG index id under any 
 profile, so it protects every instance of the node. The index alone is not trusted to name the
 GPU or the instance: MIG device indexes move when instances come and go.
 
+A device a container got through DRA (pod-resources ``dynamic_resources``) holds the MIG or GPU
+UUID any of its names carries; one of NVIDIA's GPU driver (``gpu.nvidia.com``) whose names carry
+none may be any device of the node, so it keeps every instance and every GPU's MIG mode.
+
 A bound pod not yet admitted that asks for a resource whose name says no profile (a renamed
 resource, ``nvidia.com/gpu`` under ``migStrategy: single``) reserves free instances among the
 devices the kubelet lists under that name (pod-resources ``GetAllocatableResources``): the
@@ -38,7 +42,7 @@ from typing import Any
 
 from cdmo.demand import read_demand
 from cdmo.mig.resources import parse_mig_resource
-from cdmo.node_agent.podresources.client import AllocatableDevices, PodDevices
+from cdmo.node_agent.podresources.client import DRA_PREFIX, AllocatableDevices, PodDevices
 
 _DONE_PHASES = ("Succeeded", "Failed")
 
@@ -47,6 +51,12 @@ _REPLICA_SEPARATOR = "::"
 _UUID_PREFIXES = ("MIG-", "GPU-")
 #: ``deviceIDStrategy: index`` names a MIG device ``<gpu index>:<MIG device index>``.
 _MIG_INDEX_ID = re.compile(r"\d+:\d+")
+#: A MIG or GPU UUID inside a longer name (a CDI device name such as ``nvidia.com/gpu=MIG-...``),
+#: also the MIG UUIDs of drivers before R470 (``MIG-GPU-<uuid>/<gi>/<ci>``).
+_HEX_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_UUID_IN_NAME = re.compile(rf"MIG-GPU-{_HEX_UUID}/\d+/\d+|(?:MIG|GPU)-{_HEX_UUID}")
+#: NVIDIA's DRA driver for GPUs and MIG devices.
+NVIDIA_GPU_DRA_DRIVER = "gpu.nvidia.com"
 
 #: No node holds more MIG devices than this; a bound pod's larger count reserves no more
 #: (a count of 10**12 must not build a list of 10**12 entries every pass).
@@ -79,7 +89,8 @@ class Holder:
 
     #: pod (pod-resources), process (NVML), reservation (bound, not admitted), unknown (no
     #: pod-resources, or an index id under a MIG name), indexed (a MIG index id under another
-    #: name), allocated (handed to the kubelet by the agent's device plugin, not yet in pod-resources)
+    #: name), allocated (handed to the kubelet by the agent's device plugin, not yet in
+    #: pod-resources), dra (an NVIDIA GPU device of a DRA claim that names no UUID)
     kind: str
     #: namespace/name of a pod, a pid, or (allocated) a device id
     name: str
@@ -100,6 +111,8 @@ class Holder:
                 f"the kubelet (it was just handed device {self.name} for a container; "
                 "pod-resources does not list it yet)"
             )
+        if self.kind == "dra":
+            return f"pod {self.name} (holds an NVIDIA GPU device through a DRA claim that names no UUID)"
         if self.kind == "indexed":
             return (
                 f"pod {self.name} (holds a MIG device by an index id under a name that says no "
@@ -249,6 +262,9 @@ def build_in_use(
     admitted: set[str] = set()
     for row in pod_devices or ():
         admitted.add(row.pod_key)
+        if row.resource_name.startswith(DRA_PREFIX):
+            _read_dra_row(row, holders, any_instance, whole_gpus)
+            continue
         res = parse_mig_resource(row.resource_name)
         for dev in row.device_ids:
             uuid = device_uuid(dev)
@@ -303,6 +319,23 @@ def build_in_use(
         pool_reservations={r: (pools[r], tuple(pods)) for r, pods in sorted(pool_pods.items())},
     )
     return base.with_processes(processes or {})
+
+
+def _read_dra_row(
+    row: PodDevices,
+    holders: dict[str, list[Holder]],
+    any_instance: set[Holder],
+    whole_gpus: set[Holder],
+) -> None:
+    """A DRA device: held by the UUIDs its names carry, or, of NVIDIA's GPU driver, anywhere."""
+    uuids = sorted({m.group(0) for name in row.device_ids for m in _UUID_IN_NAME.finditer(name)})
+    for uuid in uuids:
+        h = Holder("pod", row.pod_key)
+        if h not in holders.setdefault(uuid, []):
+            holders[uuid].append(h)
+    if not uuids and row.resource_name == DRA_PREFIX + NVIDIA_GPU_DRA_DRIVER:
+        any_instance.add(Holder("dra", row.pod_key))
+        whole_gpus.add(Holder("dra", row.pod_key))
 
 
 def _mig_pools(allocatable: Sequence[AllocatableDevices]) -> tuple[dict[str, frozenset[str]], set[str]]:

@@ -28,11 +28,23 @@ class Held:
     device_ids: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Claimed:
+    """One device a container got through a DRA claim, as the kubelet reports it in List."""
+
+    namespace: str
+    pod: str
+    driver: str
+    device: str
+    cdi_devices: tuple[str, ...] = ()
+
+
 class Kubelet(api_pb2_grpc.PodResourcesListerServicer):
     """The kubelet's pod-resources service, answering with ``self.held``."""
 
     def __init__(self) -> None:
         self.held: list[Held] = []
+        self.claimed: list[Claimed] = []
         #: resource name -> device ids, for GetAllocatableResources (None: not served, as an old kubelet)
         self.allocatable: dict[str, list[str]] | None = {}
 
@@ -54,6 +66,32 @@ class Kubelet(api_pb2_grpc.PodResourcesListerServicer):
                     ],
                 )
                 for h in self.held
+            ]
+            + [
+                api_pb2.PodResources(
+                    name=c.pod,
+                    namespace=c.namespace,
+                    containers=[
+                        api_pb2.ContainerResources(
+                            name="main",
+                            dynamic_resources=[
+                                api_pb2.DynamicResource(
+                                    claim_name=f"{c.pod}-gpu",
+                                    claim_namespace=c.namespace,
+                                    claim_resources=[
+                                        api_pb2.ClaimResource(
+                                            cdi_devices=[api_pb2.CDIDevice(name=n) for n in c.cdi_devices],
+                                            driver_name=c.driver,
+                                            pool_name="node-1",
+                                            device_name=c.device,
+                                        )
+                                    ],
+                                )
+                            ],
+                        )
+                    ],
+                )
+                for c in self.claimed
             ]
         )
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cdmo.cli import main
-from tests.node.podresources_server import Held, Kubelet, serve_pod_resources
+from tests.node.podresources_server import Claimed, Held, Kubelet, serve_pod_resources
 
 DROP_ALL = "gpus: [{index: 0, instances: [{profile: 7g.80gb, start: 0}]}]\n"
 
@@ -86,6 +86,29 @@ def test_apply_refuses_to_drop_a_held_instance_and_destroys_nothing(
     code, out, err = cdmo(capsys, "node", "apply", str(tmp_path / "drop.yaml"), *args)
     assert code == 1, out
     assert "nothing was changed" in err and "pod ml/holder" in err
+    assert json.loads(state.read_text())["gpus"] == before
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["cdi-name-with-uuid", "no-uuid"])
+def test_apply_refuses_to_drop_an_instance_held_through_a_dra_claim(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kubelet: tuple[Kubelet, str], named: bool
+) -> None:
+    # Kubernetes' DRA: pod-resources lists the claim's device by driver, device and CDI names.
+    servicer, socket = kubelet
+    state, _ = node_state(tmp_path, capsys, socket)
+    doc = json.loads(state.read_text())
+    one = next(i for i in doc["gpus"][0]["instances"] if i["profile"] == "1g.10gb")
+    uuid = "MIG-0c857411-df95-5b34-b8c0-394ff5bc1c26"
+    one["compute_instances"][0]["uuid"] = uuid
+    state.write_text(json.dumps(doc))
+    cdi = (f"k8s.gpu.nvidia.com/device={uuid}",) if named else ("k8s.gpu.nvidia.com/claim=0f3a-gpu-0-mig-0",)
+    servicer.claimed = [Claimed("ml", "dra-pod", "gpu.nvidia.com", "gpu-0-mig-0", cdi)]
+    before = json.loads(state.read_text())["gpus"]
+    (tmp_path / "drop.yaml").write_text(DROP_ALL)
+    args = ["--sim-state", str(state), "--pod-resources-socket", socket]
+    code, out, err = cdmo(capsys, "node", "apply", str(tmp_path / "drop.yaml"), *args)
+    assert code == 1, out
+    assert "nothing was changed" in err and "pod ml/dra-pod" in err
     assert json.loads(state.read_text())["gpus"] == before
 
 

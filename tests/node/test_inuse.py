@@ -173,6 +173,25 @@ def test_a_renamed_pool_reserves_what_its_bound_pods_still_wait_for() -> None:
     assert build_in_use(rows, bound).pool_reservations == {}
 
 
+UUID = "MIG-0c857411-df95-5b34-b8c0-394ff5bc1c26"
+
+
+def test_dra_devices_hold_the_uuids_their_names_carry_or_everything_of_nvidias_gpu_driver() -> None:
+    rows = [
+        PodDevices("ml", "named", "main", "dra:gpu.nvidia.com", ("mig-1", f"nvidia.com/gpu={UUID}")),
+        PodDevices(
+            "ml", "blind", "main", "dra:gpu.nvidia.com", ("gpu-0-mig-9-0-1", "k8s.gpu.nvidia.com/claim=x")
+        ),
+        PodDevices("ml", "nic", "main", "dra:net.example.com", ("eth1",)),
+        PodDevices("ml", "other", "main", "dra:example.com", (f"example.com/dev={UUID}",)),
+    ]
+    in_use = build_in_use(rows, [])
+    assert in_use.holders == {UUID: (Holder("pod", "ml/named"), Holder("pod", "ml/other"))}
+    assert in_use.any_instance == (Holder("dra", "ml/blind"),)
+    assert in_use.whole_gpus == (Holder("dra", "ml/blind"),)
+    assert "DRA claim" in str(in_use.any_instance[0])
+
+
 def test_whole_gpu_pods_that_cannot_be_tied_to_a_gpu_hold_every_gpus_mig_mode() -> None:
     # an index device id under nvidia.com/gpu: which GPU it is, is unknown
     in_use = build_in_use([PodDevices("ml", "ix", "main", "nvidia.com/gpu", ("0",))], [])

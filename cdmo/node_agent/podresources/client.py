@@ -2,7 +2,10 @@
 
 ``List`` gives pods -> containers -> devices (``resource_name``, ``device_ids``); for the NVIDIA
 device plugin's MIG resources the device ids are MIG UUIDs (deviceIDStrategy=uuid, its
-default). ``GetAllocatableResources`` gives every device the kubelet knows. The socket is
+default). Devices a container got through Dynamic Resource Allocation (``dynamic_resources``:
+claims, each device named by its driver, pool and device name and its CDI devices) come as rows
+whose resource name is ``dra:<driver>`` and whose ids are the device's name and CDI names.
+``GetAllocatableResources`` gives every device the kubelet knows. The socket is
 ``/var/lib/kubelet/pod-resources/kubelet.sock``; mount the directory, not the socket, so that
 a kubelet restart does not strand the client. A channel is opened per call for the same reason.
 """
@@ -27,6 +30,10 @@ T = TypeVar("T")
 
 class PodResourcesUnavailable(Transient):
     """The kubelet's pod-resources socket is missing or does not answer."""
+
+
+#: The resource name of a row of DRA devices: ``dra:`` and the driver's name.
+DRA_PREFIX = "dra:"
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,18 @@ def build_pod_devices(pod_resources: Sequence[Any]) -> list[PodDevices]:
                     rows.append(
                         PodDevices(
                             pod.namespace, pod.name, container.name, dev.resource_name, tuple(dev.device_ids)
+                        )
+                    )
+            for claim in container.dynamic_resources:
+                for res in claim.claim_resources:
+                    names = (res.device_name, *(c.name for c in res.cdi_devices))
+                    rows.append(
+                        PodDevices(
+                            pod.namespace,
+                            pod.name,
+                            container.name,
+                            DRA_PREFIX + res.driver_name,
+                            tuple(n for n in names if n),
                         )
                     )
     return sorted(rows, key=lambda r: (r.namespace, r.pod, r.container, r.resource_name))
