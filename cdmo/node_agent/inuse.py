@@ -24,6 +24,12 @@ A device a container got through DRA (pod-resources ``dynamic_resources``) holds
 UUID any of its names carries; one of NVIDIA's GPU driver (``gpu.nvidia.com``) whose names carry
 none may be any device of the node, so it keeps every instance and every GPU's MIG mode.
 
+A pod bound to the node may also name devices itself, past the device plugin: a container's
+``NVIDIA_VISIBLE_DEVICES`` (NVIDIA's container toolkit) or a pod's CDI annotation
+(``cdi.k8s.io/<name>: nvidia.com/gpu=<device>``). The MIG and GPU UUIDs named there are held
+until the pod is done; a MIG index id there may be any instance. ``all``, ``none`` and ``void``
+name no device of their own (monitoring agents and device plugins run with ``all``).
+
 A bound pod not yet admitted that asks for a resource whose name says no profile (a renamed
 resource, ``nvidia.com/gpu`` under ``migStrategy: single``) reserves free instances among the
 devices the kubelet lists under that name (pod-resources ``GetAllocatableResources``): the
@@ -135,6 +141,10 @@ class BoundPod:
     #: resource name -> devices asked for, for extended resources that name no MIG profile: a
     #: renamed resource may be a pool of MIG devices (GetAllocatableResources tells which)
     others: Mapping[str, int] = field(default_factory=dict)
+    #: MIG and GPU UUIDs the pod names itself (NVIDIA_VISIBLE_DEVICES, CDI annotations)
+    named: tuple[str, ...] = ()
+    #: it names a MIG device by index id there: which instance, nobody can say
+    named_index: bool = False
 
     @property
     def key(self) -> str:
@@ -215,6 +225,35 @@ def _other_device_resource(name: str) -> bool:
     return "/" in name and not name.startswith("kubernetes.io/") and parse_mig_resource(name) is None
 
 
+#: NVIDIA's container toolkit reads the devices of a container from this variable.
+VISIBLE_DEVICES_ENV = "NVIDIA_VISIBLE_DEVICES"
+#: Pod annotations that ask the container runtime for CDI devices.
+CDI_ANNOTATION_PREFIX = "cdi.k8s.io/"
+
+
+def named_devices(pod: Mapping[str, Any]) -> tuple[tuple[str, ...], bool]:
+    """(MIG and GPU UUIDs, names a MIG index id) that ``pod`` names past the device plugin: each
+    container's ``NVIDIA_VISIBLE_DEVICES`` (its literal ``value``) and the pod's CDI annotations."""
+    texts: list[str] = []
+    spec = pod.get("spec") or {}
+    for key in ("initContainers", "containers", "ephemeralContainers"):
+        items = spec.get(key) if isinstance(spec, Mapping) else None
+        for c in items if isinstance(items, list) else ():
+            env = c.get("env") if isinstance(c, Mapping) else None
+            for var in env if isinstance(env, list) else ():
+                if isinstance(var, Mapping) and var.get("name") == VISIBLE_DEVICES_ENV:
+                    value = var.get("value")
+                    if isinstance(value, str):
+                        texts.extend(value.split(","))
+    notes = (pod.get("metadata") or {}).get("annotations") or {}
+    if isinstance(notes, Mapping):
+        for key, value in notes.items():
+            if str(key).startswith(CDI_ANNOTATION_PREFIX) and isinstance(value, str):
+                texts.extend(v.split("=", 1)[-1] for v in value.split(","))
+    uuids = sorted({m.group(0) for t in texts for m in _UUID_IN_NAME.finditer(t)})
+    return tuple(uuids), any(is_mig_index_id(t) for t in texts)
+
+
 def build_bound_pods(pods: Iterable[Mapping[str, Any]]) -> list[BoundPod]:
     """Pods bound to the node (already filtered by spec.nodeName) that ask for MIG, a whole GPU or
     another extended resource, and are not done."""
@@ -230,7 +269,8 @@ def build_bound_pods(pods: Iterable[Mapping[str, Any]]) -> list[BoundPod]:
             name: min(count, MAX_RESERVATIONS_PER_POD)
             for name, count in read_demand(pod, _other_device_resource).requests.items()
         }
-        if not requests and not whole_gpu and not others:
+        named, named_index = named_devices(pod)
+        if not requests and not whole_gpu and not others and not named and not named_index:
             continue
         result.append(
             BoundPod(
@@ -240,6 +280,8 @@ def build_bound_pods(pods: Iterable[Mapping[str, Any]]) -> list[BoundPod]:
                 terminating=bool(meta.get("deletionTimestamp")),
                 whole_gpu=whole_gpu,
                 others=others,
+                named=named,
+                named_index=named_index,
             )
         )
     return sorted(result, key=lambda p: p.key)
@@ -290,6 +332,13 @@ def build_in_use(
     pool_pods: dict[str, list[str]] = {}
     unknown: dict[str, list[str]] = {}
     for pod in bound_pods:
+        # Devices a pod names itself are held until it is done, terminating or not.
+        for uuid in pod.named:
+            h = Holder("pod", pod.key)
+            if h not in holders.setdefault(uuid, []):
+                holders[uuid].append(h)
+        if pod.named_index:
+            any_instance.add(Holder("indexed", pod.key))
         if pod.whole_gpu and not pod.terminating and (pod_devices is None or pod.key not in admitted):
             whole_gpus.add(Holder("reservation", pod.key))
         for profile, wanted in pod.requests.items():

@@ -7,7 +7,7 @@ import pytest
 
 from cdmo.mig.layouts import format_layout
 from cdmo.node_agent.backend import GpuBackend
-from cdmo.node_agent.inuse import BoundPod, build_in_use
+from cdmo.node_agent.inuse import BoundPod, build_bound_pods, build_in_use
 from cdmo.node_agent.podresources.client import AllocatableDevices, PodDevices
 from cdmo.node_agent.reconcile import GpuState, reconcile_node
 from cdmo.node_agent.simulated import SimulatedBackend, SimulatedNode
@@ -119,6 +119,24 @@ def test_a_bound_pod_asking_a_renamed_resource_keeps_a_free_instance_of_that_poo
     assert holds(any_backend, 0) == "7g.80gb@0"  # the same profile outside the pool may go
 
 
+def test_a_pod_naming_its_device_in_nvidia_visible_devices_keeps_it(any_backend: GpuBackend) -> None:
+    # No resource asked, nothing in pod-resources: the container toolkit hands the device over
+    # by the variable alone, and the instance stays while the pod runs.
+    made = any_backend.create_instance(0, "1g.10gb", 0)
+    assert made.uuid
+    direct = {
+        "metadata": {"name": "direct", "namespace": "ml"},
+        "spec": {
+            "containers": [{"name": "c", "env": [{"name": "NVIDIA_VISIBLE_DEVICES", "value": made.uuid}]}]
+        },
+        "status": {"phase": "Running"},
+    }
+    in_use = build_in_use([], build_bound_pods([direct]))
+    result = reconcile_node(any_backend, {0: layout("7g.80gb@0")}, in_use, retry=RETRY)
+    assert result.gpu(0).state == GpuState.BLOCKED and "pod ml/direct" in result.gpu(0).message
+    assert holds(any_backend, 0) == "1g.10gb@0"
+
+
 def test_a_bound_pod_asking_a_shared_resource_reserves_an_instance_of_its_profile(
     sim: SimulatedBackend,
 ) -> None:
@@ -128,8 +146,6 @@ def test_a_bound_pod_asking_a_shared_resource_reserves_an_instance_of_its_profil
         "spec": {"containers": [{"resources": {"limits": {"nvidia.com/mig-1g.10gb.shared": 1}}}]},
         "status": {"phase": "Pending"},
     }
-    from cdmo.node_agent.inuse import build_bound_pods
-
     in_use = build_in_use([], build_bound_pods([pod]))
     result = reconcile_node(sim, {0: layout("7g.80gb@0")}, in_use, retry=RETRY)
     assert result.gpu(0).state == GpuState.BLOCKED

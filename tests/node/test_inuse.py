@@ -16,6 +16,7 @@ from cdmo.node_agent.inuse import (
     device_uuid,
     is_mig_index_id,
     mig_requests,
+    named_devices,
 )
 from cdmo.node_agent.podresources.client import AllocatableDevices, PodDevices
 
@@ -190,6 +191,28 @@ def test_dra_devices_hold_the_uuids_their_names_carry_or_everything_of_nvidias_g
     assert in_use.any_instance == (Holder("dra", "ml/blind"),)
     assert in_use.whole_gpus == (Holder("dra", "ml/blind"),)
     assert "DRA claim" in str(in_use.any_instance[0])
+
+
+def test_devices_a_pod_names_past_the_device_plugin_are_held_until_it_is_done() -> None:
+    gpu = "GPU-9d3b5ac0-51d3-4b8e-9f0e-2b6f1c1e7a10"
+    p = pod("direct", deleting=True, phase="Running")
+    p["spec"]["containers"][0]["env"] = [
+        {"name": "NVIDIA_VISIBLE_DEVICES", "value": f"{UUID},{gpu}"},
+        {"name": "NVIDIA_VISIBLE_DEVICES", "valueFrom": {"fieldRef": {"fieldPath": "x"}}},
+    ]
+    monitor = pod("dcgm", phase="Running")
+    monitor["spec"]["containers"][0]["env"] = [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]
+    cdi = pod("cdi", phase="Running")
+    cdi["metadata"]["annotations"] = {"cdi.k8s.io/ctr": "nvidia.com/gpu=0:3", "other": "MIG-x"}
+    done = pod("done", phase="Succeeded")
+    done["spec"]["containers"][0]["env"] = [{"name": "NVIDIA_VISIBLE_DEVICES", "value": UUID}]
+    assert named_devices(p) == ((gpu, UUID), False)
+    assert named_devices(monitor) == ((), False) and named_devices(cdi) == ((), True)
+    bound = build_bound_pods([p, monitor, cdi, done])
+    assert [b.key for b in bound] == ["ml/cdi", "ml/direct"]  # the monitor names no device
+    in_use = build_in_use([], bound)
+    assert in_use.holders == {gpu: (Holder("pod", "ml/direct"),), UUID: (Holder("pod", "ml/direct"),)}
+    assert in_use.any_instance == (Holder("indexed", "ml/cdi"),)
 
 
 def test_whole_gpu_pods_that_cannot_be_tied_to_a_gpu_hold_every_gpus_mig_mode() -> None:
