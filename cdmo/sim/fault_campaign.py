@@ -9,7 +9,8 @@ and the device plugin; the GPUs are :class:`SimulatedNode`, which enforces NVML'
 Holders: pods admitted on a plain MIG UUID, on ``MIG-<uuid>::N`` (a time-sliced or MPS
 replica), on a ``nvidia.com/mig-<profile>.shared`` resource, on the second compute instance of
 a GPU instance split by another tool, by an index id (``0:1``) under ``nvidia.com/gpu`` (the
-plugin's ``migStrategy: single`` with ``deviceIDStrategy: index``); NVML processes; pods bound to the node but not yet
+plugin's ``migStrategy: single`` with ``deviceIDStrategy: index``), by ``NVIDIA_VISIBLE_DEVICES``
+alone (no resource, nothing in pod-resources); NVML processes; pods bound to the node but not yet
 admitted, some with a native sidecar that asks for a device too; pods bound in the middle of a
 pass (between the agent's first read and its re-check); bound pods asking 10^12 or 2^70 devices.
 
@@ -77,7 +78,18 @@ NVML_FAULT_CALLS = (
     "nvmlDeviceGetComputeRunningProcesses",
 )
 NVML_FAULT_CODES = (NvmlReturn.GPU_IS_LOST, NvmlReturn.IN_USE, NvmlReturn.UNKNOWN, NvmlReturn.TIMEOUT)
-HOLDER_FORMS = ("plain", "replica", "shared", "split", "process", "bound", "sidecar", "huge", "indexed")
+HOLDER_FORMS = (
+    "plain",
+    "replica",
+    "shared",
+    "split",
+    "process",
+    "bound",
+    "sidecar",
+    "huge",
+    "indexed",
+    "named",
+)
 _NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -112,6 +124,9 @@ class WorldPod:
             "nodeName": NODE,
             "containers": [{"name": "main", "resources": {"limits": {self.resource: str(main)}}}],
         }
+        if self.form == "named":  # the device by NVIDIA_VISIBLE_DEVICES alone, no resource asked
+            env = [{"name": "NVIDIA_VISIBLE_DEVICES", "value": ",".join(self.uuids)}]
+            spec["containers"] = [{"name": "main", "env": env}]
         if self.form == "sidecar":
             spec["initContainers"] = [
                 {"name": "proxy", "restartPolicy": "Always", "resources": {"limits": {self.resource: "1"}}}
@@ -124,8 +139,8 @@ class WorldPod:
         }
 
     def rows(self) -> list[PodDevices]:
-        if not self.uuids:
-            return []
+        if not self.uuids or self.form == "named":
+            return []  # a device named past the device plugin is not in pod-resources
         if self.form == "replica":
             ids = tuple(f"{u}::{i + 1}" for i, u in enumerate(self.uuids))
         elif self.form == "indexed":
@@ -575,6 +590,8 @@ class World:
         # the campaign's own record follows the hardware (a destroyed device frees nobody's pod here)
         for pod in self.pods:
             pod.uuids = [u for u in pod.uuids if u not in gone]
+        # a pod that named its device itself does not wait for the kubelet: with it gone, it is done
+        self.pods = [p for p in self.pods if p.admitted or p.form != "named"]
 
     def check_reserved(self, before: dict[str, tuple[int, set[str], str]]) -> None:
         now = self.existing_uuids()

@@ -61,6 +61,16 @@ def test_checker_catches_an_agent_blind_to_mig_index_ids(monkeypatch: pytest.Mon
     assert any("(indexed)" in e for e in figures.examples)
 
 
+def test_checker_catches_an_agent_blind_to_devices_named_past_the_plugin(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the agent before it read NVIDIA_VISIBLE_DEVICES of bound pods
+    monkeypatch.setattr("cdmo.node_agent.inuse.named_devices", lambda pod: ((), False))
+    figures = run_campaign(CI_SEEDS, steps=25)
+    assert figures.violations["held-destroyed"] > 0
+    assert any("(named)" in e for e in figures.examples)
+
+
 def test_checker_sees_a_gpu_instance_left_without_its_compute_instance() -> None:
     world = World(7)
     world.build()
