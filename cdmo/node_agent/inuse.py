@@ -89,6 +89,22 @@ def _base_id(device_id: str) -> str:
     return device_id.split(_REPLICA_SEPARATOR, 1)[0].strip()
 
 
+#: How each kind of holder reads in a status message, a condition or an Event.
+_HOLDER_WORDS = {
+    "process": "process {name}",
+    "reservation": "pod {name} (bound to this node, not yet admitted)",
+    "unknown": "pod {name} (pod-resources unreadable: it may hold any instance of this profile)",
+    "allocated": (
+        "the kubelet (it was just handed device {name} for a container; pod-resources does not list it yet)"
+    ),
+    "dra": "pod {name} (holds an NVIDIA GPU device through a DRA claim that names no UUID)",
+    "indexed": (
+        "pod {name} (holds a MIG device by an index id under a name that says no profile: "
+        "it may hold any instance)"
+    ),
+}
+
+
 @dataclass(frozen=True, order=True)
 class Holder:
     """Something that keeps an instance from being destroyed."""
@@ -106,25 +122,7 @@ class Holder:
         return None if self.kind in ("process", "allocated") else self.name
 
     def __str__(self) -> str:
-        if self.kind == "process":
-            return f"process {self.name}"
-        if self.kind == "reservation":
-            return f"pod {self.name} (bound to this node, not yet admitted)"
-        if self.kind == "unknown":
-            return f"pod {self.name} (pod-resources unreadable: it may hold any instance of this profile)"
-        if self.kind == "allocated":
-            return (
-                f"the kubelet (it was just handed device {self.name} for a container; "
-                "pod-resources does not list it yet)"
-            )
-        if self.kind == "dra":
-            return f"pod {self.name} (holds an NVIDIA GPU device through a DRA claim that names no UUID)"
-        if self.kind == "indexed":
-            return (
-                f"pod {self.name} (holds a MIG device by an index id under a name that says no "
-                "profile: it may hold any instance)"
-            )
-        return f"pod {self.name}"
+        return _HOLDER_WORDS.get(self.kind, "pod {name}").format(name=self.name)
 
 
 @dataclass(frozen=True)
