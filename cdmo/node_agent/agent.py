@@ -147,22 +147,23 @@ class Agent:
 
     def read_in_use(self) -> InUse:
         """Pod-resources + pods bound to this node (NVML processes are added by reconcile)."""
+        bound = build_bound_pods(self.kube.list_node_pods(self.node))
         pod_devices: list[PodDevices] | None = None
         allocatable: list[AllocatableDevices] | None = None
         if self.pod_resources.available():
             pod_devices = self.pod_resources.list()
-            try:
-                allocatable = self.pod_resources.allocatable()
-            except PodResourcesUnavailable as exc:
-                # Only pools of renamed resources need it; the rest of the pass stands without.
-                self.log.debug("Skipped GetAllocatableResources", error=str(exc))
+            # Only a bound pod asking a resource that names no profile needs the kubelet's pools.
+            if any(p.others for p in bound):
+                try:
+                    allocatable = self.pod_resources.allocatable()
+                except PodResourcesUnavailable as exc:
+                    self.log.debug("Skipped GetAllocatableResources", error=str(exc))
         elif not self._warned_no_pod_resources:
             self._warned_no_pod_resources = True
             self.log.warning(
                 "Pod-resources socket not found; every instance of a profile that a bound pod asks for is kept",
                 socket=self.config.pod_resources_socket,
             )
-        bound = build_bound_pods(self.kube.list_node_pods(self.node))
         return build_in_use(pod_devices, bound, allocatable=allocatable)
 
     # --- one pass ----------------------------------------------------------------------------

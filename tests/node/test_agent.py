@@ -165,6 +165,7 @@ class FakePodResources:
         self.rows = rows or []
         #: GetAllocatableResources; None: the kubelet does not serve it
         self.pools: list[AllocatableDevices] | None = []
+        self.allocatable_calls = 0
         self._available = available
 
     def available(self) -> bool:
@@ -174,6 +175,7 @@ class FakePodResources:
         return list(self.rows)
 
     def allocatable(self) -> list[AllocatableDevices]:
+        self.allocatable_calls += 1
         if self.pools is None:
             raise PodResourcesUnavailable("GetAllocatableResources: UNIMPLEMENTED")
         return list(self.pools)
@@ -318,6 +320,7 @@ def test_bound_pods_and_pod_resources_keep_instances(node: SimulatedNode) -> Non
     held = {i["start"]: i.get("pod") for i in status["gpus"][0]["instances"] if i["allocated"]}
     assert held == {0: "ml/runner", 1: "ml/next"}
     assert layouts(node) == ["1g.10gb@0", "1g.10gb@1"]
+    assert pr.allocatable_calls == 0  # pods asking profiles by name: no pools to read
 
 
 def test_a_bound_pod_of_a_renamed_pool_keeps_its_instance_over_grpc(node: SimulatedNode) -> None:
