@@ -272,12 +272,14 @@ def decide_mig_mode(
     *,
     enable_mig: bool = False,
     restore_mig: Collection[str] = (),
+    handed: Collection[str] = (),
 ) -> MigModeDecision:
     """Switch MIG on where the spec wants instances, MIG is off (and not pending a reset), the
     model is known, and either ``enable_mig`` is set or the GPU's UUID is in ``restore_mig``
     (GPUs that cdmo managed with MIG on before a reboot or reset). Refused while a pod holds
     the whole GPU or a process runs on it: switching would pull the GPU away from them (and on
-    Ampere bare metal NVML may reset it)."""
+    Ampere bare metal NVML may reset it). ``handed``: GPU UUIDs the kubelet was just given
+    (DeviceAdvertiser.withdraw), held whatever pod-resources says."""
     switch: list[int] = []
     restored: set[int] = set()
     refused: dict[int, str] = {}
@@ -292,6 +294,8 @@ def decide_mig_mode(
         if model is None or validate_layout(model, layout):
             continue  # refused below; MIG mode is no business of a layout that cannot apply
         holders = gpu_holders(info, observed.in_use)
+        if info.uuid in handed:
+            holders = (*holders, Holder("allocated", info.uuid))
         if holders:
             refused[index] = (
                 f"MIG mode stays off on GPU {index} ({info.product}): "

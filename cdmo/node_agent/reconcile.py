@@ -44,7 +44,7 @@ from cdmo.node_agent.decide import (
     protected_instances,
 )
 from cdmo.node_agent.execute import GpuResult, ReconcileResult, execute_decision
-from cdmo.node_agent.inuse import EMPTY_IN_USE, Holder
+from cdmo.node_agent.inuse import EMPTY_IN_USE
 from cdmo.node_agent.observe import InUseSource, NodeObservation, observe_node
 
 __all__ = [
@@ -91,24 +91,15 @@ def prepare_node(
     log = log or _log
     observed = observe_node(backend, in_use, retry=retry)
     mig = decide_mig_mode(desired, observed, enable_mig=enable_mig, restore_mig=restore_mig)
-    refused = dict(mig.refused)
     if mig.switch_on and advertiser is not None:
-        uuids = {index: observed.gpus[index].uuid for index in mig.switch_on}
-        handed = advertiser.withdraw(sorted(u for u in uuids.values() if u))
+        handed = advertiser.withdraw(sorted(u for i in mig.switch_on if (u := observed.gpus[i].uuid)))
         observed = observe_node(backend, in_use, retry=retry)  # the re-check, after the withdraw
-        mig = decide_mig_mode(desired, observed, enable_mig=enable_mig, restore_mig=restore_mig)
-        refused = dict(mig.refused)
-        for index in mig.switch_on:
-            if uuids.get(index) in handed:
-                refused[index] = (
-                    f"MIG mode stays off on GPU {index}: {Holder('allocated', uuids[index])} "
-                    "uses the whole GPU; switching MIG on would take it away"
-                )
+        mig = decide_mig_mode(
+            desired, observed, enable_mig=enable_mig, restore_mig=restore_mig, handed=handed
+        )
     errors: dict[int, str] = {}
     restored: list[int] = []
     for index in mig.switch_on:
-        if index in refused:
-            continue
         try:
             change = call_with_retry(retry, backend.set_mig_mode, index, True)
         except Fatal:
@@ -126,11 +117,11 @@ def prepare_node(
             reset_needed=change.reset_needed,
             automatic=index in mig.restored,
         )
-    for index, why in sorted(refused.items()):
+    for index, why in sorted(mig.refused.items()):
         log.warning("Kept MIG mode off: the GPU is in use", gpu=index, why=why)
-    if set(mig.switch_on) - set(refused):
+    if mig.switch_on:
         observed = observe_node(backend, in_use, retry=retry)  # a GPU switched on gets its layout now
-    decision = decide_node(desired, observed, mig_refused=refused, mig_errors=errors)
+    decision = decide_node(desired, observed, mig_refused=mig.refused, mig_errors=errors)
     return dataclasses.replace(decision, mig_restored=tuple(restored))
 
 
