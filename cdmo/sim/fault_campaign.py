@@ -27,8 +27,9 @@ Invariants, checked after every step:
 2. a pass raises nothing but cdmo's own errors (a crash of the simulated process excepted);
 3. after every successful pass, the status lists exactly the GPU instances the GPUs hold;
 4. after a quiet phase (faults off, pods admitted or gone, index-id holders gone as they keep
-   every instance of the node, a layout that keeps every held instance), every GPU holds a valid layout, equal to the desired one, and every GPU
-   instance has a compute instance spanning it.
+   every instance of the node, a layout that keeps every held instance), every GPU holds a
+   valid layout, equal to the desired one, and every GPU instance has a compute instance
+   spanning it.
 
 ``run_campaign(seeds)`` returns figures (runs, steps, faults by kind, violations by kind).
 ``broken=True`` runs an agent with its protections switched off (it sees no pod and no

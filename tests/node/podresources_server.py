@@ -49,51 +49,36 @@ class Kubelet(api_pb2_grpc.PodResourcesListerServicer):
         self.allocatable: dict[str, list[str]] | None = {}
 
     def List(self, request: Any, context: Any) -> Any:
-        return api_pb2.ListPodResourcesResponse(
-            pod_resources=[
-                api_pb2.PodResources(
-                    name=h.pod,
-                    namespace=h.namespace,
-                    containers=[
-                        api_pb2.ContainerResources(
-                            name="main",
-                            devices=[
-                                api_pb2.ContainerDevices(
-                                    resource_name=h.resource, device_ids=list(h.device_ids)
-                                )
-                            ],
-                        )
-                    ],
-                )
-                for h in self.held
-            ]
-            + [
-                api_pb2.PodResources(
-                    name=c.pod,
-                    namespace=c.namespace,
-                    containers=[
-                        api_pb2.ContainerResources(
-                            name="main",
-                            dynamic_resources=[
-                                api_pb2.DynamicResource(
-                                    claim_name=f"{c.pod}-gpu",
-                                    claim_namespace=c.namespace,
-                                    claim_resources=[
-                                        api_pb2.ClaimResource(
-                                            cdi_devices=[api_pb2.CDIDevice(name=n) for n in c.cdi_devices],
-                                            driver_name=c.driver,
-                                            pool_name="node-1",
-                                            device_name=c.device,
-                                        )
-                                    ],
-                                )
-                            ],
-                        )
-                    ],
-                )
-                for c in self.claimed
-            ]
-        )
+        held = [
+            _pod(
+                h.namespace,
+                h.pod,
+                devices=[api_pb2.ContainerDevices(resource_name=h.resource, device_ids=h.device_ids)],
+            )
+            for h in self.held
+        ]
+        claimed = [
+            _pod(
+                c.namespace,
+                c.pod,
+                dynamic_resources=[
+                    api_pb2.DynamicResource(
+                        claim_name=f"{c.pod}-gpu",
+                        claim_namespace=c.namespace,
+                        claim_resources=[
+                            api_pb2.ClaimResource(
+                                cdi_devices=[api_pb2.CDIDevice(name=n) for n in c.cdi_devices],
+                                driver_name=c.driver,
+                                pool_name="node-1",
+                                device_name=c.device,
+                            )
+                        ],
+                    )
+                ],
+            )
+            for c in self.claimed
+        ]
+        return api_pb2.ListPodResourcesResponse(pod_resources=held + claimed)
 
     def GetAllocatableResources(self, request: Any, context: Any) -> Any:
         if self.allocatable is None:
@@ -104,6 +89,13 @@ class Kubelet(api_pb2_grpc.PodResourcesListerServicer):
                 for name, ids in sorted((self.allocatable or {}).items())
             ]
         )
+
+
+def _pod(namespace: str, name: str, **container: Any) -> Any:
+    """A pod with one container, ``main``, holding what ``container`` gives it."""
+    return api_pb2.PodResources(
+        name=name, namespace=namespace, containers=[api_pb2.ContainerResources(name="main", **container)]
+    )
 
 
 @contextlib.contextmanager
