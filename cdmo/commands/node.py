@@ -172,10 +172,15 @@ def _apply(args: argparse.Namespace) -> int:
     backend, in_use = _open(args)
     changed = False
     try:
-        plan = prepare_node(backend, desired, in_use, enable_mig=args.enable_mig, retry=DEFAULT_RETRY)
+        plan = prepare_node(
+            backend, desired, in_use, enable_mig=args.enable_mig, retry=DEFAULT_RETRY, dry_run=args.dry_run
+        )
+        # A dry run switches nothing: it names the GPUs whose MIG mode it would switch on.
+        changed = bool(plan.mig_switched_on) and not args.dry_run
         doc: dict[str, Any] = {
             "applied": False,
             "dryRun": bool(args.dry_run),
+            "migSwitchedOn": list(plan.mig_switched_on),
             "steps": [_step_doc(s) for s in plan.steps],
             "refused": [
                 {"gpu": g.index, "state": str(g.state), "reason": str(g.reason), "message": g.message}
@@ -184,10 +189,8 @@ def _apply(args: argparse.Namespace) -> int:
         }
         if plan.refusals:
             _report(doc, args.output)
-            print(
-                "cdmo: error: nothing was changed: " + "; ".join(g.message for g in plan.refusals),
-                file=sys.stderr,
-            )
+            what = "nothing was changed" if not changed else "only MIG mode was switched on"
+            print(f"cdmo: error: {what}: " + "; ".join(g.message for g in plan.refusals), file=sys.stderr)
             return exit_codes.ERROR
         if args.dry_run:
             _report(doc, args.output)
@@ -240,15 +243,21 @@ def _report(doc: dict[str, Any], output: str) -> None:
         _emit(doc, output)
         return
     verb = "would" if doc["dryRun"] and not doc["applied"] else "did"
+    switched = [f"  switch MIG on on GPU {g}" for g in doc["migSwitchedOn"]]
     if doc["refused"]:
-        print("refused, nothing changed:")
+        if switched and not doc["dryRun"]:
+            print("applied:", *switched, "refused:", sep="\n")
+        else:
+            print("refused, nothing changed:")
         for r in doc["refused"]:
             print(f"  GPU {r['gpu']}: {r['reason']}: {r['message']}")
         return
-    if not doc["steps"]:
+    if not doc["steps"] and not switched:
         print("nothing to do: the GPUs already hold the layout")
         return
     print(f"{'planned' if verb == 'would' else 'applied'}:")
+    for line in switched:
+        print(line)
     for s in doc["steps"]:
         print(f"  {s['action']} {s['profile']}@{s['start']} on GPU {s['gpu']}")
     for e in doc.get("errors") or []:

@@ -25,6 +25,7 @@ Must not import pynvml, grpc or kubernetes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -309,6 +310,20 @@ def decide_mig_mode(
     return MigModeDecision(tuple(switch), frozenset(restored), refused)
 
 
+def as_if_mig_switched_on(observed: NodeObservation, indexes: Collection[int]) -> NodeObservation:
+    """``observed`` as it would read once MIG is switched on for ``indexes``: on at once on
+    Hopper and later, enabled but pending a reset on Ampere. What a dry run decides from."""
+    if not indexes:
+        return observed
+    gpus = dict(observed.gpus)
+    for index in indexes:
+        info = gpus[index]
+        model = find_model(info.model_key) if info.model_key else None
+        needs_reset = model.mig_mode_change_needs_reset if model else True
+        gpus[index] = dataclasses.replace(info, mig_current=not needs_reset, mig_pending=True)
+    return dataclasses.replace(observed, gpus=gpus)
+
+
 # --- the node ---------------------------------------------------------------------------------
 
 
@@ -335,6 +350,8 @@ class NodeDecision:
     desired: Mapping[int, tuple[Instance, ...]]
     #: GPUs whose MIG mode was switched on automatically before deciding (back from a reboot)
     mig_restored: tuple[int, ...] = ()
+    #: GPUs whose MIG mode was switched on before deciding; in a dry run, those it would be
+    mig_switched_on: tuple[int, ...] = ()
 
     @property
     def refusals(self) -> tuple[GpuDecision, ...]:

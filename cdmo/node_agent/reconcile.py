@@ -37,6 +37,7 @@ from cdmo.node_agent.decide import (
     NodeDecision,
     Reason,
     Step,
+    as_if_mig_switched_on,
     decide_mig_mode,
     decide_node,
     diff_layout,
@@ -82,15 +83,30 @@ def prepare_node(
     retry: RetryPolicy = DEFAULT_RETRY,
     log: Any = None,
     advertiser: DeviceAdvertiser | None = None,
+    dry_run: bool = False,
 ) -> NodeDecision:
     """Observe the node and decide what each GPU needs. Changes nothing, except MIG mode: with
     ``enable_mig``, or for GPUs whose UUID is in ``restore_mig`` (cdmo managed them with MIG on
     before a reboot or reset), MIG is switched on where the spec wants instances and nothing
     holds the whole GPU. As before a destroy, the GPU is withdrawn from the kubelet first and
-    its holders read again; one the kubelet was just handed stays as it is this pass."""
+    its holders read again; one the kubelet was just handed stays as it is this pass.
+
+    ``dry_run`` changes nothing at all, MIG mode included: the GPUs that would be switched on
+    are decided as if they had been, and named in the decision's ``mig_switched_on``."""
     log = log or _log
     observed = observe_node(backend, in_use, retry=retry)
     mig = decide_mig_mode(desired, observed, enable_mig=enable_mig, restore_mig=restore_mig)
+    if dry_run:
+        decision = decide_node(
+            desired, as_if_mig_switched_on(observed, mig.switch_on), mig_refused=mig.refused
+        )
+        gpus = tuple(
+            dataclasses.replace(g, message=f"(dry run: as if MIG were switched on) {g.message}")
+            if g.index in mig.switch_on and g in decision.refusals
+            else g
+            for g in decision.gpus
+        )
+        return dataclasses.replace(decision, gpus=gpus, mig_switched_on=mig.switch_on)
     if mig.switch_on and advertiser is not None:
         handed = advertiser.withdraw(sorted(u for i in mig.switch_on if (u := observed.gpus[i].uuid)))
         observed = observe_node(backend, in_use, retry=retry)  # the re-check, after the withdraw
@@ -99,6 +115,7 @@ def prepare_node(
         )
     errors: dict[int, str] = {}
     restored: list[int] = []
+    switched: list[int] = []
     for index in mig.switch_on:
         try:
             change = call_with_retry(retry, backend.set_mig_mode, index, True)
@@ -108,6 +125,7 @@ def prepare_node(
             errors[index] = str(exc)
             log.warning("Failed to switch MIG mode on", gpu=index, nvml_rc=exc.rc)
             continue
+        switched.append(index)
         if index in mig.restored:
             restored.append(index)
         log.info(
@@ -122,7 +140,7 @@ def prepare_node(
     if mig.switch_on:
         observed = observe_node(backend, in_use, retry=retry)  # a GPU switched on gets its layout now
     decision = decide_node(desired, observed, mig_refused=mig.refused, mig_errors=errors)
-    return dataclasses.replace(decision, mig_restored=tuple(restored))
+    return dataclasses.replace(decision, mig_restored=tuple(restored), mig_switched_on=tuple(switched))
 
 
 def reconcile_node(

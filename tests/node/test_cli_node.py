@@ -218,6 +218,40 @@ def test_apply_with_mig_off_says_how_to_fix(tmp_path: Path, capsys: pytest.Captu
     assert code == 0, err
 
 
+def test_a_dry_run_with_enable_mig_switches_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--dry-run says it would switch MIG on and what it would make then; MIG mode stays off."""
+    state = tmp_path / "node.json"
+    cdmo(capsys, "node", "show", *sim_args(state, "h100-80gb,a100-40gb"))
+    doc = json.loads(state.read_text())
+    for gpu in doc["gpus"]:
+        gpu["mig"] = {"current": False, "pending": False}
+    state.write_text(json.dumps(doc))
+    (tmp_path / "layout.yaml").write_text("gpus: [{index: 0, instances: [{profile: 7g.80gb, start: 0}]}]\n")
+    argv = (
+        "node",
+        "apply",
+        str(tmp_path / "layout.yaml"),
+        "--enable-mig",
+        "--dry-run",
+        *sim_args(state, None),
+    )
+    code, out, err = cdmo(capsys, *argv)
+    assert code == 0, err
+    assert out.splitlines() == ["planned:", "  switch MIG on on GPU 0", "  create 7g.80gb@0 on GPU 0"]
+    code, out, err = cdmo(capsys, *argv, "-o", "json")
+    assert code == 0 and json.loads(out)["migSwitchedOn"] == [0], err
+    assert json.loads(state.read_text()) == doc
+
+    # Ampere would wait for a reset: the dry run says so, and still changes nothing.
+    (tmp_path / "layout.yaml").write_text("gpus: [{index: 1, instances: [{profile: 7g.40gb, start: 0}]}]\n")
+    code, out, err = cdmo(capsys, *argv)
+    assert code == 1 and "refused, nothing changed:" in out
+    assert "(dry run: as if MIG were switched on)" in err and "pending a GPU reset" in err
+    assert json.loads(state.read_text()) == doc
+
+
 def test_show_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "layout.yaml").write_text(LAYOUT)
     state = tmp_path / "node.json"

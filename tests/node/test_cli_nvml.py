@@ -260,6 +260,23 @@ def test_enable_mig_refused_while_the_whole_gpu_is_held(
     assert [(g, p, s) for g, _, p, s in standin.instances()] == [(0, 0, 0)]
 
 
+def test_a_dry_run_with_enable_mig_leaves_mig_mode_off(
+    cdmo_on_standin: Callable[..., subprocess.CompletedProcess[str]],
+    standin: StandinGpus,
+    tmp_path: Path,
+) -> None:
+    """Before, --dry-run --enable-mig called nvmlDeviceSetMigMode: a dry run changed the GPU."""
+    standin.reboot()  # Hopper: back with MIG off and no instances
+    (tmp_path / "layout.yaml").write_text(ONE_7G)
+    argv = ("node", "apply", str(tmp_path / "layout.yaml"), "--enable-mig", "--dry-run", "--backend", "nvml")
+    done = cdmo_on_standin(*argv, "-o", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["migSwitchedOn"] == [0] and doc["applied"] is False
+    assert doc["steps"] == [{"action": "create", "gpu": 0, "profile": "7g.80gb", "start": 0}]
+    assert standin.records("gpu")[0][3:] == ["0", "0"] and standin.instances() == []
+
+
 def test_a_gpu_instance_left_without_its_compute_instance_is_repaired_in_place(
     cdmo_on_standin: Callable[..., subprocess.CompletedProcess[str]],
     standin: StandinGpus,

@@ -8,6 +8,7 @@ from cdmo.node_agent.backend import ComputeInstanceInfo, GpuInfo, GpuInstanceInf
 from cdmo.node_agent.decide import (
     GpuState,
     Reason,
+    as_if_mig_switched_on,
     decide_mig_mode,
     decide_node,
     diff_layout,
@@ -235,3 +236,19 @@ def test_decide_mig_mode(
         decision = decide_node({0: layout(desired)}, observed, mig_refused=mig.refused)
         assert decision.gpus[0].reason == Reason.GPU_IN_USE
         assert str(holder) in decision.gpus[0].message
+
+
+@pytest.mark.parametrize(
+    ("model", "current", "pending"),
+    [(H100, True, True), ("a100-40gb", False, True), (None, False, True)],
+    ids=["hopper-switches-at-once", "ampere-waits-for-a-reset", "unknown-model-assumed-to-wait"],
+)
+def test_a_dry_run_decides_as_if_mig_were_switched_on(
+    model: str | None, current: bool, pending: bool
+) -> None:
+    """What `cdmo node apply --dry-run --enable-mig` decides from, with nothing switched."""
+    observed = NodeObservation({0: gpu(mig=False, model=model), 1: gpu(1, mig=False)}, {0: (), 1: ()})
+    after = as_if_mig_switched_on(observed, [0])
+    assert (after.gpus[0].mig_current, after.gpus[0].mig_pending) == (current, pending)
+    assert after.gpus[1] == observed.gpus[1] and observed.gpus[0].mig_current is False
+    assert as_if_mig_switched_on(observed, []) is observed
