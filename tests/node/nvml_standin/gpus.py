@@ -22,7 +22,7 @@ STATE_ENV = "CDMO_NVML_STANDIN_STATE"
 CALLS_ENV = "CDMO_NVML_STANDIN_CALLS"
 
 #: Catalog key -> whether a MIG mode change needs a GPU reset (Ampere) — as standin.c models it.
-MODELS = {"h100-80gb": False, "a100-40gb": True, "t4": False}
+MODELS = {"h100-80gb": False, "a100-40gb": True, "h200-141gb": False, "t4": False}
 
 
 @dataclass(frozen=True)

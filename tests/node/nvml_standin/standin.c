@@ -69,7 +69,7 @@ static const Model MODELS[] = {
     {"h100-80gb", "NVIDIA H100 80GB HBM3", 0x233010DE, 0, 7, {
         {"1g.10gb", NVML_GPU_INSTANCE_PROFILE_1_SLICE, 19, 1, 1, 7, 9984, 16, EVERY, C(1_SLICE)},
         {"1g.10gb+me", NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV1, 20, 1, 1, 1, 9984, 16, EVERY, C(1_SLICE)},
-        {"1g.20gb", NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV2, 15, 1, 2, 4, 20096, 16, EVEN,
+        {"1g.20gb", NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV2, 15, 1, 2, 4, 20096, 26, EVEN,
          C(1_SLICE) | C(1_SLICE_REV1)},
         {"2g.20gb", NVML_GPU_INSTANCE_PROFILE_2_SLICE, 14, 2, 2, 3, 20096, 32, 0x15, C(1_SLICE) | C(2_SLICE)},
         {"3g.40gb", NVML_GPU_INSTANCE_PROFILE_3_SLICE, 9, 3, 4, 2, 40448, 60, 0x11,
@@ -89,6 +89,20 @@ static const Model MODELS[] = {
         {"4g.20gb", NVML_GPU_INSTANCE_PROFILE_4_SLICE, 5, 4, 4, 1, 19968, 56, 0x01,
          C(1_SLICE) | C(2_SLICE) | C(4_SLICE)},
         {"7g.40gb", NVML_GPU_INSTANCE_PROFILE_7_SLICE, 0, 7, 8, 1, 40192, 98, 0x01,
+         C(1_SLICE) | C(2_SLICE) | C(3_SLICE) | C(4_SLICE) | C(7_SLICE)},
+    }},
+    /* As driver 580.159.04 answered on an H200 SXM (tests/data/nvml-probe-h200-580.json). */
+    {"h200-141gb", "NVIDIA H200", 0x233510DE, 0, 7, {
+        {"1g.18gb", NVML_GPU_INSTANCE_PROFILE_1_SLICE, 19, 1, 1, 7, 16384, 16, EVERY, C(1_SLICE)},
+        {"1g.18gb+me", NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV1, 20, 1, 1, 1, 16384, 16, EVERY, C(1_SLICE)},
+        {"1g.35gb", NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV2, 15, 1, 2, 4, 33280, 26, EVEN,
+         C(1_SLICE) | C(1_SLICE_REV1)},
+        {"2g.35gb", NVML_GPU_INSTANCE_PROFILE_2_SLICE, 14, 2, 2, 3, 33280, 32, 0x15, C(1_SLICE) | C(2_SLICE)},
+        {"3g.71gb", NVML_GPU_INSTANCE_PROFILE_3_SLICE, 9, 3, 4, 2, 71424, 60, 0x11,
+         C(1_SLICE) | C(2_SLICE) | C(3_SLICE)},
+        {"4g.71gb", NVML_GPU_INSTANCE_PROFILE_4_SLICE, 5, 4, 4, 1, 71424, 64, 0x01,
+         C(1_SLICE) | C(2_SLICE) | C(4_SLICE)},
+        {"7g.141gb", NVML_GPU_INSTANCE_PROFILE_7_SLICE, 0, 7, 8, 1, 143360, 132, 0x01,
          C(1_SLICE) | C(2_SLICE) | C(3_SLICE) | C(4_SLICE) | C(7_SLICE)},
     }},
     /* A GPU without MIG: nvmlDeviceGetMigMode says NOT_SUPPORTED. */
