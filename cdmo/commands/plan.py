@@ -44,7 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def read_snapshot(source: str) -> dict[str, Any]:
     """The snapshot's data from a file (or ``-`` for stdin); raises InvalidInput/InvalidSnapshot."""
     if source == "-":
-        text = sys.stdin.read()
+        raw = getattr(sys.stdin, "buffer", None)  # a text stream in tests: already decoded
+        try:
+            text = raw.read().decode("utf-8") if raw is not None else sys.stdin.read()
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(
+                f"stdin: cannot read it ({exc})", hint="give the snapshot as UTF-8 text"
+            ) from None
         name = "stdin"
     else:
         path = Path(source)
@@ -76,6 +82,9 @@ def _load(text: str, name: str, *, json_first: bool) -> Any:
         return _parse_text(text, name, json_first=json_first)
     except json.JSONDecodeError:
         raise
+    except RecursionError:
+        # json.loads nests by recursion (YAML's loaders say "maximum nesting depth" themselves).
+        raise InvalidSnapshot("", f"{name} is nested too deeply; a snapshot is a few levels deep") from None
     except ValueError:
         # Python refuses to read an integer of more than 4300 digits (sys.int_info); no count
         # or index in a snapshot is meant to be that long.

@@ -49,6 +49,10 @@ def sort_layout(instances: Iterable[Instance]) -> tuple[Instance, ...]:
 def validate_layout(model: GpuModel, instances: Iterable[Instance]) -> list[str]:
     """Every reason why ``model`` cannot hold ``instances``; an empty list means valid."""
     items = sort_layout(instances)
+    if len(items) > model.max_instances:
+        # That alone: each pair of a long list would be checked and named, in time and lines
+        # that grow with the square of an input no GPU can hold.
+        return [f"{len(items)} instances exceed the {model.max_instances} of {model.key}"]
     problems: list[str] = []
     known: list[tuple[Instance, Profile]] = []
     for inst in items:
@@ -310,6 +314,11 @@ def parse_layout(text: str) -> tuple[Instance, ...]:
             raise InvalidInput(
                 f"{m['profile']!r} is not a MIG profile name",
                 hint="profiles look like 1g.10gb, 3g.40gb or 1g.10gb+me",
+            )
+        if len(m["start"].lstrip("-")) > 4:  # placement starts are 0..11; int() refuses 4300 digits
+            raise InvalidInput(
+                f"{m['start'][:12]}... is not a placement start",
+                hint="starts are small whole numbers, such as 0 or 4",
             )
         result.append(Instance(m["profile"], int(m["start"])))
     return tuple(result)

@@ -266,3 +266,22 @@ def test_a_random_set_validates_or_comes_with_a_reason(case: tuple[str, list[Ins
     else:
         assert len(as_set) == len(instances)
         assert not instances or as_set in enumerated
+
+
+def test_a_layout_longer_than_the_gpu_holds_is_one_problem() -> None:
+    """Each pair of 2,000 instances was checked and named: seconds, and 100 MB of overlaps."""
+    from cdmo.mig.catalog import get_model
+    from cdmo.mig.layouts import Instance, validate_layout
+
+    model = get_model("h100-80gb")
+    assert validate_layout(model, [Instance("1g.10gb", 0)] * 2000) == [
+        "2000 instances exceed the 7 of h100-80gb"
+    ]
+
+
+def test_a_start_too_long_to_read_is_bad_input() -> None:
+    from cdmo.errors import InvalidInput
+    from cdmo.mig.layouts import parse_layout
+
+    with pytest.raises(InvalidInput, match="is not a placement start"):
+        parse_layout("4g.40gb@" + "9" * 4301)

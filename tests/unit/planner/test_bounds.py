@@ -115,7 +115,7 @@ def test_snapshot_counts_are_quantities(value: object, count: int) -> None:
     assert snap.pending[0].requests == {"nvidia.com/mig-1g.10gb": count}
 
 
-@pytest.mark.parametrize("value", ["1.5", "-1", "two", 1.5, -3])
+@pytest.mark.parametrize("value", ["1.5", "-1", "two", 1.5, -3, "²", "1²", "٣"])
 def test_snapshot_counts_that_are_not_counts_name_the_field(value: object) -> None:
     from cdmo.errors import InvalidSnapshot
 
@@ -139,3 +139,49 @@ def test_a_number_too_long_to_read_is_one_clear_line(tmp_path, suffix: str) -> N
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "more than 4300 digits" in proc.stderr
+
+
+def _cdmo_plan(path: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "cdmo.cli", "plan", path], input=stdin, capture_output=True, timeout=120
+    )
+
+
+def test_json_nested_too_deeply_is_one_clear_line(tmp_path) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text('{"nodes": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    proc = _cdmo_plan(str(path))
+    assert proc.returncode == 2 and b"nested too deeply" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+def test_stdin_that_is_not_utf8_says_so() -> None:
+    proc = _cdmo_plan("-", stdin=b"nodes: [\xff]\n")
+    assert proc.returncode == 2
+    assert b"stdin: cannot read it" in proc.stderr and b"4300 digits" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("gpus", "instances", "message"),
+    [
+        (1, 10_000, "10000 instances on one GPU; h100-80gb holds at most 7"),
+        (1_000, 0, "1000 GPUs on one node; a node holds at most 64 here"),
+    ],
+    ids=["instances-per-gpu", "gpus-per-node"],
+)
+def test_absurd_lists_on_one_node_are_refused_before_they_are_read(
+    gpus: int, instances: int, message: str
+) -> None:
+    """Unbounded, 10,000 duplicate instances took minutes and gigabytes (every pair was named),
+    and a million GPUs on one node 23 s; both are refused from their length alone."""
+    from cdmo.errors import InvalidSnapshot
+
+    inst = [{"profile": "1g.10gb", "start": 0, "used": False}] * instances
+    raw = [{"index": i, "model": "h100-80gb", "instances": inst} for i in range(gpus)]
+    data = {"nodes": [{"name": "n", "labels": {"cdmo.clear.ml/gpu-partitioning": "mig"}, "gpus": raw}]}
+    with pytest.raises(InvalidSnapshot, match=message):
+        parse_snapshot({**data, "pending": []})
+    unknown = [{"index": 0, "model": "h100-81gb", "instances": inst}] if instances else raw
+    with pytest.raises(
+        InvalidSnapshot, match="at most"
+    ):  # a model the catalog lacks, as the operator reads it
+        parse_snapshot({"nodes": [{"name": "n", "gpus": unknown}], "pending": []}, allow_unknown_models=True)
