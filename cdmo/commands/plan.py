@@ -71,8 +71,13 @@ def read_snapshot(source: str) -> dict[str, Any]:
         )
     data = _load(text, name, json_first=name.endswith(".json") or text.lstrip().startswith("{"))
     if not isinstance(data, dict):
-        raise InvalidSnapshot(
-            "", f"{name} must hold an object with nodes and pending, not {type(data).__name__}"
+        kind = "empty (null)" if data is None else type(data).__name__
+        raise InvalidSnapshot("", f"{name} must hold an object with nodes and pending, not {kind}")
+    if "nodes" not in data and {"fleet", "workload"} & data.keys():
+        raise InvalidInput(
+            f"{name} is a `cdmo simulate` scenario, not a snapshot",
+            hint=f"run `cdmo simulate {name}`, or give `cdmo plan` a snapshot of nodes and pending pods "
+            "(docs/planner.md)",
         )
     return data
 

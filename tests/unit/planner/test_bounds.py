@@ -185,3 +185,11 @@ def test_absurd_lists_on_one_node_are_refused_before_they_are_read(
         InvalidSnapshot, match="at most"
     ):  # a model the catalog lacks, as the operator reads it
         parse_snapshot({"nodes": [{"name": "n", "gpus": unknown}], "pending": []}, allow_unknown_models=True)
+
+
+def test_a_simulate_scenario_given_to_plan_says_which_command_reads_it() -> None:
+    from tests.harness.scripts import ROOT
+
+    proc = _cdmo_plan(str(ROOT / "examples" / "clearml-queues.yaml"))
+    assert proc.returncode == 2 and b"is a `cdmo simulate` scenario, not a snapshot" in proc.stderr
+    assert b"cdmo simulate" in proc.stderr.split(b";")[-1]
