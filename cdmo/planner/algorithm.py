@@ -116,6 +116,8 @@ class Planner(RepairSteps):
         self.geos: dict[int, Geometry] = {}
         self.journal: list[tuple[Any, ...]] = []
         self.assigned: dict[str, Placement] = {}
+        #: priority -> pods of that priority in ``assigned`` (the polish compares these per move)
+        self.served: dict[int, int] = {}
         self.mode = STANDARD
         self._bounds = _Bounds(STANDARD)
         self.fail_memo: dict[tuple[Demand, tuple[int, ...]], tuple[int, ...]] = {}
@@ -171,6 +173,7 @@ class Planner(RepairSteps):
             node.group = None
         self.journal = []
         self.assigned = {}
+        self.served = {}
         self._group_nodes = {}
 
     def _drop_search_indexes(self) -> None:
@@ -405,9 +408,11 @@ class Planner(RepairSteps):
             elif kind == "assign":
                 order, _ = self.assigned.pop(entry[1])
                 self.nodes[order].pods.discard(entry[1])
+                self.served[self.pods_by_key[entry[1]].pod.priority] -= 1
             else:  # unassign
                 self.assigned[entry[1]] = entry[2]
                 self.nodes[entry[2][0]].pods.add(entry[1])
+                self.served[self.pods_by_key[entry[1]].pod.priority] += 1
 
     def _set_mode(self, mode: int) -> None:
         """Switch how placements are ranked; costs cached under the other ranking are dropped.
@@ -972,10 +977,13 @@ class Planner(RepairSteps):
         self.assigned[pod.key] = (node.order, tuple(parts))
         node.pods.add(pod.key)
         self.journal.append(("assign", pod.key))
+        priority = pod.pod.priority
+        self.served[priority] = self.served.get(priority, 0) + 1
 
     def _unassign(self, key: str) -> None:
         """Take a pod's devices back; free instances of the snapshot come back where they still fit."""
         placement = self.assigned.pop(key)
+        self.served[self.pods_by_key[key].pod.priority] -= 1
         node = self.nodes[placement[0]]
         node.pods.discard(key)
         self.journal.append(("unassign", key, placement))

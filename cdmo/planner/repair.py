@@ -13,7 +13,6 @@ nothing of Kubernetes or NVML.
 
 from __future__ import annotations
 
-from collections import Counter
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +43,7 @@ class RepairSteps:
 
     if TYPE_CHECKING:
         assigned: dict[str, Placement]
+        served: dict[int, int]
         journal: list[tuple[Any, ...]]
         pods: list[PodState]
         pods_by_key: dict[str, PodState]
@@ -215,8 +215,8 @@ class RepairSteps:
                 hopeless.add(kind)
 
     def _served_vector(self) -> tuple[int, ...]:
-        counts: Counter[int] = Counter(self.pods_by_key[k].pod.priority for k in self.assigned)
-        return tuple(counts[p] for p in self._levels)
+        served = self.served  # kept as pods are assigned: counting them here was the polish's cost
+        return tuple(served.get(p, 0) for p in self._levels)
 
     def _exact_repack(self, node: SearchNode, pod: PodState, budget: list[int]) -> bool:
         prio = pod.pod.priority
@@ -327,3 +327,5 @@ class RepairSteps:
             self.assigned[key] = (node.order, parts)
             node.pods.add(key)
             self.journal.append(("assign", key))
+            priority = self.pods_by_key[key].pod.priority
+            self.served[priority] = self.served.get(priority, 0) + 1

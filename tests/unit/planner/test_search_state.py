@@ -73,3 +73,34 @@ def test_heaps_kept_between_levels_on_a_crowded_cluster_with_every_option(
     for opts in (None, options):
         kept, rebuilt = _plans(snapshot, opts, monkeypatch)
         _same(kept, rebuilt)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_served_counts_kept_per_priority_are_those_of_the_assigned_pods(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The polish reads ``Planner.served`` per move; it must equal a count of ``assigned``
+    whenever it is read, through assigns, unassigns and undos."""
+    from collections import Counter
+
+    from cdmo.planner.repair import RepairSteps
+
+    reads = []
+    kept_vector = RepairSteps._served_vector
+
+    def checked(self: Planner) -> tuple[int, ...]:
+        counted = Counter(self.pods_by_key[k].pod.priority for k in self.assigned)
+        vector = kept_vector(self)
+        assert vector == tuple(counted[p] for p in self._levels)
+        reads.append(vector)
+        return vector
+
+    monkeypatch.setattr(RepairSteps, "_served_vector", checked)
+    data = (
+        build_snapshot(12, 25, seed=seed)
+        if seed < 3
+        else random_snapshot(31_000 + seed, max_nodes=6, max_gpus=4, max_pods=30)
+    )
+    plan(parse_snapshot(data))
+    if seed < 3:
+        assert reads, "the crowded snapshots must reach the polish"
