@@ -138,9 +138,13 @@ def read_layout_file(path: str) -> dict[int, Any]:
 
     p = Path(path)
     try:
-        doc = load_yaml(p.read_text())
+        doc = load_yaml(p.read_text(encoding="utf-8"))
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(
+            f"cannot read {path}: it is not UTF-8 text", hint="write the layout as YAML"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -164,17 +168,31 @@ def _step_doc(step: Any) -> dict[str, Any]:
 
 
 def _apply(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from cdmo.node_agent.backend import DEFAULT_RETRY
-    from cdmo.node_agent.reconcile import GpuState, execute_decision, prepare_node
+    from cdmo.node_agent.reconcile import GpuState, Reason, execute_decision, prepare_node
 
     desired = read_layout_file(args.layout)
     new_state = _new_state_file(args)
     backend, in_use = _open(args)
     changed = False
     try:
+        # Decided first as a dry run, so that a GPU refused for its own reasons (a layout it
+        # cannot hold, an instance in use) stops the command before MIG mode changes anywhere;
+        # only Ampere's reset, which no dry run can avoid, is left for after the switch.
         plan = prepare_node(
-            backend, desired, in_use, enable_mig=args.enable_mig, retry=DEFAULT_RETRY, dry_run=args.dry_run
+            backend, desired, in_use, enable_mig=args.enable_mig, retry=DEFAULT_RETRY, dry_run=True
         )
+        blocking = [
+            g
+            for g in plan.refusals
+            if not (g.index in plan.mig_switched_on and g.reason == Reason.MIG_MODE_RESET_REQUIRED)
+        ]
+        if blocking:
+            plan = dataclasses.replace(plan, mig_switched_on=())
+        elif not args.dry_run and plan.mig_switched_on:
+            plan = prepare_node(backend, desired, in_use, enable_mig=args.enable_mig, retry=DEFAULT_RETRY)
         # A dry run switches nothing: it names the GPUs whose MIG mode it would switch on.
         changed = bool(plan.mig_switched_on) and not args.dry_run
         doc: dict[str, Any] = {

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from cdmo.api import ConditionType, get_condition, parse_spec
+from cdmo.api import parse_spec
 from cdmo.config import AgentConfig
 from cdmo.errors import CdmoError, Fatal, InvalidLayout
 from cdmo.node_agent.advertise import AgentAdvertiser, NoAdvertiser
@@ -45,8 +45,7 @@ from cdmo.node_agent.status import (
     build_status,
     managed_gpus,
     mig_restored_message,
-    mig_uuids,
-    result_mig_uuids,
+    needs_refresh,
 )
 
 _log = structlog.get_logger("cdmo.node_agent.agent")
@@ -224,12 +223,7 @@ class Agent:
             raise
 
         refresh = None
-        prev_refresh = get_condition(previous.get("conditions"), ConditionType.DEVICE_PLUGIN_REFRESHED)
-        if (
-            result.changed
-            or (prev_refresh is not None and prev_refresh.get("status") != "True")
-            or result_mig_uuids(result) != mig_uuids(previous)
-        ):
+        if needs_refresh(result, previous):
             refresh = self.refresher.refresh(stop)
             self.metrics.observe_refresh(self.refresher.strategy, refresh)
             log.info(

@@ -101,7 +101,7 @@ def prepare_node(
             desired, as_if_mig_switched_on(observed, mig.switch_on), mig_refused=mig.refused
         )
         gpus = tuple(
-            dataclasses.replace(g, message=f"(dry run: as if MIG were switched on) {g.message}")
+            dataclasses.replace(g, message=f"once MIG is switched on: {g.message}")
             if g.index in mig.switch_on and g in decision.refusals
             else g
             for g in decision.gpus

@@ -33,7 +33,7 @@ from cdmo.node_agent.backend import DEFAULT_RETRY, GpuBackend, RetryPolicy
 from cdmo.node_agent.inuse import InUse
 from cdmo.node_agent.reconcile import reconcile_node
 from cdmo.node_agent.refresh import Refresher
-from cdmo.node_agent.status import build_status, managed_gpus
+from cdmo.node_agent.status import build_status, managed_gpus, needs_refresh
 
 log = structlog.get_logger("cdmo.node_agent.standalone")
 
@@ -104,7 +104,7 @@ class StandaloneAgent:
             log=log,
             advertiser=self.advertiser,
         )
-        refresh = self.refresher.refresh(stop) if result.changed else None
+        refresh = self.refresher.refresh(stop) if needs_refresh(result, self._previous) else None
         status = build_status(
             result, generation=None, now=datetime.now(UTC), previous=self._previous, refresh=refresh
         )

@@ -150,6 +150,19 @@ def result_mig_uuids(result: ReconcileResult) -> frozenset[str]:
     return frozenset(i.uuid for g in result.gpus for i in g.instances if i.uuid and i.healthy)
 
 
+def needs_refresh(result: ReconcileResult, previous: Mapping[str, Any] | None) -> bool:
+    """Whether the device plugin must be refreshed after this pass: the GPUs changed, the last
+    refresh did not succeed (so a pass that changes nothing still retries it, rather than
+    reporting Ready over a plugin that never registered), or the MIG devices are not those the
+    last status listed."""
+    last = get_condition((previous or {}).get("conditions"), ConditionType.DEVICE_PLUGIN_REFRESHED)
+    return (
+        result.changed
+        or (last is not None and last.get("status") != "True")
+        or result_mig_uuids(result) != mig_uuids(previous)
+    )
+
+
 def build_status(
     result: ReconcileResult,
     *,

@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from cdmo.api import MAX_GPUS_PER_NODE
 from cdmo.demand import MAX_COUNT, parse_count
 from cdmo.errors import InvalidInput, InvalidSnapshot
 from cdmo.mig.catalog import GpuModel, all_models, find_model, is_profile_name, model_keys
@@ -140,10 +141,6 @@ def _string_map(value: Any, path: str) -> dict[str, str]:
 
 #: GPU instances on one GPU of a model the catalog does not know: the most any model holds.
 _MOST_INSTANCES = max(m.max_instances for m in all_models())
-
-#: GPUs on one node: no server holds more than 16 today. Far above that is an input error, and
-#: left unbounded it was slow (a million GPUs on one node: 23 s, 940 MB).
-MAX_GPUS_PER_NODE = 64
 
 
 def parse_snapshot(data: Mapping[str, Any], *, allow_unknown_models: bool = False) -> Snapshot:

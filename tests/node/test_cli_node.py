@@ -248,8 +248,44 @@ def test_a_dry_run_with_enable_mig_switches_nothing(
     (tmp_path / "layout.yaml").write_text("gpus: [{index: 1, instances: [{profile: 7g.40gb, start: 0}]}]\n")
     code, out, err = cdmo(capsys, *argv)
     assert code == 1 and "refused, nothing changed:" in out
-    assert "(dry run: as if MIG were switched on)" in err and "pending a GPU reset" in err
+    assert "once MIG is switched on: " in err and "pending a GPU reset" in err
     assert json.loads(state.read_text()) == doc
+
+
+def test_enable_mig_switches_nothing_while_another_gpu_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Once, GPU 1 got MIG on although GPU 0's layout was refused: "changes nothing" was false."""
+    state = tmp_path / "node.json"
+    cdmo(capsys, "node", "show", *sim_args(state, "h100-80gb,h100-80gb"))
+    doc = json.loads(state.read_text())
+    doc["gpus"][1]["mig"] = {"current": False, "pending": False}
+    state.write_text(json.dumps(doc))
+    (tmp_path / "layout.yaml").write_text(
+        "gpus: [{index: 0, instances: [{profile: 3g.40gb, start: 1}]}, "
+        "{index: 1, instances: [{profile: 3g.40gb, start: 0}]}]\n"
+    )
+    for extra in ((), ("--dry-run",)):
+        argv = ("node", "apply", str(tmp_path / "layout.yaml"), "--enable-mig", *extra, "-o", "json")
+        code, out, err = cdmo(capsys, *argv, *sim_args(state, None))
+        assert code == 1 and "nothing was changed" in err
+        assert json.loads(out)["migSwitchedOn"] == [] and json.loads(state.read_text()) == doc
+
+
+def test_a_misspelled_layout_field_is_refused_not_read_as_an_empty_gpu(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "node.json"
+    (tmp_path / "layout.yaml").write_text(LAYOUT)
+    cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), *sim_args(state))
+    before = json.loads(state.read_text())
+    (tmp_path / "typo.yaml").write_text("gpus: [{index: 0, instance: [{profile: 3g.40gb, start: 0}]}]\n")
+    code, _, err = cdmo(capsys, "node", "apply", str(tmp_path / "typo.yaml"), *sim_args(state, None))
+    assert code == 2 and "unknown field 'instance'; the fields are index, instances" in err
+    assert json.loads(state.read_text()) == before
+    (tmp_path / "bad.yaml").write_bytes(b"\xff\xfe")
+    code, _, err = cdmo(capsys, "node", "apply", str(tmp_path / "bad.yaml"), *sim_args(state, None))
+    assert code == 2 and "not UTF-8" in err
 
 
 def test_show_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,7 +21,7 @@ from cdmo.commands.node import read_layout_file
 from cdmo.config import AgentConfig
 from cdmo.node_agent.deviceplugin.plugin import KubeletDevicePlugin, PluginSettings
 from cdmo.node_agent.inuse import InUse
-from cdmo.node_agent.refresh import BuiltinRefresh, NoRefresh
+from cdmo.node_agent.refresh import BuiltinRefresh, NoRefresh, RefreshOutcome
 from cdmo.node_agent.simulated import SimulatedBackend, SimulatedNode
 from cdmo.node_agent.standalone import StandaloneAgent
 from tests.node.conftest import RETRY
@@ -72,6 +72,52 @@ def test_one_json_document_per_pass_and_errors_wait_for_the_next_change(tmp_path
     assert [i["profile"] for i in first["status"]["gpus"][0]["instances"]] == ["3g.40gb"]
     assert second["pass"] == 2 and "status" in second  # a profile the model lacks: Refused in status
     assert "error" in third and "not valid YAML" in third["error"]
+
+
+def test_a_layout_file_that_is_not_utf8_or_misspells_a_field_is_an_error_line(tmp_path: Path) -> None:
+    """Both once ended a running agent (exit 3) or, for ``instance:``, read as a GPU to empty."""
+    node = SimulatedNode.from_models(["h100-80gb"], seed="st")
+    layout = tmp_path / "layout.yaml"
+    layout.write_text(ONE)
+    out = io.StringIO()
+    agent = make(node, layout, out)
+    assert agent.sync_once() is True
+    layout.write_bytes(b"\xff\xfe gpus")
+    assert agent.sync_once() is True
+    layout.write_text("gpus: [{index: 0, instance: []}]\n")
+    assert agent.sync_once() is True
+    _, not_utf8, typo = docs(out)
+    assert "not UTF-8" in not_utf8["error"]
+    assert "unknown field 'instance'" in typo["error"] and "status" not in typo
+    assert [i.profile for i in SimulatedBackend(node).list_instances(0)] == ["3g.40gb"]
+
+
+class _NotRegistered:
+    strategy = "builtin"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def refresh(self, stop: threading.Event) -> RefreshOutcome:
+        self.calls += 1
+        return RefreshOutcome(False, "NotRegistered", "the kubelet has not registered the plugin")
+
+
+def test_a_pass_retries_a_refresh_that_failed_and_is_not_ready_until_it_succeeds(tmp_path: Path) -> None:
+    """As the cluster agent: a pass that changes nothing refreshes again while the last failed."""
+    node = SimulatedNode.from_models(["h100-80gb"], seed="st")
+    layout = tmp_path / "layout.yaml"
+    layout.write_text(ONE)
+    out = io.StringIO()
+    agent = make(node, layout, out)
+    agent.refresher = refresher = _NotRegistered()
+    assert agent.sync_once() is False
+    assert agent.sync_once() is False  # nothing changed on the GPUs, the plugin still unregistered
+    assert refresher.calls == 2
+    agent.refresher = NoRefresh()
+    assert agent.sync_once() is True
+    phases = [d["status"]["phase"] for d in docs(out)]
+    assert phases[-1] == "Ready" and "Ready" not in phases[:2]
 
 
 def test_run_follows_the_file_and_advertises(short_dir: Path) -> None:
