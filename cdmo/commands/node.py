@@ -175,7 +175,12 @@ def _apply(args: argparse.Namespace) -> int:
 
     desired = read_layout_file(args.layout)
     new_state = _new_state_file(args)
-    backend, in_use = _open(args)
+    try:
+        backend, in_use = _open(args)
+    except BaseException:
+        if new_state is not None:  # made by the backend before pod-resources failed: nothing applied
+            new_state.unlink(missing_ok=True)
+        raise
     changed = False
     try:
         # Decided first as a dry run, so that a GPU refused for its own reasons (a layout it

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cdmo.api import MAX_GPUS_PER_NODE
 from cdmo.errors import InvalidInput
 from cdmo.mig.catalog import GpuModel, Profile, get_model, nvml_constants
 from cdmo.mig.layouts import Instance, validate_layout
@@ -671,6 +672,9 @@ def parse_state(doc: Any, source: str = "the state file") -> SimulatedNode:
     version = doc.get("version", STATE_VERSION)
     if version != STATE_VERSION:
         raise InvalidInput(f"{source}: simulated state version {version!r} is not {STATE_VERSION}")
+    # UUIDs left out are derived from the seed, as a new node's are: not from how the file's
+    # path was spelled, which gave `show s.json` and `show ./s.json` different GPUs.
+    seed = str(doc.get("seed", "sim-node"))
     gpus = []
     for i, g in enumerate(_need(doc, "gpus", list, "")):
         where = f"gpus[{i}]"
@@ -681,7 +685,7 @@ def parse_state(doc: Any, source: str = "the state file") -> SimulatedNode:
         gpu = SimGpu(
             index=i,
             model=model,
-            uuid=str(g.get("uuid") or "GPU-" + str(uuidlib.uuid5(_UUID_NAMESPACE, f"{source}/gpu/{i}"))),
+            uuid=str(g.get("uuid") or "GPU-" + str(uuidlib.uuid5(_UUID_NAMESPACE, f"{seed}/gpu/{i}"))),
             mig_current=bool(mig.get("current", True)),
             mig_pending=bool(mig.get("pending", mig.get("current", True))),
             processes=[int(p) for p in g.get("processes") or []],
@@ -721,10 +725,14 @@ def parse_state(doc: Any, source: str = "the state file") -> SimulatedNode:
                     uuid=_need(c, "uuid", str, cwhere),
                     processes=[int(p) for p in c.get("processes") or []],
                 )
+                if ci.ci_id in gi.cis:
+                    raise InvalidInput(
+                        f"{source}: {cwhere}.ci_id {ci.ci_id} is used twice in GPU instance {gi.gi_id}"
+                    )
                 gi.cis[ci.ci_id] = ci
             gpu.gis[gi.gi_id] = gi
         gpus.append(gpu)
-    node = SimulatedNode(gpus, seed=str(doc.get("seed", "sim-node")), next_uuid=int(doc.get("next_uuid", 0)))
+    node = SimulatedNode(gpus, seed=seed, next_uuid=int(doc.get("next_uuid", 0)))
     for k, f in enumerate(doc.get("faults") or []):
         node.inject_fault(
             _need(f, "call", str, f"faults[{k}]"), _need(f, "rc", int, f"faults[{k}]"), int(f.get("count", 1))
@@ -737,10 +745,23 @@ def load_state(path: str | os.PathLike[str]) -> SimulatedNode:
     """Read a state file (no locking: use :func:`open_state` where others may write)."""
     p = Path(path)
     try:
-        doc = json.loads(p.read_text())
+        doc = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"{p} is not valid JSON: {exc}") from None
-    return parse_state(doc, str(p))
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{p} is not a simulated state: it is not UTF-8 text") from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {p}: {exc.strerror}", hint="give --sim-state a JSON file") from None
+    try:
+        return parse_state(doc, str(p))
+    except InvalidInput:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        # A field of the wrong kind that _need does not check (processes, ids, faults' counts).
+        raise InvalidInput(
+            f"{p} is not a simulated state cdmo can read ({type(exc).__name__}: {exc})",
+            hint="fix that field, or start a new file with --sim-gpus",
+        ) from None
 
 
 def save_state(node: SimulatedNode, path: str | os.PathLike[str]) -> None:
@@ -753,7 +774,14 @@ def save_state(node: SimulatedNode, path: str | os.PathLike[str]) -> None:
 
 def parse_models(text: str) -> tuple[str, ...]:
     """``"h100-80gb,h100-80gb"`` -> catalog keys; raises UnknownModel for an unknown one."""
-    models = tuple(get_model(t.strip()).key for t in text.split(",") if t.strip())
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if len(names) > MAX_GPUS_PER_NODE:
+        # Every call loads and saves the whole file: 1,000 GPUs took 48 s to apply.
+        raise InvalidInput(
+            f"--sim-gpus names {len(names)} GPUs; a node holds at most {MAX_GPUS_PER_NODE} here",
+            hint="simulate a node of a real size; cdmo simulate runs whole fleets",
+        )
+    models = tuple(get_model(name).key for name in names)
     if not models:
         raise InvalidInput("--sim-gpus is empty", hint="give GPU models such as h100-80gb,h100-80gb")
     return models
@@ -766,7 +794,8 @@ def open_state(
     """Lock the state file, load it (or make a new node of ``new_gpus``), yield it, save it.
 
     The node is saved even when the body raises: like real GPUs, the simulated ones keep what
-    was done before a failure or a (simulated) crash.
+    was done before a failure or a (simulated) crash. A call that changed nothing leaves the file
+    as it is (a read-only file or folder can be shown; `show` and `--dry-run` write nothing).
     """
     p = Path(path)
     # Lock the folder, not a lock file beside the state: a lock file would be left behind by
@@ -794,10 +823,12 @@ def open_state(
                     f"simulated state {p} does not exist",
                     hint="give --sim-gpus h100-80gb,h100-80gb to create a new simulated node",
                 )
+            before = dump_state(node) if p.exists() else None
             try:
                 yield node
             finally:
-                save_state(node, p)
+                if dump_state(node) != before:
+                    save_state(node, p)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     finally:

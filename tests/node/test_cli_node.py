@@ -330,3 +330,101 @@ def test_teardown_on_ampere_says_reset(tmp_path: Path, capsys: pytest.CaptureFix
     cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), *sim_args(state, "a100-40gb"))
     code, out, _ = cdmo(capsys, "teardown", "--disable-mig", *sim_args(state, None))
     assert code == 0 and "nvidia-smi -i 0 -r" in out
+
+
+# --- the simulated state file: read-only commands, malformed files, sizes ---------------------
+
+MINIMAL = '{"gpus": [{"model": "h100-80gb", "instances": [{"profile": "3g.40gb", "start": 4, "compute_instances": [{"uuid": "MIG-a"}]}]}]}\n'
+
+
+def test_show_and_a_dry_run_leave_the_state_file_as_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """They once saved it after loading: defaults filled in, a read-only file replaced."""
+    state = tmp_path / "s.json"
+    state.write_text(MINIMAL)
+    (tmp_path / "layout.yaml").write_text("gpus: [{index: 0, instances: []}]\n")
+    mtime = state.stat().st_mtime_ns
+    assert cdmo(capsys, "node", "show", *sim_args(state, None))[0] == 0
+    code, out, _ = cdmo(
+        capsys, "node", "apply", str(tmp_path / "layout.yaml"), "--dry-run", *sim_args(state, None)
+    )
+    assert code == 0 and "destroy 3g.40gb@4" in out
+    assert state.read_text() == MINIMAL and state.stat().st_mtime_ns == mtime
+
+
+def test_gpu_uuids_left_out_of_the_file_follow_its_seed_not_how_its_path_is_spelled(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "s.json").write_text(MINIMAL)
+    monkeypatch.chdir(tmp_path)
+    uuids = []
+    for spelled in ("s.json", "./s.json", str(tmp_path / "s.json")):
+        code, out, _ = cdmo(capsys, "node", "show", "-o", "json", *sim_args(Path(spelled), None))
+        uuids.append(json.loads(out)["gpus"][0]["uuid"])
+    assert code == 0 and len(set(uuids)) == 1
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        ({"mig": "off"}, "AttributeError"),
+        ({"processes": ["abc"]}, "ValueError"),
+        ({"processes": 5}, "TypeError"),
+        ({"instances": [{"profile": "3g.40gb", "start": 4, "gi_id": "x"}]}, "ValueError"),
+        (
+            {
+                "instances": [
+                    {
+                        "profile": "3g.40gb",
+                        "start": 4,
+                        "compute_instances": [{"ci_id": 0, "uuid": "MIG-a"}, {"ci_id": 0, "uuid": "MIG-b"}],
+                    }
+                ]
+            },
+            "ci_id 0 is used twice",
+        ),
+    ],
+    ids=["mig", "process-text", "processes-number", "gi-id", "ci-id-twice"],
+)
+def test_a_malformed_state_file_is_one_line_and_exit_2(
+    edit: dict[str, object], words: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "s.json"
+    state.write_text(json.dumps({"gpus": [{"model": "h100-80gb", **edit}]}))
+    code, _, err = cdmo(capsys, "node", "show", *sim_args(state, None))
+    assert code == 2 and words in err and "unexpected error" not in err, err
+
+
+def test_a_state_path_that_is_a_folder_or_not_utf8_is_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "adir").mkdir()
+    code, _, err = cdmo(capsys, "node", "show", *sim_args(tmp_path / "adir", None))
+    assert code == 2 and "cannot read" in err
+    (tmp_path / "bin.json").write_bytes(b"\xff\xfe")
+    code, _, err = cdmo(capsys, "node", "show", *sim_args(tmp_path / "bin.json", None))
+    assert code == 2 and "not UTF-8" in err
+
+
+def test_sim_gpus_beyond_a_node_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cdmo(capsys, "node", "show", *sim_args(tmp_path / "s.json", ",".join(["h100-80gb"] * 65)))
+    assert code == 2 and "65 GPUs; a node holds at most 64" in err and not (tmp_path / "s.json").exists()
+
+
+def test_a_dry_run_that_fails_on_pod_resources_leaves_no_new_state_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "layout.yaml").write_text(LAYOUT)
+    dead = tmp_path / "dead.sock"
+    dead.mkdir()  # a path that exists but is no socket: pod-resources cannot be read
+    argv = [
+        "node",
+        "apply",
+        str(tmp_path / "layout.yaml"),
+        "--dry-run",
+        "--sim-state",
+        str(tmp_path / "n.json"),
+    ]
+    code, _, _ = cdmo(capsys, *argv, "--sim-gpus", "h100-80gb", "--pod-resources-socket", str(dead))
+    assert code != 0 and not (tmp_path / "n.json").exists()
