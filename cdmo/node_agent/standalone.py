@@ -93,17 +93,22 @@ class StandaloneAgent:
             self._emit(doc)
             return True  # nothing to retry until the file changes
         self.advertiser.set_desired(desired)
-        result = reconcile_node(
-            self.backend,
-            desired,
-            self.read_in_use,
-            enable_mig=self.config.enable_mig,
-            # as the cluster agent: GPUs its last status showed cdmo managed get MIG back on
-            restore_mig=managed_gpus(self._previous) if self.config.auto_enable_mig else (),
-            retry=self.retry,
-            log=log,
-            advertiser=self.advertiser,
-        )
+        try:
+            result = reconcile_node(
+                self.backend,
+                desired,
+                self.read_in_use,
+                enable_mig=self.config.enable_mig,
+                # as the cluster agent: GPUs its last status showed cdmo managed get MIG back on
+                restore_mig=managed_gpus(self._previous) if self.config.auto_enable_mig else (),
+                retry=self.retry,
+                log=log,
+                advertiser=self.advertiser,
+            )
+        except CdmoError as exc:  # a pass that failed (pod-resources, NVML) has its line too
+            doc["error"] = str(exc)
+            self._emit(doc)
+            raise
         refresh = self.refresher.refresh(stop) if needs_refresh(result, self._previous) else None
         status = build_status(
             result, generation=None, now=datetime.now(UTC), previous=self._previous, refresh=refresh

@@ -204,3 +204,23 @@ def test_standalone_turns_mig_back_on_after_a_reboot_as_the_cluster_agent_does(t
     last = docs(out)[-1]["status"]
     assert last["gpus"][0]["migEnabled"] is True
     assert [i["profile"] for i in last["gpus"][0]["instances"]] == ["3g.40gb"]
+
+
+def test_a_pass_that_fails_writes_its_error_line(tmp_path: Path) -> None:
+    """A pod-resources socket nothing listens on once gave stderr warnings and no line at all."""
+    from cdmo.errors import Transient
+
+    node = SimulatedNode.from_models(["h100-80gb"], seed="st")
+    layout = tmp_path / "layout.yaml"
+    layout.write_text(ONE)
+    out = io.StringIO()
+    agent = make(node, layout, out)
+
+    def unreachable() -> InUse:
+        raise Transient("cannot reach the kubelet's pod-resources socket")
+
+    agent.read_in_use = unreachable
+    with pytest.raises(Transient):
+        agent.sync_once()
+    (line,) = docs(out)
+    assert line["pass"] == 1 and "pod-resources" in line["error"] and "status" not in line
