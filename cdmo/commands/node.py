@@ -109,6 +109,11 @@ def _show(args: argparse.Namespace) -> int:
             held = ", ".join(g["holders"]) or "free"
             rows.append((g["index"], model, "", f"MIG off{pending}", "", "", "", held))
             continue
+        if g.get("migPending") is False:
+            # Ampere after a MIG switch-off: a reset turns MIG off and takes every instance with it.
+            rows.append(
+                (g["index"], model, "", "MIG on (pending disable: a reset removes all)", "", "", "", "")
+            )
         if not g["instances"]:
             rows.append((g["index"], model, "", "(no instances)", "", "", "", ""))
         for i in g["instances"]:

@@ -300,6 +300,18 @@ def test_show_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "profile: 2g.20gb" in out
 
 
+def test_show_table_says_when_mig_waits_to_be_switched_off(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "node.json"
+    cdmo(capsys, "node", "show", *sim_args(state, "a100-40gb"))
+    doc = json.loads(state.read_text())
+    doc["gpus"][0]["mig"] = {"current": True, "pending": False}
+    state.write_text(json.dumps(doc))
+    code, out, _ = cdmo(capsys, "node", "show", *sim_args(state, None))
+    assert code == 0 and "pending disable" in out
+
+
 def test_show_needs_gpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = cdmo(capsys, "node", "show", "--backend", "simulated")
     assert code == 2 and "--sim-gpus" in err
