@@ -68,15 +68,16 @@ def _emit(data: Any, output: str) -> None:
 
 def build_show(backend: Any, in_use: Any) -> dict[str, Any]:
     """The ``node show`` document: status-shaped GPUs plus sizes and holders per instance."""
+    from cdmo.node_agent.backend import DEFAULT_RETRY
     from cdmo.node_agent.decide import gpu_holders, holders_of_instance
+    from cdmo.node_agent.observe import observe_node
     from cdmo.node_agent.status import build_gpu_entries
 
-    gpus = backend.list_gpus()
-    instances = {g.index: backend.list_instances(g.index) for g in gpus}
-    processes: dict[str, tuple[int, ...]] = {}
-    for g in gpus:
-        processes.update(backend.list_processes(g.index))
-    current = in_use.with_processes(processes)
+    # The agent's own read, with its retries of transient NVML errors.
+    observed = observe_node(backend, in_use, retry=DEFAULT_RETRY)
+    gpus = [observed.gpus[i] for i in sorted(observed.gpus)]
+    instances = {g.index: list(observed.instances[g.index]) for g in gpus}
+    current = observed.in_use
     entries = build_gpu_entries(gpus, instances, current)
     infos = {g.index: g for g in gpus}
     for entry in entries:

@@ -312,6 +312,19 @@ def test_show_table_says_when_mig_waits_to_be_switched_off(
     assert code == 0 and "pending disable" in out
 
 
+def test_show_retries_a_transient_nvml_error_as_the_agent_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It once failed at once with "NVML error UNKNOWN, will retry", and did not retry."""
+    state = tmp_path / "node.json"
+    cdmo(capsys, "node", "show", *sim_args(state, "h100-80gb"))
+    doc = json.loads(state.read_text())
+    doc["faults"] = [{"call": "nvmlDeviceGetGpuInstances", "rc": 999, "count": 1}]
+    state.write_text(json.dumps(doc))
+    code, out, err = cdmo(capsys, "node", "show", "-o", "json", *sim_args(state, None))
+    assert code == 0 and json.loads(out)["gpus"][0]["model"] == "h100-80gb", err
+
+
 def test_show_needs_gpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = cdmo(capsys, "node", "show", "--backend", "simulated")
     assert code == 2 and "--sim-gpus" in err
