@@ -12,21 +12,36 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 from collections.abc import Mapping
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.events import (
+    AliasEvent,
+    CollectionEndEvent,
+    CollectionStartEvent,
+    DocumentStartEvent,
+    ScalarEvent,
+)
 
 from cdmo.errors import CdmoError, InvalidInput
 from cdmo.mig.catalog import get_model
-from cdmo.output import build_table, print_json, print_table
+from cdmo.output import build_table, print_table
 from cdmo.translate.jsonpatch import apply_patch
 from cdmo.translate.pods import Translation, selected_products, translate_pod
 
 #: A Kubernetes object is at most about 1.5 MiB in etcd; anything far larger is not a pod file.
 MAX_FILE_BYTES = 4 << 20
+#: Deepest nesting of a document: a pod template in a CronJob is about 15 levels deep; the
+#: bound keeps the loader, deepcopy and the JSON writer off Python's recursion limit.
+MAX_DEPTH = 100
+#: Most values (scalars, mappings, lists) in one document, each YAML alias counted as the values
+#: it repeats: nine nested aliases of ten repeat a value 10^9 times from a few hundred bytes.
+MAX_VALUES = 1 << 20
 
 
 class Refused(CdmoError):
@@ -53,6 +68,65 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: libyaml's safe loader where PyYAML has it (the same data as yaml.safe_load, ten times faster
+#: on a large file), else PyYAML's own.
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _check_expansion(text: str, name: str) -> None:
+    """Refuse, before any data is built, a document too deep, too large once expanded, or cyclic.
+
+    The file's size bounds what it writes, not what it means: an alias (``*a``) repeats its
+    anchor's whole value, and an alias inside its own anchor makes a value that holds itself.
+    The output writers expand both (JSON without end), so the events are counted first.
+    """
+    hint = "a pod manifest needs no YAML anchors (&a) or aliases (*a); write the values out"
+    doc = 0
+    #: Values under each closed anchor of this document, its own included.
+    sizes: dict[str | None, int] = {}
+    #: The open mappings and lists, outermost first: their anchors and values so far.
+    anchors: list[str | None] = []
+    counts: list[int] = []
+    for event in yaml.parse(text, Loader=_LOADER):
+        size = 0
+        if isinstance(event, DocumentStartEvent):
+            doc += 1
+            sizes = {}  # anchors name values only within their document
+        elif isinstance(event, CollectionStartEvent):
+            if len(counts) >= MAX_DEPTH:
+                raise InvalidInput(
+                    f"{name}: document {doc} is nested more than {MAX_DEPTH} levels deep",
+                    hint="give a pod manifest",
+                )
+            anchors.append(event.anchor)
+            counts.append(1)
+        elif isinstance(event, CollectionEndEvent):
+            anchor, size = anchors.pop(), counts.pop()
+            if anchor is not None:
+                sizes[anchor] = size
+        elif isinstance(event, ScalarEvent):
+            size = 1
+            if event.anchor is not None:
+                sizes[event.anchor] = 1
+        elif isinstance(event, AliasEvent):
+            if event.anchor in anchors:
+                raise InvalidInput(
+                    f"{name}: document {doc}: alias *{event.anchor} stands inside its own anchor"
+                    " (a value that holds itself)",
+                    hint=hint,
+                )
+            # An alias of no anchor is the loader's error to report, with its line.
+            size = sizes.get(event.anchor, 1)
+        if size and counts:
+            counts[-1] += size
+            if counts[-1] > MAX_VALUES:
+                raise InvalidInput(
+                    f"{name}: document {doc} holds more than {MAX_VALUES} values"
+                    " once its YAML aliases are expanded",
+                    hint=hint,
+                )
+
+
 def _read(source: str) -> list[Any]:
     if source == "-":
         text = sys.stdin.read(MAX_FILE_BYTES + 1)
@@ -77,7 +151,8 @@ def _read(source: str) -> list[Any]:
     if len(text) > MAX_FILE_BYTES:
         raise InvalidInput(f"{name}: larger than {MAX_FILE_BYTES >> 20} MiB; give a single pod's manifest")
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        _check_expansion(text, name)
+        docs = [d for d in yaml.load_all(text, Loader=_LOADER) if d is not None]
     except yaml.YAMLError as exc:
         raise InvalidInput(f"{name}: not YAML or JSON ({str(exc).splitlines()[0]})") from None
     if not docs:
@@ -88,15 +163,34 @@ def _read(source: str) -> list[Any]:
     return docs
 
 
+def _need(value: Any, kind: type, path: str, where: str) -> None:
+    """Refuse ``value`` at ``path`` unless it is absent or a ``kind`` (dict or list)."""
+    if value is not None and not isinstance(value, kind):
+        shape = "a mapping" if kind is dict else "a list"
+        raise InvalidInput(f"{where}: {path} must be {shape}, not {type(value).__name__}")
+
+
 def _template_path(obj: Mapping[str, Any]) -> tuple[str, ...] | None:
-    """Where the pod is in ``obj``: () for a Pod, the pod template's path for workloads."""
+    """Where the pod is in ``obj``: () for a Pod, the pod template's path for workloads.
+
+    Refuses, naming the field, a workload whose parts on the way to its pod are not mappings
+    (the pod itself is _check_shape's).
+    """
     if obj.get("kind") == "Pod":
         return ()
+    kind = obj.get("kind")
+    where = f"the {kind}" if isinstance(kind, str) and kind else "the object"
+    _need(obj.get("metadata"), dict, "metadata", where)
+    _need(obj.get("spec"), dict, "spec", where)
     spec = obj.get("spec") or {}
-    if isinstance(spec.get("template"), Mapping):
+    if spec.get("template") is not None:
+        _need(spec["template"], dict, "spec.template", where)
         return ("spec", "template")
+    _need(spec.get("jobTemplate"), dict, "spec.jobTemplate", where)
+    _need((spec.get("jobTemplate") or {}).get("spec"), dict, "spec.jobTemplate.spec", where)
     job = (spec.get("jobTemplate") or {}).get("spec") or {}
-    if isinstance(job.get("template"), Mapping):
+    if job.get("template") is not None:
+        _need(job["template"], dict, "spec.jobTemplate.spec.template", where)
         return ("spec", "jobTemplate", "spec", "template")
     return None
 
@@ -124,9 +218,7 @@ def _check_shape(pod: Mapping[str, Any], where: str) -> None:
     """
 
     def need(value: Any, kind: type, path: str) -> None:
-        if value is not None and not isinstance(value, kind):
-            shape = "a mapping" if kind is dict else "a list"
-            raise InvalidInput(f"{where}: {path} must be {shape}, not {type(value).__name__}")
+        _need(value, kind, path, where)
 
     need(pod.get("metadata"), dict, "metadata")
     for key in ("labels", "annotations"):
@@ -140,6 +232,23 @@ def _check_shape(pod: Mapping[str, Any], where: str) -> None:
             need(container.get("resources"), dict, f"spec.{kind}[{i}].resources")
             for part in ("limits", "requests"):
                 need((container.get("resources") or {}).get(part), dict, f"spec.{kind}[{i}].resources.{part}")
+    # The GPU model the pod selects: its node selector and required node affinity.
+    need(spec.get("nodeSelector"), dict, "spec.nodeSelector")
+    need(spec.get("affinity"), dict, "spec.affinity")
+    node_affinity = (spec.get("affinity") or {}).get("nodeAffinity")
+    need(node_affinity, dict, "spec.affinity.nodeAffinity")
+    path = "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+    required = (node_affinity or {}).get("requiredDuringSchedulingIgnoredDuringExecution")
+    need(required, dict, path)
+    terms = (required or {}).get("nodeSelectorTerms")
+    need(terms, list, f"{path}.nodeSelectorTerms")
+    for i, term in enumerate(terms or []):
+        need(term, dict, f"{path}.nodeSelectorTerms[{i}]")
+        exprs = term.get("matchExpressions")
+        need(exprs, list, f"{path}.nodeSelectorTerms[{i}].matchExpressions")
+        for j, expr in enumerate(exprs or []):
+            need(expr, dict, f"{path}.nodeSelectorTerms[{i}].matchExpressions[{j}]")
+            need(expr.get("values"), list, f"{path}.nodeSelectorTerms[{i}].matchExpressions[{j}].values")
 
 
 def translate_object(obj: dict[str, Any], model: str | None) -> tuple[dict[str, Any], Translation]:
@@ -178,7 +287,22 @@ def translate_object(obj: dict[str, Any], model: str | None) -> tuple[dict[str, 
     return obj, result
 
 
+def _json_value(value: Any) -> str:
+    """A value JSON has no type for: YAML reads an unquoted 2024-01-01 as a date, Kubernetes as text."""
+    if isinstance(value, date):
+        return value.isoformat()
+    raise InvalidInput(
+        f"a value of type {type(value).__name__} in the manifest has no JSON form",
+        hint="quote it, or use -o yaml",
+    )
+
+
 def run(args: argparse.Namespace) -> int:
+    # An empty --model would read as no --model at all, and the pod then as one with no model.
+    if args.model is not None and not args.model.strip():
+        raise InvalidInput(
+            "--model is empty", hint="name a GPU model, e.g. --model h100-80gb (cdmo profiles lists them)"
+        )
     docs = _read(args.pod)
     results = [translate_object(dict(doc), args.model) for doc in docs]
     if args.output == "table":
@@ -194,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
         objs = [obj for obj, _ in results]
         # A manifest: its keys (label keys such as gpu_fraction) are data, never renamed.
         doc = objs[0] if len(objs) == 1 else {"apiVersion": "v1", "kind": "List", "items": objs}
-        print_json(doc, camel=False)
+        sys.stdout.write(json.dumps(doc, indent=2, default=_json_value) + "\n")
         for _, t in results:
             print(f"cdmo: {t.reason}", file=sys.stderr)
         return 0

@@ -14,9 +14,10 @@ Pure: reads a pod as a plain dict; imports nothing of Kubernetes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
@@ -35,6 +36,12 @@ GPU_RESOURCE = "nvidia.com/gpu"
 #: Longest value accepted for a number (a label or annotation is bounded anyway; this keeps
 #: Decimal from parsing absurd inputs such as "1e999999").
 _MAX_NUMBER_TEXT = 32
+#: A number as the source systems write one: ASCII digits, an optional sign, a decimal point
+#: and an exponent. Decimal alone also takes "1_0" (as 10), Arabic-Indic and other non-ASCII
+#: digits, "Infinity" and "NaN", none of which anyone means as a share of a GPU.
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+#: What to write instead of an unreadable fraction.
+FRACTION_HINT = "write it like 0.25"
 
 
 class InvalidAsk(InvalidInput):
@@ -58,17 +65,21 @@ class Ask:
     devices: int = 1
 
 
-def parse_number(text: Any, what: str) -> Fraction:
-    """An exact fraction from a label, annotation or quantity (``"0.250"``, ``25``, ``"1.000"``)."""
+def parse_number(text: Any, what: str, hint: str = FRACTION_HINT) -> Fraction:
+    """An exact fraction from a label, annotation or quantity (``"0.250"``, ``25``, ``"1.000"``).
+
+    ``hint`` says what to write instead; the default suits a fraction.
+    """
     raw = str(text).strip()
-    if not raw or len(raw) > _MAX_NUMBER_TEXT:
-        raise InvalidAsk(f"{what} {raw[:_MAX_NUMBER_TEXT]!r} is not a number", hint="write it like 0.25")
-    try:
-        value = Decimal(raw)
-    except InvalidOperation:
-        raise InvalidAsk(f"{what} {raw!r} is not a number", hint="write it like 0.25") from None
-    if not value.is_finite() or value.adjusted() > 6:
-        raise InvalidAsk(f"{what} {raw!r} is not a usable number", hint="write it like 0.25")
+    if len(raw) > _MAX_NUMBER_TEXT:
+        raise InvalidAsk(f"{what} {raw[:_MAX_NUMBER_TEXT]!r}... is not a number", hint=hint)
+    if not _NUMBER.fullmatch(raw):
+        raise InvalidAsk(f"{what} {raw!r} is not a number", hint=hint)
+    value = Decimal(raw)
+    # From 10^7 up nothing is a share, MiB or count of GPUs; below 10^-32 nothing is written out
+    # in 32 characters, and Fraction would build a 10^N denominator for "1e-N" (minutes for N=10^8).
+    if not -_MAX_NUMBER_TEXT <= value.adjusted() <= 6:
+        raise InvalidAsk(f"{what} {raw!r} is not a usable number", hint=hint)
     return Fraction(value)
 
 
@@ -85,10 +96,14 @@ def _resource(container: Mapping[str, Any], name: str) -> Any | None:
     return None
 
 
-def _whole_number(value: Any, what: str) -> int:
-    number = parse_number(value, what)
-    if number.denominator != 1 or number < 0:
-        raise InvalidAsk(f"{what} {value!r} is not a whole number")
+def _whole_number(value: Any, what: str, hint: str) -> int:
+    """A count or an amount that must be whole and not negative; ``hint`` says how to write one."""
+    number = parse_number(value, what, hint)
+    raw = str(value).strip()
+    if number < 0:
+        raise InvalidAsk(f"{what} {raw!r} is negative", hint=hint)
+    if number.denominator != 1:
+        raise InvalidAsk(f"{what} {raw!r} is not a whole number", hint=hint)
     return int(number)
 
 
@@ -140,7 +155,9 @@ def read_asks(pod: Mapping[str, Any], rule: Rule = DEFAULT_RULE) -> list[Ask]:
         if replicas is not None:
             # CFGI before 1.3: N of the GPU's time-sliced replicas; the label stays the ask, and
             # the larger of the two is served, so the pod never gets less than either says.
-            n = _whole_number(replicas, f"resource {GPU_RESOURCE}")
+            n = _whole_number(
+                replicas, f"resource {GPU_RESOURCE}", "write a whole number of CFGI's replicas, e.g. 2"
+            )
             fraction = max(fraction, Fraction(n, rule.cfgi_replicas_per_gpu))
             original[GPU_RESOURCE] = str(replicas)
             remove = (GPU_RESOURCE,)
@@ -163,14 +180,18 @@ def read_asks(pod: Mapping[str, Any], rule: Rule = DEFAULT_RULE) -> list[Ask]:
             need = Need(fraction=parse_number(annotations[KAI_FRACTION], f"annotation {KAI_FRACTION}"))
             original[KAI_FRACTION] = str(annotations[KAI_FRACTION])
         if KAI_MEMORY in annotations:
-            mib = _whole_number(annotations[KAI_MEMORY], f"annotation {KAI_MEMORY}")
+            mib = _whole_number(
+                annotations[KAI_MEMORY], f"annotation {KAI_MEMORY}", "write whole MiB, e.g. 20480 for 20 GiB"
+            )
             need = _combine(need, Need(memory_mib=mib))
             original[KAI_MEMORY] = str(annotations[KAI_MEMORY])
         if name:
             original[KAI_CONTAINER] = name
         devices = 1
         if KAI_DEVICES in annotations:
-            devices = _whole_number(annotations[KAI_DEVICES], f"annotation {KAI_DEVICES}")
+            devices = _whole_number(
+                annotations[KAI_DEVICES], f"annotation {KAI_DEVICES}", "write a whole number of GPUs, e.g. 2"
+            )
             if not 1 <= devices <= MAX_WHOLE_GPUS:
                 raise InvalidAsk(
                     f"annotation {KAI_DEVICES}={annotations[KAI_DEVICES]!r} must be 1 to {MAX_WHOLE_GPUS}"
@@ -182,7 +203,7 @@ def read_asks(pod: Mapping[str, Any], rule: Rule = DEFAULT_RULE) -> list[Ask]:
         units = _resource(c, METAGPU_RESOURCE)
         if units is None:
             continue
-        n = _whole_number(units, f"resource {METAGPU_RESOURCE}")
+        n = _whole_number(units, f"resource {METAGPU_RESOURCE}", "write whole units (100 to a GPU), e.g. 25")
         add(
             index,
             "metagpu",

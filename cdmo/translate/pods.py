@@ -22,7 +22,16 @@ from cdmo.api import GPU_PRODUCT_LABEL
 from cdmo.mig.catalog import GpuModel, all_models, find_model
 from cdmo.mig.resources import RESOURCE_PREFIX, resource_from_profile
 from cdmo.translate.asks import KAI_DEVICES, Ask, read_asks
-from cdmo.translate.rule import DEFAULT_RULE, Choice, NoFit, Rule, choose_profile, describe_need
+from cdmo.translate.rule import (
+    DEFAULT_RULE,
+    MAX_WHOLE_GPUS,
+    Choice,
+    NoFit,
+    Rule,
+    choose_profile,
+    describe_need,
+    instance_limits,
+)
 
 #: Records the original ask and the choice on the pod (JSON list, one entry per container).
 ASK_ANNOTATION = "cdmo.clear.ml/fractional-ask"
@@ -148,9 +157,20 @@ def _serve(model: GpuModel, asks: Sequence[Ask], rule: Rule) -> list[Choice] | N
         if isinstance(result, NoFit):
             return result
         if ask.devices > 1:
+            count = result.count * ask.devices
+            # Each ask is bounded to MAX_WHOLE_GPUS on one GPU; on many GPUs the product must be too.
+            if count > MAX_WHOLE_GPUS:
+                max_fraction, max_memory = instance_limits(model)
+                return NoFit(
+                    model.key,
+                    f"{result.count} x {result.profile} on each of {ask.devices} GPUs ({KAI_DEVICES})"
+                    f" is {count} GPUs, more than {MAX_WHOLE_GPUS} for one pod",
+                    max_fraction,
+                    max_memory,
+                )
             result = replace(
                 result,
-                count=result.count * ask.devices,
+                count=count,
                 reason=f"{result.reason}; on each of {ask.devices} GPUs ({KAI_DEVICES})",
             )
         choices.append(result)

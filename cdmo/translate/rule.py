@@ -115,7 +115,7 @@ def describe_need(need: Need) -> str:
     return " and ".join(parts) or "nothing"
 
 
-def _limits(model: GpuModel) -> tuple[Fraction, int]:
+def instance_limits(model: GpuModel) -> tuple[Fraction, int]:
     """The largest fraction and memory one instance of ``model`` serves (a whole GPU)."""
     whole = whole_gpu_profile(model)
     return Fraction(1), profile_memory_mib(model, whole)[0]
@@ -127,7 +127,7 @@ def choose_profile(model: GpuModel, need: Need, rule: Rule = DEFAULT_RULE) -> Ch
     Invariants: the chosen profile has at least the asked share of compute and memory slices
     (as the rule enables them) and at least the asked MiB; it is never a variant profile.
     """
-    max_fraction, max_memory = _limits(model)
+    max_fraction, max_memory = instance_limits(model)
     if need.fraction is None and need.memory_mib is None:
         return NoFit(model.key, "the pod asks for no share of a GPU", max_fraction, max_memory)
     whole = whole_gpu_profile(model)

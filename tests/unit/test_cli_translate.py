@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,82 @@ def _write(tmp_path: Path, text: str) -> str:
             2,
             "spec.containers[0].resources.limits must be a mapping",
         ),
+        # Shapes the pod's model selection reads, and the way to a workload's pod template.
+        (
+            "kind: Pod\nmetadata: {name: p, labels: {clearml-injector/fraction: '0.5'}}\n"
+            "spec: {containers: [{name: c}], affinity: [1]}\n",
+            ["--model", "h100-80gb"],
+            2,
+            "the pod: spec.affinity must be a mapping, not list",
+        ),
+        (
+            "kind: Pod\nmetadata: {name: p, labels: {clearml-injector/fraction: '0.5'}}\n"
+            "spec: {containers: [{name: c}], affinity: {nodeAffinity:"
+            " {requiredDuringSchedulingIgnoredDuringExecution: {nodeSelectorTerms: [1]}}}}\n",
+            ["--model", "h100-80gb"],
+            2,
+            "requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0] must be a mapping, not int",
+        ),
+        (
+            "kind: Pod\nmetadata: {name: p, labels: {clearml-injector/fraction: '0.5'}}\n"
+            "spec: {containers: [{name: c}], affinity: {nodeAffinity:"
+            " {requiredDuringSchedulingIgnoredDuringExecution: {nodeSelectorTerms: [{matchExpressions:"
+            " [{key: nvidia.com/gpu.product, operator: In, values: 5}]}]}}}}\n",
+            ["--model", "h100-80gb"],
+            2,
+            "nodeSelectorTerms[0].matchExpressions[0].values must be a list, not int",
+        ),
+        (
+            "kind: Pod\nmetadata: {name: p, labels: {clearml-injector/fraction: '0.5'}}\n"
+            "spec: {containers: [{name: c}], nodeSelector: 7}\n",
+            ["--model", "h100-80gb"],
+            2,
+            "the pod: spec.nodeSelector must be a mapping, not int",
+        ),
+        (
+            "kind: CronJob\nmetadata: {name: j}\nspec: {jobTemplate: [1]}\n",
+            ["--model", "h100-80gb"],
+            2,
+            "the CronJob: spec.jobTemplate must be a mapping, not list",
+        ),
+        (
+            "kind: Deployment\nmetadata: {name: d}\nspec: [1]\n",
+            ["--model", "h100-80gb"],
+            2,
+            "the Deployment: spec must be a mapping, not list",
+        ),
+        (
+            "kind: Deployment\nmetadata: [1]\nspec: {template: {spec: {containers: [{name: c}]}}}\n",
+            ["--model", "h100-80gb"],
+            2,
+            "the Deployment: metadata must be a mapping, not list",
+        ),
+        (
+            "kind: Pod\nmetadata: {name: x, annotations: {gpu-fraction: '0.5'}}\nspec: {containers: [{name: m}]}\n",
+            ["--model", ""],
+            2,
+            "--model is empty",
+        ),
+        (
+            "kind: Pod\nmetadata: {name: x, annotations: {gpu-memory: 20Gi}}\nspec: {containers: [{name: m}]}\n",
+            ["--model", "h100-80gb"],
+            2,
+            "'20Gi' is not a number; write whole MiB, e.g. 20480",
+        ),
+        (
+            "kind: Pod\nmetadata: {name: x, labels: {clearml-injector/fraction: '1_0'}}\n"
+            "spec: {containers: [{name: m}]}\n",
+            ["--model", "h100-80gb"],
+            2,
+            "'1_0' is not a number",
+        ),
+        (
+            "kind: Pod\nmetadata: {name: x, annotations: {gpu-fraction: '64', gpu-fraction-num-devices: '64'}}\n"
+            "spec: {containers: [{name: m}]}\n",
+            ["--model", "h100-80gb"],
+            1,
+            "is 4096 GPUs, more than 64 for one pod",
+        ),
     ],
     ids=[
         "missing",
@@ -192,6 +269,17 @@ def _write(tmp_path: Path, text: str) -> str:
         "container-not-a-mapping",
         "containers-not-a-list",
         "limits-not-a-mapping",
+        "affinity-not-a-mapping",
+        "selector-term-not-a-mapping",
+        "expression-values-not-a-list",
+        "node-selector-not-a-mapping",
+        "job-template-not-a-mapping",
+        "workload-spec-not-a-mapping",
+        "workload-metadata-not-a-mapping",
+        "empty-model",
+        "memory-with-a-unit",
+        "underscored-fraction",
+        "num-devices-times-ask-too-large",
     ],
 )
 def test_bad_input_gives_one_line_and_an_exit_code(
@@ -203,3 +291,75 @@ def test_bad_input_gives_one_line_and_an_exit_code(
     assert captured.out == ""
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and words in lines[0] and "Traceback" not in captured.err
+
+
+def _laughs(levels: int) -> str:
+    """A pod whose spec repeats "lol" 10^levels times through nested YAML aliases (billion laughs)."""
+    lines = [
+        "kind: Pod",
+        "metadata: {name: p, annotations: {gpu-fraction: '0.5'}}",
+        "spec:",
+        "  containers: [{name: c}]",
+        "  a0: &a0 lol",
+    ]
+    lines += [f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("output", ["yaml", "json", "table"])
+def test_an_alias_bomb_is_refused_at_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, output: str
+) -> None:
+    """Nine levels of ten aliases: 10^9 values from 300 bytes (-o json took 30 s and 3.6 GB)."""
+    start = time.monotonic()
+    assert main(["translate", _write(tmp_path, _laughs(9)), "--model", "h100-80gb", "-o", output]) == 2
+    assert time.monotonic() - start < 5
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
+    assert "more than 1048576 values once its YAML aliases are expanded" in captured.err
+
+
+def test_aliases_within_the_bound_are_read_as_yaml_means_them(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    rc, pod, _ = run_json(capsys, _write(tmp_path, _laughs(2)), "--model", "h100-80gb")
+    assert rc == 0 and pod["spec"]["a2"] == [["lol"] * 10] * 10
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (
+            "kind: Pod\nmetadata: &m {name: p, annotations: {gpu-fraction: '0.5'}, labels: {x: *m}}\n"
+            "spec: {containers: [{name: c}]}\n",
+            "alias *m stands inside its own anchor",
+        ),
+        (
+            "kind: Pod\nmetadata: {name: p, annotations: {gpu-fraction: '0.5'}}\n"
+            "spec: {containers: [{name: c}], x: " + "[" * 150 + "]" * 150 + "}\n",
+            "nested more than 100 levels deep",
+        ),
+        (
+            "kind: Pod\nmetadata: {name: p, labels: {x: !!binary aGVsbG8=}, annotations: {gpu-fraction: '0.5'}}\n"
+            "spec: {containers: [{name: c}]}\n",
+            "a value of type bytes in the manifest has no JSON form",
+        ),
+    ],
+    ids=["cycle", "deep", "binary"],
+)
+def test_documents_the_output_cannot_write_are_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str, words: str
+) -> None:
+    rc, _, err = run_json(capsys, _write(tmp_path, text), "--model", "h100-80gb")
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and words in lines[0]
+
+
+def test_an_unquoted_date_is_written_as_its_text(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """YAML reads 2024-01-01 as a date, which JSON has no type for; Kubernetes reads it as text."""
+    text = (
+        "kind: Pod\nmetadata: {name: p, labels: {since: 2024-01-01}, annotations: {gpu-fraction: '0.5'}}\n"
+        "spec: {containers: [{name: c}]}\n"
+    )
+    rc, pod, _ = run_json(capsys, _write(tmp_path, text), "--model", "h100-80gb")
+    assert rc == 0 and pod["metadata"]["labels"]["since"] == "2024-01-01"

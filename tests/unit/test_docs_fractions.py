@@ -10,9 +10,11 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
+import pytest
 import yaml
 
 from cdmo.mig.catalog import get_model
+from cdmo.translate.asks import InvalidAsk, parse_number
 from cdmo.translate.pods import translate_pod
 from cdmo.translate.rule import Choice, Need, choose_profile
 from cdmo.translate.tables import BEGIN, END, build_tables, render_doc
@@ -99,3 +101,20 @@ def test_cfgi_agent_values_kept_unchanged_translate_as_the_table_says() -> None:
             json.loads(result.patch[-1]["value"]["cdmo.clear.ml/fractional-ask"])[0]["profile"]
             == expected.profile
         )
+
+
+def _doc_numbers(kind: str) -> list[str]:
+    """The backquoted numbers the doc lists between its ``numbers:KIND`` markers."""
+    match = re.search(rf"<!-- numbers:{kind} -->(.*?)<!-- /numbers -->", DOC.read_text(), re.S)
+    assert match, f"the doc lost its numbers:{kind} list"
+    return re.findall(r"`([^`]+)`", match.group(1))
+
+
+def test_the_number_forms_the_doc_names_are_the_ones_read() -> None:
+    accepted, refused = _doc_numbers("accepted"), _doc_numbers("refused")
+    assert accepted and refused
+    for text in accepted:
+        parse_number(text, "x")
+    for text in refused:
+        with pytest.raises(InvalidAsk, match="is not a number"):
+            parse_number(text, "x")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from typing import Any
 
 import pytest
 
-from cdmo.translate.asks import InvalidAsk, read_asks
+from cdmo.translate.asks import InvalidAsk, parse_number, read_asks
 from cdmo.translate.jsonpatch import apply_patch
 from cdmo.translate.pods import ASK_ANNOTATION, REASON_ANNOTATION, selected_products, translate_pod
 from cdmo.translate.rule import Rule
@@ -203,10 +204,38 @@ def test_pods_left_alone(p: dict[str, Any], words: str) -> None:
         ),
         (
             pod(containers=[{"name": "m", "resources": {"limits": {"cnvrg.io/metagpu": "-5"}}}]),
-            "not a whole number",
+            "'-5' is negative; write whole units (100 to a GPU), e.g. 25",
+        ),
+        # A memory ask is whole MiB: the hint says so, never "like 0.25".
+        (pod(annotations={"gpu-memory": "20Gi"}), "'20Gi' is not a number; write whole MiB, e.g. 20480"),
+        (pod(annotations={"gpu-memory": "-5"}), "'-5' is negative; write whole MiB, e.g. 20480"),
+        (pod(annotations={"gpu-memory": "1e7"}), "'1e7' is not a usable number; write whole MiB"),
+        (pod(annotations={"gpu-memory": "1.5"}), "not a whole number; write whole MiB, e.g. 20480"),
+        (
+            pod(annotations={"gpu-fraction": "0.5", "gpu-fraction-num-devices": "two"}),
+            "'two' is not a number; write a whole number of GPUs, e.g. 2",
+        ),
+        (
+            pod(
+                labels={"clearml-injector/fraction": "0.25"},
+                containers=[{"name": "m", "resources": {"limits": {"nvidia.com/gpu": "1.5"}}}],
+            ),
+            "'1.5' is not a whole number; write a whole number of CFGI's replicas, e.g. 2",
         ),
     ],
-    ids=["cfgi-word", "kai-memory-decimal", "huge-exponent", "kai-container", "metagpu-negative"],
+    ids=[
+        "cfgi-word",
+        "kai-memory-decimal",
+        "huge-exponent",
+        "kai-container",
+        "metagpu-negative",
+        "kai-memory-unit",
+        "kai-memory-negative",
+        "kai-memory-huge",
+        "kai-memory-hint",
+        "kai-devices-word",
+        "cfgi-replicas-decimal",
+    ],
 )
 def test_unreadable_asks_raise_one_clear_error(p: dict[str, Any], words: str) -> None:
     with pytest.raises(InvalidAsk) as err:
@@ -248,3 +277,75 @@ def test_kai_num_devices_asks_for_as_many_mig_devices() -> None:
         translate_pod(
             pod(annotations={"gpu-fraction": "0.5", "gpu-fraction-num-devices": "0"}), {"h100-80gb": 1}
         )
+
+
+def test_kai_num_devices_times_the_ask_is_bounded_like_one_ask() -> None:
+    """64 whole GPUs on each of 64 GPUs is 4096 GPUs: refused as an ask of 65 GPUs is."""
+    big = pod(annotations={"gpu-fraction": "64", "gpu-fraction-num-devices": "64"})
+    result = translate_pod(big, {"h100-80gb": 1})
+    assert result.action == "refuse" and result.patch == ()
+    assert "is 4096 GPUs, more than 64 for one pod" in result.reason
+    over = translate_pod(
+        pod(annotations={"gpu-fraction": "2", "gpu-fraction-num-devices": "33"}), {"h100-80gb": 1}
+    )
+    assert over.action == "refuse" and "is 66 GPUs, more than 64" in over.reason
+    # At the bound itself the pod is served.
+    assert limits(mutate(pod(annotations={"gpu-fraction": "2", "gpu-fraction-num-devices": "32"}))) == {
+        "nvidia.com/mig-7g.80gb": "64"
+    }
+    assert limits(mutate(pod(annotations={"gpu-fraction": "0.5", "gpu-fraction-num-devices": "64"}))) == {
+        "nvidia.com/mig-4g.40gb": "64"
+    }
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1_0",
+        "0_5",
+        "\u0660.\u0665",
+        "\uff10.\uff15",
+        "Infinity",
+        "-inf",
+        "NaN",
+        "0x10",
+        "1/2",
+        "",
+        "1e",
+        ".",
+        "5%",
+    ],
+    ids=lambda t: repr(t),
+)
+def test_numbers_are_ascii_digits_sign_point_and_exponent_only(text: str) -> None:
+    """Decimal alone reads "1_0" as 10 and Arabic-Indic digits as 0.5; nobody writes an ask so."""
+    with pytest.raises(InvalidAsk, match=r"is not a number; write it like 0\.25"):
+        parse_number(text, "label clearml-injector/fraction")
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("0.25", "1/4"),
+        (".5", "1/2"),
+        ("5.", "5"),
+        ("+0.5", "1/2"),
+        ("2.5e-1", "1/4"),
+        ("1E2", "100"),
+        (" 25 ", "25"),
+    ],
+)
+def test_the_documented_number_forms_are_read_exactly(text: str, value: str) -> None:
+    assert parse_number(text, "x") == Fraction(value)
+
+
+def test_a_tiny_exponent_is_refused_at_once() -> None:
+    """Fraction("1e-99999999") builds a 10^99999999 denominator: minutes of CPU for one label."""
+    with pytest.raises(InvalidAsk, match="not a usable number"):
+        parse_number("1e-99999999", "annotation gpu-fraction")
+
+
+def test_a_pod_with_an_underscored_or_non_ascii_fraction_is_not_translated() -> None:
+    for text in ("1_0", "\u0660.\u0665"):
+        with pytest.raises(InvalidAsk, match="is not a number"):
+            translate_pod(pod(labels={"clearml-injector/fraction": text}), {"h100-80gb": 1})
