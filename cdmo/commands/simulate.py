@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from cdmo.output import console, emit, print_table
     from cdmo.sim.report import build_document, build_table, describe, write_plot
-    from cdmo.sim.scenario import check_scale, load_scenario, parse_duration
+    from cdmo.sim.scenario import check_policies, check_scale, load_scenario, parse_duration
     from cdmo.sim.workers import default_jobs
 
     if args.seed is not None and args.seed < 0:
@@ -75,7 +75,12 @@ def run(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario)
     if duration is not None:
         check_scale(scenario, duration, "--duration")
-    policies = args.policy or list(scenario.policies)
+    # Checked before the progress bar generates the workload to size itself.
+    policies = (
+        list(check_policies(args.policy, scenario.models, "--policy"))
+        if args.policy
+        else list(scenario.policies)
+    )
 
     report = _run_with_progress(scenario, policies, args.seed, duration, jobs, show=not args.no_progress)
     if args.output != "table":

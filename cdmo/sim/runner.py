@@ -10,7 +10,7 @@ from cdmo.config import OperatorConfig
 from cdmo.sim.engine import RunResult, Simulation
 from cdmo.sim.metrics import summarize
 from cdmo.sim.policies import make_policy
-from cdmo.sim.scenario import Scenario, check_policy
+from cdmo.sim.scenario import Scenario, check_policies
 from cdmo.sim.workers import PolicyWorkers, Progress
 from cdmo.sim.workload import PodSpec, generate_workload
 
@@ -57,9 +57,11 @@ def simulate(
     ``jobs`` > 1 runs up to that many policies at once in worker processes
     (:mod:`cdmo.sim.workers`); every figure but the measured times is the same as with 1.
     """
-    names = tuple(policies) if policies else scenario.policies
-    for i, name in enumerate(names):
-        check_policy(name, scenario.models, f"--policy[{i}]" if policies else f"policies[{i}]")
+    names = check_policies(
+        tuple(policies) if policies else scenario.policies,
+        scenario.models,
+        "--policy" if policies else "policies",
+    )
     use_seed = scenario.seed if seed is None else seed
     horizon = scenario.duration if duration is None else duration
     runs: dict[str, RunResult] = {}

@@ -11,6 +11,7 @@ See docs/simulate.md for the format with examples.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from cdmo.api import MAX_GPUS_PER_NODE
 from cdmo.config import OperatorConfig
 from cdmo.errors import CdmoError, InvalidInput
 from cdmo.mig.catalog import GpuModel, find_model, model_keys
@@ -40,6 +42,21 @@ MAX_GPUS = 100_000
 MAX_NODES = 20_000
 MAX_PODS = 2_000_000
 MAX_DURATION_SECONDS = 31 * 24 * 3600.0
+#: Any time a scenario or trace gives (a pod's duration, a stream's start, a time-model step):
+#: about 31 years. Far beyond any run, and small enough that summing a run's work (offered load:
+#: slices x count x duration of up to MAX_PODS pods) stays a finite number in the JSON.
+MAX_TIME_SECONDS = 1e9
+#: The scheduler's retry, the batch windows and first-fit's requeue are intervals the engine
+#: waits again and again; below 10 ms they only multiply events (a 1 us requeue turns a one-hour
+#: run into minutes) and change no decision a cluster could make. The defaults are 1 to 60 s.
+MIN_INTERVAL_SECONDS = 0.01
+#: A lognormal duration's sigma: at 10 the 99th percentile is already 10^10 times the median;
+#: real job durations are about 0.5 to 2. Far above, drawing a duration overflows a float.
+MAX_SIGMA = 10.0
+#: Devices one pod asks for, all on one node: no node here holds more than 64 GPUs of at most
+#: 7 instances each, so a pod beyond a few hundred can never start; this bound only stops typos
+#: (count: 10**400) before they overflow the offered-load sum.
+MAX_POD_DEVICES = 10_000
 
 
 class InvalidScenario(InvalidInput):
@@ -174,8 +191,12 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h|d)?\s*$")
 _UNIT = {None: 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-def parse_duration(value: Any, path: str, *, allow_zero: bool = False) -> float:
-    """Seconds from a number or a string like ``90``, ``30s``, ``10m``, ``2h``, ``1d``."""
+def parse_duration(value: Any, path: str, *, allow_zero: bool = False, minimum: float | None = None) -> float:
+    """Seconds from a number or a string like ``90``, ``30s``, ``10m``, ``2h``, ``1d``.
+
+    Finite and at most MAX_TIME_SECONDS (an infinite duration would reach the JSON output as
+    ``Infinity``, which is not JSON); at least ``minimum`` when given.
+    """
     if isinstance(value, bool):
         raise InvalidScenario(path, f"{value!r} is not a duration", hint="write seconds or 30s, 10m, 2h, 1d")
     if isinstance(value, int | float):
@@ -186,7 +207,29 @@ def parse_duration(value: Any, path: str, *, allow_zero: bool = False) -> float:
         raise InvalidScenario(path, f"{value!r} is not a duration", hint="write seconds or 30s, 10m, 2h, 1d")
     if seconds < 0 or (seconds == 0 and not allow_zero) or seconds != seconds:
         raise InvalidScenario(path, f"{value!r} must be {'>= 0' if allow_zero else '> 0'}")
+    if math.isinf(seconds):
+        raise InvalidScenario(path, f"{value!r} must be finite", hint="write seconds or 30s, 10m, 2h, 1d")
+    if seconds > MAX_TIME_SECONDS:
+        raise InvalidScenario(
+            path, f"{_short(value)} is more than the limit of {MAX_TIME_SECONDS:g} s (about 31 years)"
+        )
+    if minimum is not None and seconds < minimum:
+        raise InvalidScenario(
+            path,
+            f"{value!r} must be at least {minimum:g} s",
+            hint="shorter intervals only multiply simulated events; see the bounds in docs/simulate.md",
+        )
     return seconds
+
+
+def _short(value: Any) -> str:
+    """``value`` for a message, cut short: a typo can be a number of hundreds of digits."""
+    text = (
+        repr(value)
+        if not isinstance(value, int) or abs(value) < 10**30
+        else f"a {len(str(value))}-digit number"
+    )
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _mapping(value: Any, path: str) -> Mapping[str, Any]:
@@ -211,21 +254,41 @@ def _kind(value: Any) -> str:
     )
 
 
-def _number(value: Any, path: str, *, minimum: float | None = None, positive: bool = False) -> float:
+def _number(
+    value: Any,
+    path: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    positive: bool = False,
+) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise InvalidScenario(path, f"expected a number, got {_kind(value)} {value!r}")
-    if positive and value <= 0:
-        raise InvalidScenario(path, f"must be > 0, got {value}")
-    if minimum is not None and value < minimum:
-        raise InvalidScenario(path, f"must be >= {minimum}, got {value}")
-    return float(value)
+        raise InvalidScenario(path, f"expected a number, got {_kind(value)} {_short(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int of hundreds of digits: no float holds it
+        raise InvalidScenario(path, f"{_short(value)} is too large a number") from None
+    if positive and number <= 0:
+        raise InvalidScenario(path, f"must be > 0, got {_short(value)}")
+    if minimum is not None and number < minimum:
+        raise InvalidScenario(path, f"must be >= {minimum}, got {_short(value)}")
+    # inf would reach random.choices (which refuses it) or the JSON output (where it is not JSON).
+    if math.isinf(number):
+        raise InvalidScenario(path, f"must be finite, got {_short(value)}")
+    if maximum is not None and number > maximum:
+        raise InvalidScenario(path, f"must be at most {maximum:g}, got {_short(value)}")
+    return number
 
 
-def _integer(value: Any, path: str, *, minimum: int | None = None) -> int:
+def _integer(
+    value: Any, path: str, *, minimum: int | None = None, maximum: int | None = None, why: str = ""
+) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidScenario(path, f"expected a whole number, got {_kind(value)} {value!r}")
+        raise InvalidScenario(path, f"expected a whole number, got {_kind(value)} {_short(value)}")
     if minimum is not None and value < minimum:
-        raise InvalidScenario(path, f"must be >= {minimum}, got {value}")
+        raise InvalidScenario(path, f"must be >= {minimum}, got {_short(value)}")
+    if maximum is not None and value > maximum:
+        raise InvalidScenario(path, f"{_short(value)} is more than the limit of {maximum:,}{why}")
     return value
 
 
@@ -292,11 +355,30 @@ def _parse_fleet(raw: Any, path: str) -> tuple[NodeGroup, ...]:
 #: Fractional asks a mix item or trace row may give instead of a profile or queue, as the
 #: webhook would translate them (docs/coming-from-fractions.md): key -> what it is.
 FRACTIONAL_KEYS = ("fraction", "gpu_memory", "metagpu")
+#: How to write each fractional ask when its value is not a number.
+_ASK_HINTS = {
+    "fraction": "write a share of one GPU, e.g. 0.25",
+    "gpu_memory": "write whole MiB, e.g. 20480",
+    "metagpu": "write MetaGPU units of 100 per GPU, e.g. 25",
+}
+
+
+def _model_of_fleet(fleet_models: Sequence[GpuModel], model: Any, path: str) -> GpuModel:
+    """The GPU model ``model`` names, which must be one of the fleet's: a queue or fractional ask
+    resolved on another model gives a profile no node may offer (and nothing to measure it by)."""
+    gpu_model = _parse_model(model, path)
+    if gpu_model.key not in {m.key for m in fleet_models}:
+        raise InvalidScenario(
+            path,
+            f"{gpu_model.key} is not in the fleet",
+            hint="the fleet's models are " + ", ".join(m.key for m in fleet_models),
+        )
+    return gpu_model
 
 
 def _fleet_model(fleet_models: Sequence[GpuModel], model: Any, path: str, what: str) -> GpuModel:
     if model is not None:
-        return _parse_model(model, _join(path, "model"))
+        return _model_of_fleet(fleet_models, model, _join(path, "model"))
     if len(fleet_models) == 1:
         return fleet_models[0]
     raise InvalidScenario(
@@ -320,7 +402,8 @@ def _fractional_profile(
     try:
         number = parse_number(raw, key)
     except InvalidAsk as exc:
-        raise InvalidScenario(where, exc.message, hint=exc.hint) from None
+        # parse_number's hint is written for fractions ("like 0.25"); here each key has its unit.
+        raise InvalidScenario(where, exc.message, hint=_ASK_HINTS.get(key, exc.hint)) from None
     if key == "gpu_memory":
         if number.denominator != 1:
             raise InvalidScenario(where, f"{raw!r} is not a whole number of MiB")
@@ -381,7 +464,7 @@ def resolve_profile(
             _join(path, "queue"), f"unknown queue {qname!r}", hint="queues are " + ", ".join(QUEUE_SLICES)
         )
     if model is not None:
-        gpu_model = _parse_model(model, _join(path, "model"))
+        gpu_model = _model_of_fleet(fleet_models, model, _join(path, "model"))
     elif len(fleet_models) == 1:
         gpu_model = fleet_models[0]
     else:
@@ -402,7 +485,7 @@ def _parse_lognormal(raw: Any, path: str) -> Lognormal:
         if "median" not in raw:
             raise InvalidScenario(_join(path, "median"), "is required")
         median = parse_duration(raw["median"], _join(path, "median"))
-        sigma = _number(raw.get("sigma", 0.0), _join(path, "sigma"), minimum=0.0)
+        sigma = _number(raw.get("sigma", 0.0), _join(path, "sigma"), minimum=0.0, maximum=MAX_SIGMA)
         cap = parse_duration(raw["max"], _join(path, "max")) if raw.get("max") is not None else None
         return Lognormal(median, sigma, cap)
     return Lognormal(parse_duration(raw, path), 0.0)
@@ -434,12 +517,21 @@ def _parse_mix(raw: Any, path: str, fleet_models: Sequence[GpuModel]) -> tuple[M
             MixItem(
                 profile=profile,
                 weight=_number(data.get("weight", 1), _join(p, "weight"), positive=True),
-                count=_integer(data.get("count", 1), _join(p, "count"), minimum=1),
+                count=_integer(
+                    data.get("count", 1),
+                    _join(p, "count"),
+                    minimum=1,
+                    maximum=MAX_POD_DEVICES,
+                    why=" devices per pod",
+                ),
                 duration=_parse_lognormal(data["duration"], _join(p, "duration")),
                 priority=_integer(data.get("priority", 0), _join(p, "priority")),
                 label=label,
             )
         )
+    # Each weight is finite, but random.choices refuses weights whose total is not.
+    if not math.isfinite(sum(m.weight for m in items)):
+        raise InvalidScenario(path, "the weights add up to more than a number holds", hint="scale them down")
     return tuple(items)
 
 
@@ -474,6 +566,13 @@ def _parse_workload(
         trace = base_dir / _string(data["trace"], _join(path, "trace"))
         if not trace.is_file():
             raise InvalidScenario(_join(path, "trace"), f"no such file: {trace}")
+        from cdmo.sim.workload import check_trace_rows  # workload imports this module
+
+        # A trace past the pod limit is refused here, with the scenario, before a worker starts.
+        try:
+            check_trace_rows(trace)
+        except InvalidScenario as exc:
+            raise InvalidScenario(_join(path, "trace"), exc.message, hint=exc.hint) from None
         return (), trace
     if "mix" in data:
         return (
@@ -513,14 +612,22 @@ def check_policy(name: str, fleet_models: Sequence[GpuModel], path: str = "polic
     )
 
 
+def check_policies(names: Sequence[str], fleet_models: Sequence[GpuModel], path: str) -> tuple[str, ...]:
+    """``names`` if each can run on the fleet and none is given twice (a policy's results are
+    keyed by its name, so a second run of it has nowhere to go); ``path`` names the list."""
+    checked: list[str] = []
+    for i, name in enumerate(names):
+        where = f"{path}[{i}]"
+        check_policy(name, fleet_models, where)
+        if name in checked:
+            raise InvalidScenario(where, f"policy {name} is listed twice", hint="give each policy once")
+        checked.append(name)
+    return tuple(checked)
+
+
 def _parse_policies(raw: Any, path: str, fleet_models: Sequence[GpuModel]) -> tuple[str, ...]:
-    names = []
-    for i, item in enumerate(_sequence(raw, path)):
-        name = check_policy(_string(item, f"{path}[{i}]"), fleet_models, f"{path}[{i}]")
-        if name in names:
-            raise InvalidScenario(f"{path}[{i}]", f"policy {name} is listed twice")
-        names.append(name)
-    return tuple(names)
+    names = [_string(item, f"{path}[{i}]") for i, item in enumerate(_sequence(raw, path))]
+    return check_policies(names, fleet_models, path)
 
 
 def _parse_time_model(raw: Any, path: str) -> TimeModel:
@@ -554,10 +661,14 @@ def _parse_batch(raw: Any, path: str, defaults: BatchSettings, *, requeue: bool)
             _join(path, "refresh"), f"unknown refresh {refresh!r}", hint="use builtin, sighup or pod-restart"
         )
     idle = parse_duration(
-        data.get("batch_idle_seconds", defaults.batch_idle_seconds), _join(path, "batch_idle_seconds")
+        data.get("batch_idle_seconds", defaults.batch_idle_seconds),
+        _join(path, "batch_idle_seconds"),
+        minimum=MIN_INTERVAL_SECONDS,
     )
     most = parse_duration(
-        data.get("batch_max_seconds", defaults.batch_max_seconds), _join(path, "batch_max_seconds")
+        data.get("batch_max_seconds", defaults.batch_max_seconds),
+        _join(path, "batch_max_seconds"),
+        minimum=MIN_INTERVAL_SECONDS,
     )
     if most < idle:
         raise InvalidScenario(_join(path, "batch_max_seconds"), f"must be >= batch_idle_seconds ({idle:g})")
@@ -566,7 +677,9 @@ def _parse_batch(raw: Any, path: str, defaults: BatchSettings, *, requeue: bool)
         batch_max_seconds=most,
         refresh=refresh,
         requeue_seconds=parse_duration(
-            data.get("requeue_seconds", defaults.requeue_seconds), _join(path, "requeue_seconds")
+            data.get("requeue_seconds", defaults.requeue_seconds),
+            _join(path, "requeue_seconds"),
+            minimum=MIN_INTERVAL_SECONDS,
         ),
     )
 
@@ -608,7 +721,9 @@ def parse_scenario(data: Any, *, base_dir: Path | None = None, source: Path | No
         trace=trace,
         policies=_parse_policies(top.get("policies", list(DEFAULT_POLICIES)), "policies", models),
         time_model=_parse_time_model(top.get("time_model", {}), "time_model"),
-        retry_seconds=parse_duration(scheduler.get("retry_seconds", 1.0), "scheduler.retry_seconds"),
+        retry_seconds=parse_duration(
+            scheduler.get("retry_seconds", 1.0), "scheduler.retry_seconds", minimum=MIN_INTERVAL_SECONDS
+        ),
         dynamic=_parse_batch(top.get("dynamic", {}), "dynamic", default_dynamic_settings(), requeue=False),
         first_fit=_parse_batch(
             top.get("first_fit", {}), "first_fit", default_first_fit_settings(), requeue=True
@@ -616,6 +731,14 @@ def parse_scenario(data: Any, *, base_dir: Path | None = None, source: Path | No
         source=source,
     )
     check_scale(scenario)
+    # After check_scale, so that a fleet past the run's limits in all is told that first.
+    for i, group in enumerate(fleet):
+        _integer(
+            group.gpus,
+            f"fleet[{i}].gpus",
+            maximum=MAX_GPUS_PER_NODE,
+            why=" GPUs on one node (what the planner and node agent accept)",
+        )
     return scenario
 
 
@@ -659,17 +782,35 @@ def check_scale(scenario: Scenario, duration: float | None = None, duration_path
         )
 
 
+def read_text_file(path: Path, what: str) -> str:
+    """The text of ``path``; a file that is not UTF-8 text (a binary, an image) or cannot be read
+    is one clear InvalidScenario rather than a decoding error."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidScenario(
+            "",
+            f"{path} is not a UTF-8 text file (byte {exc.start} is not text)",
+            hint=f"give a {what} file in YAML" if what == "scenario" else "give a CSV, JSONL or YAML trace",
+        ) from None
+    except OSError as exc:
+        raise InvalidScenario("", f"cannot read {path}: {exc.strerror or exc}") from None
+
+
 def load_scenario(path: str | Path) -> Scenario:
     """Read and check a scenario file; raises InvalidScenario (exit 2 at the CLI) for any bad input."""
     p = Path(path)
     if not p.is_file():
         raise InvalidScenario("", f"no such scenario file: {p}", hint="try examples/clearml-queues.yaml")
+    text = read_text_file(p, "scenario")
     try:
-        data = load_yaml(p.read_text())
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise InvalidScenario("", f"{p} is not valid YAML{where}") from None
+    except ValueError as exc:  # int() of a scalar of thousands of digits, past Python's limit
+        raise InvalidScenario("", f"{p} is not valid YAML: {str(exc).split(';')[0]}") from None
     if data is None:
         raise InvalidScenario("", f"{p} is empty", hint="see docs/simulate.md for the scenario format")
     try:

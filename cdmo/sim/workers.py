@@ -205,6 +205,10 @@ class PolicyWorkers:
         :func:`cdmo.sim.runner.run_policy` would give in this process (its ``pods`` are the
         replayed pods, as there; only wall and CPU times differ). The dynamic policies go to the
         workers first, then first-fit, then the static layouts."""
+        if len(set(names)) != len(names):
+            # Runs come back keyed by policy name: a name given twice would leave this loop
+            # waiting for a run that can never arrive (the CLI refuses it before, with exit 2).
+            raise ValueError(f"policies must be distinct, got {list(names)}")
         rows = pods_to_rows(pods)
         todo = sorted(names, key=_cost_rank)  # stable: the scenario's order within a rank
         if progress is not None and not self._with_progress:

@@ -11,7 +11,7 @@ import csv
 import json
 import math
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,16 @@ from typing import Any
 import yaml
 
 from cdmo.mig.catalog import GpuModel
-from cdmo.sim.scenario import InvalidScenario, Lognormal, Scenario, Stream, parse_duration, resolve_profile
+from cdmo.sim import scenario as _limits
+from cdmo.sim.scenario import (
+    InvalidScenario,
+    Lognormal,
+    Scenario,
+    Stream,
+    parse_duration,
+    read_text_file,
+    resolve_profile,
+)
 from cdmo.yamlload import load_yaml
 
 
@@ -139,48 +148,127 @@ _TRACE_FIELDS = (
 )
 
 
-def _read_rows(path: Path) -> list[tuple[str, Mapping[str, Any]]]:
-    """(where, row) pairs; ``where`` names the row for error messages."""
+def _lines(path: Path) -> Iterator[str]:
+    """The lines of a text file as ``str.splitlines`` gives them, read as they are needed, so a
+    trace past the pod limit is refused after MAX_PODS rows rather than after reading it all."""
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for chunk in fh:
+                # splitlines again: it also splits where the file iterator does not (\f, \x1c,
+                # \u2028, ...), so rows are what reading the whole text used to give.
+                yield from chunk.splitlines()
+    except UnicodeDecodeError as exc:
+        raise InvalidScenario(
+            str(path),
+            f"not a UTF-8 text file (byte {exc.start} of a line is not text)",
+            hint="give a CSV, JSONL or YAML trace",
+        ) from None
+    except OSError as exc:
+        raise InvalidScenario(str(path), f"cannot read it: {exc.strerror or exc}") from None
+
+
+def _too_many(path: Path) -> InvalidScenario:
+    return InvalidScenario(
+        str(path),
+        f"more than {_limits.MAX_PODS:,} pods, the limit of one run",
+        hint="split the trace, or keep the rows before the end of the run; see the limits in docs/simulate.md",
+    )
+
+
+def _csv_lines(path: Path) -> Iterator[str]:
+    return (line for line in _lines(path) if line.strip() and not line.startswith("#"))
+
+
+def check_trace_rows(path: Path) -> None:
+    """Refuse a CSV or JSONL trace of more than MAX_PODS rows before any row is parsed.
+
+    Counting (CSV records, non-blank JSONL lines) reads the file once without checking a field,
+    about a second for two million rows, where parsing them takes tens of seconds and hundreds
+    of MiB. YAML traces are counted when read (the whole document is parsed first anyway).
+    """
     suffix = path.suffix.lower()
-    text = path.read_text()
     if suffix == ".csv":
-        reader = csv.DictReader(
-            line for line in text.splitlines() if line.strip() and not line.startswith("#")
-        )
-        if not reader.fieldnames or "arrival" not in reader.fieldnames:
+        records = csv.reader(_csv_lines(path))
+        try:
+            for i, _ in enumerate(records):
+                if i > _limits.MAX_PODS:  # record 0 is the header
+                    raise _too_many(path)
+        except csv.Error as exc:
+            raise InvalidScenario(f"{path}: line {records.line_num}", f"not valid CSV ({exc})") from None
+    elif suffix == ".jsonl":
+        rows = 0
+        for line in _lines(path):
+            if line.strip():
+                rows += 1
+                if rows > _limits.MAX_PODS:
+                    raise _too_many(path)
+
+
+def _read_rows(path: Path) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """(where, row) pairs, read as they are needed; ``where`` names the row for error messages.
+
+    More than MAX_PODS rows are refused as soon as the next one is read.
+    """
+    suffix = path.suffix.lower()
+    limit = _limits.MAX_PODS
+    if suffix == ".csv":
+        reader = csv.DictReader(_csv_lines(path))
+        try:
+            fieldnames = reader.fieldnames
+        except csv.Error as exc:  # a field past csv's size limit, say
+            raise InvalidScenario(f"{path}: row 1", f"not valid CSV ({exc})") from None
+        if not fieldnames or "arrival" not in fieldnames:
             raise InvalidScenario(
                 str(path),
                 "a CSV trace needs a header row with at least arrival, duration and profile or queue",
             )
-        rows: list[tuple[str, Mapping[str, Any]]] = []
-        for i, row in enumerate(reader):
+        i = 0
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise InvalidScenario(f"{path}: row {i + 2}", f"not valid CSV ({exc})") from None
+            if i >= limit:
+                raise _too_many(path)
             clean = {
                 k.strip(): (v.strip() if isinstance(v, str) else v)
                 for k, v in row.items()
                 if k and v not in (None, "")
             }
-            rows.append((f"{path}: row {i + 2}", clean))  # +2: the header is line 1
-        return rows
+            yield f"{path}: row {i + 2}", clean  # +2: the header is line 1
+            i += 1
     if suffix == ".jsonl":
-        rows = []
-        for i, line in enumerate(text.splitlines()):
+        count = 0
+        for i, line in enumerate(_lines(path)):
             if not line.strip():
                 continue
+            if count >= limit:
+                raise _too_many(path)
+            count += 1
             try:
-                rows.append((f"{path}: line {i + 1}", json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise InvalidScenario(f"{path}: line {i + 1}", f"not valid JSON ({exc.msg})") from None
-        return rows
+                row = json.loads(line)
+            except ValueError as exc:  # JSONDecodeError, or an int of more digits than Python converts
+                msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc).split(";")[0]
+                raise InvalidScenario(f"{path}: line {i + 1}", f"not valid JSON ({msg})") from None
+            yield f"{path}: line {i + 1}", row
+        return
     if suffix in (".yaml", ".yml"):
+        text = read_text_file(path, "trace")
         try:
             data = load_yaml(text)  # traces can be long: the fast loader
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError):  # ValueError: an int past Python's digit limit
             raise InvalidScenario(str(path), "not valid YAML") from None
         if isinstance(data, Mapping) and "pods" in data:
             data = data["pods"]
         if not isinstance(data, list):
             raise InvalidScenario(str(path), "a YAML trace is a list of pods (or a mapping with pods: [...])")
-        return [(f"{path}: pods[{i}]", row) for i, row in enumerate(data)]
+        if len(data) > limit:
+            raise _too_many(path)
+        for i, row in enumerate(data):
+            yield f"{path}: pods[{i}]", row
+        return
     raise InvalidScenario(
         str(path), f"unknown trace format {suffix or '(none)'!r}", hint="use .csv, .jsonl or .yaml"
     )
@@ -231,6 +319,11 @@ def read_trace(path: Path, fleet_models: Sequence[GpuModel]) -> tuple[PodSpec, .
         count = _to_number(row.get("count", 1), f"{where}.count", integer=True)
         if count < 1:
             raise InvalidScenario(f"{where}.count", f"must be >= 1, got {count}")
+        if count > _limits.MAX_POD_DEVICES:
+            raise InvalidScenario(
+                f"{where}.count",
+                f"is more than the limit of {_limits.MAX_POD_DEVICES:,} devices per pod",
+            )
         name = str(row.get("name") or "")
         raw.append((arrival, index, name, label, count, max(1.0, duration), priority, profile))
     raw.sort(key=lambda r: (r[0], r[1]))
