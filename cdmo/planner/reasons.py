@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 from cdmo.api import PARTITIONING_LABEL_KEY, PARTITIONING_LABEL_VALUE
 from cdmo.mig.catalog import find_model, models_with_profile
+from cdmo.mig.resources import RESOURCE_PREFIX
 from cdmo.planner.demand import format_demand
 from cdmo.planner.eligibility import (
     matches_affinity,
@@ -118,6 +119,15 @@ class _Explainer:
                 "nvidia.com/mig-1g.10gb",
             )
         if not self.pod.demand:
+            zero = sorted(
+                r for r, n in self.pod.pod.requests.items() if r.startswith(RESOURCE_PREFIX) and n == 0
+            )
+            if zero:
+                return (
+                    "NoMigRequest",
+                    f"the pod asks for 0 of {zero[0]}, so there is nothing for cdmo to partition; "
+                    "ask for at least 1",
+                )
             return (
                 "NoMigRequest",
                 "the pod asks for no nvidia.com/mig-* resource, so there is nothing for cdmo to partition; "

@@ -137,3 +137,11 @@ def test_eligible_nodes_with_only_unknown_models() -> None:
     }
     (u,) = plan(parse_snapshot(data, allow_unknown_models=True)).unsatisfied
     assert u.code == "NoFittingGpu" and "have no GPU of a model cdmo knows" in u.reason
+
+
+def test_a_pod_asking_for_zero_devices_is_told_so() -> None:
+    """It was told it asks for no nvidia.com/mig-* resource, although it names one."""
+    code, reason = _reason(
+        {"nodes": [], "pending": [{"name": "p", "requests": {"nvidia.com/mig-1g.10gb": 0}}]}
+    )
+    assert code == "NoMigRequest" and "asks for 0 of nvidia.com/mig-1g.10gb" in reason
