@@ -9,16 +9,16 @@ Writes ``probe.json`` (into DIR, default the current folder) and prints a short 
   profile constant the driver's info and possible placements or the error it gives, and the
   processes on the whole GPU;
 - the catalog check: the cdmo model the GPU maps to, and for each of the model's profiles
-  whether the driver's id, slices, instance count, SMs, memory and placements agree with
-  ``cdmo/mig/data/mig-profiles.yaml`` (only where the driver answers; with MIG off most
-  drivers answer nothing);
+  whether the driver's id, slices, instance count, SMs and placements are those of
+  ``cdmo/mig/data/mig-profiles.yaml`` and its memory at least the catalog's (where the driver
+  answers: driver 580 did with MIG off);
 - cdmo's own read path: ``NvmlBackend`` list_gpus/list_instances/list_processes (the GPU and
   compute instances that exist, processes on MIG devices), timed; then ``cdmo node show`` and
   ``cdmo node apply --dry-run [--enable-mig]`` of the largest profile on GPU 0.
 
-Read-only by construction: before anything runs, every pynvml function whose name says it
-changes state (Set, Create, Destroy, Reset, Clear, ...) is replaced by one that raises, so
-neither this script nor the cdmo code it calls can change MIG mode or any instance.
+Read-only by construction: before anything runs, every pynvml function that is not plainly a
+read (a Get or Is that names no Set, Create, Destroy, Reset, Clear, ...) is replaced by one that
+raises, so neither this script nor the cdmo code it calls can change MIG mode or any instance.
 """
 
 from __future__ import annotations
