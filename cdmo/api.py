@@ -80,15 +80,18 @@ def build_spec(layouts: Mapping[int, Iterable[Instance]]) -> dict[str, Any]:
 MAX_GPUS_PER_NODE = 64
 
 
-def parse_spec(spec: Mapping[str, Any] | None) -> dict[int, tuple[Instance, ...]]:
+def parse_spec(spec: Mapping[str, Any] | None, *, strict: bool = False) -> dict[int, tuple[Instance, ...]]:
     """GPU index -> instances from a MigLayout ``spec``; raises InvalidLayout naming the bad field.
+
+    ``strict`` (layout files) also refuses fields the CRD lacks.
 
     Checks the shape only (what the CRD also checks); whether a GPU can hold its layout is
     for the catalog to say once the GPU's model is known.
     """
     if spec is None:
         return {}
-    _known_keys(spec, ("gpus",), "spec")
+    check = _known_keys if strict else _any_keys
+    check(spec, ("gpus",), "spec")
     gpus = spec.get("gpus") or []
     if not isinstance(gpus, list):
         raise InvalidLayout("spec.gpus: must be a list")
@@ -99,7 +102,7 @@ def parse_spec(spec: Mapping[str, Any] | None) -> dict[int, tuple[Instance, ...]
         path = f"spec.gpus[{gi}]"
         if not isinstance(gpu, Mapping):
             raise InvalidLayout(f"{path}: must be an object with index and instances")
-        _known_keys(gpu, ("index", "instances"), path)
+        check(gpu, ("index", "instances"), path)
         index = gpu.get("index")
         if not isinstance(index, int) or isinstance(index, bool) or index < 0:
             raise InvalidLayout(f"{path}.index: must be a whole number >= 0, not {index!r}")
@@ -113,7 +116,7 @@ def parse_spec(spec: Mapping[str, Any] | None) -> dict[int, tuple[Instance, ...]
             ipath = f"{path}.instances[{ii}]"
             if not isinstance(item, Mapping):
                 raise InvalidLayout(f"{ipath}: must be an object with profile and start")
-            _known_keys(item, ("profile", "start"), ipath)
+            check(item, ("profile", "start"), ipath)
             profile, start = item.get("profile"), item.get("start")
             if not isinstance(profile, str) or not is_profile_name(profile):
                 raise InvalidLayout(f"{ipath}.profile: {profile!r} is not a MIG profile name")
@@ -124,10 +127,15 @@ def parse_spec(spec: Mapping[str, Any] | None) -> dict[int, tuple[Instance, ...]
     return result
 
 
+def _any_keys(data: Mapping[str, Any], known: tuple[str, ...], path: str) -> None:
+    """A MigLayout from the API server: keys it kept are the CRD's (it prunes others), and a
+    newer CRD's during an upgrade, which an older agent ignores rather than refuses."""
+
+
 def _known_keys(data: Mapping[str, Any], known: tuple[str, ...], path: str) -> None:
-    """Refuse keys the CRD does not have: ``instance:`` for ``instances:`` would otherwise read as
-    a GPU that should hold nothing, and every free instance on it would be destroyed. (The API
-    server prunes such keys from a MigLayout; a layout file has no such guard.)"""
+    """A layout file (``strict``): refuse keys the CRD does not have. ``instance:`` for
+    ``instances:`` would otherwise read as a GPU that should hold nothing, and every free
+    instance on it would be destroyed; no API server prunes a file."""
     unknown = sorted(str(k) for k in data if k not in known)
     if unknown:
         raise InvalidLayout(f"{path}: unknown field {unknown[0]!r}; the fields are {', '.join(known)}")

@@ -163,7 +163,7 @@ def read_layout_file(path: str) -> dict[int, Any]:
             f"{path} is not a MigLayout spec",
             hint="write gpus: [{index: 0, instances: [{profile: 3g.40gb, start: 0}]}]",
         )
-    return parse_spec(doc)
+    return parse_spec(doc, strict=True)
 
 
 def _step_doc(step: Any) -> dict[str, Any]:

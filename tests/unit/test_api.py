@@ -68,3 +68,16 @@ def test_set_condition_moves_transition_time_only_on_a_flip() -> None:
     assert [c["type"] for c in both] == ["Applied", "MigModeEnabled"]
     assert get_condition(both, "MigModeEnabled")["status"] == "True"
     assert get_condition(both, "Nope") is None
+
+
+def test_unknown_spec_fields_are_refused_in_files_and_ignored_from_the_api_server() -> None:
+    """A file's typo must not read as an empty GPU; a newer CRD's field must not stop an older agent."""
+    from cdmo.api import parse_spec
+    from cdmo.errors import InvalidLayout
+
+    spec = {"gpus": [{"index": 0, "instances": [{"profile": "3g.40gb", "start": 0, "new": 1}], "also": 2}]}
+    assert [str(i) for i in parse_spec(spec)[0]] == ["3g.40gb@0"]
+    with pytest.raises(InvalidLayout, match="unknown field 'also'"):
+        parse_spec(spec, strict=True)
+    with pytest.raises(InvalidLayout, match="unknown field 'instance'"):
+        parse_spec({"gpus": [{"index": 0, "instance": []}]}, strict=True)
