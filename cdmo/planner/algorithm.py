@@ -43,7 +43,7 @@ from cdmo.mig.catalog import GpuModel, find_model
 from cdmo.mig.layouts import Instance
 from cdmo.planner.cache import KeptKey, PlanCache, PodFacts, kept_gpu_plan
 from cdmo.planner.demand import demand_of, format_demand
-from cdmo.planner.eligibility import node_admits
+from cdmo.planner.eligibility import named_nodes, node_admits
 from cdmo.planner.fragmentation import FRAG_LEN
 from cdmo.planner.geometry import AddOption, Demand, Geometry, bits_of
 from cdmo.planner.models import (
@@ -249,10 +249,19 @@ class Planner(RepairSteps):
                 units = int(frac * _UNITS_LCM)
                 offered[name] = min(units, offered.get(name, units))
         states = []
+        by_rep_name: dict[str, NodeGroup] | None = None
         for pod, (demand, bad, devices, _, _, pod_sig) in zip(pods, self._pod_facts, strict=True):
             seen = by_sig.get(pod_sig)
             if seen is None:
-                groups = tuple(g for g in self.groups if node_admits(g.rep.src, pod))
+                named = named_nodes(pod.node_affinity)
+                if named is None:
+                    groups = tuple(g for g in self.groups if node_admits(g.rep.src, pod))
+                else:  # pinned by name: only the groups those nodes represent can admit it
+                    if by_rep_name is None:
+                        by_rep_name = {g.rep.src.name: g for g in self.groups}
+                    found = (by_rep_name.get(name) for name in named)
+                    candidates = sorted((g for g in found if g is not None), key=lambda g: g.id)
+                    groups = tuple(g for g in candidates if node_admits(g.rep.src, pod))
                 gkey = tuple(g.id for g in groups)
                 if gkey not in reach:
                     reach[gkey] = sum(len(n.gpus) for g in groups for n in g.nodes)

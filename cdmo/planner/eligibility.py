@@ -98,6 +98,25 @@ def matches_affinity(
     return any(matches_term(t, labels, name) for t in terms)
 
 
+def named_nodes(terms: tuple[NodeSelectorTerm, ...] | None) -> frozenset[str] | None:
+    """The only node names the required affinity ``terms`` can match, when every term names them
+    (``matchFields: metadata.name In [...]``, as a pod pinned to its node has); None when some
+    term may match other nodes. Lets a pinned pod be checked against its nodes alone, not every
+    node of the cluster: those outside the set fail every term, so nothing else changes."""
+    if not terms:
+        return None
+    names: set[str] = set()
+    for term in terms:
+        allowed: set[str] | None = None
+        for req in term.match_fields:
+            if req.key == "metadata.name" and req.operator == "In":
+                allowed = set(req.values) if allowed is None else allowed & set(req.values)
+        if allowed is None:
+            return None
+        names |= allowed
+    return frozenset(names)
+
+
 def node_admits(node: Node, pod: PendingPod) -> bool:
     """Whether the scheduler would let ``pod`` onto ``node`` (labels, affinity, taints, cordon)."""
     return (

@@ -34,6 +34,7 @@ from cdmo.planner.demand import format_demand
 from cdmo.planner.eligibility import (
     matches_affinity,
     matches_selector,
+    named_nodes,
     referenced_label_keys,
     untolerated_taints,
     uses_name_fields,
@@ -60,6 +61,7 @@ def explain(planner: RunView, pods: Sequence[WaitingPod]) -> list[Unsatisfied]:
         return []  # every pod served: no node classes to build
     cache: dict[tuple[object, ...], tuple[str, str]] = {}
     classes = _node_classes(planner)
+    by_name: dict[str, int] = {}  # filled by the first pod pinned by name
     out = []
     for pod in pods:
         sig = (
@@ -71,7 +73,7 @@ def explain(planner: RunView, pods: Sequence[WaitingPod]) -> list[Unsatisfied]:
             pod.pod.priority,
         )
         if sig not in cache:
-            cache[sig] = _Explainer(planner, pod, classes).reason()
+            cache[sig] = _Explainer(planner, pod, classes, by_name).reason()
         code, reason = cache[sig]
         out.append(Unsatisfied(pod=pod.key, reason=reason, code=code, priority=pod.pod.priority))
     return out
@@ -97,10 +99,25 @@ def _node_classes(planner: RunView) -> list[list[Node]]:
 
 
 class _Explainer:
-    def __init__(self, planner: RunView, pod: WaitingPod, classes: list[list[Node]]) -> None:
+    def __init__(
+        self,
+        planner: RunView,
+        pod: WaitingPod,
+        classes: list[list[Node]],
+        by_name: dict[str, int] | None = None,
+    ) -> None:
         self.planner = planner
         self.pod = pod
         self.classes = classes
+        #: Node name -> position of its class in ``classes`` (shared by every pod of one run).
+        self.by_name = by_name if by_name is not None else {}
+
+    def _classes_named(self, names: frozenset[str]) -> list[list[Node]]:
+        """The classes holding nodes of ``names``, in the order of ``classes``."""
+        if not self.by_name:
+            self.by_name.update((n.name, i) for i, c in enumerate(self.classes) for n in c)
+        found = sorted({self.by_name[n] for n in names if n in self.by_name})
+        return [self.classes[i] for i in found]
 
     def reason(self) -> tuple[str, str]:
         for check in (self._request, self._labelled, self._profiles, self._filters, self._gpus, self._room):
@@ -179,9 +196,17 @@ class _Explainer:
     def _filters(self) -> tuple[str, str] | None:
         pod = self.pod.pod
         classes = self.classes
-        selected = [c for c in classes if matches_selector(c[0].labels, pod.node_selector)]
+        # A pod pinned by name can match only its nodes' classes: the others fail its affinity
+        # whatever their labels, so the answer is the same when they are not looked at.
+        named = named_nodes(pod.node_affinity)
+        pool = classes if named is None else self._classes_named(named)
+        selected = (
+            [c for c in pool if matches_selector(c[0].labels, pod.node_selector)]
+            if pod.node_selector
+            else pool
+        )
         selector = ",".join(f"{k}={v}" for k, v in pod.node_selector.items())
-        if not selected:
+        if not selected and not any(matches_selector(c[0].labels, pod.node_selector) for c in classes):
             return (
                 "NoMatchingNode",
                 f"no labelled node matches nodeSelector {selector}; label a node {selector} "
