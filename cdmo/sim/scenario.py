@@ -355,12 +355,6 @@ def _parse_fleet(raw: Any, path: str) -> tuple[NodeGroup, ...]:
 #: Fractional asks a mix item or trace row may give instead of a profile or queue, as the
 #: webhook would translate them (docs/coming-from-fractions.md): key -> what it is.
 FRACTIONAL_KEYS = ("fraction", "gpu_memory", "metagpu")
-#: How to write each fractional ask when its value is not a number.
-_ASK_HINTS = {
-    "fraction": "write a share of one GPU, e.g. 0.25",
-    "gpu_memory": "write whole MiB, e.g. 20480",
-    "metagpu": "write MetaGPU units of 100 per GPU, e.g. 25",
-}
 
 
 def _model_of_fleet(fleet_models: Sequence[GpuModel], model: Any, path: str) -> GpuModel:
@@ -394,16 +388,16 @@ def _fractional_profile(
     """(profile, label) of a fractional ask, by the webhook's rule (cdmo.translate)."""
     from fractions import Fraction
 
-    from cdmo.translate.asks import InvalidAsk, parse_number
+    from cdmo.translate.asks import FRACTION_HINT, MEMORY_HINT, METAGPU_HINT, InvalidAsk, parse_number
     from cdmo.translate.rule import DEFAULT_RULE, Need, NoFit, choose_profile
 
     ((key, raw),) = asks.items()
     where = _join(path, key)
+    hint = {"fraction": FRACTION_HINT, "gpu_memory": MEMORY_HINT, "metagpu": METAGPU_HINT}[key]
     try:
-        number = parse_number(raw, key)
+        number = parse_number(raw, key, hint)  # the webhook's reading and hints, each in its unit
     except InvalidAsk as exc:
-        # parse_number's hint is written for fractions ("like 0.25"); here each key has its unit.
-        raise InvalidScenario(where, exc.message, hint=_ASK_HINTS.get(key, exc.hint)) from None
+        raise InvalidScenario(where, exc.message, hint=exc.hint) from None
     if key == "gpu_memory":
         if number.denominator != 1:
             raise InvalidScenario(where, f"{raw!r} is not a whole number of MiB")

@@ -40,8 +40,10 @@ _MAX_NUMBER_TEXT = 32
 #: and an exponent. Decimal alone also takes "1_0" (as 10), Arabic-Indic and other non-ASCII
 #: digits, "Infinity" and "NaN", none of which anyone means as a share of a GPU.
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-#: What to write instead of an unreadable fraction.
+#: What to write instead of an unreadable ask, by kind (the simulator's mix items use them too).
 FRACTION_HINT = "write it like 0.25"
+MEMORY_HINT = "write whole MiB, e.g. 20480 for 20 GiB"
+METAGPU_HINT = "write whole units (100 to a GPU), e.g. 25"
 
 
 class InvalidAsk(InvalidInput):
@@ -180,9 +182,7 @@ def read_asks(pod: Mapping[str, Any], rule: Rule = DEFAULT_RULE) -> list[Ask]:
             need = Need(fraction=parse_number(annotations[KAI_FRACTION], f"annotation {KAI_FRACTION}"))
             original[KAI_FRACTION] = str(annotations[KAI_FRACTION])
         if KAI_MEMORY in annotations:
-            mib = _whole_number(
-                annotations[KAI_MEMORY], f"annotation {KAI_MEMORY}", "write whole MiB, e.g. 20480 for 20 GiB"
-            )
+            mib = _whole_number(annotations[KAI_MEMORY], f"annotation {KAI_MEMORY}", MEMORY_HINT)
             need = _combine(need, Need(memory_mib=mib))
             original[KAI_MEMORY] = str(annotations[KAI_MEMORY])
         if name:
@@ -203,7 +203,7 @@ def read_asks(pod: Mapping[str, Any], rule: Rule = DEFAULT_RULE) -> list[Ask]:
         units = _resource(c, METAGPU_RESOURCE)
         if units is None:
             continue
-        n = _whole_number(units, f"resource {METAGPU_RESOURCE}", "write whole units (100 to a GPU), e.g. 25")
+        n = _whole_number(units, f"resource {METAGPU_RESOURCE}", METAGPU_HINT)
         add(
             index,
             "metagpu",
