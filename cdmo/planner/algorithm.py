@@ -983,11 +983,17 @@ class Planner(RepairSteps):
             # Otherwise the node stays touched: its GPU just set is (most pods land on a node
             # that is touched already, and this saves looking at its other GPUs).
             self._refresh_node(node)
-        self.assigned[pod.key] = (node.order, tuple(parts))
+        self._record_assign(pod, node, tuple(parts))
+
+    def _record_assign(
+        self, pod: PodState, node: SearchNode, parts: tuple[tuple[int, int, int], ...]
+    ) -> None:
+        """Note ``pod`` as placed on ``node`` with ``parts`` (GPU id, device bits, new bits), for
+        the plan, the undo journal and the served counts: the one place an assignment is made."""
+        self.assigned[pod.key] = (node.order, parts)
         node.pods.add(pod.key)
         self.journal.append(("assign", pod.key))
-        priority = pod.pod.priority
-        self.served[priority] = self.served.get(priority, 0) + 1
+        self.served[pod.pod.priority] = self.served.get(pod.pod.priority, 0) + 1
 
     def _unassign(self, key: str) -> None:
         """Take a pod's devices back; free instances of the snapshot come back where they still fit."""
