@@ -104,8 +104,6 @@ def validate_layout(model: GpuModel, instances: Iterable[Instance]) -> list[str]
     slices = sum(p.compute_slices for _, p in known)
     if slices > model.compute_slices_total:
         problems.append(f"{slices} compute slices exceed the {model.compute_slices_total} of {model.key}")
-    if len(known) > model.max_instances:
-        problems.append(f"{len(known)} instances exceed the {model.max_instances} of {model.key}")
     return problems
 
 
