@@ -261,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.repeat <= 1000:
         parser.error("--repeat must be 1 to 1000")
+    try:  # before the probe, so that a bad --out costs nothing
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"--out {args.out}: cannot make that folder ({exc.strerror})")
     try:
         nvml = importlib.import_module("pynvml")
     except ImportError:
@@ -288,7 +292,6 @@ def main(argv: list[str] | None = None) -> int:
         nvml.nvmlShutdown()
     doc["catalog"] = [check_catalog(g) for g in doc["gpus"]]
     doc["backend"] = probe_backend(args.repeat)
-    args.out.mkdir(parents=True, exist_ok=True)
     doc["cli"] = probe_cli(doc["catalog"], args.out)
     (args.out / "probe.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
     for gpu, cat in zip(doc["gpus"], doc["catalog"], strict=True):

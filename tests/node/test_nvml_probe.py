@@ -169,3 +169,10 @@ def test_the_probe_says_what_to_do_without_nvml(tmp_path: Path) -> None:
         text=True,
     )
     assert bad.returncode == 2 and "--repeat must be 1 to 1000" in bad.stderr
+    (tmp_path / "a-file").write_text("")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "nvml_probe.py"), "--out", str(tmp_path / "a-file")],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2 and "cannot make that folder" in out.stderr and "Traceback" not in out.stderr
