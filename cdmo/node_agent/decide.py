@@ -56,6 +56,8 @@ class Reason(StrEnum):
     UNKNOWN_MODEL = "UnknownModel"
     MIG_MODE_DISABLED = "MigModeDisabled"
     MIG_MODE_RESET_REQUIRED = "MigModeResetRequired"
+    #: MIG is on but switched off pending a reset (Ampere): nothing is created on it.
+    MIG_DISABLE_PENDING = "MigDisablePending"
     #: MIG is off and may not be switched on: a pod or a process holds the whole GPU.
     GPU_IN_USE = "GpuInUse"
     NVML_ERROR = "NvmlError"
@@ -252,6 +254,17 @@ def mig_off_message(info: GpuInfo) -> tuple[str, str]:
     return (
         Reason.MIG_MODE_DISABLED,
         f"MIG mode is off on GPU {i} ({info.product}); enable it with {fix}, or run the agent with --enable-mig",
+    )
+
+
+def mig_disable_pending_message(info: GpuInfo) -> str:
+    """Why nothing is created on a GPU whose MIG mode waits for a reset to go off."""
+    i = info.index
+    return (
+        f"MIG mode on GPU {i} ({info.product}) is switched off pending a GPU reset, which removes "
+        f"every instance, so no instance is created on it: reset it (`nvidia-smi -i {i} -r`) or "
+        f"reboot the node to finish switching MIG off, or switch MIG back on (`nvidia-smi -i {i} -mig 1`) "
+        "to keep using it"
     )
 
 
@@ -467,7 +480,14 @@ def decide_node(
         actual = observed.instances.get(index, ())
         held = {gi: h for (g, gi), h in protected.items() if g == index}
         diff = diff_layout(layout, actual, held, gpu=index)
-        if diff.blockers:
+        if diff.creates and not info.mig_pending:
+            # MIG on, switched off pending a reset (Ampere, after `cdmo teardown --disable-mig` or
+            # nvidia-smi): the reset removes every instance, so one made now would be pulled from
+            # under the pod that gets it. Destroying what the spec drops stays allowed.
+            state, reason = GpuState.MIG_OFF, Reason.MIG_DISABLE_PENDING
+            message = mig_disable_pending_message(info)
+            diff = GpuDiff(index)
+        elif diff.blockers:
             state, reason = GpuState.BLOCKED, Reason.INSTANCE_IN_USE
             message = (
                 f"GPU {index} cannot change to {format_layout(layout) or 'the empty layout'}: "

@@ -312,6 +312,22 @@ def test_show_table_says_when_mig_waits_to_be_switched_off(
     assert code == 0 and "pending disable" in out
 
 
+def test_apply_creates_nothing_on_a_gpu_whose_mig_waits_to_be_switched_off(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reset that finishes switching MIG off removes every instance, with any pod on it: it
+    once created them all the same."""
+    state = tmp_path / "node.json"
+    cdmo(capsys, "node", "show", *sim_args(state, "a100-40gb"))
+    doc = json.loads(state.read_text())
+    doc["gpus"][0]["mig"] = {"current": True, "pending": False}
+    state.write_text(json.dumps(doc))
+    (tmp_path / "layout.yaml").write_text("gpus: [{index: 0, instances: [{profile: 3g.20gb, start: 4}]}]\n")
+    code, _, err = cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), *sim_args(state, None))
+    assert code == 1 and "switched off pending a GPU reset" in err and "nvidia-smi -i 0 -r" in err, err
+    assert json.loads(state.read_text()) == doc
+
+
 def test_show_retries_a_transient_nvml_error_as_the_agent_does(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -117,6 +117,25 @@ WHOLE_GPU_ANYWHERE = InUse(whole_gpus=(Holder("reservation", "ml/full"),))
             [],
         ),
         ("", gpu(mig=False), [], InUse(), GpuState.READY, Reason.NOTHING_DESIRED, []),
+        (
+            "1g.10gb@0,3g.40gb@4",
+            gpu(pending=False),
+            [FREE],
+            InUse(),
+            GpuState.MIG_OFF,
+            Reason.MIG_DISABLE_PENDING,
+            [],
+        ),
+        ("1g.10gb@0", gpu(pending=False), [FREE], InUse(), GpuState.READY, Reason.LAYOUT_APPLIED, []),
+        (
+            "",
+            gpu(pending=False),
+            [FREE],
+            InUse(),
+            GpuState.PENDING,
+            Reason.CHANGES_PLANNED,
+            ["destroy 1g.10gb@0"],
+        ),
     ],
     ids=[
         "holds-it",
@@ -135,6 +154,9 @@ WHOLE_GPU_ANYWHERE = InUse(whole_gpus=(Holder("reservation", "ml/full"),))
         "mig-off",
         "mig-pending-reset",
         "mig-off-nothing-wanted",
+        "mig-pending-disable-creates-nothing",
+        "mig-pending-disable-keeps-what-it-holds",
+        "mig-pending-disable-may-destroy",
     ],
 )
 def test_decide_one_gpu(
