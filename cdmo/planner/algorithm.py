@@ -4,7 +4,7 @@ Outline:
 
 1. Labelled nodes with at least one GPU of a known model, that are not cordoned, are grouped by
    what the pods' filters can see of them (the label keys some pod selects on, blocking taints;
-   the name too when a pod selects on ``metadata.name``). Pods with the same selector,
+   the name too of a node that some pod's ``matchFields`` lists). Pods with the same selector,
    affinity and tolerations share one list of eligible groups.
 2. Pods are served one priority level at a time, highest first; lower levels only get what
    higher ones leave. Within a level, largest demand first. If that leaves pods of the level
@@ -43,7 +43,7 @@ from cdmo.mig.catalog import GpuModel, find_model
 from cdmo.mig.layouts import Instance
 from cdmo.planner.cache import KeptKey, PlanCache, PodFacts, kept_gpu_plan
 from cdmo.planner.demand import demand_of, format_demand
-from cdmo.planner.eligibility import named_nodes, node_admits
+from cdmo.planner.eligibility import name_in_signature, named_nodes, names_told_apart, node_admits
 from cdmo.planner.fragmentation import FRAG_LEN
 from cdmo.planner.geometry import AddOption, Demand, Geometry, bits_of
 from cdmo.planner.models import (
@@ -151,7 +151,7 @@ class Planner(RepairSteps):
         self.cluster_models = tuple(sorted({m for f in self.facts for m in f.models}))
         pods = sorted(snapshot.pending, key=attrgetter("namespace", "name"))
         self._pod_facts: list[PodFacts] = self.cache.pods(pods)
-        self._build_groups()
+        self._build_groups(pods)
         self.pods = self._pod_states(pods)
         self.pods_by_key = {p.key: p for p in self.pods}
 
@@ -288,11 +288,11 @@ class Planner(RepairSteps):
             )
         return states
 
-    def _build_groups(self) -> None:
+    def _build_groups(self, pods: list[PendingPod]) -> None:
         keys = frozenset(k for f in self._pod_facts for k in f[3])
-        by_name = any(f[4] for f in self._pod_facts)
+        told_apart = names_told_apart(p for p, f in zip(pods, self._pod_facts, strict=True) if f[4])
         # What a node's cached signature was made for (strings only: not tracked by the collector).
-        sig_for = (tuple(sorted(keys)), by_name)
+        sig_for = tuple(sorted(keys))
         groups: dict[tuple[Any, ...], NodeGroup] = {}
         self.groups: list[NodeGroup] = []
         for node, facts in zip(self.nodes, self.facts, strict=True):
@@ -300,9 +300,9 @@ class Planner(RepairSteps):
                 continue
             cached = facts.sig
             if cached is not None and cached[0] == sig_for:
-                sig = cached[1]
+                seen = cached[1]
             else:
-                sig = (
+                seen = (
                     tuple((k, v) for k, v in node.src.labels.items() if k in keys),
                     tuple(
                         sorted(
@@ -311,9 +311,9 @@ class Planner(RepairSteps):
                             if t.effect != "PreferNoSchedule"
                         )
                     ),
-                    node.name if by_name else None,
                 )
-                facts.sig = (sig_for, sig)
+                facts.sig = (sig_for, seen)
+            sig = (seen, name_in_signature(node.name, told_apart))
             group = groups.get(sig)
             if group is None:
                 group = groups[sig] = NodeGroup(len(self.groups), node)

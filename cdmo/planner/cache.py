@@ -119,8 +119,8 @@ class NodeFacts:
         self.free_profiles: tuple[str, ...] = ()
         #: Most MIG devices the node could hold at once (cdmo.planner.bounds.node_capacity).
         self.capacity = 0
-        #: (label keys some pod selects on, whether pods select by name) -> the node's group
-        #: signature; the last one asked (pods change far less often than nodes).
+        #: (label keys some pod selects on) -> what of the node's labels and taints goes into its
+        #: group signature; the last one asked (pods change far less often than nodes).
         self.sig: tuple[Any, Any] | None = None
         self._unchanged: NodePlan | None = None
         #: The planner's search records of this node and its plannable GPUs, made by the first

@@ -34,10 +34,11 @@ from cdmo.planner.demand import format_demand
 from cdmo.planner.eligibility import (
     matches_affinity,
     matches_selector,
+    name_in_signature,
     named_nodes,
+    names_told_apart,
     referenced_label_keys,
     untolerated_taints,
-    uses_name_fields,
 )
 from cdmo.planner.models import Node, Unsatisfied
 from cdmo.planner.view import RunView, WaitingPod
@@ -83,7 +84,7 @@ def _node_classes(planner: RunView) -> list[list[Node]]:
     """Labelled nodes grouped by all that the pods' filters can see of them."""
     pending = planner.pending_pods()
     keys = referenced_label_keys(pending)
-    by_name = uses_name_fields(pending)
+    told_apart = names_told_apart(pending)
     classes: dict[tuple[object, ...], list[Node]] = {}
     for node in planner.src_nodes:
         if not node.labelled:
@@ -92,7 +93,7 @@ def _node_classes(planner: RunView) -> list[list[Node]]:
             tuple((k, v) for k, v in node.labels.items() if k in keys),
             tuple((t.key, t.value, t.effect) for t in node.taints),
             node.unschedulable,
-            node.name if by_name else None,
+            name_in_signature(node.name, told_apart),
         )
         classes.setdefault(sig, []).append(node)
     return list(classes.values())
