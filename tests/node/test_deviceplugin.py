@@ -6,14 +6,18 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
 from cdmo.errors import InvalidInput
 from cdmo.mig.layouts import Instance
 from cdmo.node_agent.advertise import HANDED_OUT_GRACE_SECONDS
 from cdmo.node_agent.backend import NO_WAIT_RETRY, NvmlReturn
+from cdmo.node_agent.deviceplugin import api_pb2_grpc
 from cdmo.node_agent.deviceplugin.plugin import KubeletDevicePlugin, PluginSettings, endpoint_name
 from cdmo.node_agent.reconcile import GpuState, reconcile_node
 from cdmo.node_agent.simulated import SimulatedBackend, SimulatedNode
@@ -281,4 +285,59 @@ def test_registration_state_feeds_the_refresh_outcome(node, short_dir) -> None: 
         finally:
             kubelet.stop()
     finally:
+        plugin.stop()
+
+
+class _RefusingKubelet(api_pb2_grpc.RegistrationServicer):
+    """A kubelet whose Register always fails (a version it refuses, or one still starting)."""
+
+    def __init__(self, plugin_dir: Path) -> None:
+        self.calls = 0
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        api_pb2_grpc.add_RegistrationServicer_to_server(self, self.server)
+        (plugin_dir / "kubelet.sock").unlink(missing_ok=True)
+        self.server.add_insecure_port(f"unix:{plugin_dir / 'kubelet.sock'}")
+        self.server.start()
+
+    def Register(self, request: Any, context: Any) -> Any:
+        self.calls += 1
+        context.abort(grpc.StatusCode.UNAVAILABLE, "kubelet is not ready")
+
+    def stop(self) -> None:
+        self.server.stop(grace=None).wait()
+
+
+def test_a_refused_registration_is_retried_with_backoff_and_at_once_for_a_new_kubelet(  # type: ignore[no-untyped-def]
+    node, short_dir
+) -> None:
+    # Every reconcile pass serves and registers (set_desired, refresh): without a backoff, a
+    # kubelet that refuses (or hangs, up to register_timeout per call) is asked again on every
+    # pass and every poll, holding up the pass each time.
+    now = [1000.0]
+    refusing = _RefusingKubelet(short_dir)
+    settings = PluginSettings(plugin_dir=str(short_dir), poll_seconds=3600)  # no background ticks
+    plugin = KubeletDevicePlugin(SimulatedBackend(node), settings, clock=lambda: now[0])
+    plugin.start()
+    try:
+        apply(node, plugin, {0: [Instance("3g.40gb", 0)]})
+        first = refusing.calls
+        assert first >= 1
+        for _ in range(5):
+            plugin.refresh()  # what each later pass does
+        assert refusing.calls == first, "registration retried before its backoff ran out"
+        assert plugin.registration()[0] is False
+        now[0] += 60.0
+        plugin.refresh()
+        assert refusing.calls > first, "registration never retried after its backoff"
+        # A new kubelet (a new kubelet.sock) is asked at once, backoff or not.
+        refusing.stop()
+        kubelet = SimKubelet(short_dir).start()
+        try:
+            plugin.refresh()
+            assert R3 in kubelet.resources()
+            assert plugin.registration()[0] is True
+        finally:
+            kubelet.stop()
+    finally:
+        refusing.stop()
         plugin.stop()

@@ -15,7 +15,9 @@ resource of the GPUs it manages (and ``nvidia.com/gpu`` for GPUs with MIG off):
   refuses withdrawn devices from the moment ``withdraw`` is called;
 - the kubelet deletes the sockets in the directory when it starts and re-creates its own: the
   background thread notices a new ``kubelet.sock`` or a vanished endpoint, serves again and
-  registers again.
+  registers again. A refused or timed-out ``Register`` is tried again after
+  ``register_backoff``, doubled on each failure up to ``register_backoff_max``, and at once
+  when a new ``kubelet.sock`` appears.
 
 Threads: the gRPC servers' workers and one background thread; all shared state is behind one
 lock (a condition variable wakes the streams).
@@ -34,7 +36,6 @@ from typing import Any
 
 import grpc
 import structlog
-import tenacity
 
 from cdmo.errors import CdmoError, InvalidInput
 from cdmo.mig.layouts import Instance
@@ -83,6 +84,11 @@ class PluginSettings:
     #: How long withdraw waits for the streams to send the new list.
     ack_timeout: float = 1.0
     register_timeout: float = 5.0
+    #: After a failed Register, the next try waits this long, doubled on each failure up to
+    #: ``register_backoff_max`` (NVIDIA's plugin retries after 30 s); a new kubelet.sock is
+    #: tried at once.
+    register_backoff: float = 0.5
+    register_backoff_max: float = 30.0
 
 
 def _socket_id(path: Path) -> tuple[int, int] | None:
@@ -101,6 +107,10 @@ class _Endpoint:
         self.path = path
         self.server: grpc.Server | None = None
         self.registered_with: tuple[int, int] | None = None
+        #: the kubelet the last Register failed with, how often in a row, and when to try again
+        self.failed_with: tuple[int, int] | None = None
+        self.failures = 0
+        self.retry_at = 0.0
         self.plugin = plugin
 
     def serve(self) -> None:
@@ -113,6 +123,7 @@ class _Endpoint:
         server.start()
         self.server = server
         self.registered_with = None
+        self.failed_with = None  # a new endpoint is registered at once
 
     def serving(self) -> bool:
         return self.server is not None and self.path.exists()
@@ -351,12 +362,31 @@ class KubeletDevicePlugin:
         if kubelet is None:
             return
         for ep in list(self._endpoints.values()):
-            if ep.registered_with != kubelet:
-                try:
-                    self._register(ep)
-                    ep.registered_with = kubelet
-                except grpc.RpcError as exc:
-                    log.warning("Failed to register with kubelet", resource=ep.resource, error=str(exc))
+            if ep.registered_with == kubelet:
+                continue
+            now = self._clock()
+            if ep.failed_with == kubelet and now < ep.retry_at:
+                continue  # backing off: the same kubelet refused it a moment ago
+            try:
+                self._register(ep)
+            except grpc.RpcError as exc:
+                ep.failures = ep.failures + 1 if ep.failed_with == kubelet else 1
+                ep.failed_with = kubelet
+                delay = min(
+                    self.settings.register_backoff * 2 ** min(ep.failures - 1, 20),  # no float overflow
+                    self.settings.register_backoff_max,
+                )
+                ep.retry_at = now + delay
+                log.warning(
+                    "Failed to register with kubelet",
+                    resource=ep.resource,
+                    error=str(exc),
+                    retry_in=delay,
+                )
+            else:
+                ep.registered_with = kubelet
+                ep.failed_with = None
+                ep.failures = 0
 
     def nvidia_sockets(self) -> list[str]:
         """Sockets of NVIDIA's device plugin in the directory: it should be off on this node."""
@@ -386,13 +416,9 @@ class KubeletDevicePlugin:
                 ep.serve()
                 log.info("Serving device plugin", resource=resource, socket=str(ep.path))
 
-    @tenacity.retry(
-        stop=tenacity.stop_after_attempt(3),
-        wait=tenacity.wait_exponential(multiplier=0.1, max=1.0),
-        retry=tenacity.retry_if_exception_type(grpc.RpcError),
-        reraise=True,
-    )
     def _register(self, ep: _Endpoint) -> None:
+        """One Register call; a failure is retried by ``_tick`` with a backoff, so that a kubelet
+        that refuses or hangs does not hold up every reconcile pass for ``register_timeout``."""
         with grpc.insecure_channel(f"unix:{self.dir / KUBELET_SOCKET}") as channel:
             api_pb2_grpc.RegistrationStub(channel).Register(
                 api_pb2.RegisterRequest(
