@@ -94,8 +94,16 @@ async def _serve(config: WebhookConfig, kubeconfig: str | None) -> None:
 
     from cdmo.translate.rule import Rule
     from cdmo.webhook.nodes import NodeModels
-    from cdmo.webhook.server import Settings, build_app, reload_certificate, server_ssl_context
+    from cdmo.webhook.server import (
+        SHUTDOWN_SECONDS,
+        Settings,
+        build_app,
+        reload_certificate,
+        server_ssl_context,
+    )
 
+    # a certificate that does not load is one line and exit 2, before anything starts
+    context = server_ssl_context(config.cert_file, config.key_file)
     if kubeconfig:
         kubernetes.config.load_kube_config(kubeconfig)
     else:
@@ -112,11 +120,10 @@ async def _serve(config: WebhookConfig, kubeconfig: str | None) -> None:
         metagpu_units_per_gpu=config.metagpu_units_per_gpu,
     )
     app = build_app(nodes.current, Settings(config.default_model or None, rule))
-    context = server_ssl_context(config.cert_file, config.key_file)
     reloader = asyncio.get_running_loop().create_task(
         reload_certificate(context, config.cert_file, config.key_file, config.cert_reload_seconds)
     )
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_SECONDS)
     await runner.setup()
     await web.TCPSite(runner, "0.0.0.0", config.port, ssl_context=context).start()
     # Kubernetes stops a pod with SIGTERM: finish the requests in flight, then exit 0.

@@ -1,7 +1,13 @@
-"""AdmissionReview v1 in, AdmissionReview v1 out: the webhook's decision as plain data.
+"""AdmissionReview in, AdmissionReview out: the webhook's decision as plain data.
 
-Pure: no I/O. Requests the webhook does not handle (not a pod, not CREATE) are allowed
-unchanged, so a too-wide webhook configuration cannot break other objects.
+The answer has the request's apiVersion (``admission.k8s.io/v1``, or ``v1beta1`` where a webhook
+configuration lists it): kube-apiserver refuses an answer in another version. Requests the
+webhook does not handle (not a pod, not CREATE) are allowed unchanged, so a too-wide webhook
+configuration cannot break other objects. A body kube-apiserver would never send (not an
+AdmissionReview, a pod whose fields have the wrong types) raises BadReview: the server answers
+400 with one line.
+
+Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -16,14 +22,56 @@ from cdmo.translate.pods import translate_pod
 from cdmo.translate.rule import DEFAULT_RULE, Rule
 
 API_VERSION = "admission.k8s.io/v1"
+#: The AdmissionReview versions answered, each in its own version (their fields are the same).
+API_VERSIONS = (API_VERSION, "admission.k8s.io/v1beta1")
+
+#: Where translation reads a pod, the type each field must have: a dict for an object (None or
+#: absent is fine), a one-item list for a list whose items have that shape.
+_POD_SHAPE: dict[str, Any] = {
+    "metadata": {"labels": {}, "annotations": {}},
+    "spec": {
+        "containers": [{"resources": {"limits": {}, "requests": {}}}],
+        "nodeSelector": {},
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [{"matchExpressions": [{"values": list}]}]
+                }
+            }
+        },
+    },
+}
 
 
 class BadReview(InvalidInput):
-    """The request body is not an AdmissionReview v1 request."""
+    """The request body is not an AdmissionReview request kube-apiserver would send."""
 
 
-def _response(uid: str, **fields: Any) -> dict[str, Any]:
-    return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": {"uid": uid, **fields}}
+def _shape_problem(value: Any, shape: Any, where: str) -> str | None:
+    """The first field of ``value`` under ``where`` whose type differs from ``shape``; None if none."""
+    if value is None:
+        return None
+    if shape is list or isinstance(shape, list):
+        if not isinstance(value, list):
+            return f"{where} is not a list"
+        for i, item in enumerate(value if isinstance(shape, list) else ()):
+            if not isinstance(item, Mapping):
+                return f"{where}[{i}] is not an object"
+            problem = _shape_problem(item, shape[0], f"{where}[{i}]")
+            if problem:
+                return problem
+        return None
+    if not isinstance(value, Mapping):
+        return f"{where} is not an object"
+    for key, sub in shape.items():
+        problem = _shape_problem(value.get(key), sub, f"{where}.{key}")
+        if problem:
+            return problem
+    return None
+
+
+def _answer(api_version: str, uid: str, **fields: Any) -> dict[str, Any]:
+    return {"apiVersion": api_version, "kind": "AdmissionReview", "response": {"uid": uid, **fields}}
 
 
 def build_review_response(
@@ -40,16 +88,27 @@ def build_review_response(
     """
     if not isinstance(review, Mapping) or review.get("kind") != "AdmissionReview":
         raise BadReview("the body is not an AdmissionReview")
+    version = str(review.get("apiVersion"))
+    if version not in API_VERSIONS:
+        raise BadReview(
+            f"AdmissionReview apiVersion {review.get('apiVersion')!r} is not {' or '.join(API_VERSIONS)}",
+            hint="list admissionReviewVersions: [v1] in the webhook configuration",
+        )
     request = review.get("request")
     if not isinstance(request, Mapping) or not request.get("uid"):
         raise BadReview("the AdmissionReview has no request with a uid")
     uid = str(request["uid"])
     kind = request.get("kind") or {}
+    if not isinstance(kind, Mapping):
+        raise BadReview("the AdmissionReview request's kind is not a group/version/kind object")
     if (kind.get("group"), kind.get("kind")) != ("", "Pod") or request.get("operation") != "CREATE":
-        return _response(uid, allowed=True), "skip", "not a pod create"
+        return _answer(version, uid, allowed=True), "skip", "not a pod create"
     pod = request.get("object")
     if not isinstance(pod, Mapping):
-        return _response(uid, allowed=True), "skip", "no pod in the request"
+        return _answer(version, uid, allowed=True), "skip", "no pod in the request"
+    problem = _shape_problem(pod, _POD_SHAPE, "object")
+    if problem:
+        raise BadReview(f"the AdmissionReview's pod is not a pod: {problem}")
     if request.get("namespace") and not (pod.get("metadata") or {}).get("namespace"):
         # the API server fills the namespace in after admission; the reason should name it
         pod = {**pod, "metadata": {**(pod.get("metadata") or {}), "namespace": request["namespace"]}}
@@ -58,14 +117,19 @@ def build_review_response(
     except InvalidInput as exc:
         reason = f"cdmo cannot read the pod's fractional GPU ask: {exc}"
         return (
-            _response(uid, allowed=False, status={"code": 422, "reason": "Invalid", "message": reason}),
+            _answer(
+                version, uid, allowed=False, status={"code": 422, "reason": "Invalid", "message": reason}
+            ),
             "refuse",
             reason,
         )
     if result.action == "refuse":
         return (
-            _response(
-                uid, allowed=False, status={"code": 403, "reason": "Forbidden", "message": result.reason}
+            _answer(
+                version,
+                uid,
+                allowed=False,
+                status={"code": 403, "reason": "Forbidden", "message": result.reason},
             ),
             "refuse",
             result.reason,
@@ -77,4 +141,4 @@ def build_review_response(
         fields["patchType"] = "JSONPatch"
         fields["patch"] = base64.b64encode(json.dumps(list(result.patch)).encode()).decode()
         fields["auditAnnotations"] = {"fractional-ask": result.reason[:1000]}
-    return _response(uid, **fields), result.action, result.reason
+    return _answer(version, uid, **fields), result.action, result.reason

@@ -361,10 +361,21 @@ def test_cdmo_webhook_command_serves_over_https_and_stops_on_sigterm(
         assert body is not None and proc.poll() is None, proc.stdout.read() if proc.stdout else ""
         ops = json.loads(base64.b64decode(body["response"]["patch"]))
         assert ops[0]["value"] == {"limits": {"nvidia.com/mig-1g.18gb": "1"}}  # the H200 of the double
+        # A client that stops halfway through its body holds a request in flight: SIGTERM waits for
+        # it only as long as the API server would (aiohttp's own default is 60 s, past the 30 s
+        # after which the kubelet kills the pod).
+        stuck = ssl.create_default_context(cafile=str(tls.ca_file)).wrap_socket(
+            socket.create_connection(("127.0.0.1", port), timeout=30), server_hostname="127.0.0.1"
+        )
+        stuck.sendall(
+            b"POST /mutate HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1000\r\n\r\n"
+        )
+        assert stuck.recv(100).startswith(b"HTTP/1.1 100")  # the route matched; the handler now reads
+        stuck.sendall(b"{")
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            rc = proc.wait(15)
+            rc = proc.wait(45)  # only against a hang: the webhook gives in-flight requests 10 s
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
@@ -397,3 +408,263 @@ async def test_nodes_never_read_is_a_503_so_the_api_server_applies_failure_polic
     await nodes.refresh()
     assert await nodes.current(wait=0.01) == {"h100-80gb": 2} and nodes.error is None
     api.close()
+
+
+async def _post_bytes(url: str, data: bytes, ca_file: Path) -> tuple[int, Any]:
+    context = ssl.create_default_context(cafile=str(ca_file))
+    headers = {"Content-Type": "application/json"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=data, headers=headers, ssl=context) as resp,
+    ):
+        return resp.status, await resp.json(content_type=None)
+
+
+def test_a_v1beta1_review_is_answered_in_v1beta1_and_an_unknown_version_is_refused(
+    kube_api: KubeApiDouble, webhook: WebhookThread, tls: TlsFiles
+) -> None:
+    """kube-apiserver refuses a response whose apiVersion differs from the request's."""
+    add_node(kube_api, "gpu-1", "NVIDIA-H100-80GB-HBM3")
+    webhook.wait_for_models({"h100-80gb": 1})
+    old = review(pod("p", annotations={"gpu-fraction": "0.5"}), uid="beta")
+    old["apiVersion"] = "admission.k8s.io/v1beta1"
+    status, body = asyncio.run(_post(webhook.url + "/mutate", old, tls.ca_file))
+    assert status == 200
+    assert (body["apiVersion"], body["kind"], body["response"]["uid"]) == (
+        "admission.k8s.io/v1beta1",
+        "AdmissionReview",
+        "beta",
+    )
+    assert body["response"]["patchType"] == "JSONPatch"
+    unknown = {**old, "apiVersion": "admission.k8s.io/v2"}
+    status, body = asyncio.run(_post(webhook.url + "/mutate", unknown, tls.ca_file))
+    assert status == 400 and "admission.k8s.io/v2" in body["error"]
+
+
+def _shaped(obj: Any, **request: Any) -> bytes:
+    body = review(obj)
+    body["request"].update(request)
+    return json.dumps(body).encode()
+
+
+_ASK = {"name": "p", "annotations": {"gpu-fraction": "0.5"}}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _shaped(pod("p"), kind="Pod"),
+        _shaped({"metadata": "p", "spec": {"containers": [{"name": "m"}]}}),
+        _shaped({"metadata": {"name": "p", "annotations": ["gpu-fraction"]}, "spec": {"containers": []}}),
+        _shaped({"metadata": _ASK, "spec": {"containers": {"main": {}}}}),
+        _shaped({"metadata": _ASK, "spec": {"containers": ["main"]}}),
+        _shaped({"metadata": _ASK, "spec": {"containers": [{"name": "m", "resources": ["limits"]}]}}),
+        _shaped({"metadata": _ASK, "spec": {"containers": [{"name": "m"}], "nodeSelector": ["a"]}}),
+        b"[" * 100_000 + b"]" * 100_000,
+    ],
+    ids=["kind-str", "meta-str", "annotations-list", "containers-dict", "container-str", "resources-list",
+         "node-selector-list", "deep-json"],
+)  # fmt: skip
+def test_a_body_no_api_server_would_send_is_a_400_and_the_webhook_keeps_serving(
+    kube_api: KubeApiDouble, webhook: WebhookThread, tls: TlsFiles, data: bytes
+) -> None:
+    """A hostile or broken client: one line back with 400, not a 500 and a traceback in the log."""
+    add_node(kube_api, "gpu-1", "NVIDIA-H100-80GB-HBM3")
+    webhook.wait_for_models({"h100-80gb": 1})
+    status, body = asyncio.run(_post_bytes(webhook.url + "/mutate", data, tls.ca_file))
+    assert status == 400 and isinstance(body, dict) and body["error"]
+    good = review(pod("p", annotations={"gpu-fraction": "0.5"}))
+    status, body = asyncio.run(_post(webhook.url + "/mutate", good, tls.ca_file))
+    assert status == 200 and body["response"]["patchType"] == "JSONPatch"
+
+
+def test_a_certificate_pair_that_does_not_load_leaves_the_last_good_one_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewed certificate next to the old key (a half-written or broken Secret) is not served,
+    and neither is nothing: connections keep getting the old certificate until a pair loads."""
+    from aiohttp import web
+
+    from cdmo.webhook import server
+    from cdmo.webhook.server import build_app, reload_certificate, server_ssl_context
+
+    failures: list[str] = []
+
+    class Log:
+        def info(self, event: str, **_: Any) -> None:
+            pass
+
+        def warning(self, event: str, **_: Any) -> None:
+            failures.append(event)
+
+    monkeypatch.setattr(server, "log", Log())
+
+    old = make_tls_files(tmp_path / "old")
+    new = make_tls_files(tmp_path / "new")
+    live = tmp_path / "live"
+    live.mkdir()
+    cert, key = live / "tls.crt", live / "tls.key"
+    cert.write_bytes(old.cert_file.read_bytes())
+    key.write_bytes(old.key_file.read_bytes())
+
+    async def models() -> dict[str, int]:
+        return {"h100-80gb": 1}
+
+    async def scenario() -> tuple[bool, bool, bool, bool]:
+        context = server_ssl_context(str(cert), str(key))
+        runner = web.AppRunner(build_app(models))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+        await site.start()
+        url = f"https://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/healthz"  # type: ignore[union-attr]
+
+        async def trusted_by(ca: Path) -> bool:
+            ssl_ctx = ssl.create_default_context(cafile=str(ca))
+            try:
+                async with aiohttp.ClientSession() as s, s.get(url, ssl=ssl_ctx) as resp:
+                    return resp.status == 200
+            except aiohttp.ClientConnectorError:
+                return False
+
+        reloader = asyncio.get_running_loop().create_task(
+            reload_certificate(context, str(cert), str(key), 0.02)
+        )
+        await asyncio.sleep(0)  # the reloader notes the files as they are before its first wait
+        try:
+            cert.write_bytes(new.cert_file.read_bytes())  # the key is still the old one
+            for _ in range(500):  # bounded: until the reloader has tried the mismatched pair twice
+                if len(failures) >= 2:
+                    break
+                await asyncio.sleep(0.02)
+            assert len(failures) >= 2, failures
+            broken = await trusted_by(old.ca_file), await trusted_by(new.ca_file)
+            key.write_bytes(new.key_file.read_bytes())
+            for _ in range(500):
+                if await trusted_by(new.ca_file):
+                    break
+                await asyncio.sleep(0.02)
+            return (*broken, await trusted_by(new.ca_file), await trusted_by(old.ca_file))
+        finally:
+            reloader.cancel()
+            await runner.cleanup()
+
+    old_during, new_during, new_after, old_after = asyncio.run(scenario())
+    assert (old_during, new_during) == (True, False)
+    assert (new_after, old_after) == (True, False)
+
+
+_PATCH_PODS = {
+    "metagpu-with-requests-and-escaped-keys": {
+        "metadata": {"name": "a", "namespace": "default", "annotations": {"x.io/a~b": "1"}},
+        "spec": {
+            "containers": [
+                {
+                    "name": "a",
+                    "resources": {
+                        "requests": {"cnvrg.io/metagpu": "25", "cpu": "1"},
+                        "limits": {"cnvrg.io/metagpu": "25"},
+                    },
+                }
+            ]
+        },
+    },
+    "cfgi-replicas-in-second-container-with-init": {
+        "metadata": {"name": "b", "namespace": "default", "labels": {"clearml-injector/fraction": "0.25"}},
+        "spec": {
+            "initContainers": [{"name": "init"}],
+            "containers": [
+                {"name": "side"},
+                {"name": "main", "resources": {"limits": {"nvidia.com/gpu": "2"}, "requests": {"nvidia.com/gpu": "2"}}},
+            ],
+        },
+    },
+    "kai-devices-null-limits": {
+        "metadata": {
+            "generateName": "job-",
+            "namespace": "default",
+            "annotations": {"gpu-fraction": "0.5", "gpu-fraction-container-name": "b", "gpu-fraction-num-devices": "2"},
+        },
+        "spec": {"containers": [{"name": "a"}, {"name": "b", "resources": {"limits": None}}]},
+    },
+    "two-metagpu-containers": {
+        "metadata": {"name": "d", "namespace": "default", "annotations": {}},
+        "spec": {
+            "containers": [
+                {"name": "a", "resources": {"limits": {"cnvrg.io/metagpu": "25"}}},
+                {"name": "b", "resources": {"limits": {"cnvrg.io/metagpu": "50"}}},
+            ]
+        },
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(_PATCH_PODS))
+def test_the_patch_applied_by_an_rfc6902_implementation_gives_what_cdmo_translate_shows(
+    kube_api: KubeApiDouble,
+    webhook: WebhookThread,
+    tls: TlsFiles,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+) -> None:
+    """One module decides a pod's ask: the webhook's patch, applied by the ``jsonpatch`` package as
+    the API server would, leaves the pod `cdmo translate --model` shows (bar the reason's wording)."""
+    import jsonpatch
+
+    from cdmo.cli import main
+    from cdmo.translate.pods import REASON_ANNOTATION
+
+    add_node(kube_api, "gpu-1", "NVIDIA-H100-80GB-HBM3")
+    webhook.wait_for_models({"h100-80gb": 1})
+    obj = _PATCH_PODS[name]
+    status, body = asyncio.run(_post(webhook.url + "/mutate", review(obj), tls.ca_file))
+    assert status == 200 and body["response"]["patchType"] == "JSONPatch"
+    ops = json.loads(base64.b64decode(body["response"]["patch"], validate=True))
+    assert isinstance(ops, list)
+    patched = jsonpatch.apply_patch(obj, ops)
+    manifest = tmp_path / "pod.json"
+    manifest.write_text(json.dumps({"apiVersion": "v1", "kind": "Pod", **obj}))
+    capsys.readouterr()
+    assert main(["translate", str(manifest), "--model", "h100-80gb", "-o", "json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    for pod_ in (patched, shown):
+        pod_.pop("apiVersion", None)
+        pod_.pop("kind", None)
+        pod_["metadata"]["annotations"].pop(REASON_ANNOTATION)
+    assert patched == shown
+
+
+def test_slow_and_silent_clients_do_not_hold_up_the_api_servers_requests(
+    kube_api: KubeApiDouble, webhook: WebhookThread, tls: TlsFiles
+) -> None:
+    """Connections that never finish their TLS handshake or their headers; then concurrent reviews."""
+    add_node(kube_api, "gpu-1", "NVIDIA-H100-80GB-HBM3")
+    webhook.wait_for_models({"h100-80gb": 1})
+    port = int(webhook.url.rsplit(":", 1)[1])
+    context = ssl.create_default_context(cafile=str(tls.ca_file))
+    held: list[socket.socket] = []
+    try:
+        for _ in range(10):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=30))  # no handshake
+        for _ in range(10):
+            conn = context.wrap_socket(
+                socket.create_connection(("127.0.0.1", port), timeout=30), server_hostname="127.0.0.1"
+            )
+            conn.sendall(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Le")
+            held.append(conn)
+
+        async def many() -> list[tuple[int, Any]]:
+            return await asyncio.gather(
+                *(
+                    _post(webhook.url + "/mutate", review(pod(f"p{i}", annotations={"gpu-fraction": "0.5"}), uid=f"u{i}"), tls.ca_file)
+                    for i in range(16)
+                )
+            )  # fmt: skip
+
+        answers = asyncio.run(asyncio.wait_for(many(), 60))  # only against a hang
+        assert [(s, b["response"]["uid"], b["response"]["patchType"]) for s, b in answers] == [
+            (200, f"u{i}", "JSONPatch") for i in range(16)
+        ]
+    finally:
+        for conn in held:
+            conn.close()

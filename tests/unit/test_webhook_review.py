@@ -129,3 +129,21 @@ def test_webhook_command_refuses_bad_input_in_one_line(
     assert main(["webhook", *base, *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0]
+
+
+@pytest.mark.parametrize("broken", ["mismatched", "not-pem"])
+def test_webhook_command_refuses_a_certificate_that_does_not_load_in_one_line_before_starting(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, broken: str
+) -> None:
+    """Checked before anything starts (no node list, no kubeconfig read): one line naming the files."""
+    from tests.harness.tls import make_tls_files
+
+    one, other = make_tls_files(tmp_path / "one"), make_tls_files(tmp_path / "other")
+    cert, key = one.cert_file, other.key_file
+    if broken == "not-pem":
+        key = tmp_path / "tls.key"
+        key.write_text("not a key")
+    args = ["webhook", "--cert-file", str(cert), "--key-file", str(key)]
+    assert main([*args, "--kubeconfig", str(tmp_path / "no-kubeconfig")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"TLS certificate {cert} and key {key} do not load" in err[0], err
