@@ -2,8 +2,10 @@
 
 ``load_yaml(text)`` gives the same data as ``yaml.safe_load(text)`` and, for bad input, the
 error ``yaml.load(text, Loader=yaml.CSafeLoader)`` raises (what cdmo used before): the same kind,
-line and column as safe_load's, worded by libyaml. It is what cdmo reads YAML documents with
-(snapshots, the MIG catalog and layouts, scenarios, traces, layout files).
+line and column as safe_load's, worded by libyaml. One difference, on purpose: a mapping that
+gives a key twice is an error (safe_load keeps the last value), as Kubernetes' strict decoding
+has it. It is what cdmo reads YAML documents with (snapshots, the MIG catalog and layouts,
+scenarios, traces, layout files).
 
 Why not plain ``yaml.load(text, Loader=yaml.CSafeLoader)``: libyaml parses quickly, but PyYAML
 first composes the whole document into node objects (a node and two marks per scalar, about a
@@ -50,6 +52,47 @@ from yaml.nodes import ScalarNode
 
 #: libyaml's safe loader where PyYAML was built with it, else the pure-Python one.
 SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class NoDuplicateKeys(yaml.constructor.SafeConstructor):
+    """A safe constructor that refuses a mapping giving one key twice (mixed into a loader).
+
+    The safe loader keeps the last value without a word: a layout file saying ``instances:``
+    twice for one GPU would apply only the second list. Kubernetes' strict decoding (``kubectl
+    --validate=strict``, the API server's ``fieldValidation=Strict``) refuses such a document too.
+    Keys a merge (``<<``) brings in may still be overridden, as YAML means them to be.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):  # the constructor's own check comes after
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if not isinstance(key_node, ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # a complex key: the constructor says what is wrong with it
+                if key_node.tag == "tag:yaml.org,2002:value":
+                    key: Any = key_node.value  # "=", which the safe constructor reads as a string
+                else:
+                    key = self.construct_object(key_node)
+                if key in seen:
+                    # no context: the first line of the error is then the problem
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"found duplicate key {key!r}", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def describe_error(exc: yaml.YAMLError) -> str:
+    """What a YAML error says in one line: its problem and where ("found duplicate key 'a' at
+    line 3, column 1"), for the messages of every command that reads YAML."""
+    problem = getattr(exc, "problem", None) or "cannot parse it"
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
+class StrictSafeLoader(NoDuplicateKeys, SAFE_LOADER):  # type: ignore[valid-type,misc]
+    """:data:`SAFE_LOADER` that refuses a key given twice in one mapping (:class:`NoDuplicateKeys`)."""
+
 
 _STR = "tag:yaml.org,2002:str"
 #: Tags of plain scalars whose value the fast path builds with PyYAML's SafeConstructor.
@@ -249,6 +292,8 @@ def _load_block(text: str) -> Any:
         k: Any = cached(key, missing)
         if k is missing:
             k = value_of(key) if key[:1] in starts else key
+        if k in items:
+            raise _Unsupported("a key given twice")  # the strict loader says where
         if value is missing:
             items[k] = None
             pending = k
@@ -260,13 +305,15 @@ def _load_block(text: str) -> Any:
 
 
 def load_yaml(text: str) -> Any:
-    """``yaml.safe_load(text)``: the same data, the same errors (YAMLError with its marks)."""
+    """``yaml.safe_load(text)``: the same data, the same errors (YAMLError with its marks), and
+    one more: a mapping that gives a key twice is a ConstructorError ("found duplicate key")
+    at the second one (:class:`StrictSafeLoader`)."""
     try:
         return _load_block(text)
     except _Unsupported:
         pass  # not all in the block grammar: libyaml reads it (errors and all)
     if SAFE_LOADER is yaml.SafeLoader:
-        return yaml.load(text, Loader=SAFE_LOADER)  # PyYAML without libyaml: no events to skip
+        return yaml.load(text, Loader=StrictSafeLoader)  # PyYAML without libyaml: no events to skip
     try:
         return _load_events(text)
     except yaml.YAMLError:
@@ -278,7 +325,7 @@ def load_yaml(text: str) -> Any:
     except Exception:
         # _Unsupported, or a scalar PyYAML refuses to build: the full loader reads the text
         # again and answers as safe_load would, the same data or the same error.
-        return yaml.load(text, Loader=SAFE_LOADER)
+        return yaml.load(text, Loader=StrictSafeLoader)
 
 
 def _load_events(text: str) -> Any:
@@ -330,6 +377,8 @@ def _load_events(text: str) -> Any:
                     top.append(container)
                 elif key is missing:
                     raise _Unsupported("a key that is a mapping or a list")
+                elif key in top:
+                    raise _Unsupported("a key given twice")  # the strict loader says where
                 else:
                     top[key] = container
                     key = missing
@@ -347,6 +396,8 @@ def _load_events(text: str) -> Any:
                 top.append(item)
             elif key is missing:
                 key = item
+            elif key in top:
+                raise _Unsupported("a key given twice")  # the strict loader says where
             else:
                 top[key] = item
                 key = missing

@@ -20,7 +20,7 @@ import yaml
 from cdmo import exit_codes
 from cdmo.errors import InvalidInput
 from cdmo.output import add_output_argument
-from cdmo.yamlload import load_yaml
+from cdmo.yamlload import describe_error, load_yaml
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -152,10 +152,7 @@ def read_layout_file(path: str) -> dict[int, Any]:
             f"cannot read {path}: it is not UTF-8 text", hint="write the layout as YAML"
         ) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "cannot parse it"
-        raise InvalidInput(f"{path} is not valid YAML{where}: {problem}") from None
+        raise InvalidInput(f"{path} is not valid YAML: {describe_error(exc)}") from None
     if isinstance(doc, Mapping) and isinstance(doc.get("spec"), Mapping):
         doc = doc["spec"]
     if not isinstance(doc, Mapping) or "gpus" not in doc:

@@ -19,8 +19,9 @@ import yaml
 
 from cdmo import exit_codes
 from cdmo.errors import InvalidInput, InvalidSnapshot
+from cdmo.jsonload import DuplicateKey, load_json
 from cdmo.output import add_output_argument, camel_keys, print_json_items, print_rows, print_yaml_items
-from cdmo.yamlload import load_yaml
+from cdmo.yamlload import describe_error, load_yaml
 
 if TYPE_CHECKING:
     from cdmo.planner import Plan
@@ -87,6 +88,8 @@ def _load(text: str, name: str, *, json_first: bool) -> Any:
         return _parse_text(text, name, json_first=json_first)
     except json.JSONDecodeError:
         raise
+    except DuplicateKey as exc:
+        raise InvalidSnapshot("", f"{name} is not valid JSON: {exc}; give each key once") from None
     except RecursionError:
         # json.loads nests by recursion (YAML's loaders say "maximum nesting depth" themselves).
         raise InvalidSnapshot("", f"{name} is nested too deeply; a snapshot is a few levels deep") from None
@@ -101,7 +104,7 @@ def _load(text: str, name: str, *, json_first: bool) -> Any:
 def _parse_text(text: str, name: str, *, json_first: bool) -> Any:
     if json_first:
         try:
-            return json.loads(text)
+            return load_json(text)
         except json.JSONDecodeError as exc:
             if name.endswith(".json"):
                 raise InvalidSnapshot(
@@ -110,10 +113,7 @@ def _parse_text(text: str, name: str, *, json_first: bool) -> Any:
     try:
         return load_yaml(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "cannot parse it"
-        raise InvalidSnapshot("", f"{name} is not valid YAML or JSON: {problem}{where}") from None
+        raise InvalidSnapshot("", f"{name} is not valid YAML or JSON: {describe_error(exc)}") from None
 
 
 #: Up to this many GPUs the table lists every GPU; above, only those the plan changes or whose

@@ -26,7 +26,7 @@ from cdmo.errors import CdmoError, InvalidInput
 from cdmo.mig.catalog import GpuModel, find_model, model_keys
 from cdmo.mig.layouts import named_layouts
 from cdmo.mig.resources import QUEUE_SLICES, queue_profile
-from cdmo.yamlload import load_yaml
+from cdmo.yamlload import describe_error, load_yaml
 
 #: The static layouts the issue names; any other mig-parted name of every fleet model works too.
 STATIC_LAYOUTS = ("all-1g", "all-balanced", "all-3g", "all-7g")
@@ -800,9 +800,7 @@ def load_scenario(path: str | Path) -> Scenario:
     try:
         data = load_yaml(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise InvalidScenario("", f"{p} is not valid YAML{where}") from None
+        raise InvalidScenario("", f"{p} is not valid YAML: {describe_error(exc)}") from None
     except ValueError as exc:  # int() of a scalar of thousands of digits, past Python's limit
         raise InvalidScenario("", f"{p} is not valid YAML: {str(exc).split(';')[0]}") from None
     if data is None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from cdmo.jsonload import load_json
 from cdmo.mig.catalog import GpuModel
 from cdmo.sim import scenario as _limits
 from cdmo.sim.scenario import (
@@ -29,7 +30,7 @@ from cdmo.sim.scenario import (
     read_text_file,
     resolve_profile,
 )
-from cdmo.yamlload import load_yaml
+from cdmo.yamlload import describe_error, load_yaml
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,8 +249,8 @@ def _read_rows(path: Path) -> Iterator[tuple[str, Mapping[str, Any]]]:
                 raise _too_many(path)
             count += 1
             try:
-                row = json.loads(line)
-            except ValueError as exc:  # JSONDecodeError, or an int of more digits than Python converts
+                row = load_json(line)
+            except ValueError as exc:  # JSONDecodeError, a key given twice, or an int past Python's limit
                 msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc).split(";")[0]
                 raise InvalidScenario(f"{path}: line {i + 1}", f"not valid JSON ({msg})") from None
             yield f"{path}: line {i + 1}", row
@@ -258,7 +259,9 @@ def _read_rows(path: Path) -> Iterator[tuple[str, Mapping[str, Any]]]:
         text = read_text_file(path, "trace")
         try:
             data = load_yaml(text)  # traces can be long: the fast loader
-        except (yaml.YAMLError, ValueError):  # ValueError: an int past Python's digit limit
+        except yaml.YAMLError as exc:
+            raise InvalidScenario(str(path), f"not valid YAML: {describe_error(exc)}") from None
+        except ValueError:  # an int past Python's digit limit
             raise InvalidScenario(str(path), "not valid YAML") from None
         if isinstance(data, Mapping) and "pods" in data:
             data = data["pods"]

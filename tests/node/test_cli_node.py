@@ -183,8 +183,12 @@ def test_apply_refuses_bad_layouts_for_the_gpu(
         ("nodes: []", "is not a MigLayout spec"),
         ("gpus: [{index: 0, instances: [{profile: big, start: 0}]}]", "is not a MIG profile name"),
         ("gpus: [", "not valid YAML"),
+        (
+            "gpus:\n- index: 0\n  instances: []\n  instances: [{profile: 1g.10gb, start: 0}]\n",
+            "found duplicate key 'instances' at line 4, column 3",
+        ),
     ],
-    ids=["not-a-spec", "bad-profile", "bad-yaml"],
+    ids=["not-a-spec", "bad-profile", "bad-yaml", "key-twice"],
 )
 def test_apply_bad_files_exit_2_with_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str

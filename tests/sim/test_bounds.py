@@ -289,6 +289,16 @@ def trace_scenario(tmp_path: Path, name: str, content: str | bytes) -> dict[str,
         ("t.csv", bytes(range(128, 256)) * 3, "not a UTF-8 text file"),
         ("t.jsonl", b'{"arrival": 0}\n' + bytes(range(128, 256)), "not a UTF-8 text file"),
         ("t.yaml", b"- " + bytes(range(128, 256)), "not a UTF-8 text file"),
+        (
+            "t.jsonl",
+            '{"arrival": 0, "duration": 60, "queue": "slice-1", "duration": 6000}\n',
+            "line 1: not valid JSON (the key 'duration' is given twice",
+        ),
+        (
+            "t.yaml",
+            "- {arrival: 0, duration: 60, queue: slice-1, queue: slice-7}\n",
+            "found duplicate key 'queue'",
+        ),
     ],
     ids=[
         "duration-inf",
@@ -301,6 +311,8 @@ def trace_scenario(tmp_path: Path, name: str, content: str | bytes) -> dict[str,
         "binary-csv",
         "binary-jsonl",
         "binary-yaml",
+        "jsonl-key-twice",
+        "yaml-key-twice",
     ],
 )
 def test_bad_traces_are_one_clear_error(tmp_path: Path, name: str, content: str | bytes, words: str) -> None:

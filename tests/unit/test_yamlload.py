@@ -67,12 +67,17 @@ def _outcome(load: Any, text: str) -> tuple[str, Any]:
 
 
 def _libyaml_load(text: str) -> Any:
-    return yaml.load(text, Loader=yamlload.SAFE_LOADER)
+    return yaml.load(text, Loader=yamlload.StrictSafeLoader)
+
+
+class _PureStrictLoader(yamlload.NoDuplicateKeys, yaml.SafeLoader):  # type: ignore[misc]
+    """yaml.safe_load's pure-Python loader, refusing a key given twice as load_yaml does."""
 
 
 def assert_loads_like_safe_load(text: str) -> None:
     """The same outcome as ``yaml.load(text, Loader=yaml.CSafeLoader)`` -- safe_load on libyaml,
-    what cdmo loaded with before -- in data, error kind, line, column and message.
+    what cdmo loaded with before, but refusing a key given twice -- in data, error kind, line,
+    column and message.
 
     Where libyaml's parser and PyYAML's pure-Python one disagree among themselves (the wording of
     some errors, which quote no snippet of the line in libyaml; a surrogate pair escaped in a
@@ -90,7 +95,7 @@ def assert_loads_like_safe_load(text: str) -> None:
 def _assert_same_as_pure_safe_load(text: str) -> None:
     """yaml.safe_load itself (pure Python): the same data, or an error of the same kind at the
     same line and column (multi-document files are refused by both)."""
-    ours, theirs = _outcome(load_yaml, text), _outcome(yaml.safe_load, text)
+    ours, theirs = _outcome(load_yaml, text), _outcome(lambda t: yaml.load(t, Loader=_PureStrictLoader), text)
     assert ours[0] == theirs[0], (ours, theirs)
     if ours[0] == "data":
         assert _same(ours[1], theirs[1]), (ours[1], theirs[1])
@@ -168,6 +173,30 @@ SPECIAL = {
 @pytest.mark.parametrize("text", list(SPECIAL.values()), ids=list(SPECIAL))
 def test_what_the_fast_path_leaves_to_pyyaml_loads_as_safe_load_loads_it(text: str) -> None:
     assert_loads_like_safe_load(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("a: 1\nb: 2\na: 3\n", 3),  # the block path
+        ("gpus:\n- index: 0\n  instances: []\n  instances:\n  - {profile: 1g.10gb, start: 0}\n", 4),
+        ("a: {b: 1, b: 2}\n", 1),  # flow: the events path
+        ("a: 1\n'a': 2\n", 2),  # quoted or not, the same key
+        ("1: x\n0x1: y\n", 2),  # YAML 1.1 reads both as 1
+        ("# c\nk: &x [1]\nk: *x\n", 3),  # anchors: the full loader
+    ],
+)
+def test_a_key_given_twice_is_an_error_at_the_second(text: str, line: int) -> None:
+    """safe_load keeps the last value: a layout saying ``instances:`` twice used the second list."""
+    with pytest.raises(yaml.constructor.ConstructorError) as caught:
+        load_yaml(text)
+    assert caught.value.problem is not None and caught.value.problem.startswith("found duplicate key")
+    assert caught.value.problem_mark is not None and caught.value.problem_mark.line + 1 == line
+    assert str(caught.value).startswith("found duplicate key")  # what one-line messages show
+
+
+def test_a_merge_may_still_be_overridden() -> None:
+    assert load_yaml("b: &x {k: 1, j: 2}\nc:\n  <<: *x\n  k: 3\n")["c"] == {"k": 3, "j": 2}
 
 
 def test_an_alias_is_the_same_object_as_its_anchor() -> None:

@@ -154,6 +154,30 @@ def test_json_nested_too_deeply_is_one_clear_line(tmp_path) -> None:
     assert proc.returncode == 2 and b"nested too deeply" in proc.stderr and b"Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        (
+            "snap.json",
+            '{"nodes": [], "pending": [], "nodes": [{"name": "n"}]}',
+            b"the key 'nodes' is given twice",
+        ),
+        (
+            "snap.yaml",
+            "nodes: []\npending: []\nnodes: [{name: n}]\n",
+            b"found duplicate key 'nodes' at line 3, column 1",
+        ),
+    ],
+    ids=["json", "yaml"],
+)
+def test_a_key_given_twice_is_one_clear_line(tmp_path, name: str, text: str, message: bytes) -> None:
+    """json.loads and safe_load keep the last value: half of such a snapshot was silently dropped."""
+    path = tmp_path / name
+    path.write_text(text)
+    proc = _cdmo_plan(str(path))
+    assert proc.returncode == 2 and message in proc.stderr and b"Traceback" not in proc.stderr, proc.stderr
+
+
 def test_stdin_that_is_not_utf8_says_so() -> None:
     proc = _cdmo_plan("-", stdin=b"nodes: [\xff]\n")
     assert proc.returncode == 2
