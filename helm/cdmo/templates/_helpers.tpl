@@ -17,6 +17,14 @@
 {{- end -}}
 {{- end -}}
 
+{{/* <fullname>-<suffix> within 63 characters, the suffix kept whole: Service names must be DNS
+labels. Pass (list $ "operator-metrics"). Names that fit are the same as plain <fullname>-<suffix>. */}}
+{{- define "cdmo.componentName" -}}
+{{- $suffix := index . 1 -}}
+{{- $base := include "cdmo.fullname" (index . 0) | trunc (int (sub 62 (len $suffix))) | trimSuffix "-" -}}
+{{- printf "%s-%s" $base $suffix -}}
+{{- end -}}
+
 {{- define "cdmo.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
@@ -76,6 +84,12 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- . | toString | quote -}}
 {{- end -}}
 
+{{/* An integer knob as an env value. A values file's numbers reach templates as floats, and
+toString writes a million as 1e+06, which cdmo.config's int() refuses: int64 first. */}}
+{{- define "cdmo.envInt" -}}
+{{- . | int64 | toString | quote -}}
+{{- end -}}
+
 {{/* Whether the ValidatingAdmissionPolicy renders: true, false, or auto (the cluster serves v1). */}}
 {{- define "cdmo.admissionPolicyEnabled" -}}
 {{- $want := .Values.admissionPolicy.enabled -}}
@@ -89,6 +103,16 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- if and (gt (int .Values.operator.replicas) 1) (not .Values.operator.peering.enabled) -}}
 {{- fail (printf "operator.replicas is %d but operator.peering.enabled is false: several replicas need kopf peering; set operator.replicas=1 or operator.peering.enabled=true" (int .Values.operator.replicas)) -}}
 {{- end -}}
+{{- if eq (int .Values.operator.metricsPort) (int .Values.operator.healthPort) -}}
+{{- fail (printf "operator.metricsPort and operator.healthPort are both %d: the operator serves each on its own port; set one of them to another port" (int .Values.operator.metricsPort)) -}}
+{{- end -}}
+{{- range $component := list "operator" "agent" "webhook" -}}
+{{- range $key := list "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/component" -}}
+{{- if hasKey ((index $.Values $component).podLabels | default dict) $key -}}
+{{- fail (printf "%s.podLabels sets %s, one of the labels the chart selects the %s's pods by: remove it (the chart sets it)" $component $key $component) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- if and (eq .Values.agent.backend "simulated") (not (or .Values.agent.sim.gpus .Values.agent.sim.state)) -}}
 {{- fail "agent.backend is simulated but agent.sim.gpus and agent.sim.state are empty: say which GPUs to simulate (agent.sim.gpus=h100-80gb,h100-80gb)" -}}
 {{- end -}}
@@ -96,7 +120,7 @@ app.kubernetes.io/component: {{ index . 1 }}
 
 {{/* The fractional-GPU webhook: its name, service account, and whether cert-manager makes its certificate. */}}
 {{- define "cdmo.webhookName" -}}
-{{- printf "%s-webhook" (include "cdmo.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- include "cdmo.componentName" (list . "webhook") -}}
 {{- end -}}
 
 {{- define "cdmo.webhookCertManager" -}}
