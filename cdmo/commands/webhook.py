@@ -119,7 +119,7 @@ async def _serve(config: WebhookConfig, kubeconfig: str | None) -> None:
         cfgi_replicas_per_gpu=config.cfgi_replicas_per_gpu,
         metagpu_units_per_gpu=config.metagpu_units_per_gpu,
     )
-    app = build_app(nodes.current, Settings(config.default_model or None, rule))
+    app = build_app(nodes.current, Settings(config.default_model or None, rule), ready=nodes.not_ready)
     reloader = asyncio.get_running_loop().create_task(
         reload_certificate(context, config.cert_file, config.key_file, config.cert_reload_seconds)
     )

@@ -81,6 +81,12 @@ class NodeModels:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
+    def not_ready(self) -> str | None:
+        """Why no answer can be given yet (no list read so far), or None: for GET /readyz."""
+        if self.loaded.is_set():
+            return None
+        return f"the labelled nodes were never read ({self.error or 'no answer yet'})"
+
     async def current(self, wait: float = 5.0) -> dict[str, int]:
         """The last list read; waits up to ``wait`` seconds for the first one.
 

@@ -1,4 +1,5 @@
-"""The webhook's HTTPS server: POST /mutate takes an AdmissionReview, GET /healthz says it is up.
+"""The webhook's HTTPS server: POST /mutate takes an AdmissionReview, GET /healthz says it is up,
+GET /readyz whether it has read the nodes' GPU models (and so can answer).
 
 The certificate is read again when its files change, so a certificate that cert-manager (or a
 ``helm upgrade`` that made a new one) renews in the mounted Secret is served without a restart.
@@ -42,8 +43,15 @@ class Settings:
     rule: Rule = DEFAULT_RULE
 
 
-def build_app(models: ModelSource, settings: Settings = Settings()) -> web.Application:
-    """The aiohttp application; ``models`` returns the cluster's {model key: labelled nodes}."""
+def build_app(
+    models: ModelSource, settings: Settings = Settings(), ready: Callable[[], str | None] | None = None
+) -> web.Application:
+    """The aiohttp application; ``models`` returns the cluster's {model key: labelled nodes}.
+
+    ``ready`` says why the webhook cannot answer yet (None: it can); GET /readyz answers 503 with
+    that, so a replica that has never read the nodes is out of the Service while another answers
+    (/healthz says only that the process is up, for the liveness probe).
+    """
 
     async def mutate(request: web.Request) -> web.Response:
         try:
@@ -74,9 +82,14 @@ def build_app(models: ModelSource, settings: Settings = Settings()) -> web.Appli
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok")
 
+    async def readyz(_: web.Request) -> web.Response:
+        why = ready() if ready is not None else None
+        return web.Response(text="ok") if why is None else web.Response(text=why, status=503)
+
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app.router.add_post("/mutate", mutate)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     return app
 
 

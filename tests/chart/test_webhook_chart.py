@@ -210,3 +210,15 @@ def test_match_conditions_send_only_pods_with_a_fractional_ask(
     mwc = one(_webhook_objects(helm), "MutatingWebhookConfiguration")
     (hook,) = MutatingWebhook.from_configuration(mwc, url="https://unused", ca_file=None)
     assert evaluate_match_conditions(hook.match_conditions, pod, {"operation": "CREATE"}) is sent
+
+
+def test_probes_ask_paths_the_webhook_serves_and_readiness_waits_for_the_nodes(helm: Helm) -> None:
+    """Readiness once asked /healthz, which is ok before the nodes were ever read, when /mutate
+    can only answer 503: such a replica stayed in the Service."""
+    from cdmo.webhook.server import build_app
+
+    c = container(one(_webhook_objects(helm), "Deployment", "-webhook"))
+    served = {r.resource.canonical for r in build_app(lambda: None).router.routes() if r.method == "GET"}  # type: ignore[arg-type,return-value,union-attr]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert {"/healthz", "/readyz"} <= served

@@ -399,14 +399,20 @@ async def test_nodes_never_read_is_a_503_so_the_api_server_applies_failure_polic
     await nodes.refresh()
     with pytest.raises(NodesUnreadable, match="Forbidden"):
         await nodes.current(wait=0.01)
-    async with TestClient(TestServer(build_app(lambda: nodes.current(wait=0.01)))) as client:
+    app = build_app(lambda: nodes.current(wait=0.01), ready=nodes.not_ready)
+    async with TestClient(TestServer(app)) as client:
         resp = await client.post("/mutate", json=review(pod("p", annotations={"gpu-fraction": "0.5"})))
         assert resp.status == 503
         assert "cannot read the cluster's labelled nodes" in (await resp.json())["error"]
-    # once a list is read, the models are answered
-    nodes._read = lambda: {"h100-80gb": 2}  # type: ignore[method-assign]
-    await nodes.refresh()
-    assert await nodes.current(wait=0.01) == {"h100-80gb": 2} and nodes.error is None
+        # not ready: the Service sends the API server's calls to a replica that can answer
+        ready = await client.get("/readyz")
+        assert ready.status == 503 and "Forbidden" in await ready.text()
+        assert (await client.get("/healthz")).status == 200  # alive all the same: no restart
+        # once a list is read, the models are answered
+        nodes._read = lambda: {"h100-80gb": 2}  # type: ignore[method-assign]
+        await nodes.refresh()
+        assert await nodes.current(wait=0.01) == {"h100-80gb": 2} and nodes.error is None
+        assert (await client.get("/readyz")).status == 200
     api.close()
 
 
