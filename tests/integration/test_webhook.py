@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -261,55 +262,70 @@ def test_object_selector_keeps_opted_out_pods_away_from_the_webhook_in_the_api_d
     assert chain.calls == []
 
 
-def test_a_renewed_certificate_is_served_without_a_restart(tmp_path: Path) -> None:
-    """Rotation: new files in the mounted Secret are picked up; clients trusting only the new CA connect."""
-    from aiohttp import web
+class _Rotation:
+    """A mounted Secret's two files, holding the ``old`` pair, and a ``new`` pair to write there."""
 
-    from cdmo.webhook.server import build_app, reload_certificate, server_ssl_context
+    def __init__(self, tmp_path: Path) -> None:
+        self.old = make_tls_files(tmp_path / "old")
+        self.new = make_tls_files(tmp_path / "new")
+        live = tmp_path / "live"
+        live.mkdir()
+        self.cert, self.key = live / "tls.crt", live / "tls.key"
+        self.cert.write_bytes(self.old.cert_file.read_bytes())
+        self.key.write_bytes(self.old.key_file.read_bytes())
 
-    old = make_tls_files(tmp_path / "old")
-    new = make_tls_files(tmp_path / "new")
-    live = tmp_path / "live"
-    live.mkdir()
-    cert, key = live / "tls.crt", live / "tls.key"
-    cert.write_bytes(old.cert_file.read_bytes())
-    key.write_bytes(old.key_file.read_bytes())
+    @contextlib.asynccontextmanager
+    async def serving(self, every: float) -> AsyncIterator[Callable[[Path], Awaitable[bool]]]:
+        """The webhook on a free port, reloading the files every ``every`` seconds; yields
+        ``trusted_by(ca)``: whether a client trusting only ``ca`` gets an answer."""
+        from aiohttp import web
 
-    async def models() -> dict[str, int]:
-        return {"h100-80gb": 1}
+        from cdmo.webhook.server import build_app, reload_certificate, server_ssl_context
 
-    async def scenario() -> tuple[bool, bool]:
-        context = server_ssl_context(str(cert), str(key))
+        async def models() -> dict[str, int]:
+            return {"h100-80gb": 1}
+
+        context = server_ssl_context(str(self.cert), str(self.key))
         runner = web.AppRunner(build_app(models))
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
         await site.start()
         url = f"https://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/healthz"  # type: ignore[union-attr]
-        reloader = asyncio.get_running_loop().create_task(
-            reload_certificate(context, str(cert), str(key), 0.05)
-        )
 
         async def trusted_by(ca: Path) -> bool:
             ssl_ctx = ssl.create_default_context(cafile=str(ca))
             try:
                 async with aiohttp.ClientSession() as s, s.get(url, ssl=ssl_ctx) as resp:
                     return resp.status == 200
-            except aiohttp.ClientConnectorCertificateError:
+            except aiohttp.ClientConnectorError:  # the certificate's error among them
                 return False
 
+        reloader = asyncio.get_running_loop().create_task(
+            reload_certificate(context, str(self.cert), str(self.key), every)
+        )
+        await asyncio.sleep(0)  # the reloader notes the files as they are before its first wait
         try:
-            assert await trusted_by(old.ca_file) and not await trusted_by(new.ca_file)
-            # what the kubelet does when cert-manager renews the Secret
-            cert.write_bytes(new.cert_file.read_bytes())
-            key.write_bytes(new.key_file.read_bytes())
-            for _ in range(100):
-                if await trusted_by(new.ca_file):
-                    break
-                await asyncio.sleep(0.05)
-            return await trusted_by(new.ca_file), await trusted_by(old.ca_file)
+            yield trusted_by
         finally:
             reloader.cancel()
             await runner.cleanup()
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(tmp_path: Path) -> None:
+    """Rotation: new files in the mounted Secret are picked up; clients trusting only the new CA connect."""
+    tls = _Rotation(tmp_path)
+
+    async def scenario() -> tuple[bool, bool]:
+        async with tls.serving(0.05) as trusted_by:
+            assert await trusted_by(tls.old.ca_file) and not await trusted_by(tls.new.ca_file)
+            # what the kubelet does when cert-manager renews the Secret
+            tls.cert.write_bytes(tls.new.cert_file.read_bytes())
+            tls.key.write_bytes(tls.new.key_file.read_bytes())
+            for _ in range(100):
+                if await trusted_by(tls.new.ca_file):
+                    break
+                await asyncio.sleep(0.05)
+            return await trusted_by(tls.new.ca_file), await trusted_by(tls.old.ca_file)
 
     new_ok, old_ok = asyncio.run(scenario())
     assert new_ok and not old_ok
@@ -489,10 +505,7 @@ def test_a_certificate_pair_that_does_not_load_leaves_the_last_good_one_serving(
 ) -> None:
     """A renewed certificate next to the old key (a half-written or broken Secret) is not served,
     and neither is nothing: connections keep getting the old certificate until a pair loads."""
-    from aiohttp import web
-
     from cdmo.webhook import server
-    from cdmo.webhook.server import build_app, reload_certificate, server_ssl_context
 
     failures: list[str] = []
 
@@ -504,55 +517,23 @@ def test_a_certificate_pair_that_does_not_load_leaves_the_last_good_one_serving(
             failures.append(event)
 
     monkeypatch.setattr(server, "log", Log())
-
-    old = make_tls_files(tmp_path / "old")
-    new = make_tls_files(tmp_path / "new")
-    live = tmp_path / "live"
-    live.mkdir()
-    cert, key = live / "tls.crt", live / "tls.key"
-    cert.write_bytes(old.cert_file.read_bytes())
-    key.write_bytes(old.key_file.read_bytes())
-
-    async def models() -> dict[str, int]:
-        return {"h100-80gb": 1}
+    tls = _Rotation(tmp_path)
 
     async def scenario() -> tuple[bool, bool, bool, bool]:
-        context = server_ssl_context(str(cert), str(key))
-        runner = web.AppRunner(build_app(models))
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
-        await site.start()
-        url = f"https://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/healthz"  # type: ignore[union-attr]
-
-        async def trusted_by(ca: Path) -> bool:
-            ssl_ctx = ssl.create_default_context(cafile=str(ca))
-            try:
-                async with aiohttp.ClientSession() as s, s.get(url, ssl=ssl_ctx) as resp:
-                    return resp.status == 200
-            except aiohttp.ClientConnectorError:
-                return False
-
-        reloader = asyncio.get_running_loop().create_task(
-            reload_certificate(context, str(cert), str(key), 0.02)
-        )
-        await asyncio.sleep(0)  # the reloader notes the files as they are before its first wait
-        try:
-            cert.write_bytes(new.cert_file.read_bytes())  # the key is still the old one
+        async with tls.serving(0.02) as trusted_by:
+            tls.cert.write_bytes(tls.new.cert_file.read_bytes())  # the key is still the old one
             for _ in range(500):  # bounded: until the reloader has tried the mismatched pair twice
                 if len(failures) >= 2:
                     break
                 await asyncio.sleep(0.02)
             assert len(failures) >= 2, failures
-            broken = await trusted_by(old.ca_file), await trusted_by(new.ca_file)
-            key.write_bytes(new.key_file.read_bytes())
+            broken = await trusted_by(tls.old.ca_file), await trusted_by(tls.new.ca_file)
+            tls.key.write_bytes(tls.new.key_file.read_bytes())
             for _ in range(500):
-                if await trusted_by(new.ca_file):
+                if await trusted_by(tls.new.ca_file):
                     break
                 await asyncio.sleep(0.02)
-            return (*broken, await trusted_by(new.ca_file), await trusted_by(old.ca_file))
-        finally:
-            reloader.cancel()
-            await runner.cleanup()
+            return (*broken, await trusted_by(tls.new.ca_file), await trusted_by(tls.old.ca_file))
 
     old_during, new_during, new_after, old_after = asyncio.run(scenario())
     assert (old_during, new_during) == (True, False)

@@ -42,6 +42,20 @@ def sim_args(state: Path, gpus: str | None = "h100-80gb,h100-80gb") -> list[str]
     )
 
 
+def sim_node(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], gpus: str, mig: dict[int, tuple[bool, bool]]
+) -> tuple[Path, dict[str, Any]]:
+    """A simulated node's state file for ``gpus``, with MIG mode (current, pending) set per GPU
+    index in ``mig``; returns its path and what it holds."""
+    state = tmp_path / "node.json"
+    cdmo(capsys, "node", "show", *sim_args(state, gpus))
+    doc = json.loads(state.read_text())
+    for index, (current, pending) in mig.items():
+        doc["gpus"][index]["mig"] = {"current": current, "pending": pending}
+    state.write_text(json.dumps(doc))
+    return state, doc
+
+
 def held_by_process(state: Path, gpu: int, start: int, pid: int) -> str:
     """Mark an instance busy the documented way: a pid in its compute instance's processes."""
     doc = json.loads(state.read_text())
@@ -206,11 +220,7 @@ def test_apply_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 
 def test_apply_with_mig_off_says_how_to_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    state = tmp_path / "node.json"
-    cdmo(capsys, "node", "show", *sim_args(state, "h100-80gb"))
-    doc = json.loads(state.read_text())
-    doc["gpus"][0]["mig"] = {"current": False, "pending": False}
-    state.write_text(json.dumps(doc))
+    state, _ = sim_node(tmp_path, capsys, "h100-80gb", {0: (False, False)})
     (tmp_path / "layout.yaml").write_text("gpus: [{index: 0, instances: [{profile: 7g.80gb, start: 0}]}]\n")
     code, out, err = cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), *sim_args(state, None))
     assert code == 1 and "nvidia-smi -i 0 -mig 1" in err
@@ -260,11 +270,7 @@ def test_enable_mig_switches_nothing_while_another_gpu_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Once, GPU 1 got MIG on although GPU 0's layout was refused: "changes nothing" was false."""
-    state = tmp_path / "node.json"
-    cdmo(capsys, "node", "show", *sim_args(state, "h100-80gb,h100-80gb"))
-    doc = json.loads(state.read_text())
-    doc["gpus"][1]["mig"] = {"current": False, "pending": False}
-    state.write_text(json.dumps(doc))
+    state, doc = sim_node(tmp_path, capsys, "h100-80gb,h100-80gb", {1: (False, False)})
     (tmp_path / "layout.yaml").write_text(
         "gpus: [{index: 0, instances: [{profile: 3g.40gb, start: 1}]}, "
         "{index: 1, instances: [{profile: 3g.40gb, start: 0}]}]\n"
@@ -307,11 +313,7 @@ def test_show_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_show_table_says_when_mig_waits_to_be_switched_off(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    state = tmp_path / "node.json"
-    cdmo(capsys, "node", "show", *sim_args(state, "a100-40gb"))
-    doc = json.loads(state.read_text())
-    doc["gpus"][0]["mig"] = {"current": True, "pending": False}
-    state.write_text(json.dumps(doc))
+    state, _ = sim_node(tmp_path, capsys, "a100-40gb", {0: (True, False)})
     code, out, _ = cdmo(capsys, "node", "show", *sim_args(state, None))
     assert code == 0 and "pending disable" in out
 
@@ -321,11 +323,7 @@ def test_apply_creates_nothing_on_a_gpu_whose_mig_waits_to_be_switched_off(
 ) -> None:
     """The reset that finishes switching MIG off removes every instance, with any pod on it: it
     once created them all the same."""
-    state = tmp_path / "node.json"
-    cdmo(capsys, "node", "show", *sim_args(state, "a100-40gb"))
-    doc = json.loads(state.read_text())
-    doc["gpus"][0]["mig"] = {"current": True, "pending": False}
-    state.write_text(json.dumps(doc))
+    state, doc = sim_node(tmp_path, capsys, "a100-40gb", {0: (True, False)})
     (tmp_path / "layout.yaml").write_text("gpus: [{index: 0, instances: [{profile: 3g.20gb, start: 4}]}]\n")
     code, _, err = cdmo(capsys, "node", "apply", str(tmp_path / "layout.yaml"), *sim_args(state, None))
     assert code == 1 and "switched off pending a GPU reset" in err and "nvidia-smi -i 0 -r" in err, err
