@@ -81,6 +81,10 @@ SPLIT_SCAN_LIMIT = 8
 SPLIT_FEASIBLE_LIMIT = 16
 #: Kinds of lower-priority pods, and nodes per kind, probed to break ties between two passes.
 ROOM_PROBES = 64
+#: A pod that may use more groups than this finds its best group in a heap kept for its kind
+#: (demand and groups) instead of asking every group (Planner._best_of_many): nodes a pod's
+#: matchFields lists are groups of their own, so one kind of pod can see hundreds of groups.
+MANY_GROUPS = 16
 _UNITS_LCM = 24  # placement axes are 4, 8 or 12 units
 
 #: An option's cached parts: (destroyed, created, changes the layout, dloss, loss, which option).
@@ -131,6 +135,15 @@ class Planner(RepairSteps):
         self._walks = 0
         self._budget_end = 0
         self._group_nodes: dict[tuple[int, ...], list[SearchNode]] = {}
+        #: ids of the groups whose GPUs entered a state, one per entry (Planner._enter): what a
+        #: kind's heap of group answers reads to know which answers to look at again
+        self._group_log: list[int] = []
+        #: (demand, group ids) -> [heap of (answer[:3], group id, group.changes, answer), position
+        #: in _group_log read up to, the group ids as a set] (Planner._best_of_many)
+        self._many: dict[tuple[Demand, tuple[int, ...]], list[Any]] = {}
+        #: kinds asked once: a kind gets its heap the second time (most kinds that see many
+        #: groups have one pod, which one pass over the groups serves)
+        self._many_once: set[tuple[Demand, tuple[int, ...]]] = set()
         self._free_orders: dict[tuple[tuple[int, ...], tuple[str, ...]], list[int]] = {}
         #: profile -> orders of nodes that hold free instances of it in the snapshot
         self.free_nodes: dict[str, list[int]] = {}
@@ -175,6 +188,8 @@ class Planner(RepairSteps):
         self.assigned = {}
         self.served = {}
         self._group_nodes = {}
+        self._many = {}
+        self._group_log = []
 
     def _drop_search_indexes(self) -> None:
         """Free the heaps, memos and journal once every placement is decided.
@@ -346,6 +361,7 @@ class Planner(RepairSteps):
         assert group is not None
         gpu.key = key
         group.changes += 1
+        self._group_log.append(group.id)
         count = group.states.get(key, 0)
         group.states[key] = count + 1
         members = group.members.get(key)
@@ -438,6 +454,7 @@ class Planner(RepairSteps):
         self._bounds = _Bounds(mode)
         for group in self.groups:
             group.mheaps.clear()
+        self._many.clear()  # their answers were ranked the other way
 
     def _measure_pressure(self) -> None:
         """Measure, per group, how much of the pending demand may go to it.
@@ -857,16 +874,21 @@ class Planner(RepairSteps):
             return False
         best: tuple[Any, ...] | None = None  # (rank, node order, gpu index, payload)
         perfect = False
-        for group in pod.groups:
-            # _group_best's own check, read here first: most groups did not change since the last
-            # pod (only the group that got it did), and this runs per pod and group.
-            entry = group.mheaps.get(demand)
-            if entry is not None and entry[2] == group.changes:
-                found = entry[3]
-            else:
-                found = self._group_best(group, demand)
-            if found is not None and (best is None or found[:3] < best[:3]):
-                best = found
+        if len(pod.groups) > MANY_GROUPS and memo_key in self._many_once:
+            best = self._best_of_many(pod.groups, memo_key)
+        else:
+            if len(pod.groups) > MANY_GROUPS:
+                self._many_once.add(memo_key)
+            for group in pod.groups:
+                # _group_best's own check, read here first: most groups did not change since the
+                # last pod (only the group that got it did), and this runs per pod and group.
+                entry = group.mheaps.get(demand)
+                if entry is not None and entry[2] == group.changes:
+                    found = entry[3]
+                else:
+                    found = self._group_best(group, demand)
+                if found is not None and (best is None or found[:3] < best[:3]):
+                    best = found
         if best is not None:
             gpu = self.gpus[best[3]]
             chosen = self._best_option(gpu.node.group, gpu.geo, gpu.fixed, gpu.free, demand)
@@ -900,6 +922,58 @@ class Planner(RepairSteps):
         node, steps = best[3]
         self._apply(pod, node, steps)
         return True
+
+    def _group_answer(self, group: NodeGroup, demand: Demand) -> tuple[Any, ...] | None:
+        """:meth:`_group_best`, its answer reused while no GPU of the group changed state."""
+        entry = group.mheaps.get(demand)
+        if entry is not None and entry[2] == group.changes:
+            answer: tuple[Any, ...] | None = entry[3]
+            return answer
+        return self._group_best(group, demand)
+
+    def _best_of_many(
+        self, groups: tuple[NodeGroup, ...], kind: tuple[Demand, tuple[int, ...]]
+    ) -> tuple[Any, ...] | None:
+        """The least answer of ``groups`` for the demand of ``kind``, as the loop over the groups
+        in :meth:`_place` finds it, from a heap of the groups' answers kept for the kind.
+
+        Only the groups that changed since the kind last asked (read from _group_log) are asked
+        again; their new answers are pushed, and an answer whose group changed after it was
+        pushed is dropped when it comes to the top. Answers are distinct in (rank, node order,
+        GPU index), so the heap's least is the loop's.
+        """
+        demand = kind[0]
+        log = self._group_log
+        entry = self._many.get(kind)
+        if entry is None:
+            heap = []
+            for group in groups:
+                found = self._group_answer(group, demand)
+                if found is not None:
+                    heap.append((found[:3], group.id, group.changes, found))
+            heapq.heapify(heap)
+            entry = self._many[kind] = [heap, len(log), frozenset(kind[1])]
+        else:
+            heap, seen, members = entry
+            if seen < len(log):
+                entry[1] = len(log)
+                by_id = self.groups
+                for gid in {g for g in log[seen:] if g in members}:
+                    group = by_id[gid]
+                    found = self._group_answer(group, demand)
+                    if found is not None:
+                        heapq.heappush(heap, (found[:3], gid, group.changes, found))
+                if len(heap) > 4 * len(members):  # dropped answers pile up deep in the heap
+                    heap[:] = [e for e in heap if e[2] == by_id[e[1]].changes]
+                    heapq.heapify(heap)
+        by_id = self.groups
+        while heap:
+            top = heap[0]
+            if top[2] == by_id[top[1]].changes:
+                answer: tuple[Any, ...] = top[3]
+                return answer
+            heapq.heappop(heap)
+        return None
 
     def _place_on(self, pod: PodState, node: SearchNode) -> bool:
         assert pod.demand is not None
@@ -1073,7 +1147,7 @@ class Planner(RepairSteps):
         groups: dict[tuple[int, ...], tuple[NodeGroup, ...]] = {}
         for pod in pods:
             assert pod.demand is not None
-            key = tuple(g.id for g in pod.groups)
+            key = pod.group_ids
             groups[key] = pod.groups
             kinds[(pod.demand, key)] += 1
         room = 0

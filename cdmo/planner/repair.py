@@ -200,7 +200,7 @@ class RepairSteps:
             if pod.key in self.assigned:
                 continue
             assert pod.demand is not None
-            kind = (pod.demand, tuple(g.id for g in pod.groups))
+            kind = (pod.demand, pod.group_ids)
             if kind in hopeless:
                 continue
             tried = 0
