@@ -197,6 +197,9 @@ class AgentConfig:
     watch_timeout_seconds: float = 300.0
     #: After a failed or blocked pass, wait this long, doubling up to resync_seconds.
     backoff_initial_seconds: float = 2.0
+    #: GET /healthz on the metrics port fails once no pass began or ended for this long beyond
+    #: resync_seconds: a pass stuck in NVML or a kubelet call (0: never fails).
+    liveness_seconds: float = 900.0
 
     ENV = (
         ("node_name", "NODE_NAME"),
@@ -224,6 +227,7 @@ class AgentConfig:
         ("log_format", "CDMO_LOG_FORMAT"),
         ("watch_timeout_seconds", "CDMO_WATCH_TIMEOUT_SECONDS"),
         ("backoff_initial_seconds", "CDMO_BACKOFF_INITIAL_SECONDS"),
+        ("liveness_seconds", "CDMO_LIVENESS_SECONDS"),
     )
 
     @classmethod

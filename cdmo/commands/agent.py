@@ -112,8 +112,9 @@ def run(args: argparse.Namespace) -> int:
     kube.event_namespace = conf.events_namespace
     backend = build_backend(conf)
     metrics = AgentMetrics()
+    agent: Agent | None = None  # /healthz is fine until the agent's loop runs
     if conf.metrics_port and not args.once:
-        metrics.serve(conf.metrics_port)
+        metrics.serve(conf.metrics_port, health=lambda: agent.stuck() if agent is not None else None)
     plugin = None
     try:  # the plugin starts inside: a failed start still closes NVML and the client
         plugin = _start_plugin(conf, backend)

@@ -141,6 +141,8 @@ class Agent:
         self._resource_version: str | None = None
         self._warned_no_pod_resources = False
         self.passes = 0
+        #: time.monotonic() when the loop last began or ended a pass (liveness)
+        self._beat = time.monotonic()
 
     # --- in use ------------------------------------------------------------------------------
 
@@ -284,6 +286,7 @@ class Agent:
         try:
             while not stop.is_set():
                 self._wake.clear()
+                self._beat = time.monotonic()
                 try:
                     settled = self.sync_once(stop).settled
                 except Fatal as exc:
@@ -298,6 +301,7 @@ class Agent:
                     self.log.exception("Failed reconcile pass unexpectedly", error=str(exc))
                     settled = False
                 failures = 0 if settled else failures + 1
+                self._beat = time.monotonic()
                 self._wake.wait(backoff_delay(self.config, failures))
         finally:
             self._done.set()
@@ -305,6 +309,18 @@ class Agent:
             self.kube.interrupt()
             watcher.join(timeout=5)
             self.log.info("Stopped node agent")
+
+    def stuck(self, now: float | None = None) -> str | None:
+        """Why the agent should be restarted (GET /healthz), or None: the loop neither began nor
+        ended a pass for longer than it ever waits (resync_seconds) plus ``liveness_seconds``,
+        so a pass hangs (a wedged driver, a kubelet or API call that never returns)."""
+        limit = self.config.liveness_seconds
+        if limit <= 0:
+            return None
+        quiet = (time.monotonic() if now is None else now) - self._beat
+        if quiet <= self.config.resync_seconds + limit:
+            return None
+        return f"no reconcile pass began or ended for {quiet:.0f} s; one seems stuck"
 
     def _relay_stop(self, stop: threading.Event) -> None:
         while not self._done.is_set():

@@ -13,9 +13,13 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, make_wsgi_app
 
 from cdmo.node_agent.reconcile import GpuState, ReconcileResult
 from cdmo.node_agent.refresh import RefreshOutcome
@@ -86,7 +90,33 @@ class AgentMetrics:
         """The text exposition format, as the endpoint serves it."""
         return bytes(generate_latest(self.registry))
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> Any:
-        """Serve /metrics on ``port`` in a background thread; returns the HTTP server."""
-        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+    def serve(
+        self, port: int, addr: str = "0.0.0.0", health: Callable[[], str | None] = lambda: None
+    ) -> WSGIServer:
+        """Serve the metrics on ``port`` in a background thread, and GET /healthz: 200, or 503
+        with what ``health`` says is wrong (the kubelet's liveness probe). Returns the server."""
+        metrics = make_wsgi_app(self.registry)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            if environ.get("PATH_INFO") == "/healthz":
+                why = health()
+                status = "200 OK" if why is None else "503 Service Unavailable"
+                start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+                return [(why or "ok").encode()]
+            return metrics(environ, start_response)  # type: ignore[no-any-return]
+
+        server = make_server(addr, port, app, _ThreadingServer, handler_class=_QuietHandler)
+        threading.Thread(target=server.serve_forever, name="cdmo-metrics", daemon=True).start()
         return server
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """One thread per request (a slow scrape does not hold up the probe), as prometheus_client's
+    own server does."""
+
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # every scrape and probe on stderr would drown the agent's own log

@@ -154,6 +154,21 @@ def test_operator_liveness_probe_is_kopfs_endpoint(helm: Helm, render: str) -> N
     assert ports["metrics"] == int(env_of(c)["CDMO_METRICS_PORT"])
 
 
+@pytest.mark.parametrize("render", ["defaults", "nondefault"])
+def test_agent_liveness_probe_asks_the_agents_metrics_port(helm: Helm, render: str) -> None:
+    """The agent had no liveness probe: a pass hung in NVML or a kubelet call went unnoticed."""
+    from cdmo.config import AgentConfig
+
+    c = container(one(render_named(helm, render), "DaemonSet"))
+    probe = c["livenessProbe"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert probe["httpGet"]["path"] == "/healthz"
+    assert ports[probe["httpGet"]["port"]] == int(env_of(c)["CDMO_METRICS_PORT"])
+    conf = AgentConfig.from_env({k: v for k, v in env_of(c).items() if isinstance(v, str)})
+    # restarted only once a pass is far past anything a healthy agent does
+    assert conf.liveness_seconds >= 10 * conf.resync_seconds
+
+
 def test_operator_extra_args_follow_the_verb(helm: Helm) -> None:
     c = container(one(render_named(helm, "nondefault"), "Deployment"))
     assert c["args"][0] == "operator" and c["args"][-1] == "--verbose"

@@ -586,3 +586,38 @@ def test_automatic_mig_enable_is_on_by_default_and_turns_off(
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     assert build_config(parser.parse_args([*argv, "--node-name", "n"])).auto_enable_mig is expected
+
+
+def test_a_pass_that_hangs_is_what_the_liveness_probe_reports(node: SimulatedNode) -> None:
+    """GET /healthz asks Agent.stuck: a pass that never returns (a wedged driver, a kubelet call
+    without an answer) kept the agent up and doing nothing, with no probe to restart it."""
+    kube = FakeKube()
+    kube.set_layout({0: layout("4g.40gb@0")})
+    entered, release = threading.Event(), threading.Event()
+    real = kube.list_node_pods
+
+    def hangs(name: str) -> list[dict[str, Any]]:
+        entered.set()
+        release.wait(30)
+        return real(name)
+
+    kube.list_node_pods = hangs  # type: ignore[method-assign]
+    agent = make_agent(kube, node, resync_seconds=60, liveness_seconds=900, watch_timeout_seconds=3600)
+    thread, stop, errors = run_in_thread(agent)
+    try:
+        wait_for(entered.is_set, "the pass to begin")
+        now = time.monotonic()
+        assert agent.stuck(now) is None and agent.stuck(now + 900) is None
+        message = agent.stuck(now + 961)  # longer than the longest wait (60 s) plus 900 s
+        assert message is not None and "stuck" in message
+        time.sleep(1.5)  # the pass hangs a while: its end beats later than its start
+        release.set()
+        wait_for(lambda: kube.status().get("observedGeneration") == 1, "the pass to end")
+        wait_for(lambda: agent.stuck(now + 961) is None, "the beat at the end of the pass")
+    finally:
+        release.set()
+        stop.set()
+        thread.join(timeout=5)
+    assert errors == []
+    never = make_agent(FakeKube(), node, liveness_seconds=0)
+    assert never.stuck(time.monotonic() + 10**9) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.error
 import urllib.request
 
 import pytest
@@ -78,6 +79,24 @@ def test_the_endpoint_serves_the_metrics() -> None:
         port = server.server_address[1]
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert 'cdmo_agent_failures_total{reason="Fatal"} 1.0' in body
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_endpoint_answers_the_liveness_probe_beside_the_metrics() -> None:
+    metrics = AgentMetrics()
+    why: list[str | None] = [None]
+    server = metrics.serve(0, addr="127.0.0.1", health=lambda: why[0])
+    try:
+        port = server.server_address[1]
+        url = f"http://127.0.0.1:{port}"
+        assert urllib.request.urlopen(url + "/healthz", timeout=5).read() == b"ok"
+        why[0] = "no reconcile pass began or ended for 1000 s; one seems stuck"
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            urllib.request.urlopen(url + "/healthz", timeout=5)
+        assert failed.value.code == 503 and b"seems stuck" in failed.value.read()
+        assert b"cdmo_agent_blocked_gpus" in urllib.request.urlopen(url + "/metrics", timeout=5).read()
     finally:
         server.shutdown()
         server.server_close()
