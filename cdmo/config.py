@@ -6,6 +6,7 @@ Pure: reads only the mapping it is given (``os.environ`` by default at the edge)
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -45,7 +46,30 @@ def _from_env(cls: type, environ: Mapping[str, str] | None) -> Any:
         var = _field_env(cls, f.name)
         if var in env:
             values[f.name] = _convert(env[var], f.default, var)
+            _check(cls, f.name, values[f.name], var)
     return cls(**values)
+
+
+def _check(cls: type, name: str, value: Any, var: str) -> None:
+    """Refuse a number no component can run with: ``inf``, ``nan`` and ``-1`` are floats, and
+    went on to fail deep inside kopf (a traceback retried every minute) or to make a loop spin.
+    Every number here is a count, a port, a share or seconds: finite and not negative; the class
+    names those that must be above zero (POSITIVE), shares of a whole (SHARES) and ports (PORTS)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    said = f"environment variable {var}={value!r}"
+    if not math.isfinite(value):
+        raise InvalidInput(f"{said} is not a finite number")
+    if value < 0:
+        raise InvalidInput(f"{said} must not be negative")
+    if name in getattr(cls, "POSITIVE", ()) and value <= 0:
+        raise InvalidInput(f"{said} must be above zero")
+    if name in getattr(cls, "AT_LEAST_ONE", ()) and value < 1:
+        raise InvalidInput(f"{said} is whole seconds: at least 1")
+    if name in getattr(cls, "SHARES", ()) and value > 1:
+        raise InvalidInput(f"{said} is a share: between 0 and 1")
+    if name in getattr(cls, "PORTS", ()) and value > 65535:
+        raise InvalidInput(f"{said} is not a TCP port (0 to 65535)")
 
 
 @dataclass(frozen=True)
@@ -139,6 +163,19 @@ class OperatorConfig:
         ("defrag_ops_per_hour", "CDMO_DEFRAG_OPS_PER_HOUR"),
         ("defrag_interval_seconds", "CDMO_DEFRAG_INTERVAL_SECONDS"),
     )
+    #: Numbers that must be above zero (a zero resync or watch timeout would spin or never wait).
+    POSITIVE = (
+        "resync_seconds",
+        "stale_timeout_seconds",
+        "watch_server_timeout",
+        "watch_client_timeout",
+        "watch_connect_timeout",
+        "prewarm_window_seconds",
+        "defrag_interval_seconds",
+    )
+    AT_LEAST_ONE = ("watch_server_timeout",)  # kopf asks the API server for whole seconds
+    SHARES = ("drain_max_fraction", "drain_max_used_share", "reclaim_max_used_share")
+    PORTS = ("metrics_port", "health_port")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -229,6 +266,14 @@ class AgentConfig:
         ("backoff_initial_seconds", "CDMO_BACKOFF_INITIAL_SECONDS"),
         ("liveness_seconds", "CDMO_LIVENESS_SECONDS"),
     )
+    POSITIVE = (
+        "resync_seconds",
+        "refresh_timeout_seconds",
+        "refresh_poll_seconds",
+        "watch_timeout_seconds",
+        "backoff_initial_seconds",
+    )
+    PORTS = ("metrics_port",)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AgentConfig:
@@ -270,6 +315,8 @@ class WebhookConfig:
         ("cert_reload_seconds", "CDMO_WEBHOOK_CERT_RELOAD_SECONDS"),
         ("log_format", "CDMO_LOG_FORMAT"),
     )
+    POSITIVE = ("nodes_refresh_seconds", "cert_reload_seconds")
+    PORTS = ("port",)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WebhookConfig:

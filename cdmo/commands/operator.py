@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from cdmo.operator.kube import build_api_client, with_events_namespace
 
     liveness = _liveness(args.liveness)
-    config = OperatorConfig.from_env()
+    config = OperatorConfig.from_env()  # a bad number is one line here (cdmo.config._check)
     if "=" not in config.partition_label or not config.label_key:
         raise InvalidInput(
             f"CDMO_PARTITION_LABEL={config.partition_label!r} is not KEY=VALUE",
@@ -113,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
     if args.peering:
         config = dataclasses.replace(config, peering_name=args.peering)
     if args.metrics_port is not None:
+        if not 0 <= args.metrics_port <= 65535:
+            raise InvalidInput(f"--metrics-port {args.metrics_port} is not a TCP port (0 to 65535)")
         config = dataclasses.replace(config, metrics_port=args.metrics_port)
 
     level = "debug" if args.verbose or args.debug else "info"

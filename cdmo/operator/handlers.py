@@ -161,12 +161,12 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     # its callback protocols do not list, so a handler that names one does not match them.
     @kopf.on.event("nodes", id="labelled_node_changed", labels=label, registry=registry)  # type: ignore[arg-type]
     async def labelled_node_changed(
-        name: str, type: str | None, memo: kopf.Memo, miglayouts: kopf.Index[str, Any], **_: Any
+        name: str, uid: str, type: str | None, memo: kopf.Memo, miglayouts: kopf.Index[str, Any], **_: Any
     ) -> None:
         # A node joins at once, not after a batch window: its MigLayout's daemon may be the
         # one that starts the planning loop.
         if type != "DELETED" and name not in miglayouts:
-            await memo.cdmo.writer.create_miglayout(name)
+            await memo.cdmo.writer.create_miglayout(name, uid or "")
         memo.cdmo.loop.nudge()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="miglayout_changed", registry=registry)  # type: ignore[arg-type]
@@ -177,7 +177,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         # deleted (perhaps the only one), make it again at once rather than when the node
         # next changes, or nothing may carry the loop meanwhile.
         if type == "DELETED" and name in labelled_nodes:
-            await memo.cdmo.writer.create_miglayout(name)
+            await memo.cdmo.writer.create_miglayout(name, _first(labelled_nodes[name]).get("uid") or "")
         memo.cdmo.loop.nudge()
 
     @kopf.daemon(GROUP, VERSION, PLURAL, id="planning_loop", cancellation_timeout=2.0, registry=registry)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from typing import Any
 
 import kopf
@@ -21,6 +22,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from cdmo.api import GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PLURAL, VERSION
 from cdmo.api import KIND as MIGLAYOUT_KIND
 from cdmo.errors import CdmoError
+from cdmo.operator.publish import SpecRefused
 
 log = structlog.get_logger("cdmo.operator")
 
@@ -59,14 +61,22 @@ def build_api_client(server: str | None = None, token: str | None = None) -> kub
     return kubernetes.client.ApiClient(config)
 
 
-def build_bootstrap_miglayout(node_name: str) -> dict[str, Any]:
+def build_node_owner(node_name: str, node_uid: str) -> list[dict[str, Any]]:
+    """The MigLayout's ``ownerReferences``: its node, by uid.
+
+    The API server's garbage collector then deletes the MigLayout when the node is deleted, or
+    re-created under the same name (a new uid): the new node starts from a new MigLayout, which
+    adopts what its GPUs hold. No ``blockOwnerDeletion``: that would need delete rights on nodes.
+    """
+    return [{"apiVersion": "v1", "kind": "Node", "name": node_name, "uid": node_uid}]
+
+
+def build_bootstrap_miglayout(node_name: str, node_uid: str = "") -> dict[str, Any]:
     """A new MigLayout without ``spec.gpus``: the agent changes nothing until the operator adopts."""
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": MIGLAYOUT_KIND,
-        "metadata": {"name": node_name, "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE}},
-        "spec": {},
-    }
+    metadata: dict[str, Any] = {"name": node_name, "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE}}
+    if node_uid:
+        metadata["ownerReferences"] = build_node_owner(node_name, node_uid)
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": MIGLAYOUT_KIND, "metadata": metadata, "spec": {}}
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -93,15 +103,15 @@ class LayoutWriter:
                 return await asyncio.to_thread(fn, *args)
         raise AssertionError("unreachable")
 
-    async def create_miglayout(self, node_name: str) -> bool:
-        """Create the node's MigLayout; False if it exists already."""
+    async def create_miglayout(self, node_name: str, node_uid: str = "") -> bool:
+        """Create the node's MigLayout (owned by the node when its uid is given); False if it exists already."""
         try:
             await self._call(
                 self._custom.create_cluster_custom_object,
                 GROUP,
                 VERSION,
                 PLURAL,
-                build_bootstrap_miglayout(node_name),
+                build_bootstrap_miglayout(node_name, node_uid),
             )
         except ApiException as exc:
             if exc.status == 409:
@@ -110,8 +120,31 @@ class LayoutWriter:
         log.info("Created MigLayout", node=node_name)
         return True
 
+    async def set_owner(self, node_name: str, node_uid: str, resource_version: str) -> bool:
+        """Make the node own its MigLayout (one made without an owner); False when it moved or is gone."""
+        body = {
+            "metadata": {
+                "resourceVersion": resource_version,
+                "ownerReferences": build_node_owner(node_name, node_uid),
+            }
+        }
+        try:
+            await self._call(
+                self._custom.patch_cluster_custom_object, GROUP, VERSION, PLURAL, node_name, body
+            )
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+        log.info("Set MigLayout owner", node=node_name)
+        return True
+
     async def patch_spec(self, node_name: str, body: dict[str, Any]) -> dict[str, Any] | None:
-        """Merge-patch the MigLayout; None when it moved meanwhile (409) or is gone (404)."""
+        """Merge-patch the MigLayout; None when it moved meanwhile (409) or is gone (404).
+
+        Raises :class:`SpecRefused` when the API server refuses the body itself (400, 422: the
+        CRD's schema or CEL rules), which no retry mends.
+        """
         try:
             result: dict[str, Any] = await self._call(
                 self._custom.patch_cluster_custom_object, GROUP, VERSION, PLURAL, node_name, body
@@ -120,5 +153,24 @@ class LayoutWriter:
             if exc.status in (404, 409):
                 log.info("Skipped MigLayout patch", node=node_name, status=exc.status, reason=exc.reason)
                 return None
+            if exc.status in (400, 422):
+                raise SpecRefused(node_name, api_message(exc)) from None
             raise
         return result
+
+
+#: Kubernetes caps an Event's message at 1 KiB; the API server's reason goes into one.
+_MAX_REASON = 600
+
+
+def api_message(exc: ApiException) -> str:
+    """The ``message`` of the API server's Status answer (else the HTTP reason), bounded."""
+    text = ""
+    try:
+        status = json.loads(exc.body or "")
+        if isinstance(status, dict):
+            text = str(status.get("message") or "")
+    except (TypeError, ValueError):
+        pass
+    text = text or f"{exc.status} {exc.reason or ''}".strip()
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."

@@ -44,6 +44,7 @@ from cdmo.operator.events import (
 )
 from cdmo.operator.metrics import OperatorMetrics
 from cdmo.operator.publish import (
+    SpecRefused,
     adopted_layouts,
     build_adoption_patch,
     build_spec_patch,
@@ -51,7 +52,7 @@ from cdmo.operator.publish import (
     nodes_to_patch,
     planned_pods,
 )
-from cdmo.operator.snapshot import build_snapshot, held_pods, node_states, screen_pods
+from cdmo.operator.snapshot import build_snapshot, held_pods, node_states, screen_pods, status_problem
 from cdmo.operator.stale import NodeState
 from cdmo.operator.trust import untrusted_nodes
 from cdmo.operator.warmth import DemandHistory, count_gpus, free_instances
@@ -76,7 +77,9 @@ class Indexes:
 
 
 class Writer(Protocol):
-    async def create_miglayout(self, node_name: str) -> bool: ...
+    async def create_miglayout(self, node_name: str, node_uid: str = "") -> bool: ...
+
+    async def set_owner(self, node_name: str, node_uid: str, resource_version: str) -> bool: ...
 
     async def patch_spec(self, node_name: str, body: dict[str, Any]) -> dict[str, Any] | None: ...
 
@@ -90,6 +93,10 @@ class PassResult:
     conflicts: list[str] = field(default_factory=list)
     adopted: list[str] = field(default_factory=list)
     created: list[str] = field(default_factory=list)
+    #: nodes whose spec write the API server refused as invalid (left out until their object changes)
+    refused: list[str] = field(default_factory=list)
+    #: nodes whose status the operator cannot read (left out until it can)
+    unreadable: list[str] = field(default_factory=list)
     events: list[PodEvent] = field(default_factory=list)
     plan: Plan | None = None
 
@@ -182,6 +189,12 @@ class PlanningLoop:
         self._stale_reported: set[tuple[str, int]] = set()
         #: (node, generation) whose contradicting report was already told
         self._untrusted_reported: set[tuple[str, int]] = set()
+        #: node -> the resourceVersion of its MigLayout when the API server refused a spec write
+        #: for it: the node stays out until the object changes (the same write would be refused)
+        self._refused: dict[str, str] = {}
+        #: node -> the last refusal (or unreadable status) told in an Event, so each is told once
+        self._refusals_told: dict[str, str] = {}
+        self._unreadable_told: dict[str, str] = {}
         self.passes = 0
         #: demand history (pre-warming) and the GPUs the last plan drained
         self._history = DemandHistory(config)
@@ -252,7 +265,8 @@ class PlanningLoop:
         now = self._clock()
         result = PassResult()
         await self._ensure_miglayouts(idx, result)
-        await self._adopt(idx, now, result)
+        left_out = self._report_unreadable(idx, result) | self._still_refused(idx)
+        await self._adopt(idx, now, result, left_out)
         states = node_states(idx.nodes, idx.miglayouts, self.config, now)
         self._report_states(idx, states, result)
 
@@ -268,7 +282,11 @@ class PlanningLoop:
         ready = {
             n: s
             for n, s in states.items()
-            if s is NodeState.READY and n not in result.adopted and n not in untrusted
+            if s is NodeState.READY
+            and n not in result.adopted
+            and n not in untrusted
+            and n not in left_out
+            and n not in result.refused
         }
         # While a node is still joining or applying, the planner sees fewer nodes than there are:
         # its reasons (NoLabelledNode, NoRoom, ...) would be wrong for a moment, so they wait.
@@ -345,22 +363,85 @@ class PlanningLoop:
         return result
 
     async def _ensure_miglayouts(self, idx: Indexes, result: PassResult) -> None:
+        """Every labelled node has a MigLayout, owned by the node (so it goes with the node)."""
         for name in sorted(idx.nodes):
-            if name not in idx.miglayouts and await self.writer.create_miglayout(name):
-                result.created.append(name)
+            uid = str(idx.nodes[name].get("uid") or "")
+            ml = idx.miglayouts.get(name)
+            if ml is None:
+                if await self.writer.create_miglayout(name, uid):
+                    result.created.append(name)
+            elif uid and not ml.get("owned") and not ml.get("deleting"):
+                # An owner that names another uid is left alone: the garbage collector deletes
+                # that MigLayout (its node is gone), and the next pass makes a new one.
+                await self.writer.set_owner(name, uid, str(ml.get("resourceVersion", "")))
 
-    async def _adopt(self, idx: Indexes, now: datetime, result: PassResult) -> None:
+    async def _adopt(self, idx: Indexes, now: datetime, result: PassResult, left_out: set[str]) -> None:
         for name in sorted(idx.nodes):
             ml = idx.miglayouts.get(name)
-            layouts = adopted_layouts(ml) if ml is not None else None
+            layouts = adopted_layouts(ml) if ml is not None and name not in left_out else None
             if ml is None or layouts is None:
                 continue
-            written = await self.writer.patch_spec(
-                name, build_adoption_patch(layouts, ml["resourceVersion"], now)
+            written = await self._write_spec(
+                name, ml, build_adoption_patch(layouts, ml["resourceVersion"], now), result
             )
             if written is not None:
                 log.info("Adopted GPU layout as MigLayout spec", node=name, layout=describe_layouts(layouts))
             result.adopted.append(name)
+
+    async def _write_spec(
+        self, name: str, ml: Mapping[str, Any], body: dict[str, Any], result: PassResult
+    ) -> dict[str, Any] | None:
+        """Patch the spec; on a refusal, leave the node out (told once) and return None."""
+        try:
+            written = await self.writer.patch_spec(name, body)
+        except SpecRefused as exc:
+            self._refused[name] = str(ml.get("resourceVersion", ""))
+            result.refused.append(name)
+            log.error("MigLayout spec refused", node=name, reason=exc.reason)
+            if self._refusals_told.get(name) != exc.reason:
+                self._refusals_told[name] = exc.reason
+                message = (
+                    f"The API server refused the spec cdmo wrote for MigLayout {name}: {exc.reason}. "
+                    "cdmo plans without this node until its MigLayout changes; check what its agent reports."
+                )
+                self._emit([PodEvent(miglayout_ref(ml), "Warning", "SpecRefused", message)], result)
+            return None
+        if written is not None:
+            self._refusals_told.pop(name, None)
+        return written
+
+    def _still_refused(self, idx: Indexes) -> set[str]:
+        """Nodes whose last spec write was refused and whose MigLayout has not changed since."""
+        self._refused = {
+            name: rv
+            for name, rv in self._refused.items()
+            if name in idx.nodes
+            and name in idx.miglayouts
+            and str(idx.miglayouts[name].get("resourceVersion", "")) == rv
+        }
+        self._refusals_told = {n: m for n, m in self._refusals_told.items() if n in idx.nodes}
+        return set(self._refused)
+
+    def _report_unreadable(self, idx: Indexes, result: PassResult) -> set[str]:
+        """Nodes whose reported status the operator cannot read: left out, each told once per problem."""
+        problems = {
+            name: problem
+            for name in sorted(idx.nodes)
+            if name in idx.miglayouts and (problem := status_problem(idx.miglayouts[name])) is not None
+        }
+        for name, problem in problems.items():
+            result.unreadable.append(name)
+            if self._unreadable_told.get(name) == problem:
+                continue
+            ml = idx.miglayouts[name]
+            log.error("Ignored unreadable MigLayout status", node=name, reason=problem)
+            message = (
+                f"cdmo cannot read the status of MigLayout {name}: {problem}. cdmo plans without this "
+                "node until it can; check the version of the cdmo agent on the node."
+            )
+            self._emit([PodEvent(miglayout_ref(ml), "Warning", "UnreadableStatus", message)], result)
+        self._unreadable_told = problems  # bounded: one entry per node that is unreadable now
+        return set(problems)
 
     def _report_states(self, idx: Indexes, states: Mapping[str, NodeState], result: PassResult) -> None:
         counts: dict[str, int] = {}
@@ -415,7 +496,9 @@ class PlanningLoop:
         for name, layouts in sorted(nodes_to_patch(the_plan, idx.miglayouts).items()):
             ml = idx.miglayouts[name]
             body = build_spec_patch(layouts, ml["resourceVersion"], planned_pods(the_plan, name), now)
-            written = await self.writer.patch_spec(name, body)
+            written = await self._write_spec(name, ml, body, result)
+            if name in result.refused:
+                continue
             if written is None:
                 result.conflicts.append(name)
                 self.metrics.conflicts.inc()
@@ -459,6 +542,8 @@ def prune_stale_reported(
 
 
 def _status_layouts(ml: Mapping[str, Any]) -> dict[int, tuple[Instance, ...]]:
+    if status_problem(ml) is not None:
+        return {}
     return {
         int(g["index"]): tuple(Instance(str(i["profile"]), int(i["start"])) for i in g.get("instances") or [])
         for g in ml.get("statusGpus") or []

@@ -14,11 +14,24 @@ from datetime import datetime
 from typing import Any
 
 from cdmo.api import build_spec, format_time, parse_spec
-from cdmo.errors import InvalidLayout
+from cdmo.errors import CdmoError, InvalidLayout
 from cdmo.mig.layouts import Instance, sort_layout
 from cdmo.operator.snapshot import PLANNED_FOR
 from cdmo.operator.stale import SPEC_PATCHED_AT
 from cdmo.planner.models import Plan
+
+
+class SpecRefused(CdmoError):
+    """The API server refused a spec write as invalid (400, 422): writing it again cannot help.
+
+    Raised by the writer (cdmo.operator.kube); the loop leaves that node out and tells it why,
+    and plans for the others.
+    """
+
+    def __init__(self, node: str, message: str) -> None:
+        super().__init__(f"the API server refused the spec of MigLayout {node}: {message}")
+        self.node = node
+        self.reason = message
 
 
 def current_layouts(ml: Mapping[str, Any]) -> dict[int, tuple[Instance, ...]] | None:

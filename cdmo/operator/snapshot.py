@@ -39,6 +39,8 @@ def summarize_node(node: Mapping[str, Any]) -> dict[str, Any]:
     status = node.get("status") or {}
     return {
         "name": meta.get("name", ""),
+        # the MigLayout's owner: a node deleted (or re-created under its name) takes it along
+        "uid": meta.get("uid", ""),
         "labels": dict(meta.get("labels") or {}),
         "taints": [
             {k: t[k] for k in ("key", "value", "effect") if t.get(k) is not None}
@@ -68,6 +70,8 @@ def summarize_miglayout(obj: Mapping[str, Any]) -> dict[str, Any]:
         "deleting": bool(meta.get("deletionTimestamp")),
         "annotations": dict(meta.get("annotations") or {}),
         "labels": dict(meta.get("labels") or {}),
+        # made by an older cdmo operator, without an owner: the loop adds one
+        "owned": bool(meta.get("ownerReferences")),
         # None: no desired layout yet (bootstrap); [] would mean "every listed GPU empty"
         "specGpus": list(spec["gpus"]) if isinstance(spec.get("gpus"), list) else None,
         "statusGpus": list(status.get("gpus") or []),
@@ -75,6 +79,38 @@ def summarize_miglayout(obj: Mapping[str, Any]) -> dict[str, Any]:
         "phase": status.get("phase", ""),
         "lastError": status.get("lastError", ""),
     }
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def status_problem(ml: Mapping[str, Any]) -> str | None:
+    """Why the operator cannot read the GPUs this MigLayout's status reports, or None.
+
+    The CRD requires only ``index`` of a reported GPU and nothing of a reported instance (a newer
+    or foreign agent may report more, or less), so the API server accepts a status that the
+    operator cannot plan on. Such a node is left out, alone: one odd report must not stop the
+    planning of every other node.
+    """
+    gpus = ml.get("statusGpus") or []
+    if not isinstance(gpus, list):
+        return "status.gpus is not a list"
+    for g, gpu in enumerate(gpus):
+        if not isinstance(gpu, Mapping) or not _is_int(gpu.get("index")):
+            return f"status.gpus[{g}] has no whole-number index"
+        instances = gpu.get("instances") or []
+        if not isinstance(instances, list):
+            return f"status.gpus[{g}].instances is not a list"
+        for i, inst in enumerate(instances):
+            where = f"status.gpus[{g}].instances[{i}]"
+            if not isinstance(inst, Mapping):
+                return f"{where} is not an object"
+            if not isinstance(inst.get("profile"), str) or not inst["profile"]:
+                return f"{where} has no profile"
+            if not _is_int(inst.get("start")):
+                return f"{where} has no whole-number start"
+    return None
 
 
 @dataclass(frozen=True)

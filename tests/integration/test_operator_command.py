@@ -9,6 +9,8 @@ import subprocess
 import sys
 import urllib.request
 
+import pytest
+
 from tests.harness.kube_api import KubeApiDouble, Store
 
 
@@ -68,3 +70,37 @@ def test_operator_command_runs_against_the_api_and_stops_on_sigterm(kube_api: Ku
     assert proc.returncode == 0, out.decode()[-2000:]
     ml = kube_api.get("miglayouts", "gpu-node-1")
     assert ml is not None and ml["spec"] == {}  # bootstrap: no spec.gpus until the agent reports
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        "CDMO_WATCH_SERVER_TIMEOUT=inf",
+        "CDMO_PLAN_RESYNC_SECONDS=0",
+        "CDMO_BATCH_IDLE_SECONDS=nan",
+        "CDMO_STALE_TIMEOUT_SECONDS=-1",
+        "CDMO_LIST_CHUNK_SIZE=-5",
+        "CDMO_METRICS_PORT=70000",
+        "CDMO_DRAIN_MAX_FRACTION=2",
+    ],
+)
+def test_a_bad_setting_is_one_line_at_startup_not_a_traceback_or_a_busy_loop(env: str) -> None:
+    # inf made the startup handler raise OverflowError, which kopf retried every 60 s forever;
+    # 0 or a negative resync made the loop plan without pause; nan and -1 were taken silently.
+    var, value = env.split("=", 1)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cdmo.cli", "operator", "--standalone", "--server", "http://127.0.0.1:9"],
+        env={**os.environ, var: value},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        out, _ = proc.communicate(timeout=60)  # bounded: the old code never exited
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    text = out.decode()
+    assert proc.returncode == 2, text[-2000:]
+    assert "Traceback" not in text
+    assert var in text and len(text.strip().splitlines()) == 1, text

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from cdmo.config import AgentConfig, OperatorConfig
+from cdmo.config import AgentConfig, OperatorConfig, WebhookConfig
 from cdmo.errors import InvalidInput
 
 
@@ -33,3 +33,34 @@ def test_operator_watches_are_bounded_server_side() -> None:
     }
     assert OperatorConfig.from_env({"CDMO_LIST_CHUNK_SIZE": "200"}).list_chunk_size == 200
     assert OperatorConfig().list_chunk_size == 500
+
+
+@pytest.mark.parametrize(
+    ("config", "env", "words"),
+    [
+        (AgentConfig, {"CDMO_RESYNC_SECONDS": "0"}, "must be above zero"),
+        (AgentConfig, {"CDMO_BACKOFF_INITIAL_SECONDS": "nan"}, "not a finite number"),
+        (AgentConfig, {"CDMO_LIVENESS_SECONDS": "-1"}, "must not be negative"),
+        (AgentConfig, {"CDMO_METRICS_PORT": "70000"}, "not a TCP port"),
+        (OperatorConfig, {"CDMO_WATCH_SERVER_TIMEOUT": "0.5"}, "at least 1"),
+        (OperatorConfig, {"CDMO_DRAIN_MAX_USED_SHARE": "1.5"}, "is a share"),
+        (OperatorConfig, {"CDMO_PREWARM_WINDOW_SECONDS": "inf"}, "not a finite number"),
+        (WebhookConfig, {"CDMO_WEBHOOK_NODES_REFRESH_SECONDS": "0"}, "must be above zero"),
+        (WebhookConfig, {"CDMO_WEBHOOK_PORT": "65536"}, "not a TCP port"),
+    ],
+)
+def test_a_number_no_component_can_run_with_is_refused_naming_it(
+    config: type, env: dict[str, str], words: str
+) -> None:
+    """inf, nan, 0 and -1 read as floats: they failed deep inside kopf or made a loop spin."""
+    (var,) = env
+    with pytest.raises(InvalidInput, match=words) as refused:
+        config.from_env(env)  # type: ignore[attr-defined]
+    assert var in str(refused.value)
+
+
+def test_zero_stays_a_way_to_turn_things_off() -> None:
+    agent = AgentConfig.from_env({"CDMO_LIVENESS_SECONDS": "0", "CDMO_METRICS_PORT": "0"})
+    assert (agent.liveness_seconds, agent.metrics_port) == (0, 0)
+    op = OperatorConfig.from_env({"CDMO_DRAIN_MAX_FRACTION": "0", "CDMO_DEFRAG_OPS_PER_HOUR": "0"})
+    assert (op.drain_max_fraction, op.defrag_ops_per_hour) == (0, 0)

@@ -20,10 +20,15 @@ class FakeWriter:
     def __init__(self, conflict: set[str] | None = None) -> None:
         self.created: list[str] = []
         self.patches: list[tuple[str, dict[str, Any]]] = []
+        self.owned: list[tuple[str, str]] = []
         self.conflict = conflict or set()
 
-    async def create_miglayout(self, node_name: str) -> bool:
+    async def create_miglayout(self, node_name: str, node_uid: str = "") -> bool:
         self.created.append(node_name)
+        return True
+
+    async def set_owner(self, node_name: str, node_uid: str, resource_version: str) -> bool:
+        self.owned.append((node_name, node_uid))
         return True
 
     async def patch_spec(self, node_name: str, body: dict[str, Any]) -> dict[str, Any] | None:
