@@ -25,36 +25,43 @@ class FakeKubelet(api_pb2_grpc.PodResourcesListerServicer):
 
     def __init__(self) -> None:
         self.fail = False
+        #: extra pods without devices, to make the answer big
+        self.crowd = 0
 
     def List(self, request, context):
         if self.fail:
             context.abort(grpc.StatusCode.UNAVAILABLE, "kubelet restarting")
-        return api_pb2.ListPodResourcesResponse(
-            pod_resources=[
-                api_pb2.PodResources(
-                    name="train-1",
-                    namespace="ml",
-                    containers=[
-                        api_pb2.ContainerResources(
-                            name="main",
-                            devices=[
-                                api_pb2.ContainerDevices(
-                                    resource_name="nvidia.com/mig-1g.10gb", device_ids=["MIG-a", "MIG-b"]
-                                ),
-                                api_pb2.ContainerDevices(
-                                    resource_name="nvidia.com/mig-3g.40gb", device_ids=[]
-                                ),
-                            ],
-                            cpu_ids=[1, 2],
-                        ),
-                        api_pb2.ContainerResources(name="sidecar"),
-                    ],
-                ),
-                api_pb2.PodResources(
-                    name="web", namespace="default", containers=[api_pb2.ContainerResources(name="c")]
-                ),
-            ]
-        )
+        crowd = [
+            api_pb2.PodResources(
+                name=f"pod-{i:06d}-" + "x" * 200,
+                namespace="busy",
+                containers=[api_pb2.ContainerResources(name="c", cpu_ids=list(range(64)))],
+            )
+            for i in range(self.crowd)
+        ]
+        known = [
+            api_pb2.PodResources(
+                name="train-1",
+                namespace="ml",
+                containers=[
+                    api_pb2.ContainerResources(
+                        name="main",
+                        devices=[
+                            api_pb2.ContainerDevices(
+                                resource_name="nvidia.com/mig-1g.10gb", device_ids=["MIG-a", "MIG-b"]
+                            ),
+                            api_pb2.ContainerDevices(resource_name="nvidia.com/mig-3g.40gb", device_ids=[]),
+                        ],
+                        cpu_ids=[1, 2],
+                    ),
+                    api_pb2.ContainerResources(name="sidecar"),
+                ],
+            ),
+            api_pb2.PodResources(
+                name="web", namespace="default", containers=[api_pb2.ContainerResources(name="c")]
+            ),
+        ]
+        return api_pb2.ListPodResourcesResponse(pod_resources=[*crowd, *known])
 
     def GetAllocatableResources(self, request, context):
         return api_pb2.AllocatableResourcesResponse(
@@ -98,6 +105,14 @@ def test_allocatable_merges_by_resource(kubelet: tuple[FakeKubelet, str]) -> Non
         AllocatableDevices("nvidia.com/mig-1g.10gb", ("MIG-a", "MIG-b", "MIG-c")),
         AllocatableDevices("nvidia.com/mig-3g.40gb", ("MIG-d",)),
     ]
+
+
+def test_an_answer_past_grpcs_default_4_mib_is_read(kubelet: tuple[FakeKubelet, str]) -> None:
+    """gRPC refuses answers over 4 MiB unless told otherwise; the kubelet's own clients allow 16."""
+    servicer, path = kubelet
+    servicer.crowd = 30_000  # about 9 MiB: 200-character names and 64 CPU ids each
+    rows = PodResourcesClient(path, timeout_seconds=30).list()
+    assert [r.pod_key for r in rows] == ["ml/train-1"]
 
 
 def test_a_failing_kubelet_is_unavailable(kubelet: tuple[FakeKubelet, str]) -> None:

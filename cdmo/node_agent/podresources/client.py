@@ -59,6 +59,13 @@ class AllocatableDevices:
     device_ids: tuple[str, ...]
 
 
+#: The largest answer read: the kubelet's own pod-resources clients allow 16 MiB
+#: (podresources.GetV1Client's maxMsgSize in the kubelet's callers); gRPC's default is 4 MiB,
+#: which a node with hundreds of pods, containers and CPU ids can pass, and then nothing on the
+#: node could be decided (what is in use would be unknown).
+MAX_MESSAGE_BYTES = 16 << 20
+
+
 class PodResourcesClient:
     """``List`` and ``GetAllocatableResources`` over the kubelet's unix socket."""
 
@@ -77,7 +84,10 @@ class PodResourcesClient:
                 hint="mount /var/lib/kubelet/pod-resources into the agent pod",
             )
         try:
-            with grpc.insecure_channel(f"unix://{self.socket_path}") as channel:
+            with grpc.insecure_channel(
+                f"unix://{self.socket_path}",
+                options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+            ) as channel:
                 return method(api_pb2_grpc.PodResourcesListerStub(channel))
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
