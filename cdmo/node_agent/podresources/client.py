@@ -59,8 +59,8 @@ class AllocatableDevices:
     device_ids: tuple[str, ...]
 
 
-#: The largest answer read: the kubelet's own pod-resources clients allow 16 MiB
-#: (podresources.GetV1Client's maxMsgSize in the kubelet's callers); gRPC's default is 4 MiB,
+#: The largest answer read: 16 MiB, the DefaultMaxMsgSize of the kubelet's own pod-resources
+#: client package (pkg/kubelet/apis/podresources); gRPC's default is 4 MiB,
 #: which a node with hundreds of pods, containers and CPU ids can pass, and then nothing on the
 #: node could be decided (what is in use would be unknown).
 MAX_MESSAGE_BYTES = 16 << 20
