@@ -236,6 +236,11 @@ class NvmlFailure(NvmlError):
     """Any other NVML error."""
 
 
+class GpuGone(NvmlFailure):
+    """NVML_ERROR_GPU_IS_LOST or RESET_REQUIRED: the GPU answers nothing until it is reset or
+    the node rebooted; a pass makes no further change on it."""
+
+
 _TRANSIENT = frozenset(
     {NvmlReturn.TIMEOUT, NvmlReturn.UNKNOWN, NvmlReturn.NOT_READY, NvmlReturn.MEMORY, NvmlReturn.IRQ_ISSUE}
 )
@@ -267,6 +272,8 @@ def error_for_rc(rc: int, what: str) -> NvmlError:
         return AlreadyGone(f"{what}: NVML says it does not exist (NOT_FOUND)", rc)
     if rc == NvmlReturn.NO_PERMISSION:
         return NoPermission(f"{what}: NVML denied permission (NO_PERMISSION)", rc, hint=PRIVILEGED_HINT)
+    if rc in (NvmlReturn.GPU_IS_LOST, NvmlReturn.RESET_REQUIRED):
+        return GpuGone(f"{what}: NVML error {name}: the GPU needs a reset or a reboot of the node", rc)
     if rc in _TRANSIENT:
         return TransientNvmlError(f"{what}: NVML error {name}, will retry", rc)
     return NvmlFailure(f"{what}: NVML error {name}", rc)

@@ -19,6 +19,7 @@ in order:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ from cdmo.node_agent.backend import (
     DEFAULT_RETRY,
     AlreadyGone,
     GpuBackend,
+    GpuGone,
     GpuInfo,
     GpuInstanceInfo,
     InstanceBusy,
@@ -147,6 +149,8 @@ class _Run:
     repairs: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     blockers: list[Blocker] = field(default_factory=list)
+    #: the GPU fell off the bus or needs a reset (GpuGone): its steps stop
+    gone: bool = False
 
 
 class _Executor:
@@ -187,6 +191,8 @@ class _Executor:
                 self.repair(gd.index, by_gi[step.gi_id], "it had no compute instance", run, log)
             else:
                 self.create(step, run, log)
+            if run.gone:
+                break  # GPU_IS_LOST / RESET_REQUIRED: nothing more is tried on it this pass
         return self.result(gd, run)
 
     def destroy(
@@ -226,6 +232,7 @@ class _Executor:
             raise
         except NvmlError as exc:
             run.errors.append(str(exc))
+            run.gone = isinstance(exc, GpuGone)
             log.warning(
                 "Failed to destroy GPU instance",
                 profile=inst.profile,
@@ -270,6 +277,7 @@ class _Executor:
             raise
         except NvmlError as exc:
             run.errors.append(f"GPU {gpu}: {inst.profile}@{inst.start} has no compute instance: {exc}")
+            run.gone = isinstance(exc, GpuGone)
             log.warning(
                 "Failed to repair GPU instance",
                 profile=inst.profile,
@@ -300,6 +308,7 @@ class _Executor:
             raise
         except NvmlError as exc:
             run.errors.append(str(exc))
+            run.gone = isinstance(exc, GpuGone)
             log.warning(
                 "Failed to create GPU instance", profile=step.profile, start=step.start, nvml_rc=exc.rc
             )
@@ -347,8 +356,22 @@ def _with_final_state(backend: GpuBackend, res: GpuResult, retry: RetryPolicy) -
     """``res`` with what the GPU holds now; Ready only if that is exactly the desired layout."""
     if res.info is None or not res.info.mig_current:
         return res
-    now = tuple(call_with_retry(retry, backend.list_instances, res.index))
     state, reason, message, errors = res.state, res.reason, res.message, res.errors
+    try:
+        now = tuple(call_with_retry(retry, backend.list_instances, res.index))
+    except Fatal:
+        raise
+    except NvmlError as exc:
+        # This GPU cannot be read (GPU_IS_LOST, ...): say so on it alone; the other GPUs'
+        # results, and what this pass did, are still reported.
+        failure = f"GPU {res.index}: could not read what it holds after the pass: {exc}"
+        return dataclasses.replace(
+            res,
+            state=GpuState.FAILED,
+            reason=Reason.NVML_ERROR,
+            message=f"{res.message}; {failure}" if res.state == GpuState.FAILED else failure,
+            errors=(*res.errors, failure),
+        )
     if res.state == GpuState.READY and res.desired is not None:
         have = sort_layout(i.instance for i in now if i.healthy)
         if have != sort_layout(res.desired) or len(now) != len(have):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib
+import re
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -29,7 +30,7 @@ from typing import Any
 import structlog
 
 from cdmo.errors import UnknownProfile
-from cdmo.mig.catalog import GpuModel, find_model
+from cdmo.mig.catalog import PROFILE_NAME_PATTERN, GpuModel, find_model, nvml_constants
 from cdmo.node_agent.backend import (
     AlreadyGone,
     ComputeInstanceInfo,
@@ -38,6 +39,7 @@ from cdmo.node_agent.backend import (
     InstanceBusy,
     InvalidPlacement,
     MigModeChange,
+    NoPermission,
     NotSupported,
     NvmlError,
     NvmlFailure,
@@ -113,27 +115,32 @@ class NvmlBackend:
         return result
 
     def _gi_profiles(self, gpu: int, h: Any) -> list[tuple[str, Any]]:
-        """(profile name, GpuInstanceProfileInfo) for each GI profile the GPU offers."""
+        """(profile name, GpuInstanceProfileInfo) for each GI profile the GPU offers.
+
+        The catalog's profiles first, under the catalog's names; then every other profile
+        constant NVML knows, so that an instance of a profile the catalog lacks (a later driver's,
+        or one made with nvidia-smi) is still seen: it takes space and a pod may hold it. Those
+        are named as NVML names them ("MIG 2g.20gb+me" -> ``2g.20gb+me``), else ``profile-id-N``.
+        """
         nv = self._nvml
         model = self._model(gpu, h)
-        if model is not None:
-            wanted = [(p.name, p.nvml_constant_value) for p in model.profiles]
-        else:  # an unknown model: list what is there under NVML's ids
-            wanted = [(f"profile-{c}", c) for c in range(nv.NVML_GPU_INSTANCE_PROFILE_COUNT)]
-        result: list[tuple[str, Any]] = []
-        seen: set[int] = set()
-        for name, constant in wanted:
+        catalog = {p.nvml_constant_value: p.name for p in model.profiles} if model else {}
+        found: dict[int, tuple[str, Any]] = {}
+        others = [c for c in range(_profile_constant_count(nv, "GPU")) if c not in catalog]
+        for constant in [*catalog, *others]:
+            name = catalog.get(constant)
             try:
                 info = self._call(
-                    f"read profile {name} of GPU {gpu}", nv.nvmlDeviceGetGpuInstanceProfileInfo, h, constant
+                    f"read profile {name or constant} of GPU {gpu}",
+                    nv.nvmlDeviceGetGpuInstanceProfileInfo,
+                    h,
+                    constant,
                 )
             except (NotSupported, InvalidPlacement):
                 continue  # the GPU lacks this profile (go-nvlib skips these two codes too)
-            if info.id in seen:
-                continue
-            seen.add(info.id)
-            result.append((name if model is not None else f"profile-id-{info.id}", info))
-        return result
+            if info.id not in found:
+                found[info.id] = (name or _nvml_profile_name(info, model is not None), info)
+        return list(found.values())
 
     def _compute_instances(self, gpu: int, h: Any, gi: Any, gi_id: int) -> list[tuple[int, int, str | None]]:
         """(CI id, compute slices, MIG UUID) of every compute instance in GPU instance ``gi``."""
@@ -153,7 +160,7 @@ class NvmlBackend:
         """
         nv = self._nvml
         seen: set[int] = set()
-        for constant in range(nv.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
+        for constant in range(_profile_constant_count(nv, "COMPUTE")):
             try:
                 prof = self._call(
                     what,
@@ -192,8 +199,8 @@ class NvmlBackend:
                 return str(self._call(what, nv.nvmlDeviceGetUUID, mig))
         return None
 
-    def _gpu_instances(self, gpu: int, h: Any) -> list[tuple[str, Any, Any]]:
-        """(profile name, GI handle, GpuInstanceInfo) of every GPU instance."""
+    def _gpu_instances(self, gpu: int, h: Any) -> list[tuple[str, Any, Any, int]]:
+        """(profile name, GI handle, GpuInstanceInfo, compute slices) of every GPU instance."""
         nv = self._nvml
         what = f"list the GPU instances of GPU {gpu}"
         result = []
@@ -204,21 +211,18 @@ class NvmlBackend:
             count = ctypes.c_uint(0)
             self._call(what, nv.nvmlDeviceGetGpuInstances, h, info.id, handles, ctypes.byref(count))
             for k in range(count.value):
-                result.append((name, handles[k], self._call(what, nv.nvmlGpuInstanceGetInfo, handles[k])))
+                gi_info = self._call(what, nv.nvmlGpuInstanceGetInfo, handles[k])
+                result.append((name, handles[k], gi_info, int(info.sliceCount)))
         return result
 
     def list_instances(self, gpu: int) -> list[GpuInstanceInfo]:
         h = self._handle(gpu)
         if not self._mig_mode(gpu, h)[0]:
             return []
-        model = self._model(gpu, h)
         result = []
-        for name, gi, info in self._gpu_instances(gpu, h):
+        for name, gi, info, slices in self._gpu_instances(gpu, h):
             gi_id = int(info.id)
             cis = self._compute_instances(gpu, h, gi, gi_id)
-            slices = (
-                model.profile(name).compute_slices if model is not None and model.has_profile(name) else None
-            )
             result.append(
                 build_instance_info(
                     gpu,
@@ -243,17 +247,55 @@ class NvmlBackend:
             procs = self._call(what, nv.nvmlDeviceGetComputeRunningProcesses, h)
             uuid = self._call(f"read the UUID of GPU {gpu}", nv.nvmlDeviceGetUUID, h)
             return {str(uuid): tuple(sorted(int(p.pid) for p in procs))} if procs else {}
-        result: dict[str, tuple[int, ...]] = {}
+        # Per MIG device (nvml.h: the parent's handle gives them only to a privileged caller).
+        devices: list[tuple[str, Any]] = []
         for index in range(self._call(what, nv.nvmlDeviceGetMaxMigDeviceCount, h)):
             try:
                 mig = self._call(what, nv.nvmlDeviceGetMigDeviceHandleByIndex, h, index)
             except (AlreadyGone, InvalidPlacement):
                 continue  # no MIG device at this index
-            uuid = self._call(what, nv.nvmlDeviceGetUUID, mig)
-            procs = self._call(what, nv.nvmlDeviceGetComputeRunningProcesses, mig)
-            if procs:
-                result[str(uuid)] = tuple(sorted(int(p.pid) for p in procs))
+            devices.append((str(self._call(what, nv.nvmlDeviceGetUUID, mig)), mig))
+        result: dict[str, tuple[int, ...]] = {}
+        try:
+            for uuid, mig in devices:
+                procs = self._call(what, nv.nvmlDeviceGetComputeRunningProcesses, mig)
+                if procs:
+                    result[uuid] = tuple(sorted(int(p.pid) for p in procs))
+        except NotSupported:
+            # nvml.h: not on MIG device handles in vGPU host mode. The parent GPU's aggregate
+            # names each process's GI and CI ids.
+            return self._processes_by_parent(gpu, h, devices)
         return result
+
+    def _processes_by_parent(
+        self, gpu: int, h: Any, devices: list[tuple[str, Any]]
+    ) -> dict[str, tuple[int, ...]]:
+        nv = self._nvml
+        what = f"list the processes on GPU {gpu} (MIG device handles refused, so through the GPU's)"
+        try:
+            procs = self._call(what, nv.nvmlDeviceGetComputeRunningProcesses, h)
+        except (NotSupported, NoPermission) as exc:
+            raise NvmlFailure(
+                f"cannot read the compute processes on GPU {gpu}: NVML refused them on its MIG devices "
+                f"(NOT_SUPPORTED) and on the GPU ({NvmlReturn(exc.rc or 0).name}); no instance on it is "
+                "destroyed while they are unknown",
+                exc.rc,
+                hint="run the agent privileged with hostPID: true",
+            ) from exc
+        by_ids = {
+            (
+                int(self._call(what, nv.nvmlDeviceGetGpuInstanceId, mig)),
+                int(self._call(what, nv.nvmlDeviceGetComputeInstanceId, mig)),
+            ): uuid
+            for uuid, mig in devices
+        }
+        found: dict[str, set[int]] = {}
+        for p in procs:
+            # A process NVML cannot place on a MIG device is counted on every one: held, not lost.
+            key = (int(getattr(p, "gpuInstanceId", -1)), int(getattr(p, "computeInstanceId", -1)))
+            for uuid in [by_ids[key]] if key in by_ids else list(by_ids.values()):
+                found.setdefault(uuid, set()).add(int(p.pid))
+        return {uuid: tuple(sorted(pids)) for uuid, pids in found.items()}
 
     def create_instance(self, gpu: int, profile: str, start: int) -> GpuInstanceInfo:
         nv = self._nvml
@@ -385,6 +427,26 @@ class NvmlBackend:
             self._nvml.nvmlShutdown()
         except self._nvml.NVMLError as exc:
             log.debug("Failed to shut down NVML", nvml_rc=exc.value)
+
+
+def _profile_constant_count(nv: ModuleType, kind: str) -> int:
+    """How many NVML_{kind}_INSTANCE_PROFILE_* constants to ask about: the most that pynvml or
+    the catalog knows (nvidia-ml-py 12.535.77 knows 10 GI and 8 CI constants, 13.x 18 and 9).
+    A constant beyond what the driver knows is refused (INVALID_ARGUMENT) and skipped."""
+    name = f"NVML_{kind}_INSTANCE_PROFILE_COUNT"
+    section = "gpu_instance_profiles" if kind == "GPU" else "compute_instance_profiles"
+    return max(int(getattr(nv, name, 0)), nvml_constants()[section].get(name, 0))
+
+
+def _nvml_profile_name(info: Any, known_model: bool) -> str:
+    """A GPU instance profile's name as NVML gives it (v2 info: "MIG 1g.10gb+me"), or its id
+    (always on a model cdmo does not know, whose profiles no catalog name may stand for)."""
+    if not known_model:
+        return f"profile-id-{info.id}"
+    raw = getattr(info, "name", b"")
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+    name = text.removeprefix("MIG ").strip()
+    return name if re.match(PROFILE_NAME_PATTERN, name) else f"profile-id-{info.id}"
 
 
 def _import_pynvml() -> ModuleType:

@@ -3,7 +3,7 @@ half-destroyed instances (item 4) and the device advertiser's hooks."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 
 import pytest
@@ -18,6 +18,7 @@ from cdmo.node_agent.simulated import SimulatedBackend, SimulatedCrash, Simulate
 from cdmo.node_agent.status import build_status
 from tests.node.conftest import RETRY, layout
 from tests.node.fake_pynvml import make_fake_pynvml
+from tests.node.nvml_standin.gpus import StandinGpus
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -199,3 +200,50 @@ def test_an_observation_less_what_the_pass_destroyed_keeps_a_gi_made_again_with_
     observed = observe_node(sim, retry=RETRY)
     assert observed.without([old]).instances[0] == (new,)
     assert observed.without([new]).instances[0] == ()
+
+
+# --- a GPU lost, an instance of a profile the catalog lacks: the real pynvml over the stand-in ---
+
+
+def test_a_gpu_lost_mid_pass_is_reported_and_the_other_gpus_results_kept(
+    standin: StandinGpus,
+) -> None:
+    """GPU 1 falls off the bus after GPU 0's create (NVML: GPU_IS_LOST on every call on it).
+
+    The pass used to end in an exception from reading GPU 1's final state: GPU 0's new instance
+    went unreported and the status kept saying whatever it said before."""
+
+    class LosesGpu1(NvmlBackend):
+        def create_instance(self, gpu: int, profile: str, start: int):  # type: ignore[no-untyped-def]
+            made = super().create_instance(gpu, profile, start)
+            if gpu == 0:
+                standin.lose_gpu(1)
+            return made
+
+    backend = LosesGpu1()
+    result = reconcile_node(backend, {0: layout("3g.40gb@0"), 1: layout("1g.10gb@0,1g.10gb@1")}, retry=RETRY)
+    assert result.gpu(0).state == GpuState.READY
+    assert [(i.profile, i.start) for i in result.gpu(0).created] == [("3g.40gb", 0)]
+    lost = result.gpu(1)
+    assert lost.state == GpuState.FAILED and "GPU_IS_LOST" in lost.message
+    # its second create was not tried on a GPU that is gone; reading it after the pass failed too
+    assert [e.startswith("GPU 1: could not read") for e in lost.errors] == [False, True]
+
+
+def test_a_held_instance_of_a_profile_the_catalog_lacks_blocks_its_gpu(
+    make_standin: Callable[..., StandinGpus],
+) -> None:
+    """nvidia-smi made 2g.20gb+me@2 (not in cdmo's catalog) and a process runs on it; the spec
+    asks for 3g.40gb@0, which overlaps it. The GPU is Blocked by that process, naming it; it
+    used to be invisible, so cdmo tried the create and failed (INSUFFICIENT_RESOURCES) forever."""
+    import pynvml
+
+    standin = make_standin("h100-80gb-next")
+    gi = standin.create_gpu_instance(0, 21, 2, 2)
+    ci = standin.create_compute_instance(0, gi.gi_id, pynvml.NVML_COMPUTE_INSTANCE_PROFILE_2_SLICE)
+    standin.add_process(ci.uuid, 31337)
+    before = standin.records("gi") + standin.records("ci")
+    result = reconcile_node(NvmlBackend(), {0: layout("3g.40gb@0")}, retry=RETRY)
+    assert result.gpu(0).state == GpuState.BLOCKED, result.gpu(0).message
+    assert "2g.20gb+me@2" in result.gpu(0).message and "31337" in result.gpu(0).message
+    assert standin.records("gi") + standin.records("ci") == before

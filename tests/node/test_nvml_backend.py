@@ -546,3 +546,57 @@ def test_a_gpu_instance_that_cannot_be_destroyed_after_a_failed_compute_instance
     assert (left.profile, left.start, left.ci_id, left.healthy) == ("1g.20gb", 4, None, False)
     backend.create_compute_instance(0, left.gi_id)
     assert [(g, i, p) for g, i, _, p, _ in standin.compute_instances()] == [(0, left.gi_id, 7)]
+
+
+# --- what a real driver answers that the catalog or the happy path does not cover -------------
+
+
+def test_an_instance_of_a_profile_the_catalog_lacks_is_listed(
+    make_standin: Callable[..., StandinGpus],
+) -> None:
+    """A later driver offers 2g.20gb+me (GI profile constant 2_SLICE_REV1, id 21), which cdmo's
+    catalog lacks, and nvidia-smi made one. It takes memory slices 2-3 and a pod may hold its
+    device: it must be listed, not skipped because the catalog has no such profile."""
+    standin = make_standin("h100-80gb-next")
+    gi = standin.create_gpu_instance(0, 21, 2, 2)
+    ci = standin.create_compute_instance(0, gi.gi_id, real.NVML_COMPUTE_INSTANCE_PROFILE_2_SLICE)
+    backend = NvmlBackend()
+    [inst] = backend.list_instances(0)
+    assert (inst.profile, inst.start, inst.size, inst.gi_id, inst.uuid, inst.healthy) == (
+        "2g.20gb+me",
+        2,
+        2,
+        gi.gi_id,
+        ci.uuid,
+        True,
+    )
+    with pytest.raises(NotSupported):  # cdmo does not make what its catalog lacks
+        backend.create_compute_instance(0, gi.gi_id)
+
+
+def test_processes_are_read_from_the_parent_gpu_when_mig_device_handles_refuse(standin: StandinGpus) -> None:
+    """nvml.h: per-instance process queries on MIG device handles are not supported in vGPU
+    host mode (NOT_SUPPORTED); the parent GPU's handle gives them all, with GI and CI ids."""
+    backend = NvmlBackend()
+    backend.create_instance(0, "3g.40gb", 0)
+    busy = backend.create_instance(0, "1g.10gb", 6)
+    assert busy.uuid
+    standin.add_process(busy.uuid, 4242)
+    standin.inject_fault("nvmlDeviceGetComputeRunningProcesses@mig", NvmlReturn.NOT_SUPPORTED, -1)
+    assert backend.list_processes(0) == {busy.uuid: (4242,)}
+    with pytest.raises(InstanceBusy, match="4242"):
+        backend.destroy_instance(0, busy.gi_id)
+    assert len(standin.compute_instances()) == 2
+
+
+def test_processes_that_cannot_be_read_at_all_say_so(standin: StandinGpus) -> None:
+    backend = NvmlBackend()
+    made = backend.create_instance(0, "1g.10gb", 6)
+    standin.inject_fault("nvmlDeviceGetComputeRunningProcesses@mig", NvmlReturn.NOT_SUPPORTED, -1)
+    standin.inject_fault("nvmlDeviceGetComputeRunningProcesses", NvmlReturn.NO_PERMISSION, -1)
+    with pytest.raises(NvmlFailure, match="processes") as caught:
+        backend.list_processes(0)
+    assert "MIG mode is off" not in str(caught.value)  # not NOT_SUPPORTED's usual meaning
+    with pytest.raises(NvmlFailure):
+        backend.destroy_instance(0, made.gi_id)
+    assert len(standin.compute_instances()) == 1  # nothing destroyed blind

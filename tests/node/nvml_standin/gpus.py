@@ -22,7 +22,8 @@ STATE_ENV = "CDMO_NVML_STANDIN_STATE"
 CALLS_ENV = "CDMO_NVML_STANDIN_CALLS"
 
 #: Catalog key -> whether a MIG mode change needs a GPU reset (Ampere) — as standin.c models it.
-MODELS = {"h100-80gb": False, "a100-40gb": True, "h200-141gb": False, "t4": False}
+#: ``h100-80gb-next``: an H100 whose driver also offers 2g.20gb+me, a profile the catalog lacks.
+MODELS = {"h100-80gb": False, "h100-80gb-next": False, "a100-40gb": True, "h200-141gb": False, "t4": False}
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,11 @@ class StandinGpus:
         """The next ``count`` calls of ``call`` (pynvml's name, without _v2) return ``rc``; -1: all."""
         with self._edit() as lines:
             lines.append(f"fault {call} {int(rc)} {count}")
+
+    def lose_gpu(self, gpu: int) -> None:
+        """The GPU falls off the bus: every NVML call on it answers GPU_IS_LOST."""
+        with self._edit() as lines:
+            lines.append(f"lost {gpu}")
 
     def set_option(self, name: str) -> None:
         """``unprivileged`` or ``ci-device-parent`` (see standin.c)."""

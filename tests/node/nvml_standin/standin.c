@@ -18,7 +18,10 @@
  *   gi GPU ID PROFILE_ID START      a GPU instance
  *   ci GPU GI_ID ID PROFILE_ID UUID a compute instance (a MIG device)
  *   proc UUID PID                   a compute process on a GPU or MIG device
- *   fault FUNCTION RC COUNT         the next COUNT calls of FUNCTION return RC (-1: all)
+ *   lost GPU                        the GPU fell off the bus: every call on it is GPU_IS_LOST
+ *   fault FUNCTION RC COUNT         the next COUNT calls of FUNCTION return RC (-1: all);
+ *                                   nvmlDeviceGetComputeRunningProcesses@mig: only those on a
+ *                                   MIG device handle (vGPU host mode refuses these, nvml.h)
  *
  * What NVML does that cdmo relies on, kept here (nvml.h and NVIDIA's MIG user guide):
  * profiles are asked for by constant and answer with an id; GPU instances are created at an
@@ -105,6 +108,22 @@ static const Model MODELS[] = {
         {"7g.141gb", NVML_GPU_INSTANCE_PROFILE_7_SLICE, 0, 7, 8, 1, 143360, 132, 0x01,
          C(1_SLICE) | C(2_SLICE) | C(3_SLICE) | C(4_SLICE) | C(7_SLICE)},
     }},
+    /* The H100 under a later driver that offers a profile cdmo's catalog lacks (2g.20gb+me). */
+    {"h100-80gb-next", "NVIDIA H100 80GB HBM3", 0x233010DE, 0, 8, {
+        {"1g.10gb", NVML_GPU_INSTANCE_PROFILE_1_SLICE, 19, 1, 1, 7, 9984, 16, EVERY, C(1_SLICE)},
+        {"1g.10gb+me", NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV1, 20, 1, 1, 1, 9984, 16, EVERY, C(1_SLICE)},
+        {"1g.20gb", NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV2, 15, 1, 2, 4, 20096, 26, EVEN,
+         C(1_SLICE) | C(1_SLICE_REV1)},
+        {"2g.20gb", NVML_GPU_INSTANCE_PROFILE_2_SLICE, 14, 2, 2, 3, 20096, 32, 0x15, C(1_SLICE) | C(2_SLICE)},
+        {"3g.40gb", NVML_GPU_INSTANCE_PROFILE_3_SLICE, 9, 3, 4, 2, 40448, 60, 0x11,
+         C(1_SLICE) | C(2_SLICE) | C(3_SLICE)},
+        {"4g.40gb", NVML_GPU_INSTANCE_PROFILE_4_SLICE, 5, 4, 4, 1, 40448, 64, 0x01,
+         C(1_SLICE) | C(2_SLICE) | C(4_SLICE)},
+        {"7g.80gb", NVML_GPU_INSTANCE_PROFILE_7_SLICE, 0, 7, 8, 1, 81152, 132, 0x01,
+         C(1_SLICE) | C(2_SLICE) | C(3_SLICE) | C(4_SLICE) | C(7_SLICE)},
+        {"2g.20gb+me", NVML_GPU_INSTANCE_PROFILE_2_SLICE_REV1, 21, 2, 2, 1, 20096, 32, 0x15,
+         C(1_SLICE) | C(2_SLICE)},
+    }},
     /* A GPU without MIG: nvmlDeviceGetMigMode says NOT_SUPPORTED. */
     {"t4", "Tesla T4", 0x1EB810DE, 0, 0, {{0}}},
 };
@@ -123,7 +142,7 @@ static const unsigned CI_SLICES[NVML_COMPUTE_INSTANCE_PROFILE_COUNT] = {1, 2, 3,
 
 typedef struct { int used; unsigned profile; char uuid[UUID_LEN]; } Ci;
 typedef struct { int used; unsigned profile, start; Ci cis[MAX_CIS]; } Gi;
-typedef struct { const Model *model; char uuid[UUID_LEN]; unsigned mig, pending; Gi gis[MAX_GIS]; } Gpu;
+typedef struct { const Model *model; char uuid[UUID_LEN]; unsigned mig, pending, lost; Gi gis[MAX_GIS]; } Gpu;
 typedef struct { char uuid[UUID_LEN]; unsigned pid; } Proc;
 typedef struct { char call[UUID_LEN]; int rc, count; } Fault;
 
@@ -139,6 +158,7 @@ static int initialised; /* per process, as NVML's own init count */
 static pthread_mutex_t mutex = PTHREAD_MUTEX_INITIALIZER; /* S is one per process: one call at a time */
 static int lock_fd = -1;
 static int dirty;
+static int lost_seen; /* this call named a lost GPU: INVALID_ARGUMENT becomes GPU_IS_LOST */
 
 static const Model *find_model(const char *key) {
     for (size_t i = 0; i < sizeof MODELS / sizeof MODELS[0]; i++)
@@ -168,6 +188,9 @@ static int parse(FILE *f) {
             Ci *c = &S.gpus[g].gis[gi].cis[ci];
             c->used = 1, c->profile = p;
             snprintf(c->uuid, UUID_LEN, "%s", a);
+        } else if (sscanf(line, "lost %u", &g) == 1) {
+            if (g >= S.ngpus) return -1;
+            S.gpus[g].lost = 1;
         } else if (sscanf(line, "proc %95s %u", a, &x) == 2 && S.nprocs < MAX_PROCS) {
             snprintf(S.procs[S.nprocs].uuid, UUID_LEN, "%s", a);
             S.procs[S.nprocs++].pid = x;
@@ -197,6 +220,8 @@ static void save(void) {
                     fprintf(f, "ci %u %u %u %u %s\n", g, i, c, gpu->gis[i].cis[c].profile, gpu->gis[i].cis[c].uuid);
         }
     }
+    for (unsigned g = 0; g < S.ngpus; g++)
+        if (S.gpus[g].lost) fprintf(f, "lost %u\n", g);
     for (unsigned i = 0; i < S.nprocs; i++) fprintf(f, "proc %s %u\n", S.procs[i].uuid, S.procs[i].pid);
     for (unsigned i = 0; i < S.nfaults; i++)
         if (S.faults[i].count != 0)
@@ -226,7 +251,7 @@ static nvmlReturn_t begin(const char *call) {
     FILE *f = fdopen(dup(lock_fd), "r");
     int bad = !f || parse(f) != 0;
     if (f) fclose(f);
-    dirty = 0;
+    dirty = 0, lost_seen = 0;
     if (bad) {
         fprintf(stderr, "nvml stand-in: cannot read %s\n", path);
         return fail_begin(NVML_ERROR_UNKNOWN);
@@ -243,6 +268,7 @@ static nvmlReturn_t begin(const char *call) {
 }
 
 static nvmlReturn_t end(nvmlReturn_t rc) {
+    if (lost_seen && rc == NVML_ERROR_INVALID_ARGUMENT) rc = NVML_ERROR_GPU_IS_LOST;
     if (dirty) save();
     close(lock_fd), lock_fd = -1;
     pthread_mutex_unlock(&mutex);
@@ -276,6 +302,7 @@ static Named resolve(const void *h, unsigned kind) {
     Named n = {(unsigned)(v >> 40), NULL, (unsigned)((v >> 24) & 0xffff) - 1, NULL,
                (unsigned)((v >> 12) & 0xfff) - 1, NULL, (unsigned)(v & 0xfff) - 1};
     if (n.kind != kind || n.g >= S.ngpus) return (Named){0};
+    if (S.gpus[n.g].lost) return lost_seen = 1, (Named){0};
     n.gpu = &S.gpus[n.g];
     if (kind == DEVICE) return n;
     if (n.i >= MAX_GIS || !n.gpu->gis[n.i].used) return (Named){0};
@@ -367,6 +394,7 @@ nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *deviceCount) {
 nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *device) {
     BEGIN("nvmlDeviceGetHandleByIndex");
     if (!device || index >= S.ngpus) return end(NVML_ERROR_INVALID_ARGUMENT);
+    if (S.gpus[index].lost) return end(NVML_ERROR_GPU_IS_LOST);
     *device = handle(DEVICE, index, 0, 0);
     return end(NVML_SUCCESS);
 }
@@ -730,7 +758,8 @@ nvmlReturn_t nvmlDeviceGetComputeInstanceId(nvmlDevice_t device, unsigned int *i
 /* On a MIG device: its processes. On a GPU: its own and those of all its MIG devices. */
 nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int *infoCount,
                                                      nvmlProcessInfo_t *infos) {
-    BEGIN("nvmlDeviceGetComputeRunningProcesses");
+    BEGIN((uint64_t)(uintptr_t)device >> 40 == MIG ? "nvmlDeviceGetComputeRunningProcesses@mig"
+                                                    : "nvmlDeviceGetComputeRunningProcesses");
     Named d = resolve(device, DEVICE), m = resolve(device, MIG);
     if ((!d.gpu && !m.gpu) || !infoCount) return end(NVML_ERROR_INVALID_ARGUMENT);
     Gpu *gpu = d.gpu ? d.gpu : m.gpu;
