@@ -108,7 +108,14 @@ def parse_spec(spec: Mapping[str, Any] | None, *, strict: bool = False) -> dict[
             raise InvalidLayout(f"{path}.index: must be a whole number >= 0, not {index!r}")
         if index in result:
             raise InvalidLayout(f"{path}.index: GPU {index} appears twice")
-        items = gpu.get("instances") or []
+        items = gpu.get("instances")
+        if items is None:
+            # Never read as "hold nothing": that destroys every free instance on the GPU. A GPU
+            # entry without it is a misspelt key the API server pruned (instance:), or a newer
+            # release's spec this agent cannot read; either way, change nothing.
+            raise InvalidLayout(
+                f"{path}.instances: missing; list the GPU's instances (instances: [] for none)"
+            )
         if not isinstance(items, list):
             raise InvalidLayout(f"{path}.instances: must be a list")
         instances = []

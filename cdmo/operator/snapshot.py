@@ -233,6 +233,14 @@ def _reserved(
     return taken
 
 
+def mig_plannable(gpu: Mapping[str, Any]) -> bool:
+    """Whether the planner may place instances on a reported GPU: MIG on, and not switched off
+    pending a reset (``migPending: false``, Ampere), where the agent creates nothing because the
+    reset would take the instance from its pod (MigDisablePending). A status without the fields
+    (a foreign or older agent) counts as MIG on."""
+    return gpu.get("migEnabled", True) is not False and gpu.get("migPending", True) is not False
+
+
 def build_node_entry(
     node: Mapping[str, Any], ml: Mapping[str, Any], bound_pods: Iterable[Mapping[str, Any]]
 ) -> dict[str, Any]:
@@ -240,7 +248,7 @@ def build_node_entry(
     gpus = [
         g
         for g in sorted(ml.get("statusGpus") or [], key=lambda g: int(g.get("index", 0)))
-        if g.get("migEnabled", True) is not False
+        if mig_plannable(g)
     ]
     reserved = _reserved(node["name"], gpus, bound_pods)
     entry: dict[str, Any] = {

@@ -168,7 +168,7 @@ def test_stale_resource_version_conflicts(
             [{"index": 0, "instances": [{"profile": "1g.10gb", "start": -1}]}],
             "spec.gpus[0].instances[0].start",
         ),
-        ([{"index": 0}, {"index": 0}], "spec.gpus[1]"),
+        ([{"index": 0, "instances": []}, {"index": 0, "instances": []}], "spec.gpus[1]"),
         (
             [
                 {

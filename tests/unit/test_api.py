@@ -39,7 +39,9 @@ def test_build_miglayout_names_the_object_after_the_node() -> None:
     ("spec", "path"),
     [
         ({"gpus": [{"index": -1}]}, "spec.gpus[0].index"),
-        ({"gpus": [{"index": 0}, {"index": 0}]}, "spec.gpus[1].index"),
+        ({"gpus": [{"index": 0, "instances": []}, {"index": 0, "instances": []}]}, "spec.gpus[1].index"),
+        ({"gpus": [{"index": 0}]}, "spec.gpus[0].instances"),
+        ({"gpus": [{"index": 0, "instances": None}]}, "spec.gpus[0].instances"),
         (
             {"gpus": [{"index": 0, "instances": [{"profile": "big", "start": 0}]}]},
             "spec.gpus[0].instances[0].profile",
@@ -81,3 +83,16 @@ def test_unknown_spec_fields_are_refused_in_files_and_ignored_from_the_api_serve
         parse_spec(spec, strict=True)
     with pytest.raises(InvalidLayout, match="unknown field 'instance'"):
         parse_spec({"gpus": [{"index": 0, "instance": []}]}, strict=True)
+
+
+def test_a_gpu_without_instances_is_refused_not_read_as_empty() -> None:
+    """``{index: 0}`` is what the API server keeps of ``instance:`` misspelt (it prunes unknown
+    keys): read as an empty GPU, the agent destroyed every free instance on it. From the API
+    server and from files alike it is refused; ``instances: []`` still empties a GPU."""
+    for strict in (False, True):
+        with pytest.raises(InvalidLayout, match=r"spec\.gpus\[0\]\.instances: missing"):
+            parse_spec({"gpus": [{"index": 0}]}, strict=strict)
+        assert parse_spec({"gpus": [{"index": 0, "instances": []}]}, strict=strict) == {0: ()}
+    # Non-strict (from the API server): the misspelt key is ignored, and the missing one refused.
+    with pytest.raises(InvalidLayout, match="instances: missing"):
+        parse_spec({"gpus": [{"index": 0, "instance": [{"profile": "1g.10gb", "start": 0}]}]})

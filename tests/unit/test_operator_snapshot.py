@@ -318,3 +318,19 @@ def test_a_node_the_planner_cannot_read_is_left_out_not_fatal() -> None:
     mls = {"good": _ml("good", [_gpu(0, [])]), "odd": _ml("odd", [_gpu(0, [])])}
     snap = build_snapshot(nodes, mls, [_pending("p", {"nvidia.com/mig-1g.10gb": 1})], [], CONFIG, NOW)
     assert [n["name"] for n in snap["nodes"]] == ["good"]
+
+
+def test_a_gpu_whose_mig_mode_waits_for_a_reset_to_go_off_is_not_planned() -> None:
+    """``migEnabled: true, migPending: false``: MIG switched off, pending a reset (Ampere). The
+    agent creates nothing there (MigDisablePending: the reset would take it from the pod). Planned
+    anyway, the pod's plan equalled the spec already written, so no patch went out, and the pod
+    waited for ever while another GPU had room. GPUs with MIG off were already left out."""
+    going_off = {**_gpu(0, []), "migPending": False}
+    waiting_on = {**_gpu(1, []), "migEnabled": False, "migPending": True}  # MIG on after a reset
+    mls = {"n": _ml("n", [going_off, waiting_on, _gpu(2, [])])}
+    snap = build_snapshot(
+        {"n": _node("n")}, mls, [_pending("p", {"nvidia.com/mig-7g.80gb": 1})], [], CONFIG, NOW
+    )
+    assert [g["index"] for g in snap["nodes"][0]["gpus"]] == [2]
+    result = plan(parse_snapshot(snap))
+    assert [(a.node, a.devices[0].gpu) for a in result.assignments] == [("n", 2)]
