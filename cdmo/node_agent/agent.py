@@ -223,6 +223,20 @@ class Agent:
             self._write(status, previous)
             self.metrics.observe_failure("Fatal")
             raise
+        except CdmoError as exc:
+            # The pass could not decide (NVML unreadable after its retries, a GPU lost before the
+            # pass, the kubelet's pod-resources away): the status says so, or it would go on
+            # saying Ready while nothing on the node is looked after. The loop backs off and tries
+            # again; the next pass that runs writes the whole status anew.
+            status = build_error_status(
+                generation=generation,
+                reason=type(exc).__name__,
+                message=f"a reconcile pass failed and is tried again: {exc}",
+                now=self.clock(),
+                previous=previous,
+            )
+            self._write(status, previous)
+            raise
 
         refresh = None
         if needs_refresh(result, previous):

@@ -621,3 +621,21 @@ def test_a_pass_that_hangs_is_what_the_liveness_probe_reports(node: SimulatedNod
     assert errors == []
     never = make_agent(FakeKube(), node, liveness_seconds=0)
     assert never.stuck(time.monotonic() + 10**9) is None
+
+
+def test_a_pass_that_cannot_read_the_gpus_says_so_in_the_status(node: SimulatedNode) -> None:
+    """It only logged: the status went on saying Ready while nothing on the node was decided."""
+    kube = FakeKube()
+    kube.set_layout({0: layout("1g.10gb@6")})
+    agent = make_agent(kube, node)
+    agent.sync_once()
+    assert kube.status()["phase"] == "Ready"
+    node.inject_fault("nvmlDeviceGetGpuInstances", NvmlReturn.GPU_IS_LOST, count=-1)
+    with pytest.raises(CdmoError):
+        agent.sync_once()
+    status = kube.status()
+    assert status["phase"] == "Error" and "GPU_IS_LOST" in status["lastError"], status
+    assert status["gpus"]  # the last report of the GPUs is kept: nothing was changed
+    node.faults.clear()
+    agent.sync_once()
+    assert kube.status()["phase"] == "Ready" and kube.status().get("lastError") is None
