@@ -195,6 +195,7 @@ class PlanningLoop:
         #: node -> the last refusal (or unreadable status) told in an Event, so each is told once
         self._refusals_told: dict[str, str] = {}
         self._unreadable_told: dict[str, str] = {}
+        self._unplannable_told: dict[str, str] = {}
         self.passes = 0
         #: demand history (pre-warming) and the GPUs the last plan drained
         self._history = DemandHistory(config)
@@ -318,6 +319,7 @@ class PlanningLoop:
                 asked,
             )
         if plannable or idle or refill:
+            unplannable: dict[str, str] = {}
             snapshot = build_snapshot(
                 {n: idx.nodes[n] for n in ready},
                 {n: idx.miglayouts[n] for n in ready},
@@ -325,9 +327,9 @@ class PlanningLoop:
                 idx.bound,
                 self.config,
                 now,
+                left_out=unplannable,
             )
-            for name in sorted(set(ready) - {n["name"] for n in snapshot["nodes"]}):
-                log.warning("Left node out of the plan", node=name, reason="the planner cannot read its data")
+            self._report_unplannable(idx, unplannable, result)
             started = time.monotonic()
             gpus = count_gpus(snapshot)
             options = (
@@ -442,6 +444,24 @@ class PlanningLoop:
             self._emit([PodEvent(miglayout_ref(ml), "Warning", "UnreadableStatus", message)], result)
         self._unreadable_told = problems  # bounded: one entry per node that is unreadable now
         return set(problems)
+
+    def _report_unplannable(self, idx: Indexes, problems: Mapping[str, str], result: PassResult) -> None:
+        """Ready nodes the planner cannot read (an instance of a profile cdmo's catalog lacks,
+        made with nvidia-smi, say): left out of this plan, each problem told once in an Event.
+        They were left out with a log line that did not say why."""
+        for name, problem in sorted(problems.items()):
+            log.warning("Left node out of the plan", node=name, reason=problem)
+            if self._unplannable_told.get(name) == problem:
+                continue
+            message = (
+                f"cdmo plans without node {name}: {problem}. Its GPUs stay as they are; "
+                "remove what cdmo cannot read (or upgrade cdmo) to have it planned again."
+            )
+            self._emit(
+                [PodEvent(miglayout_ref(idx.miglayouts[name]), "Warning", "UnplannableNode", message)], result
+            )
+        # nodes planned again (or gone) are forgotten, so a problem that comes back is told again
+        self._unplannable_told = dict(problems)
 
     def _report_states(self, idx: Indexes, states: Mapping[str, NodeState], result: PassResult) -> None:
         counts: dict[str, int] = {}

@@ -283,12 +283,14 @@ def build_snapshot(
     bound_pods: Iterable[Mapping[str, Any]],
     config: OperatorConfig,
     now: datetime,
+    left_out: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The snapshot of spec/planner-io.md: Ready labelled nodes, and the pods to plan for.
 
     ``nodes``: labelled node summaries by name; ``miglayouts``: MigLayout summaries by name;
     ``pending_pods``: unbound MIG pod summaries; ``bound_pods``: summaries of MIG pods on nodes.
-    Deterministic: nodes and pods are sorted by name.
+    Deterministic: nodes and pods are sorted by name. A Ready node the planner cannot read
+    (:func:`node_problem`) is left out; ``left_out``, when given, gets its name -> why.
     """
     bound = list(bound_pods)
     states = node_states(nodes, miglayouts, config, now)
@@ -302,8 +304,15 @@ def build_snapshot(
         for name, state in sorted(states.items())
         if state is NodeState.READY
     ]
+    kept = []
+    for entry in entries:
+        problem = node_problem(entry)
+        if problem is None:
+            kept.append(entry)
+        elif left_out is not None:
+            left_out[entry["name"]] = problem
     return {
-        "nodes": [e for e in entries if node_problem(e) is None],
+        "nodes": kept,
         "pending": [pending_entry(p) for p in sorted(plannable, key=lambda p: p["key"])],
     }
 

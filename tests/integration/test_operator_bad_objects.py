@@ -118,3 +118,33 @@ def test_a_miglayout_is_owned_by_its_node_so_the_garbage_collector_removes_it_wi
     harness.api.wait_for(owned, 30, "the MigLayouts got no owner")
     assert _owners(harness, "gpu-new") == _node_owner(harness, "gpu-new")
     assert _owners(harness, "gpu-old") == _node_owner(harness, "gpu-old")
+
+
+def test_a_node_holding_an_instance_the_catalog_lacks_is_left_out_and_told(harness: Harness) -> None:
+    # The agent now reports instances of profiles its catalog lacks (made with nvidia-smi, say:
+    # they take space and may be held). The planner cannot place such a GPU's layout, so the
+    # node is left out; that was a log line without the reason, and no Event.
+    harness.add_node("gpu-good")
+    harness.add_node("gpu-odd", agent=False)
+    harness.start_operator()
+    _wait_created(harness, "gpu-odd")
+    harness.api.patch(PLURAL, "gpu-odd", {"spec": {"gpus": [{"index": 0, "instances": []}]}})
+    _write_status(
+        harness,
+        "gpu-odd",
+        [
+            {
+                "index": 0,
+                "model": "h100-80gb",
+                "migEnabled": True,
+                "instances": [{"profile": "2g.20gb+me", "start": 0, "used": False}],
+            }
+        ],
+    )
+
+    key = harness.submit("job", {"1g.10gb": 1})
+    harness.wait_running([key], timeout=60)
+    pod = harness.pod(key)
+    assert pod is not None and pod["spec"]["nodeName"] == "gpu-good"
+    event = harness.wait_event("gpu-odd", "UnplannableNode")
+    assert "2g.20gb+me is not a MIG profile of h100-80gb" in str(event)
