@@ -13,7 +13,8 @@ Writes ``probe.json`` (into DIR, default the current folder) and prints a short 
   ``cdmo/mig/data/mig-profiles.yaml`` and its memory at least the catalog's (where the driver
   answers: driver 580 did with MIG off);
 - cdmo's own read path: ``NvmlBackend`` list_gpus/list_instances/list_processes (the GPU and
-  compute instances that exist, processes on MIG devices), timed; then ``cdmo node show`` and
+  compute instances that exist, processes on MIG devices), timed, and the profiles it lists
+  instances of; then ``cdmo node show`` and
   ``cdmo node apply --dry-run [--enable-mig]`` of the largest profile on GPU 0.
 
 Read-only by construction: before anything runs, every pynvml function that is not plainly a
@@ -209,6 +210,13 @@ def probe_backend(repeat: int) -> dict[str, Any]:
         out: dict[str, Any] = {"gpus": [repr(g) for g in gpus]}
         out["instances"] = {g.index: [repr(i) for i in backend.list_instances(g.index)] for g in gpus}
         out["processes"] = {g.index: backend.list_processes(g.index) for g in gpus}
+        # The GPU instance profiles the backend lists instances of (every constant pynvml or the
+        # catalog knows is asked; those the catalog lacks under NVML's own name): on a driver
+        # whose profiles the catalog holds, exactly the catalog's.
+        out["profilesListed"] = {
+            g.index: sorted(name for name, _ in backend._gi_profiles(g.index, backend._handle(g.index)))
+            for g in gpus
+        }
         times = []
         for _ in range(repeat):
             t0 = time.perf_counter()

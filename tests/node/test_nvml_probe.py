@@ -20,7 +20,7 @@ from typing import Any
 import pynvml
 import pytest
 
-from cdmo.mig.catalog import find_model
+from cdmo.mig.catalog import find_model, get_model
 from tests.harness.scripts import ROOT, load_script
 from tests.node.nvml_standin.gpus import StandinGpus, standin_env
 
@@ -134,6 +134,8 @@ def test_the_probe_reads_a_node_and_changes_nothing(
     assert [g["migMode"] for g in doc["gpus"]] == [{"current": 0, "pending": 0}, {"current": 1, "pending": 1}]
     assert all(c["model"] == "h100-80gb" for c in doc["catalog"])
     assert ci.uuid in json.dumps(doc["backend"]["instances"]) and doc["backend"]["processes"]["1"]
+    h100 = sorted(get_model("h100-80gb").profile_names)
+    assert doc["backend"]["profilesListed"] == {"0": h100, "1": h100}  # the catalog's, no other
     dry_runs = [r for r in doc["cli"] if "--dry-run" in r["argv"] and "--enable-mig" in r["argv"]]
     assert [r["rc"] for r in dry_runs] == [0, 0]
     assert "switch MIG on on GPU 0" in dry_runs[-1]["stdout"]
