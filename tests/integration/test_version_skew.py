@@ -26,20 +26,9 @@ from cdmo.node_agent.kube import KubeClient
 from cdmo.node_agent.refresh import NoRefresh
 from cdmo.node_agent.simulated import SimulatedBackend, SimulatedNode
 from tests.harness.kube_api import KubeApiDouble, kopf_peering_crds, load_crds
-from tests.node.conftest import RETRY, layout
+from tests.node.conftest import RETRY, NoPodResources, layout
 
 NODE = "gpu-node-1"
-
-
-class NoPodResources:
-    def available(self) -> bool:
-        return True
-
-    def list(self) -> list[Any]:
-        return []
-
-    def allocatable(self) -> list[Any]:
-        return []
 
 
 def _miglayout_crd() -> dict[str, Any]:

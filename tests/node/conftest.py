@@ -6,6 +6,7 @@ import ctypes
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pynvml
 import pytest
@@ -21,6 +22,19 @@ from tests.node.nvml_standin.gpus import STATE_ENV, StandinGpus
 from tests.node.podresources_server import Kubelet, serve_pod_resources
 
 RETRY = NO_WAIT_RETRY
+
+
+class NoPodResources:
+    """The kubelet's pod-resources answering that no pod holds anything."""
+
+    def available(self) -> bool:
+        return True
+
+    def list(self) -> list[Any]:
+        return []
+
+    def allocatable(self) -> list[Any]:
+        return []
 
 
 def layout(text: str) -> tuple[Instance, ...]:

@@ -21,7 +21,7 @@ from cdmo.node_agent.agent import Agent
 from cdmo.node_agent.kube import KubeClient
 from cdmo.node_agent.refresh import NoRefresh
 from cdmo.node_agent.simulated import SimulatedBackend, SimulatedNode, load_state
-from tests.node.conftest import RETRY, layout
+from tests.node.conftest import RETRY, NoPodResources, layout
 
 kube_api = pytest.importorskip(
     "tests.harness.kube_api", reason="the Kubernetes API double (tests/harness) is not here"
@@ -45,17 +45,6 @@ def wait_for(check: Callable[[], bool], what: str, seconds: float = 15.0) -> Non
             return
         time.sleep(0.02)
     raise AssertionError(f"waited {seconds} s for {what}")
-
-
-class NoPodResources:
-    def available(self) -> bool:
-        return True
-
-    def list(self) -> list[Any]:
-        return []
-
-    def allocatable(self) -> list[Any]:
-        return []
 
 
 def test_agent_applies_its_miglayout_over_http(api: Any) -> None:

@@ -68,19 +68,23 @@ typedef struct {
 #define EVEN 0x55     /* starts 0, 2, 4, 6 */
 #define C(x) (1u << NVML_COMPUTE_INSTANCE_PROFILE_##x)
 
+/* The H100's seven profiles, shared by its two models below. */
+#define H100_PROFILES \
+        {"1g.10gb", NVML_GPU_INSTANCE_PROFILE_1_SLICE, 19, 1, 1, 7, 9984, 16, EVERY, C(1_SLICE)}, \
+        {"1g.10gb+me", NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV1, 20, 1, 1, 1, 9984, 16, EVERY, C(1_SLICE)}, \
+        {"1g.20gb", NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV2, 15, 1, 2, 4, 20096, 26, EVEN, \
+         C(1_SLICE) | C(1_SLICE_REV1)}, \
+        {"2g.20gb", NVML_GPU_INSTANCE_PROFILE_2_SLICE, 14, 2, 2, 3, 20096, 32, 0x15, C(1_SLICE) | C(2_SLICE)}, \
+        {"3g.40gb", NVML_GPU_INSTANCE_PROFILE_3_SLICE, 9, 3, 4, 2, 40448, 60, 0x11, \
+         C(1_SLICE) | C(2_SLICE) | C(3_SLICE)}, \
+        {"4g.40gb", NVML_GPU_INSTANCE_PROFILE_4_SLICE, 5, 4, 4, 1, 40448, 64, 0x01, \
+         C(1_SLICE) | C(2_SLICE) | C(4_SLICE)}, \
+        {"7g.80gb", NVML_GPU_INSTANCE_PROFILE_7_SLICE, 0, 7, 8, 1, 81152, 132, 0x01, \
+         C(1_SLICE) | C(2_SLICE) | C(3_SLICE) | C(4_SLICE) | C(7_SLICE)}
+
 static const Model MODELS[] = {
     {"h100-80gb", "NVIDIA H100 80GB HBM3", 0x233010DE, 0, 7, {
-        {"1g.10gb", NVML_GPU_INSTANCE_PROFILE_1_SLICE, 19, 1, 1, 7, 9984, 16, EVERY, C(1_SLICE)},
-        {"1g.10gb+me", NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV1, 20, 1, 1, 1, 9984, 16, EVERY, C(1_SLICE)},
-        {"1g.20gb", NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV2, 15, 1, 2, 4, 20096, 26, EVEN,
-         C(1_SLICE) | C(1_SLICE_REV1)},
-        {"2g.20gb", NVML_GPU_INSTANCE_PROFILE_2_SLICE, 14, 2, 2, 3, 20096, 32, 0x15, C(1_SLICE) | C(2_SLICE)},
-        {"3g.40gb", NVML_GPU_INSTANCE_PROFILE_3_SLICE, 9, 3, 4, 2, 40448, 60, 0x11,
-         C(1_SLICE) | C(2_SLICE) | C(3_SLICE)},
-        {"4g.40gb", NVML_GPU_INSTANCE_PROFILE_4_SLICE, 5, 4, 4, 1, 40448, 64, 0x01,
-         C(1_SLICE) | C(2_SLICE) | C(4_SLICE)},
-        {"7g.80gb", NVML_GPU_INSTANCE_PROFILE_7_SLICE, 0, 7, 8, 1, 81152, 132, 0x01,
-         C(1_SLICE) | C(2_SLICE) | C(3_SLICE) | C(4_SLICE) | C(7_SLICE)},
+        H100_PROFILES,
     }},
     {"a100-40gb", "NVIDIA A100-SXM4-40GB", 0x20B010DE, 1, 7, {
         {"1g.5gb", NVML_GPU_INSTANCE_PROFILE_1_SLICE, 19, 1, 1, 7, 4864, 14, EVERY, C(1_SLICE)},
@@ -110,17 +114,7 @@ static const Model MODELS[] = {
     }},
     /* The H100 under a later driver that offers a profile cdmo's catalog lacks (2g.20gb+me). */
     {"h100-80gb-next", "NVIDIA H100 80GB HBM3", 0x233010DE, 0, 8, {
-        {"1g.10gb", NVML_GPU_INSTANCE_PROFILE_1_SLICE, 19, 1, 1, 7, 9984, 16, EVERY, C(1_SLICE)},
-        {"1g.10gb+me", NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV1, 20, 1, 1, 1, 9984, 16, EVERY, C(1_SLICE)},
-        {"1g.20gb", NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV2, 15, 1, 2, 4, 20096, 26, EVEN,
-         C(1_SLICE) | C(1_SLICE_REV1)},
-        {"2g.20gb", NVML_GPU_INSTANCE_PROFILE_2_SLICE, 14, 2, 2, 3, 20096, 32, 0x15, C(1_SLICE) | C(2_SLICE)},
-        {"3g.40gb", NVML_GPU_INSTANCE_PROFILE_3_SLICE, 9, 3, 4, 2, 40448, 60, 0x11,
-         C(1_SLICE) | C(2_SLICE) | C(3_SLICE)},
-        {"4g.40gb", NVML_GPU_INSTANCE_PROFILE_4_SLICE, 5, 4, 4, 1, 40448, 64, 0x01,
-         C(1_SLICE) | C(2_SLICE) | C(4_SLICE)},
-        {"7g.80gb", NVML_GPU_INSTANCE_PROFILE_7_SLICE, 0, 7, 8, 1, 81152, 132, 0x01,
-         C(1_SLICE) | C(2_SLICE) | C(3_SLICE) | C(4_SLICE) | C(7_SLICE)},
+        H100_PROFILES,
         {"2g.20gb+me", NVML_GPU_INSTANCE_PROFILE_2_SLICE_REV1, 21, 2, 2, 1, 20096, 32, 0x15,
          C(1_SLICE) | C(2_SLICE)},
     }},
