@@ -24,7 +24,7 @@ OPERATOR_RULES: Rules = {
     ("", "pods"): READ,
     ("", "nodes"): READ,
     ("", "events"): frozenset({"create"}),
-    ("cdmo.clear.ml", "miglayouts"): frozenset({"get", "list", "watch", "create", "patch", "update"}),
+    ("cdmo.clear.ml", "miglayouts"): frozenset({"get", "list", "watch", "create", "patch"}),
     ("apiextensions.k8s.io", "customresourcedefinitions"): frozenset({"list", "watch"}),
 }
 OPERATOR_PEERING_RULES: Rules = {

@@ -181,7 +181,9 @@ def test_put_of_a_custom_resource_without_resource_version_is_422(harness: Harne
     ml = harness.api.wait_for(lambda s: s.get(s.type_of("miglayouts"), None, "node-a"), 30, "no MigLayout")
     body = {k: v for k, v in ml.items() if k != "status"}
     body["metadata"] = {"name": "node-a"}
-    code, answer = _request(f"{harness.api.url}{ML}/node-a", "PUT", harness.security.operator_token, body)
+    # An admin's PUT: the operator only patches, and the chart grants it no update
+    # (tests/chart/test_rbac.py; a 403 to a cdmo identity fails the after-test check).
+    code, answer = _request(f"{harness.api.url}{ML}/node-a", "PUT", harness.security.admin_token, body)
     assert code == 422 and "resourceVersion" in answer["message"], answer
 
 
