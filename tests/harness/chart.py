@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 import yaml
 
 from tests.harness.auth import ADMIN, TokenAuthenticator, service_account_user
-from tests.harness.kube_api import KubeApiDouble, UserInfo
+from tests.harness.kube_api import AdmissionRequest, ApiError, KubeApiDouble, RequestAttributes, UserInfo
 from tests.harness.policy import AdmissionPolicies
 from tests.harness.rbac import RbacAuthorizer
 
@@ -127,6 +128,35 @@ def cdmo_violations(audit: list[tuple[str, str, str, int]]) -> list[str]:
     return found
 
 
+def owner_references_enforcement(
+    authorize: Callable[[UserInfo, RequestAttributes], bool],
+) -> Callable[[AdmissionRequest], None]:
+    """kube-apiserver's OwnerReferencesPermissionEnforcement admission plugin (on in OpenShift and
+    many distributions, off in a bare kube-apiserver): a write that sets or changes an object's
+    ``metadata.ownerReferences`` needs ``delete`` on that object, else 403. Modelled here for
+    create and update alone, without the plugin's blockOwnerDeletion rule (cdmo sets none)."""
+
+    def check(req: AdmissionRequest) -> None:
+        if req.operation not in ("CREATE", "UPDATE") or req.subresource or req.object is None:
+            return
+        new = (req.object.get("metadata") or {}).get("ownerReferences") or []
+        old = ((req.old_object or {}).get("metadata") or {}).get("ownerReferences") or []
+        if new == old:
+            return
+        attrs = RequestAttributes(
+            "delete", req.rtype.group, req.rtype.plural, "", req.namespace or "", req.name
+        )
+        if not authorize(req.user, attrs):
+            raise ApiError(
+                403,
+                "Forbidden",
+                f'{req.rtype.plural}.{req.rtype.group} "{req.name}" is forbidden: cannot set an ownerRef '
+                "on a resource you can't delete",
+            )
+
+    return check
+
+
 def secure(api: KubeApiDouble, *sets: str, device_plugin: str = "builtin") -> ChartSecurity:
     """Make ``api`` authenticate, authorize and admit as a cluster with the chart installed."""
     objects = render_chart(*(VALUES[device_plugin] + sets))
@@ -145,6 +175,7 @@ def secure(api: KubeApiDouble, *sets: str, device_plugin: str = "builtin") -> Ch
         api.server.authenticate = auth.authenticate
         api.server.authorize = rbac.authorize
         api.store.validating.append(policies.check)
+        api.store.validating.append(owner_references_enforcement(rbac.authorize))
 
     api.call(install)
     return security
