@@ -58,6 +58,9 @@ class GpuInfo:
     mig_current: bool
     mig_pending: bool
     pci_device_id: int | None = None
+    #: The NUMA node the GPU sits on (the kernel's numa_node of its PCI device); None: unknown
+    #: or a machine of one node. The device plugin hands it to the kubelet's Topology Manager.
+    numa_node: int | None = None
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import ctypes
 import importlib
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -110,7 +111,16 @@ class NvmlBackend:
             self._uuids[gpu] = uuid
             cur, pend = self._mig_mode(gpu, h)
             result.append(
-                GpuInfo(gpu, uuid, product, model.key if model else None, cur, pend, int(pci.pciDeviceId))
+                GpuInfo(
+                    gpu,
+                    uuid,
+                    product,
+                    model.key if model else None,
+                    cur,
+                    pend,
+                    int(pci.pciDeviceId),
+                    numa_node(getattr(pci, "busId", "")),
+                )
             )
         return result
 
@@ -427,6 +437,24 @@ class NvmlBackend:
             self._nvml.nvmlShutdown()
         except self._nvml.NVMLError as exc:
             log.debug("Failed to shut down NVML", nvml_rc=exc.value)
+
+
+#: Where the kernel lists PCI devices; each one's ``numa_node`` says its NUMA node (-1: none).
+SYS_PCI_DEVICES = Path("/sys/bus/pci/devices")
+
+
+def numa_node(bus_id: bytes | str) -> int | None:
+    """The NUMA node of the PCI device NVML names ``bus_id`` ("00000000:3B:00.0"; sysfs calls it
+    0000:3b:00.0), as NVIDIA's device plugin reads it; None where the kernel does not say."""
+    text = bus_id.decode(errors="replace") if isinstance(bus_id, bytes) else str(bus_id)
+    parts = text.strip().rstrip("\x00").lower().split(":")
+    if len(parts) != 3 or not parts[0]:
+        return None
+    try:
+        node = int((SYS_PCI_DEVICES / f"{parts[0][-4:]}:{parts[1]}:{parts[2]}" / "numa_node").read_text())
+    except (OSError, ValueError):
+        return None
+    return node if node >= 0 else None
 
 
 def _profile_constant_count(nv: ModuleType, kind: str) -> int:

@@ -40,6 +40,8 @@ class _Plugin:
     stub: api_pb2_grpc.DevicePluginStub
     preferred: bool
     devices: dict[str, str] = field(default_factory=dict)
+    #: device ID -> the NUMA nodes its topology names (the Topology Manager's hint)
+    topology: dict[str, tuple[int, ...]] = field(default_factory=dict)
     stream: Any = None
     updates: int = 0
 
@@ -129,6 +131,7 @@ class SimKubelet(api_pb2_grpc.RegistrationServicer):
             for msg in plugin.stream:
                 with self._lock:
                     plugin.devices = {d.ID: d.health for d in msg.devices}
+                    plugin.topology = {d.ID: tuple(n.ID for n in d.topology.nodes) for d in msg.devices}
                     plugin.updates += 1
                     self.history.append((time.monotonic(), plugin.resource, tuple(d.ID for d in msg.devices)))
                     self._lock.notify_all()
@@ -154,6 +157,12 @@ class SimKubelet(api_pb2_grpc.RegistrationServicer):
         with self._lock:
             p = self._plugins.get(resource)
             return dict(p.devices) if p else {}
+
+    def topology(self, resource: str) -> dict[str, tuple[int, ...]]:
+        """Device ID -> the NUMA nodes the plugin listed it on (empty: no topology given)."""
+        with self._lock:
+            p = self._plugins.get(resource)
+            return dict(p.topology) if p else {}
 
     def capacity(self) -> dict[str, int]:
         """Healthy devices per registered resource (what the node would report)."""

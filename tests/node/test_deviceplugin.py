@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -341,3 +342,34 @@ def test_a_refused_registration_is_retried_with_backoff_and_at_once_for_a_new_ku
     finally:
         refusing.stop()
         plugin.stop()
+
+
+class _TwoNumaNodes(SimulatedBackend):
+    """GPU N on NUMA node N, as the kernel would say of a two-socket machine."""
+
+    def list_gpus(self):  # type: ignore[no-untyped-def]
+        return [dataclasses.replace(g, numa_node=g.index) for g in super().list_gpus()]
+
+
+def test_devices_name_their_gpus_numa_node_for_the_topology_manager(node, kubelet, short_dir) -> None:  # type: ignore[no-untyped-def]
+    """As NVIDIA's plugin does; without it the kubelet could not align a MIG device with the CPUs
+    of its socket."""
+    plugin = KubeletDevicePlugin(
+        _TwoNumaNodes(node), PluginSettings(plugin_dir=str(short_dir), poll_seconds=0.1)
+    )
+    plugin.start()
+    try:
+        desired = {0: [Instance("1g.10gb", 0)], 1: [Instance("1g.10gb", 0)]}
+        plugin.set_desired(desired)
+        reconcile_node(_TwoNumaNodes(node), desired, retry=NO_WAIT_RETRY, advertiser=plugin)
+        assert kubelet.wait_for(lambda k: len(k.topology(R1)) == 2)
+        on = {SimulatedBackend(node).list_instances(g)[0].uuid: (g,) for g in (0, 1)}
+        assert kubelet.topology(R1) == on
+    finally:
+        plugin.stop()
+    # where the kernel says nothing, no topology is given (the kubelet then has no preference)
+    plain = make_plugin(node, short_dir)
+    try:
+        assert kubelet.wait_for(lambda k: set(k.topology(R1).values()) == {()})
+    finally:
+        plain.stop()

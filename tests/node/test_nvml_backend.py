@@ -600,3 +600,18 @@ def test_processes_that_cannot_be_read_at_all_say_so(standin: StandinGpus) -> No
     with pytest.raises(NvmlFailure):
         backend.destroy_instance(0, made.gi_id)
     assert len(standin.compute_instances()) == 1  # nothing destroyed blind
+
+
+def test_each_gpu_says_its_numa_node_as_the_kernel_lists_it(
+    make_standin: Callable[..., StandinGpus], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NVML's bus id "00000000:01:00.0" is sysfs's 0000:01:00.0; -1 or no file: not said."""
+    from cdmo.node_agent import nvml
+
+    make_standin("h100-80gb", "h100-80gb", "h100-80gb")
+    for bus, node in (("0000:01:00.0", "1\n"), ("0000:02:00.0", "-1\n")):
+        (tmp_path / bus).mkdir()
+        (tmp_path / bus / "numa_node").write_text(node)
+    monkeypatch.setattr(nvml, "SYS_PCI_DEVICES", tmp_path)
+    assert [g.numa_node for g in NvmlBackend().list_gpus()] == [1, None, None]
+    assert nvml.numa_node(b"00000000:01:00.0\x00") == 1 and nvml.numa_node("garbage") is None

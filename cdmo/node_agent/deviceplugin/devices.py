@@ -57,6 +57,8 @@ class PluginDevice:
     healthy: bool = True
     profile: str | None = None
     start: int | None = None
+    #: The GPU's NUMA node, for the kubelet's Topology Manager (None: not said).
+    numa: int | None = None
 
     @property
     def health(self) -> str:
@@ -87,14 +89,16 @@ def build_devices(
     for info in sorted(gpus, key=lambda g: g.index):
         if info.index in unreadable:
             out.extend(
-                PluginDevice(d.resource, d.id, d.gpu, d.index, False, d.profile, d.start)
+                PluginDevice(d.resource, d.id, d.gpu, d.index, False, d.profile, d.start, d.numa)
                 for d in previous
                 if d.gpu == info.index
             )
             continue
         if not info.mig_current:
             if whole_gpus and info.index not in mig_wanted:
-                out.append(PluginDevice(GPU_RESOURCE, info.uuid, info.index, str(info.index)))
+                out.append(
+                    PluginDevice(GPU_RESOURCE, info.uuid, info.index, str(info.index), numa=info.numa_node)
+                )
             continue
         with_device = sorted((i for i in instances.get(info.index, ()) if i.uuid), key=lambda i: i.gi_id)
         for n, inst in enumerate(with_device):
@@ -108,6 +112,7 @@ def build_devices(
                     inst.healthy,
                     inst.profile,
                     inst.start,
+                    info.numa_node,
                 )
             )
     return tuple(sorted(out))

@@ -508,9 +508,7 @@ class KubeletDevicePlugin:
                     devices = self._lists.get(resource, ())
                 if self._stop.is_set():
                     return
-                yield api_pb2.ListAndWatchResponse(
-                    devices=[api_pb2.Device(ID=d.id, health=d.health) for d in devices]
-                )
+                yield api_pb2.ListAndWatchResponse(devices=[_device(d) for d in devices])
                 # grpc asks for the next message only once this one went out.
                 sent = version
                 with self._cond:
@@ -554,3 +552,13 @@ class KubeletDevicePlugin:
         return build_container_response(
             devices, self.list_strategies, self.id_strategy, self.settings.cdi_kind
         )
+
+
+def _device(d: PluginDevice) -> Any:
+    """A device as ListAndWatch lists it: with its GPU's NUMA node where known, as NVIDIA's
+    plugin does, so that the kubelet's Topology Manager can align it with CPUs and memory."""
+    if d.numa is None:
+        return api_pb2.Device(ID=d.id, health=d.health)
+    return api_pb2.Device(
+        ID=d.id, health=d.health, topology=api_pb2.TopologyInfo(nodes=[api_pb2.NUMANode(ID=d.numa)])
+    )
