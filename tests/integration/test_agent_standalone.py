@@ -103,13 +103,23 @@ class StateWatch:
 
     def _run(self) -> None:
         while not self.stop.wait(0.002):
-            try:
-                now = {u for us in state_uuids(self.state).values() for u in us}
-            except (OSError, ValueError):
-                continue  # caught between write and rename
-            t = time.time()
-            for u in self.seen - now:
-                self.gone.setdefault(u, t)
+            self._poll()
+        # Once more after the stop: on a loaded machine this thread may not have run between the
+        # destroy and the test's stop, and an instance gone by then must not count as kept.
+        for _ in range(100):
+            if self._poll():
+                break
+            time.sleep(0.002)
+
+    def _poll(self) -> bool:
+        try:
+            now = {u for us in state_uuids(self.state).values() for u in us}
+        except (OSError, ValueError):
+            return False  # caught between write and rename
+        t = time.time()
+        for u in self.seen - now:
+            self.gone.setdefault(u, t)
+        return True
 
 
 @pytest.fixture
