@@ -16,7 +16,7 @@ from __future__ import annotations
 import builtins
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -26,6 +26,7 @@ import structlog
 from cdmo.api import parse_spec
 from cdmo.config import AgentConfig
 from cdmo.errors import CdmoError, Fatal, InvalidLayout
+from cdmo.mig.layouts import Instance
 from cdmo.node_agent.advertise import AgentAdvertiser, NoAdvertiser
 from cdmo.node_agent.backend import DEFAULT_RETRY, GpuBackend, NoPermission, RetryPolicy
 from cdmo.node_agent.inuse import InUse, build_bound_pods, build_in_use
@@ -88,6 +89,31 @@ class PassOutcome:
     settled: bool
     status: dict[str, Any] | None
     result: ReconcileResult | None = None
+
+
+def agent_pass(
+    config: AgentConfig,
+    backend: GpuBackend,
+    desired: Mapping[int, Sequence[Instance]],
+    read_in_use: Callable[[], InUse],
+    previous: Mapping[str, Any] | None,
+    *,
+    retry: RetryPolicy,
+    log: Any,
+    advertiser: AgentAdvertiser,
+) -> ReconcileResult:
+    """One reconcile pass as both agents (cluster and standalone) run it: MIG switched on by
+    ``--enable-mig``, or back on for GPUs the last status (``previous``) showed cdmo managed."""
+    return reconcile_node(
+        backend,
+        desired,
+        read_in_use,
+        enable_mig=config.enable_mig,
+        restore_mig=managed_gpus(previous) if config.auto_enable_mig else (),
+        retry=retry,
+        log=log,
+        advertiser=advertiser,
+    )
 
 
 def backoff_delay(config: AgentConfig, failures: int) -> float:
@@ -202,12 +228,12 @@ class Agent:
         started = time.monotonic()
         self.advertiser.set_desired(desired)  # the plan's resources registered, its instances preferred
         try:
-            result = reconcile_node(
+            result = agent_pass(
+                self.config,
                 self.backend,
                 desired,
                 self.read_in_use,
-                enable_mig=self.config.enable_mig,
-                restore_mig=managed_gpus(previous) if self.config.auto_enable_mig else (),
+                previous,
                 retry=self.retry,
                 log=log,
                 advertiser=self.advertiser,

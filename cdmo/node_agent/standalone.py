@@ -28,12 +28,11 @@ from cdmo.config import AgentConfig
 from cdmo.errors import CdmoError, Fatal
 from cdmo.mig.layouts import Instance
 from cdmo.node_agent.advertise import AgentAdvertiser, NoAdvertiser
-from cdmo.node_agent.agent import backoff_delay
+from cdmo.node_agent.agent import agent_pass, backoff_delay
 from cdmo.node_agent.backend import DEFAULT_RETRY, GpuBackend, RetryPolicy
 from cdmo.node_agent.inuse import InUse
-from cdmo.node_agent.reconcile import reconcile_node
 from cdmo.node_agent.refresh import Refresher
-from cdmo.node_agent.status import build_status, managed_gpus, needs_refresh
+from cdmo.node_agent.status import build_status, needs_refresh
 
 log = structlog.get_logger("cdmo.node_agent.standalone")
 
@@ -94,13 +93,12 @@ class StandaloneAgent:
             return True  # nothing to retry until the file changes
         self.advertiser.set_desired(desired)
         try:
-            result = reconcile_node(
+            result = agent_pass(
+                self.config,
                 self.backend,
                 desired,
                 self.read_in_use,
-                enable_mig=self.config.enable_mig,
-                # as the cluster agent: GPUs its last status showed cdmo managed get MIG back on
-                restore_mig=managed_gpus(self._previous) if self.config.auto_enable_mig else (),
+                self._previous,
                 retry=self.retry,
                 log=log,
                 advertiser=self.advertiser,
