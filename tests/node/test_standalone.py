@@ -41,6 +41,15 @@ def docs(out: io.StringIO) -> list[dict]:  # type: ignore[type-arg]
     return [json.loads(line) for line in out.getvalue().splitlines()]
 
 
+def started(folder: Path, seed: str) -> tuple[SimulatedNode, Path, io.StringIO, StandaloneAgent]:
+    """An H100 node, a layout file holding ONE, and a standalone agent writing to a buffer."""
+    node = SimulatedNode.from_models(["h100-80gb"], seed=seed)
+    layout = folder / "layout.yaml"
+    layout.write_text(ONE)
+    out = io.StringIO()
+    return node, layout, out, make(node, layout, out)
+
+
 def make(node: SimulatedNode, layout: Path, out: io.StringIO, **kw: object) -> StandaloneAgent:
     conf = AgentConfig(backend="simulated", resync_seconds=30.0, backoff_initial_seconds=0.05)
     return StandaloneAgent(
@@ -57,11 +66,7 @@ def make(node: SimulatedNode, layout: Path, out: io.StringIO, **kw: object) -> S
 
 
 def test_one_json_document_per_pass_and_errors_wait_for_the_next_change(tmp_path: Path) -> None:
-    node = SimulatedNode.from_models(["h100-80gb"], seed="st")
-    layout = tmp_path / "layout.yaml"
-    layout.write_text(ONE)
-    out = io.StringIO()
-    agent = make(node, layout, out)
+    _node, layout, out, agent = started(tmp_path, "st")
     assert agent.sync_once() is True
     layout.write_text("gpus: [{index: 0, instances: [{profile: 9g.99gb, start: 0}]}]\n")
     assert agent.sync_once() is True  # refused spec: nothing to retry until the file changes
@@ -76,11 +81,7 @@ def test_one_json_document_per_pass_and_errors_wait_for_the_next_change(tmp_path
 
 def test_a_layout_file_that_is_not_utf8_or_misspells_a_field_is_an_error_line(tmp_path: Path) -> None:
     """Both once ended a running agent (exit 3) or, for ``instance:``, read as a GPU to empty."""
-    node = SimulatedNode.from_models(["h100-80gb"], seed="st")
-    layout = tmp_path / "layout.yaml"
-    layout.write_text(ONE)
-    out = io.StringIO()
-    agent = make(node, layout, out)
+    node, layout, out, agent = started(tmp_path, "st")
     assert agent.sync_once() is True
     layout.write_bytes(b"\xff\xfe gpus")
     assert agent.sync_once() is True
@@ -105,11 +106,7 @@ class _NotRegistered:
 
 def test_a_pass_retries_a_refresh_that_failed_and_is_not_ready_until_it_succeeds(tmp_path: Path) -> None:
     """As the cluster agent: a pass that changes nothing refreshes again while the last failed."""
-    node = SimulatedNode.from_models(["h100-80gb"], seed="st")
-    layout = tmp_path / "layout.yaml"
-    layout.write_text(ONE)
-    out = io.StringIO()
-    agent = make(node, layout, out)
+    _node, _layout, out, agent = started(tmp_path, "st")
     agent.refresher = refresher = _NotRegistered()
     assert agent.sync_once() is False
     assert agent.sync_once() is False  # nothing changed on the GPUs, the plugin still unregistered
@@ -192,11 +189,7 @@ def test_cli_standalone_once_and_its_errors(short_dir: Path, capsys: pytest.Capt
 
 
 def test_standalone_turns_mig_back_on_after_a_reboot_as_the_cluster_agent_does(tmp_path: Path) -> None:
-    node = SimulatedNode.from_models(["h100-80gb"], seed="st-reboot")
-    layout = tmp_path / "layout.yaml"
-    layout.write_text(ONE)
-    out = io.StringIO()
-    agent = make(node, layout, out)
+    node, _layout, out, agent = started(tmp_path, "st-reboot")
     assert agent.sync_once() is True
     node.reboot()  # Hopper comes back with MIG off
     agent.sync_once()
@@ -209,11 +202,7 @@ def test_a_pass_that_fails_writes_its_error_line(tmp_path: Path) -> None:
     """A pod-resources socket nothing listens on once gave stderr warnings and no line at all."""
     from cdmo.errors import Transient
 
-    node = SimulatedNode.from_models(["h100-80gb"], seed="st")
-    layout = tmp_path / "layout.yaml"
-    layout.write_text(ONE)
-    out = io.StringIO()
-    agent = make(node, layout, out)
+    _node, _layout, out, agent = started(tmp_path, "st")
 
     def unreachable() -> InUse:
         raise Transient("cannot reach the kubelet's pod-resources socket")
