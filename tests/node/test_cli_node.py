@@ -236,12 +236,7 @@ def test_a_dry_run_with_enable_mig_switches_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--dry-run says it would switch MIG on and what it would make then; MIG mode stays off."""
-    state = tmp_path / "node.json"
-    cdmo(capsys, "node", "show", *sim_args(state, "h100-80gb,a100-40gb"))
-    doc = json.loads(state.read_text())
-    for gpu in doc["gpus"]:
-        gpu["mig"] = {"current": False, "pending": False}
-    state.write_text(json.dumps(doc))
+    state, doc = sim_node(tmp_path, capsys, "h100-80gb,a100-40gb", {0: (False, False), 1: (False, False)})
     (tmp_path / "layout.yaml").write_text("gpus: [{index: 0, instances: [{profile: 7g.80gb, start: 0}]}]\n")
     argv = (
         "node",
