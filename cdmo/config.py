@@ -46,18 +46,24 @@ def _from_env(cls: type, environ: Mapping[str, str] | None) -> Any:
         var = _field_env(cls, f.name)
         if var in env:
             values[f.name] = _convert(env[var], f.default, var)
-            _check(cls, f.name, values[f.name], var)
+            _check(cls, f.name, values[f.name], f"environment variable {var}")
     return cls(**values)
 
 
-def _check(cls: type, name: str, value: Any, var: str) -> None:
+def check_flag(config: Any, name: str, flag: str) -> None:
+    """The check of :func:`_check` for a setting a command-line ``flag`` gave (flags override
+    the environment, after ``from_env`` checked it)."""
+    _check(type(config), name, getattr(config, name), flag)
+
+
+def _check(cls: type, name: str, value: Any, source: str) -> None:
     """Refuse a number no component can run with: ``inf``, ``nan`` and ``-1`` are floats, and
     went on to fail deep inside kopf (a traceback retried every minute) or to make a loop spin.
     Every number here is a count, a port, a share or seconds: finite and not negative; the class
     names those that must be above zero (POSITIVE), shares of a whole (SHARES) and ports (PORTS)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return
-    said = f"environment variable {var}={value!r}"
+    said = f"{source}={value!r}"
     if not math.isfinite(value):
         raise InvalidInput(f"{said} is not a finite number")
     if value < 0:

@@ -72,6 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace) -> Any:
+    from cdmo.config import check_flag
     from cdmo.node_agent.wiring import config_from_args
 
     conf = config_from_args(args)
@@ -88,7 +89,10 @@ def build_config(args: argparse.Namespace) -> Any:
         value = getattr(args, flag, None)
         if value is not None:
             changes[field] = value
-    return dataclasses.replace(conf, **changes)
+    conf = dataclasses.replace(conf, **changes)
+    if "metrics_port" in changes:
+        check_flag(conf, "metrics_port", "--metrics-port")
+    return conf
 
 
 def run(args: argparse.Namespace) -> int:

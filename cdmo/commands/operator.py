@@ -98,7 +98,7 @@ def choose_priority(requested: int | None, rng: random.Random | None = None) -> 
 def run(args: argparse.Namespace) -> int:
     import kopf
 
-    from cdmo.config import OperatorConfig
+    from cdmo.config import OperatorConfig, check_flag
     from cdmo.logs import configure_logging
     from cdmo.operator.handlers import build_context, build_registry
     from cdmo.operator.kube import build_api_client, with_events_namespace
@@ -113,9 +113,8 @@ def run(args: argparse.Namespace) -> int:
     if args.peering:
         config = dataclasses.replace(config, peering_name=args.peering)
     if args.metrics_port is not None:
-        if not 0 <= args.metrics_port <= 65535:
-            raise InvalidInput(f"--metrics-port {args.metrics_port} is not a TCP port (0 to 65535)")
         config = dataclasses.replace(config, metrics_port=args.metrics_port)
+        check_flag(config, "metrics_port", "--metrics-port")
 
     level = "debug" if args.verbose or args.debug else "info"
     configure_logging("auto", level)

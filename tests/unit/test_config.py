@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cdmo.config import AgentConfig, OperatorConfig, WebhookConfig
@@ -64,3 +66,29 @@ def test_zero_stays_a_way_to_turn_things_off() -> None:
     assert (agent.liveness_seconds, agent.metrics_port) == (0, 0)
     op = OperatorConfig.from_env({"CDMO_DRAIN_MAX_FRACTION": "0", "CDMO_DEFRAG_OPS_PER_HOUR": "0"})
     assert (op.drain_max_fraction, op.defrag_ops_per_hour) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (
+            ["agent", "--standalone", "layout.yaml", "--sim-gpus", "h100-80gb", "--metrics-port", "70000"],
+            "--metrics-port=70000 is not a TCP port",
+        ),
+        (
+            ["operator", "--standalone", "--server", "http://127.0.0.1:9", "--metrics-port", "-3"],
+            "--metrics-port=-3 must not be negative",
+        ),
+    ],
+    ids=["agent", "operator"],
+)
+def test_a_flag_is_checked_as_its_variable_is(
+    argv: list[str], words: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A flag overrides the environment after from_env checked it; the agent's went unchecked."""
+    from cdmo.cli import main
+
+    argv = [a if a != "layout.yaml" else str(tmp_path / a) for a in argv]
+    assert main([*argv, "--sim-state", str(tmp_path / "s.json")] if argv[0] == "agent" else argv) == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1, err
