@@ -32,7 +32,7 @@ from cdmo.errors import CdmoError, InvalidInput
 from cdmo.mig.catalog import get_model
 from cdmo.output import build_table, print_table
 from cdmo.translate.jsonpatch import apply_patch
-from cdmo.translate.pods import Translation, selected_products, translate_pod
+from cdmo.translate.pods import Translation, check_pod_shape, require_shape, selected_products, translate_pod
 
 #: A Kubernetes object is at most about 1.5 MiB in etcd; anything far larger is not a pod file.
 MAX_FILE_BYTES = 4 << 20
@@ -163,34 +163,27 @@ def _read(source: str) -> list[Any]:
     return docs
 
 
-def _need(value: Any, kind: type, path: str, where: str) -> None:
-    """Refuse ``value`` at ``path`` unless it is absent or a ``kind`` (dict or list)."""
-    if value is not None and not isinstance(value, kind):
-        shape = "a mapping" if kind is dict else "a list"
-        raise InvalidInput(f"{where}: {path} must be {shape}, not {type(value).__name__}")
-
-
 def _template_path(obj: Mapping[str, Any]) -> tuple[str, ...] | None:
     """Where the pod is in ``obj``: () for a Pod, the pod template's path for workloads.
 
     Refuses, naming the field, a workload whose parts on the way to its pod are not mappings
-    (the pod itself is _check_shape's).
+    (the pod itself is check_pod_shape's).
     """
     if obj.get("kind") == "Pod":
         return ()
     kind = obj.get("kind")
     where = f"the {kind}" if isinstance(kind, str) and kind else "the object"
-    _need(obj.get("metadata"), dict, "metadata", where)
-    _need(obj.get("spec"), dict, "spec", where)
+    require_shape(obj.get("metadata"), dict, "metadata", where)
+    require_shape(obj.get("spec"), dict, "spec", where)
     spec = obj.get("spec") or {}
     if spec.get("template") is not None:
-        _need(spec["template"], dict, "spec.template", where)
+        require_shape(spec["template"], dict, "spec.template", where)
         return ("spec", "template")
-    _need(spec.get("jobTemplate"), dict, "spec.jobTemplate", where)
-    _need((spec.get("jobTemplate") or {}).get("spec"), dict, "spec.jobTemplate.spec", where)
+    require_shape(spec.get("jobTemplate"), dict, "spec.jobTemplate", where)
+    require_shape((spec.get("jobTemplate") or {}).get("spec"), dict, "spec.jobTemplate.spec", where)
     job = (spec.get("jobTemplate") or {}).get("spec") or {}
     if job.get("template") is not None:
-        _need(job["template"], dict, "spec.jobTemplate.spec.template", where)
+        require_shape(job["template"], dict, "spec.jobTemplate.spec.template", where)
         return ("spec", "jobTemplate", "spec", "template")
     return None
 
@@ -211,46 +204,6 @@ def _put(obj: dict[str, Any], path: tuple[str, ...], value: dict[str, Any]) -> d
     return obj
 
 
-def _check_shape(pod: Mapping[str, Any], where: str) -> None:
-    """Refuse, with the field's path, a pod whose parts are not the shapes Kubernetes gives them.
-
-    The API server checks this before the webhook sees a pod; a file given to the CLI may not be.
-    """
-
-    def need(value: Any, kind: type, path: str) -> None:
-        _need(value, kind, path, where)
-
-    need(pod.get("metadata"), dict, "metadata")
-    for key in ("labels", "annotations"):
-        need((pod.get("metadata") or {}).get(key), dict, f"metadata.{key}")
-    need(pod.get("spec"), dict, "spec")
-    spec = pod.get("spec") or {}
-    for kind in ("containers", "initContainers"):
-        need(spec.get(kind), list, f"spec.{kind}")
-        for i, container in enumerate(spec.get(kind) or []):
-            need(container, dict, f"spec.{kind}[{i}]")
-            need(container.get("resources"), dict, f"spec.{kind}[{i}].resources")
-            for part in ("limits", "requests"):
-                need((container.get("resources") or {}).get(part), dict, f"spec.{kind}[{i}].resources.{part}")
-    # The GPU model the pod selects: its node selector and required node affinity.
-    need(spec.get("nodeSelector"), dict, "spec.nodeSelector")
-    need(spec.get("affinity"), dict, "spec.affinity")
-    node_affinity = (spec.get("affinity") or {}).get("nodeAffinity")
-    need(node_affinity, dict, "spec.affinity.nodeAffinity")
-    path = "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
-    required = (node_affinity or {}).get("requiredDuringSchedulingIgnoredDuringExecution")
-    need(required, dict, path)
-    terms = (required or {}).get("nodeSelectorTerms")
-    need(terms, list, f"{path}.nodeSelectorTerms")
-    for i, term in enumerate(terms or []):
-        need(term, dict, f"{path}.nodeSelectorTerms[{i}]")
-        exprs = term.get("matchExpressions")
-        need(exprs, list, f"{path}.nodeSelectorTerms[{i}].matchExpressions")
-        for j, expr in enumerate(exprs or []):
-            need(expr, dict, f"{path}.nodeSelectorTerms[{i}].matchExpressions[{j}]")
-            need(expr.get("values"), list, f"{path}.nodeSelectorTerms[{i}].matchExpressions[{j}].values")
-
-
 def translate_object(obj: dict[str, Any], model: str | None) -> tuple[dict[str, Any], Translation]:
     """The object with its pod translated, and the decision; raises Refused or InvalidInput."""
     path = _template_path(obj)
@@ -260,7 +213,7 @@ def translate_object(obj: dict[str, Any], model: str | None) -> tuple[dict[str, 
             " a Pod nor a workload with a pod template"
         )
     need_kind = "the pod" if not path else "the pod template (" + ".".join(path) + ")"
-    _check_shape(_get(obj, path), need_kind)
+    check_pod_shape(_get(obj, path), need_kind)
     pod = copy.deepcopy(_get(obj, path))
     pod.setdefault("metadata", {}).setdefault(
         "namespace", (obj.get("metadata") or {}).get("namespace", "default")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from cdmo.api import GPU_PRODUCT_LABEL
+from cdmo.errors import InvalidInput
 from cdmo.mig.catalog import GpuModel, all_models, find_model
 from cdmo.mig.resources import RESOURCE_PREFIX, resource_from_profile
 from cdmo.translate.asks import KAI_DEVICES, Ask, read_asks
@@ -250,3 +251,51 @@ def translate_pod(
 
 def _original(ask: Ask) -> str:
     return ",".join(f"{k}={v}" for k, v in ask.original.items())
+
+
+def require_shape(value: Any, kind: type, path: str, where: str) -> None:
+    """Refuse ``value`` at ``path`` unless it is absent or a ``kind`` (dict or list)."""
+    if value is not None and not isinstance(value, kind):
+        shape = "a mapping" if kind is dict else "a list"
+        raise InvalidInput(f"{where}: {path} must be {shape}, not {type(value).__name__}")
+
+
+def check_pod_shape(pod: Mapping[str, Any], where: str) -> None:
+    """Refuse, with the field's path, a pod whose parts are not the shapes Kubernetes gives them.
+
+    The API server checks this before the webhook sees a pod; a file given to ``cdmo translate``
+    may not be, nor a body sent to the webhook by anything but an API server. Both call this.
+    """
+
+    def need(value: Any, kind: type, path: str) -> None:
+        require_shape(value, kind, path, where)
+
+    need(pod.get("metadata"), dict, "metadata")
+    for key in ("labels", "annotations"):
+        need((pod.get("metadata") or {}).get(key), dict, f"metadata.{key}")
+    need(pod.get("spec"), dict, "spec")
+    spec = pod.get("spec") or {}
+    for kind in ("containers", "initContainers"):
+        need(spec.get(kind), list, f"spec.{kind}")
+        for i, container in enumerate(spec.get(kind) or []):
+            need(container, dict, f"spec.{kind}[{i}]")
+            need(container.get("resources"), dict, f"spec.{kind}[{i}].resources")
+            for part in ("limits", "requests"):
+                need((container.get("resources") or {}).get(part), dict, f"spec.{kind}[{i}].resources.{part}")
+    # The GPU model the pod selects: its node selector and required node affinity.
+    need(spec.get("nodeSelector"), dict, "spec.nodeSelector")
+    need(spec.get("affinity"), dict, "spec.affinity")
+    node_affinity = (spec.get("affinity") or {}).get("nodeAffinity")
+    need(node_affinity, dict, "spec.affinity.nodeAffinity")
+    path = "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+    required = (node_affinity or {}).get("requiredDuringSchedulingIgnoredDuringExecution")
+    need(required, dict, path)
+    terms = (required or {}).get("nodeSelectorTerms")
+    need(terms, list, f"{path}.nodeSelectorTerms")
+    for i, term in enumerate(terms or []):
+        need(term, dict, f"{path}.nodeSelectorTerms[{i}]")
+        exprs = term.get("matchExpressions")
+        need(exprs, list, f"{path}.nodeSelectorTerms[{i}].matchExpressions")
+        for j, expr in enumerate(exprs or []):
+            need(expr, dict, f"{path}.nodeSelectorTerms[{i}].matchExpressions[{j}]")
+            need(expr.get("values"), list, f"{path}.nodeSelectorTerms[{i}].matchExpressions[{j}].values")

@@ -18,56 +18,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from cdmo.errors import InvalidInput
-from cdmo.translate.pods import translate_pod
+from cdmo.translate.pods import check_pod_shape, translate_pod
 from cdmo.translate.rule import DEFAULT_RULE, Rule
 
 API_VERSION = "admission.k8s.io/v1"
 #: The AdmissionReview versions answered, each in its own version (their fields are the same).
 API_VERSIONS = (API_VERSION, "admission.k8s.io/v1beta1")
 
-#: Where translation reads a pod, the type each field must have: a dict for an object (None or
-#: absent is fine), a one-item list for a list whose items have that shape.
-_POD_SHAPE: dict[str, Any] = {
-    "metadata": {"labels": {}, "annotations": {}},
-    "spec": {
-        "containers": [{"resources": {"limits": {}, "requests": {}}}],
-        "nodeSelector": {},
-        "affinity": {
-            "nodeAffinity": {
-                "requiredDuringSchedulingIgnoredDuringExecution": {
-                    "nodeSelectorTerms": [{"matchExpressions": [{"values": list}]}]
-                }
-            }
-        },
-    },
-}
-
 
 class BadReview(InvalidInput):
     """The request body is not an AdmissionReview request kube-apiserver would send."""
-
-
-def _shape_problem(value: Any, shape: Any, where: str) -> str | None:
-    """The first field of ``value`` under ``where`` whose type differs from ``shape``; None if none."""
-    if value is None:
-        return None
-    if shape is list or isinstance(shape, list):
-        if not isinstance(value, list):
-            return f"{where} is not a list"
-        for i, item in enumerate(value if isinstance(shape, list) else ()):
-            if not isinstance(item, Mapping):
-                return f"{where}[{i}] is not an object"
-            problem = _shape_problem(item, shape[0], f"{where}[{i}]")
-            if problem:
-                return problem
-        return None
-    if not isinstance(value, Mapping):
-        return f"{where} is not an object"
-    for key, sub in shape.items():
-        problem = _shape_problem(value.get(key), sub, f"{where}.{key}")
-        if problem:
-            return problem
-    return None
 
 
 def _answer(api_version: str, uid: str, **fields: Any) -> dict[str, Any]:
@@ -106,9 +66,10 @@ def build_review_response(
     pod = request.get("object")
     if not isinstance(pod, Mapping):
         return _answer(version, uid, allowed=True), "skip", "no pod in the request"
-    problem = _shape_problem(pod, _POD_SHAPE, "object")
-    if problem:
-        raise BadReview(f"the AdmissionReview's pod is not a pod: {problem}")
+    try:
+        check_pod_shape(pod, "the AdmissionReview's pod")  # the shapes `cdmo translate` checks too
+    except InvalidInput as exc:
+        raise BadReview(str(exc)) from None
     if request.get("namespace") and not (pod.get("metadata") or {}).get("namespace"):
         # the API server fills the namespace in after admission; the reason should name it
         pod = {**pod, "metadata": {**(pod.get("metadata") or {}), "namespace": request["namespace"]}}
