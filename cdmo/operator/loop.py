@@ -433,16 +433,19 @@ class PlanningLoop:
         }
         for name, problem in problems.items():
             result.unreadable.append(name)
-            if self._unreadable_told.get(name) == problem:
-                continue
-            ml = idx.miglayouts[name]
-            log.error("Ignored unreadable MigLayout status", node=name, reason=problem)
-            message = (
+            if self._unreadable_told.get(name) != problem:
+                log.error("Ignored unreadable MigLayout status", node=name, reason=problem)
+        self._unreadable_told = self._warn_once(
+            idx,
+            problems,
+            self._unreadable_told,
+            "UnreadableStatus",
+            lambda name, problem: (
                 f"cdmo cannot read the status of MigLayout {name}: {problem}. cdmo plans without this "
                 "node until it can; check the version of the cdmo agent on the node."
-            )
-            self._emit([PodEvent(miglayout_ref(ml), "Warning", "UnreadableStatus", message)], result)
-        self._unreadable_told = problems  # bounded: one entry per node that is unreadable now
+            ),
+            result,
+        )
         return set(problems)
 
     def _report_unplannable(self, idx: Indexes, problems: Mapping[str, str], result: PassResult) -> None:
@@ -451,17 +454,35 @@ class PlanningLoop:
         They were left out with a log line that did not say why."""
         for name, problem in sorted(problems.items()):
             log.warning("Left node out of the plan", node=name, reason=problem)
-            if self._unplannable_told.get(name) == problem:
-                continue
-            message = (
+        self._unplannable_told = self._warn_once(
+            idx,
+            problems,
+            self._unplannable_told,
+            "UnplannableNode",
+            lambda name, problem: (
                 f"cdmo plans without node {name}: {problem}. Its GPUs stay as they are; "
                 "remove what cdmo cannot read (or upgrade cdmo) to have it planned again."
-            )
-            self._emit(
-                [PodEvent(miglayout_ref(idx.miglayouts[name]), "Warning", "UnplannableNode", message)], result
-            )
-        # nodes planned again (or gone) are forgotten, so a problem that comes back is told again
-        self._unplannable_told = dict(problems)
+            ),
+            result,
+        )
+
+    def _warn_once(
+        self,
+        idx: Indexes,
+        problems: Mapping[str, str],
+        told: Mapping[str, str],
+        reason: str,
+        message: Callable[[str, str], str],
+        result: PassResult,
+    ) -> dict[str, str]:
+        """A Warning Event on each node's MigLayout whose problem was not told already; returns
+        what is told now (nodes without a problem are forgotten, so one that comes back is told
+        again, and the memory is bounded by the nodes that have one)."""
+        for name, problem in sorted(problems.items()):
+            if told.get(name) != problem:
+                ref = miglayout_ref(idx.miglayouts[name])
+                self._emit([PodEvent(ref, "Warning", reason, message(name, problem))], result)
+        return dict(problems)
 
     def _report_states(self, idx: Indexes, states: Mapping[str, NodeState], result: PassResult) -> None:
         counts: dict[str, int] = {}
