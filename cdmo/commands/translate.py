@@ -33,6 +33,7 @@ from cdmo.mig.catalog import get_model
 from cdmo.output import build_table, print_table
 from cdmo.translate.jsonpatch import apply_patch
 from cdmo.translate.pods import Translation, check_pod_shape, require_shape, selected_products, translate_pod
+from cdmo.yamlload import StrictSafeLoader
 
 #: A Kubernetes object is at most about 1.5 MiB in etcd; anything far larger is not a pod file.
 MAX_FILE_BYTES = 4 << 20
@@ -69,8 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 #: libyaml's safe loader where PyYAML has it (the same data as yaml.safe_load, ten times faster
-#: on a large file), else PyYAML's own.
-_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+#: on a large file), refusing a key given twice as every cdmo command does (cdmo.yamlload).
+_LOADER: type[yaml.SafeLoader] = StrictSafeLoader
 
 
 def _check_expansion(text: str, name: str) -> None:

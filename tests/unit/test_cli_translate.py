@@ -370,3 +370,16 @@ def test_an_unquoted_date_is_written_as_its_text(capsys: pytest.CaptureFixture[s
     )
     rc, pod, _ = run_json(capsys, _write(tmp_path, text), "--model", "h100-80gb")
     assert rc == 0 and pod["metadata"]["labels"]["since"] == "2024-01-01"
+
+
+def test_a_key_given_twice_is_refused_as_by_every_command(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The safe loader kept the second metadata: the pod's fraction annotation was lost silently."""
+    text = (
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p, annotations: {gpu-fraction: '0.5'}}\n"
+        "metadata: {name: q}\nspec: {containers: [{name: c}]}\n"
+    )
+    assert main(["translate", _write(tmp_path, text), "--model", "h100-80gb"]) == 2
+    err = capsys.readouterr().err
+    assert "found duplicate key 'metadata'" in err and len(err.strip().splitlines()) == 1, err
