@@ -35,6 +35,16 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "cdmo"
 
+#: The MigLayout CRD's name, and the annotation on it that numbers its schema.
+CRD_NAME = f"{PLURAL}.{GROUP}"
+SCHEMA_REVISION_ANNOTATION = f"{GROUP}/schema-revision"
+#: The MigLayout schema this release relies on; crds/miglayouts.yaml carries it in
+#: SCHEMA_REVISION_ANNOTATION (tests/unit/test_crd.py keeps the two equal and asks for a new
+#: number when the schema changes). 2: a listed GPU requires ``instances``; 3: 64 GPUs a node.
+#: CRDs older than 3 carry no annotation. Helm never upgrades a CRD (docs/upgrading.md), so the
+#: operator reads it at start and refuses to run on an older one.
+SCHEMA_REVISION = 3
+
 
 class Phase(StrEnum):
     """``status.phase``: derived for display, never read as input."""
@@ -76,7 +86,8 @@ def build_spec(layouts: Mapping[int, Iterable[Instance]]) -> dict[str, Any]:
 
 #: GPUs on one node: no server holds more than 16 today. Far above that is an input error (a
 #: snapshot, a layout or simulated GPUs), and left unbounded it was slow: a million GPUs on one
-#: node took 23 s to plan, 1,000 simulated GPUs 48 s to apply.
+#: node took 23 s to plan, 1,000 simulated GPUs 48 s to apply. The CRD's ``spec.gpus`` has the
+#: same ``maxItems``, and its GPU ``index`` this maximum less one (tests/unit/test_crd.py).
 MAX_GPUS_PER_NODE = 64
 
 
@@ -104,8 +115,10 @@ def parse_spec(spec: Mapping[str, Any] | None, *, strict: bool = False) -> dict[
             raise InvalidLayout(f"{path}: must be an object with index and instances")
         check(gpu, ("index", "instances"), path)
         index = gpu.get("index")
-        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-            raise InvalidLayout(f"{path}.index: must be a whole number >= 0, not {index!r}")
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < MAX_GPUS_PER_NODE:
+            raise InvalidLayout(
+                f"{path}.index: must be a whole number from 0 to {MAX_GPUS_PER_NODE - 1}, not {index!r}"
+            )
         if index in result:
             raise InvalidLayout(f"{path}.index: GPU {index} appears twice")
         items = gpu.get("instances")
@@ -203,4 +216,31 @@ def get_condition(conditions: Iterable[Mapping[str, Any]] | None, type_: str) ->
     for c in conditions or ():
         if c.get("type") == type_:
             return c
+    return None
+
+
+def crd_problem(crd: Mapping[str, Any] | None) -> str | None:
+    """Why this release must not run on the installed MigLayout CRD (None: it may).
+
+    ``crd`` is the CustomResourceDefinition as the API server returns it, None when there is none.
+    A newer revision is fine: within one API version a schema only ever gains what older
+    releases may ignore.
+    """
+    apply = "kubectl apply --server-side --force-conflicts -f helm/cdmo/crds/ (docs/upgrading.md)"
+    if crd is None:
+        return f"the MigLayout CRD ({CRD_NAME}) is not installed; install it first: {apply}"
+    versions = [v for v in (crd.get("spec") or {}).get("versions") or [] if isinstance(v, Mapping)]
+    if not any(v.get("name") == VERSION and v.get("served") for v in versions):
+        return f"the installed MigLayout CRD does not serve {API_VERSION}; apply this release's CRD: {apply}"
+    raw = ((crd.get("metadata") or {}).get("annotations") or {}).get(SCHEMA_REVISION_ANNOTATION)
+    try:
+        revision = int(str(raw)) if raw is not None else 0
+    except ValueError:
+        revision = 0
+    if revision < SCHEMA_REVISION:
+        found = f"revision {revision}" if revision else f"older than revision {SCHEMA_REVISION}"
+        return (
+            f"the installed MigLayout CRD is {found}, and this cdmo needs revision {SCHEMA_REVISION}"
+            f" (Helm does not upgrade CRDs); apply this release's CRD first: {apply}"
+        )
     return None

@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from cdmo import exit_codes
-from cdmo.errors import InvalidInput
+from cdmo.errors import CdmoError, InvalidInput
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -132,14 +132,21 @@ def run(args: argparse.Namespace) -> int:
     if config.metrics_port:
         context.metrics.serve(config.metrics_port, args.metrics_address)
     namespaces: dict[str, Any] = {"namespaces": args.namespace} if args.namespace else {"clusterwide": True}
-    kopf.run(
-        registry=registry,
-        standalone=args.standalone,
-        peering_name=None if args.standalone else config.peering_name,
-        priority=choose_priority(args.priority),
-        liveness_endpoint=liveness,
-        memo=kopf.Memo(cdmo=context),
-        **namespaces,
-    )
+    try:
+        kopf.run(
+            registry=registry,
+            standalone=args.standalone,
+            peering_name=None if args.standalone else config.peering_name,
+            priority=choose_priority(args.priority),
+            liveness_endpoint=liveness,
+            memo=kopf.Memo(cdmo=context),
+            **namespaces,
+        )
+    except Exception as exc:
+        # A startup handler refused to go on (the CRD check): kopf raises its ActivityError (not
+        # exported) from the handler's PermanentError, whose reason is the one line to print.
+        if isinstance(exc.__cause__, kopf.PermanentError):
+            raise CdmoError(str(exc.__cause__)) from None
+        raise
     print("cdmo operator stopped", file=sys.stderr)
     return exit_codes.SUCCESS

@@ -3,7 +3,8 @@
 An explicit ``kopf.OperatorRegistry`` (not kopf's global one) so that the label filter comes
 from the configuration and an operator can be built and run more than once in one process.
 
-- ``@kopf.on.startup``: every kopf setting, in one place.
+- ``@kopf.on.startup``: every kopf setting, in one place; the installed CRD's schema revision
+  checked (the operator does not start on an older one).
 - ``@kopf.index``: unbound MIG pods, MIG pods bound to nodes and not yet admitted (by node),
   labelled nodes, MigLayouts. Indexes only compute, and keep summaries, never whole objects.
   The API server filters what reaches them (:func:`watch_selectors`): Pending pods only,
@@ -136,6 +137,14 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         settings.posting.reporting_component = "cdmo-operator"
         # Only cdmo's own Events reach users; kopf's handler chatter stays in the logs.
         settings.posting.level = logging.WARNING
+
+    @kopf.on.startup(registry=registry)
+    async def check_crd(memo: kopf.Memo, **_: Any) -> None:
+        # Before any watch: an older CRD (Helm never upgrades CRDs) would prune or refuse what
+        # this release writes. A failed startup handler stops kopf before it watches anything.
+        problem = await memo.cdmo.writer.crd_problem()
+        if problem is not None:
+            raise kopf.PermanentError(problem)
 
     @kopf.index("pods", id="unbound_mig_pods", when=_unbound, registry=registry)
     def unbound_mig_pods(body: kopf.Body, **_: Any) -> dict[str, Any]:

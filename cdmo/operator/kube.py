@@ -19,7 +19,7 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from cdmo.api import GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PLURAL, VERSION
+from cdmo.api import CRD_NAME, GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PLURAL, VERSION, crd_problem
 from cdmo.api import KIND as MIGLAYOUT_KIND
 from cdmo.errors import CdmoError
 from cdmo.operator.publish import SpecRefused
@@ -86,13 +86,15 @@ def _retryable(exc: BaseException) -> bool:
 
 
 class LayoutWriter:
-    """Creates MigLayouts and patches their spec, with bounded retries of transient failures."""
+    """Creates MigLayouts and patches their spec, with bounded retries of transient failures;
+    at start, reads their CRD to check that it is the schema this release writes."""
 
     def __init__(self, api_client: kubernetes.client.ApiClient, attempts: int = 3) -> None:
+        self._client = api_client
         self._custom = kubernetes.client.CustomObjectsApi(api_client)
         self._attempts = attempts
 
-    async def _call(self, fn: Any, *args: Any) -> Any:
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(self._attempts),
             wait=wait_exponential(multiplier=0.2, max=2.0),
@@ -100,8 +102,26 @@ class LayoutWriter:
             reraise=True,
         ):
             with attempt:
-                return await asyncio.to_thread(fn, *args)
+                return await asyncio.to_thread(fn, *args, **kwargs)
         raise AssertionError("unreachable")
+
+    async def crd_problem(self) -> str | None:
+        """Why the installed MigLayout CRD will not do (cdmo.api.crd_problem), None when it will
+        or cannot be read (a warning is logged: the check is a guard, not a requirement)."""
+        extensions = kubernetes.client.ApiextensionsV1Api(self._client)
+        try:
+            # list, which kopf needs anyway (the chart grants it), not get: no extra permission.
+            found = await self._call(
+                extensions.list_custom_resource_definition, field_selector=f"metadata.name={CRD_NAME}"
+            )
+        except ApiException as exc:
+            if exc.status in (401, 403):
+                log.warning("Cannot read the MigLayout CRD to check its schema", reason=api_message(exc))
+                return None
+            raise
+        items = self._client.sanitize_for_serialization(found).get("items") or []
+        crd = next((c for c in items if (c.get("metadata") or {}).get("name") == CRD_NAME), None)
+        return crd_problem(crd)
 
     async def create_miglayout(self, node_name: str, node_uid: str = "") -> bool:
         """Create the node's MigLayout (owned by the node when its uid is given); False if it exists already."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -58,20 +59,27 @@ class OperatorRunner:
         self.context = build_context(self.config, api_client, **kwargs)
         memo = kopf.Memo(cdmo=self.context)
 
+        async def operate() -> None:
+            try:
+                await kopf.operator(
+                    registry=registry,
+                    clusterwide=True,
+                    standalone=self.standalone,
+                    peering_name=self.peering_name,
+                    priority=self.priority,
+                    stop_flag=self._stop,
+                    ready_flag=self._ready,
+                    memo=memo,
+                )
+            finally:
+                # kopf waits for a threading stop flag in an executor thread, which asyncio.run
+                # joins on the way out: an operator that stopped by itself (a failed startup
+                # handler) would hang there until stop().
+                self._stop.set()
+
         def main() -> None:
             try:
-                asyncio.run(
-                    kopf.operator(
-                        registry=registry,
-                        clusterwide=True,
-                        standalone=self.standalone,
-                        peering_name=self.peering_name,
-                        priority=self.priority,
-                        stop_flag=self._stop,
-                        ready_flag=self._ready,
-                        memo=memo,
-                    )
-                )
+                asyncio.run(operate())
             except BaseException as exc:  # surfaced by stop() and the tests
                 self.error = exc
             finally:
@@ -79,8 +87,17 @@ class OperatorRunner:
 
         self._thread = threading.Thread(target=main, name="cdmo-operator", daemon=True)
         self._thread.start()
-        if not self._ready.wait(timeout):
-            raise TimeoutError("the operator did not become ready")
+        # An operator that stops before it is ready (a failed startup handler) says why at once.
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.05):
+            if not self._thread.is_alive():
+                # kopf's ActivityError says "handlers failed"; the handler's own error is its cause.
+                cause = self.error.__cause__ if self.error is not None else None
+                raise RuntimeError(
+                    f"the operator stopped before it was ready: {self.error!r}, from {cause!r}"
+                ) from self.error
+            if time.monotonic() > deadline:
+                raise TimeoutError("the operator did not become ready")
         return self
 
     @property

@@ -56,8 +56,8 @@ def test_a_status_instance_without_start_leaves_only_its_node_out(harness: Harne
 
 
 def test_a_spec_the_api_server_refuses_leaves_only_its_node_out(harness: Harness) -> None:
-    # A report of 17 GPUs: adopting it as spec breaks the CRD's maxItems 16, so the API server
-    # answers 422 Invalid. That ApiException used to fail every pass, for every node.
+    # A report of GPU index 64: adopting it as spec breaks the CRD's index maximum 63, so the API
+    # server answers 422 Invalid. That ApiException used to fail every pass, for every node.
     harness.add_node("gpu-good")
     harness.add_node("gpu-odd", agent=False)
     harness.start_operator()
@@ -65,7 +65,7 @@ def test_a_spec_the_api_server_refuses_leaves_only_its_node_out(harness: Harness
     _write_status(
         harness,
         "gpu-odd",
-        [{"index": i, "model": "h100-80gb", "migEnabled": True, "instances": []} for i in range(17)],
+        [{"index": 64, "model": "h100-80gb", "migEnabled": True, "instances": []}],
     )
 
     key = harness.submit("job", {"1g.10gb": 1})

@@ -104,3 +104,31 @@ def test_a_bad_setting_is_one_line_at_startup_not_a_traceback_or_a_busy_loop(env
     assert proc.returncode == 2, text[-2000:]
     assert "Traceback" not in text
     assert var in text and len(text.strip().splitlines()) == 1, text
+
+
+def test_an_older_crd_is_one_line_and_a_non_zero_exit(kube_api: KubeApiDouble) -> None:
+    # Helm never upgrades a CRD: the operator of a new release can meet the old one, and must
+    # say so and stop rather than write specs the old schema prunes or refuses.
+    kube_api.patch(
+        "customresourcedefinitions",
+        "miglayouts.cdmo.clear.ml",
+        {"metadata": {"annotations": {"cdmo.clear.ml/schema-revision": None}}},
+        group="apiextensions.k8s.io",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cdmo.cli", "operator", "--standalone", "--server", kube_api.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    text = err.decode()
+    assert proc.returncode == 1, text[-2000:]
+    assert "Traceback" not in text
+    last = text.strip().splitlines()[-1]
+    assert "the installed MigLayout CRD is older than revision" in last
+    assert "kubectl apply --server-side --force-conflicts -f helm/cdmo/crds/" in last

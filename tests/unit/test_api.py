@@ -39,6 +39,8 @@ def test_build_miglayout_names_the_object_after_the_node() -> None:
     ("spec", "path"),
     [
         ({"gpus": [{"index": -1}]}, "spec.gpus[0].index"),
+        # the CRD's maximum (MAX_GPUS_PER_NODE - 1): a file must not hold what the API server refuses
+        ({"gpus": [{"index": 64, "instances": []}]}, "spec.gpus[0].index"),
         ({"gpus": [{"index": 0, "instances": []}, {"index": 0, "instances": []}]}, "spec.gpus[1].index"),
         ({"gpus": [{"index": 0}]}, "spec.gpus[0].instances"),
         ({"gpus": [{"index": 0, "instances": None}]}, "spec.gpus[0].instances"),

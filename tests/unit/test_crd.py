@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,60 @@ def test_crd_limits_hold_every_catalog_layout(crd: dict[str, Any]) -> None:
     start = instances["items"]["properties"]["start"]
     assert max(m.max_instances for m in all_models()) <= instances["maxItems"]
     assert max(s for m in all_models() for p in m.profiles for s in p.starts) <= start["maximum"]
+
+
+def test_crd_gpu_limits_are_cdmo_api_limits(crd: dict[str, Any]) -> None:
+    # One cap for the whole project: a node the planner and the agent accept is one whose spec
+    # the API server stores (a CRD of 16 once refused 17 GPUs that every other part took).
+    gpus = _version(crd)["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["gpus"]
+    assert gpus["maxItems"] == api.MAX_GPUS_PER_NODE
+    assert gpus["items"]["properties"]["index"]["maximum"] == api.MAX_GPUS_PER_NODE - 1
+
+
+#: sha256 of the CRD's spec (descriptions left out) at each schema revision. A schema change
+#: needs a new revision: raise cdmo.api.SCHEMA_REVISION and the CRD's annotation together, and
+#: add the new digest here. Operators then refuse the older CRD until it is applied.
+SCHEMA_DIGESTS = {3: "418ddc092adc30570b1b81c0a6ca4afcddf9fc74cef4a4880eca8b35c96a6dc7"}
+
+
+def _without_descriptions(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_descriptions(v) for k, v in value.items() if k != "description"}
+    if isinstance(value, list):
+        return [_without_descriptions(v) for v in value]
+    return value
+
+
+def test_crd_carries_the_schema_revision_cdmo_needs(crd: dict[str, Any]) -> None:
+    assert crd["metadata"]["annotations"][api.SCHEMA_REVISION_ANNOTATION] == str(api.SCHEMA_REVISION)
+    assert api.crd_problem(crd) is None
+
+
+def test_a_schema_change_comes_with_a_new_revision(crd: dict[str, Any]) -> None:
+    text = json.dumps(_without_descriptions(crd["spec"]), sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    assert SCHEMA_DIGESTS.get(api.SCHEMA_REVISION) == digest, (
+        f"the CRD's schema changed: raise cdmo.api.SCHEMA_REVISION and the CRD's"
+        f" {api.SCHEMA_REVISION_ANNOTATION} annotation, and add {digest} to SCHEMA_DIGESTS"
+    )
+
+
+def _with_revision(crd: dict[str, Any], value: str | None) -> dict[str, Any]:
+    annotations = {} if value is None else {api.SCHEMA_REVISION_ANNOTATION: value}
+    return {**crd, "metadata": {**crd["metadata"], "annotations": annotations}}
+
+
+def test_crd_problem_says_what_is_wrong_and_what_to_apply(crd: dict[str, Any]) -> None:
+    apply = "kubectl apply --server-side --force-conflicts -f helm/cdmo/crds/"
+    missing = api.crd_problem(None)
+    assert missing is not None and "not installed" in missing and apply in missing
+    for value, said in ((None, "older than revision"), ("2", "revision 2,"), ("x", "older than revision")):
+        problem = api.crd_problem(_with_revision(crd, value))
+        assert problem is not None and said in problem and apply in problem, problem
+    assert api.crd_problem(_with_revision(crd, str(api.SCHEMA_REVISION + 1))) is None
+    unserved = {**crd, "spec": {**crd["spec"], "versions": [{**_version(crd), "served": False}]}}
+    problem = api.crd_problem(unserved)
+    assert problem is not None and f"does not serve {api.API_VERSION}" in problem
 
 
 def test_crd_phase_enum_is_api_phase(crd: dict[str, Any]) -> None:
