@@ -7,6 +7,9 @@ Model choice: the pod's own ``nvidia.com/gpu.product`` node selector or required
 when it has one, else the models of the cluster's labelled nodes, the one most nodes carry
 first (a configured default model goes before all). The first model that can serve every ask
 of the pod wins. A pod no model can serve is refused with one line that says what would fit.
+A pod that also asks for whole GPUs (``nvidia.com/gpu``, other than CFGI's replicas) is refused,
+as KAI refuses it, with what to remove. Init containers and native sidecars are translated in
+place (``/spec/initContainers/N``), as the kubelet counts them (cdmo.demand).
 
 Pure: takes and returns plain data; imports nothing of Kubernetes.
 """
@@ -22,7 +25,20 @@ from cdmo.api import GPU_PRODUCT_LABEL
 from cdmo.errors import InvalidInput
 from cdmo.mig.catalog import GpuModel, all_models, find_model
 from cdmo.mig.resources import RESOURCE_PREFIX, resource_from_profile
-from cdmo.translate.asks import KAI_DEVICES, Ask, read_asks
+from cdmo.translate.asks import (
+    CFGI_LABEL,
+    GPU_RESOURCE,
+    INIT_CONTAINERS,
+    KAI_CONTAINER,
+    KAI_DEVICES,
+    KAI_FRACTION,
+    KAI_MEMORY,
+    METAGPU_RESOURCE,
+    Ask,
+    WholeGpu,
+    read_asks,
+    read_whole_gpu_asks,
+)
 from cdmo.translate.rule import (
     DEFAULT_RULE,
     MAX_WHOLE_GPUS,
@@ -100,11 +116,11 @@ def build_patch(
 ) -> list[dict[str, Any]]:
     """The JSON patch that asks for the chosen MIG devices and records the original asks."""
     ops: list[dict[str, Any]] = []
-    containers = (pod.get("spec") or {}).get("containers") or []
+    spec = pod.get("spec") or {}
     record = []
     for ask, choice in zip(asks, choices, strict=True):
-        base = f"/spec/containers/{ask.container_index}"
-        resources = containers[ask.container_index].get("resources")
+        base = ask.pointer
+        resources = spec[ask.spec_list][ask.container_index].get("resources")
         resource = resource_from_profile(choice.profile)
         quantity = str(choice.count)
         if not isinstance(resources, Mapping):
@@ -120,17 +136,18 @@ def build_patch(
             for part in ("limits", "requests"):
                 if name in (resources.get(part) or {}):
                     ops.append({"op": "remove", "path": f"{base}/resources/{part}/{_escape(name)}"})
-        record.append(
-            {
-                "container": ask.container,
-                "source": ask.source,
-                "asked": ask.original,
-                "model": choice.model,
-                "profile": choice.profile,
-                "resource": resource,
-                "count": choice.count,
-            }
-        )
+        entry: dict[str, Any] = {
+            "container": ask.container,
+            "source": ask.source,
+            "asked": ask.original,
+            "model": choice.model,
+            "profile": choice.profile,
+            "resource": resource,
+            "count": choice.count,
+        }
+        if ask.spec_list == INIT_CONTAINERS:  # app containers' entries keep their old shape
+            entry["initContainer"] = True
+        record.append(entry)
     notes = {ASK_ANNOTATION: json.dumps(record, sort_keys=True), REASON_ANNOTATION: reason}
     if not isinstance((pod.get("metadata") or {}).get("annotations"), Mapping):
         ops.append({"op": "add", "path": "/metadata/annotations", "value": notes})
@@ -142,9 +159,9 @@ def build_patch(
 
 
 def _has_mig_ask(pod: Mapping[str, Any], asks: Sequence[Ask]) -> bool:
-    containers = (pod.get("spec") or {}).get("containers") or []
+    spec = pod.get("spec") or {}
     for ask in asks:
-        res = containers[ask.container_index].get("resources") or {}
+        res = spec[ask.spec_list][ask.container_index].get("resources") or {}
         for part in ("limits", "requests"):
             if any(str(k).startswith(RESOURCE_PREFIX) for k in res.get(part) or {}):
                 return True
@@ -223,12 +240,15 @@ def translate_pod(
     else:
         models = order_cluster_models(cluster_models, default_model)
         origin = cluster_origin
-        if not models:
-            return Translation(
-                "refuse",
-                f"pod {name} asks {what}, but no labelled node carries a known MIG GPU model;"
-                " label MIG GPU nodes cdmo.clear.ml/gpu-partitioning=mig or set the webhook's default model",
-            )
+    wholes = read_whole_gpu_asks(pod, asks)
+    if wholes:
+        return Translation("refuse", _whole_and_share(name, asks, wholes))
+    if not models:
+        return Translation(
+            "refuse",
+            f"pod {name} asks {what}, but no labelled node carries a known MIG GPU model;"
+            " label MIG GPU nodes cdmo.clear.ml/gpu-partitioning=mig or set the webhook's default model",
+        )
     failures = []
     for model in models:
         served = _serve(model, asks, rule)
@@ -251,6 +271,54 @@ def translate_pod(
 
 def _original(ask: Ask) -> str:
     return ",".join(f"{k}={v}" for k, v in ask.original.items())
+
+
+def _joined(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _whole_and_share(name: str, asks: Sequence[Ask], wholes: Sequence[WholeGpu]) -> str:
+    """Why a pod that asks for whole GPUs next to a share is refused, and what to remove.
+
+    KAI refuses every such pod, whichever container asks which: its admission check
+    ``ValidateGPUFractionRequest`` (kai-scheduler/api, utilities/resources/
+    gpu_sharing_validation.go) denies "cannot have both GPU fraction request and whole GPU
+    resource request/limit" when any container or init container has an ``nvidia.com/gpu``
+    limit. cdmo holds MetaGPU and CFGI pods to the same rule: with the MIG limit added next to
+    ``nvidia.com/gpu`` the pod needs a MIG-off GPU and a slice on one node at once, and cdmo
+    plans slices only (``nvidia.com/gpu`` is ignored, docs/planner.md), so it would pend for
+    good. Unlike KAI, ``nvidia.com/gpu: 0`` asks for nothing and is let through.
+    """
+    one = len(wholes) == 1 and wholes[0].value.strip() == "1"
+    whole_where = _joined([w.where for w in wholes])
+    shares = "; ".join(
+        f"{a.source} " + ",".join(f"{k}={v}" for k, v in a.original.items() if k != KAI_CONTAINER)
+        for a in asks
+    )
+    share_where = _joined([a.where for a in asks])
+    text = (
+        f"pod {name}: {whole_where} {'asks' if len(wholes) == 1 else 'ask'} for {'a whole GPU' if one else 'whole GPUs'}"
+        f" ({', '.join(f'{GPU_RESOURCE}={w.value}' for w in wholes)})"
+    )
+    if share_where == whole_where:
+        text += f" and a share of one ({shares})"
+    else:
+        text += f" and {share_where} for a share of one ({shares})"
+    removals: list[str] = []
+    for a in asks:
+        for key in a.original:
+            if key == CFGI_LABEL:
+                removals.append(f"label {key}")
+            elif key in (KAI_FRACTION, KAI_MEMORY):
+                removals.append(f"annotation {key}")
+            elif key == METAGPU_RESOURCE:
+                removals.append(f"{key} from {a.where}")
+    kai = " (KAI refuses such a pod too)" if any("kai" in a.source.split("+") for a in asks) else ""
+    return (
+        f"{text}; cdmo makes room for the share as a MIG slice, never for whole GPUs in the same pod,"
+        f" which would wait forever{kai}: remove {GPU_RESOURCE} from {whole_where} to run on a MIG slice,"
+        f" or remove {_joined(list(dict.fromkeys(removals)))} to keep {'the whole GPU' if one else 'whole GPUs'}"
+    )
 
 
 def require_shape(value: Any, kind: type, path: str, where: str) -> None:

@@ -165,7 +165,10 @@ def test_cert_manager_makes_the_certificate_where_the_cluster_has_it(helm: Helm)
 
 
 def _pod(
-    labels: dict[str, str] | None = None, annotations: dict[str, str] | None = None, resources: Any = None
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+    resources: Any = None,
+    init_resources: Any = None,
 ) -> dict[str, Any]:
     c: dict[str, Any] = {"name": "main", "image": "x"}
     if resources is not None:
@@ -175,7 +178,10 @@ def _pod(
         meta["labels"] = labels
     if annotations is not None:
         meta["annotations"] = annotations
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": {"containers": [c]}}
+    spec: dict[str, Any] = {"containers": [c]}
+    if init_resources is not None:
+        spec["initContainers"] = [{"name": "prep", "image": "x", "resources": init_resources}]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
 
 
 @pytest.mark.parametrize(
@@ -190,6 +196,9 @@ def _pod(
         (_pod(labels={"app": "web"}, annotations={"team": "a"}, resources={"limits": {"cpu": "1"}}), False),
         (_pod(resources={"limits": {"nvidia.com/mig-1g.10gb": 1}}), False),
         (_pod(resources={}), False),
+        (_pod(init_resources={"limits": {"cnvrg.io/metagpu": 25}}), True),
+        (_pod(init_resources={"requests": {"cnvrg.io/metagpu": 25}}), True),
+        (_pod(init_resources={"limits": {"cpu": "1"}}), False),
     ],
     ids=[
         "cfgi",
@@ -201,6 +210,9 @@ def _pod(
         "other",
         "mig",
         "empty-resources",
+        "metagpu-init-limits",
+        "metagpu-init-requests",
+        "init-other",
     ],
 )
 def test_match_conditions_send_only_pods_with_a_fractional_ask(

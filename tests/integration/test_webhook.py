@@ -202,6 +202,55 @@ def test_a_pod_no_model_can_serve_is_refused_with_what_would_fit(
     assert kube_api.get("pods", "big", "default") is None
 
 
+def test_a_pod_asking_for_a_whole_gpu_and_a_share_is_denied_with_what_to_remove(
+    kube_api: KubeApiDouble, webhook: WebhookThread, tls: TlsFiles, core: kubernetes.client.CoreV1Api
+) -> None:
+    """The MIG limit used to be added next to nvidia.com/gpu: a pod that can never be scheduled."""
+    add_node(kube_api, "gpu-1", "NVIDIA-H100-80GB-HBM3")
+    webhook.wait_for_models({"h100-80gb": 1})
+    _chain(kube_api, [MutatingWebhook("fractional.cdmo.clear.ml", webhook.url + "/mutate", tls.ca_file)])
+    both = pod("both", annotations={"gpu-fraction": "0.25"}, limits={"nvidia.com/gpu": "1"})
+    with pytest.raises(ApiException) as err:
+        core.create_namespaced_pod("default", both)
+    assert err.value.status == 403
+    message = json.loads(err.value.body)["message"]
+    assert message == (
+        'admission webhook "fractional.cdmo.clear.ml" denied the request: pod default/both: container main'
+        " asks for a whole GPU (nvidia.com/gpu=1) and a share of one (kai gpu-fraction=0.25); cdmo makes room"
+        " for the share as a MIG slice, never for whole GPUs in the same pod, which would wait forever"
+        " (KAI refuses such a pod too): remove nvidia.com/gpu from container main to run on a MIG slice,"
+        " or remove annotation gpu-fraction to keep the whole GPU"
+    )
+    assert kube_api.get("pods", "both", "default") is None
+
+
+def test_metagpu_in_an_init_container_and_a_sidecar_is_stored_as_mig_devices_the_pod_can_get(
+    kube_api: KubeApiDouble, webhook: WebhookThread, tls: TlsFiles, core: kubernetes.client.CoreV1Api
+) -> None:
+    """cnvrg.io/metagpu left in spec.initContainers is a resource no MIG node offers: the pod pended."""
+    from cdmo.demand import read_demand
+
+    add_node(kube_api, "gpu-1", "NVIDIA-H100-80GB-HBM3")
+    webhook.wait_for_models({"h100-80gb": 1})
+    _chain(kube_api, [MutatingWebhook("fractional.cdmo.clear.ml", webhook.url + "/mutate", tls.ca_file)])
+    body = pod("init-meta", limits={"cnvrg.io/metagpu": "25"})
+    body["spec"]["initContainers"] = [
+        {"name": "proxy", "image": "p", "restartPolicy": "Always", "resources": {"limits": {"cnvrg.io/metagpu": "25"}}},
+        {"name": "fetch", "image": "f", "resources": {"limits": {"cnvrg.io/metagpu": "50"}}},
+    ]  # fmt: skip
+    core.create_namespaced_pod("default", body)
+    stored = kube_api.get("pods", "init-meta", "default")
+    assert stored is not None
+    assert [c["resources"]["limits"] for c in stored["spec"]["initContainers"]] == [
+        {"nvidia.com/mig-2g.20gb": "1"},
+        {"nvidia.com/mig-4g.40gb": "1"},
+    ]
+    assert stored["spec"]["initContainers"][0]["restartPolicy"] == "Always"
+    assert "cnvrg.io/metagpu" not in json.dumps(stored["spec"])
+    # app + sidecar run together (2 x 2g); the plain init container ran beside the sidecar (2g + 4g)
+    assert read_demand(stored).by_profile() == {"2g.20gb": 2, "4g.40gb": 1}
+
+
 def _closed_port_url() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -572,6 +621,20 @@ _PATCH_PODS = {
             "annotations": {"gpu-fraction": "0.5", "gpu-fraction-container-name": "b", "gpu-fraction-num-devices": "2"},
         },
         "spec": {"containers": [{"name": "a"}, {"name": "b", "resources": {"limits": None}}]},
+    },
+    "metagpu-in-init-container-and-sidecar": {
+        "metadata": {"name": "e", "namespace": "default"},
+        "spec": {
+            "initContainers": [
+                {"name": "fetch", "resources": {"requests": {"cnvrg.io/metagpu": "25"}, "limits": {"cnvrg.io/metagpu": "25"}}},
+                {"name": "proxy", "restartPolicy": "Always", "resources": {"limits": {"cnvrg.io/metagpu": "50"}}},
+            ],
+            "containers": [{"name": "app"}],
+        },
+    },
+    "kai-names-an-init-container": {
+        "metadata": {"name": "f", "namespace": "default", "annotations": {"gpu-memory": "10000", "gpu-fraction-container-name": "prep"}},
+        "spec": {"initContainers": [{"name": "prep"}], "containers": [{"name": "app"}]},
     },
     "two-metagpu-containers": {
         "metadata": {"name": "d", "namespace": "default", "annotations": {}},

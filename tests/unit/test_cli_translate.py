@@ -254,6 +254,23 @@ def _write(tmp_path: Path, text: str) -> str:
             1,
             "is 4096 GPUs, more than 64 for one pod",
         ),
+        (
+            "kind: Pod\nmetadata: {name: x, annotations: {gpu-fraction: '0.5'}}\n"
+            "spec: {containers: [{name: m, resources: {limits: {nvidia.com/gpu: 1}}}]}\n",
+            ["--model", "h100-80gb"],
+            1,
+            "would refuse it: pod default/x: container m asks for a whole GPU (nvidia.com/gpu=1) and a share"
+            " of one (kai gpu-fraction=0.5)",
+        ),
+        (
+            "kind: Job\nmetadata: {name: j}\nspec: {template: {spec: {"
+            "initContainers: [{name: warm, resources: {limits: {nvidia.com/gpu: 1}}}],"
+            " containers: [{name: nb, resources: {limits: {cnvrg.io/metagpu: 25}}}]}}}\n",
+            ["--model", "h100-80gb"],
+            1,
+            "remove nvidia.com/gpu from init container warm to run on a MIG slice,"
+            " or remove cnvrg.io/metagpu from container nb to keep the whole GPU",
+        ),
     ],
     ids=[
         "missing",
@@ -280,6 +297,8 @@ def _write(tmp_path: Path, text: str) -> str:
         "memory-with-a-unit",
         "underscored-fraction",
         "num-devices-times-ask-too-large",
+        "whole-gpu-next-to-a-share",
+        "whole-gpu-in-an-init-container",
     ],
 )
 def test_bad_input_gives_one_line_and_an_exit_code(
@@ -383,3 +402,28 @@ def test_a_key_given_twice_is_refused_as_by_every_command(
     assert main(["translate", _write(tmp_path, text), "--model", "h100-80gb"]) == 2
     err = capsys.readouterr().err
     assert "found duplicate key 'metadata'" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_metagpu_in_init_containers_and_sidecars_is_translated_in_place(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """cnvrg.io/metagpu left in an init container is a resource no MIG node offers: the pod pended."""
+    text = (
+        "kind: Pod\nmetadata: {name: p}\nspec:\n"
+        "  initContainers:\n"
+        "  - {name: fetch, resources: {limits: {cnvrg.io/metagpu: 25}}}\n"
+        "  - {name: proxy, restartPolicy: Always, resources: {limits: {cnvrg.io/metagpu: 50, cpu: 1}}}\n"
+        "  containers: [{name: app}]\n"
+    )
+    rc, pod, err = run_json(capsys, _write(tmp_path, text), "--model", "h100-80gb")
+    assert rc == 0, err
+    init = pod["spec"]["initContainers"]
+    assert init[0]["resources"]["limits"] == {"nvidia.com/mig-2g.20gb": "1"}
+    assert init[1]["resources"]["limits"] == {"cpu": 1, "nvidia.com/mig-4g.40gb": "1"}
+    assert init[1]["restartPolicy"] == "Always" and "resources" not in pod["spec"]["containers"][0]
+    record = json.loads(pod["metadata"]["annotations"]["cdmo.clear.ml/fractional-ask"])
+    assert [(r["container"], r["initContainer"], r["asked"]) for r in record] == [
+        ("fetch", True, {"cnvrg.io/metagpu": "25"}),
+        ("proxy", True, {"cnvrg.io/metagpu": "50"}),
+    ]
+    assert "metagpu cnvrg.io/metagpu=25; metagpu cnvrg.io/metagpu=50 -> 1 x 2g.20gb, 1 x 4g.40gb" in err

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import textwrap
 from fractions import Fraction
 from pathlib import Path
 
@@ -118,3 +119,17 @@ def test_the_number_forms_the_doc_names_are_the_ones_read() -> None:
     for text in refused:
         with pytest.raises(InvalidAsk, match="is not a number"):
             parse_number(text, "x")
+
+
+def test_the_whole_gpu_refusal_the_doc_shows_is_what_the_webhook_says() -> None:
+    """The doc's example pod, translated, is refused with the doc's line, word for word."""
+    match = re.search(r"<!-- refusal:whole-gpu -->(.*?)<!-- /refusal -->", DOC.read_text(), re.S)
+    assert match, "the doc lost its refusal:whole-gpu example"
+    manifest, denial = re.findall(r"```(?:yaml)?\n(.*?)```", match.group(1), re.S)
+    pod = yaml.safe_load(textwrap.dedent(manifest))  # the example sits in a list item
+    result = translate_pod(pod, {"h100-80gb": 1})
+    assert result.action == "refuse"
+    assert (
+        " ".join(denial.split())
+        == f'admission webhook "fractional.cdmo.clear.ml" denied the request: {result.reason}'
+    )

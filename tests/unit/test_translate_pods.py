@@ -349,3 +349,193 @@ def test_a_pod_with_an_underscored_or_non_ascii_fraction_is_not_translated() -> 
     for text in ("1_0", "\u0660.\u0665"):
         with pytest.raises(InvalidAsk, match="is not a number"):
             translate_pod(pod(labels={"clearml-injector/fraction": text}), {"h100-80gb": 1})
+
+
+# --- A whole GPU next to a share of one ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("p", "words"),
+    [
+        (
+            pod(
+                annotations={"gpu-fraction": "0.5"},
+                containers=[{"name": "main", "resources": {"limits": {"nvidia.com/gpu": "1"}}}],
+            ),
+            [
+                "container main asks for a whole GPU (nvidia.com/gpu=1) and a share of one"
+                " (kai gpu-fraction=0.5)",
+                "remove nvidia.com/gpu from container main",
+                "or remove annotation gpu-fraction to keep the whole GPU",
+                "KAI refuses such a pod too",
+            ],
+        ),
+        (
+            pod(
+                annotations={"gpu-memory": "20000"},
+                containers=[{"name": "main", "resources": {"requests": {"nvidia.com/gpu": 2}}}],
+            ),
+            ["nvidia.com/gpu=2", "kai gpu-memory=20000", "remove nvidia.com/gpu from container main"],
+        ),
+        (
+            pod(
+                containers=[
+                    {"name": "nb", "resources": {"limits": {"cnvrg.io/metagpu": "25", "nvidia.com/gpu": "1"}}}
+                ]
+            ),
+            [
+                "container nb asks for a whole GPU (nvidia.com/gpu=1) and a share of one"
+                " (metagpu cnvrg.io/metagpu=25)",
+                "remove nvidia.com/gpu from container nb",
+                "or remove cnvrg.io/metagpu from container nb",
+            ],
+        ),
+    ],
+    ids=["kai-fraction", "kai-memory-requests", "metagpu"],
+)
+def test_a_whole_gpu_in_the_container_with_the_share_is_refused(p: dict[str, Any], words: list[str]) -> None:
+    """The MIG limit used to be added next to nvidia.com/gpu: a pod asking for both never schedules."""
+    result = translate_pod(p, {"h100-80gb": 1})
+    assert result.action == "refuse" and result.patch == (), result.reason
+    assert result.reason.startswith("pod ns/p: ")
+    for w in words:
+        assert w in result.reason
+    assert "\n" not in result.reason
+
+
+def test_a_whole_gpu_in_another_container_is_refused_naming_it() -> None:
+    p = pod(
+        annotations={"gpu-fraction": "0.5", "gpu-fraction-container-name": "trainer"},
+        containers=[
+            {"name": "trainer"},
+            {"name": "viz", "resources": {"limits": {"nvidia.com/gpu": 1}}},
+        ],
+        spec={"initContainers": [{"name": "warm", "resources": {"limits": {"nvidia.com/gpu": "2"}}}]},
+    )
+    result = translate_pod(p, {"h100-80gb": 1})
+    assert result.action == "refuse" and result.patch == ()
+    assert (
+        "container viz and init container warm ask for whole GPUs (nvidia.com/gpu=1, nvidia.com/gpu=2)"
+        " and container trainer for a share of one (kai gpu-fraction=0.5)" in result.reason
+    )
+    assert "remove nvidia.com/gpu from container viz and init container warm" in result.reason
+
+
+@pytest.mark.parametrize("zero", ["0", 0, "0m"])
+def test_a_zero_whole_gpu_ask_is_no_ask(zero: object) -> None:
+    """A template's ``nvidia.com/gpu: 0`` asks for nothing; it is left as it is."""
+    p = pod(
+        annotations={"gpu-fraction": "0.5"},
+        containers=[{"name": "m", "resources": {"limits": {"nvidia.com/gpu": zero}}}],
+    )
+    assert limits(mutate(p)) == {"nvidia.com/gpu": zero, "nvidia.com/mig-4g.40gb": "1"}
+
+
+def test_cfgi_replicas_stay_the_ask_even_next_to_a_kai_annotation() -> None:
+    """CFGI < 1.3's nvidia.com/gpu is its share of the GPU, not a whole one: taken out, never refused."""
+    p = pod(
+        labels={"clearml-injector/fraction": "0.25"},
+        annotations={"gpu-fraction": "0.25"},
+        containers=[{"name": "task", "resources": {"limits": {"nvidia.com/gpu": "2"}}}],
+    )
+    assert limits(mutate(p)) == {"nvidia.com/mig-2g.20gb": "1"}
+
+
+# --- Init containers and native sidecars --------------------------------------------------------
+
+
+def _init_pod() -> dict[str, Any]:
+    return pod(
+        containers=[{"name": "app", "resources": {"limits": {"cnvrg.io/metagpu": "50", "cpu": "1"}}}],
+        spec={
+            "initContainers": [
+                {
+                    "name": "fetch",
+                    "resources": {"limits": {"cnvrg.io/metagpu": 25}, "requests": {"cnvrg.io/metagpu": 25}},
+                },
+                {
+                    "name": "proxy",
+                    "restartPolicy": "Always",
+                    "resources": {"limits": {"cnvrg.io/metagpu": "25"}},
+                },
+            ]
+        },
+    )
+
+
+def test_metagpu_in_init_containers_and_sidecars_is_translated_there() -> None:
+    p = _init_pod()
+    result = translate_pod(p, {"h100-80gb": 1})
+    assert result.action == "mutate", result.reason
+    paths = [op["path"] for op in result.patch]
+    assert "/spec/initContainers/0/resources/limits/nvidia.com~1mig-2g.20gb" in paths
+    assert "/spec/initContainers/0/resources/requests/cnvrg.io~1metagpu" in paths
+    assert "/spec/initContainers/1/resources/limits/cnvrg.io~1metagpu" in paths
+    out = apply_patch(p, result.patch)
+    init = out["spec"]["initContainers"]
+    assert init[0]["resources"] == {"limits": {"nvidia.com/mig-2g.20gb": "1"}, "requests": {}}
+    assert init[1]["resources"] == {"limits": {"nvidia.com/mig-2g.20gb": "1"}}
+    assert init[1]["restartPolicy"] == "Always"
+    assert limits(out) == {"cpu": "1", "nvidia.com/mig-4g.40gb": "1"}
+    record = json.loads(out["metadata"]["annotations"][ASK_ANNOTATION])
+    assert [(r["container"], r.get("initContainer", False), r["asked"], r["profile"]) for r in record] == [
+        ("app", False, {"cnvrg.io/metagpu": "50"}, "4g.40gb"),
+        ("fetch", True, {"cnvrg.io/metagpu": "25"}, "2g.20gb"),
+        ("proxy", True, {"cnvrg.io/metagpu": "25"}, "2g.20gb"),
+    ]
+    assert "cnvrg.io/metagpu" not in json.dumps(out["spec"])
+
+
+def test_a_translated_init_container_pod_asks_what_kubernetes_will_count() -> None:
+    """cdmo.demand (the operator's and the agent's one reader) counts the patched pod as the
+    kubelet does: app containers + sidecars run together, a plain init container beside the
+    sidecars started before it."""
+    from cdmo.demand import read_demand
+
+    out = apply_patch(_init_pod(), translate_pod(_init_pod(), {"h100-80gb": 1}).patch)
+    # running: app 4g + sidecar 2g; the plain init container ran alone before the sidecar started
+    assert read_demand(out).by_profile() == {"2g.20gb": 1, "4g.40gb": 1}
+    # a plain init container after the sidecar runs beside it: 2 x 2g at once
+    p = _init_pod()
+    p["spec"]["initContainers"].reverse()
+    out = apply_patch(p, translate_pod(p, {"h100-80gb": 1}).patch)
+    assert read_demand(out).by_profile() == {"2g.20gb": 2, "4g.40gb": 1}
+
+
+def test_kai_container_name_may_name_an_init_container_as_kai_allows() -> None:
+    p = pod(
+        annotations={"gpu-memory": "10000", "gpu-fraction-container-name": "prep"},
+        containers=[{"name": "main"}],
+        spec={"initContainers": [{"name": "prep", "resources": {}}]},
+    )
+    out = mutate(p)
+    assert out["spec"]["initContainers"][0]["resources"] == {"limits": {"nvidia.com/mig-1g.20gb": "1"}}
+    assert "resources" not in out["spec"]["containers"][0]
+    (record,) = json.loads(out["metadata"]["annotations"][ASK_ANNOTATION])
+    assert record["container"] == "prep" and record["initContainer"] is True
+
+
+def test_an_init_container_that_already_asks_for_mig_is_left_alone() -> None:
+    p = pod(
+        spec={
+            "initContainers": [
+                {
+                    "name": "i",
+                    "resources": {"limits": {"cnvrg.io/metagpu": "25", "nvidia.com/mig-1g.10gb": 1}},
+                }
+            ]
+        }
+    )
+    result = translate_pod(p, {"h100-80gb": 1})
+    assert result.action == "skip" and "already asks for a MIG device" in result.reason
+
+
+def test_an_unknown_kai_container_name_lists_init_containers_too() -> None:
+    p = pod(
+        annotations={"gpu-fraction": "0.5", "gpu-fraction-container-name": "nope"},
+        spec={"initContainers": [{"name": "prep"}]},
+    )
+    with pytest.raises(
+        InvalidAsk, match="names no container of the pod; containers are main, init containers are prep"
+    ):
+        translate_pod(p, {"h100-80gb": 1})
