@@ -239,6 +239,17 @@ class NvmlFailure(NvmlError):
     """Any other NVML error."""
 
 
+class GpuInstanceLeft(NvmlFailure):
+    """A create made its GPU instance, then failed, and NVML refused to destroy that GPU instance
+    again: it stays (``gi_id``; None if unread) and takes the placement. Not transient: a retried
+    create would only find the placement taken by it. The next pass lists it and repairs it in
+    place, or destroys it when the layout no longer wants it. ``rc`` is the create's error."""
+
+    def __init__(self, message: str, rc: int | None, gi_id: int | None) -> None:
+        super().__init__(message, rc)
+        self.gi_id = gi_id
+
+
 class GpuGone(NvmlFailure):
     """NVML_ERROR_GPU_IS_LOST or RESET_REQUIRED: the GPU answers nothing until it is reset or
     the node rebooted; a pass makes no further change on it."""
@@ -254,12 +265,19 @@ PRIVILEGED_HINT = (
 )
 
 
+def rc_name(rc: int | None) -> str:
+    """NVML's name for return code ``rc`` (``IN_USE``), or the number where cdmo has no name for it."""
+    if rc is None:
+        return "no return code"
+    try:
+        return NvmlReturn(rc).name
+    except ValueError:
+        return str(rc)
+
+
 def error_for_rc(rc: int, what: str) -> NvmlError:
     """The cdmo error for NVML return code ``rc`` while doing ``what`` ("create 3g.40gb@4 on GPU 0")."""
-    try:
-        name = NvmlReturn(rc).name
-    except ValueError:
-        name = str(rc)
+    name = rc_name(rc)
     if rc == NvmlReturn.IN_USE:
         return InstanceBusy(f"{what}: NVML says it is in use (IN_USE)", rc)
     if rc == NvmlReturn.INSUFFICIENT_RESOURCES:

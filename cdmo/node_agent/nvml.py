@@ -35,8 +35,10 @@ from cdmo.mig.catalog import PROFILE_NAME_PATTERN, GpuModel, find_model, nvml_co
 from cdmo.node_agent.backend import (
     AlreadyGone,
     ComputeInstanceInfo,
+    GpuGone,
     GpuInfo,
     GpuInstanceInfo,
+    GpuInstanceLeft,
     InstanceBusy,
     InvalidPlacement,
     MigModeChange,
@@ -45,8 +47,10 @@ from cdmo.node_agent.backend import (
     NvmlError,
     NvmlFailure,
     NvmlReturn,
+    TransientNvmlError,
     build_instance_info,
     error_for_rc,
+    rc_name,
 )
 
 log = structlog.get_logger("cdmo.node_agent.nvml")
@@ -76,6 +80,23 @@ class NvmlBackend:
             return fn(*args)
         except self._nvml.NVMLError as exc:
             raise error_for_rc(exc.value, what) from exc
+
+    def _running_processes(self, what: str, handle: Any) -> Any:
+        """``nvmlDeviceGetComputeRunningProcesses(handle)``, with INSUFFICIENT_SIZE made transient.
+
+        pynvml asks the count, then fills an array of twice that plus 5; processes that start
+        in between overflow it (nvml.h: "the number of elements might change in time"). A new
+        read sees them, so the callers' bounded retries (``call_with_retry``) read again; if it
+        never fits, the read fails: a process list not read is never "no processes".
+        """
+        try:
+            return self._call(what, self._nvml.nvmlDeviceGetComputeRunningProcesses, handle)
+        except NvmlFailure as exc:
+            if exc.rc != NvmlReturn.INSUFFICIENT_SIZE:
+                raise
+            raise TransientNvmlError(
+                f"{what}: the process list grew while NVML read it (INSUFFICIENT_SIZE), will retry", exc.rc
+            ) from exc
 
     def _handle(self, gpu: int) -> Any:
         return self._call(f"open GPU {gpu}", self._nvml.nvmlDeviceGetHandleByIndex, gpu)
@@ -254,7 +275,7 @@ class NvmlBackend:
         what = f"list the processes on GPU {gpu}"
         if not self._mig_mode(gpu, h)[0]:
             # MIG off: the GPU is one device; its processes keep --enable-mig away from it.
-            procs = self._call(what, nv.nvmlDeviceGetComputeRunningProcesses, h)
+            procs = self._running_processes(what, h)
             uuid = self._call(f"read the UUID of GPU {gpu}", nv.nvmlDeviceGetUUID, h)
             return {str(uuid): tuple(sorted(int(p.pid) for p in procs))} if procs else {}
         # Per MIG device (nvml.h: the parent's handle gives them only to a privileged caller).
@@ -268,7 +289,7 @@ class NvmlBackend:
         result: dict[str, tuple[int, ...]] = {}
         try:
             for uuid, mig in devices:
-                procs = self._call(what, nv.nvmlDeviceGetComputeRunningProcesses, mig)
+                procs = self._running_processes(what, mig)
                 if procs:
                     result[uuid] = tuple(sorted(int(p.pid) for p in procs))
         except NotSupported:
@@ -283,7 +304,7 @@ class NvmlBackend:
         nv = self._nvml
         what = f"list the processes on GPU {gpu} (MIG device handles refused, so through the GPU's)"
         try:
-            procs = self._call(what, nv.nvmlDeviceGetComputeRunningProcesses, h)
+            procs = self._running_processes(what, h)
         except (NotSupported, NoPermission) as exc:
             raise NvmlFailure(
                 f"cannot read the compute processes on GPU {gpu}: NVML refused them on its MIG devices "
@@ -337,7 +358,10 @@ class NvmlBackend:
         gi = self._call(
             what, nv.nvmlDeviceCreateGpuInstanceWithPlacement, h, info.id, ctypes.byref(placement)
         )
+        gi_id: int | None = None
         try:
+            gi_info = self._call(what, nv.nvmlGpuInstanceGetInfo, gi)
+            gi_id = int(gi_info.id)
             ci_prof = self._call(
                 what,
                 nv.nvmlGpuInstanceGetComputeInstanceProfileInfo,
@@ -346,30 +370,58 @@ class NvmlBackend:
                 nv.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
             )
             ci = self._call(what, nv.nvmlGpuInstanceCreateComputeInstance, gi, ci_prof.id)
-        except NvmlError:
+        except NvmlError as exc:
             # No GPU instance without its compute instance may stay behind.
-            try:
-                nv.nvmlGpuInstanceDestroy(gi)
-            except nv.NVMLError as exc:
-                log.warning(
-                    "Failed to destroy GPU instance after a failed compute instance",
-                    gpu=gpu,
-                    profile=profile,
-                    start=start,
-                    nvml_rc=exc.value,
-                )
+            refused = self._destroy_new_gpu_instance(gi, gpu, profile, start, gi_id)
+            if refused is None or isinstance(exc, (NoPermission, GpuGone)):
+                raise  # nothing left behind, or an error that says more (Fatal, or the GPU gone)
+            raise GpuInstanceLeft(
+                f"{what}: making its compute instance failed ({rc_name(exc.rc)}) and NVML refused to "
+                f"destroy the GPU instance just made ({_gi_name(gi_id)}: {rc_name(refused)}); it stays "
+                f"at {profile}@{start}, so the placement is taken by it; the next pass repairs it, or "
+                "destroys it if the layout no longer wants it",
+                exc.rc,
+                gi_id,
+            ) from exc
+        try:
+            ci_info = self._call(what, nv.nvmlComputeInstanceGetInfo, ci)
+            uuid = self._mig_uuid(gpu, h, gi_id, ci_info)
+        except (NoPermission, GpuGone):
             raise
-        gi_info = self._call(what, nv.nvmlGpuInstanceGetInfo, gi)
-        ci_info = self._call(what, nv.nvmlComputeInstanceGetInfo, ci)
-        uuid = self._mig_uuid(gpu, h, int(gi_info.id), ci_info)
+        except NvmlError as exc:
+            # Both instances exist: a retried create could only find the placement taken.
+            raise NvmlFailure(
+                f"{what}: made GPU instance {gi_id} and its compute instance, but reading them back failed "
+                f"({rc_name(exc.rc)}); the next pass reads them",
+                exc.rc,
+            ) from exc
         return build_instance_info(
             gpu,
             profile,
             int(gi_info.placement.start),
             int(gi_info.placement.size),
-            int(gi_info.id),
+            gi_id,
             [ComputeInstanceInfo(int(ci_info.id), uuid)],
         )
+
+    def _destroy_new_gpu_instance(
+        self, gi: Any, gpu: int, profile: str, start: int, gi_id: int | None
+    ) -> int | None:
+        """Destroy the GPU instance a failed create just made; NVML's return code if it refuses."""
+        nv = self._nvml
+        try:
+            nv.nvmlGpuInstanceDestroy(gi)
+        except nv.NVMLError as exc:
+            log.warning(
+                "Failed to destroy GPU instance after a failed compute instance",
+                gpu=gpu,
+                profile=profile,
+                start=start,
+                gi_id=gi_id,
+                nvml_rc=exc.value,
+            )
+            return int(exc.value)
+        return None
 
     def create_compute_instance(self, gpu: int, gi_id: int) -> GpuInstanceInfo:
         nv = self._nvml
@@ -464,6 +516,10 @@ def _profile_constant_count(nv: ModuleType, kind: str) -> int:
     name = f"NVML_{kind}_INSTANCE_PROFILE_COUNT"
     section = "gpu_instance_profiles" if kind == "GPU" else "compute_instance_profiles"
     return max(int(getattr(nv, name, 0)), nvml_constants()[section].get(name, 0))
+
+
+def _gi_name(gi_id: int | None) -> str:
+    return f"GPU instance {gi_id}" if gi_id is not None else "a GPU instance whose id could not be read"
 
 
 def _nvml_profile_name(info: Any, known_model: bool) -> str:

@@ -13,8 +13,10 @@ import pynvml as real
 import pytest
 
 from cdmo.node_agent.backend import (
+    NO_WAIT_RETRY,
     AlreadyGone,
     GpuBackend,
+    GpuInstanceLeft,
     InstanceBusy,
     InvalidPlacement,
     NoPermission,
@@ -23,10 +25,14 @@ from cdmo.node_agent.backend import (
     NvmlReturn,
     PlacementTaken,
     TransientNvmlError,
+    call_with_retry,
     error_for_rc,
 )
 from cdmo.node_agent.nvml import NvmlBackend
+from cdmo.node_agent.observe import observe_node
+from cdmo.node_agent.reconcile import GpuState, reconcile_node
 from cdmo.node_agent.simulated import SimulatedBackend, SimulatedNode
+from tests.node.conftest import layout
 from tests.node.fake_pynvml import fake_function_names, make_fake_pynvml
 from tests.node.nvml_standin.gpus import CALLS_ENV, STATE_ENV, StandinGpus
 
@@ -535,14 +541,16 @@ def test_repair_makes_the_full_compute_instance_of_a_gpu_instance_without_one(
 def test_a_gpu_instance_that_cannot_be_destroyed_after_a_failed_compute_instance_is_repaired_later(
     standin: StandinGpus,
 ) -> None:
-    """CI create fails, then NVML refuses the clean-up destroy: the CI error is what the caller
-    sees, the GI stays without a CI, and the repair makes the H100 1g.20gb's REV1 CI."""
+    """CI create fails, then NVML refuses the clean-up destroy: the caller sees GpuInstanceLeft
+    with the CI error's code (not a transient error: a retry would find the placement taken),
+    the GI stays without a CI, and the repair makes the H100 1g.20gb's REV1 CI."""
     standin.inject_fault("nvmlGpuInstanceCreateComputeInstance", NvmlReturn.UNKNOWN)
     standin.inject_fault("nvmlGpuInstanceDestroy", NvmlReturn.IN_USE)
     backend = NvmlBackend()
-    with pytest.raises(TransientNvmlError):
+    with pytest.raises(GpuInstanceLeft) as caught:
         backend.create_instance(0, "1g.20gb", 4)
     [left] = backend.list_instances(0)
+    assert (caught.value.rc, caught.value.gi_id) == (NvmlReturn.UNKNOWN, left.gi_id)
     assert (left.profile, left.start, left.ci_id, left.healthy) == ("1g.20gb", 4, None, False)
     backend.create_compute_instance(0, left.gi_id)
     assert [(g, i, p) for g, i, _, p, _ in standin.compute_instances()] == [(0, left.gi_id, 7)]
@@ -615,3 +623,117 @@ def test_each_gpu_says_its_numa_node_as_the_kernel_lists_it(
     monkeypatch.setattr(nvml, "SYS_PCI_DEVICES", tmp_path)
     assert [g.numa_node for g in NvmlBackend().list_gpus()] == [1, None, None]
     assert nvml.numa_node(b"00000000:01:00.0\x00") == 1 and nvml.numa_node("garbage") is None
+
+
+# --- the process list grows between pynvml's two calls (INSUFFICIENT_SIZE) -------------------
+
+
+def test_processes_that_start_between_pynvmls_two_calls_are_read_again(standin: StandinGpus) -> None:
+    """pynvml asks the count, then fills an array of twice that plus 5; ten processes starting in
+    between overflow it (INSUFFICIENT_SIZE). The agent's read tries again and sees all eleven."""
+    backend = NvmlBackend()
+    made = backend.create_instance(0, "1g.10gb", 6)
+    assert made.uuid
+    standin.add_process(made.uuid, 4242)
+    standin.grow_processes(made.uuid, 10)
+    observed = observe_node(backend, retry=NO_WAIT_RETRY)
+    pids = {h.name for h in observed.in_use.holders_of(made.uuid)}
+    assert "4242" in pids and len(pids) == 11
+
+
+def test_a_destroy_whose_process_read_races_new_processes_keeps_the_instance(standin: StandinGpus) -> None:
+    """More processes start while the destroy reads them: the retried read names them all. (With
+    none before, pynvml's first call answers SUCCESS and the read is an empty snapshot; NVML's
+    own IN_USE on the CI destroy then keeps the instance.)"""
+    backend = NvmlBackend()
+    made = backend.create_instance(0, "3g.40gb", 4)
+    assert made.uuid
+    standin.add_process(made.uuid, 501)
+    standin.grow_processes(made.uuid, 8)
+    with pytest.raises(InstanceBusy, match="processes 501, 600"):
+        call_with_retry(NO_WAIT_RETRY, backend.destroy_instance, 0, made.gi_id)
+    assert [i.uuid for i in backend.list_instances(0)] == [made.uuid]
+
+
+def test_a_process_list_that_never_fits_fails_the_read_after_bounded_tries(
+    standin: StandinGpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never "no processes": the read fails, as any unreadable process list does, and nothing
+    is destroyed; the tries are the retry policy's, no more."""
+    backend = NvmlBackend()
+    made = backend.create_instance(0, "1g.10gb", 0)
+    standin.inject_fault("nvmlDeviceGetComputeRunningProcesses@mig", NvmlReturn.INSUFFICIENT_SIZE, -1)
+    calls = tmp_path / "calls.log"
+    monkeypatch.setenv(CALLS_ENV, str(calls))
+    with pytest.raises(TransientNvmlError, match="INSUFFICIENT_SIZE") as caught:
+        observe_node(backend, retry=NO_WAIT_RETRY)
+    assert caught.value.rc == NvmlReturn.INSUFFICIENT_SIZE
+    # pynvml's two calls per read, one read per try
+    assert (
+        calls.read_text().split().count("nvmlDeviceGetComputeRunningProcesses@mig")
+        == 2 * NO_WAIT_RETRY.attempts
+    )
+    with pytest.raises(TransientNvmlError):
+        call_with_retry(NO_WAIT_RETRY, backend.destroy_instance, 0, made.gi_id)
+    assert len(standin.compute_instances()) == 1
+
+
+# --- a create that leaves its GPU instance behind -----------------------------------------------
+
+
+def test_a_gpu_instance_left_by_a_failed_create_is_named_not_reported_as_a_taken_placement(
+    standin: StandinGpus,
+) -> None:
+    """The CI fails (transient), then NVML refuses the clean-up destroy: the retried create used
+    to find its own GPU instance at the placement and report INSUFFICIENT_RESOURCES."""
+    standin.inject_fault("nvmlGpuInstanceCreateComputeInstance", NvmlReturn.UNKNOWN)
+    standin.inject_fault("nvmlGpuInstanceDestroy", NvmlReturn.IN_USE)
+    backend = NvmlBackend()
+    with pytest.raises(GpuInstanceLeft) as caught:
+        call_with_retry(NO_WAIT_RETRY, backend.create_instance, 0, "1g.20gb", 4)
+    [left] = backend.list_instances(0)
+    assert (left.profile, left.start, left.empty) == ("1g.20gb", 4, True)
+    assert (caught.value.rc, caught.value.gi_id) == (NvmlReturn.UNKNOWN, left.gi_id)
+    message = str(caught.value)
+    assert f"GPU instance {left.gi_id}" in message and "UNKNOWN" in message and "IN_USE" in message
+
+
+def test_the_next_pass_repairs_a_gpu_instance_left_by_a_failed_create(standin: StandinGpus) -> None:
+    standin.inject_fault("nvmlGpuInstanceCreateComputeInstance", NvmlReturn.UNKNOWN)
+    standin.inject_fault("nvmlGpuInstanceDestroy", NvmlReturn.IN_USE)
+    backend = NvmlBackend()
+    first = reconcile_node(backend, {0: layout("1g.20gb@4")}, retry=NO_WAIT_RETRY).gpu(0)
+    [(_, gi_id, _, _)] = standin.instances()
+    assert first.state == GpuState.FAILED
+    assert f"GPU instance {gi_id}" in first.message and "INSUFFICIENT_RESOURCES" not in first.message
+    second = reconcile_node(backend, {0: layout("1g.20gb@4")}, retry=NO_WAIT_RETRY).gpu(0)
+    assert second.state == GpuState.READY and [i.gi_id for i in second.repaired] == [gi_id]
+    assert [(g, i) for g, i, *_ in standin.compute_instances()] == [(0, gi_id)]
+
+
+def test_the_next_pass_destroys_a_gpu_instance_left_by_a_failed_create_that_the_layout_drops(
+    standin: StandinGpus,
+) -> None:
+    """Without a compute instance it has no device: nothing can hold it, it goes as a free one."""
+    standin.inject_fault("nvmlGpuInstanceCreateComputeInstance", NvmlReturn.UNKNOWN)
+    standin.inject_fault("nvmlGpuInstanceDestroy", NvmlReturn.IN_USE)
+    backend = NvmlBackend()
+    reconcile_node(backend, {0: layout("2g.20gb@0,1g.10gb@6")}, retry=NO_WAIT_RETRY)
+    [left] = [i for i in backend.list_instances(0) if i.empty]
+    assert (left.profile, left.start) == ("2g.20gb", 0)
+    result = reconcile_node(backend, {0: layout("1g.10gb@6")}, retry=NO_WAIT_RETRY).gpu(0)
+    assert result.state == GpuState.READY and [i.gi_id for i in result.destroyed] == [left.gi_id]
+    assert [(p, s) for _, _, p, s in standin.instances()] == [(19, 6)]
+
+
+def test_a_create_whose_read_back_fails_is_not_reported_as_a_taken_placement(standin: StandinGpus) -> None:
+    """The GPU and compute instances are made; reading the CI back fails (transient). A retried
+    create could only find the placement taken by them: the error says what was made instead,
+    and the next read lists the instance whole."""
+    standin.inject_fault("nvmlComputeInstanceGetInfo", NvmlReturn.UNKNOWN)
+    backend = NvmlBackend()
+    with pytest.raises(NvmlFailure) as caught:
+        call_with_retry(NO_WAIT_RETRY, backend.create_instance, 0, "3g.40gb", 0)
+    assert not isinstance(caught.value, PlacementTaken) and caught.value.rc == NvmlReturn.UNKNOWN
+    [made] = backend.list_instances(0)
+    assert made.healthy and f"GPU instance {made.gi_id}" in str(caught.value)

@@ -92,6 +92,13 @@ class StandinGpus:
         with self._edit() as lines:
             lines.append(f"fault {call} {int(rc)} {count}")
 
+    def grow_processes(self, uuid: str, new: int, count: int = 1) -> None:
+        """``new`` processes start on device ``uuid`` right after each of the next ``count`` process
+        count queries that list it (-1: all), before the caller's second call. pynvml's second
+        call then gets INSUFFICIENT_SIZE where ``new`` exceeds its slack (the count + 5)."""
+        with self._edit() as lines:
+            lines.append(f"grow {uuid} {int(new)} {int(count)}")
+
     def lose_gpu(self, gpu: int) -> None:
         """The GPU falls off the bus: every NVML call on it answers GPU_IS_LOST."""
         with self._edit() as lines:

@@ -18,6 +18,10 @@
  *   gi GPU ID PROFILE_ID START      a GPU instance
  *   ci GPU GI_ID ID PROFILE_ID UUID a compute instance (a MIG device)
  *   proc UUID PID                   a compute process on a GPU or MIG device
+ *   grow UUID N COUNT               N processes start on device UUID right after each of the
+ *                                   next COUNT process count queries (NULL array) that list it
+ *                                   (-1: all): between pynvml's two calls, so its second call
+ *                                   gets INSUFFICIENT_SIZE when N exceeds its slack (count + 5)
  *   lost GPU                        the GPU fell off the bus: every call on it is GPU_IS_LOST
  *   fault FUNCTION RC COUNT         the next COUNT calls of FUNCTION return RC (-1: all);
  *                                   nvmlDeviceGetComputeRunningProcesses@mig: only those on a
@@ -132,6 +136,7 @@ static const unsigned CI_SLICES[NVML_COMPUTE_INSTANCE_PROFILE_COUNT] = {1, 2, 3,
 #define MAX_CIS 8
 #define MAX_PROCS 64
 #define MAX_FAULTS 16
+#define MAX_GROWS 8
 #define UUID_LEN NVML_DEVICE_UUID_V2_BUFFER_SIZE
 
 typedef struct { int used; unsigned profile; char uuid[UUID_LEN]; } Ci;
@@ -139,13 +144,15 @@ typedef struct { int used; unsigned profile, start; Ci cis[MAX_CIS]; } Gi;
 typedef struct { const Model *model; char uuid[UUID_LEN]; unsigned mig, pending, lost; Gi gis[MAX_GIS]; } Gpu;
 typedef struct { char uuid[UUID_LEN]; unsigned pid; } Proc;
 typedef struct { char call[UUID_LEN]; int rc, count; } Fault;
+typedef struct { char uuid[UUID_LEN]; unsigned n; int count; } Grow;
 
 static struct {
-    unsigned serial, ngpus, nprocs, nfaults;
+    unsigned serial, ngpus, nprocs, nfaults, ngrows;
     int unprivileged, ci_device_parent;
     Gpu gpus[MAX_GPUS];
     Proc procs[MAX_PROCS];
     Fault faults[MAX_FAULTS];
+    Grow grows[MAX_GROWS];
 } S;
 
 static int initialised; /* per process, as NVML's own init count */
@@ -191,6 +198,9 @@ static int parse(FILE *f) {
         } else if (sscanf(line, "fault %95s %d %d", a, &rc, &count) == 3 && S.nfaults < MAX_FAULTS) {
             snprintf(S.faults[S.nfaults].call, UUID_LEN, "%s", a);
             S.faults[S.nfaults].rc = rc, S.faults[S.nfaults++].count = count;
+        } else if (sscanf(line, "grow %95s %u %d", a, &x, &count) == 3 && S.ngrows < MAX_GROWS) {
+            snprintf(S.grows[S.ngrows].uuid, UUID_LEN, "%s", a);
+            S.grows[S.ngrows].n = x, S.grows[S.ngrows++].count = count;
         }
     }
     return 0;
@@ -220,6 +230,8 @@ static void save(void) {
     for (unsigned i = 0; i < S.nfaults; i++)
         if (S.faults[i].count != 0)
             fprintf(f, "fault %s %d %d\n", S.faults[i].call, S.faults[i].rc, S.faults[i].count);
+    for (unsigned i = 0; i < S.ngrows; i++)
+        if (S.grows[i].count != 0) fprintf(f, "grow %s %u %d\n", S.grows[i].uuid, S.grows[i].n, S.grows[i].count);
     fclose(f);
 }
 
@@ -749,6 +761,33 @@ nvmlReturn_t nvmlDeviceGetComputeInstanceId(nvmlDevice_t device, unsigned int *i
     return end(NVML_SUCCESS);
 }
 
+/* Whether a process query on GPU `gpu` (the GPU's handle when `whole`, else MIG device `ci`)
+ * lists the processes of device `uuid`. */
+static int lists(int whole, const Gpu *gpu, const Ci *ci, const char *uuid) {
+    if (!whole) return strcmp(ci->uuid, uuid) == 0;
+    if (strcmp(gpu->uuid, uuid) == 0) return 1;
+    for (unsigned i = 0; i < MAX_GIS; i++)
+        for (unsigned c = 0; gpu->gis[i].used && c < MAX_CIS; c++)
+            if (gpu->gis[i].cis[c].used && strcmp(gpu->gis[i].cis[c].uuid, uuid) == 0) return 1;
+    return 0;
+}
+
+/* `grow` records: processes start right after a count query has been answered, before the
+ * caller's second call (nvml.h: "the number of elements might change in time"). */
+static void grow_after_count_query(int whole, const Gpu *gpu, const Ci *ci) {
+    for (unsigned g = 0; g < S.ngrows; g++) {
+        Grow *grow = &S.grows[g];
+        if (grow->count == 0 || !lists(whole, gpu, ci, grow->uuid)) continue;
+        if (grow->count > 0) grow->count--;
+        for (unsigned k = 0; k < grow->n && S.nprocs < MAX_PROCS; k++) {
+            snprintf(S.procs[S.nprocs].uuid, UUID_LEN, "%s", grow->uuid);
+            S.procs[S.nprocs].pid = 60000 + S.nprocs;
+            S.nprocs++;
+        }
+        dirty = 1;
+    }
+}
+
 /* On a MIG device: its processes. On a GPU: its own and those of all its MIG devices. */
 nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int *infoCount,
                                                      nvmlProcessInfo_t *infos) {
@@ -772,5 +811,6 @@ nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsign
     }
     nvmlReturn_t rc = (n > *infoCount || (n && !infos)) ? NVML_ERROR_INSUFFICIENT_SIZE : NVML_SUCCESS;
     *infoCount = n;
+    if (!infos) grow_after_count_query(d.gpu != NULL, gpu, m.ci);
     return end(rc);
 }
