@@ -14,7 +14,8 @@ Rules (ARCHITECTURE.md, "Rules that make it safe"):
   it is stale; the operator plans again from the status);
 - a GPU instance left without a compute instance (an agent that died between the two creates, a
   GI destroy refused after its CI went) is repaired in place when the layout keeps it: its
-  full-size compute instance is made again;
+  full-size compute instance is made again; it is no MIG device, so nothing holds it, even where
+  a pod may hold any instance: the layout that drops it has it destroyed;
 - MIG mode is switched on only where the spec wants instances, when asked (``--enable-mig``) or
   when the GPU came back from a reboot or reset with MIG off after cdmo managed it, and never
   while a pod holds the whole GPU (``nvidia.com/gpu``) or a process runs on it;
@@ -133,7 +134,20 @@ class GpuDiff:
 
 def holders_of_instance(inst: GpuInstanceInfo, in_use: InUse) -> list[Holder]:
     """Pods and processes on any compute instance of ``inst``, unknown pods of its profile, and
-    pods that may hold any instance (a MIG index id under a name without a profile)."""
+    pods that may hold any instance (a MIG index id under a name without a profile).
+
+    A GPU instance without a compute instance is held by nobody. It is no MIG device: it has no
+    UUID, and no MIG device index either (NVML numbers only MIG devices, and so does the agent's
+    own plugin, devices.build_devices), so no device plugin offers it, no pod-resources id or
+    index id names it, and no process runs on it. Pods that may hold "any instance" (pod-resources
+    unreadable, index ids, DRA claims that name no UUID) hold a device, so not this one; a pod
+    about to be handed one is handed a device too (reservations take healthy instances only). A
+    compute instance made on it before the destroy changes its UUIDs, and the re-check before
+    the destroy then keeps it (execute.recheck_holders). So it is repaired or destroyed as the
+    layout says, not left to block its GPU.
+    """
+    if inst.empty:
+        return []
     holders: list[Holder] = []
     for uuid in inst.uuids:
         holders.extend(h for h in in_use.holders_of(uuid) if h not in holders)

@@ -31,18 +31,22 @@ from pathlib import Path
 from typing import Any
 
 from cdmo.api import MAX_GPUS_PER_NODE
-from cdmo.errors import InvalidInput
+from cdmo.errors import InvalidInput, NvmlError
 from cdmo.mig.catalog import GpuModel, Profile, get_model, nvml_constants
 from cdmo.mig.layouts import Instance, validate_layout
 from cdmo.node_agent.backend import (
     ComputeInstanceInfo,
+    GpuGone,
     GpuInfo,
     GpuInstanceInfo,
+    GpuInstanceLeft,
     InstanceBusy,
     MigModeChange,
+    NoPermission,
     NvmlReturn,
     build_instance_info,
     error_for_rc,
+    rc_name,
 )
 
 STATE_VERSION = 1
@@ -557,10 +561,23 @@ class SimulatedBackend:
             try:
                 ci_id, _ = self._nvml(what, node.ci_profile, gpu, gi.gi_id, prof.default_ci.value)
                 self._nvml(what, node.create_compute_instance, gpu, gi.gi_id, ci_id)
+            except NvmlError as exc:
+                # Leave no GPU instance without its compute instance behind. Where the destroy is
+                # refused, say so as NvmlBackend does: re-raising a transient error would have the
+                # retried create find this GPU instance at the placement and say PlacementTaken.
+                refused = _destroy_new_gpu_instance(node, gpu, gi.gi_id)
+                if refused is None or isinstance(exc, (NoPermission, GpuGone)):
+                    raise  # nothing left behind, or an error that says more (Fatal, or the GPU gone)
+                raise GpuInstanceLeft(
+                    f"{what}: making its compute instance failed ({rc_name(exc.rc)}) and NVML refused "
+                    f"to destroy the GPU instance just made (GPU instance {gi.gi_id}: {rc_name(refused)}); "
+                    f"it stays at {profile}@{start}, so the placement is taken by it; the next pass "
+                    "repairs it, or destroys it if the layout no longer wants it",
+                    exc.rc,
+                    gi.gi_id,
+                ) from exc
             except Exception:
-                # Leave no GPU instance without its compute instance behind.
-                with contextlib.suppress(SimNvmlError):
-                    node.destroy_gpu_instance(gpu, gi.gi_id)
+                _destroy_new_gpu_instance(node, gpu, gi.gi_id)  # not NVML's (a bug): clean up, pass it on
                 raise
             return _instance_info(gpu, gi)
 
@@ -599,6 +616,15 @@ class SimulatedBackend:
 
     def close(self) -> None:
         """Nothing to release: the state file is saved after every call."""
+
+
+def _destroy_new_gpu_instance(node: SimulatedNode, gpu: int, gi_id: int) -> int | None:
+    """Destroy the GPU instance a failed create just made; NVML's return code if it refuses."""
+    try:
+        node.destroy_gpu_instance(gpu, gi_id)
+    except SimNvmlError as exc:
+        return exc.rc
+    return None
 
 
 def _instance_info(gpu: int, gi: SimGpuInstance) -> GpuInstanceInfo:

@@ -195,6 +195,32 @@ def test_holders_of_any_ci_hold_the_instance() -> None:
     assert holders_of_instance(SPLIT, PROC) == []
 
 
+#: A pod bound for 3g.40gb while pod-resources is unreadable; a pod holding a MIG device by index id.
+UNKNOWN_3G = InUse(unknown={"3g.40gb": ("ml/u",)})
+INDEXED = InUse(any_instance=(Holder("indexed", "ml/i"),))
+INDEX_POOL_RESERVATION = InUse(any_instance=(Holder("reservation", "ml/r"),))
+
+
+@pytest.mark.parametrize(
+    "in_use", [UNKNOWN_3G, INDEXED, INDEX_POOL_RESERVATION], ids=["unknown", "indexed", "index-pool"]
+)
+def test_a_gpu_instance_without_a_compute_instance_is_held_by_nobody(in_use: InUse) -> None:
+    """No compute instance: no MIG device, no UUID, no MIG device index (the agent's plugin and
+    NVML number only MIG devices), nothing a device plugin offers or a container is given. A pod
+    that may hold "any instance" of its profile or of the node holds a device, so not this one:
+    the unwanted GI goes and a wanted one is repaired, where they used to make the GPU Blocked
+    (or leave the GI without its device)."""
+    held_twin = inst("3g.40gb", 0, 1, "MIG-h", size=4)
+    assert holders_of_instance(EMPTY, in_use) == []
+    assert holders_of_instance(held_twin, in_use) != []  # a device: it may be the one held
+    observed = NodeObservation({0: gpu()}, {0: (held_twin, EMPTY)}, in_use)
+    (gone,) = decide_node({0: layout("3g.40gb@0")}, observed).gpus
+    assert gone.state == GpuState.PENDING, gone.message
+    assert [str(s) for s in gone.diff.steps] == ["destroy 3g.40gb@4 on GPU 0"]
+    (kept,) = decide_node({0: layout("3g.40gb@0,3g.40gb@4")}, observed).gpus
+    assert [str(s) for s in kept.diff.steps] == ["repair 3g.40gb@4 on GPU 0"]
+
+
 def test_diff_keeps_one_instance_per_desired_place() -> None:
     twin = inst("1g.10gb", 0, 9, "MIG-t")
     diff = diff_layout(layout("1g.10gb@0"), [FREE, twin])

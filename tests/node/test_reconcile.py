@@ -398,6 +398,25 @@ def test_an_unreadable_in_use_source_stops_destroys(sim: SimulatedBackend) -> No
     assert holds(sim, 0) == "1g.10gb@0"
 
 
+def test_a_half_made_gpu_instance_goes_while_pod_resources_is_unreadable(
+    sim: SimulatedBackend, node: SimulatedNode
+) -> None:
+    """A pod bound for 3g.40gb, pod-resources unreadable: it may hold the 3g.40gb device, so that
+    one stays; the GPU instance a failed create left without a compute instance is no device it
+    can hold, so the layout that drops it gets it destroyed (it used to block the GPU)."""
+    held = sim.create_instance(0, "3g.40gb", 0)
+    node.inject_fault("nvmlGpuInstanceCreateComputeInstance", NvmlReturn.UNKNOWN)
+    node.inject_fault("nvmlGpuInstanceDestroy", NvmlReturn.IN_USE)
+    reconcile_node(sim, {0: layout("3g.40gb@0,3g.40gb@4")}, retry=RETRY)
+    [left] = [i for i in sim.list_instances(0) if i.empty]
+    assert (left.profile, left.start) == ("3g.40gb", 4)
+    in_use = build_in_use(None, [BoundPod("ml", "train", {"3g.40gb": 1})])  # None: unreadable
+    result = reconcile_node(sim, {0: layout("3g.40gb@0")}, lambda: in_use, retry=RETRY).gpu(0)
+    assert result.state == GpuState.READY, result.message
+    assert [i.gi_id for i in result.destroyed] == [left.gi_id]
+    assert [i.uuid for i in sim.list_instances(0)] == [held.uuid]
+
+
 def test_plan_lists_refusals_and_steps(sim: SimulatedBackend) -> None:
     plan = prepare_node(sim, {0: layout("3g.40gb@0"), 3: ()}, retry=RETRY)
     assert [s.action for s in plan.steps] == ["create"]

@@ -10,7 +10,11 @@ import pytest
 
 from cdmo.errors import InvalidInput, UnknownModel
 from cdmo.node_agent.backend import (
+    NO_WAIT_RETRY,
     AlreadyGone,
+    GpuBackend,
+    GpuGone,
+    GpuInstanceLeft,
     InstanceBusy,
     InvalidPlacement,
     NoPermission,
@@ -18,6 +22,7 @@ from cdmo.node_agent.backend import (
     NvmlReturn,
     PlacementTaken,
     TransientNvmlError,
+    call_with_retry,
 )
 from cdmo.node_agent.simulated import (
     SimNvmlError,
@@ -213,6 +218,53 @@ def test_a_failed_compute_instance_leaves_no_gpu_instance(node: SimulatedNode) -
     with pytest.raises(PlacementTaken):
         backend.create_instance(0, "2g.20gb", 2)
     assert backend.list_instances(0) == []
+
+
+def test_a_gpu_instance_that_cannot_be_cleaned_up_is_named_as_the_nvml_backend_names_it(
+    any_backend: GpuBackend, node: SimulatedNode
+) -> None:
+    """The CI create fails (transient), then the clean-up destroy is refused: both backends
+    raise GpuInstanceLeft (not transient) with the CI's code and the GI's id. The simulated one
+    used to re-raise the transient error, and the retried create then found its own GI at the
+    placement and said PlacementTaken."""
+    node.inject_fault("nvmlGpuInstanceCreateComputeInstance", NvmlReturn.UNKNOWN)
+    node.inject_fault("nvmlGpuInstanceDestroy", NvmlReturn.IN_USE)
+    with pytest.raises(GpuInstanceLeft) as caught:
+        call_with_retry(NO_WAIT_RETRY, any_backend.create_instance, 0, "2g.20gb", 2)
+    [left] = any_backend.list_instances(0)
+    assert (left.profile, left.start, left.ci_id, left.empty) == ("2g.20gb", 2, None, True)
+    assert (caught.value.rc, caught.value.gi_id) == (NvmlReturn.UNKNOWN, left.gi_id)
+    assert not isinstance(caught.value, TransientNvmlError)
+    message = str(caught.value)
+    assert f"GPU instance {left.gi_id}" in message and "UNKNOWN" in message and "IN_USE" in message
+    assert node.calls.count("nvmlDeviceCreateGpuInstanceWithPlacement") == 1  # not retried
+
+
+@pytest.mark.parametrize(
+    ("rc", "error"), [(NvmlReturn.NO_PERMISSION, NoPermission), (NvmlReturn.GPU_IS_LOST, GpuGone)]
+)
+def test_a_fatal_or_gpu_lost_error_wins_over_a_gpu_instance_left(
+    any_backend: GpuBackend, node: SimulatedNode, rc: NvmlReturn, error: type[Exception]
+) -> None:
+    """As NvmlBackend: an error that says more (Fatal, the GPU gone) is raised as it is, even
+    though the GI stays."""
+    node.inject_fault("nvmlGpuInstanceCreateComputeInstance", rc)
+    node.inject_fault("nvmlGpuInstanceDestroy", NvmlReturn.IN_USE)
+    with pytest.raises(error) as caught:
+        any_backend.create_instance(0, "2g.20gb", 2)
+    assert not isinstance(caught.value, GpuInstanceLeft)
+    [left] = any_backend.list_instances(0)
+    assert (left.profile, left.start, left.empty) == ("2g.20gb", 2, True)
+
+
+def test_a_transient_compute_instance_error_whose_gpu_instance_went_is_retried(
+    any_backend: GpuBackend, node: SimulatedNode
+) -> None:
+    """The clean-up destroy works: the original (transient) error stands, and the retry makes it."""
+    node.inject_fault("nvmlGpuInstanceCreateComputeInstance", NvmlReturn.UNKNOWN)
+    made = call_with_retry(NO_WAIT_RETRY, any_backend.create_instance, 0, "2g.20gb", 2)
+    assert made.healthy and [i.gi_id for i in any_backend.list_instances(0)] == [made.gi_id]
+    assert node.calls.count("nvmlDeviceCreateGpuInstanceWithPlacement") == 2
 
 
 def test_crash_between_gi_and_ci_leaves_the_gi(node: SimulatedNode) -> None:
