@@ -52,6 +52,7 @@ from cdmo.node_agent.backend import (
     error_for_rc,
     rc_name,
 )
+from cdmo.node_agent.nvml_processes import ProcessRow, Reader, read_processes, reader_for
 
 log = structlog.get_logger("cdmo.node_agent.nvml")
 
@@ -72,6 +73,7 @@ class NvmlBackend:
             ) from exc
         self._models: dict[int, GpuModel | None] = {}
         self._uuids: dict[int, str] = {}
+        self._process_reader: Reader | None = None
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -81,16 +83,21 @@ class NvmlBackend:
         except self._nvml.NVMLError as exc:
             raise error_for_rc(exc.value, what) from exc
 
-    def _running_processes(self, what: str, handle: Any) -> Any:
-        """``nvmlDeviceGetComputeRunningProcesses(handle)``, with INSUFFICIENT_SIZE made transient.
+    def _running_processes(self, what: str, handle: Any) -> list[ProcessRow]:
+        """The compute processes on ``handle`` (cdmo.node_agent.nvml_processes: in the row layout
+        the driver writes, which pynvml's own call gets wrong on one driver family or the other),
+        with INSUFFICIENT_SIZE made transient.
 
-        pynvml asks the count, then fills an array of twice that plus 5; processes that start
-        in between overflow it (nvml.h: "the number of elements might change in time"). A new
-        read sees them, so the callers' bounded retries (``call_with_retry``) read again; if it
-        never fits, the read fails: a process list not read is never "no processes".
+        The count first, then an array of twice that plus 5; processes that start in between
+        overflow it (nvml.h: "the number of elements might change in time"). A new read sees
+        them, so the callers' bounded retries (``call_with_retry``) read again; if it never
+        fits, the read fails: a process list not read is never "no processes".
         """
+        nv = self._nvml
+        if self._process_reader is None:
+            self._process_reader = self._call(f"{what}: find the process call", reader_for, nv)
         try:
-            return self._call(what, self._nvml.nvmlDeviceGetComputeRunningProcesses, handle)
+            return self._call(what, read_processes, nv, self._process_reader, handle)
         except NvmlFailure as exc:
             if exc.rc != NvmlReturn.INSUFFICIENT_SIZE:
                 raise
@@ -277,7 +284,7 @@ class NvmlBackend:
             # MIG off: the GPU is one device; its processes keep --enable-mig away from it.
             procs = self._running_processes(what, h)
             uuid = self._call(f"read the UUID of GPU {gpu}", nv.nvmlDeviceGetUUID, h)
-            return {str(uuid): tuple(sorted(int(p.pid) for p in procs))} if procs else {}
+            return {str(uuid): tuple(sorted(p.pid for p in procs))} if procs else {}
         # Per MIG device (nvml.h: the parent's handle gives them only to a privileged caller).
         devices: list[tuple[str, Any]] = []
         for index in range(self._call(what, nv.nvmlDeviceGetMaxMigDeviceCount, h)):
@@ -291,7 +298,7 @@ class NvmlBackend:
             for uuid, mig in devices:
                 procs = self._running_processes(what, mig)
                 if procs:
-                    result[uuid] = tuple(sorted(int(p.pid) for p in procs))
+                    result[uuid] = tuple(sorted(p.pid for p in procs))
         except NotSupported:
             # nvml.h: not on MIG device handles in vGPU host mode. The parent GPU's aggregate
             # names each process's GI and CI ids.
@@ -313,7 +320,7 @@ class NvmlBackend:
                 exc.rc,
                 hint="run the agent privileged with hostPID: true",
             ) from exc
-        by_ids = {
+        by_ids: dict[tuple[int | None, int | None], str] = {
             (
                 int(self._call(what, nv.nvmlDeviceGetGpuInstanceId, mig)),
                 int(self._call(what, nv.nvmlDeviceGetComputeInstanceId, mig)),
@@ -323,9 +330,9 @@ class NvmlBackend:
         found: dict[str, set[int]] = {}
         for p in procs:
             # A process NVML cannot place on a MIG device is counted on every one: held, not lost.
-            key = (int(getattr(p, "gpuInstanceId", -1)), int(getattr(p, "computeInstanceId", -1)))
+            key = (p.gi_id, p.ci_id)
             for uuid in [by_ids[key]] if key in by_ids else list(by_ids.values()):
-                found.setdefault(uuid, set()).add(int(p.pid))
+                found.setdefault(uuid, set()).add(p.pid)
         return {uuid: tuple(sorted(pids)) for uuid, pids in found.items()}
 
     def create_instance(self, gpu: int, profile: str, start: int) -> GpuInstanceInfo:

@@ -405,9 +405,38 @@ def make_fake_pynvml(node: SimulatedNode, *, ci_device_is_parent: bool = False) 
 
         return call("nvmlDeviceGetComputeRunningProcesses", go)
 
+    # --- C entry points (cdmo reads process rows itself: cdmo.node_agent.nvml_processes) -----
+
+    def running_processes_v3(handle: Any, count_ref: Any, rows: Any) -> int:
+        """``nvmlDeviceGetComputeRunningProcesses_v3`` as a driver after R535 answers it: the
+        count with no array (INSUFFICIENT_SIZE), else 24-byte rows into the caller's array."""
+        try:
+            found = nvmlDeviceGetComputeRunningProcesses(handle)
+        except real.NVMLError as exc:
+            return int(exc.value)
+        count = count_ref._obj  # the c_uint behind ctypes.byref
+        room = count.value
+        count.value = len(found)
+        if not found:
+            return int(real.NVML_SUCCESS)
+        if rows is None or len(found) > room:
+            return int(real.NVML_ERROR_INSUFFICIENT_SIZE)
+        for row, p in zip(rows, found, strict=False):
+            row.pid = p.pid
+            row.gpuInstanceId = getattr(p, "gpuInstanceId", 0xFFFFFFFF)
+            row.computeInstanceId = getattr(p, "computeInstanceId", 0xFFFFFFFF)
+        return int(real.NVML_SUCCESS)
+
+    def _nvmlGetFunctionPointer(name: str) -> Any:
+        # The symbols of a driver after R535: _v3, with neither R535 marker (24-byte rows).
+        if name == "nvmlDeviceGetComputeRunningProcesses_v3":
+            return running_processes_v3
+        raise real.NVMLError(real.NVML_ERROR_FUNCTION_NOT_FOUND)
+
     for fn in list(locals().values()):
         if isinstance(fn, types.FunctionType) and fn.__name__.startswith("nvml"):
             setattr(mod, fn.__name__, fn)
+    mod._nvmlGetFunctionPointer = _nvmlGetFunctionPointer
     return mod
 
 

@@ -45,8 +45,11 @@ def find_nvml_header() -> Path:
     )
 
 
-def build_standin(out_dir: Path) -> Path:
-    """Compile the stand-in into ``out_dir/libnvidia-ml.so.1`` and return its path."""
+def build_standin(out_dir: Path, *, r535_rows: bool = False) -> Path:
+    """Compile the stand-in into ``out_dir/libnvidia-ml.so.1`` and return its path.
+
+    ``r535_rows``: answer process lists as the R535 drivers do (32-byte rows; standin.c says more).
+    """
     compiler = find_compiler()
     header = find_nvml_header()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -60,6 +63,7 @@ def build_standin(out_dir: Path) -> Path:
         "-pthread",
         f"-I{header.parent}",
         f"-Wl,-soname,{LIBRARY_NAME}",
+        *(["-DSTANDIN_R535_ROWS"] if r535_rows else []),
         "-o",
         str(target),
         str(SOURCE),

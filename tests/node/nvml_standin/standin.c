@@ -27,6 +27,12 @@
  *                                   nvmlDeviceGetComputeRunningProcesses@mig: only those on a
  *                                   MIG device handle (vGPU host mode refuses these, nvml.h)
  *
+ * Process rows: nvmlDeviceGetComputeRunningProcesses_v3 writes nvml.h's nvmlProcessInfo_t (24
+ * bytes), and the library exports nvmlDeviceGetRunningProcessDetailList and
+ * nvmlDeviceGetConfComputeMemSizeInfo, as drivers after R535 do. Built with -DSTANDIN_R535_ROWS
+ * (build.py, r535_rows=True) it is an R535 driver instead: 32-byte rows (usedGpuCcProtectedMemory
+ * appended, which nvml.h never declared) and no nvmlDeviceGetRunningProcessDetailList.
+ *
  * What NVML does that cdmo relies on, kept here (nvml.h and NVIDIA's MIG user guide):
  * profiles are asked for by constant and answer with an id; GPU instances are created at an
  * explicit placement, INSUFFICIENT_RESOURCES where memory slices are taken; destroying a GPU
@@ -788,9 +794,33 @@ static void grow_after_count_query(int whole, const Gpu *gpu, const Ci *ci) {
     }
 }
 
+#ifdef STANDIN_R535_ROWS
+typedef struct {
+    unsigned int pid;
+    unsigned long long usedGpuMemory;
+    unsigned int gpuInstanceId;
+    unsigned int computeInstanceId;
+    unsigned long long usedGpuCcProtectedMemory;
+} ProcessRow;
+#else
+typedef nvmlProcessInfo_t ProcessRow;
+/* Exported by drivers after R535 (what tells their 24-byte rows apart); never called by cdmo. */
+nvmlReturn_t nvmlDeviceGetRunningProcessDetailList(nvmlDevice_t device, nvmlProcessDetailList_t *plist) {
+    (void)device, (void)plist;
+    return NVML_ERROR_NOT_SUPPORTED;
+}
+#endif
+
+/* Exported by R535 and later drivers; never called by cdmo. */
+nvmlReturn_t nvmlDeviceGetConfComputeMemSizeInfo(nvmlDevice_t device, nvmlConfComputeMemSizeInfo_t *memInfo) {
+    (void)device, (void)memInfo;
+    return NVML_ERROR_NOT_SUPPORTED;
+}
+
 /* On a MIG device: its processes. On a GPU: its own and those of all its MIG devices. */
 nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int *infoCount,
                                                      nvmlProcessInfo_t *infos) {
+    ProcessRow *rows = (ProcessRow *)(void *)infos; /* the layout this build's driver writes */
     BEGIN((uint64_t)(uintptr_t)device >> 40 == MIG ? "nvmlDeviceGetComputeRunningProcesses@mig"
                                                     : "nvmlDeviceGetComputeRunningProcesses");
     Named d = resolve(device, DEVICE), m = resolve(device, MIG);
@@ -806,10 +836,10 @@ nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsign
                     (d.gpu || (i == m.i && c == m.c)))
                     match = 1, gi_id = i, ci_id = c;
         if (!match) continue;
-        if (infos && n < *infoCount) infos[n] = (nvmlProcessInfo_t){S.procs[k].pid, 0, gi_id, ci_id};
+        if (rows && n < *infoCount) rows[n] = (ProcessRow){S.procs[k].pid, 0, gi_id, ci_id};
         n++;
     }
-    nvmlReturn_t rc = (n > *infoCount || (n && !infos)) ? NVML_ERROR_INSUFFICIENT_SIZE : NVML_SUCCESS;
+    nvmlReturn_t rc = (n > *infoCount || (n && !rows)) ? NVML_ERROR_INSUFFICIENT_SIZE : NVML_SUCCESS;
     *infoCount = n;
     if (!infos) grow_after_count_query(d.gpu != NULL, gpu, m.ci);
     return end(rc);
