@@ -249,6 +249,22 @@ class GpuInstanceLeft(NvmlFailure):
         super().__init__(message, rc)
         self.gi_id = gi_id
 
+    @classmethod
+    def after(
+        cls, what: str, cause: NvmlError, refused: int, gi_id: int | None, profile: str, start: int
+    ) -> GpuInstanceLeft:
+        """The error for ``what``: making the compute instance failed with ``cause``, and the
+        destroy of GPU instance ``gi_id`` (None: its id was not read) was refused with ``refused``."""
+        gi = f"GPU instance {gi_id}" if gi_id is not None else "a GPU instance whose id could not be read"
+        return cls(
+            f"{what}: making its compute instance failed ({rc_name(cause.rc)}) and NVML refused to "
+            f"destroy the GPU instance just made ({gi}: {rc_name(refused)}); it stays at "
+            f"{profile}@{start}, so the placement is taken by it; the next pass repairs it, or "
+            "destroys it if the layout no longer wants it",
+            cause.rc,
+            gi_id,
+        )
+
 
 class GpuGone(NvmlFailure):
     """NVML_ERROR_GPU_IS_LOST or RESET_REQUIRED: the GPU answers nothing until it is reset or

@@ -382,14 +382,7 @@ class NvmlBackend:
             refused = self._destroy_new_gpu_instance(gi, gpu, profile, start, gi_id)
             if refused is None or isinstance(exc, (NoPermission, GpuGone)):
                 raise  # nothing left behind, or an error that says more (Fatal, or the GPU gone)
-            raise GpuInstanceLeft(
-                f"{what}: making its compute instance failed ({rc_name(exc.rc)}) and NVML refused to "
-                f"destroy the GPU instance just made ({_gi_name(gi_id)}: {rc_name(refused)}); it stays "
-                f"at {profile}@{start}, so the placement is taken by it; the next pass repairs it, or "
-                "destroys it if the layout no longer wants it",
-                exc.rc,
-                gi_id,
-            ) from exc
+            raise GpuInstanceLeft.after(what, exc, refused, gi_id, profile, start) from exc
         try:
             ci_info = self._call(what, nv.nvmlComputeInstanceGetInfo, ci)
             uuid = self._mig_uuid(gpu, h, gi_id, ci_info)
@@ -523,10 +516,6 @@ def _profile_constant_count(nv: ModuleType, kind: str) -> int:
     name = f"NVML_{kind}_INSTANCE_PROFILE_COUNT"
     section = "gpu_instance_profiles" if kind == "GPU" else "compute_instance_profiles"
     return max(int(getattr(nv, name, 0)), nvml_constants()[section].get(name, 0))
-
-
-def _gi_name(gi_id: int | None) -> str:
-    return f"GPU instance {gi_id}" if gi_id is not None else "a GPU instance whose id could not be read"
 
 
 def _nvml_profile_name(info: Any, known_model: bool) -> str:

@@ -46,7 +46,6 @@ from cdmo.node_agent.backend import (
     NvmlReturn,
     build_instance_info,
     error_for_rc,
-    rc_name,
 )
 
 STATE_VERSION = 1
@@ -568,14 +567,7 @@ class SimulatedBackend:
                 refused = _destroy_new_gpu_instance(node, gpu, gi.gi_id)
                 if refused is None or isinstance(exc, (NoPermission, GpuGone)):
                     raise  # nothing left behind, or an error that says more (Fatal, or the GPU gone)
-                raise GpuInstanceLeft(
-                    f"{what}: making its compute instance failed ({rc_name(exc.rc)}) and NVML refused "
-                    f"to destroy the GPU instance just made (GPU instance {gi.gi_id}: {rc_name(refused)}); "
-                    f"it stays at {profile}@{start}, so the placement is taken by it; the next pass "
-                    "repairs it, or destroys it if the layout no longer wants it",
-                    exc.rc,
-                    gi.gi_id,
-                ) from exc
+                raise GpuInstanceLeft.after(what, exc, refused, gi.gi_id, profile, start) from exc
             except Exception:
                 _destroy_new_gpu_instance(node, gpu, gi.gi_id)  # not NVML's (a bug): clean up, pass it on
                 raise
