@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Protocol, TypeVar
 
@@ -71,6 +71,12 @@ class ComputeInstanceInfo:
     uuid: str | None
     #: The compute instance spans its whole GPU instance (the only kind the device plugin takes).
     full: bool = True
+    #: NVML's index of this MIG device under its GPU: the ``i`` of
+    #: ``nvmlDeviceGetMigDeviceHandleByIndex(gpu, i)``, which NVIDIA's device plugin and container
+    #: toolkit mean by ``<gpu>:<i>``. Not the rank of the GPU instance id: a driver may order MIG
+    #: devices otherwise and leave holes. None where the backend could not read it. Not part of
+    #: what the instance is (equality): it may move as other MIG devices come and go.
+    mig_index: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,19 @@ class GpuInstanceInfo:
     def empty(self) -> bool:
         """A GPU instance without any compute instance: its MIG device has vanished."""
         return self.ci_id is None and not self.compute_instances
+
+    @property
+    def mig_index(self) -> int | None:
+        """NVML's MIG device index of the compute instance named by ``ci_id``/``uuid``; None when
+        unknown (see :attr:`ComputeInstanceInfo.mig_index`)."""
+        return next(
+            (
+                ci.mig_index
+                for ci in self.compute_instances
+                if ci.ci_id == self.ci_id and ci.uuid == self.uuid
+            ),
+            None,
+        )
 
     @property
     def uuids(self) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ import ctypes
 import importlib
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -55,6 +56,16 @@ from cdmo.node_agent.backend import (
 from cdmo.node_agent.nvml_processes import ProcessRow, Reader, read_processes, reader_for
 
 log = structlog.get_logger("cdmo.node_agent.nvml")
+
+
+@dataclass(frozen=True)
+class _MigDevice:
+    """A MIG device as NVML enumerates it under its GPU."""
+
+    #: The ``i`` of ``nvmlDeviceGetMigDeviceHandleByIndex(gpu, i)``.
+    index: int
+    uuid: str
+    handle: Any
 
 
 class NvmlBackend:
@@ -180,14 +191,16 @@ class NvmlBackend:
                 found[info.id] = (name or _nvml_profile_name(info, model is not None), info)
         return list(found.values())
 
-    def _compute_instances(self, gpu: int, h: Any, gi: Any, gi_id: int) -> list[tuple[int, int, str | None]]:
+    def _compute_instances(
+        self, gpu: int, h: Any, gi: Any, gi_id: int, devices: list[_MigDevice] | None = None
+    ) -> list[tuple[int, int, str | None]]:
         """(CI id, compute slices, MIG UUID) of every compute instance in GPU instance ``gi``."""
         nv = self._nvml
         what = f"list the compute instances of GPU {gpu} GI {gi_id}"
         result = []
         for prof, handle in self._compute_instance_handles(gi, what):
             info = self._call(what, nv.nvmlComputeInstanceGetInfo, handle)
-            result.append((int(info.id), int(prof.sliceCount), self._mig_uuid(gpu, h, gi_id, info)))
+            result.append((int(info.id), int(prof.sliceCount), self._mig_uuid(gpu, h, gi_id, info, devices)))
         return sorted(result)
 
     def _compute_instance_handles(self, gi: Any, what: str) -> Iterator[tuple[Any, Any]]:
@@ -218,24 +231,45 @@ class NvmlBackend:
             for k in range(count.value):
                 yield prof, handles[k]
 
-    def _mig_uuid(self, gpu: int, h: Any, gi_id: int, ci_info: Any) -> str | None:
+    def _mig_uuid(
+        self, gpu: int, h: Any, gi_id: int, ci_info: Any, devices: list[_MigDevice] | None = None
+    ) -> str | None:
+        """The MIG UUID of a compute instance; ``devices``: the GPU's MIG devices, if already read."""
         nv = self._nvml
         uuid = self._call(f"read a MIG device UUID on GPU {gpu}", nv.nvmlDeviceGetUUID, ci_info.device)
         if uuid.startswith("MIG-") and uuid != self._uuids.get(gpu):
             return str(uuid)
-        # The driver returned the parent GPU: find the MIG device with these GI and CI ids.
+        # The driver returned the parent GPU: find the MIG device with these GI and CI ids, among
+        # the devices already read, else (none, or made since) in a fresh walk.
         what = f"find the MIG device of GPU {gpu} GI {gi_id} CI {ci_info.id}"
+
+        def find(walked: list[_MigDevice]) -> str | None:
+            for dev in walked:
+                if (
+                    self._call(what, nv.nvmlDeviceGetGpuInstanceId, dev.handle) == gi_id
+                    and self._call(what, nv.nvmlDeviceGetComputeInstanceId, dev.handle) == ci_info.id
+                ):
+                    return dev.uuid
+            return None
+
+        return (find(devices) if devices is not None else None) or find(self._mig_devices(gpu, h, what))
+
+    def _mig_devices(self, gpu: int, h: Any, what: str) -> list[_MigDevice]:
+        """Every MIG device of the GPU with NVML's index for it, walked as go-nvlib's
+        ``VisitMigDevices`` walks them for NVIDIA's device plugin: ``i`` in
+        ``range(nvmlDeviceGetMaxMigDeviceCount)``, ``nvmlDeviceGetMigDeviceHandleByIndex(gpu, i)``,
+        NOT_FOUND and INVALID_ARGUMENT skipped. A skipped ``i`` is a hole, kept: the next device
+        keeps its own ``i`` (what ``<gpu>:<i>`` means to NVIDIA's plugin and container toolkit).
+        One call for the count, one per index, one per device found for its UUID."""
+        nv = self._nvml
+        found = []
         for index in range(self._call(what, nv.nvmlDeviceGetMaxMigDeviceCount, h)):
             try:
                 mig = self._call(what, nv.nvmlDeviceGetMigDeviceHandleByIndex, h, index)
             except (AlreadyGone, InvalidPlacement):
-                continue
-            if (
-                self._call(what, nv.nvmlDeviceGetGpuInstanceId, mig) == gi_id
-                and self._call(what, nv.nvmlDeviceGetComputeInstanceId, mig) == ci_info.id
-            ):
-                return str(self._call(what, nv.nvmlDeviceGetUUID, mig))
-        return None
+                continue  # no MIG device at this index
+            found.append(_MigDevice(index, str(self._call(what, nv.nvmlDeviceGetUUID, mig)), mig))
+        return found
 
     def _gpu_instances(self, gpu: int, h: Any) -> list[tuple[str, Any, Any, int]]:
         """(profile name, GI handle, GpuInstanceInfo, compute slices) of every GPU instance."""
@@ -257,10 +291,20 @@ class NvmlBackend:
         h = self._handle(gpu)
         if not self._mig_mode(gpu, h)[0]:
             return []
+        # NVML's own MIG device index of each compute instance, by UUID (what `<gpu>:<i>` names
+        # to NVIDIA's toolkit). Where the GPU does not number its MIG devices (nvml.h:
+        # NOT_SUPPORTED), the index is unknown (None), never guessed; any other failure fails
+        # the read, as every other call here does.
+        devices: list[_MigDevice] | None
+        try:
+            devices = self._mig_devices(gpu, h, f"number the MIG devices of GPU {gpu}")
+        except NotSupported:
+            devices = None
+        indexes = {d.uuid: d.index for d in devices or ()}
         result = []
         for name, gi, info, slices in self._gpu_instances(gpu, h):
             gi_id = int(info.id)
-            cis = self._compute_instances(gpu, h, gi, gi_id)
+            cis = self._compute_instances(gpu, h, gi, gi_id, devices)
             result.append(
                 build_instance_info(
                     gpu,
@@ -269,7 +313,12 @@ class NvmlBackend:
                     int(info.placement.size),
                     gi_id,
                     [
-                        ComputeInstanceInfo(ci_id, uuid, slices is None or ci_slices == slices)
+                        ComputeInstanceInfo(
+                            ci_id,
+                            uuid,
+                            slices is None or ci_slices == slices,
+                            indexes.get(uuid) if uuid else None,
+                        )
                         for ci_id, ci_slices, uuid in cis
                     ],
                 )
@@ -286,13 +335,7 @@ class NvmlBackend:
             uuid = self._call(f"read the UUID of GPU {gpu}", nv.nvmlDeviceGetUUID, h)
             return {str(uuid): tuple(sorted(p.pid for p in procs))} if procs else {}
         # Per MIG device (nvml.h: the parent's handle gives them only to a privileged caller).
-        devices: list[tuple[str, Any]] = []
-        for index in range(self._call(what, nv.nvmlDeviceGetMaxMigDeviceCount, h)):
-            try:
-                mig = self._call(what, nv.nvmlDeviceGetMigDeviceHandleByIndex, h, index)
-            except (AlreadyGone, InvalidPlacement):
-                continue  # no MIG device at this index
-            devices.append((str(self._call(what, nv.nvmlDeviceGetUUID, mig)), mig))
+        devices = [(d.uuid, d.handle) for d in self._mig_devices(gpu, h, what)]
         result: dict[str, tuple[int, ...]] = {}
         try:
             for uuid, mig in devices:

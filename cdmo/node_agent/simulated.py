@@ -439,6 +439,18 @@ class SimulatedNode:
                 raise SimNvmlError(NvmlReturn.IN_USE, "compute instances exist")
             del gpu.gis[gi_id]
 
+    def mig_devices(self, index: int) -> list[tuple[int, SimGpuInstance, SimComputeInstance]]:
+        """(MIG device index, GI, CI) of every MIG device of GPU ``index``, numbered as
+        ``nvmlDeviceGetMigDeviceHandleByIndex`` numbers them here: in GI id, then CI id order,
+        from 0, without holes, as the fake pynvml (which calls this) and the NVML stand-in do.
+        Real drivers may order them otherwise and leave holes: the NVML backend reads the
+        index from NVML, never from this order."""
+        with self.lock:
+            found = [
+                (gi, ci) for _, gi in sorted(self.gpu(index).gis.items()) for _, ci in sorted(gi.cis.items())
+            ]
+            return [(n, gi, ci) for n, (gi, ci) in enumerate(found)]
+
     def processes(self, index: int, mig_uuid: str) -> list[int]:
         with self.lock:
             self.check_fault("nvmlDeviceGetComputeRunningProcesses")
@@ -526,9 +538,10 @@ class SimulatedBackend:
             if not sim.mig_current:
                 return []
             result = []
+            indexes = _mig_indexes(node, gpu)
             for prof in sim.model.profiles:
                 for gi in self._nvml(what, node.gpu_instances, gpu, prof.profile_id):
-                    result.append(_instance_info(gpu, gi))
+                    result.append(_instance_info(gpu, gi, indexes))
             return sorted(result, key=lambda i: (i.start, i.profile))
 
     def list_processes(self, gpu: int) -> dict[str, tuple[int, ...]]:
@@ -571,7 +584,7 @@ class SimulatedBackend:
             except Exception:
                 _destroy_new_gpu_instance(node, gpu, gi.gi_id)  # not NVML's (a bug): clean up, pass it on
                 raise
-            return _instance_info(gpu, gi)
+            return _instance_info(gpu, gi, _mig_indexes(node, gpu))
 
     def create_compute_instance(self, gpu: int, gi_id: int) -> GpuInstanceInfo:
         with self._open() as node:
@@ -579,7 +592,7 @@ class SimulatedBackend:
             gi = self._nvml(what, node.gpu_instance, gpu, gi_id)
             ci_id, _ = self._nvml(what, node.ci_profile, gpu, gi_id, gi.profile.default_ci.value)
             self._nvml(what, node.create_compute_instance, gpu, gi_id, ci_id)
-            return _instance_info(gpu, gi)
+            return _instance_info(gpu, gi, _mig_indexes(node, gpu))
 
     def destroy_instance(self, gpu: int, gi_id: int) -> None:
         with self._open() as node:
@@ -619,7 +632,12 @@ def _destroy_new_gpu_instance(node: SimulatedNode, gpu: int, gi_id: int) -> int 
     return None
 
 
-def _instance_info(gpu: int, gi: SimGpuInstance) -> GpuInstanceInfo:
+def _mig_indexes(node: SimulatedNode, gpu: int) -> dict[str, int]:
+    """MIG UUID -> MIG device index on GPU ``gpu``."""
+    return {ci.uuid: n for n, _, ci in node.mig_devices(gpu)}
+
+
+def _instance_info(gpu: int, gi: SimGpuInstance, indexes: dict[str, int]) -> GpuInstanceInfo:
     return build_instance_info(
         gpu,
         gi.profile.name,
@@ -628,7 +646,10 @@ def _instance_info(gpu: int, gi: SimGpuInstance) -> GpuInstanceInfo:
         gi.gi_id,
         [
             ComputeInstanceInfo(
-                ci.ci_id, ci.uuid, CI_PROFILE_SLICES[ci.profile_id] == gi.profile.compute_slices
+                ci.ci_id,
+                ci.uuid,
+                CI_PROFILE_SLICES[ci.profile_id] == gi.profile.compute_slices,
+                indexes.get(ci.uuid),
             )
             for ci in gi.cis.values()
         ],

@@ -84,11 +84,9 @@ def make_fake_pynvml(node: SimulatedNode, *, ci_device_is_parent: bool = False) 
         return kind, gpu, gi, ci
 
     def mig_devices(gpu: int) -> list[tuple[int, int, Any]]:
-        return [
-            (gi.gi_id, ci.ci_id, ci)
-            for _, gi in sorted(node.gpu(gpu).gis.items())
-            for _, ci in sorted(gi.cis.items())
-        ]
+        """(GI id, CI id, CI) in MIG device index order: the simulated node's own numbering,
+        so that SimulatedBackend and NvmlBackend on this fake name the same indexes."""
+        return [(gi.gi_id, ci.ci_id, ci) for _, gi, ci in node.mig_devices(gpu)]
 
     # --- library ------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pynvml
 import pytest
 
 from cdmo.errors import InvalidInput
@@ -20,9 +21,11 @@ from cdmo.node_agent.advertise import HANDED_OUT_GRACE_SECONDS
 from cdmo.node_agent.backend import NO_WAIT_RETRY, NvmlReturn
 from cdmo.node_agent.deviceplugin import api_pb2_grpc
 from cdmo.node_agent.deviceplugin.plugin import KubeletDevicePlugin, PluginSettings, endpoint_name
+from cdmo.node_agent.nvml import NvmlBackend
 from cdmo.node_agent.reconcile import GpuState, reconcile_node
 from cdmo.node_agent.simulated import SimulatedBackend, SimulatedNode
 from tests.harness.kubelet import AdmissionError, SimKubelet
+from tests.node.nvml_standin.gpus import StandinGpus
 
 R1 = "nvidia.com/mig-1g.10gb"
 R3 = "nvidia.com/mig-3g.40gb"
@@ -373,3 +376,83 @@ def test_devices_name_their_gpus_numa_node_for_the_topology_manager(node, kubele
         assert kubelet.wait_for(lambda k: set(k.topology(R1).values()) == {()})
     finally:
         plain.stop()
+
+
+# --- index device ids are NVML's MIG device indexes (real pynvml on the NVML stand-in) ------------
+
+
+@pytest.fixture
+def nvml_backend(standin: StandinGpus) -> Iterator[NvmlBackend]:
+    backend = NvmlBackend()
+    yield backend
+    backend.close()
+
+
+def nvml_plugin(backend: NvmlBackend, d: Path, **kw: object) -> KubeletDevicePlugin:
+    settings = PluginSettings(plugin_dir=str(d), poll_seconds=0.1, device_id_strategy="index", **kw)  # type: ignore[arg-type]
+    plugin = KubeletDevicePlugin(backend, settings)
+    plugin.start()
+    return plugin
+
+
+def test_index_ids_are_nvmls_mig_device_indexes_in_its_order_with_its_holes(  # type: ignore[no-untyped-def]
+    standin, nvml_backend, kubelet, short_dir
+) -> None:
+    """The driver numbers MIG devices by slot (standin.c: mig-index-by-start), not in GI id
+    order, with holes. Each index id the plugin answers must be the one NVIDIA's toolkit
+    resolves (nvmlDeviceGetMigDeviceHandleByIndex) to the very device the kubelet handed out:
+    GI-id order named 1g.10gb@0 "0:1", which is 1g.10gb@1 here, another pod's device."""
+    standin.set_option("mig-index-by-start")
+    for gpu, profile, start in [(0, "1g.10gb", 0), (0, "1g.10gb", 1), (0, "3g.40gb", 4), (1, "3g.40gb", 4)]:
+        nvml_backend.create_instance(gpu, profile, start)
+    plugin = nvml_plugin(nvml_backend, short_dir, device_list_strategy="envvar,cdi-annotations")
+    try:
+        assert kubelet.wait_for(lambda k: len(k.devices(R1)) == 2 and len(k.devices(R3)) == 2)
+        answered = {}
+        for n, resource in enumerate([R1, R1, R3, R3]):
+            alloc = kubelet.admit(f"default/p{n}", resource)
+            [index_id] = alloc.envs["NVIDIA_VISIBLE_DEVICES"].split(",")
+            assert standin.resolve_index(index_id) == alloc.ids[0], f"{index_id} is not {alloc.ids[0]}"
+            assert list(alloc.annotations.values()) == [f"nvidia.com/gpu={index_id}"]
+            answered[alloc.ids[0]] = index_id
+        # the slots: start + CI id; 1:0 to 1:3 and 0:2, 0:3, 0:5, 0:6 are holes
+        assert sorted(answered.values()) == ["0:0", "0:1", "0:4", "1:4"]
+    finally:
+        plugin.stop()
+
+
+def test_index_ids_count_every_compute_instance_of_a_split_gpu_instance(  # type: ignore[no-untyped-def]
+    standin, nvml_backend, kubelet, short_dir
+) -> None:
+    """NVML numbers MIG devices (compute instances), not GPU instances: a 3g.40gb@0 split into two
+    by another tool takes indexes 0 and 1, so the whole 3g.40gb@4 after it is 0:2, not 0:1."""
+    gi = standin.create_gpu_instance(0, 9, 0, 4)
+    standin.create_compute_instance(0, gi.gi_id, pynvml.NVML_COMPUTE_INSTANCE_PROFILE_1_SLICE)
+    standin.create_compute_instance(0, gi.gi_id, pynvml.NVML_COMPUTE_INSTANCE_PROFILE_2_SLICE)
+    made = nvml_backend.create_instance(0, "3g.40gb", 4)
+    plugin = nvml_plugin(nvml_backend, short_dir, device_list_strategy="envvar")
+    try:
+        assert kubelet.wait_for(lambda k: k.capacity().get(R3) == 1)  # the split one is Unhealthy
+        alloc = kubelet.admit("default/p", R3)
+        assert alloc.ids == (made.uuid,)
+        assert alloc.envs == {"NVIDIA_VISIBLE_DEVICES": "0:2"}
+        assert standin.resolve_index("0:2") == made.uuid
+    finally:
+        plugin.stop()
+
+
+def test_a_mig_device_nvml_gives_no_index_for_is_named_by_its_uuid(  # type: ignore[no-untyped-def]
+    standin, nvml_backend, kubelet, short_dir
+) -> None:
+    """nvml.h: nvmlDeviceGetMigDeviceHandleByIndex may answer NOT_SUPPORTED. The index is then
+    unknown: the device stays offered and Healthy, and the container is told its UUID (which
+    the toolkit takes under either strategy), never a guessed index."""
+    made = nvml_backend.create_instance(0, "3g.40gb", 4)
+    standin.inject_fault("nvmlDeviceGetMigDeviceHandleByIndex", NvmlReturn.NOT_SUPPORTED, -1)
+    plugin = nvml_plugin(nvml_backend, short_dir, device_list_strategy="envvar,volume-mounts")
+    try:
+        assert kubelet.wait_for(lambda k: k.devices(R3) == {made.uuid: "Healthy"})
+        alloc = kubelet.admit("default/p", R3)
+        assert alloc.mounts == ((f"/var/run/nvidia-container-devices/{made.uuid}", "/dev/null"),)
+    finally:
+        plugin.stop()

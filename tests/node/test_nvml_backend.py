@@ -258,6 +258,60 @@ def test_a_split_gpu_instance_lists_every_compute_instance(any_backend: GpuBacke
     assert any_backend.list_processes(0) == {b.uuid: (77,)}
 
 
+def _index_ids(backend: GpuBackend, gpu: int) -> dict[str, int | None]:
+    """MIG UUID -> the MIG device index the backend reports for it."""
+    return {
+        ci.uuid: ci.mig_index for i in backend.list_instances(gpu) for ci in i.compute_instances if ci.uuid
+    }
+
+
+def test_mig_device_indexes_are_nvmls_on_every_backend(any_backend: GpuBackend, gpus: Gpus) -> None:
+    """Every compute instance is a MIG device with its own index, counted across GPU instances
+    in NVML's order (the stand-in's and the simulated node's: GI id, then CI id), not per GI."""
+    split = gpus.create_gpu_instance(0, 9, 0, 4)  # 3g.40gb@0, GI 1
+    a = gpus.create_compute_instance(0, split.gi_id, real.NVML_COMPUTE_INSTANCE_PROFILE_1_SLICE)
+    b = gpus.create_compute_instance(0, split.gi_id, real.NVML_COMPUTE_INSTANCE_PROFILE_2_SLICE)
+    whole = any_backend.create_instance(0, "3g.40gb", 4)  # GI 2
+    one = any_backend.create_instance(1, "1g.10gb", 3)
+    assert _index_ids(any_backend, 0) == {a.uuid: 0, b.uuid: 1, whole.uuid: 2}
+    assert _index_ids(any_backend, 1) == {one.uuid: 0}
+    [listed] = [i for i in any_backend.list_instances(0) if i.gi_id == whole.gi_id]
+    assert listed.mig_index == 2 and listed == whole  # the index is not part of what it is
+    if isinstance(gpus, SimulatedNode):  # the simulated backend agrees with NVML's on the same GPUs
+        assert _index_ids(NvmlBackend(make_fake_pynvml(gpus)), 0) == _index_ids(any_backend, 0)
+    else:
+        assert gpus.resolve_index(f"0:{listed.mig_index}") == whole.uuid
+
+
+def test_mig_device_indexes_keep_nvmls_order_and_holes(standin: StandinGpus) -> None:
+    """A driver that numbers MIG devices by slot (standin.c: mig-index-by-start): the index is
+    read from NVML, holes and order kept, never counted from the GI ids."""
+    standin.set_option("mig-index-by-start")
+    backend = NvmlBackend()
+    made = [backend.create_instance(0, p, s) for p, s in [("3g.40gb", 4), ("1g.10gb", 0), ("1g.10gb", 2)]]
+    assert [m.gi_id for m in made] == [2, 7, 9]
+    assert _index_ids(backend, 0) == {made[0].uuid: 4, made[1].uuid: 0, made[2].uuid: 2}
+    for uuid, index in _index_ids(backend, 0).items():
+        assert standin.resolve_index(f"0:{index}") == uuid
+    # where the UUID itself is found through the same walk (the parent-device form), too
+    standin.set_option("ci-device-parent")
+    assert _index_ids(NvmlBackend(), 0) == {made[0].uuid: 4, made[1].uuid: 0, made[2].uuid: 2}
+
+
+def test_mig_device_index_is_unknown_where_nvml_does_not_number_them(standin: StandinGpus) -> None:
+    """nvml.h: nvmlDeviceGetMigDeviceHandleByIndex may answer NOT_SUPPORTED: the index is None
+    (never guessed) and the instances are still listed; other errors fail the read."""
+    backend = NvmlBackend()
+    made = backend.create_instance(0, "3g.40gb", 4)
+    standin.inject_fault("nvmlDeviceGetMigDeviceHandleByIndex", NvmlReturn.NOT_SUPPORTED, 1)
+    [listed] = backend.list_instances(0)
+    assert (listed.uuid, listed.healthy, listed.mig_index) == (made.uuid, True, None)
+    assert backend.list_instances(0)[0].mig_index == 0  # the fault was for one call
+    standin.inject_fault("nvmlDeviceGetMaxMigDeviceCount", NvmlReturn.UNKNOWN, 1)
+    with pytest.raises(TransientNvmlError):
+        backend.list_instances(0)
+
+
 def test_a_process_on_the_second_compute_instance_keeps_the_gpu_instance(
     any_backend: GpuBackend, gpus: Gpus
 ) -> None:

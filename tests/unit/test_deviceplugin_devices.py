@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from cdmo.errors import InvalidInput
 from cdmo.mig.layouts import Instance
-from cdmo.node_agent.backend import GpuInfo, GpuInstanceInfo
+from cdmo.node_agent.backend import ComputeInstanceInfo, GpuInfo, GpuInstanceInfo
 from cdmo.node_agent.deviceplugin.devices import (
     GPU_RESOURCE,
     PluginDevice,
@@ -22,16 +24,22 @@ MIG_ON = GpuInfo(0, "GPU-0", "NVIDIA H100 80GB HBM3", "h100-80gb", True, True)
 MIG_OFF = GpuInfo(1, "GPU-1", "NVIDIA H100 80GB HBM3", "h100-80gb", False, False)
 
 
-def inst(profile: str, start: int, gi: int, uuid: str | None, *, full: bool = True) -> GpuInstanceInfo:
+def inst(
+    profile: str, start: int, gi: int, uuid: str | None, *, full: bool = True, mig: int | None = None
+) -> GpuInstanceInfo:
+    """``mig``: NVML's MIG device index of its compute instance (None: unknown)."""
     size = int(profile[0]) if profile[0] != "7" else 8
-    return GpuInstanceInfo(0, profile, start, size, gi, None if uuid is None else 0, uuid, full)
+    cis = (ComputeInstanceInfo(0, uuid, full, mig),) if uuid is not None else ()
+    return GpuInstanceInfo(
+        0, profile, start, size, gi, None if uuid is None else 0, uuid, full, compute_instances=cis
+    )
 
 
 def test_devices_are_whole_mig_devices_and_mig_off_gpus() -> None:
     instances = {
         0: [
-            inst("3g.40gb", 4, gi=2, uuid="MIG-b"),
-            inst("1g.10gb", 0, gi=9, uuid="MIG-a"),
+            inst("3g.40gb", 4, gi=2, uuid="MIG-b", mig=4),
+            inst("1g.10gb", 0, gi=9, uuid="MIG-a", mig=0),
             inst("1g.10gb", 1, gi=10, uuid=None),  # no compute instance: no device
             inst("2g.20gb", 2, gi=5, uuid="MIG-c", full=False),  # partial CI: offered, unhealthy
         ]
@@ -41,8 +49,8 @@ def test_devices_are_whole_mig_devices_and_mig_off_gpus() -> None:
     assert set(by_id) == {"MIG-a", "MIG-b", "MIG-c", "GPU-1"}
     assert by_id["MIG-a"].resource == "nvidia.com/mig-1g.10gb"
     assert by_id["GPU-1"].resource == GPU_RESOURCE and by_id["GPU-1"].index == "1"
-    # the MIG device index follows the GPU instance ids
-    assert (by_id["MIG-b"].index, by_id["MIG-c"].index, by_id["MIG-a"].index) == ("0:0", "0:1", "0:2")
+    # the MIG device index is NVML's (its order and holes), not the rank of the GI id; unknown: none
+    assert (by_id["MIG-b"].index, by_id["MIG-c"].index, by_id["MIG-a"].index) == ("0:4", None, "0:0")
     assert not by_id["MIG-c"].healthy and by_id["MIG-c"].health == "Unhealthy"
     assert build_devices([MIG_ON, MIG_OFF], instances, whole_gpus=False) == tuple(
         d for d in devs if d.resource != GPU_RESOURCE
@@ -102,6 +110,13 @@ def test_allocate_answers_in_nvidia_plugin_forms() -> None:
     )
     idx = build_container_response(devs, ("envvar",), "index")
     assert idx.envs == {"NVIDIA_VISIBLE_DEVICES": "0:0,0:1"}
+    # a device without NVML's index is named by its UUID, never by a guessed index
+    unknown = dataclasses.replace(devs[1], index=None)
+    idx = build_container_response([devs[0], unknown], ("envvar", "cdi-annotations"), "index")
+    assert idx.envs == {"NVIDIA_VISIBLE_DEVICES": "0:0,MIG-bbb"}
+    assert idx.annotations == {
+        "cdi.k8s.io/cdmo-device-plugin_MIG-aaa": "nvidia.com/gpu=0:0,nvidia.com/gpu=MIG-bbb"
+    }
     cdi = build_container_response(devs, ("cdi-annotations",))
     assert cdi.annotations == {
         "cdi.k8s.io/cdmo-device-plugin_MIG-aaa": "nvidia.com/gpu=MIG-aaa,nvidia.com/gpu=MIG-bbb"

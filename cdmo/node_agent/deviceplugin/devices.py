@@ -52,8 +52,10 @@ class PluginDevice:
     #: The NVML UUID: ``MIG-...`` for a MIG device, ``GPU-...`` for a whole GPU.
     id: str
     gpu: int
-    #: NVIDIA's index form: ``<gpu>:<mig device>`` for MIG, ``<gpu>`` for a whole GPU.
-    index: str
+    #: NVIDIA's index form: ``<gpu>:<mig device>`` for MIG (NVML's MIG device index), ``<gpu>``
+    #: for a whole GPU; None where NVML's MIG device index is unknown (the container is then
+    #: told the UUID, see :func:`build_container_response`).
+    index: str | None
     healthy: bool = True
     profile: str | None = None
     start: int | None = None
@@ -78,8 +80,11 @@ def build_devices(
 
     A MIG device is offered when its GPU instance has a compute instance (it has a UUID);
     it is Healthy only when that compute instance spans the whole GPU instance (NVIDIA's
-    plugin refuses others). The MIG device index follows the GPU instance ids, the order in
-    which NVML enumerates a GPU's MIG devices. ``unreadable`` GPUs (NVML failed on them) keep
+    plugin refuses others). Its index id is ``<gpu>:<i>`` with ``i`` NVML's own MIG device
+    index as the backend read it (``nvmlDeviceGetMigDeviceHandleByIndex(gpu, i)``, what NVIDIA's
+    plugin and container toolkit mean by it), not its rank among the GPU instance ids: a driver
+    may order MIG devices otherwise and leave holes. Where the backend could not read ``i``,
+    the device has no index id (None). ``unreadable`` GPUs (NVML failed on them) keep
     their ``previous`` devices, marked Unhealthy, so that the kubelet stops handing them out.
     With ``whole_gpus``, a GPU with MIG off is offered as ``nvidia.com/gpu``, unless it is in
     ``mig_wanted`` (the plan wants MIG instances on it): no new pod is given a whole GPU that
@@ -100,15 +105,18 @@ def build_devices(
                     PluginDevice(GPU_RESOURCE, info.uuid, info.index, str(info.index), numa=info.numa_node)
                 )
             continue
-        with_device = sorted((i for i in instances.get(info.index, ()) if i.uuid), key=lambda i: i.gi_id)
-        for n, inst in enumerate(with_device):
-            assert inst.uuid is not None  # filtered above
+        for inst in instances.get(info.index, ()):
+            if not inst.uuid:
+                continue  # no compute instance: no MIG device
+            # The index is NVML's, never a guess: a position counted here could name another
+            # pod's MIG device to the toolkit (build_container_response says what None becomes).
+            n = inst.mig_index
             out.append(
                 PluginDevice(
                     resource_from_profile(inst.profile),
                     inst.uuid,
                     info.index,
-                    f"{info.index}:{n}",
+                    None if n is None else f"{info.index}:{n}",
                     inst.healthy,
                     inst.profile,
                     inst.start,
@@ -213,8 +221,18 @@ def build_container_response(
     - ``cdi-annotations``: ``cdi.k8s.io/cdmo-device-plugin_<first id>`` = ``<kind>=<id>,...``.
 
     ``<id>`` is the UUID (``MIG-...``), or with ``index`` NVIDIA's index form (``0:1``).
+
+    A device whose NVML index is unknown (``index`` None) is named by its UUID even under
+    ``index``. The toolkit resolves ``<gpu>:<i>`` when the container starts, with NVML's
+    index, so an index that might be wrong could give the container another pod's MIG device;
+    a UUID names exactly the device the kubelet handed out. The toolkit takes UUIDs in
+    ``NVIDIA_VISIBLE_DEVICES`` and the mounts whatever the strategy; a CDI spec generated with
+    index names only fails the container's start loudly (unresolvable CDI device) rather than
+    handing it the wrong device. Marking such devices Unhealthy instead would drop them from
+    the node's capacity, and where a GPU never numbers its MIG devices (NOT_SUPPORTED) leave
+    every pod asking for them pending while the operator keeps making instances for them.
     """
-    ids = [d.index if id_strategy == "index" else d.id for d in devices]
+    ids = [d.index if id_strategy == "index" and d.index is not None else d.id for d in devices]
     envs: dict[str, str] = {}
     mounts: tuple[tuple[str, str, bool], ...] = ()
     annotations: dict[str, str] = {}

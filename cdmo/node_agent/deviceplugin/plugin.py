@@ -549,6 +549,13 @@ class KubeletDevicePlugin:
         return out
 
     def container_response(self, devices: Sequence[PluginDevice]) -> Any:
+        if self.id_strategy == "index":
+            unnumbered = sorted(d.id for d in devices if d.index is None)
+            if unnumbered:
+                log.warning(
+                    "Named devices by UUID under the index strategy: NVML gave no MIG device index",
+                    uuids=unnumbered,
+                )
         return build_container_response(
             devices, self.list_strategies, self.id_strategy, self.settings.cdi_kind
         )

@@ -105,7 +105,7 @@ class StandinGpus:
             lines.append(f"lost {gpu}")
 
     def set_option(self, name: str) -> None:
-        """``unprivileged`` or ``ci-device-parent`` (see standin.c)."""
+        """``unprivileged``, ``ci-device-parent`` or ``mig-index-by-start`` (see standin.c)."""
         with self._edit() as lines:
             lines.append(f"option {name}")
 
@@ -170,6 +170,18 @@ class StandinGpus:
             info = pynvml.nvmlComputeInstanceGetInfo(ci)
             uuid = pynvml.nvmlDeviceGetUUID(info.device)
             return MadeComputeInstance(gpu, gi_id, int(info.id), str(uuid))
+
+    def resolve_index(self, index_id: str) -> str | None:
+        """The UUID of the MIG device ``<gpu>:<i>`` names, as NVIDIA's container toolkit finds
+        it: ``nvmlDeviceGetMigDeviceHandleByIndex(gpu, i)``; None where there is none."""
+        gpu, mig = (int(part) for part in index_id.split(":"))
+        with _nvml():
+            dev = pynvml.nvmlDeviceGetHandleByIndex(gpu)
+            try:
+                handle = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(dev, mig)
+            except (pynvml.NVMLError_NotFound, pynvml.NVMLError_InvalidArgument):
+                return None
+            return str(pynvml.nvmlDeviceGetUUID(handle))
 
 
 @contextlib.contextmanager

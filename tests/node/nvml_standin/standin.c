@@ -14,6 +14,11 @@
  *   serial N                        last number used for a MIG UUID (UUIDs are new on re-create)
  *   option unprivileged             every call that changes something returns NO_PERMISSION
  *   option ci-device-parent         nvmlComputeInstanceGetInfo(ci).device is the parent GPU
+ *   option mig-index-by-start       nvmlDeviceGetMigDeviceHandleByIndex numbers MIG devices by
+ *                                   slot, GI placement start + CI id, instead of 0, 1, ... in GI
+ *                                   id then CI id order: another order than the GI ids', with
+ *                                   holes (NOT_FOUND) between them, as a driver may (go-nvlib
+ *                                   skips such holes and keeps the next index as it is)
  *   gpu MODEL UUID CURRENT PENDING  one GPU (index = order), MIG mode current/pending 0|1
  *   gi GPU ID PROFILE_ID START      a GPU instance
  *   ci GPU GI_ID ID PROFILE_ID UUID a compute instance (a MIG device)
@@ -154,7 +159,7 @@ typedef struct { char uuid[UUID_LEN]; unsigned n; int count; } Grow;
 
 static struct {
     unsigned serial, ngpus, nprocs, nfaults, ngrows;
-    int unprivileged, ci_device_parent;
+    int unprivileged, ci_device_parent, mig_index_by_start;
     Gpu gpus[MAX_GPUS];
     Proc procs[MAX_PROCS];
     Fault faults[MAX_FAULTS];
@@ -182,6 +187,7 @@ static int parse(FILE *f) {
         if (sscanf(line, "serial %u", &x) == 1) S.serial = x;
         else if (strncmp(line, "option unprivileged", 19) == 0) S.unprivileged = 1;
         else if (strncmp(line, "option ci-device-parent", 23) == 0) S.ci_device_parent = 1;
+        else if (strncmp(line, "option mig-index-by-start", 25) == 0) S.mig_index_by_start = 1;
         else if (sscanf(line, "gpu %40s %95s %u %u", a, uuid, &x, &y) == 4) {
             if (S.ngpus == MAX_GPUS || !(S.gpus[S.ngpus].model = find_model(a))) return -1;
             snprintf(S.gpus[S.ngpus].uuid, UUID_LEN, "%s", uuid);
@@ -219,6 +225,7 @@ static void save(void) {
     fprintf(f, "serial %u\n", S.serial);
     if (S.unprivileged) fprintf(f, "option unprivileged\n");
     if (S.ci_device_parent) fprintf(f, "option ci-device-parent\n");
+    if (S.mig_index_by_start) fprintf(f, "option mig-index-by-start\n");
     for (unsigned g = 0; g < S.ngpus; g++) {
         Gpu *gpu = &S.gpus[g];
         fprintf(f, "gpu %s %s %u %u\n", gpu->model->key, gpu->uuid, gpu->mig, gpu->pending);
@@ -739,13 +746,17 @@ nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t device, unsigned i
     BEGIN("nvmlDeviceGetMigDeviceHandleByIndex");
     Named d = resolve(device, DEVICE);
     if (!d.gpu || !migDevice || index >= 7) return end(NVML_ERROR_INVALID_ARGUMENT);
-    unsigned k = 0; /* MIG devices in GI id, then CI id order */
+    unsigned k = 0; /* MIG devices in GI id, then CI id order; or by slot (start + CI id) */
     for (unsigned i = 0; i < MAX_GIS; i++)
-        for (unsigned c = 0; d.gpu->gis[i].used && c < MAX_CIS; c++)
-            if (d.gpu->gis[i].cis[c].used && k++ == index) {
+        for (unsigned c = 0; d.gpu->gis[i].used && c < MAX_CIS; c++) {
+            if (!d.gpu->gis[i].cis[c].used) continue;
+            /* A CI id stays below its GI's compute slices, so slots never meet and stay below 7. */
+            unsigned at = S.mig_index_by_start ? d.gpu->gis[i].start + c : k++;
+            if (at == index) {
                 *migDevice = handle(MIG, d.g, i, c);
                 return end(NVML_SUCCESS);
             }
+        }
     return end(NVML_ERROR_NOT_FOUND);
 }
 
