@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pynvml
 import pytest
+from structlog.testing import capture_logs
 
 from cdmo.errors import InvalidInput
 from cdmo.mig.layouts import Instance
@@ -176,7 +177,11 @@ def test_a_device_just_handed_to_the_kubelet_is_kept_until_pod_resources_can_lis
 
 
 def test_preferred_allocation_prefers_instances_the_plan_keeps(node, kubelet, short_dir) -> None:  # type: ignore[no-untyped-def]
-    plugin = make_plugin(node, short_dir, device_list_strategy="envvar", device_id_strategy="index")
+    with capture_logs() as logs:
+        plugin = make_plugin(node, short_dir, device_list_strategy="envvar", device_id_strategy="index")
+    # index ids move as the agent makes and destroys instances: the start says so, once
+    warned = [e["event"] for e in logs if e["log_level"] == "warning" and "move" in e["event"]]
+    assert len(warned) == 1 and "--device-id-strategy uuid" in warned[0]
     try:
         apply(node, plugin, {0: [Instance("1g.10gb", s) for s in range(7)]})
         assert kubelet.wait_for(lambda k: len(k.devices(R1)) == 7)

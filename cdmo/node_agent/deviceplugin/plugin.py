@@ -308,6 +308,14 @@ class KubeletDevicePlugin:
                 hint="mount the kubelet's device-plugins directory or pass --device-plugin-dir",
             ) from None
         self._started = True
+        if self.id_strategy == "index":
+            # The toolkit resolves <gpu>:<i> when the container starts (and again when it
+            # restarts, from the kubelet's kept answer); the agent creates and destroys instances
+            # meanwhile, which may renumber NVML's MIG devices. A UUID never moves.
+            log.warning(
+                "Device ids are MIG device indexes, which move as the agent creates and destroys "
+                "instances; prefer --device-id-strategy uuid (CDMO_DEVICE_ID_STRATEGY=uuid)"
+            )
         self.refresh()
         self._thread = threading.Thread(target=self._loop, name="cdmo-device-plugin", daemon=True)
         self._thread.start()
