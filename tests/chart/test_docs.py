@@ -78,6 +78,8 @@ def test_the_teardown_pod_matches_the_agent() -> None:
     assert c["securityContext"]["privileged"] is True
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["NVIDIA_DRIVER_CAPABILITIES"] == "utility" and env["NODE_NAME"] == pod["spec"]["nodeName"]
+    # as the agent: the toolkit's MIG capabilities, without which NVML may not change MIG
+    assert env["NVIDIA_MIG_CONFIG_DEVICES"] == env["NVIDIA_MIG_MONITOR_DEVICES"] == "all"
     (volume,) = pod["spec"]["volumes"]
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert volume["hostPath"]["path"] == values["agent"]["podResourcesDir"]

@@ -17,6 +17,8 @@ FOREIGN_ENV = {
     "agent": {
         "NVIDIA_VISIBLE_DEVICES": "the NVIDIA container runtime mounts NVML only when it is set",
         "NVIDIA_DRIVER_CAPABILITIES": "utility is the capability that carries NVML",
+        "NVIDIA_MIG_CONFIG_DEVICES": "the toolkit grants MIG configuration (create, destroy) only when asked",
+        "NVIDIA_MIG_MONITOR_DEVICES": "the toolkit grants listing every MIG device only when asked",
     },
 }
 CONFIG_ENV = {
@@ -39,6 +41,15 @@ def test_every_env_var_is_one_that_cdmo_config_knows(helm: Helm, render: str, co
     env = env_of(container(one(render_named(helm, render), WORKLOAD[component])))
     unknown = set(env) - CONFIG_ENV[component] - set(FOREIGN_ENV[component])
     assert unknown == set(), f"{component} sets variables cdmo.config does not read: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("render", sorted(RENDERS))
+def test_the_agent_asks_the_toolkit_for_nvml_and_the_mig_capabilities(helm: Helm, render: str) -> None:
+    # Without the MIG config capability NVML refuses instance changes in the container
+    # (NO_PERMISSION), and without monitor it lists only some MIG devices and processes.
+    env = env_of(container(one(render_named(helm, render), "DaemonSet")))
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "all" and env["NVIDIA_DRIVER_CAPABILITIES"] == "utility"
+    assert env["NVIDIA_MIG_CONFIG_DEVICES"] == env["NVIDIA_MIG_MONITOR_DEVICES"] == "all"
 
 
 def test_default_operator_env_gives_cdmo_defaults(helm: Helm) -> None:
