@@ -218,6 +218,10 @@ class AgentConfig:
     cdi_kind: str = "nvidia.com/gpu"
     #: builtin: offer GPUs with MIG off as nvidia.com/gpu (NVIDIA's plugin is off on cdmo nodes)
     advertise_whole_gpus: bool = True
+    #: builtin: critical XIDs that do not make a device Unhealthy, as NVIDIA's plugin reads
+    #: DP_DISABLE_HEALTHCHECKS: "" (only the application XIDs), all | xids (no XID watch), or
+    #: XID numbers to ignore too, comma-separated (cdmo.node_agent.deviceplugin.health).
+    disable_healthchecks: str = ""
     #: External modes: taint KEY:EFFECT set on the node from before the first destroy until the
     #: plugin re-advertised ("" turns it off).
     reconfiguring_taint: str = "cdmo.clear.ml/reconfiguring:NoSchedule"
@@ -257,6 +261,7 @@ class AgentConfig:
         ("device_id_strategy", "CDMO_DEVICE_ID_STRATEGY"),
         ("cdi_kind", "CDMO_CDI_KIND"),
         ("advertise_whole_gpus", "CDMO_ADVERTISE_WHOLE_GPUS"),
+        ("disable_healthchecks", "CDMO_DISABLE_HEALTHCHECKS"),
         ("reconfiguring_taint", "CDMO_RECONFIGURING_TAINT"),
         ("device_plugin_namespace", "CDMO_DEVICE_PLUGIN_NAMESPACE"),
         ("device_plugin_selector", "CDMO_DEVICE_PLUGIN_SELECTOR"),

@@ -180,6 +180,61 @@ class MigModeChange:
         return self.current != self.pending
 
 
+#: nvml.h: an XID event's ``gpuInstanceId`` / ``computeInstanceId`` when it is not attributable
+#: to one GPU or compute instance (the whole GPU); the backends turn it into None.
+NVML_NO_INSTANCE_ID = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class XidEvent:
+    """One critical XID error NVML delivered (``nvmlEventTypeXidCriticalError``).
+
+    ``gpu`` is the GPU's NVML index, None when NVML named a device the backend could not tell
+    (its UUID could not be read): the event may concern any GPU. ``gi_id`` and ``ci_id`` name
+    the MIG device where the driver attributed the error to one; None (NVML's 0xFFFFFFFF) for an
+    error of the whole GPU. A ``gi_id`` without ``ci_id`` concerns every compute instance of that
+    GPU instance.
+    """
+
+    gpu: int | None
+    xid: int
+    gi_id: int | None = None
+    ci_id: int | None = None
+
+    @property
+    def scope(self) -> str:
+        """What the event concerns: ``device``, ``gpu-instance``, ``gpu`` or ``node`` (its GPU
+        unknown)."""
+        if self.gpu is None:
+            return "node"
+        if self.gi_id is None:
+            return "gpu"
+        return "gpu-instance" if self.ci_id is None else "device"
+
+
+class XidWatch(Protocol):
+    """An NVML event set with the node's GPUs registered for critical XID errors.
+
+    ``gpus`` are the indexes actually watched: a GPU whose registration NVML refused
+    (NOT_SUPPORTED, or any other code) is left out, with one warning logged by the backend.
+    Events raised before the watch was opened are not delivered (nvml.h: "All events that
+    occurred before this call are not recorded").
+    """
+
+    @property
+    def gpus(self) -> frozenset[int]: ...
+
+    def wait(self, timeout: float) -> XidEvent | None:
+        """The next critical XID event, or None when none came within ``timeout`` seconds (or
+        NVML delivered something else). Blocks only this thread; raises NvmlError when the wait
+        itself fails (the watch is then to be closed and opened again)."""
+        ...
+
+    def close(self) -> None:
+        """Free the event set (nvmlEventSetFree); never raises."""
+        ...
+
+
 class GpuBackend(Protocol):
     """The GPUs of one node. Indexes are NVML's; profiles are catalog names."""
 
@@ -219,6 +274,12 @@ class GpuBackend(Protocol):
         ...
 
     def set_mig_mode(self, gpu: int, enabled: bool) -> MigModeChange: ...
+
+    def watch_xid_events(self) -> XidWatch:
+        """Register every GPU for critical XID events (nvmlEventSetCreate,
+        nvmlDeviceRegisterEvents); a GPU NVML refuses is not watched (see :class:`XidWatch`).
+        Raises NvmlError when no event set can be made at all."""
+        ...
 
     def close(self) -> None: ...
 

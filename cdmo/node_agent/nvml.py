@@ -34,6 +34,7 @@ import structlog
 from cdmo.errors import UnknownProfile
 from cdmo.mig.catalog import PROFILE_NAME_PATTERN, GpuModel, find_model, nvml_constants
 from cdmo.node_agent.backend import (
+    NVML_NO_INSTANCE_ID,
     AlreadyGone,
     ComputeInstanceInfo,
     GpuGone,
@@ -49,6 +50,7 @@ from cdmo.node_agent.backend import (
     NvmlFailure,
     NvmlReturn,
     TransientNvmlError,
+    XidEvent,
     build_instance_info,
     error_for_rc,
     rc_name,
@@ -527,11 +529,102 @@ class NvmlBackend:
         cur, pend = self._mig_mode(gpu, h)
         return MigModeChange(gpu, cur, pend)
 
+    def watch_xid_events(self) -> NvmlXidWatch:
+        """An event set with every GPU registered for ``nvmlEventTypeXidCriticalError``, as
+        NVIDIA's device plugin registers them (internal/rm/health.go): the GPU's handle, its
+        supported event types (``nvmlDeviceGetSupportedEventTypes``), then
+        ``nvmlDeviceRegisterEvents``. Events of MIG devices arrive on their GPU, with the GI and
+        CI ids (nvml.h: MIG device handles take no registration). A GPU NVML refuses
+        (NOT_SUPPORTED, or lost) is not watched: one warning. Four calls per GPU, once."""
+        nv = self._nvml
+        xid = int(nv.nvmlEventTypeXidCriticalError)
+        event_set = self._call("create an NVML event set", nv.nvmlEventSetCreate)
+        watched: dict[str, int] = {}
+        try:
+            for gpu in range(self._call("count the GPUs", nv.nvmlDeviceGetCount)):
+                what = f"register GPU {gpu} for XID events"
+                try:
+                    h = self._handle(gpu)
+                    uuid = str(self._call(what, nv.nvmlDeviceGetUUID, h))
+                    if not int(self._call(what, nv.nvmlDeviceGetSupportedEventTypes, h)) & xid:
+                        raise NotSupported(
+                            f"{what}: the GPU's supported event types lack XID errors",
+                            NvmlReturn.NOT_SUPPORTED,
+                        )
+                    self._call(what, nv.nvmlDeviceRegisterEvents, h, xid, event_set)
+                except NvmlError as exc:
+                    log.warning(
+                        "Skipped watching GPU for XID errors", gpu=gpu, nvml_rc=exc.rc, error=str(exc)
+                    )
+                    continue
+                watched[uuid] = gpu
+        except BaseException:
+            _free_event_set(nv, event_set)
+            raise
+        return NvmlXidWatch(nv, event_set, watched)
+
     def close(self) -> None:
         try:
             self._nvml.nvmlShutdown()
         except self._nvml.NVMLError as exc:
             log.debug("Failed to shut down NVML", nvml_rc=exc.value)
+
+
+class NvmlXidWatch:
+    """:class:`~cdmo.node_agent.backend.XidWatch` over one NVML event set (``nvmlEventSetWait_v2``,
+    which both ends of the nvidia-ml-py range call, as go-nvml's ``EventSet.Wait`` does)."""
+
+    def __init__(self, nvml: ModuleType, event_set: Any, by_uuid: dict[str, int]) -> None:
+        self._nvml = nvml
+        self._set: Any = event_set
+        self._by_uuid = dict(by_uuid)
+
+    @property
+    def gpus(self) -> frozenset[int]:
+        return frozenset(self._by_uuid.values())
+
+    def wait(self, timeout: float) -> XidEvent | None:
+        nv = self._nvml
+        try:
+            # ctypes lets go of the GIL for the call: only this thread waits.
+            data = nv.nvmlEventSetWait_v2(self._set, max(0, int(timeout * 1000)))
+        except nv.NVMLError as exc:
+            if exc.value == NvmlReturn.TIMEOUT:  # no event, or an interrupt (nvml.h)
+                return None
+            raise error_for_rc(exc.value, "wait for XID events") from exc
+        if not int(data.eventType) & int(nv.nvmlEventTypeXidCriticalError):
+            return None
+        xid = int(data.eventData)
+        gpu: int | None
+        try:
+            uuid = str(nv.nvmlDeviceGetUUID(data.device))
+        except nv.NVMLError as exc:
+            # As NVIDIA's plugin: an event whose device cannot be told may concern any GPU.
+            log.warning("Failed to read the GPU of an XID event", xid=xid, nvml_rc=exc.value)
+            gpu = None
+        else:
+            if uuid not in self._by_uuid:
+                log.info("Ignored XID event of a device not watched", xid=xid, uuid=uuid)
+                return None
+            gpu = self._by_uuid[uuid]
+        return XidEvent(gpu, xid, _instance_id(data.gpuInstanceId), _instance_id(data.computeInstanceId))
+
+    def close(self) -> None:
+        if self._set is not None:
+            _free_event_set(self._nvml, self._set)
+            self._set = None
+
+
+def _instance_id(value: Any) -> int | None:
+    """A GI or CI id of an event; None for nvml.h's "not attributable" (0xFFFFFFFF)."""
+    return None if int(value) == NVML_NO_INSTANCE_ID else int(value)
+
+
+def _free_event_set(nv: ModuleType, event_set: Any) -> None:
+    try:
+        nv.nvmlEventSetFree(event_set)
+    except nv.NVMLError as exc:
+        log.debug("Failed to free NVML event set", nvml_rc=exc.value)
 
 
 #: Where the kernel lists PCI devices; each one's ``numa_node`` says its NUMA node (-1: none).

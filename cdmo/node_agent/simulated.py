@@ -7,6 +7,8 @@ with processes, NOT_SUPPORTED for profiles the model lacks or while MIG is off, 
 on every create, MIG mode current/pending (Ampere needs a reset, Hopper and later do not).
 Faults can be injected: fail the next N calls of an NVML function with a return code, or die
 (raise :class:`SimulatedCrash`) between creating a GPU instance and its compute instance.
+Critical XID errors can be raised (:meth:`SimulatedNode.inject_xid`): every event set that
+registered the GPU before then gets them, as NVML delivers them to ``nvmlEventSetWait``.
 
 :class:`SimulatedBackend` is the :class:`~cdmo.node_agent.backend.GpuBackend` on a node kept
 in memory (fast: the cluster simulator drives it thousands of times) or in a JSON state file
@@ -24,11 +26,14 @@ import fcntl
 import json
 import os
 import threading
+import time
 import uuid as uuidlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 from cdmo.api import MAX_GPUS_PER_NODE
 from cdmo.errors import InvalidInput, NvmlError
@@ -44,9 +49,12 @@ from cdmo.node_agent.backend import (
     MigModeChange,
     NoPermission,
     NvmlReturn,
+    XidEvent,
     build_instance_info,
     error_for_rc,
 )
+
+log = structlog.get_logger("cdmo.node_agent.simulated")
 
 STATE_VERSION = 1
 _UUID_NAMESPACE = uuidlib.UUID("6f1c1e0a-53c1-4f0b-9a57-63646d6f0001")
@@ -72,7 +80,15 @@ FAULT_CALLS = (
     "nvmlComputeInstanceDestroy",
     "nvmlGpuInstanceDestroy",
     "nvmlDeviceGetComputeRunningProcesses",
+    "nvmlEventSetCreate",
+    "nvmlDeviceRegisterEvents",
+    "nvmlEventSetWait",
 )
+
+#: XID events a node keeps for event sets that have not read them yet (the oldest go first).
+MAX_XID_EVENTS = 256
+#: How often a watch on a state file looks for new XID events (an in-memory node wakes it).
+XID_FILE_POLL_SECONDS = 0.1
 
 
 class SimNvmlError(Exception):
@@ -132,6 +148,18 @@ class SimGpu:
 
 
 @dataclass
+class SimXidEvent:
+    """A critical XID error raised on a GPU: ``seq`` orders them (event sets read those after
+    the ``seq`` they registered at); ``gi_id``/``ci_id`` None: the whole GPU (NVML's 0xFFFFFFFF)."""
+
+    seq: int
+    gpu: int
+    xid: int
+    gi_id: int | None = None
+    ci_id: int | None = None
+
+
+@dataclass
 class Fault:
     """Fail the next ``count`` calls of NVML function ``call`` (or "*") with ``rc``; -1 = always."""
 
@@ -176,6 +204,11 @@ class SimulatedNode:
         #: Every NVML call made, by function name (tests assert on what was never called).
         self.calls: list[str] = []
         self.lock = threading.RLock()
+        #: Critical XID errors raised so far (the last MAX_XID_EVENTS), and the last ``seq`` given.
+        self.xid_events: list[SimXidEvent] = []
+        self.xid_serial = 0
+        #: Woken when an XID event is raised (an in-memory watch waits on it).
+        self.xid_raised = threading.Condition(self.lock)
 
     @classmethod
     def from_models(
@@ -243,6 +276,31 @@ class SimulatedNode:
                     if ci.uuid == mig_uuid:
                         return ci
         raise InvalidInput(f"no simulated MIG device has UUID {mig_uuid}")
+
+    def inject_xid(self, index: int, xid: int, gi_id: int | None = None, ci_id: int | None = None) -> None:
+        """The driver reports critical XID ``xid`` on GPU ``index``: of the MIG device (``gi_id``,
+        ``ci_id``), of every compute instance of GPU instance ``gi_id`` (``ci_id`` None), or of the
+        whole GPU (both None). Every event set that registered the GPU gets it."""
+        with self.lock:
+            if not 0 <= index < len(self.gpus):
+                raise InvalidInput(f"cannot raise an XID on GPU {index}: the node has {len(self.gpus)} GPUs")
+            self.xid_serial += 1
+            self.xid_events.append(SimXidEvent(self.xid_serial, index, int(xid), gi_id, ci_id))
+            del self.xid_events[:-MAX_XID_EVENTS]
+            self.xid_raised.notify_all()
+
+    def register_events(self, index: int) -> int:
+        """nvmlDeviceRegisterEvents: the ``seq`` after which GPU ``index``'s events are delivered
+        (nvml.h: events from before the registration are not recorded)."""
+        with self.lock:
+            self.check_fault("nvmlDeviceRegisterEvents")
+            self.gpu(index)
+            return self.xid_serial
+
+    def next_xid(self, cursors: Mapping[int, int]) -> SimXidEvent | None:
+        """The oldest XID event of a GPU in ``cursors`` (index -> last ``seq`` read) not read yet."""
+        with self.lock:
+            return next((e for e in self.xid_events if e.seq > cursors.get(e.gpu, e.seq)), None)
 
     def reboot(self) -> None:
         """A node reboot: every GPU and compute instance is gone.
@@ -619,8 +677,61 @@ class SimulatedBackend:
             cur, pend = self._nvml(what, node.get_mig_mode, gpu)
             return MigModeChange(gpu, cur, pend)
 
+    def watch_xid_events(self) -> SimulatedXidWatch:
+        """Every GPU registered for XID events; one NVML refuses (an injected fault in
+        ``nvmlDeviceRegisterEvents``, e.g. NOT_SUPPORTED) is not watched, with one warning."""
+        cursors: dict[int, int] = {}
+        with self._open() as node:
+            self._nvml("create an NVML event set", node.check_fault, "nvmlEventSetCreate")
+            for gpu in node.gpus:
+                try:
+                    cursors[gpu.index] = node.register_events(gpu.index)
+                except SimNvmlError as exc:
+                    err = error_for_rc(exc.rc, f"register GPU {gpu.index} for XID events")
+                    log.warning(
+                        "Skipped watching GPU for XID errors", gpu=gpu.index, nvml_rc=exc.rc, error=str(err)
+                    )
+        return SimulatedXidWatch(self, cursors)
+
     def close(self) -> None:
         """Nothing to release: the state file is saved after every call."""
+
+
+class SimulatedXidWatch:
+    """:class:`~cdmo.node_agent.backend.XidWatch` on simulated GPUs. In memory, a wait sleeps until
+    :meth:`SimulatedNode.inject_xid` wakes it; on a state file it looks every
+    XID_FILE_POLL_SECONDS (another process may write an event there)."""
+
+    def __init__(self, backend: SimulatedBackend, cursors: dict[int, int]) -> None:
+        self._backend = backend
+        self._cursors = cursors
+
+    @property
+    def gpus(self) -> frozenset[int]:
+        return frozenset(self._cursors)
+
+    def wait(self, timeout: float) -> XidEvent | None:
+        deadline = time.monotonic() + timeout
+        first = True
+        while True:
+            with self._backend._open() as node:
+                if first:  # one NVML call per wait, as nvmlEventSetWait is one
+                    self._backend._nvml("wait for XID events", node.check_fault, "nvmlEventSetWait")
+                    first = False
+                event = node.next_xid(self._cursors)
+                if event is not None:
+                    self._cursors[event.gpu] = event.seq
+                    return XidEvent(event.gpu, event.xid, event.gi_id, event.ci_id)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                if self._backend._state_file is None:
+                    node.xid_raised.wait(left)  # lets go of the node's lock while it sleeps
+                    continue
+            time.sleep(min(left, XID_FILE_POLL_SECONDS))
+
+    def close(self) -> None:
+        self._cursors = {}
 
 
 def _destroy_new_gpu_instance(node: SimulatedNode, gpu: int, gi_id: int) -> int | None:
@@ -694,6 +805,11 @@ def dump_state(node: SimulatedNode) -> dict[str, Any]:
         ],
         "faults": [{"call": f.call, "rc": f.rc, "count": f.count} for f in node.faults],
         "crash_before_next_compute_instance": node.crash_before_next_compute_instance,
+        "xid_serial": node.xid_serial,
+        "xid_events": [
+            {"seq": e.seq, "gpu": e.gpu, "xid": e.xid, "gi_id": e.gi_id, "ci_id": e.ci_id}
+            for e in node.xid_events
+        ],
     }
 
 
@@ -777,6 +893,17 @@ def parse_state(doc: Any, source: str = "the state file") -> SimulatedNode:
             _need(f, "call", str, f"faults[{k}]"), _need(f, "rc", int, f"faults[{k}]"), int(f.get("count", 1))
         )
     node.crash_before_next_compute_instance = bool(doc.get("crash_before_next_compute_instance", False))
+    node.xid_serial = int(doc.get("xid_serial", 0))
+    for k, e in enumerate(doc.get("xid_events") or []):
+        where = f"xid_events[{k}]"
+        gpu = _need(e, "gpu", int, where)
+        if not 0 <= gpu < len(gpus):
+            raise InvalidInput(f"{source}: {where}.gpu {gpu} is not a GPU of the node")
+        # An event written by hand, without seq, is raised now: after every one already there.
+        seq = int(e["seq"]) if "seq" in e else node.xid_serial + 1
+        node.xid_serial = max(node.xid_serial, seq)
+        ids = [None if e.get(key) is None else int(e[key]) for key in ("gi_id", "ci_id")]
+        node.xid_events.append(SimXidEvent(seq, gpu, _need(e, "xid", int, where), ids[0], ids[1]))
     return node
 
 

@@ -141,7 +141,8 @@ def add_device_plugin_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_device_plugin(conf: AgentConfig, backend: GpuBackend) -> KubeletDevicePlugin:
-    """The built-in device plugin from the config (not started)."""
+    """The built-in device plugin from the config (not started); a bad
+    ``CDMO_DISABLE_HEALTHCHECKS`` is refused here, at start."""
     from cdmo.node_agent.deviceplugin.plugin import KubeletDevicePlugin, PluginSettings
 
     return KubeletDevicePlugin(
@@ -152,5 +153,6 @@ def build_device_plugin(conf: AgentConfig, backend: GpuBackend) -> KubeletDevice
             device_id_strategy=conf.device_id_strategy,
             cdi_kind=conf.cdi_kind,
             whole_gpus=conf.advertise_whole_gpus,
+            disable_healthchecks=conf.disable_healthchecks,
         ),
     )

@@ -6,6 +6,7 @@ in the node's directory, where the node's simulated kubelet registers it.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +83,8 @@ def start_agent(
     plugin = None
     if builtin:
         plugin = build_device_plugin(config, sim.guarded)
+        # The XID watch's NVML wait bounds how soon stop() returns; short here, as the polls are.
+        plugin.settings = dataclasses.replace(plugin.settings, event_wait_seconds=0.1)
         plugin.start()
     refresher = BuiltinRefresh(plugin) if plugin is not None else build_refresher(config, kube)
     agent = Agent(config, sim.guarded, kube, refresher, advertiser=plugin)

@@ -42,7 +42,7 @@ from cdmo.api import GPU_PRODUCT_LABEL, PARTITIONING_LABEL_KEY, PARTITIONING_LAB
 from cdmo.mig.catalog import get_model, gfd_label
 from cdmo.mig.layouts import Instance
 from cdmo.mig.resources import RESOURCE_PREFIX, resource_from_profile
-from cdmo.node_agent.backend import GpuInfo, GpuInstanceInfo, MigModeChange
+from cdmo.node_agent.backend import GpuInfo, GpuInstanceInfo, MigModeChange, XidWatch
 from cdmo.node_agent.podresources import api_pb2, api_pb2_grpc
 from cdmo.node_agent.simulated import SimulatedBackend
 from tests.harness.kube_api import KubeApiDouble, ResourceType, Store, StoreEvent, now_rfc3339
@@ -87,6 +87,9 @@ class GuardedBackend:
 
     def set_mig_mode(self, gpu: int, enabled: bool) -> MigModeChange:
         return self.inner.set_mig_mode(gpu, enabled)
+
+    def watch_xid_events(self) -> XidWatch:
+        return self.inner.watch_xid_events()  # events change nothing a pod holds
 
     def close(self) -> None:
         self.inner.close()

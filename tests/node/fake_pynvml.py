@@ -12,6 +12,7 @@ value would be garbage to the real library. Arrays are checked for size as NVML 
 from __future__ import annotations
 
 import ctypes
+import time
 import types
 from typing import Any
 
@@ -26,7 +27,23 @@ _PROCESS_INFO: Any = getattr(real, "c_nvmlProcessInfo_v3_t", None) or real.c_nvm
 _DEVICE, _MIG, _GI, _CI = 1, 2, 3, 4
 
 #: What the fake copies from the real module: constants, structs, handle types, errors, helpers.
-_COPIED_PREFIXES = ("NVML_", "NVMLError", "c_nvml", "struct_c_nvml", "nvmlPciInfo_t", "nvmlFriendlyObject")
+_COPIED_PREFIXES = (
+    "NVML_",
+    "NVMLError",
+    "c_nvml",
+    "struct_c_nvml",
+    "nvmlPciInfo_t",
+    "nvmlFriendlyObject",
+    "nvmlEventType",
+)
+
+#: What the fake's GPUs say they can report (nvmlDeviceGetSupportedEventTypes): ECC and XID
+#: errors, as a data-centre GPU with ECC on does.
+_SUPPORTED_EVENTS = (
+    real.nvmlEventTypeSingleBitEccError
+    | real.nvmlEventTypeDoubleBitEccError
+    | real.nvmlEventTypeXidCriticalError
+)
 
 
 def _encode(kind: int, gpu: int, gi: int = 0, ci: int = 0) -> int:
@@ -66,6 +83,8 @@ def make_fake_pynvml(node: SimulatedNode, *, ci_device_is_parent: bool = False) 
     mod.nvmlStructToFriendlyObject = real.nvmlStructToFriendlyObject
     mod.calls = []  # every fake function called, in order
     state = {"initialised": False}
+    #: event set id -> GPU index -> the last XID event seq it read (or registered at)
+    event_sets: dict[int, dict[int, int]] = {}
 
     def call(name: str, fn: Any) -> Any:
         mod.calls.append(name)
@@ -402,6 +421,72 @@ def make_fake_pynvml(node: SimulatedNode, *, ci_device_is_parent: bool = False) 
             return rows
 
         return call("nvmlDeviceGetComputeRunningProcesses", go)
+
+    # --- events -------------------------------------------------------------------------
+
+    def event_set(handle: Any) -> dict[int, int]:
+        addr = ctypes.cast(handle, ctypes.c_void_p).value
+        if not addr or addr not in event_sets:
+            raise SimNvmlError(real.NVML_ERROR_INVALID_ARGUMENT, "not an event set")
+        return event_sets[addr]
+
+    def nvmlEventSetCreate():
+        def go() -> Any:
+            node.check_fault("nvmlEventSetCreate")
+            key = 0x5E7 << 32 | (len(event_sets) + 1)
+            event_sets[key] = {}
+            return ctypes.cast(ctypes.c_void_p(key), real.c_nvmlEventSet_t)
+
+        return call("nvmlEventSetCreate", go)
+
+    def nvmlDeviceGetSupportedEventTypes(handle):
+        def go() -> int:
+            resolve(handle, _DEVICE)
+            return int(_SUPPORTED_EVENTS)
+
+        return call("nvmlDeviceGetSupportedEventTypes", go)
+
+    def nvmlDeviceRegisterEvents(handle, eventTypes, eventSet):
+        def go() -> None:
+            _, gpu, _, _ = resolve(handle, _DEVICE)  # nvml.h: not on MIG device handles
+            cursors = event_set(eventSet)
+            if int(eventTypes) & ~int(_SUPPORTED_EVENTS):
+                raise SimNvmlError(real.NVML_ERROR_NOT_SUPPORTED, "event types the GPU cannot report")
+            cursors.setdefault(gpu, node.register_events(gpu))
+
+        return call("nvmlDeviceRegisterEvents", go)
+
+    def nvmlEventSetWait_v2(eventSet, timeoutms):
+        def go() -> Any:
+            cursors = event_set(eventSet)
+            node.check_fault("nvmlEventSetWait")
+            deadline = time.monotonic() + int(timeoutms) / 1000
+            with node.lock:
+                while (found := node.next_xid(cursors)) is None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise SimNvmlError(real.NVML_ERROR_TIMEOUT, "no event")
+                    node.xid_raised.wait(left)
+            cursors[found.gpu] = found.seq
+            data = real.c_nvmlEventData_t()
+            data.device = _handle(real.c_nvmlDevice_t, _DEVICE, found.gpu)
+            data.eventType = real.nvmlEventTypeXidCriticalError
+            data.eventData = found.xid
+            data.gpuInstanceId = 0xFFFFFFFF if found.gi_id is None else found.gi_id
+            data.computeInstanceId = 0xFFFFFFFF if found.ci_id is None else found.ci_id
+            return data
+
+        return call("nvmlEventSetWait", go)
+
+    def nvmlEventSetWait(eventSet, timeoutms):
+        return nvmlEventSetWait_v2(eventSet, timeoutms)
+
+    def nvmlEventSetFree(eventSet):
+        def go() -> None:
+            event_set(eventSet)
+            event_sets.pop(ctypes.cast(eventSet, ctypes.c_void_p).value or 0, None)
+
+        return call("nvmlEventSetFree", go)
 
     # --- C entry points (cdmo reads process rows itself: cdmo.node_agent.nvml_processes) -----
 

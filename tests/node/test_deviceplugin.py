@@ -53,7 +53,7 @@ def kubelet(short_dir: Path) -> Iterator[SimKubelet]:
 
 
 def make_plugin(node: SimulatedNode, d: Path, **kw: object) -> KubeletDevicePlugin:
-    settings = PluginSettings(plugin_dir=str(d), poll_seconds=0.1, **kw)  # type: ignore[arg-type]
+    settings = PluginSettings(plugin_dir=str(d), poll_seconds=0.1, event_wait_seconds=0.1, **kw)  # type: ignore[arg-type]
     plugin = KubeletDevicePlugin(SimulatedBackend(node), settings)
     plugin.start()
     return plugin
@@ -157,7 +157,7 @@ def test_a_device_just_handed_to_the_kubelet_is_kept_until_pod_resources_can_lis
     # The kubelet records an allocation in pod-resources only after Allocate returns: a plan
     # landing in between would find the device free there, and destroy it under a starting pod.
     now = [1000.0]
-    settings = PluginSettings(plugin_dir=str(short_dir), poll_seconds=0.1)
+    settings = PluginSettings(plugin_dir=str(short_dir), poll_seconds=0.1, event_wait_seconds=0.1)
     plugin = KubeletDevicePlugin(SimulatedBackend(node), settings, clock=lambda: now[0])
     plugin.start()
     try:
@@ -236,7 +236,7 @@ def test_mig_off_gpus_are_offered_as_whole_gpus(short_dir, kubelet) -> None:  # 
 def test_mig_stays_off_on_a_gpu_just_handed_to_the_kubelet_whole(short_dir, kubelet) -> None:  # type: ignore[no-untyped-def]
     node = SimulatedNode.from_models(["h100-80gb", "h100-80gb"], seed="off", mig_enabled=False)
     now = [1000.0]
-    settings = PluginSettings(plugin_dir=str(short_dir), poll_seconds=0.1)
+    settings = PluginSettings(plugin_dir=str(short_dir), poll_seconds=0.1, event_wait_seconds=0.1)
     plugin = KubeletDevicePlugin(SimulatedBackend(node), settings, clock=lambda: now[0])
     plugin.start()
     try:
@@ -324,7 +324,9 @@ def test_a_refused_registration_is_retried_with_backoff_and_at_once_for_a_new_ku
     # pass and every poll, holding up the pass each time.
     now = [1000.0]
     refusing = _RefusingKubelet(short_dir)
-    settings = PluginSettings(plugin_dir=str(short_dir), poll_seconds=3600)  # no background ticks
+    settings = PluginSettings(
+        plugin_dir=str(short_dir), poll_seconds=3600, event_wait_seconds=0.1
+    )  # no background ticks
     plugin = KubeletDevicePlugin(SimulatedBackend(node), settings, clock=lambda: now[0])
     plugin.start()
     try:
@@ -363,7 +365,8 @@ def test_devices_name_their_gpus_numa_node_for_the_topology_manager(node, kubele
     """As NVIDIA's plugin does; without it the kubelet could not align a MIG device with the CPUs
     of its socket."""
     plugin = KubeletDevicePlugin(
-        _TwoNumaNodes(node), PluginSettings(plugin_dir=str(short_dir), poll_seconds=0.1)
+        _TwoNumaNodes(node),
+        PluginSettings(plugin_dir=str(short_dir), poll_seconds=0.1, event_wait_seconds=0.1),
     )
     plugin.start()
     try:
@@ -394,7 +397,9 @@ def nvml_backend(standin: StandinGpus) -> Iterator[NvmlBackend]:
 
 
 def nvml_plugin(backend: NvmlBackend, d: Path, **kw: object) -> KubeletDevicePlugin:
-    settings = PluginSettings(plugin_dir=str(d), poll_seconds=0.1, device_id_strategy="index", **kw)  # type: ignore[arg-type]
+    settings = PluginSettings(
+        plugin_dir=str(d), poll_seconds=0.1, event_wait_seconds=0.1, device_id_strategy="index", **kw
+    )  # type: ignore[arg-type]
     plugin = KubeletDevicePlugin(backend, settings)
     plugin.start()
     return plugin

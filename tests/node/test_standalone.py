@@ -122,7 +122,9 @@ def test_run_follows_the_file_and_advertises(short_dir: Path) -> None:
     layout = short_dir / "layout.yaml"
     layout.write_text(ONE)
     out = io.StringIO()
-    plugin = KubeletDevicePlugin(SimulatedBackend(node), PluginSettings(plugin_dir=str(short_dir / "dp")))
+    plugin = KubeletDevicePlugin(
+        SimulatedBackend(node), PluginSettings(plugin_dir=str(short_dir / "dp"), event_wait_seconds=0.1)
+    )
     plugin.start()
     agent = make(node, layout, out, advertiser=plugin)
     agent.refresher = BuiltinRefresh()

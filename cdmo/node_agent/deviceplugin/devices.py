@@ -15,6 +15,7 @@ NVIDIA's plugin; the device ID strategy changes only what the container is told.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -61,6 +62,9 @@ class PluginDevice:
     start: int | None = None
     #: The GPU's NUMA node, for the kubelet's Topology Manager (None: not said).
     numa: int | None = None
+    #: The MIG device's GPU and compute instance ids (what an XID event names); None for a GPU.
+    gi_id: int | None = None
+    ci_id: int | None = None
 
     @property
     def health(self) -> str:
@@ -93,11 +97,7 @@ def build_devices(
     out: list[PluginDevice] = []
     for info in sorted(gpus, key=lambda g: g.index):
         if info.index in unreadable:
-            out.extend(
-                PluginDevice(d.resource, d.id, d.gpu, d.index, False, d.profile, d.start, d.numa)
-                for d in previous
-                if d.gpu == info.index
-            )
+            out.extend(dataclasses.replace(d, healthy=False) for d in previous if d.gpu == info.index)
             continue
         if not info.mig_current:
             if whole_gpus and info.index not in mig_wanted:
@@ -121,6 +121,8 @@ def build_devices(
                     inst.profile,
                     inst.start,
                     info.numa_node,
+                    inst.gi_id,
+                    inst.ci_id,
                 )
             )
     return tuple(sorted(out))

@@ -9,7 +9,13 @@ resource of the GPUs it manages (and ``nvidia.com/gpu`` for GPUs with MIG off):
   with an empty list when it has no device, so that the kubelet drops its capacity at once;
 - ``ListAndWatch`` sends the whole list again whenever it changes: at once after
   ``withdraw``/``refresh``, and within ``poll_seconds`` of a change made outside the agent
-  (a background thread re-reads NVML); health comes from NVML;
+  (a background thread re-reads NVML); health comes from NVML: a device whose GPU NVML cannot
+  read, or whose compute instance does not span its GPU instance, is Unhealthy while that lasts;
+- critical XID errors: a second thread waits on an NVML event set (bounded waits of
+  ``event_wait_seconds``) and, on an XID the policy does not ignore (``health.py``: NVIDIA's
+  list of application XIDs, ``CDMO_DISABLE_HEALTHCHECKS``), marks the MIG device it names, or
+  every device of its GPU, Unhealthy and sends the lists at once; such a mark lasts until the
+  agent restarts (a re-made instance has a new UUID and starts Healthy);
 - ``withdraw`` returns only after every open ``ListAndWatch`` stream of the affected resources
   has sent the list without the withdrawn devices (or after ``ack_timeout``); ``Allocate``
   refuses withdrawn devices from the moment ``withdraw`` is called;
@@ -19,8 +25,9 @@ resource of the GPUs it manages (and ``nvidia.com/gpu`` for GPUs with MIG off):
   ``register_backoff``, doubled on each failure up to ``register_backoff_max``, and at once
   when a new ``kubelet.sock`` appears.
 
-Threads: the gRPC servers' workers and one background thread; all shared state is behind one
-lock (a condition variable wakes the streams).
+Threads: the gRPC servers' workers, one background thread and the XID watcher; all shared
+state is behind one lock (a condition variable wakes the streams). No reconcile pass waits on
+the XID watcher.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ import structlog
 from cdmo.errors import CdmoError, InvalidInput
 from cdmo.mig.layouts import Instance
 from cdmo.node_agent.advertise import HANDED_OUT_GRACE_SECONDS
-from cdmo.node_agent.backend import GpuBackend, GpuInstanceInfo
+from cdmo.node_agent.backend import GpuBackend, GpuInstanceInfo, XidEvent, XidWatch
 from cdmo.node_agent.deviceplugin import api_pb2, api_pb2_grpc
 from cdmo.node_agent.deviceplugin.devices import (
     DEFAULT_CDI_KIND,
@@ -52,6 +59,13 @@ from cdmo.node_agent.deviceplugin.devices import (
     layout_resources,
     parse_device_list_strategy,
     prefer_devices,
+)
+from cdmo.node_agent.deviceplugin.health import (
+    XidMarks,
+    apply_marks,
+    mark_xid,
+    parse_disable_healthchecks,
+    xid_targets,
 )
 
 log = structlog.get_logger("cdmo.node_agent.deviceplugin")
@@ -89,6 +103,15 @@ class PluginSettings:
     #: tried at once.
     register_backoff: float = 0.5
     register_backoff_max: float = 30.0
+    #: CDMO_DISABLE_HEALTHCHECKS (NVIDIA's DP_DISABLE_HEALTHCHECKS): "" watches every critical
+    #: XID but the application ones; ``all`` or ``xids``: none; else XIDs to ignore too, "48,63".
+    disable_healthchecks: str = ""
+    #: One NVML event wait lasts at most this long (NVIDIA's plugin: 5 s); stop() waits for it.
+    event_wait_seconds: float = 1.0
+    #: After NVML failed to make the event set or to wait on it, it is made again after this
+    #: long, doubled on each failure in a row up to ``event_backoff_max``.
+    event_backoff: float = 1.0
+    event_backoff_max: float = 60.0
 
 
 def _socket_id(path: Path) -> tuple[int, int] | None:
@@ -200,6 +223,7 @@ class KubeletDevicePlugin:
         self.settings = settings or PluginSettings()
         self.list_strategies = parse_device_list_strategy(self.settings.device_list_strategy)
         self.id_strategy = check_device_id_strategy(self.settings.device_id_strategy)
+        self.xid_policy = parse_disable_healthchecks(self.settings.disable_healthchecks)
         self.dir = Path(self.settings.plugin_dir)
         if len(str(self.dir.absolute())) > _MAX_DIR_LEN:
             raise InvalidInput(
@@ -228,6 +252,10 @@ class KubeletDevicePlugin:
         self._warned_nvidia = False
         self._started = False
         self._ticking = threading.Lock()
+        #: What critical XID errors marked Unhealthy (for the agent's life), and the watch
+        self._marks = XidMarks()
+        self._watched: frozenset[int] = frozenset()
+        self._xid_thread: threading.Thread | None = None
 
     # --- the DeviceAdvertiser contract ---------------------------------------------------------
 
@@ -296,10 +324,16 @@ class KubeletDevicePlugin:
         with self._cond:
             return {r: [d.id for d in devs] for r, devs in self._lists.items()}
 
+    @property
+    def watched_gpus(self) -> frozenset[int]:
+        """The GPUs whose critical XID errors the plugin receives now."""
+        with self._cond:
+            return self._watched
+
     # --- life cycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Read the GPUs, serve every resource, register with the kubelet, and watch."""
+        """Watch XID errors, read the GPUs, serve every resource, register with the kubelet."""
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -316,6 +350,16 @@ class KubeletDevicePlugin:
                 "Device ids are MIG device indexes, which move as the agent creates and destroys "
                 "instances; prefer --device-id-strategy uuid (CDMO_DEVICE_ID_STRATEGY=uuid)"
             )
+        if self.xid_policy.watch:
+            # Registered before the first read, as NVIDIA's plugin does before it serves: an XID
+            # from then on is not lost (NVML keeps none from before the registration).
+            watch = self._open_watch()
+            self._xid_thread = threading.Thread(
+                target=self._watch_xids, args=(watch,), name="cdmo-xid-watch", daemon=True
+            )
+            self._xid_thread.start()
+        else:
+            log.info("Skipped watching XID errors: health checks are disabled")
         self.refresh()
         self._thread = threading.Thread(target=self._loop, name="cdmo-device-plugin", daemon=True)
         self._thread.start()
@@ -326,6 +370,8 @@ class KubeletDevicePlugin:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._xid_thread is not None:  # its wait ends within event_wait_seconds
+            self._xid_thread.join(timeout=self.settings.event_wait_seconds + 5)
         for ep in self._endpoints.values():
             ep.stop()
             ep.path.unlink(missing_ok=True)
@@ -345,6 +391,79 @@ class KubeletDevicePlugin:
             with self._cond:
                 self._set_devices(devices, unreadable)
                 self._publish()
+
+    # --- critical XID errors -------------------------------------------------------------------
+
+    def _open_watch(self) -> XidWatch | None:
+        try:
+            watch = self.backend.watch_xid_events()
+        except Exception as exc:  # the watch's edge: NVML reads still give health meanwhile
+            log.warning("Failed to watch XID errors; will retry", error=str(exc))
+            return None
+        with self._cond:
+            self._watched = watch.gpus
+        log.info(
+            "Watching GPUs for XID errors",
+            gpus=sorted(watch.gpus),
+            ignored_xids=sorted(self.xid_policy.ignored),
+        )
+        return watch
+
+    def _watch_xids(self, watch: XidWatch | None) -> None:
+        """The XID thread: bounded waits, so that stop() is prompt; a failed watch is made again
+        with a backoff (events meanwhile are lost: NVML records none for a set not registered)."""
+        failures = 0 if watch is not None else 1
+        while not self._stop.is_set():
+            if watch is None:
+                delay = min(
+                    self.settings.event_backoff * 2 ** min(failures - 1, 20), self.settings.event_backoff_max
+                )
+                if self._stop.wait(delay):
+                    break
+                watch = self._open_watch()
+                if watch is None:
+                    failures += 1
+                    continue
+            try:
+                event = watch.wait(self.settings.event_wait_seconds)
+            except Exception as exc:  # the thread's edge
+                log.warning("Failed to wait for XID errors; will watch again", error=str(exc))
+                watch.close()
+                watch = None
+                with self._cond:
+                    self._watched = frozenset()
+                failures += 1
+                continue
+            failures = 0
+            if event is not None and not self._stop.is_set():
+                try:
+                    self.on_xid(event)
+                except Exception as exc:  # the thread's edge: the next event is handled alike
+                    log.warning("Failed to handle XID error", xid=event.xid, gpu=event.gpu, error=str(exc))
+        if watch is not None:
+            watch.close()
+
+    def on_xid(self, event: XidEvent) -> None:
+        """Mark what a critical XID names Unhealthy (unless the policy ignores it) and send the
+        lists at once. The GPUs are read again first, so that an instance made since the last
+        poll is found by its GI and CI ids."""
+        fields = {"gpu": event.gpu, "xid": event.xid, "gi_id": event.gi_id, "ci_id": event.ci_id}
+        if self.xid_policy.ignores(event.xid):
+            log.info("Ignored XID error", **fields)
+            return
+        with self._io:
+            devices, unreadable = self._read()
+            with self._cond:
+                self._marks = mark_xid(self._marks, event, devices, self.xid_policy)
+                self._set_devices(devices, unreadable)
+                changed = self._publish()
+        log.warning(
+            "Marked devices unhealthy after XID error",
+            **fields,
+            scope=event.scope,
+            uuids=sorted(xid_targets(event, devices)),
+            resources=sorted(changed),
+        )
 
     def _tick_now(self) -> None:
         """A tick from a reconcile pass: a failure here must not fail the pass (the background
@@ -472,7 +591,7 @@ class KubeletDevicePlugin:
         return devices, unreadable
 
     def _set_devices(self, devices: tuple[PluginDevice, ...], unreadable: set[int]) -> None:
-        self._devices = devices
+        self._devices = apply_marks(devices, self._marks)
         self._resources |= {d.resource for d in devices}
 
     def _publish(self) -> set[str]:

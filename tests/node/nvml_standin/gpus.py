@@ -19,6 +19,8 @@ from pathlib import Path
 import pynvml
 
 STATE_ENV = "CDMO_NVML_STANDIN_STATE"
+#: nvml.h: an event's GI or CI id where the error is not attributable to one (the whole GPU).
+NO_INSTANCE = 0xFFFFFFFF
 CALLS_ENV = "CDMO_NVML_STANDIN_CALLS"
 
 #: Catalog key -> whether a MIG mode change needs a GPU reset (Ampere) — as standin.c models it.
@@ -98,6 +100,15 @@ class StandinGpus:
         call then gets INSUFFICIENT_SIZE where ``new`` exceeds its slack (the count + 5)."""
         with self._edit() as lines:
             lines.append(f"grow {uuid} {int(new)} {int(count)}")
+
+    def raise_xid(self, gpu: int, xid: int, gi_id: int | None = None, ci_id: int | None = None) -> None:
+        """The driver reports critical XID error ``xid`` on GPU ``gpu``: of MIG device (``gi_id``,
+        ``ci_id``), of every compute instance of GPU instance ``gi_id`` (``ci_id`` None), or of the
+        whole GPU (both None: NVML's 0xFFFFFFFF). Event sets that registered the GPU get it."""
+        with self._edit() as lines:
+            seqs = [int(line.split()[1]) for line in lines if line.startswith("xid ")]
+            ids = [NO_INSTANCE if i is None else int(i) for i in (gi_id, ci_id)]
+            lines.append(f"xid {max(seqs, default=0) + 1} {int(gpu)} {int(xid)} {ids[0]} {ids[1]}")
 
     def lose_gpu(self, gpu: int) -> None:
         """The GPU falls off the bus: every NVML call on it answers GPU_IS_LOST."""

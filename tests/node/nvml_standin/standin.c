@@ -28,6 +28,12 @@
  *                                   (-1: all): between pynvml's two calls, so its second call
  *                                   gets INSUFFICIENT_SIZE when N exceeds its slack (count + 5)
  *   lost GPU                        the GPU fell off the bus: every call on it is GPU_IS_LOST
+ *   xid SEQ GPU XID GI CI           the driver reported critical XID error XID on GPU (SEQ: its
+ *                                   number, rising); GI CI: the MIG device it is attributed to,
+ *                                   4294967295 (0xFFFFFFFF) for none (the whole GPU). An event set
+ *                                   gets the records of a registered GPU with a SEQ above the
+ *                                   highest one there was when it registered (nvml.h: events
+ *                                   before nvmlDeviceRegisterEvents are not recorded)
  *   fault FUNCTION RC COUNT         the next COUNT calls of FUNCTION return RC (-1: all);
  *                                   nvmlDeviceGetComputeRunningProcesses@mig: only those on a
  *                                   MIG device handle (vGPU host mode refuses these, nvml.h)
@@ -37,6 +43,14 @@
  * nvmlDeviceGetConfComputeMemSizeInfo, as drivers after R535 do. Built with -DSTANDIN_R535_ROWS
  * (build.py, r535_rows=True) it is an R535 driver instead: 32-byte rows (usedGpuCcProtectedMemory
  * appended, which nvml.h never declared) and no nvmlDeviceGetRunningProcessDetailList.
+ *
+ * Events: nvmlEventSetCreate, nvmlDeviceGetSupportedEventTypes (ECC and XID errors),
+ * nvmlDeviceRegisterEvents (GPU handles only; a fault record makes a GPU's NOT_SUPPORTED),
+ * nvmlEventSetWait_v2 (what pynvml's nvmlEventSetWait calls: it looks at the state file every
+ * 20 ms until an `xid` record for it is there or the timeout passed, TIMEOUT then, and lets
+ * other calls of the process run in between; GPU_IS_LOST once a registered GPU is lost) and
+ * nvmlEventSetFree. The event's device is the GPU, as on a driver (nvml.h: MIG device handles
+ * get no events of their own).
  *
  * What NVML does that cdmo relies on, kept here (nvml.h and NVIDIA's MIG user guide):
  * profiles are asked for by constant and answer with an id; GPU instances are created at an
@@ -52,6 +66,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "nvml.h"
@@ -148,6 +163,7 @@ static const unsigned CI_SLICES[NVML_COMPUTE_INSTANCE_PROFILE_COUNT] = {1, 2, 3,
 #define MAX_PROCS 64
 #define MAX_FAULTS 16
 #define MAX_GROWS 8
+#define MAX_XIDS 64
 #define UUID_LEN NVML_DEVICE_UUID_V2_BUFFER_SIZE
 
 typedef struct { int used; unsigned profile; char uuid[UUID_LEN]; } Ci;
@@ -156,14 +172,16 @@ typedef struct { const Model *model; char uuid[UUID_LEN]; unsigned mig, pending,
 typedef struct { char uuid[UUID_LEN]; unsigned pid; } Proc;
 typedef struct { char call[UUID_LEN]; int rc, count; } Fault;
 typedef struct { char uuid[UUID_LEN]; unsigned n; int count; } Grow;
+typedef struct { unsigned seq, gpu, xid, gi, ci; } Xid;
 
 static struct {
-    unsigned serial, ngpus, nprocs, nfaults, ngrows;
+    unsigned serial, ngpus, nprocs, nfaults, ngrows, nxids, xid_serial;
     int unprivileged, ci_device_parent, mig_index_by_start;
     Gpu gpus[MAX_GPUS];
     Proc procs[MAX_PROCS];
     Fault faults[MAX_FAULTS];
     Grow grows[MAX_GROWS];
+    Xid xids[MAX_XIDS];
 } S;
 
 static int initialised; /* per process, as NVML's own init count */
@@ -210,6 +228,11 @@ static int parse(FILE *f) {
         } else if (sscanf(line, "fault %95s %d %d", a, &rc, &count) == 3 && S.nfaults < MAX_FAULTS) {
             snprintf(S.faults[S.nfaults].call, UUID_LEN, "%s", a);
             S.faults[S.nfaults].rc = rc, S.faults[S.nfaults++].count = count;
+        } else if (sscanf(line, "xid %u %u %u %u %u", &x, &g, &y, &gi, &ci) == 5) {
+            if (g >= S.ngpus) return -1;
+            if (S.nxids == MAX_XIDS) memmove(S.xids, S.xids + 1, --S.nxids * sizeof S.xids[0]); /* oldest go */
+            S.xids[S.nxids++] = (Xid){x, g, y, gi, ci};
+            if (x > S.xid_serial) S.xid_serial = x;
         } else if (sscanf(line, "grow %95s %u %d", a, &x, &count) == 3 && S.ngrows < MAX_GROWS) {
             snprintf(S.grows[S.ngrows].uuid, UUID_LEN, "%s", a);
             S.grows[S.ngrows].n = x, S.grows[S.ngrows++].count = count;
@@ -245,6 +268,8 @@ static void save(void) {
             fprintf(f, "fault %s %d %d\n", S.faults[i].call, S.faults[i].rc, S.faults[i].count);
     for (unsigned i = 0; i < S.ngrows; i++)
         if (S.grows[i].count != 0) fprintf(f, "grow %s %u %d\n", S.grows[i].uuid, S.grows[i].n, S.grows[i].count);
+    for (unsigned i = 0; i < S.nxids; i++)
+        fprintf(f, "xid %u %u %u %u %u\n", S.xids[i].seq, S.xids[i].gpu, S.xids[i].xid, S.xids[i].gi, S.xids[i].ci);
     fclose(f);
 }
 
@@ -256,9 +281,10 @@ static nvmlReturn_t fail_begin(nvmlReturn_t rc) {
     return rc;
 }
 
-static nvmlReturn_t begin(const char *call) {
+/* `quiet`: a call looking at the state again (an event wait): neither logged nor faulted. */
+static nvmlReturn_t begin_as(const char *call, int quiet) {
     const char *path = getenv("CDMO_NVML_STANDIN_STATE");
-    const char *log = getenv("CDMO_NVML_STANDIN_CALLS");
+    const char *log = quiet ? NULL : getenv("CDMO_NVML_STANDIN_CALLS");
     pthread_mutex_lock(&mutex);
     if (log) { /* the calls made, one a line, for tests that check the order */
         FILE *l = fopen(log, "a");
@@ -275,7 +301,7 @@ static nvmlReturn_t begin(const char *call) {
         fprintf(stderr, "nvml stand-in: cannot read %s\n", path);
         return fail_begin(NVML_ERROR_UNKNOWN);
     }
-    for (unsigned i = 0; i < S.nfaults; i++) {
+    for (unsigned i = 0; !quiet && i < S.nfaults; i++) {
         Fault *fault = &S.faults[i];
         if (fault->count != 0 && (strcmp(fault->call, call) == 0 || strcmp(fault->call, "*") == 0)) {
             if (fault->count > 0) fault->count--;
@@ -285,6 +311,8 @@ static nvmlReturn_t begin(const char *call) {
     }
     return NVML_SUCCESS;
 }
+
+static nvmlReturn_t begin(const char *call) { return begin_as(call, 0); }
 
 static nvmlReturn_t end(nvmlReturn_t rc) {
     if (lost_seen && rc == NVML_ERROR_INVALID_ARGUMENT) rc = NVML_ERROR_GPU_IS_LOST;
@@ -393,6 +421,9 @@ const char *nvmlErrorString(nvmlReturn_t rc) {
     case NVML_ERROR_NOT_FOUND: return "Not Found";
     case NVML_ERROR_INSUFFICIENT_SIZE: return "Insufficient Size";
     case NVML_ERROR_DRIVER_NOT_LOADED: return "Driver Not Loaded";
+    case NVML_ERROR_TIMEOUT: return "Timeout";
+    case NVML_ERROR_GPU_IS_LOST: return "GPU is lost";
+    case NVML_ERROR_MEMORY: return "Insufficient Memory";
     case NVML_ERROR_RESET_REQUIRED: return "GPU requires reset";
     case NVML_ERROR_IN_USE: return "In use by another client";
     case NVML_ERROR_INSUFFICIENT_RESOURCES: return "Insufficient resources";
@@ -854,4 +885,87 @@ nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsign
     *infoCount = n;
     if (!infos) grow_after_count_query(d.gpu != NULL, gpu, m.ci);
     return end(rc);
+}
+
+/* --- events ------------------------------------------------------------------------------- */
+
+#define SUPPORTED_EVENTS (nvmlEventTypeSingleBitEccError | nvmlEventTypeDoubleBitEccError | nvmlEventTypeXidCriticalError)
+
+/* An event set: per GPU, the event types registered and the last `xid` SEQ delivered (or there
+ * at registration). The process's own memory, as NVML's event sets are. */
+typedef struct { unsigned long long mask[MAX_GPUS]; unsigned seen[MAX_GPUS]; } EventSet;
+
+nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set) {
+    BEGIN("nvmlEventSetCreate");
+    if (!set) return end(NVML_ERROR_INVALID_ARGUMENT);
+    EventSet *es = calloc(1, sizeof *es);
+    if (!es) return end(NVML_ERROR_MEMORY);
+    *set = (nvmlEventSet_t)(void *)es;
+    return end(NVML_SUCCESS);
+}
+
+nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t device, unsigned long long *eventTypes) {
+    BEGIN("nvmlDeviceGetSupportedEventTypes");
+    Named d = resolve(device, DEVICE);
+    if (!d.gpu || !eventTypes) return end(NVML_ERROR_INVALID_ARGUMENT);
+    *eventTypes = SUPPORTED_EVENTS;
+    return end(NVML_SUCCESS);
+}
+
+nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t device, unsigned long long eventTypes, nvmlEventSet_t set) {
+    BEGIN("nvmlDeviceRegisterEvents");
+    if (resolve(device, MIG).gpu) return end(NVML_ERROR_NOT_SUPPORTED); /* no events of MIG devices */
+    Named d = resolve(device, DEVICE);
+    if (!d.gpu || !set || !eventTypes) return end(NVML_ERROR_INVALID_ARGUMENT);
+    if (eventTypes & ~(unsigned long long)SUPPORTED_EVENTS) return end(NVML_ERROR_NOT_SUPPORTED);
+    EventSet *es = (EventSet *)(void *)set;
+    if (!es->mask[d.g]) es->seen[d.g] = S.xid_serial; /* earlier events are not recorded */
+    es->mask[d.g] |= eventTypes;
+    return end(NVML_SUCCESS);
+}
+
+static long long elapsed_ms(const struct timespec *since) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (now.tv_sec - since->tv_sec) * 1000LL + (now.tv_nsec - since->tv_nsec) / 1000000LL;
+}
+
+nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeoutms) {
+    struct timespec started;
+    clock_gettime(CLOCK_MONOTONIC, &started);
+    BEGIN("nvmlEventSetWait");
+    if (!set || !data) return end(NVML_ERROR_INVALID_ARGUMENT);
+    EventSet *es = (EventSet *)(void *)set;
+    for (;;) {
+        const Xid *found = NULL;
+        for (unsigned g = 0; g < S.ngpus; g++)
+            if (es->mask[g] && S.gpus[g].lost) return end(NVML_ERROR_GPU_IS_LOST);
+        for (unsigned i = 0; i < S.nxids; i++) {
+            const Xid *x = &S.xids[i];
+            if (x->gpu < MAX_GPUS && (es->mask[x->gpu] & nvmlEventTypeXidCriticalError) && x->seq > es->seen[x->gpu] &&
+                (!found || x->seq < found->seq))
+                found = x;
+        }
+        if (found) {
+            es->seen[found->gpu] = found->seq;
+            memset(data, 0, sizeof *data);
+            data->device = handle(DEVICE, found->gpu, 0, 0); /* the GPU, with the MIG device's ids */
+            data->eventType = nvmlEventTypeXidCriticalError;
+            data->eventData = found->xid;
+            data->gpuInstanceId = found->gi, data->computeInstanceId = found->ci;
+            return end(NVML_SUCCESS);
+        }
+        end(NVML_SUCCESS); /* let other calls of this process, and other processes, run */
+        if (elapsed_ms(&started) >= (long long)timeoutms) return NVML_ERROR_TIMEOUT;
+        usleep(20000);
+        nvmlReturn_t rc = begin_as("nvmlEventSetWait", 1);
+        if (rc != NVML_SUCCESS) return rc;
+    }
+}
+
+nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {
+    BEGIN("nvmlEventSetFree");
+    if (!set) return end(NVML_ERROR_INVALID_ARGUMENT);
+    free((void *)set);
+    return end(NVML_SUCCESS);
 }
