@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         metrics.serve(conf.metrics_port, health=lambda: agent.stuck() if agent is not None else None)
     plugin = None
     try:  # the plugin starts inside: a failed start still closes NVML and the client
-        plugin = _start_plugin(conf, backend)
+        plugin = _start_plugin(conf, backend, metrics)
         advertiser = plugin
         if plugin is None and conf.reconfiguring_taint:
             from cdmo.node_agent.taint import ReconfiguringTaint
@@ -165,13 +165,13 @@ def set_on_signals(event: threading.Event, signals: tuple[signal.Signals, ...]) 
         signal.signal(sig, handler)
 
 
-def _start_plugin(conf: Any, backend: Any) -> Any:
+def _start_plugin(conf: Any, backend: Any, metrics: Any = None) -> Any:
     """The started built-in device plugin in the builtin mode, else None."""
     from cdmo.node_agent.wiring import build_device_plugin
 
     if conf.refresh_strategy != "builtin":
         return None
-    plugin = build_device_plugin(conf, backend)
+    plugin = build_device_plugin(conf, backend, metrics)
     plugin.start()
     return plugin
 

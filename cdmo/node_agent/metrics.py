@@ -8,7 +8,10 @@
   on after a reboot or reset;
 - ``cdmo_agent_failures_total`` (counter, by reason: NvmlError, InstanceInUse, Fatal, ...);
 - ``cdmo_agent_blocked_gpus`` (gauge): GPUs blocked by an instance in use after the last pass;
-- ``cdmo_agent_device_plugin_refreshes_total`` (counter, by strategy and result).
+- ``cdmo_agent_device_plugin_refreshes_total`` (counter, by strategy and result);
+- ``cdmo_agent_xid_errors_total`` (counter, by xid and action: marked, the devices it names went
+  Unhealthy; ignored, an application XID or one the settings ignore): critical XID errors the
+  built-in device plugin received, to alert on.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, make_wsgi_app
 
+from cdmo.node_agent.backend import XidEvent
 from cdmo.node_agent.reconcile import GpuState, ReconcileResult
 from cdmo.node_agent.refresh import RefreshOutcome
 
@@ -64,6 +68,16 @@ class AgentMetrics:
             ["strategy", "result"],
             registry=r,
         )
+
+        self.xid_errors = Counter(
+            "cdmo_agent_xid_errors",
+            "Critical XID errors the device plugin received",
+            ["xid", "action"],
+            registry=r,
+        )
+
+    def observe_xid(self, event: XidEvent, marked: bool) -> None:
+        self.xid_errors.labels(xid=str(event.xid), action="marked" if marked else "ignored").inc()
 
     def observe_pass(self, result: ReconcileResult, seconds: float) -> None:
         self.reconcile_seconds.observe(seconds)

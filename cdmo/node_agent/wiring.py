@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # the verbs' --help must not pay for grpc or pynvml
     from cdmo.node_agent.backend import GpuBackend
     from cdmo.node_agent.deviceplugin.plugin import KubeletDevicePlugin
     from cdmo.node_agent.inuse import InUse
+    from cdmo.node_agent.metrics import AgentMetrics
 
 log = structlog.get_logger("cdmo.node_agent")
 
@@ -140,9 +141,11 @@ def add_device_plugin_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_device_plugin(conf: AgentConfig, backend: GpuBackend) -> KubeletDevicePlugin:
-    """The built-in device plugin from the config (not started); a bad
-    ``CDMO_DISABLE_HEALTHCHECKS`` is refused here, at start."""
+def build_device_plugin(
+    conf: AgentConfig, backend: GpuBackend, metrics: AgentMetrics | None = None
+) -> KubeletDevicePlugin:
+    """The built-in device plugin from the config (not started), counting critical XIDs in
+    ``metrics``; a bad ``CDMO_DISABLE_HEALTHCHECKS`` is refused here, at start."""
     from cdmo.node_agent.deviceplugin.plugin import KubeletDevicePlugin, PluginSettings
 
     return KubeletDevicePlugin(
@@ -155,4 +158,5 @@ def build_device_plugin(conf: AgentConfig, backend: GpuBackend) -> KubeletDevice
             whole_gpus=conf.advertise_whole_gpus,
             disable_healthchecks=conf.disable_healthchecks,
         ),
+        observe_xid=metrics.observe_xid if metrics is not None else None,
     )

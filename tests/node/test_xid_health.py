@@ -266,3 +266,19 @@ def test_the_state_file_keeps_xid_events_and_takes_one_written_by_hand() -> None
     assert again.next_xid({0: 1}) is not None and again.xid_serial == 2
     with pytest.raises(InvalidInput, match=r"xid_events\[1\].gpu 3"):
         parse_state({**doc, "xid_events": [doc["xid_events"][0], {"gpu": 3, "xid": 48}]})
+
+
+def test_the_agents_metrics_count_each_xid_and_what_it_did(node: SimulatedNode) -> None:
+    """cdmo_agent_xid_errors_total, to alert on: by XID, marked or ignored."""
+    from cdmo.node_agent.metrics import AgentMetrics
+
+    metrics = AgentMetrics()
+    plugin = build_device_plugin(
+        AgentConfig.from_env({"CDMO_DISABLE_HEALTHCHECKS": "63"}), SimulatedBackend(node), metrics
+    )
+    for xid in (48, 48, 13, 63):
+        plugin.on_xid(XidEvent(0, xid))
+    text = metrics.render().decode()
+    assert 'cdmo_agent_xid_errors_total{action="marked",xid="48"} 2.0' in text
+    assert 'cdmo_agent_xid_errors_total{action="ignored",xid="13"} 1.0' in text
+    assert 'cdmo_agent_xid_errors_total{action="ignored",xid="63"} 1.0' in text

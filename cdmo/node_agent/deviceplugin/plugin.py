@@ -218,9 +218,12 @@ class KubeletDevicePlugin:
         settings: PluginSettings | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        observe_xid: Callable[[XidEvent, bool], None] | None = None,
     ) -> None:
         self.backend = backend
         self.settings = settings or PluginSettings()
+        #: Told of every critical XID and whether it marked devices (the agent's metrics).
+        self._observe_xid = observe_xid
         self.list_strategies = parse_device_list_strategy(self.settings.device_list_strategy)
         self.id_strategy = check_device_id_strategy(self.settings.device_id_strategy)
         self.xid_policy = parse_disable_healthchecks(self.settings.disable_healthchecks)
@@ -450,6 +453,8 @@ class KubeletDevicePlugin:
         fields = {"gpu": event.gpu, "xid": event.xid, "gi_id": event.gi_id, "ci_id": event.ci_id}
         if self.xid_policy.ignores(event.xid):
             log.info("Ignored XID error", **fields)
+            if self._observe_xid is not None:
+                self._observe_xid(event, False)
             return
         with self._io:
             devices, unreadable = self._read()
@@ -457,6 +462,8 @@ class KubeletDevicePlugin:
                 self._marks = mark_xid(self._marks, event, devices, self.xid_policy)
                 self._set_devices(devices, unreadable)
                 changed = self._publish()
+        if self._observe_xid is not None:
+            self._observe_xid(event, True)
         log.warning(
             "Marked devices unhealthy after XID error",
             **fields,
