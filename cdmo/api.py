@@ -40,7 +40,8 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 SCHEMA_REVISION_ANNOTATION = f"{GROUP}/schema-revision"
 #: The MigLayout schema this release relies on; crds/miglayouts.yaml carries it in
 #: SCHEMA_REVISION_ANNOTATION (tests/unit/test_crd.py keeps the two equal and asks for a new
-#: number when the schema changes). 2: a listed GPU requires ``instances``; 3: 64 GPUs a node.
+#: number when the schema changes). 2: a listed GPU requires ``instances``; 3: 64 GPUs a node,
+#: ``healthy`` in status.
 #: CRDs older than 3 carry no annotation. Helm never upgrades a CRD (docs/upgrading.md), so the
 #: operator reads it at start and refuses to run on an older one.
 SCHEMA_REVISION = 3

@@ -25,6 +25,7 @@ for the status document (None where nothing in this process advertises).
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from cdmo.mig.layouts import Instance
@@ -33,6 +34,17 @@ from cdmo.mig.layouts import Instance
 #: kubelet records it right after ``Allocate`` returns (in the same admission step); ten seconds
 #: leave a wide margin and delay a destroy only as long when nothing took the device after all.
 HANDED_OUT_GRACE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Unhealthy:
+    """Devices a device plugin withholds as broken: whole GPUs (NVML index) and MIG devices (UUID)."""
+
+    gpus: frozenset[int] = frozenset()
+    uuids: frozenset[str] = frozenset()
+
+
+NOTHING_UNHEALTHY = Unhealthy()
 
 
 class DeviceAdvertiser(Protocol):
@@ -49,6 +61,11 @@ class AgentAdvertiser(DeviceAdvertiser, Protocol):
     def settle(self) -> None: ...
 
     def advertised(self) -> dict[str, list[str]] | None: ...
+
+    def unhealthy(self) -> Unhealthy:
+        """What the advertiser withholds as broken (critical XIDs), for the status: the
+        operator plans around it."""
+        ...
 
 
 class NoAdvertiser:
@@ -68,3 +85,6 @@ class NoAdvertiser:
 
     def advertised(self) -> dict[str, list[str]] | None:
         return None
+
+    def unhealthy(self) -> Unhealthy:
+        return NOTHING_UNHEALTHY

@@ -113,6 +113,7 @@ def agent_pass(
         retry=retry,
         log=log,
         advertiser=advertiser,
+        withheld=advertiser.unhealthy().uuids,
     )
 
 
@@ -278,7 +279,12 @@ class Agent:
             self.advertiser.settle()  # external modes: lift the reconfiguring taint
 
         status = build_status(
-            result, generation=generation, now=self.clock(), previous=previous, refresh=refresh
+            result,
+            generation=generation,
+            now=self.clock(),
+            previous=previous,
+            refresh=refresh,
+            unhealthy=self.advertiser.unhealthy(),
         )
         self._write(status, previous)
         if result.mig_restored:

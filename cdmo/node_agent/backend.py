@@ -103,6 +103,9 @@ class GpuInstanceInfo:
     ci_count: int = 1
     #: Every compute instance, by CI id; empty means "only the one named by ci_id/uuid".
     compute_instances: tuple[ComputeInstanceInfo, ...] = ()
+    #: The agent's device plugin withholds its MIG device after a critical XID error (not read
+    #: from NVML: NodeObservation.withholding marks it). Not part of what the instance is.
+    withheld: bool = field(default=False, compare=False)
 
     @property
     def instance(self) -> Instance:
@@ -110,8 +113,9 @@ class GpuInstanceInfo:
 
     @property
     def healthy(self) -> bool:
-        """One compute instance spanning the whole GPU instance, as the device plugin needs."""
-        return self.ci_id is not None and self.full and self.ci_count == 1
+        """One compute instance spanning the whole GPU instance, as the device plugin needs, and
+        not withheld by it after a critical XID."""
+        return self.ci_id is not None and self.full and self.ci_count == 1 and not self.withheld
 
     @property
     def empty(self) -> bool:

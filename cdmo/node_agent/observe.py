@@ -11,6 +11,7 @@ No Kubernetes here: ``in_use`` is an InUse or a callable the agent (or a test) h
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
@@ -41,6 +42,23 @@ class NodeObservation:
     instances: Mapping[int, tuple[GpuInstanceInfo, ...]] = field(default_factory=dict)
     #: pod-resources, bound pods and NVML processes (MIG devices, or whole GPUs with MIG off)
     in_use: InUse = field(default_factory=InUse)
+
+    def withholding(self, uuids: Collection[str]) -> NodeObservation:
+        """This observation with every instance whose MIG device is among ``uuids`` (what the
+        device plugin withholds after a critical XID) marked ``withheld``: not healthy, so that
+        decide destroys and makes again a free one the layout keeps, in place and with a new
+        UUID, which the kubelet may hand out again (as it does an instance with a broken compute
+        instance). One a pod holds is kept."""
+        wanted = frozenset(uuids)
+        if not wanted:
+            return self
+        instances = {
+            index: tuple(
+                dataclasses.replace(i, withheld=True) if not wanted.isdisjoint(i.uuids) else i for i in insts
+            )
+            for index, insts in self.instances.items()
+        }
+        return dataclasses.replace(self, instances=instances)
 
     def without(self, gone: Collection[GpuInstanceInfo]) -> NodeObservation:
         """This observation less the instances already destroyed in this pass.

@@ -84,6 +84,7 @@ def prepare_node(
     log: Any = None,
     advertiser: DeviceAdvertiser | None = None,
     dry_run: bool = False,
+    withheld: Collection[str] = (),
 ) -> NodeDecision:
     """Observe the node and decide what each GPU needs. Changes nothing, except MIG mode: with
     ``enable_mig``, or for GPUs whose UUID is in ``restore_mig`` (cdmo managed them with MIG on
@@ -92,13 +93,18 @@ def prepare_node(
     its holders read again; one the kubelet was just handed stays as it is this pass.
 
     ``dry_run`` changes nothing at all, MIG mode included: the GPUs that would be switched on
-    are decided as if they had been, and named in the decision's ``mig_switched_on``."""
+    are decided as if they had been, and named in the decision's ``mig_switched_on``.
+
+    ``withheld``: MIG UUIDs the device plugin withholds after a critical XID; free ones the
+    layout keeps are made again (NodeObservation.withholding)."""
     log = log or _log
     observed = observe_node(backend, in_use, retry=retry)
     mig = decide_mig_mode(desired, observed, enable_mig=enable_mig, restore_mig=restore_mig)
     if dry_run:
         decision = decide_node(
-            desired, as_if_mig_switched_on(observed, mig.switch_on), mig_refused=mig.refused
+            desired,
+            as_if_mig_switched_on(observed, mig.switch_on).withholding(withheld),
+            mig_refused=mig.refused,
         )
         gpus = tuple(
             dataclasses.replace(g, message=f"once MIG is switched on: {g.message}")
@@ -139,7 +145,9 @@ def prepare_node(
         log.warning("Kept MIG mode off: the GPU is in use", gpu=index, why=why)
     if mig.switch_on:
         observed = observe_node(backend, in_use, retry=retry)  # a GPU switched on gets its layout now
-    decision = decide_node(desired, observed, mig_refused=mig.refused, mig_errors=errors)
+    decision = decide_node(
+        desired, observed.withholding(withheld), mig_refused=mig.refused, mig_errors=errors
+    )
     return dataclasses.replace(decision, mig_restored=tuple(restored), mig_switched_on=tuple(switched))
 
 
@@ -153,13 +161,15 @@ def reconcile_node(
     retry: RetryPolicy = DEFAULT_RETRY,
     log: Any = None,
     advertiser: DeviceAdvertiser | None = None,
+    withheld: Collection[str] = (),
 ) -> ReconcileResult:
     """One level-triggered pass: observe, decide, execute, report what the GPUs hold.
 
     ``desired`` maps GPU index -> instances (a GPU not in it is left alone). ``in_use`` is an
     InUse or a callable returning a fresh one (called again before each destroy). ``advertiser``
     (default: none in this process) withdraws devices before their destroy and refreshes at
-    the end of the pass, also when it fails. Raises Fatal (NoPermission) when NVML refuses for
+    the end of the pass, also when it fails; ``withheld`` are the MIG UUIDs it withholds after
+    a critical XID (see :func:`prepare_node`). Raises Fatal (NoPermission) when NVML refuses for
     lack of privileges; other problems are in the result.
     """
     advertiser = advertiser if advertiser is not None else NoAdvertiser()
@@ -173,6 +183,7 @@ def reconcile_node(
             retry=retry,
             log=log,
             advertiser=advertiser,
+            withheld=withheld,
         )
     except BaseException:
         advertiser.refresh()

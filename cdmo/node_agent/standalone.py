@@ -109,7 +109,12 @@ class StandaloneAgent:
             raise
         refresh = self.refresher.refresh(stop) if needs_refresh(result, self._previous) else None
         status = build_status(
-            result, generation=None, now=datetime.now(UTC), previous=self._previous, refresh=refresh
+            result,
+            generation=None,
+            now=datetime.now(UTC),
+            previous=self._previous,
+            refresh=refresh,
+            unhealthy=self.advertiser.unhealthy(),
         )
         self._previous = status
         doc["status"] = status

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from cdmo.api import ConditionType, Phase, format_time, get_condition, set_condition
+from cdmo.node_agent.advertise import NOTHING_UNHEALTHY, Unhealthy
 from cdmo.node_agent.backend import GpuInfo, GpuInstanceInfo
 from cdmo.node_agent.decide import GpuState, protected_instances
 from cdmo.node_agent.execute import GpuResult, ReconcileResult
@@ -29,7 +30,11 @@ MIG_MODE_RESTORED = "MigModeRestored"
 _NOT_READY_ORDER = (GpuState.REFUSED, GpuState.MIG_OFF, GpuState.BLOCKED, GpuState.FAILED, GpuState.PENDING)
 
 
-def build_instance_entry(inst: GpuInstanceInfo, holders: Sequence[Any]) -> dict[str, Any]:
+def build_instance_entry(
+    inst: GpuInstanceInfo, holders: Sequence[Any], marked: bool = False
+) -> dict[str, Any]:
+    """One ``status.gpus[].instances[]`` entry; ``healthy: false`` when its compute instance does
+    not span it, or the device plugin withholds it after a critical XID (``marked``)."""
     entry: dict[str, Any] = {"profile": inst.profile, "start": inst.start, "giId": inst.gi_id}
     if inst.ci_id is not None:
         entry["ciId"] = inst.ci_id
@@ -42,7 +47,7 @@ def build_instance_entry(inst: GpuInstanceInfo, holders: Sequence[Any]) -> dict[
     pods = [h.pod for h in holders if h.pod]
     if pods:
         entry["pod"] = pods[0]
-    if not inst.healthy:
+    if not inst.healthy or marked:
         entry["healthy"] = False
     return entry
 
@@ -53,12 +58,15 @@ def build_gpu_entries(
     in_use: InUse,
     results: Mapping[int, GpuResult] | None = None,
     managed: frozenset[str] = frozenset(),
+    unhealthy: Unhealthy = NOTHING_UNHEALTHY,
 ) -> list[dict[str, Any]]:
     """``status.gpus``: every GPU of the node with what it holds and who holds each instance.
 
     ``migManaged`` marks a GPU the spec lists that cdmo has run with MIG on (now, or by
     ``managed``, the previous status's word): it stays marked while MIG is off after a reboot,
-    so that the agent knows to switch MIG back on.
+    so that the agent knows to switch MIG back on. ``healthy: false`` on a GPU or an instance
+    says the device plugin withholds it (``unhealthy``: critical XIDs), so that the operator
+    plans around it.
     """
     results = results or {}
     infos = sorted(infos, key=lambda g: g.index)
@@ -75,6 +83,9 @@ def build_gpu_entries(
         }
         if info.mig_pending != info.mig_current:
             entry["migPending"] = info.mig_pending
+        gpu_marked = info.index in unhealthy.gpus
+        if gpu_marked:
+            entry["healthy"] = False
         res = results.get(info.index)
         if res is not None and res.desired is not None and (info.mig_current or info.uuid in managed):
             entry["migManaged"] = True
@@ -82,7 +93,11 @@ def build_gpu_entries(
             entry["state"] = str(res.state)
             entry["message"] = res.message
         entry["instances"] = [
-            build_instance_entry(inst, held.get((info.index, inst.gi_id), ()))
+            build_instance_entry(
+                inst,
+                held.get((info.index, inst.gi_id), ()),
+                gpu_marked or not unhealthy.uuids.isdisjoint(inst.uuids),
+            )
             for inst in sorted(instances.get(info.index, ()), key=lambda i: (i.start, i.profile))
         ]
         entries.append(entry)
@@ -170,8 +185,10 @@ def build_status(
     now: datetime,
     previous: Mapping[str, Any] | None = None,
     refresh: RefreshOutcome | None = None,
+    unhealthy: Unhealthy = NOTHING_UNHEALTHY,
 ) -> dict[str, Any]:
-    """The whole ``status`` after a pass. ``refresh`` is None when no refresh was attempted."""
+    """The whole ``status`` after a pass. ``refresh`` is None when no refresh was attempted;
+    ``unhealthy``: what the device plugin withholds after critical XIDs."""
     previous = previous or {}
     conds: list[dict[str, Any]] = [dict(c) for c in previous.get("conditions") or []]
     gen = generation
@@ -286,6 +303,7 @@ def build_status(
             result.in_use,
             {g.index: g for g in result.gpus},
             managed_gpus(previous),
+            unhealthy,
         ),
         "lastError": errors[0] if errors else None,
     }

@@ -24,6 +24,7 @@ import tenacity
 
 from cdmo.errors import CdmoError, InvalidInput, Transient
 from cdmo.mig.layouts import Instance
+from cdmo.node_agent.advertise import NOTHING_UNHEALTHY, Unhealthy
 from cdmo.node_agent.kube import NotFound
 
 log = structlog.get_logger("cdmo.node_agent.taint")
@@ -86,6 +87,9 @@ class ReconfiguringTaint:
 
     def advertised(self) -> dict[str, list[str]] | None:
         return None  # NVIDIA's plugin advertises, not this process
+
+    def unhealthy(self) -> Unhealthy:
+        return NOTHING_UNHEALTHY  # NVIDIA's plugin keeps its health to itself
 
     def settle(self) -> None:
         """The plugin has re-advertised (or nothing needed it): lift the taint if it is there.

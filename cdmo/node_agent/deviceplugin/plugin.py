@@ -46,7 +46,7 @@ import structlog
 
 from cdmo.errors import CdmoError, InvalidInput
 from cdmo.mig.layouts import Instance
-from cdmo.node_agent.advertise import HANDED_OUT_GRACE_SECONDS
+from cdmo.node_agent.advertise import HANDED_OUT_GRACE_SECONDS, Unhealthy
 from cdmo.node_agent.backend import GpuBackend, GpuInstanceInfo, XidEvent, XidWatch
 from cdmo.node_agent.deviceplugin import api_pb2, api_pb2_grpc
 from cdmo.node_agent.deviceplugin.devices import (
@@ -321,6 +321,11 @@ class KubeletDevicePlugin:
 
     def settle(self) -> None:
         return None  # the lists were sent during the pass: nothing waits on the kubelet here
+
+    def unhealthy(self) -> Unhealthy:
+        """What critical XIDs marked (see ``on_xid``), for the agent's status."""
+        with self._cond:
+            return Unhealthy(self._marks.gpus, self._marks.devices)
 
     def advertised(self) -> dict[str, list[str]] | None:
         """resource -> device IDs listed now (for the status document)."""
