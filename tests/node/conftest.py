@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -122,3 +124,12 @@ def _reset_structlog() -> Iterator[None]:
     """The CLI verbs configure structlog for the process; a later test must not log to a closed capture."""
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A fresh folder under /tmp: unix socket paths are short (107 bytes), and pytest's
+    tmp_path can be too long for the device plugin's and the kubelet's sockets."""
+    d = Path(tempfile.mkdtemp(prefix="cdmo-dp-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

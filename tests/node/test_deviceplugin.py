@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -30,14 +28,6 @@ from tests.node.nvml_standin.gpus import StandinGpus
 
 R1 = "nvidia.com/mig-1g.10gb"
 R3 = "nvidia.com/mig-3g.40gb"
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """Unix socket paths are short (107 bytes): pytest's tmp_path can be too long."""
-    d = Path(tempfile.mkdtemp(prefix="cdmo-dp-", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ earlier one was handled too.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,14 +33,6 @@ from tests.node.nvml_standin.gpus import CALLS_ENV, StandinGpus
 R1 = "nvidia.com/mig-1g.10gb"
 R3 = "nvidia.com/mig-3g.40gb"
 H, U = "Healthy", "Unhealthy"
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """Unix socket paths are short (107 bytes): pytest's tmp_path can be too long."""
-    d = Path(tempfile.mkdtemp(prefix="cdmo-xid-", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

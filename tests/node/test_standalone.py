@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,13 +25,6 @@ from tests.node.conftest import RETRY
 
 ONE = "gpus:\n- index: 0\n  instances: [{profile: 3g.40gb, start: 0}]\n"
 TWO = "gpus:\n- index: 0\n  instances: [{profile: 7g.80gb, start: 0}]\n"
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="cdmo-st-", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def docs(out: io.StringIO) -> list[dict]:  # type: ignore[type-arg]
