@@ -34,6 +34,7 @@ class NvmlReturn(IntEnum):
     DRIVER_NOT_LOADED = 9
     TIMEOUT = 10
     IRQ_ISSUE = 11
+    FUNCTION_NOT_FOUND = 13
     GPU_IS_LOST = 15
     RESET_REQUIRED = 16
     IN_USE = 19
@@ -184,9 +185,14 @@ class MigModeChange:
         return self.current != self.pending
 
 
-#: nvml.h: an XID event's ``gpuInstanceId`` / ``computeInstanceId`` when it is not attributable
-#: to one GPU or compute instance (the whole GPU); the backends turn it into None.
+#: nvml.h: the ``gpuInstanceId`` / ``computeInstanceId`` of an XID event or a process row when
+#: it is not attributable to one GPU or compute instance (the whole GPU, or MIG off).
 NVML_NO_INSTANCE_ID = 0xFFFFFFFF
+
+
+def nvml_instance_id(value: int) -> int | None:
+    """A GI or CI id as NVML gives it, None for :data:`NVML_NO_INSTANCE_ID`."""
+    return None if int(value) == NVML_NO_INSTANCE_ID else int(value)
 
 
 @dataclass(frozen=True)

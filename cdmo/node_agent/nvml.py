@@ -34,7 +34,6 @@ import structlog
 from cdmo.errors import UnknownProfile
 from cdmo.mig.catalog import PROFILE_NAME_PATTERN, GpuModel, find_model, nvml_constants
 from cdmo.node_agent.backend import (
-    NVML_NO_INSTANCE_ID,
     AlreadyGone,
     ComputeInstanceInfo,
     GpuGone,
@@ -53,6 +52,7 @@ from cdmo.node_agent.backend import (
     XidEvent,
     build_instance_info,
     error_for_rc,
+    nvml_instance_id,
     rc_name,
 )
 from cdmo.node_agent.nvml_processes import ProcessRow, Reader, read_processes, reader_for
@@ -360,7 +360,7 @@ class NvmlBackend:
         except (NotSupported, NoPermission) as exc:
             raise NvmlFailure(
                 f"cannot read the compute processes on GPU {gpu}: NVML refused them on its MIG devices "
-                f"(NOT_SUPPORTED) and on the GPU ({NvmlReturn(exc.rc or 0).name}); no instance on it is "
+                f"(NOT_SUPPORTED) and on the GPU ({rc_name(exc.rc)}); no instance on it is "
                 "destroyed while they are unknown",
                 exc.rc,
                 hint="run the agent privileged with hostPID: true",
@@ -607,17 +607,14 @@ class NvmlXidWatch:
                 log.info("Ignored XID event of a device not watched", xid=xid, uuid=uuid)
                 return None
             gpu = self._by_uuid[uuid]
-        return XidEvent(gpu, xid, _instance_id(data.gpuInstanceId), _instance_id(data.computeInstanceId))
+        return XidEvent(
+            gpu, xid, nvml_instance_id(data.gpuInstanceId), nvml_instance_id(data.computeInstanceId)
+        )
 
     def close(self) -> None:
         if self._set is not None:
             _free_event_set(self._nvml, self._set)
             self._set = None
-
-
-def _instance_id(value: Any) -> int | None:
-    """A GI or CI id of an event; None for nvml.h's "not attributable" (0xFFFFFFFF)."""
-    return None if int(value) == NVML_NO_INSTANCE_ID else int(value)
 
 
 def _free_event_set(nv: ModuleType, event_set: Any) -> None:

@@ -19,12 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-#: nvml.h return codes used here (the pynvml module of the caller raises its own errors).
-_SUCCESS = 0
-_INSUFFICIENT_SIZE = 7
-_FUNCTION_NOT_FOUND = 13
-#: NVML's "no instance" id in a row (MIG off, or a process NVML cannot place).
-_NO_ID = 0xFFFFFFFF
+from cdmo.node_agent.backend import NvmlReturn, nvml_instance_id
 
 
 class RowV2(ctypes.Structure):
@@ -75,7 +70,7 @@ def reader_for(nv: Any) -> Reader:
         try:
             nv._nvmlGetFunctionPointer(symbol)
         except nv.NVMLError as exc:
-            if exc.value == _FUNCTION_NOT_FOUND:
+            if exc.value == NvmlReturn.FUNCTION_NOT_FOUND:
                 return False
             raise
         return True
@@ -93,19 +88,16 @@ def read_processes(nv: Any, reader: Reader, handle: Any) -> list[ProcessRow]:
     fn = nv._nvmlGetFunctionPointer(reader.function)
     count = ctypes.c_uint(0)
     rc = fn(handle, ctypes.byref(count), None)
-    if rc == _SUCCESS:
+    if rc == NvmlReturn.SUCCESS:
         return []
-    if rc != _INSUFFICIENT_SIZE:
+    if rc != NvmlReturn.INSUFFICIENT_SIZE:
         raise nv.NVMLError(rc)
     count.value = count.value * 2 + 5
     rows = (reader.row * count.value)()
     rc = fn(handle, ctypes.byref(count), rows)
-    if rc != _SUCCESS:
+    if rc != NvmlReturn.SUCCESS:
         raise nv.NVMLError(rc)
     return [
-        ProcessRow(int(r.pid), _id(r.gpuInstanceId), _id(r.computeInstanceId)) for r in rows[: count.value]
+        ProcessRow(int(r.pid), nvml_instance_id(r.gpuInstanceId), nvml_instance_id(r.computeInstanceId))
+        for r in rows[: count.value]
     ]
-
-
-def _id(value: int) -> int | None:
-    return None if value == _NO_ID else int(value)
