@@ -125,6 +125,7 @@ def test_a_gpu_a_critical_xid_broke_is_left_out_of_plans(harness: Harness) -> No
     node = harness.cluster.nodes[NODE]
     assert node.kubelet is not None
     assert node.kubelet.wait_for(lambda k: k.capacity().get(r7) == 1, 10)
+    before = [i.uuid for i in node.backend.list_instances(0)]
     node.backend.node.inject_xid(0, 79)  # the GPU fell off the bus: no GI or CI named
 
     def reported(store: Store) -> bool:
@@ -137,3 +138,6 @@ def test_a_gpu_a_critical_xid_broke_is_left_out_of_plans(harness: Harness) -> No
     harness.wait_running([key], timeout=60)
     [ids] = [i for p, i in node.kubelet.admissions if p == key]
     assert [i.uuid for i in node.backend.list_instances(1)] == list(ids)
+    # nothing on the broken GPU was made again: a new device there would be withheld too
+    _wait_ready(harness, NODE)
+    assert [i.uuid for i in node.backend.list_instances(0)] == before

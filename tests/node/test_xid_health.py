@@ -130,7 +130,9 @@ DEVICES = (
 def test_an_event_marks_what_it_names(event: XidEvent, scope: str, devices: set[str], gpus: set[int]) -> None:
     assert event.scope == scope
     marks = mark_xid(XidMarks(), event, DEVICES, XidPolicy())
-    assert marks == XidMarks(frozenset(gpus), frozenset(devices))
+    # a whole GPU is marked as the GPU alone (no device of it is worth making again), any other
+    # event by the devices it names
+    assert marks == XidMarks(frozenset(gpus), frozenset() if gpus else frozenset(devices))
     after = apply_marks(DEVICES, marks)
     assert {d.id for d in after if not d.healthy} == devices
     if not XidPolicy().ignores(event.xid):

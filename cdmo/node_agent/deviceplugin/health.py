@@ -119,12 +119,14 @@ def mark_xid(
     marks: XidMarks, event: XidEvent, devices: Sequence[PluginDevice], policy: XidPolicy
 ) -> XidMarks:
     """The marks after ``event``, given the devices offered now; ``marks`` itself for an XID the
-    policy ignores. An event of a whole GPU marks the GPU (its devices now and later); any other
-    marks the devices it names now (:func:`xid_targets`)."""
+    policy ignores. An event of a whole GPU marks the GPU alone (it covers its devices now and
+    later, and no device of it is worth making again); any other marks the devices it names now
+    (:func:`xid_targets`), which the agent makes again with new UUIDs once they are free."""
     if policy.ignores(event.xid):
         return marks
-    gpus = marks.gpus | ({event.gpu} if event.gpu is not None and event.gi_id is None else set())
-    return XidMarks(gpus, marks.devices | xid_targets(event, devices))
+    if event.gpu is not None and event.gi_id is None:
+        return XidMarks(marks.gpus | {event.gpu}, marks.devices)
+    return XidMarks(marks.gpus, marks.devices | xid_targets(event, devices))
 
 
 def apply_marks(devices: Iterable[PluginDevice], marks: XidMarks) -> tuple[PluginDevice, ...]:
