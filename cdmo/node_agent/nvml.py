@@ -19,7 +19,6 @@ Only this module imports pynvml, lazily, so tests can hand in a fake module inst
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import importlib
 import re
@@ -55,7 +54,14 @@ from cdmo.node_agent.backend import (
     nvml_instance_id,
     rc_name,
 )
-from cdmo.node_agent.nvml_processes import ProcessRow, Reader, read_processes, reader_for
+from cdmo.node_agent.nvml_processes import (
+    ProcessList,
+    ProcessRow,
+    Reader,
+    merge_rows,
+    read_processes,
+    readers_for,
+)
 
 log = structlog.get_logger("cdmo.node_agent.nvml")
 
@@ -86,7 +92,7 @@ class NvmlBackend:
             ) from exc
         self._models: dict[int, GpuModel | None] = {}
         self._uuids: dict[int, str] = {}
-        self._process_reader: Reader | None = None
+        self._process_readers: tuple[Reader, ...] | None = None
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -97,26 +103,46 @@ class NvmlBackend:
             raise error_for_rc(exc.value, what) from exc
 
     def _running_processes(self, what: str, handle: Any) -> list[ProcessRow]:
-        """The compute processes on ``handle`` (cdmo.node_agent.nvml_processes: in the row layout
-        the driver writes, which pynvml's own call gets wrong on one driver family or the other),
-        with INSUFFICIENT_SIZE made transient.
+        """The processes on ``handle`` from every list the driver has: compute, graphics and MPS
+        (cdmo.node_agent.nvml_processes: in the row layout the driver writes, which pynvml's own
+        calls get wrong on one driver family or the other), each (pid, GI, CI) once, with
+        INSUFFICIENT_SIZE made transient.
 
         The count first, then an array of twice that plus 5; processes that start in between
         overflow it (nvml.h: "the number of elements might change in time"). A new read sees
         them, so the callers' bounded retries (``call_with_retry``) read again; if it never
         fits, the read fails: a process list not read is never "no processes".
+
+        The one return code read as "none in this list" is NOT_SUPPORTED from the graphics or
+        the MPS list (nvml.h: "not supported by device"): a device that cannot be asked for
+        that kind of context holds none (graphics on a compute-only GPU or MIG device, MPS
+        before Volta). The one documented refusal of a device that may hold processes, vGPU
+        host mode on MIG device handles, refuses the compute list on the same handle first,
+        and that NOT_SUPPORTED is raised for the caller to read through the parent GPU. Every
+        other code fails the read, from any list: NO_PERMISSION (Fatal: unseen is not none),
+        INVALID_ARGUMENT, GPU_IS_LOST, FUNCTION_NOT_FOUND from a call the library exports,
+        UNKNOWN and the other transient codes after their retries.
         """
         nv = self._nvml
-        if self._process_reader is None:
-            self._process_reader = self._call(f"{what}: find the process call", reader_for, nv)
-        try:
-            return self._call(what, read_processes, nv, self._process_reader, handle)
-        except NvmlFailure as exc:
-            if exc.rc != NvmlReturn.INSUFFICIENT_SIZE:
-                raise
-            raise TransientNvmlError(
-                f"{what}: the process list grew while NVML read it (INSUFFICIENT_SIZE), will retry", exc.rc
-            ) from exc
+        if self._process_readers is None:
+            self._process_readers = self._call(f"{what}: find the process calls", readers_for, nv)
+        lists: list[list[ProcessRow]] = []
+        for reader in self._process_readers:
+            step = f"{what} ({reader.kind.label} processes)"
+            try:
+                lists.append(self._call(step, read_processes, nv, reader, handle))
+            except NotSupported:
+                if reader.kind is ProcessList.COMPUTE:
+                    raise
+                continue  # no such contexts on this device (see above)
+            except NvmlFailure as exc:
+                if exc.rc != NvmlReturn.INSUFFICIENT_SIZE:
+                    raise
+                raise TransientNvmlError(
+                    f"{step}: the process list grew while NVML read it (INSUFFICIENT_SIZE), will retry",
+                    exc.rc,
+                ) from exc
+        return merge_rows(*lists)
 
     def _handle(self, gpu: int) -> Any:
         return self._call(f"open GPU {gpu}", self._nvml.nvmlDeviceGetHandleByIndex, gpu)
@@ -197,13 +223,19 @@ class NvmlBackend:
         self, gpu: int, h: Any, gi: Any, gi_id: int, devices: list[_MigDevice] | None = None
     ) -> list[tuple[int, int, str | None]]:
         """(CI id, compute slices, MIG UUID) of every compute instance in GPU instance ``gi``."""
-        nv = self._nvml
         what = f"list the compute instances of GPU {gpu} GI {gi_id}"
-        result = []
-        for prof, handle in self._compute_instance_handles(gi, what):
-            info = self._call(what, nv.nvmlComputeInstanceGetInfo, handle)
-            result.append((int(info.id), int(prof.sliceCount), self._mig_uuid(gpu, h, gi_id, info, devices)))
-        return sorted(result)
+        return sorted(
+            (int(info.id), int(prof.sliceCount), self._mig_uuid(gpu, h, gi_id, info, devices))
+            for prof, _, info in self._compute_instance_infos(gi, what)
+        )
+
+    def _compute_instance_infos(self, gi: Any, what: str) -> list[tuple[Any, Any, Any]]:
+        """(CI profile info, CI handle, ComputeInstanceInfo) of every compute instance in ``gi``."""
+        nv = self._nvml
+        return [
+            (prof, handle, self._call(what, nv.nvmlComputeInstanceGetInfo, handle))
+            for prof, handle in self._compute_instance_handles(gi, what)
+        ]
 
     def _compute_instance_handles(self, gi: Any, what: str) -> Iterator[tuple[Any, Any]]:
         """(CI profile info, CI handle) of every compute instance in GPU instance ``gi``.
@@ -335,18 +367,19 @@ class NvmlBackend:
             # MIG off: the GPU is one device; its processes keep --enable-mig away from it.
             procs = self._running_processes(what, h)
             uuid = self._call(f"read the UUID of GPU {gpu}", nv.nvmlDeviceGetUUID, h)
-            return {str(uuid): tuple(sorted(p.pid for p in procs))} if procs else {}
+            return {str(uuid): tuple(sorted({p.pid for p in procs}))} if procs else {}
         # Per MIG device (nvml.h: the parent's handle gives them only to a privileged caller).
         devices = [(d.uuid, d.handle) for d in self._mig_devices(gpu, h, what)]
         result: dict[str, tuple[int, ...]] = {}
         try:
             for uuid, mig in devices:
                 procs = self._running_processes(what, mig)
-                if procs:
-                    result[uuid] = tuple(sorted(p.pid for p in procs))
+                if procs:  # a pid in two lists (compute and MPS, say) is one process
+                    result[uuid] = tuple(sorted({p.pid for p in procs}))
         except NotSupported:
-            # nvml.h: not on MIG device handles in vGPU host mode. The parent GPU's aggregate
-            # names each process's GI and CI ids.
+            # nvml.h: not on MIG device handles in vGPU host mode (the compute list, read first
+            # on each handle, says so). The parent GPU's aggregate names each process's GI and
+            # CI ids.
             return self._processes_by_parent(gpu, h, devices)
         return result
 
@@ -358,13 +391,19 @@ class NvmlBackend:
         try:
             procs = self._running_processes(what, h)
         except (NotSupported, NoPermission) as exc:
-            raise NvmlFailure(
-                f"cannot read the compute processes on GPU {gpu}: NVML refused them on its MIG devices "
+            message = (
+                f"cannot read the processes on GPU {gpu}: NVML refused them on its MIG devices "
                 f"(NOT_SUPPORTED) and on the GPU ({rc_name(exc.rc)}); no instance on it is "
-                "destroyed while they are unknown",
-                exc.rc,
-                hint="run the agent privileged with hostPID: true",
-            ) from exc
+                "destroyed while they are unknown"
+            )
+            hint = "run the agent privileged with hostPID: true"
+            if isinstance(exc, NoPermission):
+                # NO_PERMISSION is Fatal wherever this backend meets it (error_for_rc, and
+                # create_instance lets it through as it is), the per-MIG-device read included: a
+                # missing privilege does not pass by retrying, so the agent stops and says so
+                # (status PermissionDenied) instead of failing pass after pass.
+                raise NoPermission(message, exc.rc, hint=hint) from exc
+            raise NvmlFailure(message, exc.rc, hint=hint) from exc
         by_ids: dict[tuple[int | None, int | None], str] = {
             (
                 int(self._call(what, nv.nvmlDeviceGetGpuInstanceId, mig)),
@@ -508,15 +547,41 @@ class NvmlBackend:
         # A process on any compute instance keeps the whole GI: check them all before the first
         # CI destroy, or the idle CIs of a split GI would go before NVML refuses the busy one.
         busy = self.list_processes(gpu)
+        cis = self._compute_instance_infos(gi, what)
         pids = sorted(
-            {p for _, _, uuid in self._compute_instances(gpu, h, gi, gi_id) for p in busy.get(uuid or "", ())}
+            {p for _, _, info in cis for p in busy.get(self._mig_uuid(gpu, h, gi_id, info) or "", ())}
         )
         if pids:
             raise InstanceBusy(f"{what}: processes {', '.join(map(str, pids))} run on it", NvmlReturn.IN_USE)
-        for _, handle in list(self._compute_instance_handles(gi, what)):
-            with contextlib.suppress(AlreadyGone):  # gone meanwhile: that is what we wanted
-                self._call(what, nv.nvmlComputeInstanceDestroy, handle)
+        for _, handle, info in cis:
+            self._destroy_compute_instance(gpu, gi, gi_id, int(info.id), handle, what)
         self._call(what, nv.nvmlGpuInstanceDestroy, gi)
+
+    def _destroy_compute_instance(
+        self, gpu: int, gi: Any, gi_id: int, ci_id: int, handle: Any, what: str
+    ) -> None:
+        """Destroy compute instance ``ci_id`` of GPU instance ``gi``; one that has gone meanwhile
+        (another tool destroyed it since this destroy read it) counts as destroyed.
+
+        NVML answers a destroy through the handle of a compute instance that has gone with
+        INVALID_ARGUMENT, the code of any bad argument, not NOT_FOUND. So on either code the GPU
+        instance's compute instances are read again: without ``ci_id`` among them it has gone;
+        with it (or when they cannot be read) the destroy's own error is raised.
+        """
+        try:
+            self._call(what, self._nvml.nvmlComputeInstanceDestroy, handle)
+        except (InvalidPlacement, AlreadyGone) as exc:
+            try:
+                left = {int(info.id) for _, _, info in self._compute_instance_infos(gi, what)}
+            except (NoPermission, GpuGone):
+                raise  # these say more than the destroy's code
+            except NvmlError as again:
+                raise exc from again
+            if ci_id in left:
+                raise
+            log.info(
+                "Found compute instance already destroyed", gpu=gpu, gi_id=gi_id, ci_id=ci_id, nvml_rc=exc.rc
+            )
 
     def set_mig_mode(self, gpu: int, enabled: bool) -> MigModeChange:
         nv = self._nvml

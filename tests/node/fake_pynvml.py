@@ -70,11 +70,19 @@ def _deref(ref: Any, what: str) -> Any:
     raise TypeError(f"{what} must be passed by reference (ctypes.byref), not {type(ref).__name__}")
 
 
-def make_fake_pynvml(node: SimulatedNode, *, ci_device_is_parent: bool = False) -> types.ModuleType:
+def make_fake_pynvml(
+    node: SimulatedNode,
+    *,
+    ci_device_is_parent: bool = False,
+    process_lists: tuple[str, ...] = ("Compute", "Graphics", "MPSCompute"),
+) -> types.ModuleType:
     """A module object that stands in for ``pynvml`` on ``node``.
 
     ``ci_device_is_parent``: make ``nvmlComputeInstanceGetInfo(ci).device`` the parent GPU, as
     NVML's reference describes the field, instead of the MIG device (what drivers return).
+    ``process_lists``: the process lists whose ``_v3`` the library exports
+    (``nvmlDeviceGet<list>RunningProcesses_v3``); a driver without graphics or MPS lists lacks
+    theirs. The simulated node's processes are all compute processes: the other lists are empty.
     """
     mod = types.ModuleType("pynvml")
     for name in dir(real):
@@ -510,10 +518,30 @@ def make_fake_pynvml(node: SimulatedNode, *, ci_device_is_parent: bool = False) 
             row.computeInstanceId = getattr(p, "computeInstanceId", 0xFFFFFFFF)
         return int(real.NVML_SUCCESS)
 
+    def no_processes_v3(name: str) -> Any:
+        """A graphics or MPS list's ``_v3`` (``name``): the handle checked, then no process."""
+
+        def entry(handle: Any, count_ref: Any, rows: Any) -> int:
+            try:
+                call(name, lambda: resolve(handle, _DEVICE, _MIG))
+            except real.NVMLError as exc:
+                return int(exc.value)
+            count_ref._obj.value = 0
+            return int(real.NVML_SUCCESS)
+
+        return entry
+
+    entry_points = {
+        "Compute": running_processes_v3,
+        "Graphics": no_processes_v3("nvmlDeviceGetGraphicsRunningProcesses"),
+        "MPSCompute": no_processes_v3("nvmlDeviceGetMPSComputeRunningProcesses"),
+    }
+    exported = {f"nvmlDeviceGet{stem}RunningProcesses_v3": entry_points[stem] for stem in process_lists}
+
     def _nvmlGetFunctionPointer(name: str) -> Any:
         # The symbols of a driver after R535: _v3, with neither R535 marker (24-byte rows).
-        if name == "nvmlDeviceGetComputeRunningProcesses_v3":
-            return running_processes_v3
+        if name in exported:
+            return exported[name]
         raise real.NVMLError(real.NVML_ERROR_FUNCTION_NOT_FOUND)
 
     for fn in list(locals().values()):

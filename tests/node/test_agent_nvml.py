@@ -17,7 +17,7 @@ from kubernetes import client
 from cdmo.api import GROUP, PLURAL, VERSION, build_miglayout
 from cdmo.node_agent.nvml import NvmlBackend
 from tests.node.conftest import layout
-from tests.node.nvml_standin.gpus import StandinGpus, standin_env
+from tests.node.nvml_standin.gpus import PROCESS_KINDS, ProcessKind, StandinGpus, standin_env
 from tests.node.podresources_server import Held, Kubelet
 
 kube_api = pytest.importorskip(
@@ -163,6 +163,35 @@ def test_one_pass_keeps_a_held_instance(
     status = status_of(api, name)
     assert status["phase"] != "Ready", status
     assert "ml/train-1" in str(status), status
+
+
+@pytest.mark.parametrize("kind", PROCESS_KINDS)
+def test_one_pass_keeps_an_instance_a_process_uses(
+    api: Any,
+    standin: StandinGpus,
+    agent_once: Callable[[], subprocess.CompletedProcess[str]],
+    request: pytest.FixtureRequest,
+    kind: ProcessKind,
+) -> None:
+    """No pod holds it; a compute process, a graphics context or an MPS client alone keeps it."""
+    backend = NvmlBackend()
+    used = backend.create_instance(0, "1g.10gb", 6)
+    backend.create_instance(0, "3g.40gb", 0)
+    backend.close()
+    assert used.uuid
+    standin.add_process(used.uuid, 4242, kind)
+    before = standin.records("gi") + standin.records("ci")
+    name = node_name_of(request)
+    objects(api).create_cluster_custom_object(
+        GROUP, VERSION, PLURAL, build_miglayout(name, {0: layout("7g.80gb@0")})
+    )
+
+    agent_once()
+
+    assert standin.records("gi") + standin.records("ci") == before
+    status = status_of(api, name)
+    assert status["phase"] == "Blocked", status
+    assert "4242" in str(status), status
 
 
 def test_mig_mode_and_layout_come_back_after_a_reboot(

@@ -4,7 +4,7 @@ libnvidia-ml.so.1, holders reported by a real pod-resources gRPC server on a uni
 A layout that drops a held instance is refused and destroys nothing, whatever form the node
 presents the holder in: a plain MIG UUID, ``MIG-<uuid>::N`` (the NVIDIA device plugin's
 time-slicing and MPS ids), a renamed ``...shared`` resource, a pod on the second compute
-instance of a split GPU instance, a process. With no holder the same apply does what the
+instance of a split GPU instance, a process (compute, graphics or MPS). With no holder the same apply does what the
 layout says.
 """
 
@@ -21,7 +21,7 @@ import pynvml
 import pytest
 
 from cdmo.node_agent.nvml import NvmlBackend
-from tests.node.nvml_standin.gpus import STATE_ENV, StandinGpus, standin_env
+from tests.node.nvml_standin.gpus import PROCESS_KINDS, STATE_ENV, ProcessKind, StandinGpus, standin_env
 from tests.node.podresources_server import Held, Kubelet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,15 +172,18 @@ def test_apply_without_a_holder_destroys_and_creates_what_the_layout_says(
     assert doc["created"][0]["uuid"] in {c[5] for c in standin.records("ci")}
 
 
+@pytest.mark.parametrize("kind", PROCESS_KINDS)
 def test_apply_refuses_where_a_process_runs(
     cdmo_on_standin: Callable[..., subprocess.CompletedProcess[str]],
     standin: StandinGpus,
     pod_resources_server: tuple[Kubelet, str],
     tmp_path: Path,
+    kind: ProcessKind,
 ) -> None:
+    """A compute process, a graphics context or an MPS client: each alone keeps its instance."""
     _, socket_path = pod_resources_server
     uuid = uuid_at(0, 4)
-    standin.add_process(uuid, 4242)
+    standin.add_process(uuid, 4242, kind)
     before = instances(standin)
     done = apply(cdmo_on_standin, tmp_path, socket_path)
     assert done.returncode == 1 and "process 4242" in done.stderr

@@ -12,6 +12,7 @@ from pathlib import Path
 import pynvml as real
 import pytest
 
+from cdmo.errors import Fatal
 from cdmo.node_agent.backend import (
     NO_WAIT_RETRY,
     AlreadyGone,
@@ -339,6 +340,63 @@ def test_gpu_instance_destroy_refused_after_its_compute_instance_went(standin: S
     assert backend.list_instances(0) == []
 
 
+# --- a compute instance destroyed by another tool meanwhile ------------------------------------
+
+
+def test_a_compute_instance_gone_before_its_destroy_counts_as_destroyed(standin: StandinGpus) -> None:
+    """nvidia-smi destroys the CI between the agent's read and its destroy: NVML answers the stale
+    handle with INVALID_ARGUMENT (not NOT_FOUND). Gone is what was wanted: the GI goes too, in
+    this same call."""
+    backend = NvmlBackend()
+    made = backend.create_instance(0, "2g.20gb", 2)
+    kept = backend.create_instance(0, "1g.10gb", 6)
+    assert made.uuid
+    standin.vanish_compute_instance(made.uuid)
+    backend.destroy_instance(0, made.gi_id)
+    assert [i.uuid for i in backend.list_instances(0)] == [kept.uuid]
+    assert standin.records("vanish") == []  # the race was staged, not left unused
+
+
+def test_the_second_compute_instance_of_a_split_gpu_instance_gone_meanwhile(standin: StandinGpus) -> None:
+    """Its first CI is destroyed by the agent; the second was destroyed by another tool since the
+    agent listed it: the GI goes in the same pass."""
+    gi = standin.create_gpu_instance(0, 9, 0, 4)
+    standin.create_compute_instance(0, gi.gi_id, real.NVML_COMPUTE_INSTANCE_PROFILE_1_SLICE)
+    second = standin.create_compute_instance(0, gi.gi_id, real.NVML_COMPUTE_INSTANCE_PROFILE_2_SLICE)
+    standin.vanish_compute_instance(second.uuid)
+    backend = NvmlBackend()
+    backend.destroy_instance(0, gi.gi_id)
+    assert backend.list_instances(0) == [] and standin.compute_instances() == []
+
+
+def test_a_pass_whose_compute_instance_vanishes_before_the_destroy_is_applied_at_once(
+    standin: StandinGpus,
+) -> None:
+    backend = NvmlBackend()
+    gone = backend.create_instance(0, "3g.40gb", 0)
+    assert gone.uuid
+    standin.vanish_compute_instance(gone.uuid)
+    result = reconcile_node(backend, {0: layout("7g.80gb@0")}, retry=NO_WAIT_RETRY).gpu(0)
+    assert result.state == GpuState.READY, result
+    assert [(i.profile, i.start) for i in backend.list_instances(0)] == [("7g.80gb", 0)]
+
+
+@pytest.mark.parametrize("rc", [NvmlReturn.INVALID_ARGUMENT, NvmlReturn.NOT_FOUND], ids=lambda rc: rc.name)
+def test_a_refused_compute_instance_destroy_of_one_still_there_is_an_error(
+    standin: StandinGpus, rc: NvmlReturn
+) -> None:
+    """The code alone does not say "gone": the CI is read again, and it is still there."""
+    backend = NvmlBackend()
+    made = backend.create_instance(0, "1g.10gb", 6)
+    standin.inject_fault("nvmlComputeInstanceDestroy", rc)
+    with pytest.raises((InvalidPlacement, AlreadyGone)) as caught:
+        backend.destroy_instance(0, made.gi_id)
+    assert caught.value.rc == rc
+    assert [i.uuid for i in backend.list_instances(0)] == [made.uuid]
+    backend.destroy_instance(0, made.gi_id)  # the fault was for one call
+    assert backend.list_instances(0) == []
+
+
 def test_mig_uuid_when_the_driver_reports_the_parent_device(standin: StandinGpus) -> None:
     made = NvmlBackend().create_instance(0, "3g.40gb", 4)
     standin.set_option("ci-device-parent")
@@ -655,13 +713,37 @@ def test_processes_that_cannot_be_read_at_all_say_so(standin: StandinGpus) -> No
     backend = NvmlBackend()
     made = backend.create_instance(0, "1g.10gb", 6)
     standin.inject_fault("nvmlDeviceGetComputeRunningProcesses@mig", NvmlReturn.NOT_SUPPORTED, -1)
-    standin.inject_fault("nvmlDeviceGetComputeRunningProcesses", NvmlReturn.NO_PERMISSION, -1)
+    standin.inject_fault("nvmlDeviceGetComputeRunningProcesses", NvmlReturn.NOT_SUPPORTED, -1)
     with pytest.raises(NvmlFailure, match="processes") as caught:
         backend.list_processes(0)
     assert "MIG mode is off" not in str(caught.value)  # not NOT_SUPPORTED's usual meaning
+    assert not isinstance(caught.value, Fatal)
     with pytest.raises(NvmlFailure):
         backend.destroy_instance(0, made.gi_id)
     assert len(standin.compute_instances()) == 1  # nothing destroyed blind
+
+
+@pytest.mark.parametrize("through_parent", [False, True], ids=["per-mig-device", "through-the-gpu"])
+def test_no_permission_to_read_processes_is_fatal_on_either_path(
+    standin: StandinGpus, through_parent: bool
+) -> None:
+    """NO_PERMISSION is Fatal wherever the backend meets it: from the MIG device handles, and
+    from the parent GPU read when MIG device handles refuse (vGPU host mode). The agent stops
+    and says so (PermissionDenied) instead of failing every pass; nothing is destroyed."""
+    backend = NvmlBackend()
+    made = backend.create_instance(0, "1g.10gb", 6)
+    if through_parent:
+        standin.inject_fault("nvmlDeviceGetComputeRunningProcesses@mig", NvmlReturn.NOT_SUPPORTED, -1)
+        standin.inject_fault("nvmlDeviceGetComputeRunningProcesses", NvmlReturn.NO_PERMISSION, -1)
+    else:
+        standin.inject_fault("nvmlDeviceGetComputeRunningProcesses@mig", NvmlReturn.NO_PERMISSION, -1)
+    with pytest.raises(NoPermission, match="processes") as caught:
+        backend.list_processes(0)
+    assert isinstance(caught.value, Fatal) and caught.value.rc == NvmlReturn.NO_PERMISSION
+    assert "privileged" in str(caught.value)
+    with pytest.raises(Fatal):
+        reconcile_node(backend, {0: layout("7g.80gb@0")}, retry=NO_WAIT_RETRY)
+    assert [c[4] for c in standin.compute_instances()] == [made.uuid]
 
 
 def test_each_gpu_says_its_numa_node_as_the_kernel_lists_it(

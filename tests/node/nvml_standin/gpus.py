@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pynvml
 
@@ -22,6 +23,10 @@ STATE_ENV = "CDMO_NVML_STANDIN_STATE"
 #: nvml.h: an event's GI or CI id where the error is not attributable to one (the whole GPU).
 NO_INSTANCE = 0xFFFFFFFF
 CALLS_ENV = "CDMO_NVML_STANDIN_CALLS"
+
+#: The NVML process lists a stand-in process can be in (the ``proc`` record's KIND).
+ProcessKind = Literal["compute", "graphics", "mps"]
+PROCESS_KINDS: tuple[ProcessKind, ...] = ("compute", "graphics", "mps")
 
 #: Catalog key -> whether a MIG mode change needs a GPU reset (Ampere) — as standin.c models it.
 #: ``h100-80gb-next``: an H100 whose driver also offers 2g.20gb+me, a profile the catalog lacks.
@@ -80,26 +85,35 @@ class StandinGpus:
     def records(self, kind: str) -> list[list[str]]:
         return [line.split() for line in self.path.read_text().splitlines() if line.split()[:1] == [kind]]
 
-    def add_process(self, uuid: str, pid: int) -> None:
-        """A compute process starts on a MIG device (or, with a GPU UUID, on the whole GPU)."""
+    def add_process(self, uuid: str, pid: int, kind: ProcessKind = "compute") -> None:
+        """A process starts on a MIG device (or, with a GPU UUID, on the whole GPU). ``kind``: the
+        NVML list that shows it, compute (a CUDA context), graphics or mps (an MPS client)."""
         with self._edit() as lines:
-            lines.append(f"proc {uuid} {pid}")
+            lines.append(_proc_record(uuid, pid, kind))
 
-    def remove_process(self, uuid: str, pid: int) -> None:
+    def remove_process(self, uuid: str, pid: int, kind: ProcessKind = "compute") -> None:
         with self._edit() as lines:
-            lines[:] = [line for line in lines if line != f"proc {uuid} {pid}"]
+            lines[:] = [line for line in lines if line != _proc_record(uuid, pid, kind)]
 
     def inject_fault(self, call: str, rc: int, count: int = 1) -> None:
         """The next ``count`` calls of ``call`` (pynvml's name, without _v2) return ``rc``; -1: all."""
         with self._edit() as lines:
             lines.append(f"fault {call} {int(rc)} {count}")
 
-    def grow_processes(self, uuid: str, new: int, count: int = 1) -> None:
-        """``new`` processes start on device ``uuid`` right after each of the next ``count`` process
-        count queries that list it (-1: all), before the caller's second call. pynvml's second
-        call then gets INSUFFICIENT_SIZE where ``new`` exceeds its slack (the count + 5)."""
+    def grow_processes(self, uuid: str, new: int, count: int = 1, kind: ProcessKind = "compute") -> None:
+        """``new`` processes of ``kind`` start on device ``uuid`` right after each of the next
+        ``count`` count queries of that kind's process list that list it (-1: all), before the
+        caller's second call. pynvml's second call then gets INSUFFICIENT_SIZE where ``new``
+        exceeds its slack (the count + 5)."""
         with self._edit() as lines:
-            lines.append(f"grow {uuid} {int(new)} {int(count)}")
+            lines.append(f"grow {uuid} {int(new)} {int(count)}" + ("" if kind == "compute" else f" {kind}"))
+
+    def vanish_compute_instance(self, uuid: str) -> None:
+        """Another tool destroys the compute instance of MIG device ``uuid`` right before the next
+        ``nvmlComputeInstanceDestroy`` call (of any compute instance): a caller that read it
+        before then destroys a stale handle, which NVML answers with INVALID_ARGUMENT."""
+        with self._edit() as lines:
+            lines.append(f"vanish {uuid}")
 
     def raise_xid(self, gpu: int, xid: int, gi_id: int | None = None, ci_id: int | None = None) -> None:
         """The driver reports critical XID error ``xid`` on GPU ``gpu``: of MIG device (``gi_id``,
@@ -193,6 +207,11 @@ class StandinGpus:
             except (pynvml.NVMLError_NotFound, pynvml.NVMLError_InvalidArgument):
                 return None
             return str(pynvml.nvmlDeviceGetUUID(handle))
+
+
+def _proc_record(uuid: str, pid: int, kind: ProcessKind) -> str:
+    """A ``proc`` record as the stand-in writes it back: a compute process without its kind."""
+    return f"proc {uuid} {int(pid)}" + ("" if kind == "compute" else f" {kind}")
 
 
 @contextlib.contextmanager

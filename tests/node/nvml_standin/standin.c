@@ -22,11 +22,20 @@
  *   gpu MODEL UUID CURRENT PENDING  one GPU (index = order), MIG mode current/pending 0|1
  *   gi GPU ID PROFILE_ID START      a GPU instance
  *   ci GPU GI_ID ID PROFILE_ID UUID a compute instance (a MIG device)
- *   proc UUID PID                   a compute process on a GPU or MIG device
- *   grow UUID N COUNT               N processes start on device UUID right after each of the
- *                                   next COUNT process count queries (NULL array) that list it
- *                                   (-1: all): between pynvml's two calls, so its second call
- *                                   gets INSUFFICIENT_SIZE when N exceeds its slack (count + 5)
+ *   proc UUID PID [KIND]            a process on a GPU or MIG device; KIND is the NVML list
+ *                                   that shows it: compute (the default, and what `proc UUID
+ *                                   PID` has always meant), graphics or mps (an MPS client).
+ *                                   Any kind keeps its compute instance: destroying it is IN_USE
+ *   grow UUID N COUNT [KIND]        N processes of KIND (default compute) start on device UUID
+ *                                   right after each of the next COUNT count queries (NULL
+ *                                   array) of KIND's process list that list it (-1: all):
+ *                                   between pynvml's two calls, so its second call gets
+ *                                   INSUFFICIENT_SIZE when N exceeds its slack (count + 5)
+ *   vanish UUID                     another tool destroys the compute instance of MIG device
+ *                                   UUID right before the next nvmlComputeInstanceDestroy call,
+ *                                   whichever instance that call names (not while a process runs
+ *                                   on it, which NVML would refuse): a caller that read it before
+ *                                   then destroys a stale handle, INVALID_ARGUMENT, as NVML says
  *   lost GPU                        the GPU fell off the bus: every call on it is GPU_IS_LOST
  *   xid SEQ GPU XID GI CI           the driver reported critical XID error XID on GPU (SEQ: its
  *                                   number, rising); GI CI: the MIG device it is attributed to,
@@ -36,13 +45,17 @@
  *                                   before nvmlDeviceRegisterEvents are not recorded)
  *   fault FUNCTION RC COUNT         the next COUNT calls of FUNCTION return RC (-1: all);
  *                                   nvmlDeviceGetComputeRunningProcesses@mig: only those on a
- *                                   MIG device handle (vGPU host mode refuses these, nvml.h)
+ *                                   MIG device handle (vGPU host mode refuses these, nvml.h);
+ *                                   the same for nvmlDeviceGetGraphicsRunningProcesses and
+ *                                   nvmlDeviceGetMPSComputeRunningProcesses (_v2 and _v3 alike)
  *
- * Process rows: nvmlDeviceGetComputeRunningProcesses_v3 writes nvml.h's nvmlProcessInfo_t (24
- * bytes), and the library exports nvmlDeviceGetRunningProcessDetailList and
- * nvmlDeviceGetConfComputeMemSizeInfo, as drivers after R535 do. Built with -DSTANDIN_R535_ROWS
- * (build.py, r535_rows=True) it is an R535 driver instead: 32-byte rows (usedGpuCcProtectedMemory
- * appended, which nvml.h never declared) and no nvmlDeviceGetRunningProcessDetailList.
+ * Process lists: nvmlDeviceGet{Compute,Graphics,MPSCompute}RunningProcesses, _v3 and _v2 of each,
+ * list the processes of their kind. _v2 writes nvmlProcessInfo_v2_t (24 bytes); _v3 writes
+ * nvml.h's nvmlProcessInfo_t (24 bytes too), and the library exports
+ * nvmlDeviceGetRunningProcessDetailList and nvmlDeviceGetConfComputeMemSizeInfo, as drivers after
+ * R535 do. Built with -DSTANDIN_R535_ROWS (build.py, r535_rows=True) it is an R535 driver
+ * instead: the three _v3 write 32-byte rows (usedGpuCcProtectedMemory appended, which nvml.h
+ * never declared) and there is no nvmlDeviceGetRunningProcessDetailList.
  *
  * Events: nvmlEventSetCreate, nvmlDeviceGetSupportedEventTypes (ECC and XID errors),
  * nvmlDeviceRegisterEvents (GPU handles only; a fault record makes a GPU's NOT_SUPPORTED),
@@ -164,24 +177,30 @@ static const unsigned CI_SLICES[NVML_COMPUTE_INSTANCE_PROFILE_COUNT] = {1, 2, 3,
 #define MAX_FAULTS 16
 #define MAX_GROWS 8
 #define MAX_XIDS 64
+#define MAX_VANISHES 8
 #define UUID_LEN NVML_DEVICE_UUID_V2_BUFFER_SIZE
 
 typedef struct { int used; unsigned profile; char uuid[UUID_LEN]; } Ci;
 typedef struct { int used; unsigned profile, start; Ci cis[MAX_CIS]; } Gi;
 typedef struct { const Model *model; char uuid[UUID_LEN]; unsigned mig, pending, lost; Gi gis[MAX_GIS]; } Gpu;
-typedef struct { char uuid[UUID_LEN]; unsigned pid; } Proc;
+/* The process lists of NVML, by the `proc` record's KIND word. */
+enum { COMPUTE_LIST, GRAPHICS_LIST, MPS_LIST, LISTS };
+static const char *const LIST_KINDS[LISTS] = {"compute", "graphics", "mps"};
+
+typedef struct { char uuid[UUID_LEN]; unsigned pid, kind; } Proc;
 typedef struct { char call[UUID_LEN]; int rc, count; } Fault;
-typedef struct { char uuid[UUID_LEN]; unsigned n; int count; } Grow;
+typedef struct { char uuid[UUID_LEN]; unsigned n, kind; int count; } Grow;
 typedef struct { unsigned seq, gpu, xid, gi, ci; } Xid;
 
 static struct {
-    unsigned serial, ngpus, nprocs, nfaults, ngrows, nxids, xid_serial;
+    unsigned serial, ngpus, nprocs, nfaults, ngrows, nxids, xid_serial, nvanishes;
     int unprivileged, ci_device_parent, mig_index_by_start;
     Gpu gpus[MAX_GPUS];
     Proc procs[MAX_PROCS];
     Fault faults[MAX_FAULTS];
     Grow grows[MAX_GROWS];
     Xid xids[MAX_XIDS];
+    char vanishes[MAX_VANISHES][UUID_LEN];
 } S;
 
 static int initialised; /* per process, as NVML's own init count */
@@ -196,10 +215,18 @@ static const Model *find_model(const char *key) {
     return NULL;
 }
 
+/* The list KIND names (compute when absent: the records written before there were kinds). */
+static int list_kind(int words, int needed, const char *kind, unsigned *out) {
+    if (words < needed) return *out = COMPUTE_LIST, 0;
+    for (unsigned k = 0; k < LISTS; k++)
+        if (strcmp(kind, LIST_KINDS[k]) == 0) return *out = k, 0;
+    return -1;
+}
+
 static int parse(FILE *f) {
-    char line[256], a[UUID_LEN], uuid[UUID_LEN];
+    char line[256], a[UUID_LEN], uuid[UUID_LEN], kind[16];
     unsigned g, gi, ci, p, x, y;
-    int rc, count;
+    int rc, count, words;
     memset(&S, 0, sizeof S);
     while (fgets(line, sizeof line, f)) {
         if (sscanf(line, "serial %u", &x) == 1) S.serial = x;
@@ -222,7 +249,8 @@ static int parse(FILE *f) {
         } else if (sscanf(line, "lost %u", &g) == 1) {
             if (g >= S.ngpus) return -1;
             S.gpus[g].lost = 1;
-        } else if (sscanf(line, "proc %95s %u", a, &x) == 2 && S.nprocs < MAX_PROCS) {
+        } else if ((words = sscanf(line, "proc %95s %u %15s", a, &x, kind)) >= 2 && S.nprocs < MAX_PROCS) {
+            if (list_kind(words, 3, kind, &S.procs[S.nprocs].kind) != 0) return -1;
             snprintf(S.procs[S.nprocs].uuid, UUID_LEN, "%s", a);
             S.procs[S.nprocs++].pid = x;
         } else if (sscanf(line, "fault %95s %d %d", a, &rc, &count) == 3 && S.nfaults < MAX_FAULTS) {
@@ -233,9 +261,12 @@ static int parse(FILE *f) {
             if (S.nxids == MAX_XIDS) memmove(S.xids, S.xids + 1, --S.nxids * sizeof S.xids[0]); /* oldest go */
             S.xids[S.nxids++] = (Xid){x, g, y, gi, ci};
             if (x > S.xid_serial) S.xid_serial = x;
-        } else if (sscanf(line, "grow %95s %u %d", a, &x, &count) == 3 && S.ngrows < MAX_GROWS) {
+        } else if ((words = sscanf(line, "grow %95s %u %d %15s", a, &x, &count, kind)) >= 3 && S.ngrows < MAX_GROWS) {
+            if (list_kind(words, 4, kind, &S.grows[S.ngrows].kind) != 0) return -1;
             snprintf(S.grows[S.ngrows].uuid, UUID_LEN, "%s", a);
             S.grows[S.ngrows].n = x, S.grows[S.ngrows++].count = count;
+        } else if (sscanf(line, "vanish %95s", a) == 1 && S.nvanishes < MAX_VANISHES) {
+            snprintf(S.vanishes[S.nvanishes++], UUID_LEN, "%s", a);
         }
     }
     return 0;
@@ -262,12 +293,17 @@ static void save(void) {
     }
     for (unsigned g = 0; g < S.ngpus; g++)
         if (S.gpus[g].lost) fprintf(f, "lost %u\n", g);
-    for (unsigned i = 0; i < S.nprocs; i++) fprintf(f, "proc %s %u\n", S.procs[i].uuid, S.procs[i].pid);
+    for (unsigned i = 0; i < S.nprocs; i++) /* compute as before kinds: `proc UUID PID` */
+        fprintf(f, "proc %s %u%s%s\n", S.procs[i].uuid, S.procs[i].pid, S.procs[i].kind ? " " : "",
+                S.procs[i].kind ? LIST_KINDS[S.procs[i].kind] : "");
     for (unsigned i = 0; i < S.nfaults; i++)
         if (S.faults[i].count != 0)
             fprintf(f, "fault %s %d %d\n", S.faults[i].call, S.faults[i].rc, S.faults[i].count);
     for (unsigned i = 0; i < S.ngrows; i++)
-        if (S.grows[i].count != 0) fprintf(f, "grow %s %u %d\n", S.grows[i].uuid, S.grows[i].n, S.grows[i].count);
+        if (S.grows[i].count != 0)
+            fprintf(f, "grow %s %u %d%s%s\n", S.grows[i].uuid, S.grows[i].n, S.grows[i].count,
+                    S.grows[i].kind ? " " : "", S.grows[i].kind ? LIST_KINDS[S.grows[i].kind] : "");
+    for (unsigned i = 0; i < S.nvanishes; i++) fprintf(f, "vanish %s\n", S.vanishes[i]);
     for (unsigned i = 0; i < S.nxids; i++)
         fprintf(f, "xid %u %u %u %u %u\n", S.xids[i].seq, S.xids[i].gpu, S.xids[i].xid, S.xids[i].gi, S.xids[i].ci);
     fclose(f);
@@ -752,9 +788,23 @@ nvmlReturn_t nvmlComputeInstanceGetInfo_v2(nvmlComputeInstance_t computeInstance
     return end(NVML_SUCCESS);
 }
 
+/* `vanish` records: another tool destroys these compute instances now, between the caller's
+ * read and its destroy; NVML would refuse it one with processes (IN_USE), so those stay. */
+static void vanish_before_destroy(void) {
+    for (unsigned v = 0; v < S.nvanishes; v++)
+        for (unsigned g = 0; g < S.ngpus; g++)
+            for (unsigned i = 0; i < MAX_GIS; i++)
+                for (unsigned c = 0; S.gpus[g].gis[i].used && c < MAX_CIS; c++) {
+                    Ci *ci = &S.gpus[g].gis[i].cis[c];
+                    if (ci->used && strcmp(ci->uuid, S.vanishes[v]) == 0 && !has_processes(ci->uuid)) ci->used = 0;
+                }
+    if (S.nvanishes) S.nvanishes = 0, dirty = 1;
+}
+
 nvmlReturn_t nvmlComputeInstanceDestroy(nvmlComputeInstance_t computeInstance) {
     BEGIN("nvmlComputeInstanceDestroy");
-    Named n = resolve(computeInstance, COMPUTE_INSTANCE);
+    vanish_before_destroy();
+    Named n = resolve(computeInstance, COMPUTE_INSTANCE); /* gone: a stale handle, INVALID_ARGUMENT */
     if (!n.gpu) return end(NVML_ERROR_INVALID_ARGUMENT);
     CHANGING();
     if (has_processes(n.ci->uuid)) return end(NVML_ERROR_IN_USE);
@@ -820,32 +870,36 @@ static int lists(int whole, const Gpu *gpu, const Ci *ci, const char *uuid) {
     return 0;
 }
 
-/* `grow` records: processes start right after a count query has been answered, before the
- * caller's second call (nvml.h: "the number of elements might change in time"). */
-static void grow_after_count_query(int whole, const Gpu *gpu, const Ci *ci) {
+/* `grow` records: processes start right after a count query of their list has been answered,
+ * before the caller's second call (nvml.h: "the number of elements might change in time"). */
+static void grow_after_count_query(unsigned kind, int whole, const Gpu *gpu, const Ci *ci) {
     for (unsigned g = 0; g < S.ngrows; g++) {
         Grow *grow = &S.grows[g];
-        if (grow->count == 0 || !lists(whole, gpu, ci, grow->uuid)) continue;
+        if (grow->count == 0 || grow->kind != kind || !lists(whole, gpu, ci, grow->uuid)) continue;
         if (grow->count > 0) grow->count--;
         for (unsigned k = 0; k < grow->n && S.nprocs < MAX_PROCS; k++) {
             snprintf(S.procs[S.nprocs].uuid, UUID_LEN, "%s", grow->uuid);
             S.procs[S.nprocs].pid = 60000 + S.nprocs;
+            S.procs[S.nprocs].kind = kind;
             S.nprocs++;
         }
         dirty = 1;
     }
 }
 
-#ifdef STANDIN_R535_ROWS
+/* What _v3 writes on an R535 driver: nvml.h's row and usedGpuCcProtectedMemory. */
 typedef struct {
     unsigned int pid;
     unsigned long long usedGpuMemory;
     unsigned int gpuInstanceId;
     unsigned int computeInstanceId;
     unsigned long long usedGpuCcProtectedMemory;
-} ProcessRow;
+} R535Row;
+
+#ifdef STANDIN_R535_ROWS
+#define V3_ROWS_R535 1
 #else
-typedef nvmlProcessInfo_t ProcessRow;
+#define V3_ROWS_R535 0
 /* Exported by drivers after R535 (what tells their 24-byte rows apart); never called by cdmo. */
 nvmlReturn_t nvmlDeviceGetRunningProcessDetailList(nvmlDevice_t device, nvmlProcessDetailList_t *plist) {
     (void)device, (void)plist;
@@ -859,18 +913,22 @@ nvmlReturn_t nvmlDeviceGetConfComputeMemSizeInfo(nvmlDevice_t device, nvmlConfCo
     return NVML_ERROR_NOT_SUPPORTED;
 }
 
-/* On a MIG device: its processes. On a GPU: its own and those of all its MIG devices. */
-nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int *infoCount,
-                                                     nvmlProcessInfo_t *infos) {
-    ProcessRow *rows = (ProcessRow *)(void *)infos; /* the layout this build's driver writes */
-    BEGIN((uint64_t)(uintptr_t)device >> 40 == MIG ? "nvmlDeviceGetComputeRunningProcesses@mig"
-                                                    : "nvmlDeviceGetComputeRunningProcesses");
+/* One process list (`kind`): on a MIG device its processes of that kind; on a GPU its own and
+ * those of all its MIG devices. `call`: the name faults and the call log know it by (with
+ * "@mig" appended on a MIG device handle); `r535`: write R535's 32-byte rows, else
+ * nvmlProcessInfo_v2_t's 24-byte ones. */
+static nvmlReturn_t running_processes(const char *call, unsigned kind, int r535, nvmlDevice_t device,
+                                      unsigned int *infoCount, void *infos) {
+    char name[96];
+    snprintf(name, sizeof name, "%s%s", call, (uint64_t)(uintptr_t)device >> 40 == MIG ? "@mig" : "");
+    BEGIN(name);
     Named d = resolve(device, DEVICE), m = resolve(device, MIG);
     if ((!d.gpu && !m.gpu) || !infoCount) return end(NVML_ERROR_INVALID_ARGUMENT);
     Gpu *gpu = d.gpu ? d.gpu : m.gpu;
     unsigned n = 0;
     for (unsigned k = 0; k < S.nprocs; k++) {
         unsigned gi_id = 0xFFFFFFFF, ci_id = 0xFFFFFFFF;
+        if (S.procs[k].kind != kind) continue;
         int match = d.gpu && strcmp(S.procs[k].uuid, gpu->uuid) == 0;
         for (unsigned i = 0; i < MAX_GIS; i++)
             for (unsigned c = 0; gpu->gis[i].used && c < MAX_CIS; c++)
@@ -878,14 +936,42 @@ nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsign
                     (d.gpu || (i == m.i && c == m.c)))
                     match = 1, gi_id = i, ci_id = c;
         if (!match) continue;
-        if (rows && n < *infoCount) rows[n] = (ProcessRow){S.procs[k].pid, 0, gi_id, ci_id};
+        if (infos && n < *infoCount) {
+            if (r535) ((R535Row *)infos)[n] = (R535Row){S.procs[k].pid, 0, gi_id, ci_id, 0};
+            else ((nvmlProcessInfo_v2_t *)infos)[n] = (nvmlProcessInfo_v2_t){S.procs[k].pid, 0, gi_id, ci_id};
+        }
         n++;
     }
-    nvmlReturn_t rc = (n > *infoCount || (n && !rows)) ? NVML_ERROR_INSUFFICIENT_SIZE : NVML_SUCCESS;
+    nvmlReturn_t rc = (n > *infoCount || (n && !infos)) ? NVML_ERROR_INSUFFICIENT_SIZE : NVML_SUCCESS;
     *infoCount = n;
-    if (!infos) grow_after_count_query(d.gpu != NULL, gpu, m.ci);
+    if (!infos) grow_after_count_query(kind, d.gpu != NULL, gpu, m.ci);
     return end(rc);
 }
+
+/* nvml.h declares _v3 with nvmlProcessInfo_t; the _v2 only under NVML_NO_UNVERSIONED_FUNC_DEFS,
+ * so they are declared here, as nvml.h does there. */
+nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t device, unsigned int *infoCount,
+                                                     nvmlProcessInfo_v2_t *infos);
+nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v2(nvmlDevice_t device, unsigned int *infoCount,
+                                                      nvmlProcessInfo_v2_t *infos);
+nvmlReturn_t nvmlDeviceGetMPSComputeRunningProcesses_v2(nvmlDevice_t device, unsigned int *infoCount,
+                                                        nvmlProcessInfo_v2_t *infos);
+
+#define PROCESS_LIST(stem, kind)                                                                          \
+    nvmlReturn_t nvmlDeviceGet##stem##RunningProcesses_v3(nvmlDevice_t device, unsigned int *infoCount,   \
+                                                          nvmlProcessInfo_t *infos) {                     \
+        return running_processes("nvmlDeviceGet" #stem "RunningProcesses", kind, V3_ROWS_R535, device,    \
+                                 infoCount, infos);                                                       \
+    }                                                                                                     \
+    nvmlReturn_t nvmlDeviceGet##stem##RunningProcesses_v2(nvmlDevice_t device, unsigned int *infoCount,   \
+                                                          nvmlProcessInfo_v2_t *infos) {                  \
+        return running_processes("nvmlDeviceGet" #stem "RunningProcesses", kind, 0, device, infoCount,    \
+                                 infos);                                                                  \
+    }
+
+PROCESS_LIST(Compute, COMPUTE_LIST)
+PROCESS_LIST(Graphics, GRAPHICS_LIST)
+PROCESS_LIST(MPSCompute, MPS_LIST)
 
 /* --- events ------------------------------------------------------------------------------- */
 
