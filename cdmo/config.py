@@ -296,6 +296,9 @@ class WebhookConfig:
     """Knobs of ``cdmo webhook`` (the fractional-GPU admission webhook)."""
 
     port: int = 8443
+    #: Prometheus metrics over plain HTTP (0: off); a port apart from the HTTPS one, as the
+    #: operator's and the agent's, so that Prometheus need not trust the webhook's CA.
+    metrics_port: int = 8080
     cert_file: str = "/tls/tls.crt"
     key_file: str = "/tls/tls.key"
     #: Translate for this model when a pod selects none, before the model most labelled nodes carry.
@@ -315,6 +318,7 @@ class WebhookConfig:
 
     ENV = (
         ("port", "CDMO_WEBHOOK_PORT"),
+        ("metrics_port", "CDMO_WEBHOOK_METRICS_PORT"),
         ("cert_file", "CDMO_WEBHOOK_CERT_FILE"),
         ("key_file", "CDMO_WEBHOOK_KEY_FILE"),
         ("default_model", "CDMO_WEBHOOK_DEFAULT_MODEL"),
@@ -327,7 +331,7 @@ class WebhookConfig:
         ("log_format", "CDMO_LOG_FORMAT"),
     )
     POSITIVE = ("nodes_refresh_seconds", "cert_reload_seconds")
-    PORTS = ("port",)
+    PORTS = ("port", "metrics_port")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WebhookConfig:

@@ -4,6 +4,7 @@ Pods that carry a ClearML CFGI fraction label, KAI ``gpu-fraction``/``gpu-memory
 or a cnvrg MetaGPU ask get ``nvidia.com/mig-<profile>: 1`` instead, on create. The GPU model is
 the pod's ``nvidia.com/gpu.product`` selector, else ``--default-model``, else the model most
 labelled nodes carry. Flags override the environment (``CDMO_WEBHOOK_*``, set by the chart).
+Prometheus metrics are served over plain HTTP on --metrics-port (0 turns them off).
 """
 
 from __future__ import annotations
@@ -13,11 +14,17 @@ import asyncio
 import dataclasses
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
-from cdmo.config import WebhookConfig
-from cdmo.errors import InvalidInput
+from cdmo.config import WebhookConfig, check_flag
+from cdmo.errors import CdmoError, InvalidInput
+
+if TYPE_CHECKING:
+    import ssl
+
+    from aiohttp import web
 
 FRACTION_MATCHES = ("compute+memory", "compute", "memory")
 
@@ -25,6 +32,13 @@ FRACTION_MATCHES = ("compute+memory", "compute", "memory")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--port", type=int, default=None, help="HTTPS port (default $CDMO_WEBHOOK_PORT or 8443)"
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics over HTTP on this port (default $CDMO_WEBHOOK_METRICS_PORT or 8080; "
+        "0 turns them off)",
     )
     parser.add_argument("--cert-file", default=None, help="TLS certificate (PEM); read again when it changes")
     parser.add_argument("--key-file", default=None, help="TLS private key (PEM)")
@@ -50,6 +64,7 @@ def _config(args: argparse.Namespace) -> WebhookConfig:
         k: v
         for k, v in {
             "port": args.port,
+            "metrics_port": args.metrics_port,
             "cert_file": args.cert_file,
             "key_file": args.key_file,
             "default_model": args.default_model,
@@ -64,6 +79,13 @@ def _config(args: argparse.Namespace) -> WebhookConfig:
         )
     if not 0 < config.port < 65536:
         raise InvalidInput(f"port {config.port} is not a TCP port", hint="give 1 to 65535")
+    if args.metrics_port is not None:
+        check_flag(config, "metrics_port", "--metrics-port")
+    if config.metrics_port == config.port:
+        raise InvalidInput(
+            f"metrics port {config.metrics_port} is the HTTPS port too",
+            hint="serve the metrics on a port of their own (--metrics-port, $CDMO_WEBHOOK_METRICS_PORT)",
+        )
     if config.cfgi_replicas_per_gpu < 1 or config.metagpu_units_per_gpu < 1:
         raise InvalidInput("CFGI replicas and MetaGPU units per GPU must be at least 1")
     for what, path in (("certificate", config.cert_file), ("key", config.key_file)):
@@ -93,6 +115,7 @@ async def _serve(config: WebhookConfig, kubeconfig: str | None) -> None:
     from aiohttp import web
 
     from cdmo.translate.rule import Rule
+    from cdmo.webhook.metrics import WebhookMetrics, build_metrics_app
     from cdmo.webhook.nodes import NodeModels
     from cdmo.webhook.server import (
         SHUTDOWN_SECONDS,
@@ -119,21 +142,48 @@ async def _serve(config: WebhookConfig, kubeconfig: str | None) -> None:
         cfgi_replicas_per_gpu=config.cfgi_replicas_per_gpu,
         metagpu_units_per_gpu=config.metagpu_units_per_gpu,
     )
-    app = build_app(nodes.current, Settings(config.default_model or None, rule), ready=nodes.not_ready)
-    reloader = asyncio.get_running_loop().create_task(
-        reload_certificate(context, config.cert_file, config.key_file, config.cert_reload_seconds)
+    metrics = WebhookMetrics()
+    app = build_app(
+        nodes.current, Settings(config.default_model or None, rule), ready=nodes.not_ready, metrics=metrics
     )
+    reloader = asyncio.get_running_loop().create_task(
+        reload_certificate(context, config.cert_file, config.key_file, config.cert_reload_seconds, metrics)
+    )
+    await asyncio.sleep(0)  # the reloader notes the certificate's end before anything is served
     runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_SECONDS)
     await runner.setup()
-    await web.TCPSite(runner, "0.0.0.0", config.port, ssl_context=context).start()
+    await _listen(runner, config.port, context)
+    metrics_runner = None
+    if config.metrics_port:
+        # every scrape in aiohttp's access log would drown the webhook's own lines
+        metrics_runner = web.AppRunner(build_metrics_app(metrics), access_log=None)
+        await metrics_runner.setup()
+        await _listen(metrics_runner, config.metrics_port, None)
     # Kubernetes stops a pod with SIGTERM: finish the requests in flight, then exit 0.
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    structlog.get_logger("cdmo.webhook").info("Started webhook", port=config.port)
+    structlog.get_logger("cdmo.webhook").info(
+        "Started webhook", port=config.port, metrics_port=config.metrics_port
+    )
     try:
         await stop.wait()
     finally:
         reloader.cancel()
         await nodes.stop()
         await runner.cleanup()
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
+
+
+async def _listen(runner: web.BaseRunner, port: int, context: ssl.SSLContext | None) -> None:
+    """Listen on ``port`` on every address; a port that cannot be bound is one line, not a traceback."""
+    from aiohttp import web
+
+    try:
+        await web.TCPSite(runner, "0.0.0.0", port, ssl_context=context).start()
+    except OSError as exc:
+        raise CdmoError(
+            f"cannot listen on port {port}: {exc.strerror or exc}",
+            hint="another process holds it, or it needs privileges; choose another port",
+        ) from None

@@ -43,7 +43,7 @@ def test_service_names_stay_dns_labels_with_a_long_release_name(helm: Helm, sets
     assert len(LONG_RELEASE) <= 53
     objects = render_release(helm, LONG_RELEASE, *sets)
     services = [o["metadata"]["name"] for o in objects if o["kind"] == "Service"]
-    assert len(services) == (3 if sets else 2)
+    assert len(services) == (4 if sets else 2)  # the webhook's HTTPS and metrics Services
     bad = [n for n in services if not DNS_1035_LABEL.match(n)]
     assert bad == [], f"Service names the API server refuses (over 63 characters or not a DNS label): {bad}"
     assert len(set(services)) == len(services)
@@ -57,7 +57,7 @@ def test_short_names_are_unchanged(helm: Helm) -> None:
     # Shortening applies only where the name would be too long: existing installs keep their names.
     objects = render_release(helm, "cdmo", "webhook.enabled=true", "webhook.tls.certManager=false")
     services = sorted(o["metadata"]["name"] for o in objects if o["kind"] == "Service")
-    assert services == ["cdmo-agent-metrics", "cdmo-operator-metrics", "cdmo-webhook"]
+    assert services == ["cdmo-agent-metrics", "cdmo-operator-metrics", "cdmo-webhook", "cdmo-webhook-metrics"]
 
 
 @pytest.mark.parametrize(

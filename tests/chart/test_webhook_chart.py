@@ -8,13 +8,14 @@ of the expression, not that kube-apiserver compiles it.
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
 
-from tests.chart.conftest import NAMESPACE, Helm, by_kind, container, env_of, one, render_named
+from tests.chart.conftest import NAMESPACE, Helm, HelmError, by_kind, container, env_of, one, render_named
 from tests.chart.test_render import validate_object
 from tests.harness.admission import MutatingWebhook, evaluate_match_conditions, label_selector_matches
 
@@ -48,6 +49,7 @@ def test_enabled_webhook_objects_are_valid_kubernetes_objects(helm: Helm) -> Non
         "PodDisruptionBudget",
         "Secret",
         "Service",
+        "Service",  # its metrics
         "ServiceAccount",
     ]
     for obj in objects:
@@ -114,6 +116,8 @@ def test_values_reach_the_configuration_and_the_deployment(helm: Helm) -> None:
     assert env["CDMO_WEBHOOK_CFGI_REPLICAS_PER_GPU"] == "4"
     assert env["CDMO_WEBHOOK_METAGPU_UNITS_PER_GPU"] == "1000"
     assert env["CDMO_WEBHOOK_PORT"] == "9443"
+    assert env["CDMO_WEBHOOK_METRICS_PORT"] == "9091"
+    assert one(objects, "Service", "-webhook-metrics")["spec"]["ports"][0]["port"] == 9091
     assert env["CDMO_PARTITION_LABEL"] == "example.com/mig-partitioning=dynamic"
 
 
@@ -234,3 +238,68 @@ def test_probes_ask_paths_the_webhook_serves_and_readiness_waits_for_the_nodes(h
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert {"/healthz", "/readyz"} <= served
+
+
+def test_the_webhook_serves_metrics_on_a_named_port_its_service_and_service_monitor_select(
+    helm: Helm,
+) -> None:
+    """Prometheus reaches the webhook as it reaches the operator: a container port named metrics
+    (the port cdmo.config reads), a Service selecting the webhook's pods through it, and the
+    ServiceMonitor selecting that Service by its labels and port name."""
+    from cdmo.config import WebhookConfig
+
+    objects = _webhook_objects(helm, "metrics.serviceMonitor.enabled=true")
+    deployment = one(objects, "Deployment", "-webhook")
+    c = container(deployment)
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    env = {k: v for k, v in env_of(c).items() if isinstance(v, str)}
+    assert ports["metrics"] == WebhookConfig.from_env(env).metrics_port == 8080
+    assert ports["https"] != ports["metrics"]
+    service = one(objects, "Service", "-webhook-metrics")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    (port,) = service["spec"]["ports"]
+    assert (port["name"], port["port"], port["targetPort"]) == ("metrics", 8080, "metrics")
+    monitor = one(objects, "ServiceMonitor")
+    assert label_selector_matches(monitor["spec"]["selector"], service["metadata"]["labels"])
+    assert NAMESPACE in monitor["spec"]["namespaceSelector"]["matchNames"]
+    assert port["name"] in {e["port"] for e in monitor["spec"]["endpoints"]}
+    # the webhook's HTTPS Service is not scraped: it has no port named metrics
+    https = one(objects, "Service", "-webhook")
+    assert [p["name"] for p in https["spec"]["ports"]] == ["https"]
+    for obj in objects:
+        assert validate_object(obj) in ("kubernetes", "crd", "skipped")
+    # without metrics Services, or without the webhook, none for it and none selected
+    services = by_kind(_webhook_objects(helm, "metrics.service.enabled=false"), "Service")
+    assert [s["metadata"]["name"] for s in services] == ["cdmo-webhook"]
+    off = helm.render("metrics.serviceMonitor.enabled=true")
+    assert not [s for s in by_kind(off, "Service") if "webhook" in s["metadata"]["name"]]
+    (component,) = [
+        e
+        for e in one(off, "ServiceMonitor")["spec"]["selector"]["matchExpressions"]
+        if e["key"] == "app.kubernetes.io/component"
+    ]
+    assert component["values"] == ["operator", "agent"]
+
+
+def test_a_metrics_port_equal_to_the_https_port_or_out_of_range_is_refused(helm: Helm) -> None:
+    with pytest.raises(HelmError, match=re.escape("webhook.metricsPort and webhook.port are both 9443")):
+        _webhook_objects(helm, "webhook.port=9443", "webhook.metricsPort=9443")
+    with pytest.raises(HelmError, match="metricsPort"):
+        _webhook_objects(helm, "webhook.metricsPort=70000")  # values.schema.json
+
+
+def test_the_chart_made_certificates_end_reads_as_the_webhook_publishes_it(
+    helm: Helm, tmp_path: Path
+) -> None:
+    """helm's genSignedCert makes an RSA certificate, unlike the tests' EC ones: cdmo's reader of
+    notAfter (no X.509 package in the image) gets its end as cryptography does."""
+    from cdmo.webhook.certificate import read_not_after
+
+    secret = one(_webhook_objects(helm), "Secret", "-webhook-tls")
+    pem = base64.b64decode(secret["data"]["tls.crt"])
+    path = tmp_path / "tls.crt"
+    path.write_bytes(pem)
+    cert = x509.load_pem_x509_certificate(pem)
+    assert read_not_after(str(path)) == cert.not_valid_after_utc.timestamp()
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    assert abs(lifetime.days - 365) <= 1  # webhook.tls.validityDays

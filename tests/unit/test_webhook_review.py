@@ -116,8 +116,18 @@ def test_count_models_counts_known_mig_products_only() -> None:
         ),
         (["--port", "70000"], "is not a TCP port"),
         (["--default-model", "v100"], "unknown GPU model"),
+        (["--metrics-port", "70000"], "--metrics-port=70000 is not a TCP port"),
+        (["--metrics-port", "-1"], "--metrics-port=-1 must not be negative"),
+        (["--port", "9443", "--metrics-port", "9443"], "metrics port 9443 is the HTTPS port too"),
     ],
-    ids=["missing-cert", "bad-port", "unknown-model"],
+    ids=[
+        "missing-cert",
+        "bad-port",
+        "unknown-model",
+        "bad-metrics-port",
+        "negative-metrics-port",
+        "same-ports",
+    ],
 )
 def test_webhook_command_refuses_bad_input_in_one_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], words: str
@@ -129,6 +139,15 @@ def test_webhook_command_refuses_bad_input_in_one_line(
     assert main(["webhook", *base, *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0]
+
+
+def test_webhook_command_refuses_a_bad_metrics_port_variable_in_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CDMO_WEBHOOK_METRICS_PORT", "65536")
+    assert main(["webhook"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CDMO_WEBHOOK_METRICS_PORT=65536 is not a TCP port" in err[0], err
 
 
 @pytest.mark.parametrize("broken", ["mismatched", "not-pem"])

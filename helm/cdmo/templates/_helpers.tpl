@@ -106,6 +106,9 @@ toString writes a million as 1e+06, which cdmo.config's int() refuses: int64 fir
 {{- if eq (int .Values.operator.metricsPort) (int .Values.operator.healthPort) -}}
 {{- fail (printf "operator.metricsPort and operator.healthPort are both %d: the operator serves each on its own port; set one of them to another port" (int .Values.operator.metricsPort)) -}}
 {{- end -}}
+{{- if and .Values.webhook.enabled (eq (int .Values.webhook.metricsPort) (int .Values.webhook.port)) -}}
+{{- fail (printf "webhook.metricsPort and webhook.port are both %d: the webhook serves HTTPS and its metrics on ports of their own; set one of them to another port" (int .Values.webhook.port)) -}}
+{{- end -}}
 {{- range $component := list "operator" "agent" "webhook" -}}
 {{- range $key := list "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/component" -}}
 {{- if hasKey ((index $.Values $component).podLabels | default dict) $key -}}
