@@ -9,8 +9,10 @@ the certificate files every ``cert_reload_seconds``, as ``cdmo webhook`` does.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import kubernetes
@@ -139,3 +141,20 @@ class WebhookThread:
 
 def _port(site: web.TCPSite) -> int:
     return int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+
+def write_kubeconfig(path: Path, server: str) -> Path:
+    """A kubeconfig at ``path`` for a ``cdmo webhook`` process talking to the API double at ``server``."""
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "double", "cluster": {"server": server}}],
+                "users": [{"name": "u", "user": {}}],
+                "contexts": [{"name": "c", "context": {"cluster": "double", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    return path

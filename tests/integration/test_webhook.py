@@ -24,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from tests.harness.admission import AdmissionChain, MutatingWebhook
 from tests.harness.kube_api import KubeApiDouble
 from tests.harness.tls import TlsFiles, make_tls_files
-from tests.harness.webhook import WebhookThread
+from tests.harness.webhook import WebhookThread, write_kubeconfig
 
 
 def add_node(api: KubeApiDouble, name: str, product: str, labelled: bool = True) -> None:
@@ -390,19 +390,7 @@ def test_cdmo_webhook_command_serves_over_https_and_stops_on_sigterm(
     import time
 
     add_node(kube_api, "gpu-1", "NVIDIA-H200")
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "double", "cluster": {"server": kube_api.url}}],
-                "users": [{"name": "u", "user": {}}],
-                "contexts": [{"name": "c", "context": {"cluster": "double", "user": "u"}}],
-                "current-context": "c",
-            }
-        )
-    )
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", kube_api.url)
     port = int(_closed_port_url().split(":")[2].split("/")[0])
     proc = subprocess.Popen(
         [sys.executable, "-m", "cdmo.cli", "webhook", "--port", str(port), "--cert-file", str(tls.cert_file),

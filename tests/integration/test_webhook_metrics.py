@@ -34,7 +34,7 @@ from cdmo.webhook.metrics import OUTCOMES, WebhookMetrics
 from cdmo.webhook.server import build_app, note_certificate, reload_certificate, server_ssl_context
 from tests.harness.kube_api import KubeApiDouble
 from tests.harness.tls import TlsFiles, make_tls_files
-from tests.harness.webhook import WebhookThread
+from tests.harness.webhook import WebhookThread, write_kubeconfig
 from tests.integration.test_webhook import _post, add_node, pod, review
 
 EXPIRY = "cdmo_webhook_certificate_expiry_timestamp_seconds"
@@ -229,20 +229,7 @@ def test_a_certificate_whose_end_does_not_read_is_published_as_nan_not_as_a_stal
 
 @pytest.fixture
 def kubeconfig(kube_api: KubeApiDouble, tmp_path: Path) -> Path:
-    path = tmp_path / "kubeconfig"
-    path.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "double", "cluster": {"server": kube_api.url}}],
-                "users": [{"name": "u", "user": {}}],
-                "contexts": [{"name": "c", "context": {"cluster": "double", "user": "u"}}],
-                "current-context": "c",
-            }
-        )
-    )
-    return path
+    return write_kubeconfig(tmp_path / "kubeconfig", kube_api.url)
 
 
 @contextlib.contextmanager
