@@ -11,7 +11,6 @@ serve exits 1 with the webhook's refusal.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 from collections.abc import Mapping
@@ -42,6 +41,9 @@ MAX_FILE_BYTES = 4 << 20
 MAX_DEPTH = 100
 #: Most values (scalars, mappings, lists) in one document, each YAML alias counted as the values
 #: it repeats: nine nested aliases of ten repeat a value 10^9 times from a few hundred bytes.
+#: The text of its scalars is bounded too, by MAX_FILE_BYTES: aliases may not make a document
+#: mean more text than the largest file read without them (one 100 KB string aliased 9^5 times
+#: is 5.9 GB of JSON in 59,000 values).
 MAX_VALUES = 1 << 20
 
 
@@ -79,17 +81,19 @@ def _check_expansion(text: str, name: str) -> None:
 
     The file's size bounds what it writes, not what it means: an alias (``*a``) repeats its
     anchor's whole value, and an alias inside its own anchor makes a value that holds itself.
-    The output writers expand both (JSON without end), so the events are counted first.
+    The output writers expand both (JSON without end), so the events are counted first: the
+    values (MAX_VALUES) and the characters of the scalars (MAX_FILE_BYTES), each alias counted
+    as all that its anchor holds.
     """
     hint = "a pod manifest needs no YAML anchors (&a) or aliases (*a); write the values out"
     doc = 0
-    #: Values under each closed anchor of this document, its own included.
-    sizes: dict[str | None, int] = {}
-    #: The open mappings and lists, outermost first: their anchors and values so far.
+    #: (values, characters) under each closed anchor of this document, its own included.
+    sizes: dict[str | None, tuple[int, int]] = {}
+    #: The open mappings and lists, outermost first: their anchors, values and characters so far.
     anchors: list[str | None] = []
-    counts: list[int] = []
+    counts: list[list[int]] = []
     for event in yaml.parse(text, Loader=_LOADER):
-        size = 0
+        size = (0, 0)
         if isinstance(event, DocumentStartEvent):
             doc += 1
             sizes = {}  # anchors name values only within their document
@@ -100,15 +104,16 @@ def _check_expansion(text: str, name: str) -> None:
                     hint="give a pod manifest",
                 )
             anchors.append(event.anchor)
-            counts.append(1)
+            counts.append([1, 0])
         elif isinstance(event, CollectionEndEvent):
-            anchor, size = anchors.pop(), counts.pop()
+            anchor, (values, chars) = anchors.pop(), counts.pop()
+            size = (values, chars)
             if anchor is not None:
                 sizes[anchor] = size
         elif isinstance(event, ScalarEvent):
-            size = 1
+            size = (1, len(event.value))
             if event.anchor is not None:
-                sizes[event.anchor] = 1
+                sizes[event.anchor] = size
         elif isinstance(event, AliasEvent):
             if event.anchor in anchors:
                 raise InvalidInput(
@@ -117,12 +122,19 @@ def _check_expansion(text: str, name: str) -> None:
                     hint=hint,
                 )
             # An alias of no anchor is the loader's error to report, with its line.
-            size = sizes.get(event.anchor, 1)
-        if size and counts:
-            counts[-1] += size
-            if counts[-1] > MAX_VALUES:
+            size = sizes.get(event.anchor, (1, 0))
+        if counts:
+            counts[-1][0] += size[0]
+            counts[-1][1] += size[1]
+            if counts[-1][0] > MAX_VALUES:
                 raise InvalidInput(
                     f"{name}: document {doc} holds more than {MAX_VALUES} values"
+                    " once its YAML aliases are expanded",
+                    hint=hint,
+                )
+            if counts[-1][1] > MAX_FILE_BYTES:
+                raise InvalidInput(
+                    f"{name}: document {doc} holds more than {MAX_FILE_BYTES >> 20} MiB of text"
                     " once its YAML aliases are expanded",
                     hint=hint,
                 )
@@ -205,6 +217,21 @@ def _put(obj: dict[str, Any], path: tuple[str, ...], value: dict[str, Any]) -> d
     return obj
 
 
+def _copy_tree(value: Any) -> Any:
+    """A copy of ``value`` in which no mapping or list stands in two places.
+
+    A YAML alias makes one object stand wherever it is repeated (``resources: *r`` in two
+    containers), and copy.deepcopy keeps that sharing; a JSON patch treats each place as its own
+    (JSON, which the API server reads, has no aliases). _check_expansion has bounded the depth
+    and the size.
+    """
+    if isinstance(value, dict):
+        return {key: _copy_tree(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy_tree(item) for item in value]
+    return value  # scalars: str, numbers, dates, bytes are never changed in place
+
+
 def translate_object(obj: dict[str, Any], model: str | None) -> tuple[dict[str, Any], Translation]:
     """The object with its pod translated, and the decision; raises Refused or InvalidInput."""
     path = _template_path(obj)
@@ -215,10 +242,10 @@ def translate_object(obj: dict[str, Any], model: str | None) -> tuple[dict[str, 
         )
     need_kind = "the pod" if not path else "the pod template (" + ".".join(path) + ")"
     check_pod_shape(_get(obj, path), need_kind)
-    pod = copy.deepcopy(_get(obj, path))
-    pod.setdefault("metadata", {}).setdefault(
-        "namespace", (obj.get("metadata") or {}).get("namespace", "default")
-    )
+    pod = _copy_tree(_get(obj, path))
+    if pod.get("metadata") is None:  # `metadata:` left empty is no metadata, as check_pod_shape reads it
+        pod["metadata"] = {}
+    pod["metadata"].setdefault("namespace", (obj.get("metadata") or {}).get("namespace", "default"))
     if not pod["metadata"].get("name"):
         pod["metadata"]["name"] = (obj.get("metadata") or {}).get("name") or "pod"
     cluster = {get_model(model).key: 1} if model else {}

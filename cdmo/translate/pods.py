@@ -321,11 +321,20 @@ def _whole_and_share(name: str, asks: Sequence[Ask], wholes: Sequence[WholeGpu])
     )
 
 
-def require_shape(value: Any, kind: type, path: str, where: str) -> None:
-    """Refuse ``value`` at ``path`` unless it is absent or a ``kind`` (dict or list)."""
-    if value is not None and not isinstance(value, kind):
-        shape = "a mapping" if kind is dict else "a list"
-        raise InvalidInput(f"{where}: {path} must be {shape}, not {type(value).__name__}")
+def require_shape(value: Any, kind: type, path: str, where: str, *, item: bool = False) -> None:
+    """Refuse ``value`` at ``path`` unless it is a ``kind`` (dict or list), or absent (None).
+
+    A field given as null is one left out, as Kubernetes reads it; a list ``item`` is never
+    absent, so a null entry (``[null]``, a lone ``-`` in YAML) is refused like any other shape.
+    """
+    if isinstance(value, kind) or (value is None and not item):
+        return
+    shape = "a mapping" if kind is dict else "a list"
+    if value is None:
+        raise InvalidInput(
+            f"{where}: {path} must be {shape}, not null", hint="fill the entry in or remove it"
+        )
+    raise InvalidInput(f"{where}: {path} must be {shape}, not {type(value).__name__}")
 
 
 def check_pod_shape(pod: Mapping[str, Any], where: str) -> None:
@@ -333,10 +342,12 @@ def check_pod_shape(pod: Mapping[str, Any], where: str) -> None:
 
     The API server checks this before the webhook sees a pod; a file given to ``cdmo translate``
     may not be, nor a body sent to the webhook by anything but an API server. Both call this.
+    Every mapping and list the pod walk (asks, model selection, patch) reads is checked here, so
+    that walk may call ``.get`` on each.
     """
 
-    def need(value: Any, kind: type, path: str) -> None:
-        require_shape(value, kind, path, where)
+    def need(value: Any, kind: type, path: str, *, item: bool = False) -> None:
+        require_shape(value, kind, path, where, item=item)
 
     need(pod.get("metadata"), dict, "metadata")
     for key in ("labels", "annotations"):
@@ -346,7 +357,7 @@ def check_pod_shape(pod: Mapping[str, Any], where: str) -> None:
     for kind in ("containers", "initContainers"):
         need(spec.get(kind), list, f"spec.{kind}")
         for i, container in enumerate(spec.get(kind) or []):
-            need(container, dict, f"spec.{kind}[{i}]")
+            need(container, dict, f"spec.{kind}[{i}]", item=True)
             need(container.get("resources"), dict, f"spec.{kind}[{i}].resources")
             for part in ("limits", "requests"):
                 need((container.get("resources") or {}).get(part), dict, f"spec.{kind}[{i}].resources.{part}")
@@ -361,9 +372,9 @@ def check_pod_shape(pod: Mapping[str, Any], where: str) -> None:
     terms = (required or {}).get("nodeSelectorTerms")
     need(terms, list, f"{path}.nodeSelectorTerms")
     for i, term in enumerate(terms or []):
-        need(term, dict, f"{path}.nodeSelectorTerms[{i}]")
+        need(term, dict, f"{path}.nodeSelectorTerms[{i}]", item=True)
         exprs = term.get("matchExpressions")
         need(exprs, list, f"{path}.nodeSelectorTerms[{i}].matchExpressions")
         for j, expr in enumerate(exprs or []):
-            need(expr, dict, f"{path}.nodeSelectorTerms[{i}].matchExpressions[{j}]")
+            need(expr, dict, f"{path}.nodeSelectorTerms[{i}].matchExpressions[{j}]", item=True)
             need(expr.get("values"), list, f"{path}.nodeSelectorTerms[{i}].matchExpressions[{j}].values")

@@ -520,9 +520,16 @@ _ASK = {"name": "p", "annotations": {"gpu-fraction": "0.5"}}
         _shaped({"metadata": _ASK, "spec": {"containers": [{"name": "m", "resources": ["limits"]}]}}),
         _shaped({"metadata": _ASK, "spec": {"containers": [{"name": "m"}], "nodeSelector": ["a"]}}),
         b"[" * 100_000 + b"]" * 100_000,
+        _shaped({"metadata": _ASK, "spec": {"containers": [None]}}),
+        _shaped({"metadata": _ASK, "spec": {"containers": [{"name": "m"}], "initContainers": [None]}}),
+        _shaped({"metadata": _ASK, "spec": {"containers": [{"name": "m"}], "affinity": {"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [None]}}}}}),
+        _shaped({"metadata": _ASK, "spec": {"containers": [{"name": "m"}], "affinity": {"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [None]}]}}}}}),
     ],
     ids=["kind-str", "meta-str", "annotations-list", "containers-dict", "container-str", "resources-list",
-         "node-selector-list", "deep-json"],
+         "node-selector-list", "deep-json", "container-null", "init-container-null", "selector-term-null",
+         "expression-null"],
 )  # fmt: skip
 def test_a_body_no_api_server_would_send_is_a_400_and_the_webhook_keeps_serving(
     kube_api: KubeApiDouble, webhook: WebhookThread, tls: TlsFiles, data: bytes

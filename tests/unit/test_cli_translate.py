@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import tracemalloc
 from pathlib import Path
@@ -312,14 +313,14 @@ def test_bad_input_gives_one_line_and_an_exit_code(
     assert len(lines) == 1 and words in lines[0] and "Traceback" not in captured.err
 
 
-def _laughs(levels: int) -> str:
-    """A pod whose spec repeats "lol" 10^levels times through nested YAML aliases (billion laughs)."""
+def _laughs(levels: int, word: str = "lol") -> str:
+    """A pod whose spec repeats ``word`` 10^levels times through nested YAML aliases (billion laughs)."""
     lines = [
         "kind: Pod",
         "metadata: {name: p, annotations: {gpu-fraction: '0.5'}}",
         "spec:",
         "  containers: [{name: c}]",
-        "  a0: &a0 lol",
+        f"  a0: &a0 {word}",
     ]
     lines += [f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels + 1)]
     return "\n".join(lines) + "\n"
@@ -343,6 +344,44 @@ def test_an_alias_bomb_is_refused_at_once(
     captured = capsys.readouterr()
     assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
     assert "more than 1048576 values once its YAML aliases are expanded" in captured.err
+
+
+@pytest.mark.parametrize("output", ["yaml", "json", "table"])
+def test_a_long_string_repeated_by_aliases_is_refused_at_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, output: str
+) -> None:
+    """A 10 KB string aliased 10^3 times is 10 MB of text from a 10 KB file: each alias counted as
+    one value, it passed the bound (the audit's 100 KB string aliased 9^5 times: 18 s, 4 GB, then
+    MemoryError). Counted by its characters, it is refused before anything is expanded."""
+    path = _write(tmp_path, _laughs(3, "x" * 10_000))
+    tracemalloc.start()
+    try:
+        assert main(["translate", path, "--model", "h100-80gb", "-o", output]) == 2
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, peak
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
+    assert "more than 4 MiB of text once its YAML aliases are expanded" in captured.err
+
+
+def test_a_pod_whose_containers_share_values_through_anchors_translates_each(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """YAML gives both containers one resources object: patching the first changed the second
+    too, and the second's patch then failed ("JSON patch remove of absent ...")."""
+    text = (
+        "kind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n"
+        "  - {name: a, image: &img pytorch:24.05, resources: &r {limits: {cnvrg.io/metagpu: 25}}}\n"
+        "  - {name: b, image: *img, resources: *r}\n"
+    )
+    rc, pod, err = run_json(capsys, _write(tmp_path, text), "--model", "h100-80gb")
+    assert rc == 0, err
+    assert [c["resources"] for c in pod["spec"]["containers"]] == [
+        {"limits": {"nvidia.com/mig-2g.20gb": "1"}}
+    ] * 2
+    assert [c["image"] for c in pod["spec"]["containers"]] == ["pytorch:24.05"] * 2
 
 
 def test_aliases_within_the_bound_are_read_as_yaml_means_them(
@@ -427,3 +466,128 @@ def test_metagpu_in_init_containers_and_sidecars_is_translated_in_place(
         ("proxy", True, {"cnvrg.io/metagpu": "50"}),
     ]
     assert "metagpu cnvrg.io/metagpu=25; metagpu cnvrg.io/metagpu=50 -> 1 x 2g.20gb, 1 x 4g.40gb" in err
+
+
+#: A pod with every part check_pod_shape walks, which translates as it is.
+_SHAPED: dict[str, Any] = {
+    "kind": "Pod",
+    "metadata": {"name": "p", "labels": {"team": "a"}, "annotations": {"note": "b"}},
+    "spec": {
+        "initContainers": [{"name": "i", "resources": {"limits": {"cpu": 1}, "requests": {"cpu": 1}}}],
+        "containers": [
+            {"name": "c", "resources": {"limits": {"cnvrg.io/metagpu": 25}, "requests": {"cpu": 1}}}
+        ],
+        "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {
+                                    "key": "nvidia.com/gpu.product",
+                                    "operator": "In",
+                                    "values": ["NVIDIA-H100-80GB-HBM3"],
+                                }
+                            ]
+                        }
+                    ]
+                }
+            }
+        },
+    },
+}
+_TERMS = (
+    "spec",
+    "affinity",
+    "nodeAffinity",
+    "requiredDuringSchedulingIgnoredDuringExecution",
+    "nodeSelectorTerms",
+)
+_RESOURCES = ("spec", "containers", 0, "resources")
+#: Fields a pod may leave out (or null), by the shape they have when given.
+_MAPPINGS = [
+    ("metadata",),
+    ("metadata", "labels"),
+    ("metadata", "annotations"),
+    ("spec",),
+    _RESOURCES,
+    (*_RESOURCES, "limits"),
+    (*_RESOURCES, "requests"),
+    ("spec", "initContainers", 0, "resources"),
+    ("spec", "nodeSelector"),
+    ("spec", "affinity"),
+    ("spec", "affinity", "nodeAffinity"),
+    _TERMS[:-1],
+]
+_LISTS = [
+    ("spec", "containers"),
+    ("spec", "initContainers"),
+    _TERMS,
+    (*_TERMS, 0, "matchExpressions"),
+    (*_TERMS, 0, "matchExpressions", 0, "values"),
+]
+#: List entries: a mapping each, never absent, so null is as wrong as a string.
+_ITEMS = [
+    ("spec", "containers", 0),
+    ("spec", "initContainers", 0),
+    (*_TERMS, 0),
+    (*_TERMS, 0, "matchExpressions", 0),
+]
+
+
+def _field_path(path: tuple[str | int, ...]) -> str:
+    """``spec.containers[0].resources``, as the error names the field."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
+def _shaped_cases() -> list[Any]:
+    """(path, value, words): words None where the pod still translates, else what the error says."""
+    cases = []
+    for path in _MAPPINGS + _LISTS:
+        shape = "a mapping" if path in _MAPPINGS else "a list"
+        cases.append((path, None, None))  # a null field is one left out: the pod is read without it
+        cases.append((path, "x", f"the pod: {_field_path(path)} must be {shape}, not str"))
+    for path in _ITEMS:
+        cases.append((path, None, f"the pod: {_field_path(path)} must be a mapping, not null"))
+        cases.append((path, "x", f"the pod: {_field_path(path)} must be a mapping, not str"))
+    return [pytest.param(*case, id=f"{_field_path(case[0])}={case[1]!r}") for case in cases]
+
+
+@pytest.mark.parametrize(("path", "value", "words"), _shaped_cases())
+def test_a_null_or_misshapen_part_of_the_pod_is_refused_naming_its_path(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    path: tuple[str | int, ...],
+    value: Any,
+    words: str | None,
+) -> None:
+    """A null list entry (a lone ``-``, ``[null]``) passed the shape check as if left out and
+    crashed the pod walk (AttributeError, exit 3); so did ``metadata:`` left null. A null field
+    is read as left out; a null entry or a string where a mapping goes is refused in one line."""
+    obj = copy.deepcopy(_SHAPED)
+    target = obj
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    rc = main(["translate", _write(tmp_path, yaml.safe_dump(obj)), "--model", "h100-80gb", "-o", "json"])
+    captured = capsys.readouterr()
+    if words is None:
+        assert rc == 0, captured.err
+        json.loads(captured.out)
+        return
+    lines = captured.err.strip().splitlines()
+    assert rc == 2 and captured.out == "" and len(lines) == 1 and words in lines[0], captured.err
+
+
+def test_a_pod_with_null_metadata_is_translated_and_written_without_name_or_namespace(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``metadata:`` left empty crashed on setting the default namespace (AttributeError, exit 3)."""
+    text = (
+        "kind: Pod\nmetadata:\nspec: {containers: [{name: a, resources: {limits: {cnvrg.io/metagpu: 25}}}]}\n"
+    )
+    rc, pod, err = run_json(capsys, _write(tmp_path, text), "--model", "h100-80gb")
+    assert rc == 0, err
+    assert set(pod["metadata"]) == {"annotations"}
+    assert pod["spec"]["containers"][0]["resources"] == {"limits": {"nvidia.com/mig-2g.20gb": "1"}}

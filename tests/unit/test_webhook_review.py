@@ -93,6 +93,48 @@ def test_bodies_that_are_not_admission_reviews_raise(bad: Any) -> None:
         build_review_response(bad, {})
 
 
+_TERMS = {"nodeSelectorTerms": [{"matchExpressions": [{"key": "k", "operator": "In", "values": ["v"]}]}]}
+
+
+def _affinity(terms: Any) -> dict[str, Any]:
+    return {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": terms}}}
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ({"containers": [None]}, "spec.containers[0] must be a mapping, not null"),
+        ({"containers": [{"name": "m"}], "initContainers": [None]}, "spec.initContainers[0] must be a mapping, not null"),
+        ({"containers": [{"name": "m"}], **_affinity({"nodeSelectorTerms": [None]})}, "nodeSelectorTerms[0] must be a mapping, not null"),
+        ({"containers": [{"name": "m"}], **_affinity({"nodeSelectorTerms": [{"matchExpressions": [None]}]})}, "nodeSelectorTerms[0].matchExpressions[0] must be a mapping, not null"),
+        ({"containers": [{"name": "m"}], "initContainers": ["setup"]}, "spec.initContainers[0] must be a mapping, not str"),
+        ({"containers": [{"name": "m"}], **_affinity({"nodeSelectorTerms": [{"matchExpressions": ["k"]}]})}, "matchExpressions[0] must be a mapping, not str"),
+    ],
+    ids=["container-null", "init-container-null", "selector-term-null", "expression-null", "init-container-str", "expression-str"],
+)  # fmt: skip
+def test_a_pod_with_a_null_or_misshapen_list_entry_is_a_bad_review_naming_it(
+    spec: dict[str, Any], words: str
+) -> None:
+    """A null list entry passed the shape check as if left out, and the pod walk then raised
+    AttributeError: a 500 to the API server instead of BadReview's 400 with one line."""
+    obj = {"metadata": {"name": "p", "annotations": {"gpu-fraction": "0.5"}}, "spec": spec}
+    with pytest.raises(BadReview) as caught:
+        build_review_response(review(obj), {"h100-80gb": 1})
+    assert str(caught.value).startswith("the AdmissionReview's pod: ") and words in str(caught.value)
+
+
+def test_null_fields_are_read_as_left_out() -> None:
+    """Unlike a null list entry, a null field is one the pod does not give (JSON's null, Go's nil)."""
+    obj = pod(annotations={"gpu-fraction": "0.5"}, labels=None)
+    obj["spec"] = {
+        "containers": [{"name": "m", "resources": None}],
+        "initContainers": None,
+        **_affinity(None),
+    }
+    body, action, _ = build_review_response(review(obj), {"h100-80gb": 1})
+    assert action == "mutate" and body["response"]["patchType"] == "JSONPatch"
+
+
 def test_count_models_counts_known_mig_products_only() -> None:
     def node(product: str | None) -> dict[str, Any]:
         return {"metadata": {"labels": {"nvidia.com/gpu.product": product} if product else {}}}
