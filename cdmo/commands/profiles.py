@@ -36,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # An empty MODEL would read as no MODEL at all and list every model, as translate's empty
+    # --model would read as none; both are refused the same way.
+    if args.model is not None and not args.model.strip():
+        raise InvalidInput(
+            "MODEL is empty", hint="name a GPU model, e.g. cdmo profiles h100-80gb (cdmo profiles lists them)"
+        )
     if args.check is not None and not args.model:
         raise InvalidInput(
             "--check needs a MODEL", hint='try: cdmo profiles h100-80gb --check "3g.40gb@0,3g.40gb@4"'

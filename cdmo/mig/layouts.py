@@ -294,19 +294,32 @@ def pack_layout(model: GpuModel, counts: Mapping[str, int]) -> tuple[Instance, .
     return best
 
 
-_LAYOUT_ITEM_RE = re.compile(r"^\s*(?P<profile>[^@\s]+)\s*@\s*(?P<start>-?\d+)\s*$")
+# [0-9], not \d: \d (like int() and str.isdigit()) also takes other scripts' digits, so "1g.10gb@\u0663"
+# read as 1g.10gb@3; a start is written in ASCII digits only.
+_LAYOUT_ITEM_RE = re.compile(r"^\s*(?P<profile>[^@\s]+)\s*@\s*(?P<start>-?[0-9]+)\s*$")
 
 
 def parse_layout(text: str) -> tuple[Instance, ...]:
-    """Parse ``"4g.40gb@0,3g.40gb@4"``; raises InvalidInput naming the bad item."""
-    items = [t for t in (s.strip() for s in text.split(",")) if t]
+    """Parse ``"4g.40gb@0,3g.40gb@4"``; raises InvalidInput naming the bad item.
+
+    Blank text is the empty layout; an empty item between commas is refused by its position
+    (``4g.40gb@0,,3g.40gb@4`` is most likely an instance left out, not a layout of two).
+    """
+    if not text.strip():
+        return ()
     result = []
-    for item in items:
+    for position, raw in enumerate(text.split(","), start=1):
+        item = raw.strip()
+        if not item:
+            raise InvalidInput(
+                f"item {position} of the layout is empty",
+                hint='separate instances with single commas, like "4g.40gb@0,3g.40gb@4"',
+            )
         m = _LAYOUT_ITEM_RE.match(item)
         if not m:
             raise InvalidInput(
                 f"cannot read {item!r} as PROFILE@START",
-                hint='write a layout like "4g.40gb@0,3g.40gb@4"',
+                hint='write a layout like "4g.40gb@0,3g.40gb@4" (starts in digits 0-9)',
             )
         if not is_profile_name(m["profile"]):
             raise InvalidInput(

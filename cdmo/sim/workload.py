@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import random
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,8 +177,100 @@ def _too_many(path: Path) -> InvalidScenario:
     )
 
 
-def _csv_lines(path: Path) -> Iterator[str]:
-    return (line for line in _lines(path) if line.strip() and not line.startswith("#"))
+#: What Excel's "CSV UTF-8" (and Notepad) put before the first line; not part of the header.
+_BOM = "\ufeff"
+
+
+class _CsvLines:
+    """The lines csv reads: blank lines and comments (``#``) left out, a byte order mark taken off.
+
+    ``first`` is the file line number of the first line handed out since :meth:`start_record`,
+    so that a record is named by the line an editor shows, comments and blank lines counted.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._numbered = enumerate(_lines(path), start=1)
+        self.first = 0
+        self._new_record = True
+
+    def start_record(self) -> None:
+        self._new_record = True
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        for number, line in self._numbered:
+            if number == 1:
+                line = line.removeprefix(_BOM)
+            if line.strip() and not line.startswith("#"):
+                if self._new_record:
+                    self.first, self._new_record = number, False
+                return line
+        raise StopIteration
+
+
+def _csv_records(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(file line, cells) of each CSV record, read as they are needed (csv reads no line ahead)."""
+    lines = _CsvLines(path)
+    reader = csv.reader(lines)
+    while True:
+        lines.start_record()
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # a field past csv's size limit, say
+            raise InvalidScenario(f"{path}: line {lines.first}", f"not valid CSV ({exc})") from None
+        yield lines.first, cells
+
+
+def _csv_columns(path: Path, line: int, header: list[str]) -> list[str]:
+    """The header's column names; refused without ``arrival`` or with a name given twice.
+
+    A name given twice would leave one of its cells unread in every row, as a key given twice in a
+    JSONL or YAML trace would, and those are refused too.
+    """
+    columns = [name.strip() for name in header]
+    if "arrival" not in columns:
+        raise InvalidScenario(
+            str(path),
+            "a CSV trace needs a header row with at least arrival, duration and profile or queue",
+        )
+    seen: dict[str, int] = {}
+    for number, name in enumerate(columns, start=1):
+        if name in seen:
+            raise InvalidScenario(
+                f"{path}: line {line}",
+                f"{name!r} is named twice in the header (columns {seen[name]} and {number})",
+                hint="give each field one column",
+            )
+        if name:
+            seen[name] = number
+    return columns
+
+
+def _csv_row(where: str, columns: Sequence[str], cells: Sequence[str]) -> dict[str, str]:
+    """The non-empty cells of one record by column name; each cell must have its own column."""
+    if len(cells) != len(columns):
+        raise InvalidScenario(
+            where,
+            f"{len(cells)} cells, but the header has {len(columns)} columns",
+            hint="give every row one cell per column (empty for a default); quote a value that holds a comma",
+        )
+    row: dict[str, str] = {}
+    for number, (name, cell) in enumerate(zip(columns, cells, strict=True), start=1):
+        value = cell.strip()
+        if not value:
+            continue  # an empty cell gives the field's default; a column without a name may stay empty
+        if not name:
+            raise InvalidScenario(
+                where,
+                f"column {number} has a value, but the header gives the column no name",
+                hint="name the column in the header, or leave its cells empty",
+            )
+        row[name] = value
+    return row
 
 
 def check_trace_rows(path: Path) -> None:
@@ -189,13 +282,9 @@ def check_trace_rows(path: Path) -> None:
     """
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        records = csv.reader(_csv_lines(path))
-        try:
-            for i, _ in enumerate(records):
-                if i > _limits.MAX_PODS:  # record 0 is the header
-                    raise _too_many(path)
-        except csv.Error as exc:
-            raise InvalidScenario(f"{path}: line {records.line_num}", f"not valid CSV ({exc})") from None
+        for i, _ in enumerate(_csv_records(path)):
+            if i > _limits.MAX_PODS:  # record 0 is the header
+                raise _too_many(path)
     elif suffix == ".jsonl":
         rows = 0
         for line in _lines(path):
@@ -213,33 +302,15 @@ def _read_rows(path: Path) -> Iterator[tuple[str, Mapping[str, Any]]]:
     suffix = path.suffix.lower()
     limit = _limits.MAX_PODS
     if suffix == ".csv":
-        reader = csv.DictReader(_csv_lines(path))
-        try:
-            fieldnames = reader.fieldnames
-        except csv.Error as exc:  # a field past csv's size limit, say
-            raise InvalidScenario(f"{path}: row 1", f"not valid CSV ({exc})") from None
-        if not fieldnames or "arrival" not in fieldnames:
-            raise InvalidScenario(
-                str(path),
-                "a CSV trace needs a header row with at least arrival, duration and profile or queue",
-            )
-        i = 0
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                raise InvalidScenario(f"{path}: row {i + 2}", f"not valid CSV ({exc})") from None
+        records = _csv_records(path)
+        header_line, header = next(records, (0, []))
+        columns = _csv_columns(path, header_line, header)
+        for i, (number, cells) in enumerate(records):
             if i >= limit:
                 raise _too_many(path)
-            clean = {
-                k.strip(): (v.strip() if isinstance(v, str) else v)
-                for k, v in row.items()
-                if k and v not in (None, "")
-            }
-            yield f"{path}: row {i + 2}", clean  # +2: the header is line 1
-            i += 1
+            where = f"{path}: line {number}"
+            yield where, _csv_row(where, columns, cells)
+        return
     if suffix == ".jsonl":
         count = 0
         for i, line in enumerate(_lines(path)):
@@ -277,20 +348,21 @@ def _read_rows(path: Path) -> Iterator[tuple[str, Mapping[str, Any]]]:
     )
 
 
-def _to_number(value: Any, where: str, *, integer: bool = False) -> Any:
+#: A whole number as a trace writes it: ASCII digits only (int() would also read "\u0663" as 3).
+_WHOLE_NUMBER_RE = re.compile(r"[+-]?[0-9]+")
+#: Below the 4300 digits past which int() refuses a string; far above any count or priority.
+_MAX_DIGITS = 4000
+
+
+def _to_whole_number(value: Any, where: str) -> int:
     if isinstance(value, str):
-        try:
-            value = int(value) if integer else float(value)
-        except ValueError:
-            raise InvalidScenario(
-                where, f"{value!r} is not a {'whole number' if integer else 'number'}"
-            ) from None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or (integer and not isinstance(value, int))
-    ):
-        raise InvalidScenario(where, f"{value!r} is not a {'whole number' if integer else 'number'}")
+        text = value.strip()
+        if len(text) > _MAX_DIGITS or not _WHOLE_NUMBER_RE.fullmatch(text):
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            raise InvalidScenario(where, f"{shown!r} is not a whole number")
+        value = int(text)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidScenario(where, f"{value!r} is not a whole number")
     return value
 
 
@@ -318,8 +390,8 @@ def read_trace(path: Path, fleet_models: Sequence[GpuModel]) -> tuple[PodSpec, .
             path=where,
             fractional={k: row.get(k) or None for k in ("fraction", "gpu_memory", "metagpu")},
         )
-        priority = _to_number(row.get("priority", 0), f"{where}.priority", integer=True)
-        count = _to_number(row.get("count", 1), f"{where}.count", integer=True)
+        priority = _to_whole_number(row.get("priority", 0), f"{where}.priority")
+        count = _to_whole_number(row.get("count", 1), f"{where}.count")
         if count < 1:
             raise InvalidScenario(f"{where}.count", f"must be >= 1, got {count}")
         if count > _limits.MAX_POD_DEVICES:

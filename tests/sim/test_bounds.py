@@ -273,12 +273,12 @@ def trace_scenario(tmp_path: Path, name: str, content: str | bytes) -> dict[str,
         (
             "t.csv",
             "arrival,fraction,model,duration\n0,0.25,a100-40gb,60\n",
-            "row 2.model: a100-40gb is not in the fleet",
+            "line 2.model: a100-40gb is not in the fleet",
         ),
         (
             "t.csv",
             "arrival,queue,duration,count\n0,slice-1,60," + "9" * 400 + "\n",
-            "row 2.count: is more than the limit",
+            "line 2.count: is more than the limit",
         ),
         (
             "t.jsonl",

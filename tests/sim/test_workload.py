@@ -136,12 +136,12 @@ def test_trace_from_a_scenario_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "where"),
     [
-        ("arrival,queue,duration\n1,slice-9,60\n", "row 2.queue"),
-        ("arrival,queue,duration\nsoon,slice-1,60\n", "row 2.arrival"),
-        ("arrival,queue\n1,slice-1\n", "row 2.duration"),
-        ("arrival,queue,duration,colour\n1,slice-1,60,red\n", "row 2.colour"),
-        ("arrival,queue,duration,count\n1,slice-1,60,0\n", "row 2.count"),
-        ("arrival,profile,queue,duration\n1,1g.10gb,slice-1,60\n", "row 2"),
+        ("arrival,queue,duration\n1,slice-9,60\n", "line 2.queue"),
+        ("arrival,queue,duration\nsoon,slice-1,60\n", "line 2.arrival"),
+        ("arrival,queue\n1,slice-1\n", "line 2.duration"),
+        ("arrival,queue,duration,colour\n1,slice-1,60,red\n", "line 2.colour"),
+        ("arrival,queue,duration,count\n1,slice-1,60,0\n", "line 2.count"),
+        ("arrival,profile,queue,duration\n1,1g.10gb,slice-1,60\n", "line 2"),
         ("queue,duration\nslice-1,60\n", "arrival"),
     ],
     ids=["queue", "arrival", "duration", "field", "count", "both", "header"],
@@ -152,3 +152,106 @@ def test_bad_trace_rows_are_named(tmp_path: Path, text: str, where: str) -> None
     with pytest.raises(InvalidScenario) as info:
         read_trace(path, scenario().models)
     assert str(path) in str(info.value) and where in str(info.value)
+
+
+# --- CSV traces: a header and rows that say one thing each ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "words"),
+    [
+        (
+            "arrival,queue,duration,queue\n0,slice-1,10,slice-7\n",
+            "line 1",
+            "'queue' is named twice in the header (columns 2 and 4)",
+        ),
+        (
+            "arrival,queue,duration, queue\n0,slice-1,10,slice-7\n",
+            "line 1",
+            "'queue' is named twice in the header (columns 2 and 4)",
+        ),
+        ("arrival,queue,duration\n0,slice-1,10\n0,slice-1,10,extra\n", "line 3", "4 cells"),
+        ("arrival,queue,duration,priority\n0,slice-1,10\n", "line 2", "3 cells"),
+        # Lines are the file's own: comments and blank lines count.
+        ("# made by hand\narrival,queue,duration\n\n0,slice-1,10\n0,slice-1\n", "line 5", "2 cells"),
+        ("arrival,queue,duration,\n0,slice-1,10,x\n", "line 2", "column 4"),
+    ],
+    ids=["header-twice", "header-twice-spaced", "more-cells", "fewer-cells", "file-lines", "unnamed-column"],
+)
+def test_ambiguous_csv_traces_are_refused_naming_the_line(
+    tmp_path: Path, text: str, where: str, words: str
+) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    with pytest.raises(InvalidScenario) as info:
+        read_trace(path, scenario().models)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {where}: ") and words in message
+
+
+def test_an_unnamed_column_left_empty_is_ignored(tmp_path: Path) -> None:
+    # Spreadsheets write trailing columns that once held something as empty cells under an empty name.
+    path = tmp_path / "t.csv"
+    path.write_text("arrival,queue,duration,\n0,slice-1,10,\n")
+    assert [p.profile for p in read_trace(path, scenario().models)] == ["1g.10gb"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "arrival,queue,duration\r\n0,slice-1,10\r\n",
+        "# exported\r\narrival,queue,duration\r\n0,slice-1,10\r\n",
+    ],
+    ids=["header-first", "comment-first"],
+)
+def test_a_csv_trace_with_a_utf8_bom_is_read(tmp_path: Path, text: str) -> None:
+    # Excel's "CSV UTF-8" starts the file with a byte order mark.
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert [(p.arrival, p.profile) for p in read_trace(path, scenario().models)] == [(0.0, "1g.10gb")]
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("arrival,queue,duration,count\n0,slice-1,10,\u0663\n", "line 2.count"),
+        ("arrival,queue,duration,priority\n0,slice-1,10,\u0663\n", "line 2.priority"),
+        ("arrival,queue,duration,count\n0,slice-1,10,\u00b2\n", "line 2.count"),
+        ("arrival,queue,duration\n\u0663,slice-1,10\n", "line 2.arrival"),
+        ("arrival,queue,duration\n0,slice-1,\u0663\u0660m\n", "line 2.duration"),
+    ],
+    ids=["arabic-indic-count", "arabic-indic-priority", "superscript-count", "arrival", "duration"],
+)
+def test_only_ascii_digits_are_numbers_in_a_trace(tmp_path: Path, text: str, where: str) -> None:
+    # int() and float() read other scripts' digits ("\u0663" is 3); a trace is written in 0-9.
+    path = tmp_path / "t.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(InvalidScenario) as info:
+        read_trace(path, scenario().models)
+    assert f"{path}: {where}: " in str(info.value)
+
+
+def test_a_csv_header_naming_a_column_twice_exits_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cdmo import exit_codes
+    from cdmo.cli import main
+
+    (tmp_path / "t.csv").write_text("arrival,queue,duration,queue\n0,slice-1,10,slice-7\n")
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        json.dumps(
+            {
+                "duration": "1h",
+                "fleet": [{"model": "h100-80gb", "count": 1, "gpus": 1}],
+                "policies": ["dynamic"],
+                "workload": {"trace": "t.csv"},
+            }
+        )
+    )
+    code = main(["simulate", str(path), "-o", "json"])
+    out, err = capsys.readouterr()
+    assert code == exit_codes.USAGE and out == ""
+    assert (
+        len(err.strip().splitlines()) == 1 and "'queue' is named twice in the header (columns 2 and 4)" in err
+    )

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from cdmo import exit_codes
 from cdmo.cli import main
 
 
@@ -70,11 +71,28 @@ def test_check_invalid_layout_says_why(capsys: pytest.CaptureFixture[str]) -> No
         (["profiles", "h100-80gb", "--check", "9g.99gb@0"], "its profiles are 1g.10gb"),
         (["profiles", "h100-80gb", "--check", "garbage"], "PROFILE@START"),
         (["profiles", "--check", "4g.40gb@0"], "--check needs a MODEL"),
+        (["profiles", ""], "MODEL is empty"),
+        (["profiles", "  "], "MODEL is empty"),
+        (["profiles", "", "--check", "4g.40gb@0"], "MODEL is empty"),
+        (["profiles", "h100-80gb", "--check", "4g.40gb@0,,3g.40gb@4"], "item 2 of the layout is empty"),
+        (["profiles", "h100-80gb", "--check", "1g.10gb@\u0663"], "PROFILE@START"),
+    ],
+    ids=[
+        "unknown-model",
+        "illegal-start",
+        "unknown-profile",
+        "garbage",
+        "check-without-model",
+        "empty-model",
+        "blank-model",
+        "empty-model-with-check",
+        "empty-item",
+        "arabic-indic-start",
     ],
 )
 def test_bad_input_gets_one_clear_line_and_non_zero_exit(argv: list[str], needle: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "cdmo.cli", *argv], capture_output=True, text=True)
-    assert proc.returncode != 0
+    assert proc.returncode in (exit_codes.ERROR, exit_codes.USAGE)
     text = proc.stdout + proc.stderr
     assert needle in text
     assert "Traceback" not in text

@@ -285,3 +285,44 @@ def test_a_start_too_long_to_read_is_bad_input() -> None:
 
     with pytest.raises(InvalidInput, match="is not a placement start"):
         parse_layout("4g.40gb@" + "9" * 4301)
+
+
+@pytest.mark.parametrize(
+    ("text", "item"),
+    [("4g.40gb@0,,3g.40gb@4", 2), ("4g.40gb@0, ,3g.40gb@4", 2), (",4g.40gb@0", 1), ("4g.40gb@0,", 2)],
+    ids=["middle", "blank", "first", "last"],
+)
+def test_an_empty_item_of_a_layout_is_refused_by_position(text: str, item: int) -> None:
+    with pytest.raises(InvalidInput, match=f"^item {item} of the layout is empty"):
+        parse_layout(text)
+
+
+@pytest.mark.parametrize("text", ["", "   "], ids=["empty", "blank"])
+def test_an_empty_layout_is_the_empty_layout(text: str) -> None:
+    assert parse_layout(text) == ()
+
+
+# int() reads these as 3, 1 and 0; a start (like every number a user writes for cdmo) is 0-9 only.
+NON_ASCII_DIGITS = ["\u0663", "\uff11", "\u0e50"]
+
+
+@pytest.mark.parametrize("digit", NON_ASCII_DIGITS, ids=["arabic-indic", "fullwidth", "thai"])
+def test_a_start_in_other_digits_is_refused(digit: str) -> None:
+    with pytest.raises(InvalidInput, match="PROFILE@START"):
+        parse_layout(f"1g.10gb@{digit}")
+
+
+@pytest.mark.parametrize("digit", NON_ASCII_DIGITS, ids=["arabic-indic", "fullwidth", "thai"])
+@pytest.mark.parametrize("field", ["index", "start"])
+def test_a_layout_file_in_other_digits_is_refused(tmp_path: Path, digit: str, field: str) -> None:
+    # node apply and the standalone agent read layout files as MigLayout specs: YAML reads such a
+    # digit as text, and the spec wants a number.
+    from cdmo.commands.node import read_layout_file
+
+    index, start = (digit, "0") if field == "index" else ("0", digit)
+    path = tmp_path / "layout.yaml"
+    path.write_text(
+        f"gpus:\n- index: {index}\n  instances:\n  - {{profile: 1g.10gb, start: {start}}}\n", encoding="utf-8"
+    )
+    with pytest.raises(InvalidLayout, match=f"{field}: must be a whole number"):
+        read_layout_file(str(path))
