@@ -19,6 +19,7 @@ import yaml
 
 from cdmo import exit_codes
 from cdmo.errors import InvalidInput
+from cdmo.inputfile import LAYOUT, read_input_text
 from cdmo.output import add_output_argument
 from cdmo.yamlload import describe_error, load_yaml
 
@@ -142,17 +143,19 @@ def read_layout_file(path: str) -> dict[int, Any]:
     """GPU index -> instances from a MigLayout spec file (or a whole MigLayout object)."""
     from cdmo.api import parse_spec
 
-    p = Path(path)
+    # Bounded and a regular file only (cdmo.inputfile.LAYOUT): the agent reads it again on every
+    # change, and a named pipe or /dev/zero would hang or fill memory.
+    text = read_input_text(path, LAYOUT)
     try:
-        doc = load_yaml(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise InvalidInput(
-            f"cannot read {path}: it is not UTF-8 text", hint="write the layout as YAML"
-        ) from None
+        doc = load_yaml(text)
     except yaml.YAMLError as exc:
         raise InvalidInput(f"{path} is not valid YAML: {describe_error(exc)}") from None
+    except ValueError:
+        # Python refuses to read an integer of more than 4300 digits (sys.int_info): exit 3 before.
+        raise InvalidInput(
+            f"{path} holds a number of more than 4300 digits",
+            hint="GPU indexes and starts are small whole numbers",
+        ) from None
     if isinstance(doc, Mapping) and isinstance(doc.get("spec"), Mapping):
         doc = doc["spec"]
     if not isinstance(doc, Mapping) or "gpus" not in doc:

@@ -12,13 +12,13 @@ import argparse
 import gc
 import json
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from cdmo import exit_codes
 from cdmo.errors import InvalidInput, InvalidSnapshot
+from cdmo.inputfile import SNAPSHOT, read_input_text
 from cdmo.jsonload import DuplicateKey, load_json
 from cdmo.output import add_output_argument, camel_keys, print_json_items, print_rows, print_yaml_items
 from cdmo.yamlload import describe_error, load_yaml
@@ -44,28 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_snapshot(source: str) -> dict[str, Any]:
     """The snapshot's data from a file (or ``-`` for stdin); raises InvalidInput/InvalidSnapshot."""
-    if source == "-":
-        raw = getattr(sys.stdin, "buffer", None)  # a text stream in tests: already decoded
-        try:
-            text = raw.read().decode("utf-8") if raw is not None else sys.stdin.read()
-        except UnicodeDecodeError as exc:
-            raise InvalidInput(
-                f"stdin: cannot read it ({exc})", hint="give the snapshot as UTF-8 text"
-            ) from None
-        name = "stdin"
-    else:
-        path = Path(source)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise InvalidInput(
-                f"{source}: no such file", hint="give the path of a snapshot file, or - for stdin"
-            ) from None
-        except IsADirectoryError:
-            raise InvalidInput(f"{source}: is a directory", hint="give the path of a snapshot file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidInput(f"{source}: cannot read it ({exc})") from None
-        name = source
+    # Bounded (cdmo.inputfile.SNAPSHOT): /dev/zero or an endless pipe is refused, not read whole.
+    text = read_input_text(source, SNAPSHOT, stdin=True)
+    name = "stdin" if source == "-" else source
     if not text.strip():
         raise InvalidSnapshot(
             "", f"{name} is empty; a snapshot has nodes and pending pods (see docs/planner.md)"

@@ -15,7 +15,6 @@ import json
 import sys
 from collections.abc import Mapping
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -28,14 +27,15 @@ from yaml.events import (
 )
 
 from cdmo.errors import CdmoError, InvalidInput
+from cdmo.inputfile import POD_MANIFEST, read_input_text
 from cdmo.mig.catalog import get_model
 from cdmo.output import build_table, print_table
 from cdmo.translate.jsonpatch import apply_patch
 from cdmo.translate.pods import Translation, check_pod_shape, require_shape, selected_products, translate_pod
 from cdmo.yamlload import StrictSafeLoader
 
-#: A Kubernetes object is at most about 1.5 MiB in etcd; anything far larger is not a pod file.
-MAX_FILE_BYTES = 4 << 20
+#: The largest pod file read (cdmo.inputfile.POD_MANIFEST, one Kubernetes object).
+MAX_FILE_BYTES = POD_MANIFEST.limit
 #: Deepest nesting of a document: a pod template in a CronJob is about 15 levels deep; the
 #: bound keeps the loader, deepcopy and the JSON writer off Python's recursion limit.
 MAX_DEPTH = 100
@@ -141,28 +141,10 @@ def _check_expansion(text: str, name: str) -> None:
 
 
 def _read(source: str) -> list[Any]:
-    if source == "-":
-        text = sys.stdin.read(MAX_FILE_BYTES + 1)
-        name = "stdin"
-    else:
-        path = Path(source)
-        try:
-            if path.stat().st_size > MAX_FILE_BYTES:
-                raise InvalidInput(
-                    f"{source}: larger than {MAX_FILE_BYTES >> 20} MiB; give a single pod's manifest"
-                )
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise InvalidInput(
-                f"{source}: no such file", hint="give the path of a pod manifest, or - for stdin"
-            ) from None
-        except IsADirectoryError:
-            raise InvalidInput(f"{source}: is a directory", hint="give the path of a pod manifest") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidInput(f"{source}: cannot read it ({exc})") from None
-        name = source
-    if len(text) > MAX_FILE_BYTES:
-        raise InvalidInput(f"{name}: larger than {MAX_FILE_BYTES >> 20} MiB; give a single pod's manifest")
+    # Bounded (cdmo.inputfile.POD_MANIFEST) for files, pipes, devices and stdin alike: a pipe or
+    # /dev/zero has no size to look at first, and was read until memory ran out.
+    text = read_input_text(source, POD_MANIFEST, stdin=True)
+    name = "stdin" if source == "-" else source
     try:
         _check_expansion(text, name)
         docs = [d for d in yaml.load_all(text, Loader=_LOADER) if d is not None]

@@ -37,6 +37,8 @@ import structlog
 
 from cdmo.api import MAX_GPUS_PER_NODE
 from cdmo.errors import InvalidInput, NvmlError
+from cdmo.inputfile import SIM_STATE, read_input_text
+from cdmo.jsonload import DuplicateKey, load_json
 from cdmo.mig.catalog import GpuModel, Profile, get_model, nvml_constants
 from cdmo.mig.layouts import Instance, validate_layout
 from cdmo.node_agent.backend import (
@@ -813,121 +815,233 @@ def dump_state(node: SimulatedNode) -> dict[str, Any]:
     }
 
 
-def _need(doc: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if key not in doc or not isinstance(doc[key], kind) or (kind is int and isinstance(doc[key], bool)):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise InvalidInput(f"simulated state {where}.{key}: must be a {names}, not {doc.get(key)!r}")
-    return doc[key]
+#: NVML's GPU and compute instance ids, XID numbers and return codes, and Linux pids, are unsigned
+#: 32-bit numbers; the counters cdmo itself counts up (next_uuid, xid_serial, an event's seq)
+#: stay below 2**63, as Kubernetes' integers do. Past these a state file was not written by cdmo.
+_MAX_ID = 2**32 - 1
+_MAX_COUNTER = 2**63 - 1
+_STATE_HINT = "fix that field, or start a new file with --sim-gpus"
+_FILE_HINT = "give a state file that cdmo wrote, or start a new one with --sim-gpus"
+_REQUIRED = object()
+
+
+class _StateFields:
+    """Typed reads of one state file's fields; each refusal is one line naming the file and the
+    field's path (``s.json: gpus[0].instances[1].gi_id: must be ...``), so that a hand-edited file
+    is fixed where it is wrong instead of failing later (a KeyError, an overflow) inside a call."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, text: str, hint: str = _STATE_HINT) -> InvalidInput:
+        """``text`` (a field's path and what is wrong with it) as the one line of an error."""
+        return InvalidInput(f"{self.source}: {text}", hint=hint)
+
+    def _value(self, doc: dict[str, Any], key: str, where: str, default: Any) -> tuple[str, Any]:
+        field = f"{where}.{key}" if where else key
+        if key not in doc:
+            if default is _REQUIRED:
+                raise self.fail(f"{field}: is required")
+            return field, default
+        return field, doc[key]
+
+    def _bad(self, field: str, must: str, value: Any) -> InvalidInput:
+        try:
+            shown = json.dumps(value)  # as the file writes it: Infinity, true, "x"
+        except (TypeError, ValueError):  # pragma: no cover - values come from JSON
+            shown = repr(value)
+        if len(shown) > 40:
+            shown = shown[:37] + "..."
+        return self.fail(f"{field}: must be {must}, not {shown}")
+
+    def integer(
+        self,
+        doc: dict[str, Any],
+        key: str,
+        where: str,
+        default: Any = _REQUIRED,
+        *,
+        minimum: int = 0,
+        maximum: int = _MAX_ID,
+    ) -> int:
+        field, value = self._value(doc, key, where, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+            raise self._bad(field, f"a whole number from {minimum} to {maximum}", value)
+        return value
+
+    def optional_id(self, doc: dict[str, Any], key: str, where: str) -> int | None:
+        if doc.get(key) is None:
+            return None
+        return self.integer(doc, key, where)
+
+    def boolean(self, doc: dict[str, Any], key: str, where: str, default: Any = _REQUIRED) -> bool:
+        field, value = self._value(doc, key, where, default)
+        if not isinstance(value, bool):
+            raise self._bad(field, "true or false", value)
+        return value
+
+    def string(self, doc: dict[str, Any], key: str, where: str, default: Any = _REQUIRED) -> str:
+        field, value = self._value(doc, key, where, default)
+        if not isinstance(value, str):
+            raise self._bad(field, "a string", value)
+        return value
+
+    def items(self, doc: dict[str, Any], key: str, where: str, default: Any = _REQUIRED) -> list[Any]:
+        field, value = self._value(doc, key, where, default)
+        if value is None and default is not _REQUIRED:
+            return []  # an optional list written as null is empty, as it always read
+        if not isinstance(value, list):
+            raise self._bad(field, "a list", value)
+        return value
+
+    def obj(self, value: Any, field: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(f"{field} must be an object")
+        return value
+
+    def pids(self, doc: dict[str, Any], where: str) -> list[int]:
+        """The ``processes`` list of a GPU or a compute instance: process ids."""
+        field = f"{where}.processes"
+        pids = []
+        for k, pid in enumerate(self.items(doc, "processes", where, [])):
+            if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid <= _MAX_ID:
+                raise self._bad(f"{field}[{k}]", f"a process id from 0 to {_MAX_ID}", pid)
+            pids.append(pid)
+        return pids
 
 
 def parse_state(doc: Any, source: str = "the state file") -> SimulatedNode:
-    """A node from its JSON document; raises InvalidInput naming the bad field."""
+    """A node from its JSON document; raises InvalidInput naming the file and the bad field.
+
+    Every field is checked for its kind and range here, so that a node that loads answers every
+    call (a CI profile id the simulator does not know once failed ``node show`` with a KeyError).
+    """
+    f = _StateFields(source)
     if not isinstance(doc, dict):
-        raise InvalidInput(f"{source}: the simulated state must be a JSON object")
+        raise InvalidInput(f"{source}: the simulated state must be a JSON object", hint=_FILE_HINT)
     version = doc.get("version", STATE_VERSION)
-    if version != STATE_VERSION:
+    if isinstance(version, bool) or version != STATE_VERSION:
         raise InvalidInput(f"{source}: simulated state version {version!r} is not {STATE_VERSION}")
     # UUIDs left out are derived from the seed, as a new node's are: not from how the file's
     # path was spelled, which gave `show s.json` and `show ./s.json` different GPUs.
-    seed = str(doc.get("seed", "sim-node"))
-    gpus = []
-    for i, g in enumerate(_need(doc, "gpus", list, "")):
-        where = f"gpus[{i}]"
-        if not isinstance(g, dict):
-            raise InvalidInput(f"{source}: {where} must be an object")
-        model = get_model(_need(g, "model", str, where))
-        mig = g.get("mig", {"current": True, "pending": True})
-        gpu = SimGpu(
-            index=i,
-            model=model,
-            uuid=str(g.get("uuid") or "GPU-" + str(uuidlib.uuid5(_UUID_NAMESPACE, f"{seed}/gpu/{i}"))),
-            mig_current=bool(mig.get("current", True)),
-            mig_pending=bool(mig.get("pending", mig.get("current", True))),
-            processes=[int(p) for p in g.get("processes") or []],
-        )
-        if g.get("index", i) != i:
-            raise InvalidInput(f"{source}: {where}.index must be {i} (GPUs are listed in index order)")
-        raws = g.get("instances") or []
-        parsed: list[tuple[str, dict[str, Any], Profile, int]] = []
-        for j, raw in enumerate(raws):
-            iwhere = f"{where}.instances[{j}]"
-            if not isinstance(raw, dict):
-                raise InvalidInput(f"{source}: {iwhere} must be an object")
-            parsed.append(
-                (
-                    iwhere,
-                    raw,
-                    model.profile(_need(raw, "profile", str, iwhere)),
-                    _need(raw, "start", int, iwhere),
-                )
+    seed = f.string(doc, "seed", "", "sim-node")
+    raw_gpus = f.items(doc, "gpus", "")
+    if len(raw_gpus) > MAX_GPUS_PER_NODE:
+        raise f.fail(f"gpus: {len(raw_gpus)} GPUs; a node holds at most {MAX_GPUS_PER_NODE} here")
+    gpus = [_parse_gpu(f, i, g, seed) for i, g in enumerate(raw_gpus)]
+    node = SimulatedNode(gpus, seed=seed, next_uuid=f.integer(doc, "next_uuid", "", 0, maximum=_MAX_COUNTER))
+    for k, raw in enumerate(f.items(doc, "faults", "", [])):
+        where = f"faults[{k}]"
+        fault = f.obj(raw, where)
+        call = f.string(fault, "call", where)
+        if call != "*" and call not in FAULT_CALLS:
+            raise f.fail(
+                f"{where}.call: {call!r} is not an NVML call", hint="calls are * or " + ", ".join(FAULT_CALLS)
             )
-        problems = validate_layout(model, [Instance(prof.name, start) for _, _, prof, start in parsed])
-        if problems:
-            raise InvalidInput(
-                f"{source}: {where} holds instances no {model.key} can hold: " + "; ".join(problems)
-            )
-        for iwhere, raw, prof, start in parsed:
-            gi = SimGpuInstance(int(raw.get("gi_id", _gi_id_for(model, prof, start))), prof, start)
-            if gi.gi_id in gpu.gis:
-                raise InvalidInput(f"{source}: {iwhere}.gi_id {gi.gi_id} is used twice on GPU {i}")
-            for k, c in enumerate(raw.get("compute_instances") or []):
-                cwhere = f"{iwhere}.compute_instances[{k}]"
-                if not isinstance(c, dict):
-                    raise InvalidInput(f"{source}: {cwhere} must be an object")
-                ci = SimComputeInstance(
-                    ci_id=int(c.get("ci_id", k)),
-                    profile_id=int(c.get("profile_id", prof.default_ci.value)),
-                    uuid=_need(c, "uuid", str, cwhere),
-                    processes=[int(p) for p in c.get("processes") or []],
-                )
-                if ci.ci_id in gi.cis:
-                    raise InvalidInput(
-                        f"{source}: {cwhere}.ci_id {ci.ci_id} is used twice in GPU instance {gi.gi_id}"
-                    )
-                gi.cis[ci.ci_id] = ci
-            gpu.gis[gi.gi_id] = gi
-        gpus.append(gpu)
-    node = SimulatedNode(gpus, seed=seed, next_uuid=int(doc.get("next_uuid", 0)))
-    for k, f in enumerate(doc.get("faults") or []):
-        node.inject_fault(
-            _need(f, "call", str, f"faults[{k}]"), _need(f, "rc", int, f"faults[{k}]"), int(f.get("count", 1))
-        )
-    node.crash_before_next_compute_instance = bool(doc.get("crash_before_next_compute_instance", False))
-    node.xid_serial = int(doc.get("xid_serial", 0))
-    for k, e in enumerate(doc.get("xid_events") or []):
+        # -1: fail every call from now on (Fault)
+        count = f.integer(fault, "count", where, 1, minimum=-1, maximum=_MAX_COUNTER)
+        node.inject_fault(call, f.integer(fault, "rc", where, minimum=1), count)
+    node.crash_before_next_compute_instance = f.boolean(doc, "crash_before_next_compute_instance", "", False)
+    node.xid_serial = f.integer(doc, "xid_serial", "", 0, maximum=_MAX_COUNTER)
+    for k, raw in enumerate(f.items(doc, "xid_events", "", [])):
         where = f"xid_events[{k}]"
-        gpu = _need(e, "gpu", int, where)
+        e = f.obj(raw, where)
+        gpu = f.integer(e, "gpu", where, maximum=_MAX_ID)
         if not 0 <= gpu < len(gpus):
-            raise InvalidInput(f"{source}: {where}.gpu {gpu} is not a GPU of the node")
+            raise f.fail(f"{where}.gpu {gpu} is not a GPU of the node")
         # An event written by hand, without seq, is raised now: after every one already there.
-        seq = int(e["seq"]) if "seq" in e else node.xid_serial + 1
+        seq = f.integer(e, "seq", where, node.xid_serial + 1, minimum=1, maximum=_MAX_COUNTER)
         node.xid_serial = max(node.xid_serial, seq)
-        ids = [None if e.get(key) is None else int(e[key]) for key in ("gi_id", "ci_id")]
-        node.xid_events.append(SimXidEvent(seq, gpu, _need(e, "xid", int, where), ids[0], ids[1]))
+        xid = f.integer(e, "xid", where)
+        node.xid_events.append(
+            SimXidEvent(seq, gpu, xid, f.optional_id(e, "gi_id", where), f.optional_id(e, "ci_id", where))
+        )
     return node
+
+
+def _parse_gpu(f: _StateFields, i: int, raw: Any, seed: str) -> SimGpu:
+    where = f"gpus[{i}]"
+    g = f.obj(raw, where)
+    if f.integer(g, "index", where, i) != i:
+        raise f.fail(f"{where}.index must be {i} (GPUs are listed in index order)")
+    try:
+        model = get_model(f.string(g, "model", where))
+    except InvalidInput as exc:
+        raise f.fail(f"{where}.model: {exc.message}", hint=exc.hint or _STATE_HINT) from None
+    mig = f.obj(g.get("mig", {}), f"{where}.mig")
+    current = f.boolean(mig, "current", f"{where}.mig", True)
+    gpu = SimGpu(
+        index=i,
+        model=model,
+        uuid=f.string(g, "uuid", where, "")
+        or "GPU-" + str(uuidlib.uuid5(_UUID_NAMESPACE, f"{seed}/gpu/{i}")),
+        mig_current=current,
+        mig_pending=f.boolean(mig, "pending", f"{where}.mig", current),
+        processes=f.pids(g, where),
+    )
+    parsed: list[tuple[str, dict[str, Any], Profile, int]] = []
+    for j, raw_gi in enumerate(f.items(g, "instances", where, [])):
+        iwhere = f"{where}.instances[{j}]"
+        gi_doc = f.obj(raw_gi, iwhere)
+        try:
+            prof = model.profile(f.string(gi_doc, "profile", iwhere))
+        except InvalidInput as exc:
+            raise f.fail(f"{iwhere}.profile: {exc.message}", hint=exc.hint or _STATE_HINT) from None
+        parsed.append(
+            (iwhere, gi_doc, prof, f.integer(gi_doc, "start", iwhere, maximum=model.placement_axis_size))
+        )
+    problems = validate_layout(model, [Instance(prof.name, start) for _, _, prof, start in parsed])
+    if problems:
+        raise f.fail(f"{where} holds instances no {model.key} can hold: " + "; ".join(problems))
+    for iwhere, gi_doc, prof, start in parsed:
+        gi = SimGpuInstance(f.integer(gi_doc, "gi_id", iwhere, _gi_id_for(model, prof, start)), prof, start)
+        if gi.gi_id in gpu.gis:
+            raise f.fail(f"{iwhere}.gi_id {gi.gi_id} is used twice on GPU {i}")
+        offered = _ci_profiles_for(prof)
+        for k, raw_ci in enumerate(f.items(gi_doc, "compute_instances", iwhere, [])):
+            cwhere = f"{iwhere}.compute_instances[{k}]"
+            c = f.obj(raw_ci, cwhere)
+            ci = SimComputeInstance(
+                ci_id=f.integer(c, "ci_id", cwhere, k),
+                profile_id=f.integer(c, "profile_id", cwhere, prof.default_ci.value),
+                uuid=f.string(c, "uuid", cwhere),
+                processes=f.pids(c, cwhere),
+            )
+            if ci.profile_id not in offered:
+                raise f.fail(
+                    f"{cwhere}.profile_id {ci.profile_id} is not a compute instance profile of {prof.name}; "
+                    f"it offers {', '.join(map(str, offered))} (NVML_COMPUTE_INSTANCE_PROFILE_*)",
+                )
+            if ci.ci_id in gi.cis:
+                raise f.fail(f"{cwhere}.ci_id {ci.ci_id} is used twice in GPU instance {gi.gi_id}")
+            gi.cis[ci.ci_id] = ci
+        used = sum(CI_PROFILE_SLICES[c.profile_id] for c in gi.cis.values())
+        if used > prof.compute_slices:
+            raise f.fail(
+                f"{iwhere}.compute_instances use {used} compute slices; {prof.name} has {prof.compute_slices}"
+            )
+        gpu.gis[gi.gi_id] = gi
+    return gpu
 
 
 def load_state(path: str | os.PathLike[str]) -> SimulatedNode:
     """Read a state file (no locking: use :func:`open_state` where others may write)."""
     p = Path(path)
+    # Bounded, and a regular file only (cdmo.inputfile.SIM_STATE): a pipe or /dev/zero is refused.
+    text = read_input_text(p, SIM_STATE)
     try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
+        doc = load_json(text)
     except json.JSONDecodeError as exc:
-        raise InvalidInput(f"{p} is not valid JSON: {exc}") from None
-    except UnicodeDecodeError:
-        raise InvalidInput(f"{p} is not a simulated state: it is not UTF-8 text") from None
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {p}: {exc.strerror}", hint="give --sim-state a JSON file") from None
-    try:
-        return parse_state(doc, str(p))
-    except InvalidInput:
-        raise
-    except (TypeError, ValueError, AttributeError, KeyError) as exc:
-        # A field of the wrong kind that _need does not check (processes, ids, faults' counts).
-        raise InvalidInput(
-            f"{p} is not a simulated state cdmo can read ({type(exc).__name__}: {exc})",
-            hint="fix that field, or start a new file with --sim-gpus",
-        ) from None
+        raise InvalidInput(f"{p} is not valid JSON: {exc}", hint=_FILE_HINT) from None
+    except DuplicateKey as exc:
+        raise InvalidInput(f"{p} is not valid JSON: {exc}", hint="give each key once") from None
+    except RecursionError:
+        # json nests by recursion; a state file is five levels deep.
+        raise InvalidInput(f"{p} is nested too deeply to be a simulated state", hint=_FILE_HINT) from None
+    except ValueError:
+        # Python refuses an integer of more than 4300 digits (sys.int_info); no id is that long.
+        raise InvalidInput(f"{p} holds a number of more than 4300 digits", hint=_FILE_HINT) from None
+    return parse_state(doc, str(p))
 
 
 def save_state(node: SimulatedNode, path: str | os.PathLike[str]) -> None:

@@ -26,6 +26,7 @@ import structlog
 
 from cdmo.config import AgentConfig
 from cdmo.errors import CdmoError, Fatal
+from cdmo.inputfile import LAYOUT, read_input_bytes
 from cdmo.mig.layouts import Instance
 from cdmo.node_agent.advertise import AgentAdvertiser, NoAdvertiser
 from cdmo.node_agent.agent import agent_pass, backoff_delay
@@ -41,9 +42,12 @@ FILE_POLL_SECONDS = 0.2
 
 
 def _fingerprint(path: Path) -> str | None:
+    """A hash of the layout file, or None where it cannot be read as one (missing, a directory, a
+    pipe, past its size bound: a pass then says why). Read with the layout's bound, and only a
+    regular file: a named pipe would hang the agent here, /dev/zero would fill its memory."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
+        return hashlib.sha256(read_input_bytes(path, LAYOUT)).hexdigest()
+    except CdmoError:
         return None
 
 

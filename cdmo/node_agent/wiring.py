@@ -1,7 +1,8 @@
 """How the CLI verbs build the node agent's parts from flags and AgentConfig.
 
 Backend choice: ``--backend`` when given; else ``simulated`` when ``--sim-state`` or
-``--sim-gpus`` is given; else ``CDMO_BACKEND`` (default nvml).
+``--sim-gpus`` is given; else ``CDMO_BACKEND`` (default nvml). ``--backend nvml`` with a
+``--sim-*`` flag is refused (exit 2), not run on the real GPUs with the flag ignored.
 """
 
 from __future__ import annotations
@@ -72,6 +73,15 @@ def config_from_args(args: argparse.Namespace, base: AgentConfig | None = None) 
         if value is not None:
             changes[name] = value
     backend = getattr(args, "backend", None)
+    sim_flags = [
+        flag for flag, name in (("--sim-state", "sim_state"), ("--sim-gpus", "sim_gpus")) if name in changes
+    ]
+    if backend == "nvml" and sim_flags:
+        # Once ignored without a word: the command planned against the real GPUs and exited 0.
+        raise InvalidInput(
+            f"--backend nvml does not take {' or '.join(sim_flags)}: those are for simulated GPUs",
+            hint="drop --backend nvml to use simulated GPUs, or drop the --sim-* flags to use this node's GPUs",
+        )
     if backend is None and (changes.get("sim_state") or changes.get("sim_gpus")):
         backend = "simulated"
     if backend is not None:

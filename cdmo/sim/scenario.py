@@ -23,6 +23,7 @@ import yaml
 from cdmo.api import MAX_GPUS_PER_NODE
 from cdmo.config import OperatorConfig
 from cdmo.errors import CdmoError, InvalidInput
+from cdmo.inputfile import SCENARIO, TRACE, check_input_file, read_input_text
 from cdmo.mig.catalog import GpuModel, find_model, model_keys
 from cdmo.mig.layouts import named_layouts
 from cdmo.mig.resources import QUEUE_SLICES, queue_profile
@@ -559,8 +560,10 @@ def _parse_workload(
         raise InvalidScenario(path, "give exactly one of streams, trace, or rate_per_hour with mix")
     if "trace" in data:
         trace = base_dir / _string(data["trace"], _join(path, "trace"))
-        if not trace.is_file():
-            raise InvalidScenario(_join(path, "trace"), f"no such file: {trace}")
+        try:  # a missing path, a directory, /dev/zero or a FIFO: said here, with the scenario
+            check_input_file(trace, TRACE)
+        except InvalidInput as exc:
+            raise InvalidScenario(_join(path, "trace"), exc.message, hint=exc.hint) from None
         from cdmo.sim.workload import check_trace_rows  # workload imports this module
 
         # A trace past the pod limit is refused here, with the scenario, before a worker starts.
@@ -778,25 +781,18 @@ def check_scale(scenario: Scenario, duration: float | None = None, duration_path
 
 
 def read_text_file(path: Path, what: str) -> str:
-    """The text of ``path``; a file that is not UTF-8 text (a binary, an image) or cannot be read
-    is one clear InvalidScenario rather than a decoding error."""
+    """The text of a ``what`` file ("scenario" or "trace"), read with that kind's bound
+    (cdmo.inputfile); a missing path, a directory, a pipe or device, a file past the bound or one
+    that is not UTF-8 text (a binary, an image) is one clear InvalidScenario."""
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidScenario(
-            "",
-            f"{path} is not a UTF-8 text file (byte {exc.start} is not text)",
-            hint=f"give a {what} file in YAML" if what == "scenario" else "give a CSV, JSONL or YAML trace",
-        ) from None
-    except OSError as exc:
-        raise InvalidScenario("", f"cannot read {path}: {exc.strerror or exc}") from None
+        return read_input_text(path, SCENARIO if what == "scenario" else TRACE)
+    except InvalidInput as exc:
+        raise InvalidScenario("", exc.message, hint=exc.hint) from None
 
 
 def load_scenario(path: str | Path) -> Scenario:
     """Read and check a scenario file; raises InvalidScenario (exit 2 at the CLI) for any bad input."""
     p = Path(path)
-    if not p.is_file():
-        raise InvalidScenario("", f"no such scenario file: {p}", hint="try examples/clearml-queues.yaml")
     text = read_text_file(p, "scenario")
     try:
         data = load_yaml(text)

@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from cdmo.errors import InvalidInput
+from cdmo.inputfile import TRACE, read_input_lines
 from cdmo.jsonload import load_json
 from cdmo.mig.catalog import GpuModel
 from cdmo.sim import scenario as _limits
@@ -152,21 +154,13 @@ _TRACE_FIELDS = (
 
 def _lines(path: Path) -> Iterator[str]:
     """The lines of a text file as ``str.splitlines`` gives them, read as they are needed, so a
-    trace past the pod limit is refused after MAX_PODS rows rather than after reading it all."""
+    trace past the pod limit is refused after MAX_PODS rows rather than after reading it all, and
+    a line or a file past cdmo.inputfile.TRACE's bounds (/dev/zero: one endless line) is refused
+    after that many bytes."""
     try:
-        with path.open(encoding="utf-8") as fh:
-            for chunk in fh:
-                # splitlines again: it also splits where the file iterator does not (\f, \x1c,
-                # \u2028, ...), so rows are what reading the whole text used to give.
-                yield from chunk.splitlines()
-    except UnicodeDecodeError as exc:
-        raise InvalidScenario(
-            str(path),
-            f"not a UTF-8 text file (byte {exc.start} of a line is not text)",
-            hint="give a CSV, JSONL or YAML trace",
-        ) from None
-    except OSError as exc:
-        raise InvalidScenario(str(path), f"cannot read it: {exc.strerror or exc}") from None
+        yield from read_input_lines(path, TRACE)
+    except InvalidInput as exc:
+        raise InvalidScenario("", exc.message, hint=exc.hint) from None
 
 
 def _too_many(path: Path) -> InvalidScenario:

@@ -201,8 +201,9 @@ def test_apply_refuses_bad_layouts_for_the_gpu(
             "gpus:\n- index: 0\n  instances: []\n  instances: [{profile: 1g.10gb, start: 0}]\n",
             "found duplicate key 'instances' at line 4, column 3",
         ),
+        ("gpus: [{index: " + "9" * 5000 + ", instances: []}]", "holds a number of more than 4300 digits"),
     ],
-    ids=["not-a-spec", "bad-profile", "bad-yaml", "key-twice"],
+    ids=["not-a-spec", "bad-profile", "bad-yaml", "key-twice", "huge-number"],
 )
 def test_apply_bad_files_exit_2_with_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
@@ -290,7 +291,7 @@ def test_a_misspelled_layout_field_is_refused_not_read_as_an_empty_gpu(
     assert json.loads(state.read_text()) == before
     (tmp_path / "bad.yaml").write_bytes(b"\xff\xfe")
     code, _, err = cdmo(capsys, "node", "apply", str(tmp_path / "bad.yaml"), *sim_args(state, None))
-    assert code == 2 and "not UTF-8" in err
+    assert code == 2 and "not a UTF-8 text file" in err
 
 
 def test_show_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -406,10 +407,16 @@ def test_gpu_uuids_left_out_of_the_file_follow_its_seed_not_how_its_path_is_spel
 @pytest.mark.parametrize(
     ("edit", "words"),
     [
-        ({"mig": "off"}, "AttributeError"),
-        ({"processes": ["abc"]}, "ValueError"),
-        ({"processes": 5}, "TypeError"),
-        ({"instances": [{"profile": "3g.40gb", "start": 4, "gi_id": "x"}]}, "ValueError"),
+        ({"mig": "off"}, "gpus[0].mig must be an object"),
+        (
+            {"processes": ["abc"]},
+            'gpus[0].processes[0]: must be a process id from 0 to 4294967295, not "abc"',
+        ),
+        ({"processes": 5}, "gpus[0].processes: must be a list, not 5"),
+        (
+            {"instances": [{"profile": "3g.40gb", "start": 4, "gi_id": "x"}]},
+            'gpus[0].instances[0].gi_id: must be a whole number from 0 to 4294967295, not "x"',
+        ),
         (
             {
                 "instances": [
@@ -434,6 +441,179 @@ def test_a_malformed_state_file_is_one_line_and_exit_2(
     assert code == 2 and words in err and "unexpected error" not in err, err
 
 
+#: The state file of docs/node-agent.md: one H100 holding 3g.40gb@0 with its compute instance.
+DOCUMENTED_STATE: dict[str, Any] = {
+    "version": 1,
+    "seed": "sim-node",
+    "next_uuid": 4,
+    "gpus": [
+        {
+            "index": 0,
+            "model": "h100-80gb",
+            "uuid": "GPU-210630e1-86e2-5bf6-8280-dc72d959573d",
+            "mig": {"current": True, "pending": True},
+            "processes": [],
+            "instances": [
+                {
+                    "gi_id": 1,
+                    "profile": "3g.40gb",
+                    "start": 0,
+                    "compute_instances": [
+                        {"ci_id": 0, "profile_id": 2, "uuid": "MIG-c", "processes": [4242]}
+                    ],
+                }
+            ],
+        }
+    ],
+    "faults": [{"call": "nvmlDeviceCreateGpuInstanceWithPlacement", "rc": 10, "count": 1}],
+    "crash_before_next_compute_instance": False,
+    "xid_serial": 1,
+    "xid_events": [{"seq": 1, "gpu": 0, "xid": 48, "gi_id": 1, "ci_id": 0}],
+}
+_CI = ("gpus", 0, "instances", 0, "compute_instances", 0)
+CI_PATH = "gpus[0].instances[0].compute_instances[0]"
+INF = float("inf")
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "words"),
+    [
+        (
+            ("next_uuid",),
+            INF,
+            "next_uuid: must be a whole number from 0 to 9223372036854775807, not Infinity",
+        ),
+        (
+            ("xid_serial",),
+            INF,
+            "xid_serial: must be a whole number from 0 to 9223372036854775807, not Infinity",
+        ),
+        (("gpus", 0, "instances", 0, "gi_id"), INF, "gpus[0].instances[0].gi_id: must be a whole number"),
+        ((*_CI, "ci_id"), INF, f"{CI_PATH}.ci_id: must be a whole number"),
+        (
+            (*_CI, "profile_id"),
+            -1,
+            f"{CI_PATH}.profile_id: must be a whole number from 0 to 4294967295, not -1",
+        ),
+        (
+            (*_CI, "profile_id"),
+            4,
+            f"{CI_PATH}.profile_id 4 is not a compute instance profile of 3g.40gb",
+        ),
+        ((*_CI, "processes", 0), 1.5, f"{CI_PATH}.processes[0]: must be a process id"),
+        (("xid_events", 0, "gi_id"), INF, "xid_events[0].gi_id: must be a whole number"),
+        (("faults", 0, "count"), INF, "faults[0].count: must be a whole number from -1 to"),
+        (("faults", 0, "call"), "nvmlNope", "faults[0].call: 'nvmlNope' is not an NVML call"),
+        (("gpus", 0, "mig", "current"), "yes", 'gpus[0].mig.current: must be true or false, not "yes"'),
+        (
+            ("crash_before_next_compute_instance",),
+            1,
+            "crash_before_next_compute_instance: must be true or false",
+        ),
+    ],
+    ids=[
+        "next-uuid-inf",
+        "xid-serial-inf",
+        "gi-id-inf",
+        "ci-id-inf",
+        "profile-id-negative",
+        "profile-id-too-big",
+        "pid-float",
+        "xid-gi-inf",
+        "fault-count-inf",
+        "fault-call",
+        "mig-text",
+        "crash-number",
+    ],
+)
+@pytest.mark.parametrize("verb", ["show", "apply"])
+def test_a_state_file_field_out_of_kind_or_range_names_the_file_and_the_field(
+    where: tuple[str | int, ...],
+    value: object,
+    words: str,
+    verb: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Infinity once overflowed int() and profile_id -1 was a KeyError at the first call: exit 3."""
+    doc = json.loads(json.dumps(DOCUMENTED_STATE))
+    target: Any = doc
+    for step in where[:-1]:
+        target = target[step]
+    target[where[-1]] = value
+    state = tmp_path / "s.json"
+    state.write_text(json.dumps(doc))  # json writes float("inf") as Infinity, as the audit's file had it
+    (tmp_path / "layout.yaml").write_text("gpus: [{index: 0, instances: [{profile: 3g.40gb, start: 0}]}]\n")
+    argv = ["show"] if verb == "show" else ["apply", str(tmp_path / "layout.yaml"), "--dry-run"]
+    code, _, err = cdmo(capsys, "node", *argv, *sim_args(state, None))
+    assert code == 2 and f"{state}: {words}" in err and len(err.strip().splitlines()) == 1, err
+    assert json.loads(state.read_text()) == doc  # nothing written
+
+
+def test_the_documented_state_file_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "s.json"
+    state.write_text(json.dumps(DOCUMENTED_STATE))
+    code, out, err = cdmo(capsys, "node", "show", "-o", "json", *sim_args(state, None))
+    assert code == 0, err
+    assert json.loads(out)["gpus"][0]["instances"][0]["holders"] == ["process 4242"]
+
+
+def test_a_state_file_nested_too_deeply_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """json.loads nests by recursion: 100,000 brackets once ended in a RecursionError (exit 3)."""
+    state = tmp_path / "deep.json"
+    state.write_text("[" * 100_000 + "]" * 100_000)
+    code, _, err = cdmo(capsys, "node", "show", *sim_args(state, None))
+    assert code == 2 and f"{state} is nested too deeply to be a simulated state" in err, err
+    state.write_text('{"gpus": [], "gpus": []}')
+    code, _, err = cdmo(capsys, "node", "show", *sim_args(state, None))
+    assert code == 2 and "the key 'gpus' is given twice" in err, err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["node", "show"], ["node", "apply", "LAYOUT"], ["node", "apply", "LAYOUT", "--dry-run"], ["teardown"]],
+    ids=["show", "apply", "apply-dry-run", "teardown"],
+)
+def test_backend_nvml_with_sim_flags_is_refused_before_anything_runs(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """They were ignored without a word: apply planned against the real GPUs and exited 0."""
+    (tmp_path / "layout.yaml").write_text("gpus: [{index: 0, instances: [{profile: 3g.20gb, start: 0}]}]\n")
+    argv = [str(tmp_path / "layout.yaml") if a == "LAYOUT" else a for a in argv]
+    state = tmp_path / "conf.json"
+    code, out, err = cdmo(capsys, *argv, "--backend", "nvml", *sim_args(state, "a100-40gb"))
+    assert code == 2 and out == "", err
+    assert (
+        "--backend nvml does not take --sim-state or --sim-gpus" in err and len(err.strip().splitlines()) == 1
+    )
+    assert not state.exists()
+    code, _, err = cdmo(capsys, *argv, "--backend", "nvml", "--sim-gpus", "a100-40gb")
+    assert code == 2 and "--backend nvml does not take --sim-gpus" in err
+
+
+@pytest.mark.parametrize("kind", ["file", "directory"])
+def test_a_pod_resources_path_that_is_no_socket_says_what_it_should_be(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both once said only 'failed: StatusCode.UNAVAILABLE'."""
+    path = tmp_path / "kubelet.sock"
+    if kind == "file":
+        path.write_text("not a socket")
+    else:
+        path.mkdir()
+    code, _, err = cdmo(
+        capsys, "node", "show", "--sim-gpus", "h100-80gb", "--pod-resources-socket", str(path)
+    )
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert (
+        f"{path} is a {'regular file' if kind == 'file' else 'directory'}, not the kubelet's pod-resources socket"
+        in err
+    )
+    assert "/var/lib/kubelet/pod-resources/kubelet.sock" in err
+
+
 def test_a_state_path_that_is_a_folder_or_not_utf8_is_bad_input(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -442,7 +622,7 @@ def test_a_state_path_that_is_a_folder_or_not_utf8_is_bad_input(
     assert code == 2 and "cannot read" in err
     (tmp_path / "bin.json").write_bytes(b"\xff\xfe")
     code, _, err = cdmo(capsys, "node", "show", *sim_args(tmp_path / "bin.json", None))
-    assert code == 2 and "not UTF-8" in err
+    assert code == 2 and "not a UTF-8 text file" in err
 
 
 def test_sim_gpus_beyond_a_node_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

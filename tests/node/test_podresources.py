@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import socket
 import tempfile
+import threading
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -127,3 +130,57 @@ def test_a_missing_socket_says_what_to_mount(tmp_path: Path) -> None:
     assert not client.available()
     with pytest.raises(PodResourcesUnavailable, match="mount /var/lib/kubelet/pod-resources"):
         client.list()
+
+
+@pytest.fixture
+def garbage_socket() -> Iterator[str]:
+    """A unix socket whose server answers every connection with bytes that are not gRPC."""
+    tmp = tempfile.mkdtemp(prefix="cdmo-pr-", dir="/tmp")
+    path = str(Path(tmp) / "kubelet.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return  # closed: the test is over
+            with conn, contextlib.suppress(OSError):
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\nnot grpc" * 10)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield path
+    finally:
+        server.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_socket_that_answers_garbage_is_named_as_not_the_kubelets(garbage_socket: str) -> None:
+    """It once said only 'failed: StatusCode.UNAVAILABLE', with no hint of a wrong path."""
+    with pytest.raises(PodResourcesUnavailable) as err:
+        PodResourcesClient(garbage_socket, timeout_seconds=5).list()
+    assert f"{garbage_socket} does not answer as the kubelet's pod-resources API (UNAVAILABLE)" in str(
+        err.value
+    )
+    assert "give the kubelet's pod-resources socket, /var/lib/kubelet/pod-resources/kubelet.sock" in str(
+        err.value
+    )
+
+
+@pytest.mark.parametrize("kind", ["regular file", "directory"])
+def test_a_path_that_is_no_socket_is_named_before_dialing(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "kubelet.sock"
+    if kind == "directory":
+        path.mkdir()
+    else:
+        path.write_text("")
+    client = PodResourcesClient(str(path))
+    assert client.available()  # it exists: the agent reads it, and a failed read stays "degraded"
+    with pytest.raises(PodResourcesUnavailable, match=f"is a {kind}, not the kubelet's pod-resources socket"):
+        client.list()
+    with pytest.raises(PodResourcesUnavailable, match=r"/var/lib/kubelet/pod-resources/kubelet\.sock"):
+        client.allocatable()

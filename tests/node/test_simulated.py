@@ -420,7 +420,7 @@ def test_concurrent_writers_do_not_lose_instances(tmp_path: Path) -> None:
         ),
         (
             {"gpus": [{"model": "h100-80gb", "instances": [{"profile": "3g.40gb", "start": "0"}]}]},
-            "start: must be a int",
+            r"gpus\[0\]\.instances\[0\]\.start: must be a whole number from 0 to 8, not \"0\"",
         ),
     ],
     ids=["not-object", "version", "gpus-not-list", "gpu-not-object", "index", "overlap", "start-type"],

@@ -5,8 +5,10 @@ The subprocess test against an independent kubelet is tests/integration/test_age
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -78,7 +80,7 @@ def test_a_layout_file_that_is_not_utf8_or_misspells_a_field_is_an_error_line(tm
     layout.write_text("gpus: [{index: 0, instance: []}]\n")
     assert agent.sync_once() is True
     _, not_utf8, typo = docs(out)
-    assert "not UTF-8" in not_utf8["error"]
+    assert "not a UTF-8 text file" in not_utf8["error"]
     assert "unknown field 'instance'" in typo["error"] and "status" not in typo
     assert [i.profile for i in SimulatedBackend(node).list_instances(0)] == ["3g.40gb"]
 
@@ -138,6 +140,32 @@ def test_run_follows_the_file_and_advertises(short_dir: Path) -> None:
         thread.join(5)
         plugin.stop()
     assert not thread.is_alive()
+
+
+def test_a_layout_file_replaced_by_a_named_pipe_is_an_error_line_not_a_hang(tmp_path: Path) -> None:
+    """The loop that looks for changes read the whole file: a named pipe there blocked the agent in
+    open() for good (it no longer stopped), /dev/zero filled its memory. Both are refused by kind."""
+    _node, layout, out, agent = started(tmp_path, "fifo")
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10  # bounds a hang; speed is not asserted in tests
+        while not docs(out) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        layout.unlink()
+        os.mkfifo(layout)
+        while time.monotonic() < deadline and "error" not in docs(out)[-1]:
+            time.sleep(0.02)
+        assert "it is a named pipe (FIFO), not a file" in docs(out)[-1].get("error", ""), docs(out)[-1]
+    finally:
+        stop.set()
+        thread.join(5)
+        stuck = thread.is_alive()
+        if stuck:  # waiting in open() for a writer: give it one, so that the thread can end
+            with contextlib.suppress(OSError):
+                os.close(os.open(layout, os.O_WRONLY | os.O_NONBLOCK))
+    assert not stuck
 
 
 def test_cli_standalone_once_and_its_errors(short_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +192,41 @@ def test_load_scenario_refuses_non_scenarios(tmp_path: Path, text: str) -> None:
     path.write_text(text)
     with pytest.raises(InvalidScenario, match=str(path)):
         load_scenario(path)
+
+
+def test_a_scenario_that_is_not_a_file_says_what_it_is(tmp_path: Path) -> None:
+    """/dev/zero was 'no such scenario file', which it is not."""
+    with pytest.raises(InvalidScenario, match="cannot read /dev/zero: it is a character device, not a file"):
+        load_scenario("/dev/zero")
+    with pytest.raises(InvalidScenario, match="it is a directory"):
+        load_scenario(tmp_path)
+    with pytest.raises(InvalidScenario, match=r"cannot read .*nope\.yaml: no such file"):
+        load_scenario(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl", "yaml"])
+def test_a_trace_that_is_a_device_or_a_pipe_is_refused_with_the_scenario(tmp_path: Path, suffix: str) -> None:
+    """A trace on /dev/zero was 'no such file'; one on a pipe would have been read twice (counted,
+    then replayed) or waited for a writer. Refused by kind, before any of it is read."""
+    device = tmp_path / f"zero.{suffix}"
+    device.symlink_to("/dev/zero")
+    pipe = tmp_path / f"pipe.{suffix}"
+    os.mkfifo(pipe)
+    for trace, kind in ((device, "a character device"), (pipe, "a named pipe (FIFO)")):
+        with pytest.raises(InvalidScenario) as info:
+            parse_scenario(minimal(workload={"trace": trace.name}), base_dir=tmp_path)
+        assert info.value.path == "workload.trace"
+        assert f"cannot read {trace}: it is {kind}, not a file" in str(info.value)
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_a_trace_line_past_a_mib_is_refused_when_counted(tmp_path: Path, suffix: str) -> None:
+    """Rows are read a line at a time: a file without line breaks was one line read whole."""
+    trace = tmp_path / f"long.{suffix}"
+    trace.write_bytes(b"arrival,duration,queue\n" + b"9" * ((1 << 20) + 1) + b"\n")
+    with pytest.raises(InvalidScenario) as info:
+        parse_scenario(minimal(workload={"trace": trace.name}), base_dir=tmp_path)
+    assert info.value.path == "workload.trace"
+    assert f"{trace}: line 2 is longer than 1 MiB, the most cdmo reads in one line of a trace" in str(
+        info.value
+    )

@@ -204,7 +204,7 @@ def test_bad_input_exits_2_with_the_path(
 
 def test_missing_scenario_file(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = cli(capsys, "simulate", "no/such/scenario.yaml")
-    assert code == 2 and "no such scenario file" in err
+    assert code == 2 and "cannot read no/such/scenario.yaml: no such file" in err
 
 
 def test_plans_are_counted(clearml: Report) -> None:

@@ -109,7 +109,7 @@ def test_a_missing_scenario_is_one_line_and_exit_2(
     with pytest.raises(SystemExit) as exited:
         _sweep().main([str(tmp_path / "nosuch.yaml"), "--seeds", "1"])
     assert exited.value.code == 2
-    assert "no such scenario file" in capsys.readouterr().err
+    assert "nosuch.yaml: no such file" in capsys.readouterr().err
 
 
 def test_seed_lists_and_ranges_read_as_written() -> None:

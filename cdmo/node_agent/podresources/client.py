@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -24,6 +25,7 @@ from cdmo.errors import Transient
 from cdmo.node_agent.podresources import api_pb2, api_pb2_grpc
 
 DEFAULT_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
+_SOCKET_HINT = f"give the kubelet's pod-resources socket, {DEFAULT_SOCKET} (--pod-resources-socket or $CDMO_POD_RESOURCES_SOCKET)"
 
 T = TypeVar("T")
 
@@ -77,12 +79,35 @@ class PodResourcesClient:
         """Whether the socket exists (the kubelet may still not answer)."""
         return bool(self.socket_path) and os.path.exists(self.socket_path)
 
-    def _call(self, method: Callable[[api_pb2_grpc.PodResourcesListerStub], T]) -> T:
-        if not self.available():
+    def _check_socket(self) -> None:
+        """Refuse, before dialing, a path that cannot be the kubelet's socket: gRPC says only
+        UNAVAILABLE for a missing path, a regular file and a directory alike."""
+        try:
+            mode = os.stat(self.socket_path).st_mode if self.socket_path else None
+        except FileNotFoundError:
+            mode = None
+        except OSError as exc:
+            raise PodResourcesUnavailable(
+                f"cannot reach the kubelet pod-resources socket {self.socket_path}: {exc.strerror or exc}",
+                hint=_SOCKET_HINT,
+            ) from None
+        if mode is None:
             raise PodResourcesUnavailable(
                 f"the kubelet pod-resources socket {self.socket_path} does not exist",
                 hint="mount /var/lib/kubelet/pod-resources into the agent pod",
             )
+        if not stat.S_ISSOCK(mode):
+            what = "not a socket"
+            if stat.S_ISDIR(mode):
+                what = "a directory"
+            elif stat.S_ISREG(mode):
+                what = "a regular file"
+            raise PodResourcesUnavailable(
+                f"{self.socket_path} is {what}, not the kubelet's pod-resources socket", hint=_SOCKET_HINT
+            )
+
+    def _call(self, method: Callable[[api_pb2_grpc.PodResourcesListerStub], T]) -> T:
+        self._check_socket()
         try:
             with grpc.insecure_channel(
                 f"unix://{self.socket_path}",
@@ -91,8 +116,23 @@ class PodResourcesClient:
                 return method(api_pb2_grpc.PodResourcesListerStub(channel))
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
+            name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+            if code == grpc.StatusCode.UNAVAILABLE:
+                # Nothing listens on the socket, or what does is not a gRPC server (a garbage
+                # answer breaks the HTTP/2 handshake): gRPC says UNAVAILABLE for both.
+                raise PodResourcesUnavailable(
+                    f"{self.socket_path} does not answer as the kubelet's pod-resources API ({name}): "
+                    "the kubelet is not running, or this is not its socket",
+                    hint=_SOCKET_HINT,
+                ) from exc
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise PodResourcesUnavailable(
+                    f"{self.socket_path} gave no answer in {self.timeout_seconds:g} s ({name}): "
+                    "the kubelet is overloaded, or this is not its socket",
+                    hint=_SOCKET_HINT,
+                ) from exc
             raise PodResourcesUnavailable(
-                f"the kubelet pod-resources API at {self.socket_path} failed: {code}"
+                f"the kubelet pod-resources API at {self.socket_path} failed: {name}"
             ) from exc
 
     def list(self) -> list[PodDevices]:

@@ -181,7 +181,7 @@ def test_a_key_given_twice_is_one_clear_line(tmp_path, name: str, text: str, mes
 def test_stdin_that_is_not_utf8_says_so() -> None:
     proc = _cdmo_plan("-", stdin=b"nodes: [\xff]\n")
     assert proc.returncode == 2
-    assert b"stdin: cannot read it" in proc.stderr and b"4300 digits" not in proc.stderr
+    assert b"stdin is not UTF-8 text" in proc.stderr and b"4300 digits" not in proc.stderr
 
 
 @pytest.mark.parametrize(

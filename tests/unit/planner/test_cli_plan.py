@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +168,34 @@ def test_unknown_model_is_left_as_it_is_with_a_warning(tmp_path: Path) -> None:
 def test_missing_file_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run_cli(capsys, "plan", str(tmp_path / "nope.yaml"))
     assert code == 2 and "no such file" in err
+
+
+def test_stdin_and_pipes_are_read_up_to_the_snapshot_limit(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`head -c 2100M /dev/zero | cdmo plan -` was read whole and ended in a MemoryError (exit 3);
+    here with the limit made small, so that no test allocates gigabytes."""
+    import io
+
+    from cdmo.commands import plan as plan_command
+
+    text = (SNAPSHOTS / "handout.yaml").read_bytes()
+    small = dataclasses.replace(plan_command.SNAPSHOT, limit=len(text))
+    monkeypatch.setattr(plan_command, "SNAPSHOT", small)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text + b"#")))
+    code, out, err = run_cli(capsys, "plan", "-")
+    assert code == 2 and out == ""
+    assert f"stdin is larger than {len(text)} bytes, the most cdmo reads as a snapshot" in err
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text)))
+    assert run_cli(capsys, "plan", "-")[0] == 0
+    # `cdmo plan <(kubectl ...)` names a pipe: read as stdin is, with the same bound
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(text), daemon=True)
+    writer.start()
+    code, out, err = run_cli(capsys, "plan", str(fifo))
+    writer.join(5)
+    assert code == 0 and "3 of 3 pending pods served" in out, err
 
 
 def test_bad_json_file_names_line_and_column(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
