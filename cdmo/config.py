@@ -15,6 +15,19 @@ from typing import Any
 from cdmo.api import PARTITIONING_LABEL_KEY, PARTITIONING_LABEL_VALUE
 from cdmo.errors import InvalidInput
 
+#: The longest any seconds setting may be: about 31 years, the limit the simulator puts on any
+#: time too (cdmo.sim.scenario.MAX_TIME_SECONDS). Far beyond any period cdmo waits, and far below
+#: threading.TIMEOUT_MAX (about 9.2e9 s: a wait's end in nanoseconds must fit in 64 bits), above
+#: which Event.wait raises OverflowError: CDMO_RESYNC_SECONDS=1e10 killed the agent's main loop.
+#: The margin keeps sums of two settings (resync_seconds + liveness_seconds) below it as well.
+MAX_SECONDS = 1e9
+#: The most any count may be (pre-warmed instances per profile, GPU-instance operations per hour):
+#: more than a cluster holds (Kubernetes supports up to 5,000 nodes; 8 GPUs of at most 7 instances
+#: each make 280,000), and small enough that the chart renders it as a plain integer (10^30
+#: rendered as -9223372036854775808, which the operator refused).
+MAX_COUNT = 1_000_000
+MAX_PORT = 65535
+
 
 def _field_env(cls: type, name: str) -> str:
     return dict(cls.ENV)[name]  # type: ignore[attr-defined]
@@ -56,11 +69,45 @@ def check_flag(config: Any, name: str, flag: str) -> None:
     _check(type(config), name, getattr(config, name), flag)
 
 
+def maximum(cls: type, name: str) -> int | float:
+    """The largest value the number setting ``name`` of config class ``cls`` accepts.
+
+    Ports: 65535; shares (SHARES): 1; a limit the class names (MAXIMA); else seconds (a float)
+    MAX_SECONDS and counts (an int) MAX_COUNT. The chart's values.schema.json gives the same
+    maximum for the value behind each variable (tests/chart/test_values_schema.py compares them).
+    """
+    return _limit(cls, name)[0]
+
+
+def _limit(cls: type, name: str) -> tuple[int | float, str]:
+    """:func:`maximum`, and what a refusal of a larger value says."""
+    if name in getattr(cls, "PORTS", ()):
+        return MAX_PORT, f"is not a TCP port (0 to {MAX_PORT})"
+    if name in getattr(cls, "SHARES", ()):
+        return 1, "is a share: between 0 and 1"
+    named: dict[str, int | float] = dict(getattr(cls, "MAXIMA", ()))
+    if name in named:
+        return named[name], f"is more than the limit of {named[name]:,}: give a smaller number"
+    if isinstance(next(f.default for f in fields(cls) if f.name == name), float):
+        return MAX_SECONDS, f"is more than {MAX_SECONDS:g} seconds (about 31 years): give a shorter time"
+    return MAX_COUNT, f"is more than the limit of {MAX_COUNT:,}: give a smaller number"
+
+
+def minimum(cls: type, name: str) -> tuple[float, bool]:
+    """The smallest value the number setting ``name`` of ``cls`` accepts, and whether that value
+    itself is refused (an exclusive bound: above zero)."""
+    if name in getattr(cls, "AT_LEAST_ONE", ()):
+        return 1, False
+    return 0, name in getattr(cls, "POSITIVE", ())
+
+
 def _check(cls: type, name: str, value: Any, source: str) -> None:
     """Refuse a number no component can run with: ``inf``, ``nan`` and ``-1`` are floats, and
-    went on to fail deep inside kopf (a traceback retried every minute) or to make a loop spin.
-    Every number here is a count, a port, a share or seconds: finite and not negative; the class
-    names those that must be above zero (POSITIVE), shares of a whole (SHARES) and ports (PORTS)."""
+    went on to fail deep inside kopf (a traceback retried every minute) or to make a loop spin;
+    ``1e10`` seconds overflowed a thread's wait and killed the agent's loop. Every number here is
+    a count, a port, a share or seconds: finite, not negative and at most :func:`maximum`; the
+    class names those that must be above zero (POSITIVE), shares of a whole (SHARES) and ports
+    (PORTS)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return
     said = f"{source}={value!r}"
@@ -72,10 +119,9 @@ def _check(cls: type, name: str, value: Any, source: str) -> None:
         raise InvalidInput(f"{said} must be above zero")
     if name in getattr(cls, "AT_LEAST_ONE", ()) and value < 1:
         raise InvalidInput(f"{said} is whole seconds: at least 1")
-    if name in getattr(cls, "SHARES", ()) and value > 1:
-        raise InvalidInput(f"{said} is a share: between 0 and 1")
-    if name in getattr(cls, "PORTS", ()) and value > 65535:
-        raise InvalidInput(f"{said} is not a TCP port (0 to 65535)")
+    top, refusal = _limit(cls, name)
+    if value > top:
+        raise InvalidInput(f"{said} {refusal}")
 
 
 @dataclass(frozen=True)
@@ -182,6 +228,9 @@ class OperatorConfig:
     AT_LEAST_ONE = ("watch_server_timeout",)  # kopf asks the API server for whole seconds
     SHARES = ("drain_max_fraction", "drain_max_used_share", "reclaim_max_used_share")
     PORTS = ("metrics_port", "health_port")
+    #: Limits other than maximum()'s rules. A page of 100,000 pods is hundreds of MiB of JSON,
+    #: beyond the operator's memory limit (the chart's 512Mi).
+    MAXIMA = (("list_chunk_size", 100_000),)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -330,8 +379,17 @@ class WebhookConfig:
         ("cert_reload_seconds", "CDMO_WEBHOOK_CERT_RELOAD_SECONDS"),
         ("log_format", "CDMO_LOG_FORMAT"),
     )
-    POSITIVE = ("nodes_refresh_seconds", "cert_reload_seconds")
+    POSITIVE = (
+        "nodes_refresh_seconds",
+        "cert_reload_seconds",
+        "cfgi_replicas_per_gpu",
+        "metagpu_units_per_gpu",
+    )
     PORTS = ("port", "metrics_port")
+    #: Limits other than maximum()'s rules, generous beyond the products' own (CFGI's replica
+    #: counts are single digits, MetaGPU's units 100): a fraction finer than a MIG slice (an
+    #: eighth of a GPU at the finest) maps to the smallest slice anyway.
+    MAXIMA = (("cfgi_replicas_per_gpu", 1024), ("metagpu_units_per_gpu", 100_000))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WebhookConfig:

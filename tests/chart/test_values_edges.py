@@ -123,7 +123,7 @@ operator:
   watch:
     listChunkSize: 100000
   prewarm:
-    maxPerProfile: 2000000
+    maxPerProfile: 1000000
   defrag:
     opsPerHour: 1000000
   staleTimeoutSeconds: 10000000
@@ -149,7 +149,7 @@ def test_large_numbers_from_a_values_file_reach_cdmo_as_numbers(helm: Helm, tmp_
         }
 
     op = OperatorConfig.from_env(plain("Deployment", "-operator"))
-    assert (op.prewarm_max_per_profile, op.defrag_ops_per_hour) == (2_000_000, 1_000_000)
+    assert (op.prewarm_max_per_profile, op.defrag_ops_per_hour) == (1_000_000, 1_000_000)
     assert (op.list_chunk_size, op.metrics_port, op.stale_timeout_seconds) == (100_000, 18080, 1e7)
     assert AgentConfig.from_env(plain("DaemonSet")).metrics_port == 19464
     hook = WebhookConfig.from_env(plain("Deployment", "-webhook"))

@@ -1,11 +1,22 @@
 from __future__ import annotations
 
+import threading
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from cdmo.config import AgentConfig, OperatorConfig, WebhookConfig
+from cdmo.config import MAX_SECONDS, AgentConfig, OperatorConfig, WebhookConfig, maximum
 from cdmo.errors import InvalidInput
+
+CONFIGS: tuple[type, ...] = (OperatorConfig, AgentConfig, WebhookConfig)
+#: (class, field, variable) of every number setting (bools are not numbers here).
+NUMBER_SETTINGS = [
+    (cls, f.name, dict(cls.ENV)[f.name])  # type: ignore[attr-defined]
+    for cls in CONFIGS
+    for f in fields(cls)
+    if isinstance(f.default, int | float) and not isinstance(f.default, bool)
+]
 
 
 def test_defaults_and_environment_overrides() -> None:
@@ -92,3 +103,32 @@ def test_a_flag_is_checked_as_its_variable_is(
     assert main([*argv, "--sim-state", str(tmp_path / "s.json")] if argv[0] == "agent" else argv) == 2
     err = capsys.readouterr().err
     assert words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_resync_too_long_for_a_thread_wait_is_refused() -> None:
+    """The audit's repro: 1e10 passed, and the agent's loop died in Event.wait with
+    OverflowError (timestamp out of range for platform time_t)."""
+    with pytest.raises(InvalidInput, match=r"CDMO_RESYNC_SECONDS=10000000000.0 is more than 1e\+09 seconds"):
+        AgentConfig.from_env({"CDMO_RESYNC_SECONDS": "1e10"})
+
+
+@pytest.mark.parametrize(
+    ("config", "name", "var"), NUMBER_SETTINGS, ids=[f"{c.__name__}.{n}" for c, n, _ in NUMBER_SETTINGS]
+)
+def test_every_number_setting_takes_its_maximum_and_refuses_more(config: type, name: str, var: str) -> None:
+    top = maximum(config, name)
+    assert getattr(config.from_env({var: str(top)}), name) == top  # type: ignore[attr-defined]
+    with pytest.raises(InvalidInput) as refused:
+        config.from_env({var: str(top + 1)})  # type: ignore[attr-defined]
+    assert var in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_every_seconds_setting_fits_a_thread_wait() -> None:
+    """Each float that is not a share is seconds, bounded by MAX_SECONDS: two of them added
+    (resync + liveness) must still be a timeout threading accepts."""
+    assert 2 * MAX_SECONDS < threading.TIMEOUT_MAX
+    for config, name, var in NUMBER_SETTINGS:
+        default = next(f.default for f in fields(config) if f.name == name)
+        if isinstance(default, float) and name not in getattr(config, "SHARES", ()):
+            assert name.endswith(("_seconds", "_timeout")), f"{var}: a float that is no share must be seconds"
+            assert maximum(config, name) == MAX_SECONDS, var

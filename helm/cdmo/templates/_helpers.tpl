@@ -98,8 +98,97 @@ toString writes a million as 1e+06, which cdmo.config's int() refuses: int64 fir
 {{- else if $want -}}true{{- end -}}
 {{- end -}}
 
+{{/* Every value the chart hands to cdmo as an environment variable or a flag, and what to give.
+A key set to null (--set operator.batchIdleSeconds=null, or null in a values file) is removed
+before values.schema.json is checked, so the schema never sees it; rendered, it became the text
+"<nil>" (or 0, or "") and the pods crash-looped. tests/chart/test_values_schema.py nulls each
+value whose description in values.schema.json names a variable, so a new one must be listed here. */}}
+{{- define "cdmo.envValues" -}}
+partitioning.labelKey: a label key
+partitioning.labelValue: a label value
+admissionPolicy.enabled: auto, true or false
+admissionPolicy.validationActions: a list such as [Deny]
+operator.peering.enabled: true or false
+operator.peering.name: a name ("" for the release's full name)
+operator.batchIdleSeconds: a number of seconds
+operator.batchMaxSeconds: a number of seconds
+operator.staleTimeoutSeconds: a number of seconds
+operator.pendingGraceSeconds: a number of seconds
+operator.planResyncSeconds: a number of seconds
+operator.metricsPort: a port number
+operator.healthPort: a port number
+operator.watch.serverTimeoutSeconds: a number of seconds
+operator.watch.clientTimeoutSeconds: a number of seconds
+operator.watch.connectTimeoutSeconds: a number of seconds
+operator.watch.listChunkSize: a whole number (0 for one response)
+operator.prewarm.enabled: true or false
+operator.prewarm.windowSeconds: a number of seconds
+operator.prewarm.horizonSeconds: a number of seconds
+operator.prewarm.maxPerProfile: a whole number
+operator.drain.maxFraction: a share from 0 to 1
+operator.drain.afterSeconds: a number of seconds
+operator.drain.maxUsedShare: a share from 0 to 1
+operator.drain.yieldAfterSeconds: a number of seconds
+operator.drain.reclaimMaxUsedShare: a share from 0 to 1
+operator.defrag.opsPerHour: a whole number (0 for off)
+operator.defrag.intervalSeconds: a number of seconds
+agent.backend: nvml or simulated
+agent.sim.gpus: GPU models such as h100-80gb,h100-80gb, or ""
+agent.sim.state: a file under /tmp, or ""
+agent.refreshStrategy: builtin, sighup, delete-pod or none
+agent.podResourcesDir: a directory
+agent.devicePluginDir: a directory
+agent.deviceListStrategy: volume-mounts, envvar or cdi-annotations
+agent.deviceIdStrategy: uuid or index
+agent.cdiKind: a CDI kind such as nvidia.com/gpu
+agent.advertiseWholeGpus: true or false
+agent.disableHealthchecks: XID numbers, all, xids or ""
+agent.reconfiguringTaint: KEY:EFFECT or ""
+agent.devicePlugin.namespace: a namespace
+agent.devicePlugin.selector: a label selector
+agent.devicePlugin.process: a process name
+agent.resyncSeconds: a number of seconds
+agent.livenessSeconds: a number of seconds (0 for never)
+agent.refreshTimeoutSeconds: a number of seconds
+agent.refreshPollSeconds: a number of seconds
+agent.watchTimeoutSeconds: a number of seconds
+agent.backoffInitialSeconds: a number of seconds
+agent.enableMig: true or false
+agent.autoEnableMig: true or false
+agent.metricsPort: a port number
+agent.logFormat: auto, json or console
+webhook.port: a port number
+webhook.metricsPort: a port number
+webhook.defaultModel: a GPU model or ""
+webhook.fractionMatch: compute+memory, compute or memory
+webhook.cfgiReplicasPerGpu: a whole number
+webhook.metagpuUnitsPerGpu: a whole number
+webhook.nodesRefreshSeconds: a number of seconds
+webhook.logFormat: auto, json or console
+{{- end -}}
+
+{{/* Fail on the first value of cdmo.envValues that is null or missing, naming it. Walks the
+dotted path itself: a nulled parent (operator.prewarm=null) is reported as well. */}}
+{{- define "cdmo.requireEnvValues" -}}
+{{- range $path, $what := include "cdmo.envValues" . | fromYaml -}}
+{{- $at := $.Values -}}
+{{- $found := true -}}
+{{- range $key := splitList "." $path -}}
+{{- if and $found (kindIs "map" $at) (hasKey $at $key) -}}
+{{- $at = index $at $key -}}
+{{- else -}}
+{{- $found = false -}}
+{{- end -}}
+{{- end -}}
+{{- if or (not $found) (kindIs "invalid" $at) -}}
+{{- fail (printf "%s is null or missing: give %s, or leave it out of your values to keep the chart's default" $path $what) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Refuse combinations that cannot work, with one line that says what to change. */}}
 {{- define "cdmo.validate" -}}
+{{- include "cdmo.requireEnvValues" . -}}
 {{- if and (gt (int .Values.operator.replicas) 1) (not .Values.operator.peering.enabled) -}}
 {{- fail (printf "operator.replicas is %d but operator.peering.enabled is false: several replicas need kopf peering; set operator.replicas=1 or operator.peering.enabled=true" (int .Values.operator.replicas)) -}}
 {{- end -}}
