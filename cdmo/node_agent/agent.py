@@ -121,7 +121,10 @@ def backoff_delay(config: AgentConfig, failures: int) -> float:
     """Seconds to the next pass: the resync period, or after failures a doubling backoff up to it."""
     if failures == 0:
         return config.resync_seconds
-    return min(config.resync_seconds, config.backoff_initial_seconds * 2 ** (failures - 1))
+    # The exponent capped: a float times 2 ** 1025 overflows (OverflowError), which after about
+    # 1,000 failed passes in a row (17 hours of 60 s waits) ended the loop; 2 ** 64 times any
+    # initial backoff of a second or more is past any resync config accepts.
+    return min(config.resync_seconds, config.backoff_initial_seconds * 2 ** min(failures - 1, 64))
 
 
 def _utcnow() -> datetime:

@@ -16,7 +16,7 @@ from cdmo.api import build_miglayout, get_condition
 from cdmo.config import AgentConfig
 from cdmo.errors import CdmoError
 from cdmo.mig.layouts import Instance
-from cdmo.node_agent.agent import Agent, PodDevicesSource
+from cdmo.node_agent.agent import Agent, PodDevicesSource, backoff_delay
 from cdmo.node_agent.backend import NoPermission, NvmlReturn
 from cdmo.node_agent.kube import KubeError, WatchExpired
 from cdmo.node_agent.podresources.client import (
@@ -639,3 +639,12 @@ def test_a_pass_that_cannot_read_the_gpus_says_so_in_the_status(node: SimulatedN
     node.faults.clear()
     agent.sync_once()
     assert kube.status()["phase"] == "Ready" and kube.status().get("lastError") is None
+
+
+@pytest.mark.parametrize("failures", [1, 2, 1025, 10**6])
+def test_the_backoff_never_overflows_and_stays_within_the_resync(failures: int) -> None:
+    """After about 1,000 failed passes in a row, 2.0 * 2 ** (failures - 1) raised OverflowError."""
+    config = AgentConfig.from_env({"CDMO_RESYNC_SECONDS": "60", "CDMO_BACKOFF_INITIAL_SECONDS": "2"})
+    delay = backoff_delay(config, failures)
+    expected = 60.0 if failures > 6 else min(60.0, 2.0 * 2 ** (failures - 1))
+    assert delay == expected
