@@ -18,6 +18,7 @@ Pure: imports nothing of Kubernetes or NVML.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
 from cdmo.planner.models import (
@@ -53,11 +54,16 @@ def matches_selector(labels: Mapping[str, str], selector: Mapping[str, str]) -> 
     return all(labels.get(k) == v for k, v in selector.items())
 
 
+#: What Kubernetes' Gt and Lt read as a number (strconv.ParseInt(s, 10, 64)): an optional sign and
+#: ASCII digits, nothing else (Python's int() also takes spaces, underscores and other scripts' digits).
+_INT64 = re.compile(r"[+-]?[0-9]+")
+
+
 def _as_int(text: str) -> int | None:
-    try:
-        return int(text)
-    except ValueError:
+    if _INT64.fullmatch(text) is None:
         return None
+    value = int(text)
+    return value if -(1 << 63) <= value < (1 << 63) else None
 
 
 def matches_requirement(req: NodeSelectorRequirement, values: Mapping[str, str]) -> bool:

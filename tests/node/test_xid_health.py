@@ -64,6 +64,9 @@ def test_the_application_xids_are_nvidias_list() -> None:
 def test_a_bad_value_is_refused_at_start_with_a_hint(node: SimulatedNode) -> None:
     with pytest.raises(InvalidInput, match="'abc' is not an XID") as err:
         parse_disable_healthchecks("48,abc")
+    for digits in ("\u00b2", "\u0664\u0668"):  # str.isdigit() takes them; int() reads '٤٨' as 48
+        with pytest.raises(InvalidInput, match="is not an XID"):
+            parse_disable_healthchecks(digits)
     assert "all (or xids)" in (err.value.hint or "")
     with pytest.raises(InvalidInput, match="CDMO_DISABLE_HEALTHCHECKS"):
         KubeletDevicePlugin(SimulatedBackend(node), PluginSettings(disable_healthchecks="-1"))

@@ -71,7 +71,7 @@ def parse_disable_healthchecks(text: str) -> XidPolicy:
     words = [w.strip().lower() for w in text.split(",") if w.strip()]
     if any(w in ("all", "xids") for w in words):
         return XidPolicy(watch=False)
-    bad = [w for w in words if not w.isdigit()]
+    bad = [w for w in words if not (w.isascii() and w.isdigit())]  # str.isdigit: '²' and '٤' too
     if bad:
         raise InvalidInput(
             f"{DISABLE_HEALTHCHECKS_ENV}={text!r}: {', '.join(map(repr, bad))} is not an XID",

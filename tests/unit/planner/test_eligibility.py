@@ -23,7 +23,17 @@ from cdmo.planner.eligibility import (
     untolerated_taints,
 )
 
-LABELS = {"zone": "a", "rack": "7", "gpu": "h100", "word": "seven"}
+LABELS = {
+    "zone": "a",
+    "rack": "7",
+    "gpu": "h100",
+    "word": "seven",
+    "arabic": "\u0663",  # ARABIC-INDIC DIGIT THREE: int() reads 3, Kubernetes' ParseInt nothing
+    "spaced": " 7 ",
+    "grouped": "1_000",
+    "plus": "+7",
+    "huge": "9223372036854775808",  # 2^63: past int64
+}
 
 REQUIREMENTS = [
     ("In hit", "zone", "In", ("a", "b"), True),
@@ -44,6 +54,13 @@ REQUIREMENTS = [
     ("Gt absent", "row", "Gt", ("1",), False),
     ("Gt on a word", "word", "Gt", ("1",), False),
     ("Lt on a word", "word", "Lt", ("100",), False),
+    # Kubernetes reads Gt and Lt with strconv.ParseInt(s, 10, 64): a sign and ASCII digits only
+    ("Gt on other digits", "arabic", "Gt", ("1",), False),
+    ("Gt with other digits as the bound", "rack", "Gt", ("\u0663",), False),
+    ("Gt on spaces", "spaced", "Gt", ("1",), False),
+    ("Gt on underscores", "grouped", "Gt", ("1",), False),
+    ("Gt on a plus sign", "plus", "Gt", ("6",), True),
+    ("Gt past int64", "huge", "Gt", ("1",), False),
 ]
 
 
