@@ -86,7 +86,12 @@ ROOM_PROBES = 64
 #: matchFields lists are groups of their own, so one kind of pod can see hundreds of groups.
 MANY_GROUPS = 16
 _UNITS_LCM = 24  # placement axes are 4, 8 or 12 units
+#: Entries kept by Planner._node_room before it starts over (a node's states within one plan).
+_ROOM_MEMO_LIMIT = 50_000
 
+#: A node's totals beside its fixed instances (Planner._node_room): per profile the most devices
+#: of it, the free units, per profile its smallest size (units in 24ths of a GPU).
+NodeRoom = tuple[dict[str, int], int, dict[str, int]]
 #: An option's cached parts: (destroyed, created, changes the layout, dloss, loss, which option).
 OptionParts = tuple[int, int, bool, int, tuple[int, ...], int]
 #: ``fixed << len(cands) | free`` -> the best option's parts (None: the demand does not fit).
@@ -127,12 +132,22 @@ class Planner(RepairSteps):
         self.fail_memo: dict[tuple[Demand, tuple[int, ...]], tuple[int, ...]] = {}
         self.node_memo: dict[tuple[int, Demand], tuple[int, tuple[Any, ...] | None]] = {}
         self.used_fit_memo: dict[tuple[int, Demand], bool] = {}
+        self._room_memo: dict[tuple[int, tuple[int, ...]], NodeRoom] = {}
+        #: node order -> (its version, _hold_changes, its NodeRoom as it is now)
+        self._room_now: dict[int, tuple[int, int, NodeRoom]] = {}
+        #: holds made or released so far (a hold changes no node's version)
+        self._hold_changes = 0
+        #: demand -> whether it asks more than one device
+        self._several: dict[Demand, bool] = {}
         self.empty_fit_memo: dict[tuple[tuple[int, ...], Demand], bool] = {}
         #: _option_parts for GPUs outside any group (reasons look at cordoned nodes' GPUs too)
         self._loose_costs: dict[tuple[Any, ...], CostTable] = {}
         self._largest: dict[str, Fraction] = {}
+        self._neg_largest_memo: dict[str, Fraction] = {}
         #: node evaluations so far (the repairs' budget counts them)
         self._walks = 0
+        #: walks over a node's GPUs really made (the screen answers some evaluations without one)
+        self._walked = 0
         self._budget_end = 0
         self._group_nodes: dict[tuple[int, ...], list[SearchNode]] = {}
         #: ids of the groups whose GPUs entered a state, one per entry (Planner._enter): what a
@@ -733,19 +748,81 @@ class Planner(RepairSteps):
 
         ``state`` (GPU id -> fixed, free, touched) replaces the GPUs' current state when given.
         """
+        several = self._several.get(demand)
+        if several is None:
+            several = self._several[demand] = sum(c for _, c in demand) > 1
+        if not self._may_hold(node, demand, state):
+            # Counted as the walks it spares: the repairs' budget counts node evaluations, and
+            # a plan must not depend on how cheaply one was answered.
+            self._walks += 2 if several else 1
+            return None
         if state is None:
             state = {g.id: (g.fixed, g.free, g.touched) for g in node.gpus}
         best = self._walk(node, demand, dict(state), whole_first=True)
-        if sum(c for _, c in demand) > 1:
+        if several:
             other = self._walk(node, demand, dict(state), whole_first=False)
             if other is not None and (best is None or other[0] < best[0]):
                 best = other
         return best
 
+    def _may_hold(self, node: SearchNode, demand: Demand, state: dict[int, Any] | None) -> bool:
+        """False when ``node`` (its GPUs in ``state``, else as they are now) cannot hold ``demand`` however it is placed:
+        some profile asks more devices than the GPUs' units beside their fixed instances hold
+        of it, or the devices together take more units than those GPUs have free.
+
+        A necessary condition, read from the node's totals per state of its fixed instances
+        (:meth:`_node_room`): the walks it spares (two per node, each trying every GPU per
+        device) are what made pods that ask several profiles at once cost seconds per plan.
+        """
+        if state is None:  # the node as it is now: its totals kept while it does not change
+            hit = self._room_now.get(node.order)
+            if hit is None or hit[0] != node.version or hit[1] != self._hold_changes:
+                hit = self._room_now[node.order] = (
+                    node.version,
+                    self._hold_changes,
+                    self._node_room(node, None),
+                )
+            hosts, room, smallest = hit[2]
+        else:
+            hosts, room, smallest = self._node_room(node, state)
+        units = 0
+        for name, count in demand:
+            if hosts.get(name, 0) < count:
+                return False
+            units += smallest[name] * count
+        return units <= room
+
+    def _node_room(self, node: SearchNode, state: dict[int, Any] | None) -> NodeRoom:
+        """For ``node``'s GPUs (in ``state``, else as they are now) beside their fixed instances: per profile, how many
+        devices of it they hold at most; the free units (24ths of a GPU); per profile, its
+        smallest size on the node's models (24ths). Cached per node and fixed instances."""
+        fixed_of = [-1 if g.held else (g.fixed if state is None else state[g.id][0]) for g in node.gpus]
+        key = (node.order, tuple(fixed_of))
+        found = self._room_memo.get(key)
+        if found is not None:
+            return found
+        hosts: dict[str, int] = {}
+        smallest: dict[str, int] = {}
+        room = 0
+        for gpu, fixed in zip(node.gpus, fixed_of, strict=True):
+            if gpu.held:  # kept out of reach (Planner._hold): the walks skip it too
+                continue
+            geo = gpu.geo
+            room += geo.room(fixed)
+            for name, caps in zip(geo.profile_names, geo.caps_beside(fixed), strict=True):
+                hosts[name] = hosts.get(name, 0) + caps
+                size = geo.size[name] * geo.unit_scale
+                smallest[name] = min(size, smallest.get(name, size))
+        if len(self._room_memo) >= _ROOM_MEMO_LIMIT:
+            self._room_memo.clear()
+        found = self._room_memo[key] = (hosts, room, smallest)
+        return found
+
     def _walk(
         self, node: SearchNode, demand: Demand, state: dict[int, Any], *, whole_first: bool
     ) -> tuple[tuple[Any, ...], list[Any]] | None:
         self._walks += 1
+        self._walked += 1
         remaining = Counter(dict(demand))
         node_touched = node.touched
         steps: list[tuple[SearchGpu, AddOption]] = []
@@ -757,18 +834,12 @@ class Planner(RepairSteps):
             if pick is None:
                 # One device at a time: first the profile the fewest GPUs here can still take,
                 # then the largest, so that a device only one GPU fits is not crowded out.
-                first = (
-                    part[0][0]
-                    if len(part) == 1  # one profile left (most multi-device pods): nothing to weigh
-                    else min(
-                        part,
-                        key=lambda pc: (
-                            self._hosts(node, state, pc[0]),
-                            -self._largest_fraction(pc[0]),
-                            pc[0],
-                        ),
-                    )[0]
-                )
+                if len(part) == 1:  # one profile left (most multi-device pods): nothing to weigh
+                    first = part[0][0]
+                else:
+                    names = [p for p, _ in part]
+                    hosts = self._hosts(node, state, names)
+                    first = min(zip(hosts, (self._neg_largest(p) for p in names), names, strict=True))[2]
                 part = ((first, 1),)
                 pick = self._pick_gpu(node, state, part, node_touched)
                 if pick is None:
@@ -804,22 +875,34 @@ class Planner(RepairSteps):
         )
         return found, steps
 
-    def _hosts(self, node: SearchNode, state: dict[int, Any], profile: str) -> int:
-        """How many GPUs of ``node`` (in ``state``) have free units for one ``profile``."""
-        one = ((profile, 1),)
-        count = 0
+    def _hosts(self, node: SearchNode, state: dict[int, Any], profiles: list[str]) -> list[int]:
+        """How many GPUs of ``node`` (in ``state``) have free units for one device of each of
+        ``profiles`` (one pass over the GPUs for all of them: a walk asks at every step)."""
+        counts = [0] * len(profiles)
         last: Geometry | None = None
-        need = None
+        index: list[int | None] = []
         for gpu in node.gpus:
             if gpu.held:
                 continue
-            if gpu.geo is not last:  # a node's GPUs are mostly of one model
-                last = gpu.geo
-                need = self._need(last, one)
-            if need is not None:
-                caps = gpu.geo.caps_beside(state[gpu.id][0])
-                count += caps[need[0][0]] > 0
-        return count
+            geo = gpu.geo
+            if geo is not last:  # a node's GPUs are mostly of one model
+                last = geo
+                index = []
+                for name in profiles:
+                    need = self._need(geo, ((name, 1),))
+                    index.append(None if need is None else need[0][0])
+            caps = geo.caps_beside(state[gpu.id][0])
+            for k, i in enumerate(index):
+                if i is not None and caps[i] > 0:
+                    counts[k] += 1
+        return counts
+
+    def _neg_largest(self, profile: str) -> Fraction:
+        """``-self._largest_fraction(profile)``, cached: a walk weighs it at every step."""
+        found = self._neg_largest_memo.get(profile)
+        if found is None:
+            found = self._neg_largest_memo[profile] = -self._largest_fraction(profile)
+        return found
 
     def _largest_fraction(self, profile: str) -> Fraction:
         found = self._largest.get(profile)
@@ -1316,6 +1399,7 @@ class Planner(RepairSteps):
         group.changes += 1
         gpu.held = True
         gpu.key = (-1, 0, 0, False, False)  # its heap entries are stale now
+        self._hold_changes += 1
         self.node_memo.clear()
         self.used_fit_memo.clear()
 
@@ -1323,6 +1407,7 @@ class Planner(RepairSteps):
         for gpu in self.gpus:
             if gpu.held:
                 gpu.held = False
+                self._hold_changes += 1
                 self._enter(gpu, self._key(gpu))
                 self.node_memo.clear()
                 self.used_fit_memo.clear()
@@ -1674,6 +1759,9 @@ class _View:
 
     def top_priority_on(self, node: str) -> int | None:
         return self._planner.top_priority_on(self._nodes[node])
+
+    def work_done(self) -> int:
+        return self._planner._walked
 
 
 _: type[RunView] = _View  # the interface is checked against its one implementation by mypy

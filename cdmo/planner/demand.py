@@ -28,7 +28,7 @@ def _demand(requests: tuple[tuple[str, object], ...]) -> tuple[Demand, tuple[str
             continue
         # Kubernetes quantities may arrive as strings ("2"); anything else that is not a whole
         # number (only a snapshot built in code can carry one) asks for nothing.
-        count = int(raw) if isinstance(raw, str) and raw.isdigit() else raw
+        count = int(raw) if isinstance(raw, str) and raw.isascii() and raw.isdigit() else raw
         if not isinstance(count, int) or isinstance(count, bool) or count <= 0:
             continue
         try:

@@ -44,11 +44,29 @@ from cdmo.planner.models import Node, Unsatisfied
 from cdmo.planner.view import RunView, WaitingPod
 
 LABEL = f"{PARTITIONING_LABEL_KEY}={PARTITIONING_LABEL_VALUE}"
+#: A waiting pod's reason names at most this many of the nodes that would have room for it
+#: beside their used instances (see Explainer._room), counting the rest as "at least N more".
+ROOM_NAMES_LIMIT = 64
+#: Walks over a node's GPUs (RunView.work_done) one plan's explanations may make, about a second.
+#: Each waiting pod is explained against every eligible node, and a pod whose demand is its own
+#: (several profiles at once) gets no cached answer: 2,000 such pods on 1,000 nodes took minutes.
+#: Past the bound the pods not yet explained get a reason without the room check (EXPLAIN_CUT).
+#: The plans of tests/data and the benchmarks stay far below it (0 to a few hundred).
+EXPLAIN_WORK = 20_000
+EXPLAIN_CUT = (
+    "NoRoom",
+    f"the planner found no room for it on its eligible nodes (not explained further: this plan's "
+    f"explanations reached their bound of {EXPLAIN_WORK} walks over nodes); it waits for the next plan",
+)
 
 
-def name_list(names: Sequence[str], limit: int = 3) -> str:
-    """``a, b and c`` or ``a, b, c and 4 more``."""
+def name_list(names: Sequence[str], limit: int = 3, *, at_least: bool = False) -> str:
+    """``a, b and c`` or ``a, b, c and 4 more``; ``at_least``: ``names`` are the first of more
+    (``a, b, c and at least 5 more``)."""
     names = list(names)
+    if at_least:
+        shown = names[:limit]
+        return ", ".join(shown) + f" and at least {len(names) + 1 - len(shown)} more"
     if len(names) <= 1:
         return "".join(names)
     if len(names) <= limit:
@@ -63,6 +81,7 @@ def explain(planner: RunView, pods: Sequence[WaitingPod]) -> list[Unsatisfied]:
     cache: dict[tuple[object, ...], tuple[str, str]] = {}
     classes = _node_classes(planner)
     by_name: dict[str, int] = {}  # filled by the first pod pinned by name
+    start = planner.work_done()
     out = []
     for pod in pods:
         sig = (
@@ -74,7 +93,8 @@ def explain(planner: RunView, pods: Sequence[WaitingPod]) -> list[Unsatisfied]:
             pod.pod.priority,
         )
         if sig not in cache:
-            cache[sig] = _Explainer(planner, pod, classes, by_name).reason()
+            room = planner.work_done() - start < EXPLAIN_WORK
+            cache[sig] = _Explainer(planner, pod, classes, by_name).reason(room=room)
         code, reason = cache[sig]
         out.append(Unsatisfied(pod=pod.key, reason=reason, code=code, priority=pod.pod.priority))
     return out
@@ -120,11 +140,18 @@ class _Explainer:
         found = sorted({self.by_name[n] for n in names if n in self.by_name})
         return [self.classes[i] for i in found]
 
-    def reason(self) -> tuple[str, str]:
-        for check in (self._request, self._labelled, self._profiles, self._filters, self._gpus, self._room):
+    def reason(self, *, room: bool = True) -> tuple[str, str]:
+        """The first cause that applies; ``room``: False once explain's work is spent (EXPLAIN_CUT
+        instead of the room check, the one that walks nodes)."""
+        for check in (self._request, self._labelled, self._profiles, self._filters, self._gpus):
             found = check()
             if found is not None:
                 return found
+        if not room:
+            return EXPLAIN_CUT
+        found = self._room()
+        if found is not None:
+            return found
         return "NoRoom", "the planner found no room for it on its eligible nodes; it waits for the next plan"
 
     # --- the pod's own request ---------------------------------------------------------------
@@ -288,7 +315,19 @@ class _Explainer:
     def _room(self) -> tuple[str, str] | None:
         assert self.pod.demand is not None
         demand = format_demand(self.pod.demand)
-        used_fit = [n for n in self.empty_fit if self.planner.fits_used_only(n, self.pod.demand)]
+        fits = self.planner.fits_used_only
+        # The nodes where it would fit beside the used instances, at most ROOM_NAMES_LIMIT of them
+        # named: a waiting pod is explained against every eligible node, and a pod that asks
+        # several profiles at once (a demand of its own, so nothing cached answers for it) costs
+        # two walks over a node's GPUs each; past the limit the message says "at least".
+        used_fit: list[str] = []
+        capped = False
+        for n in self.empty_fit:
+            if fits(n, self.pod.demand):
+                if len(used_fit) == ROOM_NAMES_LIMIT:
+                    capped = True
+                    break
+                used_fit.append(n)
         if not used_fit:
             return (
                 "NoRoom",
@@ -296,8 +335,14 @@ class _Explainer:
                 "pods on those GPUs finish, or when a GPU that can hold it joins an eligible node",
             )
         priority = self.pod.pod.priority
-        where = name_list(used_fit)
-        if any((top := self.planner.top_priority_on(n)) is not None and top > priority for n in used_fit):
+        where = name_list(used_fit, at_least=capped)
+        # Over every node it would fit on, named or not; the cheap test first.
+        if any(
+            (top := self.planner.top_priority_on(n)) is not None
+            and top > priority
+            and fits(n, self.pod.demand)
+            for n in self.empty_fit
+        ):
             return (
                 "Outranked",
                 f"pods of higher priority take the room left for {demand} on its eligible nodes ({where}); "

@@ -57,6 +57,11 @@ class RunView(Protocol):
         """Whether ``demand`` fits on ``node`` beside the snapshot's used instances alone."""
         ...
 
+    def work_done(self) -> int:
+        """Walks over a node's GPUs the run has made so far (a node the planner's cheap screen
+        rules out costs none): explain bounds its own work by it."""
+        ...
+
     def top_priority_on(self, node: str) -> int | None:
         """The highest priority among the pods the run puts on ``node`` (None: none)."""
         ...
