@@ -41,6 +41,10 @@ def _convert(raw: str, default: Any, env: str) -> Any:
             if raw.lower() in ("0", "false", "no", "off", ""):
                 return False
             raise ValueError(raw)
+        if isinstance(default, (int, float)) and (not raw.isascii() or "_" in raw):
+            # int() and float() also read other scripts' digits ("٣" is 3) and Python's digit
+            # groups ("1_0" is 10); a setting is written in 0-9, as Kubernetes writes numbers.
+            raise ValueError(raw)
         if isinstance(default, int):
             return int(raw)
         if isinstance(default, float):

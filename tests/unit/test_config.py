@@ -132,3 +132,11 @@ def test_every_seconds_setting_fits_a_thread_wait() -> None:
         if isinstance(default, float) and name not in getattr(config, "SHARES", ()):
             assert name.endswith(("_seconds", "_timeout")), f"{var}: a float that is no share must be seconds"
             assert maximum(config, name) == MAX_SECONDS, var
+
+
+@pytest.mark.parametrize("raw", ["\u0663", "1_0", "\u00b2"])
+@pytest.mark.parametrize("var", ["CDMO_RESYNC_SECONDS", "CDMO_METRICS_PORT"])
+def test_a_number_is_written_in_ascii_digits(var: str, raw: str) -> None:
+    """int() and float() read '٣' as 3 and '1_0' as 10; a setting must say what it means in 0-9."""
+    with pytest.raises(InvalidInput, match=var):
+        AgentConfig.from_env({var: raw})
