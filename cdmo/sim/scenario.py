@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from cdmo.api import MAX_GPUS_PER_NODE
-from cdmo.config import OperatorConfig
+from cdmo.config import MAX_SECONDS, OperatorConfig
 from cdmo.errors import CdmoError, InvalidInput
 from cdmo.inputfile import SCENARIO, TRACE, check_input_file, read_input_text
 from cdmo.mig.catalog import GpuModel, find_model, model_keys
@@ -44,9 +44,10 @@ MAX_NODES = 20_000
 MAX_PODS = 2_000_000
 MAX_DURATION_SECONDS = 31 * 24 * 3600.0
 #: Any time a scenario or trace gives (a pod's duration, a stream's start, a time-model step):
-#: about 31 years. Far beyond any run, and small enough that summing a run's work (offered load:
-#: slices x count x duration of up to MAX_PODS pods) stays a finite number in the JSON.
-MAX_TIME_SECONDS = 1e9
+#: the settings' own bound, about 31 years. Far beyond any run, and small enough that summing a
+#: run's work (offered load: slices x count x duration of up to MAX_PODS pods) stays a finite
+#: number in the JSON.
+MAX_TIME_SECONDS = MAX_SECONDS
 #: The scheduler's retry, the batch windows and first-fit's requeue are intervals the engine
 #: waits again and again; below 10 ms they only multiply events (a 1 us requeue turns a one-hour
 #: run into minutes) and change no decision a cluster could make. The defaults are 1 to 60 s.
