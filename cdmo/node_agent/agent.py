@@ -29,6 +29,7 @@ from cdmo.errors import CdmoError, Fatal, InvalidLayout
 from cdmo.mig.layouts import Instance
 from cdmo.node_agent.advertise import AgentAdvertiser, NoAdvertiser
 from cdmo.node_agent.backend import DEFAULT_RETRY, GpuBackend, NoPermission, RetryPolicy
+from cdmo.node_agent.backoff import doubling_delay
 from cdmo.node_agent.inuse import InUse, build_bound_pods, build_in_use
 from cdmo.node_agent.kube import WatchExpired
 from cdmo.node_agent.metrics import AgentMetrics
@@ -121,10 +122,7 @@ def backoff_delay(config: AgentConfig, failures: int) -> float:
     """Seconds to the next pass: the resync period, or after failures a doubling backoff up to it."""
     if failures == 0:
         return config.resync_seconds
-    # The exponent capped: a float times 2 ** 1025 overflows (OverflowError), which after about
-    # 1,000 failed passes in a row (17 hours of 60 s waits) ended the loop; 2 ** 64 times any
-    # initial backoff of a second or more is past any resync config accepts.
-    return min(config.resync_seconds, config.backoff_initial_seconds * 2 ** min(failures - 1, 64))
+    return doubling_delay(config.backoff_initial_seconds, failures - 1, config.resync_seconds)
 
 
 def _utcnow() -> datetime:
@@ -378,6 +376,13 @@ class Agent:
                 self.kube.interrupt()
                 return
 
+    def _watch_backoff(self, failures: int) -> float:
+        """The MigLayout watch's wait after ``failures`` failed watches: at most 64 times the
+        initial backoff, and never past the resync period."""
+        return doubling_delay(
+            self.config.backoff_initial_seconds, min(failures, 6), self.config.resync_seconds
+        )
+
     def _watch_loop(self, stop: threading.Event) -> None:
         failures = 0
         while not stop.is_set() and not self._done.is_set():
@@ -403,12 +408,7 @@ class Agent:
                 # A watch that the server ends at once (an API double without watches) must not spin.
                 failures = 0 if time.monotonic() - began >= 1.0 else failures + 1
                 if failures:
-                    stop.wait(
-                        min(
-                            self.config.resync_seconds,
-                            self.config.backoff_initial_seconds * 2 ** min(failures, 6),
-                        )
-                    )
+                    stop.wait(self._watch_backoff(failures))
             except WatchExpired:
                 self._resource_version = None
                 self._wake.set()  # read again; the pass stores a fresh resourceVersion
@@ -417,9 +417,4 @@ class Agent:
                     return
                 failures += 1
                 self.log.debug("Watch of MigLayout ended", error=str(exc))
-                stop.wait(
-                    min(
-                        self.config.resync_seconds,
-                        self.config.backoff_initial_seconds * 2 ** min(failures, 6),
-                    )
-                )
+                stop.wait(self._watch_backoff(failures))

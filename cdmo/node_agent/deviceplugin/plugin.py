@@ -48,6 +48,7 @@ from cdmo.errors import CdmoError, InvalidInput
 from cdmo.mig.layouts import Instance
 from cdmo.node_agent.advertise import HANDED_OUT_GRACE_SECONDS, Unhealthy
 from cdmo.node_agent.backend import GpuBackend, GpuInstanceInfo, XidEvent, XidWatch
+from cdmo.node_agent.backoff import doubling_delay
 from cdmo.node_agent.deviceplugin import api_pb2, api_pb2_grpc
 from cdmo.node_agent.deviceplugin.devices import (
     DEFAULT_CDI_KIND,
@@ -423,8 +424,8 @@ class KubeletDevicePlugin:
         failures = 0 if watch is not None else 1
         while not self._stop.is_set():
             if watch is None:
-                delay = min(
-                    self.settings.event_backoff * 2 ** min(failures - 1, 20), self.settings.event_backoff_max
+                delay = doubling_delay(
+                    self.settings.event_backoff, failures - 1, self.settings.event_backoff_max
                 )
                 if self._stop.wait(delay):
                     break
@@ -511,9 +512,8 @@ class KubeletDevicePlugin:
             except grpc.RpcError as exc:
                 ep.failures = ep.failures + 1 if ep.failed_with == kubelet else 1
                 ep.failed_with = kubelet
-                delay = min(
-                    self.settings.register_backoff * 2 ** min(ep.failures - 1, 20),  # no float overflow
-                    self.settings.register_backoff_max,
+                delay = doubling_delay(
+                    self.settings.register_backoff, ep.failures - 1, self.settings.register_backoff_max
                 )
                 ep.retry_at = now + delay
                 log.warning(
