@@ -39,8 +39,9 @@ PROFILES = ("1g.10gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb", "1g.20gb")
 
 #: Run in the child: plan the snapshot in argv[1] and print CPU seconds and the plan's counts.
 CHILD = """
-import json, sys, time
+import hashlib, json, sys, time
 from cdmo.planner import parse_snapshot, plan
+from cdmo.planner.render import plan_to_dict
 snapshot = parse_snapshot(json.load(open(sys.argv[1])))
 start = time.process_time()
 result = plan(snapshot)
@@ -48,7 +49,10 @@ cpu = time.process_time() - start
 codes = {}
 for u in result.unsatisfied:
     codes[u.code] = codes.get(u.code, 0) + 1
-print(json.dumps({"cpu": cpu, "served": len(result.assignments), "waiting": len(result.unsatisfied), "codes": codes}))
+out = plan_to_dict(result)
+placed = json.dumps([out["nodes"], out["assignments"]], sort_keys=True).encode()
+print(json.dumps({"cpu": cpu, "served": len(result.assignments), "waiting": len(result.unsatisfied), "codes": codes,
+                  "plan": hashlib.sha256(placed).hexdigest()}))
 """
 
 
@@ -127,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(json.dumps(build_snapshot(nodes, pods)))
             new = measure(path, args.repeat, ROOT, args.timeout)
             old = measure(path, 1, args.baseline, args.timeout) if args.baseline else None
+            if old is not None and old["cpu"] is not None and old["plan"] != new["plan"]:
+                # the docs say the plans are the same as before: a run where they are not says so
+                sys.exit(f"{nodes} nodes, {pods} pods: the plan differs from the baseline's")
             rows.append((nodes, pods, new, old))
             print(nodes, pods, new, old, flush=True)
     load = os.getloadavg()
@@ -164,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         "Each such pod is planned against every eligible node (no other pod shares its answers) and "
         "explained against every eligible node. A screen of each node's totals per profile "
         "(`Planner._may_hold`) spares the walks over its GPUs where nothing could fit, and the explanations "
-        "stop after `reasons.EXPLAIN_WORK` walks over nodes (pods after that get a `NoRoom` reason that says "
-        "so: the difference between the two code columns); the plans (served, and every instance) are the same "
+        "stop after `reasons.EXPLAIN_WORK` walks over nodes (pods after that get the code `NotExplained`, "
+        "the difference between the two code columns); the plans (served, and every instance) are the same "
         "as before.",
     ]
     section = "\n".join(lines) + "\n"

@@ -133,16 +133,11 @@ class Planner(RepairSteps):
         self.node_memo: dict[tuple[int, Demand], tuple[int, tuple[Any, ...] | None]] = {}
         self.used_fit_memo: dict[tuple[int, Demand], bool] = {}
         self._room_memo: dict[tuple[int, tuple[int, ...]], NodeRoom] = {}
-        #: node order -> (its version, _hold_changes, its NodeRoom as it is now)
-        self._room_now: dict[int, tuple[int, int, NodeRoom]] = {}
-        #: holds made or released so far (a hold changes no node's version)
-        self._hold_changes = 0
-        #: demand -> whether it asks more than one device
-        self._several: dict[Demand, bool] = {}
+        #: node order -> (its version, its NodeRoom as it is now)
+        self._room_now: dict[int, tuple[int, NodeRoom]] = {}
         self.empty_fit_memo: dict[tuple[tuple[int, ...], Demand], bool] = {}
         #: _option_parts for GPUs outside any group (reasons look at cordoned nodes' GPUs too)
         self._loose_costs: dict[tuple[Any, ...], CostTable] = {}
-        self._largest: dict[str, Fraction] = {}
         self._neg_largest_memo: dict[str, Fraction] = {}
         #: node evaluations so far (the repairs' budget counts them)
         self._walks = 0
@@ -748,9 +743,7 @@ class Planner(RepairSteps):
 
         ``state`` (GPU id -> fixed, free, touched) replaces the GPUs' current state when given.
         """
-        several = self._several.get(demand)
-        if several is None:
-            several = self._several[demand] = sum(c for _, c in demand) > 1
+        several = sum(c for _, c in demand) > 1
         if not self._may_hold(node, demand, state):
             # Counted as the walks it spares: the repairs' budget counts node evaluations, and
             # a plan must not depend on how cheaply one was answered.
@@ -776,13 +769,9 @@ class Planner(RepairSteps):
         """
         if state is None:  # the node as it is now: its totals kept while it does not change
             hit = self._room_now.get(node.order)
-            if hit is None or hit[0] != node.version or hit[1] != self._hold_changes:
-                hit = self._room_now[node.order] = (
-                    node.version,
-                    self._hold_changes,
-                    self._node_room(node, None),
-                )
-            hosts, room, smallest = hit[2]
+            if hit is None or hit[0] != node.version:
+                hit = self._room_now[node.order] = (node.version, self._node_room(node, None))
+            hosts, room, smallest = hit[1]
         else:
             hosts, room, smallest = self._node_room(node, state)
         units = 0
@@ -898,16 +887,11 @@ class Planner(RepairSteps):
         return counts
 
     def _neg_largest(self, profile: str) -> Fraction:
-        """``-self._largest_fraction(profile)``, cached: a walk weighs it at every step."""
+        """Minus the largest share of a GPU ``profile`` takes on the cluster's models (cached:
+        devices are taken largest first, and a walk weighs it at every step)."""
         found = self._neg_largest_memo.get(profile)
         if found is None:
-            found = self._neg_largest_memo[profile] = -self._largest_fraction(profile)
-        return found
-
-    def _largest_fraction(self, profile: str) -> Fraction:
-        found = self._largest.get(profile)
-        if found is None:
-            found = self._largest[profile] = max(
+            found = self._neg_largest_memo[profile] = -max(
                 (g.fraction[profile] for g in self.geos.values() if profile in g.fraction),
                 default=Fraction(0),
             )
@@ -1399,7 +1383,7 @@ class Planner(RepairSteps):
         group.changes += 1
         gpu.held = True
         gpu.key = (-1, 0, 0, False, False)  # its heap entries are stale now
-        self._hold_changes += 1
+        gpu.node.version += 1  # in or out of reach: what is cached of the node as it is goes stale
         self.node_memo.clear()
         self.used_fit_memo.clear()
 
@@ -1407,7 +1391,7 @@ class Planner(RepairSteps):
         for gpu in self.gpus:
             if gpu.held:
                 gpu.held = False
-                self._hold_changes += 1
+                gpu.node.version += 1  # in or out of reach: what is cached of the node as it is goes stale
                 self._enter(gpu, self._key(gpu))
                 self.node_memo.clear()
                 self.used_fit_memo.clear()
@@ -1564,7 +1548,7 @@ class Planner(RepairSteps):
                 continue
             for i in bits_of(gpu.free):
                 have[gpu.geo.cands[i].profile] += 1
-        for profile in sorted(wants, key=lambda p: (-self._largest_fraction(p), p)):
+        for profile in sorted(wants, key=lambda p: (self._neg_largest(p), p)):
             one = ((profile, 1),)
             for _ in range(wants[profile] - have[profile]):
                 # GPUs in one state cost alike: look at distinct states, each by its first GPU.

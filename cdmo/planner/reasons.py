@@ -50,11 +50,12 @@ ROOM_NAMES_LIMIT = 64
 #: Walks over a node's GPUs (RunView.work_done) one plan's explanations may make, about a second.
 #: Each waiting pod is explained against every eligible node, and a pod whose demand is its own
 #: (several profiles at once) gets no cached answer: 2,000 such pods on 1,000 nodes took minutes.
-#: Past the bound the pods not yet explained get a reason without the room check (EXPLAIN_CUT).
+#: Past the bound the pods not yet explained get EXPLAIN_CUT, a code of its own: NoRoom would say
+#: that no node has room, which nothing checked.
 #: The plans of tests/data and the benchmarks stay far below it (0 to a few hundred).
 EXPLAIN_WORK = 20_000
 EXPLAIN_CUT = (
-    "NoRoom",
+    "NotExplained",
     f"the planner found no room for it on its eligible nodes (not explained further: this plan's "
     f"explanations reached their bound of {EXPLAIN_WORK} walks over nodes); it waits for the next plan",
 )
@@ -320,13 +321,21 @@ class _Explainer:
         # named: a waiting pod is explained against every eligible node, and a pod that asks
         # several profiles at once (a demand of its own, so nothing cached answers for it) costs
         # two walks over a node's GPUs each; past the limit the message says "at least".
+        # One pass: the nodes with room (named up to the limit) and whether pods of higher priority
+        # hold one of them (cheap test first); it stops once both answers are known.
+        priority = self.pod.pod.priority
         used_fit: list[str] = []
-        capped = False
+        capped = outranked = False
         for n in self.empty_fit:
-            if fits(n, self.pod.demand):
-                if len(used_fit) == ROOM_NAMES_LIMIT:
-                    capped = True
-                    break
+            if capped and outranked:
+                break
+            higher = (top := self.planner.top_priority_on(n)) is not None and top > priority
+            if (capped and not higher) or not fits(n, self.pod.demand):
+                continue
+            outranked = outranked or higher
+            if len(used_fit) == ROOM_NAMES_LIMIT:
+                capped = True
+            else:
                 used_fit.append(n)
         if not used_fit:
             return (
@@ -334,15 +343,8 @@ class _Explainer:
                 f"every eligible GPU holds used instances that leave no room for {demand}; it can run when "
                 "pods on those GPUs finish, or when a GPU that can hold it joins an eligible node",
             )
-        priority = self.pod.pod.priority
         where = name_list(used_fit, at_least=capped)
-        # Over every node it would fit on, named or not; the cheap test first.
-        if any(
-            (top := self.planner.top_priority_on(n)) is not None
-            and top > priority
-            and fits(n, self.pod.demand)
-            for n in self.empty_fit
-        ):
+        if outranked:
             return (
                 "Outranked",
                 f"pods of higher priority take the room left for {demand} on its eligible nodes ({where}); "

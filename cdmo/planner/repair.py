@@ -65,7 +65,7 @@ class RepairSteps:
         def _nodes_of(self, groups: tuple[NodeGroup, ...]) -> list[SearchNode]: ...
         def fits_used_only(self, node: SearchNode, demand: Demand) -> bool: ...
         def _could_fit(self, pod: PodState) -> bool: ...
-        def _largest_fraction(self, profile: str) -> Fraction: ...
+        def _neg_largest(self, profile: str) -> Fraction: ...
 
     def _repair(self, waiting: list[PodState]) -> None:
         """Serve waiting pods by moving pods this plan placed, never leaving one of them unserved.
@@ -269,7 +269,7 @@ class RepairSteps:
         devices: list[tuple[Fraction, str, int]] = []  # (-share of a GPU, profile, pod index)
         for n, p in enumerate(pods):
             for profile, count in p.demand or ():
-                devices.extend([(-self._largest_fraction(profile), profile, n)] * count)
+                devices.extend([(self._neg_largest(profile), profile, n)] * count)
         devices.sort()
         gpus = [g for g in node.gpus if not g.held]
         state = {g.id: (g.fixed, g.free) for g in gpus}

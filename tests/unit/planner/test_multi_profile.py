@@ -85,7 +85,7 @@ def test_explanations_past_their_bound_say_so_and_the_plan_is_the_same(
     assert first_cut > 0  # pods explained before the bound keep their reasons
     assert [u.reason for u in cut.unsatisfied[:first_cut]] == [u.reason for u in full.unsatisfied[:first_cut]]
     assert "bound of" in reasons.EXPLAIN_CUT[1] and all(
-        u.code == "NoRoom" for u in cut.unsatisfied if u.reason == reasons.EXPLAIN_CUT[1]
+        u.code == "NotExplained" for u in cut.unsatisfied if u.reason == reasons.EXPLAIN_CUT[1]
     )
 
 
