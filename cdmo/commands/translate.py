@@ -150,6 +150,9 @@ def _read(source: str) -> list[Any]:
         docs = [d for d in yaml.load_all(text, Loader=_LOADER) if d is not None]
     except yaml.YAMLError as exc:
         raise InvalidInput(f"{name}: not YAML or JSON ({str(exc).splitlines()[0]})") from None
+    except ValueError:
+        # Python refuses to read an integer of more than 4300 digits (sys.int_info): exit 3 before.
+        raise InvalidInput(f"{name} holds a number of more than 4300 digits; give a Pod manifest") from None
     if not docs:
         raise InvalidInput(f"{name} is empty; give a Pod manifest")
     for i, doc in enumerate(docs):

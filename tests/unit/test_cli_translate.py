@@ -582,3 +582,17 @@ def test_a_pod_with_null_metadata_is_translated_and_written_without_name_or_name
     assert rc == 0, err
     assert set(pod["metadata"]) == {"annotations"}
     assert pod["spec"]["containers"][0]["resources"] == {"limits": {"nvidia.com/mig-2g.20gb": "1"}}
+
+
+def test_a_number_of_more_than_4300_digits_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Python's int() refuses it (sys.int_info): it ended in 'unexpected error', exit 3."""
+    path = _write(
+        tmp_path,
+        "kind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c}]\n  a: " + "9" * 5000 + "\n",
+    )
+    assert main(["translate", path, "--model", "h100-80gb"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "more than 4300 digits" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
