@@ -152,21 +152,22 @@ async def _serve(config: WebhookConfig, kubeconfig: str | None) -> None:
     await asyncio.sleep(0)  # the reloader notes the certificate's end before anything is served
     runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_SECONDS)
     await runner.setup()
-    await _listen(runner, config.port, context)
     metrics_runner = None
-    if config.metrics_port:
-        # every scrape in aiohttp's access log would drown the webhook's own lines
-        metrics_runner = web.AppRunner(build_metrics_app(metrics), access_log=None)
-        await metrics_runner.setup()
-        await _listen(metrics_runner, config.metrics_port, None)
-    # Kubernetes stops a pod with SIGTERM: finish the requests in flight, then exit 0.
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    structlog.get_logger("cdmo.webhook").info(
-        "Started webhook", port=config.port, metrics_port=config.metrics_port
-    )
+    # Everything started above is stopped on every way out, a port that cannot be bound included.
     try:
+        await _listen(runner, config.port, context)
+        if config.metrics_port:
+            # every scrape in aiohttp's access log would drown the webhook's own lines
+            metrics_runner = web.AppRunner(build_metrics_app(metrics), access_log=None)
+            await metrics_runner.setup()
+            await _listen(metrics_runner, config.metrics_port, None)
+        # Kubernetes stops a pod with SIGTERM: finish the requests in flight, then exit 0.
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        structlog.get_logger("cdmo.webhook").info(
+            "Started webhook", port=config.port, metrics_port=config.metrics_port
+        )
         await stop.wait()
     finally:
         reloader.cancel()
